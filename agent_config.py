@@ -1,0 +1,213 @@
+"""Configuration: config.env next to the scripts, overridden by the process environment.
+
+Every variable is validated once at start; a bad one raises ConfigError with one line that names
+it (the agent prints that line and exits 2). The key itself never appears in a message.
+"""
+from __future__ import annotations
+
+import ipaddress
+import os
+import urllib.parse
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Dict, Mapping, Optional
+
+from dotenv import dotenv_values
+
+AGENT_DIR = Path(__file__).resolve().parent
+DEFAULT_CONFIG_FILE = AGENT_DIR / "config.env"
+PLACEHOLDER_KEY = "YOUR_API_KEY_HERE"
+DEFAULT_RELAY_URL = "wss://relay.ma-tracker.com/ws/agent"
+
+MODES = ("paper", "live")
+MARKET_DATA_TYPES = ("auto", "live", "frozen", "delayed", "delayed-frozen")
+ORDER_POLICIES = ("paper", "live", "off")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+class ConfigError(Exception):
+    """One line naming the variable and what is wrong with it."""
+
+
+@dataclass(frozen=True)
+class Config:
+    key: str = field(repr=False)
+    relay_url: str = DEFAULT_RELAY_URL
+    ib_host: str = "127.0.0.1"
+    ib_port: Optional[int] = None
+    ib_mode: str = "paper"
+    ib_mode_explicit: bool = False
+    ib_client_id: int = 17
+    ib_max_msg_rate: float = 45.0
+    ib_max_mkt_lines: int = 90
+    market_data_type: str = "auto"
+    warm_lines: int = 40
+    warm_seconds: float = 300.0
+    option_timeout_s: float = 8.0
+    request_timeout_s: float = 15.0
+    allow_orders: str = "paper"
+    max_order_quantity: int = 10
+    max_order_notional: float = 25000.0
+    agent_workers: int = 4
+    agent_queue_size: int = 64
+    log_level: str = "INFO"
+    data_dir: Path = AGENT_DIR
+
+    @property
+    def log_file(self) -> Path:
+        return self.data_dir / "ib_data_agent.log"
+
+    @property
+    def audit_log_file(self) -> Path:
+        return self.data_dir / "order_audit.jsonl"
+
+    @property
+    def order_ids_file(self) -> Path:
+        return self.data_dir / "order_ids.json"
+
+
+def _int(lo: int, hi: int) -> Callable[[str, str], int]:
+    def parse(name: str, raw: str) -> int:
+        try:
+            value = int(raw)
+        except ValueError:
+            raise ConfigError(f"{name}={raw!r} is not a whole number") from None
+        if not lo <= value <= hi:
+            raise ConfigError(f"{name}={value} is out of range ({lo} to {hi})")
+        return value
+    return parse
+
+
+def _float(lo: float, hi: float) -> Callable[[str, str], float]:
+    def parse(name: str, raw: str) -> float:
+        try:
+            value = float(raw)
+        except ValueError:
+            raise ConfigError(f"{name}={raw!r} is not a number") from None
+        if not lo <= value <= hi:  # also rejects nan
+            raise ConfigError(f"{name}={raw} is out of range ({lo:g} to {hi:g})")
+        return value
+    return parse
+
+
+def _choice(choices) -> Callable[[str, str], str]:
+    def parse(name: str, raw: str) -> str:
+        value = raw.strip().lower() if choices is not LOG_LEVELS else raw.strip().upper()
+        if value not in choices:
+            raise ConfigError(f"{name}={raw!r} is not one of: {', '.join(choices)}")
+        return value
+    return parse
+
+
+def _host(name: str, raw: str) -> str:
+    value = raw.strip()
+    if not value or any(c.isspace() or c in "/@?#" for c in value):
+        raise ConfigError(f"{name}={raw!r} is not a host name or IP address")
+    return value
+
+
+def _key(name: str, raw: str) -> str:
+    value = raw.strip()
+    if not value or value == PLACEHOLDER_KEY:
+        raise ConfigError(
+            f"{name} is not configured: put the API key from the MA Tracker web app in config.env "
+            "(or download a fresh copy of the agent, which has it filled in)")
+    if len(value) > 512 or any(ord(c) < 33 or ord(c) > 126 for c in value):
+        raise ConfigError(f"{name} contains spaces or characters an API key cannot have")
+    return value
+
+
+def is_loopback_host(host: str) -> bool:
+    if host.lower() in ("localhost", "localhost."):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def _relay_url(name: str, raw: str) -> str:
+    value = raw.strip()
+    parsed = urllib.parse.urlsplit(value)
+    if parsed.scheme not in ("wss", "ws") or not parsed.hostname:
+        raise ConfigError(f"{name}={raw!r} is not a wss:// URL")
+    if parsed.username or parsed.password:
+        raise ConfigError(f"{name} must not contain a user name or password")
+    if parsed.scheme == "ws" and not is_loopback_host(parsed.hostname):
+        raise ConfigError(
+            f"{name} uses unencrypted ws:// to {parsed.hostname}; only wss:// is allowed "
+            "(ws:// is accepted for a loopback host only)")
+    try:
+        parsed.port
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} has an invalid port") from None
+    return value
+
+
+def _data_dir(name: str, raw: str) -> Path:
+    path = Path(raw).expanduser()
+    if not path.is_absolute():
+        path = AGENT_DIR / path
+    if not path.is_dir():
+        raise ConfigError(f"{name}={raw!r} is not an existing folder")
+    return path
+
+
+# variable name -> (Config field, parser). Order is the order of checks and of config.env.
+VARIABLES: Dict[str, tuple] = {
+    "IB_PROVIDER_KEY": ("key", _key),
+    "RELAY_URL": ("relay_url", _relay_url),
+    "IB_HOST": ("ib_host", _host),
+    "IB_PORT": ("ib_port", _int(1, 65535)),
+    "IB_MODE": ("ib_mode", _choice(MODES)),
+    "IB_CLIENT_ID": ("ib_client_id", _int(0, 2**31 - 100)),
+    "IB_MAX_MSG_RATE": ("ib_max_msg_rate", _float(1, 50)),
+    "IB_MAX_MKT_LINES": ("ib_max_mkt_lines", _int(1, 10000)),
+    "MARKET_DATA_TYPE": ("market_data_type", _choice(MARKET_DATA_TYPES)),
+    "WARM_LINES": ("warm_lines", _int(0, 10000)),
+    "WARM_SECONDS": ("warm_seconds", _float(0, 86400)),
+    "OPTION_TIMEOUT_S": ("option_timeout_s", _float(0.5, 120)),
+    "REQUEST_TIMEOUT_S": ("request_timeout_s", _float(1, 600)),
+    "ALLOW_ORDERS": ("allow_orders", _choice(ORDER_POLICIES)),
+    "MAX_ORDER_QUANTITY": ("max_order_quantity", _int(0, 1_000_000)),
+    "MAX_ORDER_NOTIONAL": ("max_order_notional", _float(0, 1e12)),
+    "AGENT_WORKERS": ("agent_workers", _int(1, 64)),
+    "AGENT_QUEUE_SIZE": ("agent_queue_size", _int(1, 100_000)),
+    "LOG_LEVEL": ("log_level", _choice(LOG_LEVELS)),
+    "AGENT_DATA_DIR": ("data_dir", _data_dir),
+}
+
+
+def read_raw(config_path: Optional[Path] = None,
+             environ: Optional[Mapping[str, str]] = None) -> Dict[str, str]:
+    """The merged raw values: the file first, then the environment on top (empty values count as unset)."""
+    path = Path(config_path) if config_path else DEFAULT_CONFIG_FILE
+    if config_path and not path.is_file():
+        raise ConfigError(f"--config {path}: file not found")
+    raw: Dict[str, str] = {}
+    if path.is_file():
+        try:
+            file_values = dotenv_values(path, encoding="utf-8-sig")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{path}: cannot be read ({exc.__class__.__name__})") from None
+        raw.update({k: v for k, v in file_values.items() if v is not None})
+    env = os.environ if environ is None else environ
+    raw.update({name: env[name] for name in VARIABLES if name in env})
+    return {k: v for k, v in raw.items() if k in VARIABLES and v.strip() != ""}
+
+
+def load_config(config_path: Optional[Path] = None,
+                environ: Optional[Mapping[str, str]] = None) -> Config:
+    raw = read_raw(config_path, environ)
+    values = {}
+    for name, (attr, parse) in VARIABLES.items():
+        if name in raw:
+            values[attr] = parse(name, raw[name])
+    if "key" not in values:
+        _key("IB_PROVIDER_KEY", "")
+    values["ib_mode_explicit"] = "IB_MODE" in raw
+    config = Config(**values)
+    if config.warm_lines >= config.ib_max_mkt_lines:
+        raise ConfigError(
+            f"WARM_LINES={config.warm_lines} must be smaller than IB_MAX_MKT_LINES={config.ib_max_mkt_lines}")
+    return config

@@ -1,0 +1,1 @@
+"""Test suite and test doubles (fake TWS, fake MA Tracker relay). Run with ./run_tests.sh."""
