@@ -1,0 +1,473 @@
+"""The fake TWS's market: a few underlyings with listed option chains, Black-Scholes quotes and a
+small portfolio per account.
+
+Everything a client can see is derived from `seed` and today's date, so two fakes started with the
+same seed on the same day serve the same instruments, conIds and first quotes. Only the streaming
+drift (`Market.drift`) moves afterwards.
+"""
+from __future__ import annotations
+
+import calendar
+import datetime as dt
+import math
+import random
+import threading
+from dataclasses import dataclass, replace
+from typing import Dict, List, Optional, Sequence, Tuple
+
+RISK_FREE_RATE = 0.045
+MULTIPLIER = "100"
+
+
+@dataclass(frozen=True)
+class Instrument:
+    """One tradable contract, with the attribute names the wire encoders read."""
+    con_id: int
+    symbol: str
+    sec_type: str                 # "STK" | "OPT"
+    expiry: str = ""              # YYYYMMDD for options
+    strike: float = 0.0
+    right: str = ""               # "C" | "P"
+    multiplier: str = ""
+    exchange: str = "SMART"
+    primary_exchange: str = ""
+    currency: str = "USD"
+    local_symbol: str = ""
+    trading_class: str = ""
+    long_name: str = ""
+    min_tick: float = 0.01
+    under_con_id: int = 0
+    valid_exchanges: str = "SMART"
+    industry: str = ""
+
+
+@dataclass(frozen=True)
+class UnderlyingSpec:
+    """How one underlying's chain is listed (the knobs that make it liquid or thin)."""
+    symbol: str
+    con_id: int
+    price: float
+    vol: float
+    primary_exchange: str
+    long_name: str
+    industry: str
+    option_exchanges: Tuple[str, ...]
+    weeklies: int                 # Friday expirations
+    monthlies: int                # third-Friday expirations
+    leaps: int                    # January expirations in following years
+    strike_step: float            # near-the-money step
+    wide_step: float              # step further out (monthlies and leaps only)
+    near_pct: float               # near-the-money band where strike_step applies
+    weekly_pct: float             # weeklies list strikes within this band of the price
+    monthly_pct: float            # monthlies and leaps list strikes within this band
+    thin: bool = False            # merger target: wide spreads, most options without a bid
+
+
+UNDERLYINGS: Tuple[UnderlyingSpec, ...] = (
+    UnderlyingSpec("AAPL", 265598, 190.0, 0.27, "NASDAQ", "APPLE INC", "Technology",
+                   ("SMART", "CBOE", "ISE", "AMEX"), 4, 6, 1, 2.5, 5.0, 0.10, 0.15, 0.40),
+    UnderlyingSpec("MSFT", 272093, 415.0, 0.25, "NASDAQ", "MICROSOFT CORP", "Technology",
+                   ("SMART", "CBOE", "ISE"), 3, 5, 1, 5.0, 10.0, 0.08, 0.12, 0.35),
+    UnderlyingSpec("SPY", 756733, 520.0, 0.15, "ARCA", "SPDR S&P 500 ETF TRUST", "Funds",
+                   ("SMART", "CBOE", "AMEX", "ISE"), 6, 6, 1, 1.0, 5.0, 0.05, 0.10, 0.30),
+    UnderlyingSpec("MRGT", 900001, 47.6, 0.06, "NYSE", "MERGER TARGET CORP", "Industrial",
+                   ("SMART", "AMEX"), 0, 3, 0, 2.5, 2.5, 0.20, 0.20, 0.20, thin=True),
+)
+
+OPTION_CON_ID_BASE = 600_000_000
+
+
+@dataclass(frozen=True)
+class Quote:
+    """Top of book for one instrument; bid -1 / size 0 means "no bid"."""
+    bid: float
+    ask: float
+    last: float
+    close: float
+    bid_size: int
+    ask_size: int
+    last_size: int
+    volume: int
+    open_interest: int = 0
+    implied_vol: float = 0.0
+    call_volume: int = 0
+    put_volume: int = 0
+    call_open_interest: int = 0
+    put_open_interest: int = 0
+    greeks: Optional["Greeks"] = None
+
+
+@dataclass(frozen=True)
+class Greeks:
+    """A tickOptionComputation row (vega per vol point, theta per calendar day)."""
+    implied_vol: float
+    delta: float
+    opt_price: float
+    gamma: float
+    vega: float
+    theta: float
+    und_price: float
+
+
+@dataclass
+class Position:
+    account: str
+    instrument: Instrument
+    quantity: float
+    avg_cost: float               # per contract, multiplier included (as TWS reports it)
+
+
+def _third_friday(year: int, month: int) -> dt.date:
+    first_weekday, _ = calendar.monthrange(year, month)
+    first_friday = 1 + (4 - first_weekday) % 7
+    return dt.date(year, month, first_friday + 14)
+
+
+def _listed_expirations(spec: UnderlyingSpec, today: dt.date) -> List[Tuple[dt.date, str]]:
+    """(date, kind) for each listed expiration after today, kind in weekly|monthly|leaps."""
+    found: Dict[dt.date, str] = {}
+    friday = today + dt.timedelta(days=(4 - today.weekday()) % 7 or 7)
+    for i in range(spec.weeklies):
+        found[friday + dt.timedelta(weeks=i)] = "weekly"
+    year, month = today.year, today.month
+    monthly = 0
+    while monthly < spec.monthlies:
+        day = _third_friday(year, month)
+        if day > today:
+            found[day] = "monthly"
+            monthly += 1
+        year, month = (year + 1, 1) if month == 12 else (year, month + 1)
+    for extra_year in range(1, spec.leaps + 1):
+        day = _third_friday(today.year + extra_year, 1)
+        if day not in found:
+            found[day] = "leaps"
+    return sorted(found.items())
+
+
+def _strike_grid(spec: UnderlyingSpec, band_pct: float) -> List[float]:
+    """Strikes within band_pct of the listing price: every strike_step near the money, every
+    wide_step further out."""
+    spot = spec.price
+    strikes = []
+    k = math.floor(spot * (1 - band_pct) / spec.strike_step) * spec.strike_step
+    while k <= spot * (1 + band_pct):
+        if k > 0 and (abs(k / spot - 1) <= spec.near_pct or _on_step(k, spec.wide_step)):
+            strikes.append(round(k, 2))
+        k += spec.strike_step
+    return strikes
+
+
+def _on_step(value: float, step: float) -> bool:
+    return abs(value / step - round(value / step)) < 1e-9
+
+
+def _norm_cdf(x: float) -> float:
+    return 0.5 * (1.0 + math.erf(x / math.sqrt(2.0)))
+
+
+def _norm_pdf(x: float) -> float:
+    return math.exp(-0.5 * x * x) / math.sqrt(2.0 * math.pi)
+
+
+def black_scholes(spot: float, strike: float, years: float, vol: float, right: str,
+                  rate: float = RISK_FREE_RATE) -> Tuple[float, float, float, float, float]:
+    """(price, delta, gamma, vega per 1.00 of vol, theta per year)."""
+    sqrt_t = math.sqrt(years)
+    d1 = (math.log(spot / strike) + (rate + 0.5 * vol * vol) * years) / (vol * sqrt_t)
+    d2 = d1 - vol * sqrt_t
+    discount = math.exp(-rate * years)
+    gamma = _norm_pdf(d1) / (spot * vol * sqrt_t)
+    vega = spot * _norm_pdf(d1) * sqrt_t
+    decay = -spot * _norm_pdf(d1) * vol / (2 * sqrt_t)
+    if right == "C":
+        price = spot * _norm_cdf(d1) - strike * discount * _norm_cdf(d2)
+        return price, _norm_cdf(d1), gamma, vega, decay - rate * strike * discount * _norm_cdf(d2)
+    price = strike * discount * _norm_cdf(-d2) - spot * _norm_cdf(-d1)
+    return price, _norm_cdf(d1) - 1.0, gamma, vega, decay + rate * strike * discount * _norm_cdf(-d2)
+
+
+def round_to_tick(price: float, tick: float = 0.01) -> float:
+    return round(round(price / tick) * tick, 2)
+
+
+def on_tick(price: float, tick: float = 0.01) -> bool:
+    """A limit price TWS accepts: a whole number of ticks (so never more than 2 decimals)."""
+    return abs(price / tick - round(price / tick)) < 1e-6
+
+
+def occ_local_symbol(symbol: str, expiry: str, right: str, strike: float) -> str:
+    return f"{symbol:<6}{expiry[2:]}{right}{int(round(strike * 1000)):08d}"
+
+
+class Market:
+    """Instruments, chains and quotes; thread-safe (one lock around the drifting spots)."""
+
+    def __init__(self, seed: int = 1, today: Optional[dt.date] = None):
+        self.seed = seed
+        self.today = today or dt.date.today()
+        rng = random.Random(seed)
+        self._lock = threading.Lock()
+        self._drift_rng = random.Random(seed * 7919 + 1)
+        self.specs: Dict[str, UnderlyingSpec] = {s.symbol: s for s in UNDERLYINGS}
+        self.stocks: Dict[str, Instrument] = {}
+        self._spot: Dict[str, float] = {}
+        self._options: Dict[str, List[Instrument]] = {}
+        self._expirations: Dict[str, List[str]] = {}
+        self._by_con_id: Dict[int, Instrument] = {}
+        next_con_id = OPTION_CON_ID_BASE
+        for spec in UNDERLYINGS:
+            self._spot[spec.symbol] = round(spec.price * (1 + rng.uniform(-0.02, 0.02)), 2)
+            stock = Instrument(spec.con_id, spec.symbol, "STK", primary_exchange=spec.primary_exchange,
+                               local_symbol=spec.symbol, trading_class=spec.symbol,
+                               long_name=spec.long_name, industry=spec.industry,
+                               valid_exchanges="SMART,ARCA,NYSE,NASDAQ,ISLAND,BATS,IEX")
+            self.stocks[spec.symbol] = stock
+            self._by_con_id[stock.con_id] = stock
+            options = []
+            for day, kind in _listed_expirations(spec, self.today):
+                expiry = day.strftime("%Y%m%d")
+                self._expirations.setdefault(spec.symbol, []).append(expiry)
+                strikes = _strike_grid(spec, spec.weekly_pct if kind == "weekly" else spec.monthly_pct)
+                holed = kind == "weekly" or (spec.thin and expiry != self._expirations[spec.symbol][0])
+                if holed and len(strikes) > 6:
+                    strikes.remove(rng.choice(strikes[2:-2]))  # a hole inside the grid
+                for strike in strikes:
+                    for right in ("C", "P"):
+                        option = Instrument(
+                            next_con_id, spec.symbol, "OPT", expiry, strike, right, MULTIPLIER,
+                            local_symbol=occ_local_symbol(spec.symbol, expiry, right, strike),
+                            trading_class=spec.symbol, long_name=spec.long_name,
+                            under_con_id=spec.con_id, valid_exchanges=",".join(spec.option_exchanges),
+                            industry=spec.industry)
+                        options.append(option)
+                        self._by_con_id[next_con_id] = option
+                        next_con_id += 1
+            self._options[spec.symbol] = options
+
+    # ---- reference data -------------------------------------------------------------------
+
+    def by_con_id(self, con_id: int) -> Optional[Instrument]:
+        return self._by_con_id.get(con_id)
+
+    def expirations(self, symbol: str) -> List[str]:
+        return list(self._expirations.get(symbol, ()))
+
+    def strikes(self, symbol: str) -> List[float]:
+        """The reqSecDefOptParams grid: every strike listed on any expiration (a superset)."""
+        return sorted({o.strike for o in self._options.get(symbol, ())})
+
+    def options(self, symbol: str) -> List[Instrument]:
+        return list(self._options.get(symbol, ()))
+
+    def find(self, con_id: int = 0, symbol: str = "", sec_type: str = "", expiry: str = "",
+             strike: float = 0.0, right: str = "", trading_class: str = "",
+             multiplier: str = "", currency: str = "", local_symbol: str = "") -> List[Instrument]:
+        """Instruments matching a (possibly partial) contract the way TWS resolves one."""
+        if con_id:
+            found = self._by_con_id.get(con_id)
+            if found is None or (sec_type and sec_type != found.sec_type):
+                return []
+            return [found]
+        symbol = symbol.upper()
+        if currency and currency != "USD":
+            return []
+        if sec_type == "STK":
+            stock = self.stocks.get(symbol) or next(
+                (s for s in self.stocks.values() if local_symbol and s.local_symbol == local_symbol), None)
+            return [stock] if stock else []
+        if sec_type != "OPT":
+            return []
+        right = {"CALL": "C", "PUT": "P"}.get(right.upper(), right.upper())
+        candidates = self._options.get(symbol)
+        if candidates is None and local_symbol:
+            candidates = self._options.get(local_symbol[:6].strip(), [])
+        return [o for o in candidates or () if
+                (not expiry or o.expiry.startswith(expiry))
+                and (not strike or abs(o.strike - strike) < 1e-6)
+                and (not right or o.right == right)
+                and (not trading_class or o.trading_class == trading_class)
+                and (not multiplier or o.multiplier == multiplier)
+                and (not local_symbol or o.local_symbol == local_symbol)]
+
+    # ---- prices ---------------------------------------------------------------------------
+
+    def spot(self, symbol: str) -> float:
+        with self._lock:
+            return self._spot[symbol]
+
+    def drift(self, symbol: str) -> float:
+        """Move one underlying a little (streaming updates) and return the new spot."""
+        with self._lock:
+            spot = self._spot[symbol] * (1 + self._drift_rng.gauss(0, 0.0004))
+            self._spot[symbol] = round(spot, 2)
+            return self._spot[symbol]
+
+    def _contract_rng(self, instrument: Instrument) -> random.Random:
+        return random.Random(self.seed * 1_000_003 + instrument.con_id)
+
+    def quote(self, instrument: Instrument) -> Quote:
+        if instrument.sec_type == "STK":
+            return self._stock_quote(instrument)
+        return self._option_quote(instrument)
+
+    def _stock_quote(self, stock: Instrument) -> Quote:
+        spec = self.specs[stock.symbol]
+        rng = self._contract_rng(stock)
+        spot = self.spot(stock.symbol)
+        half = 0.01 if not spec.thin else 0.03
+        volume = int(rng.uniform(0.5, 3.0) * (2_000_000 if not spec.thin else 150_000))
+        return Quote(bid=round(spot - half, 2), ask=round(spot + half, 2), last=spot,
+                     close=round(spot * (1 - rng.uniform(-0.01, 0.01)), 2),
+                     bid_size=rng.randrange(1, 20) * 100, ask_size=rng.randrange(1, 20) * 100,
+                     last_size=rng.randrange(1, 5) * 100, volume=volume, implied_vol=spec.vol,
+                     call_volume=volume // 40, put_volume=volume // 55,
+                     call_open_interest=volume // 3, put_open_interest=volume // 4)
+
+    def years_to_expiry(self, expiry: str) -> float:
+        day = dt.datetime.strptime(expiry, "%Y%m%d").date()
+        return (max((day - self.today).days, 0) + 0.5) / 365.0
+
+    def implied_vol(self, option: Instrument, spot: float) -> float:
+        """A smile: higher vol away from the money, a little more on the put side."""
+        spec = self.specs[option.symbol]
+        moneyness = math.log(option.strike / spot)
+        skew = -0.3 * moneyness if moneyness < 0 else 0.0
+        return spec.vol * (1 + 1.5 * moneyness * moneyness) + spec.vol * skew
+
+    def _option_quote(self, option: Instrument) -> Quote:
+        spec = self.specs[option.symbol]
+        rng = self._contract_rng(option)
+        spot = self.spot(option.symbol)
+        years = self.years_to_expiry(option.expiry)
+        vol = self.implied_vol(option, spot)
+        price, delta, gamma, vega, theta = black_scholes(spot, option.strike, years, vol, option.right)
+        price = max(price, 0.0)
+        half = 0.05 + 0.08 * price if spec.thin else 0.01 + 0.015 * price
+        bid = round_to_tick(price - half)
+        ask = max(round_to_tick(price + half), 0.01 if not spec.thin else 0.05)
+        no_bid = bid < 0.05 or (spec.thin and (bid < 0.30 or rng.random() < 0.4))
+        distance = abs(math.log(option.strike / spot))
+        liquidity = math.exp(-distance * 12) * (0.02 if spec.thin else 1.0)
+        volume = int(rng.uniform(0, 4000) * liquidity)
+        close = round_to_tick(max(price * (1 + rng.uniform(-0.05, 0.05)), 0.01))
+        greeks = Greeks(vol, delta, price, gamma, vega / 100.0, theta / 365.0, spot)
+        return Quote(bid=-1.0 if no_bid else bid, ask=ask, last=close if volume else -1.0, close=close,
+                     bid_size=0 if no_bid else rng.randrange(1, 60), ask_size=rng.randrange(1, 60),
+                     last_size=rng.randrange(1, 10) if volume else 0, volume=volume,
+                     open_interest=int(rng.uniform(10, 20000) * liquidity), implied_vol=vol,
+                     greeks=greeks)
+
+    def side_greeks(self, option: Instrument, quote: Quote, price: float) -> Optional[Greeks]:
+        """The computation TWS attaches to a bid/ask/last price: the model's greeks at the vol
+        that prices the option at `price` (None when there is no such price)."""
+        model = quote.greeks
+        if model is None or price <= 0:
+            return None
+        vega_per_vol = model.vega * 100.0
+        vol = model.implied_vol
+        if vega_per_vol > 1e-9:
+            vol = max(0.01, vol + (price - model.opt_price) / vega_per_vol)
+        return replace(model, implied_vol=vol, opt_price=price)
+
+    def fill_price(self, instrument: Instrument, action: str, limit: Optional[float]) -> Optional[float]:
+        """The price an order fills at now (limit None = market order), or None when it rests."""
+        quote = self.quote(instrument)
+        if action == "BUY" and quote.ask > 0 and (limit is None or limit >= quote.ask):
+            return quote.ask
+        if action == "SELL" and quote.bid > 0 and (limit is None or limit <= quote.bid):
+            return quote.bid
+        return None
+
+
+class Portfolio:
+    """Positions and account values per account; fills from the fake's order book change them."""
+
+    def __init__(self, market: Market, accounts: Sequence[str]):
+        self.market = market
+        self.accounts = list(accounts)
+        self._lock = threading.Lock()
+        self._positions: Dict[Tuple[str, int], Position] = {}
+        self._cash: Dict[str, float] = {}
+        for index, account in enumerate(self.accounts):
+            self._cash[account] = 100_000.0 + 25_000.0 * index
+            for instrument, quantity in self._opening_positions(index):
+                price = self._mark(instrument)
+                cost = price * 0.97 * (float(instrument.multiplier) if instrument.multiplier else 1.0)
+                self._positions[(account, instrument.con_id)] = Position(account, instrument, quantity,
+                                                                         round(cost, 4))
+
+    def _opening_positions(self, index: int) -> List[Tuple[Instrument, float]]:
+        market = self.market
+        held = [(market.stocks["AAPL"], 100.0), (market.stocks["SPY"], 20.0 + 10 * index)]
+        if index == 0:
+            aapl_expiries = market.expirations("AAPL")
+            expiry = aapl_expiries[min(len(aapl_expiries) - 1, 5)]
+            spot = market.spot("AAPL")
+            put = min((o for o in market.find(symbol="AAPL", sec_type="OPT", expiry=expiry, right="P")),
+                      key=lambda o: abs(o.strike - spot * 0.9))
+            msft_call = min(market.find(symbol="MSFT", sec_type="OPT",
+                                        expiry=market.expirations("MSFT")[-2], right="C"),
+                            key=lambda o: abs(o.strike - market.spot("MSFT") * 1.05))
+            held += [(put, -2.0), (msft_call, 1.0)]
+        return held
+
+    def _mark(self, instrument: Instrument) -> float:
+        quote = self.market.quote(instrument)
+        if quote.bid > 0 and quote.ask > 0:
+            return round((quote.bid + quote.ask) / 2, 4)
+        return quote.close
+
+    def positions(self, account: str = "") -> List[Position]:
+        with self._lock:
+            return [replace(p) for p in self._positions.values() if not account or p.account == account]
+
+    def apply_fill(self, account: str, instrument: Instrument, signed_quantity: float, price: float) -> None:
+        multiplier = float(instrument.multiplier) if instrument.multiplier else 1.0
+        with self._lock:
+            key = (account, instrument.con_id)
+            held = self._positions.get(key)
+            self._cash[account] = self._cash.get(account, 0.0) - signed_quantity * price * multiplier
+            if held is None:
+                self._positions[key] = Position(account, instrument, signed_quantity, price * multiplier)
+                return
+            total = held.quantity + signed_quantity
+            if total == 0:
+                del self._positions[key]
+            elif (held.quantity > 0) == (signed_quantity > 0):
+                held.avg_cost = (held.avg_cost * held.quantity + price * multiplier * signed_quantity) / total
+                held.quantity = total
+            else:
+                held.quantity = total
+
+    def portfolio_rows(self, account: str) -> List[Tuple[Position, float, float, float]]:
+        """(position, market price, market value, unrealized PnL) for updatePortfolio."""
+        rows = []
+        for position in self.positions(account):
+            multiplier = float(position.instrument.multiplier) if position.instrument.multiplier else 1.0
+            price = self._mark(position.instrument)
+            value = round(price * multiplier * position.quantity, 2)
+            rows.append((position, price, value, round(value - position.avg_cost * position.quantity, 2)))
+        return rows
+
+    def account_values(self, account: str) -> Dict[str, str]:
+        """The account-summary tags (all in USD except AccountType)."""
+        gross = sum(abs(value) for _, _, value, _ in self.portfolio_rows(account))
+        net = sum(value for _, _, value, _ in self.portfolio_rows(account))
+        with self._lock:
+            cash = self._cash.get(account, 0.0)
+        net_liq = cash + net
+        maint = 0.25 * gross
+        excess = net_liq - maint
+        return {
+            "AccountType": "INDIVIDUAL",
+            "NetLiquidation": f"{net_liq:.2f}",
+            "TotalCashValue": f"{cash:.2f}",
+            "SettledCash": f"{cash:.2f}",
+            "EquityWithLoanValue": f"{net_liq:.2f}",
+            "GrossPositionValue": f"{gross:.2f}",
+            "InitMarginReq": f"{0.3 * gross:.2f}",
+            "MaintMarginReq": f"{maint:.2f}",
+            "AvailableFunds": f"{net_liq - 0.3 * gross:.2f}",
+            "ExcessLiquidity": f"{excess:.2f}",
+            "BuyingPower": f"{4 * (net_liq - 0.3 * gross):.2f}",
+        }

@@ -1,0 +1,380 @@
+"""A fake TWS / IB Gateway on loopback, for tests, benchmarks and reviewers (DESIGN.md 6).
+
+`python -m tests.fake_tws --port 0 [options]` prints `fake_tws listening on 127.0.0.1:PORT` and
+serves until SIGTERM/SIGINT (exit 0, stats file written). From tests:
+`FakeTWS(port=0, ...).start() -> port`, `stats()`, `drop_all()`, `restart(down_s)`,
+`broadcast_error(code, text)`, `stop()`.
+
+It speaks the text socket protocol (server versions 157..200, never the protobuf ones): `API\\0` +
+version range, then after startApi: managedAccounts, nextValidId, notices 2104/2106/2158
+(a busy client id gets 326 and is closed). It serves:
+
+- reqContractDetails (STK, OPT; error 200 for a contract the market does not list),
+  reqSecDefOptParams (one row per exchange, then the end), reqCurrentTime, reqIds, reqManagedAccts
+- reqMktData / cancelMktData: streaming ticks (bid/ask/last/close with sizes, volume, generic 100
+  -> option volume 29/30, 101 -> open interest 27/28, 106 -> implied vol 24, option computations
+  10-13) after --tick-delay-ms, then small updates every 0.25-1 s; snapshots (default ticks, then
+  tickSnapshotEnd); tickReqParams; marketDataType once reqMarketDataType was called. One line per
+  live subscription or pending snapshot: past --max-lines, error 101. --no-live-data: 354, or
+  10167 plus delayed ticks (66-75, 80-83) when market data type 3/4 was asked.
+- reqPositions, reqPositionsMulti, reqAccountSummary, reqAccountUpdates, reqAccountUpdatesMulti,
+  reqExecutions (+ commission reports), reqCompletedOrders
+- placeOrder / cancelOrder / reqGlobalCancel, reqOpenOrders / reqAllOpenOrders / reqAutoOpenOrders:
+  openOrder + orderStatus; marketable limits fill at once (execDetails); 110 off-tick price,
+  201 quantity > 1000 or unknown account, 202 on cancel, 10147/10148 for unknown/finished orders;
+  --read-only answers order actions and order information with 321.
+- pacing: more than --max-rate messages in any 1 s window per connection is a violation;
+  reject: error 100, message dropped, disconnect on the 3rd; queue: processed late, counted.
+- TWS's other refusals: 322 duplicate ticker id, 321 snapshot with generic ticks, 320 unreadable
+  request.
+
+Underlyings: AAPL, MSFT, SPY (8-12 weekly/monthly/LEAPS expirations each, one trading class named
+after the symbol) and MRGT, a thinly traded merger target (3 monthlies, most options without a bid).
+
+Instruments, conIds and first quotes depend only on --seed and today's date. Modules: this one
+(server, shared lines/orders/stats, CLI), `fake_tws_session.py` (one connection: handshake, pacing,
+request handlers), `fake_tws_wire.py` (framing, request parsing, version-gated encoders),
+`fake_market.py` (instruments, chains, Black-Scholes quotes, portfolios).
+"""
+from __future__ import annotations
+
+import argparse
+import heapq
+import itertools
+import json
+import os
+import random
+import signal
+import socket
+import sys
+import threading
+import time
+import traceback
+from collections import Counter
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+from tests.fake_market import Market, Portfolio
+from tests.fake_tws_session import ClientSession
+from tests.fake_tws_wire import MAX_SERVER_VERSION, MIN_SERVER_VERSION, Execution, OrderRecord
+
+STAT_KEYS = ("connections", "messages_in", "pacing_violations", "line_limit_errors",
+             "max_lines_in_use", "orders_placed")
+STATS_INTERVAL_S = 0.5
+
+
+class Scheduler:
+    """One thread running callbacks at given times (market-data emissions)."""
+
+    def __init__(self):
+        self._heap: List[Tuple[float, int, Callable[[], None]]] = []
+        self._seq = itertools.count()
+        self._cond = threading.Condition()
+        self._stopped = False
+        self._thread = threading.Thread(target=self._run, name="fake-tws-ticks", daemon=True)
+        self._thread.start()
+
+    def call_later(self, delay_s: float, fn: Callable[[], None]) -> None:
+        with self._cond:
+            heapq.heappush(self._heap, (time.monotonic() + delay_s, next(self._seq), fn))
+            self._cond.notify()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._stopped and (not self._heap or self._heap[0][0] > time.monotonic()):
+                    self._cond.wait(None if not self._heap else self._heap[0][0] - time.monotonic())
+                if self._stopped:
+                    return
+                _, _, fn = heapq.heappop(self._heap)
+            try:
+                fn()
+            except Exception:               # one bad emission must not stop every stream
+                traceback.print_exc()
+
+    def stop(self) -> None:
+        with self._cond:
+            self._stopped = True
+            self._cond.notify()
+        self._thread.join(timeout=2.0)
+
+
+class OrderBook:
+    """Orders by (client id, order id), executions, and the next valid order id."""
+
+    def __init__(self, seed: int):
+        self._orders: Dict[Tuple[int, int], OrderRecord] = {}
+        self.executions: List[Execution] = []
+        self._perm_ids = itertools.count(1_000_000 + seed % 1000 * 1000)
+        self._exec_ids = itertools.count(1)
+        self.next_order_id = 1
+
+    def get(self, client_id: int, order_id: int) -> Optional[OrderRecord]:
+        return self._orders.get((client_id, order_id))
+
+    def add(self, order: OrderRecord) -> None:
+        self._orders[(order.client_id, order.order_id)] = order
+        self.next_order_id = max(self.next_order_id, order.order_id + 1)
+
+    def new_perm_id(self) -> int:
+        return next(self._perm_ids)
+
+    def open_orders(self, client_id: Optional[int] = None) -> List[OrderRecord]:
+        return [o for o in self._orders.values()
+                if not o.completed_status and (client_id is None or o.client_id == client_id)]
+
+    def completed_orders(self) -> List[OrderRecord]:
+        return [o for o in self._orders.values() if o.completed_status]
+
+    def record_fill(self, order: OrderRecord, price: float) -> Execution:
+        now = time.localtime()
+        order.status, order.filled = "Filled", order.quantity
+        order.avg_fill_price = order.last_fill_price = price
+        order.completed_time = time.strftime("%Y%m%d %H:%M:%S", now)
+        order.completed_status = "Filled"
+        execution = Execution(f"0000e0d5.{next(self._exec_ids):08x}.01.01",
+                              time.strftime("%Y%m%d  %H:%M:%S", now), order, order.quantity, price)
+        self.executions.append(execution)
+        return execution
+
+    def record_cancel(self, order: OrderRecord) -> None:
+        order.status = "Cancelled"
+        order.completed_time = time.strftime("%Y%m%d %H:%M:%S")
+        order.completed_status = "Cancelled by Trader"
+
+
+class FakeTWS:
+    """The server: listening socket, client sessions, shared lines/orders/stats."""
+
+    def __init__(self, port: int = 0, accounts: Sequence[str] = ("DU1234567",), max_rate: int = 50,
+                 pacing: str = "queue", max_lines: int = 100, read_only: bool = False,
+                 no_live_data: bool = False, busy_client_ids: Sequence[int] = (),
+                 tick_delay_ms: Tuple[int, int] = (5, 30), seed: int = 1,
+                 max_server_version: int = MAX_SERVER_VERSION, stats_file: Optional[str] = None,
+                 host: str = "127.0.0.1"):
+        if pacing not in ("reject", "queue"):
+            raise ValueError("pacing must be 'reject' or 'queue'")
+        if not MIN_SERVER_VERSION <= max_server_version <= MAX_SERVER_VERSION:
+            raise ValueError(f"max_server_version must be in {MIN_SERVER_VERSION}..{MAX_SERVER_VERSION}")
+        if not accounts:
+            raise ValueError("at least one account")
+        self.host, self.port = host, port
+        self.accounts = list(accounts)
+        self.max_rate, self.pacing, self.max_lines = max_rate, pacing, max_lines
+        self.read_only, self.no_live_data = read_only, no_live_data
+        self.busy_client_ids = set(busy_client_ids)
+        self.tick_delay_s = (tick_delay_ms[0] / 1000.0, tick_delay_ms[1] / 1000.0)
+        self.max_server_version = max_server_version
+        self.stats_file = stats_file
+        self.market = Market(seed)
+        self.portfolio = Portfolio(self.market, self.accounts)
+        self.orders = OrderBook(seed)
+        self.rng = random.Random(seed)
+        self.lock = threading.RLock()
+        self._sessions: List[ClientSession] = []
+        self._counters: Counter = Counter()
+        self._requests: Counter = Counter()
+        self.lines_in_use = 0
+        self._listener: Optional[socket.socket] = None
+        self._accept_thread: Optional[threading.Thread] = None
+        self._stopping = threading.Event()
+        self._scheduler: Optional[Scheduler] = None
+        self._stats_thread: Optional[threading.Thread] = None
+
+    # ---- lifecycle --------------------------------------------------------------------------
+
+    def start(self) -> int:
+        self._scheduler = Scheduler()
+        self._listen()
+        if self.stats_file:
+            self._stats_thread = threading.Thread(target=self._write_stats_forever, name="fake-tws-stats",
+                                                  daemon=True)
+            self._stats_thread.start()
+        return self.port
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._close_listener()
+        self.drop_all()
+        if self._scheduler:
+            self._scheduler.stop()
+        if self._stats_thread:
+            self._stats_thread.join(timeout=2.0)
+        if self.stats_file:
+            self.write_stats()
+
+    def _listen(self) -> None:
+        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind((self.host, self.port))
+        listener.listen(64)
+        listener.settimeout(0.1)
+        self.port = listener.getsockname()[1]
+        self._listener = listener
+        self._accept_thread = threading.Thread(target=self._accept_loop, args=(listener,),
+                                               name="fake-tws-accept", daemon=True)
+        self._accept_thread.start()
+
+    def _close_listener(self) -> None:
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            listener.close()
+        if self._accept_thread is not None:
+            self._accept_thread.join(timeout=2.0)
+
+    def _accept_loop(self, listener: socket.socket) -> None:
+        while self._listener is listener:
+            try:
+                sock, _ = listener.accept()
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            sock.settimeout(None)
+            session = ClientSession(self, sock)
+            with self.lock:
+                self._sessions.append(session)
+                self._counters["connections"] += 1
+            session.start()
+
+    def drop_all(self) -> None:
+        """Close every client socket abruptly (RST), like a crashing TWS."""
+        with self.lock:
+            sessions = list(self._sessions)
+        for session in sessions:
+            session.close(abort=True)
+
+    def restart(self, down_s: float = 0.0) -> None:
+        """TWS's daily restart: drop everyone, refuse connections for down_s, listen again on the
+        same port. Returns once listening again."""
+        self._close_listener()
+        self.drop_all()
+        time.sleep(down_s)
+        if not self._stopping.is_set():
+            self._listen()
+
+    def broadcast_error(self, code: int, text: str, req_id: int = -1) -> None:
+        for session in self.ready_sessions():
+            session.send_error(req_id, code, text)
+
+    # ---- shared state used by sessions ------------------------------------------------------
+
+    def ready_sessions(self) -> List[ClientSession]:
+        with self.lock:
+            return [s for s in self._sessions if s.client_id is not None]
+
+    def claim_client_id(self, session: ClientSession, client_id: int) -> bool:
+        """Give `session` this client id unless it is configured busy or another client holds it."""
+        with self.lock:
+            if client_id in self.busy_client_ids or any(s.client_id == client_id for s in self._sessions):
+                return False
+            session.client_id = client_id
+            return True
+
+    def session_closed(self, session: ClientSession, lines_held: int) -> None:
+        with self.lock:
+            if session in self._sessions:
+                self._sessions.remove(session)
+            self.lines_in_use -= lines_held
+
+    def acquire_line(self) -> bool:
+        with self.lock:
+            if self.lines_in_use >= self.max_lines:
+                self._counters["line_limit_errors"] += 1
+                return False
+            self.lines_in_use += 1
+            self._counters["max_lines_in_use"] = max(self._counters["max_lines_in_use"], self.lines_in_use)
+            return True
+
+    def release_line(self) -> None:
+        with self.lock:
+            self.lines_in_use -= 1
+
+    def count(self, key: str) -> None:
+        with self.lock:
+            self._counters[key] += 1
+
+    def count_request(self, name: str) -> None:
+        with self.lock:
+            self._requests[name] += 1
+
+    def call_later(self, delay_s: float, fn: Callable[[], None]) -> None:
+        if self._scheduler is not None:
+            self._scheduler.call_later(delay_s, fn)
+
+    def tick_delay(self) -> float:
+        low, high = self.tick_delay_s
+        with self.lock:
+            return self.rng.uniform(low, high)
+
+    # ---- stats ------------------------------------------------------------------------------
+
+    def stats(self) -> Dict:
+        with self.lock:
+            stats = {key: self._counters[key] for key in STAT_KEYS}
+            stats["requests_by_type"] = dict(self._requests)
+            stats["lines_in_use"] = self.lines_in_use
+            stats["clients_connected"] = sum(1 for s in self._sessions if s.client_id is not None)
+        return stats
+
+    def write_stats(self) -> None:
+        if not self.stats_file:
+            return
+        tmp = f"{self.stats_file}.tmp"
+        with open(tmp, "w", encoding="utf-8") as out:
+            json.dump(self.stats(), out, indent=1, sort_keys=True)
+        os.replace(tmp, self.stats_file)
+
+    def _write_stats_forever(self) -> None:
+        while not self._stopping.wait(STATS_INTERVAL_S):
+            self.write_stats()
+
+
+# ---- CLI ------------------------------------------------------------------------------------
+
+def _int_list(text: str) -> List[int]:
+    return [int(x) for x in text.split(",") if x.strip()]
+
+
+def _delay_range(text: str) -> Tuple[int, int]:
+    low, _, high = text.partition(",")
+    return int(low), int(high or low)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m tests.fake_tws", description="Fake TWS for tests.")
+    p.add_argument("--port", type=int, required=True, help="0 picks a free port")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--accounts", default="DU1234567", help="comma list; U... = live")
+    p.add_argument("--max-rate", type=int, default=50, help="messages per second per connection")
+    p.add_argument("--pacing", choices=("reject", "queue"), default="queue")
+    p.add_argument("--max-lines", type=int, default=100)
+    p.add_argument("--read-only", action="store_true")
+    p.add_argument("--no-live-data", action="store_true")
+    p.add_argument("--busy-client-ids", type=_int_list, default=[])
+    p.add_argument("--tick-delay-ms", type=_delay_range, default=(5, 30), metavar="LO,HI")
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--stats-file")
+    p.add_argument("--max-server-version", type=int, default=MAX_SERVER_VERSION)
+    return p
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    tws = FakeTWS(port=args.port, accounts=[a.strip() for a in args.accounts.split(",") if a.strip()],
+                  max_rate=args.max_rate, pacing=args.pacing, max_lines=args.max_lines,
+                  read_only=args.read_only, no_live_data=args.no_live_data,
+                  busy_client_ids=args.busy_client_ids, tick_delay_ms=args.tick_delay_ms, seed=args.seed,
+                  max_server_version=args.max_server_version, stats_file=args.stats_file, host=args.host)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    port = tws.start()
+    print(f"fake_tws listening on {args.host}:{port}", flush=True)
+    while not stop.wait(0.2):
+        pass
+    tws.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

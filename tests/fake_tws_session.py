@@ -1,0 +1,572 @@
+"""One client connection to the fake TWS: handshake, pacing, and the request handlers.
+
+Handlers are `_on_<EClient method name>(**params)`; the params come from
+`fake_tws_wire.parse_request`. Shared state (lines, orders, market, stats) lives on the server.
+"""
+from __future__ import annotations
+
+import socket
+import struct
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, replace
+from typing import Deque, Dict, FrozenSet, List, Optional
+
+from tests.fake_market import Instrument, Quote, on_tick
+from tests.fake_tws_wire import (API_PREFIX, MIN_SERVER_VERSION, Encoder, FrameReader, OrderRecord,
+                                 ProtocolError, frame, parse_request, parse_version_range, split_fields)
+
+SOCKET_TIMEOUT_S = 5.0
+PACING_WINDOW_S = 1.0
+PACING_STRIKES = 3                 # reject mode: disconnect on this many violations
+MAX_ORDER_QUANTITY = 1000
+UPDATE_INTERVAL_S = (0.25, 1.0)
+
+FARM_NOTICES = ((2104, "Market data farm connection is OK:usfarm"),
+                (2106, "HMDS data farm connection is OK:ushmds"),
+                (2158, "Sec-def data farm connection is OK:secdefnj"))
+READ_ONLY_TEXT = ("Error validating request.-'bN' : cause - The API interface is currently in "
+                  "Read-Only mode.")
+NO_SECURITY_TEXT = "No security definition has been found for the request"
+
+# Live tick type -> the delayed one TWS sends instead (market data type 3/4 without a subscription).
+DELAYED_TICK = {0: 69, 1: 66, 2: 67, 3: 70, 4: 68, 5: 71, 8: 74, 9: 75, 10: 80, 11: 81, 12: 82, 13: 83}
+BID, ASK, LAST, CLOSE, VOLUME = 1, 2, 4, 9, 8
+BID_SIZE, ASK_SIZE, LAST_SIZE = 0, 3, 5
+CALL_OI, PUT_OI, CALL_VOLUME, PUT_VOLUME, IMPLIED_VOL = 27, 28, 29, 30, 24
+BID_COMP, ASK_COMP, LAST_COMP, MODEL_COMP = 10, 11, 12, 13
+ACCOUNT_SUMMARY_TAGS = ("AccountType", "NetLiquidation", "TotalCashValue", "SettledCash",
+                        "EquityWithLoanValue", "GrossPositionValue", "InitMarginReq", "MaintMarginReq",
+                        "AvailableFunds", "ExcessLiquidity", "BuyingPower")
+
+
+@dataclass
+class Subscription:
+    req_id: int
+    instrument: Instrument
+    generic_ticks: FrozenSet[int]
+    snapshot: bool
+    delayed: bool
+
+
+class ClientSession:
+    """Reads one socket on its own thread; sends from any thread (one lock per socket)."""
+
+    def __init__(self, server, sock: socket.socket):
+        self.server = server
+        self.market = server.market
+        self.sock = sock
+        self.client_id: Optional[int] = None          # set once startApi is accepted
+        self.encoder: Optional[Encoder] = None
+        self.market_data_type: Optional[int] = None   # None until reqMarketDataType
+        self._send_lock = threading.Lock()
+        self._state_lock = threading.Lock()
+        self._closed = False
+        self._subs: Dict[int, Subscription] = {}
+        self._window: Deque[float] = deque()
+        self._violations = 0
+        self._thread = threading.Thread(target=self._run, name="fake-tws-client", daemon=True)
+
+    def start(self) -> None:
+        self.sock.settimeout(SOCKET_TIMEOUT_S)
+        self._thread.start()
+
+    # ---- socket ------------------------------------------------------------------------------
+
+    def send(self, fields: list) -> None:
+        data = frame(fields)
+        try:
+            with self._send_lock:
+                if not self._closed:
+                    self.sock.sendall(data)
+        except OSError:
+            self.close()
+
+    def send_error(self, req_id: int, code: int, text: str) -> None:
+        if self.encoder is not None:
+            self.send(self.encoder.error(req_id, code, text, int(time.time() * 1000)))
+
+    def close(self, abort: bool = False) -> None:
+        with self._state_lock:
+            if self._closed:
+                return
+            self._closed = True
+            subs, self._subs = self._subs, {}
+        if abort:            # reset instead of a clean FIN; SHUT_RD below still wakes our blocked recv
+            try:
+                self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            except OSError:
+                pass
+        try:
+            self.sock.shutdown(socket.SHUT_RD if abort else socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self.sock.close()
+        self.server.session_closed(self, lines_held=len(subs))
+
+    def _recv(self, reader: FrameReader) -> bool:
+        while True:
+            try:
+                data = self.sock.recv(65536)
+            except socket.timeout:
+                continue
+            except OSError:
+                return False
+            if not data:
+                return False
+            reader.feed(data)
+            return True
+
+    def _run(self) -> None:
+        try:
+            reader = FrameReader()
+            if self._handshake(reader):
+                while not self._closed:
+                    for payload in reader.payloads():
+                        if self._closed:
+                            break
+                        self._on_message(split_fields(payload))
+                    if not self._recv(reader):
+                        break
+        finally:
+            self.close()
+
+    def _handshake(self, reader: FrameReader) -> bool:
+        prefixed = None
+        while prefixed is None:
+            if not self._recv(reader):
+                return False
+            prefixed = reader.take_prefix(API_PREFIX)
+        if not prefixed:
+            return False
+        payloads = reader.payloads()
+        while not payloads:
+            if not self._recv(reader):
+                return False
+            payloads = reader.payloads()
+        try:
+            low, high, _ = parse_version_range(payloads[0].decode("ascii", errors="replace"))
+        except ProtocolError:
+            return False
+        version = min(high, self.server.max_server_version)
+        if version < max(low, MIN_SERVER_VERSION):
+            return False
+        self.encoder = Encoder(version)
+        self.send(self.encoder.handshake(time.strftime("%Y%m%d %H:%M:%S %Z")))
+        for payload in payloads[1:]:
+            self._on_message(split_fields(payload))
+        return True
+
+    # ---- dispatch and pacing -----------------------------------------------------------------
+
+    def _on_message(self, fields: List[str]) -> None:
+        self.server.count("messages_in")
+        if not self._admit():
+            return
+        try:
+            name, params = parse_request(fields, self.encoder.v)
+        except ProtocolError as exc:
+            self.send_error(-1, 320, f"Error reading request. Unable to parse data. {exc}")
+            return
+        if self.client_id is None and name != "startApi":
+            return
+        self.server.count_request(name)
+        handler = getattr(self, f"_on_{name}", None)
+        if handler is not None:
+            handler(**params)
+
+    def _admit(self) -> bool:
+        """Sliding 1 s window over received messages; True when the message may be processed."""
+        server, window = self.server, self._window
+        now = time.monotonic()
+        while window and now - window[0] >= PACING_WINDOW_S:
+            window.popleft()
+        if len(window) < server.max_rate:
+            window.append(now)
+            return True
+        server.count("pacing_violations")
+        if server.pacing == "queue":
+            time.sleep(max(0.0, window[0] + PACING_WINDOW_S - now))
+            window.popleft()
+            window.append(time.monotonic())
+            return True
+        window.append(now)
+        self._violations += 1
+        self.send_error(-1, 100, f"Max rate of messages per second has been exceeded:max={server.max_rate} "
+                                 f"rec={len(window)} (1)")
+        if self._violations >= PACING_STRIKES:
+            self.close()
+        return False
+
+    def _refuse_read_only(self, req_id: int) -> bool:
+        if self.server.read_only:
+            self.send_error(req_id, 321, READ_ONLY_TEXT)
+        return self.server.read_only
+
+    # ---- connection --------------------------------------------------------------------------
+
+    def _on_startApi(self, client_id: int, optional_capabilities: str) -> None:
+        if self.client_id is not None:
+            return
+        if not self.server.claim_client_id(self, client_id):
+            self.send_error(-1, 326, "Unable to connect as the client id is already in use. "
+                                     "Retry with a unique client id.")
+            self.close()
+            return
+        enc = self.encoder
+        self.send(enc.managed_accounts(self.server.accounts))
+        self.send(enc.next_valid_id(self.server.orders.next_order_id))
+        for code, text in FARM_NOTICES:
+            self.send_error(-1, code, text)
+
+    def _on_reqIds(self, num_ids: int) -> None:
+        self.send(self.encoder.next_valid_id(self.server.orders.next_order_id))
+
+    def _on_reqCurrentTime(self) -> None:
+        self.send(self.encoder.current_time(int(time.time())))
+
+    def _on_reqManagedAccts(self) -> None:
+        self.send(self.encoder.managed_accounts(self.server.accounts))
+
+    def _on_reqMarketDataType(self, market_data_type: int) -> None:
+        self.market_data_type = market_data_type
+
+    # ---- reference data ----------------------------------------------------------------------
+
+    def _resolve(self, contract: Dict) -> List[Instrument]:
+        exchange = contract["exchange"]
+        found = self.market.find(**{k: contract[k] for k in (
+            "con_id", "symbol", "sec_type", "expiry", "strike", "right", "trading_class", "multiplier",
+            "currency", "local_symbol")})
+        return [i for i in found if not exchange or exchange == "SMART" or exchange == i.primary_exchange
+                or exchange in i.valid_exchanges.split(",")]
+
+    def _resolve_one(self, req_id: int, contract: Dict) -> Optional[Instrument]:
+        found = self._resolve(contract)
+        if len(found) == 1:
+            return found[0]
+        self.send_error(req_id, 200, NO_SECURITY_TEXT if not found else
+                        f"The contract description specified for {contract['symbol']} is ambiguous.")
+        return None
+
+    def _on_reqContractDetails(self, req_id: int, contract: Dict, include_expired: bool) -> None:
+        found = self._resolve(contract)
+        if not found:
+            self.send_error(req_id, 200, NO_SECURITY_TEXT)
+            return
+        exchange = contract["exchange"] or "SMART"
+        for instrument in found:
+            self.send(self.encoder.contract_data(req_id, replace(instrument, exchange=exchange)))
+        self.send(self.encoder.contract_data_end(req_id))
+
+    def _on_reqSecDefOptParams(self, req_id: int, symbol: str, exchange: str, sec_type: str,
+                               con_id: int) -> None:
+        stock = self.market.stocks.get(symbol.upper())
+        if stock is None or (con_id and con_id != stock.con_id):
+            self.send_error(req_id, 200, NO_SECURITY_TEXT)
+            return
+        spec = self.market.specs[stock.symbol]
+        expirations, strikes = self.market.expirations(stock.symbol), self.market.strikes(stock.symbol)
+        for listed_on in spec.option_exchanges:
+            if not exchange or exchange == listed_on:
+                self.send(self.encoder.sec_def_opt_params(req_id, listed_on, stock.con_id, stock.symbol,
+                                                          "100", expirations, strikes))
+        self.send(self.encoder.sec_def_opt_params_end(req_id))
+
+    # ---- market data -------------------------------------------------------------------------
+
+    def _on_reqMktData(self, req_id: int, contract: Dict, generic_ticks: str, snapshot: bool,
+                       regulatory_snapshot: bool) -> None:
+        enc, server = self.encoder, self.server
+        if req_id in self._subs:
+            self.send_error(req_id, 322, "Error processing request.-'bW' : cause - Duplicate ticker id")
+            return
+        instrument = self._resolve_one(req_id, contract)
+        if instrument is None:
+            return
+        generic = frozenset(int(t) for t in generic_ticks.split(",") if t.strip().isdigit())
+        snapshot = snapshot or regulatory_snapshot
+        if snapshot and generic:
+            self.send_error(req_id, 321, "Error validating request.-'bW' : cause - Snapshot market data "
+                                         "subscription is not applicable to generic ticks")
+            return
+        delayed = False
+        if server.no_live_data:
+            if self.market_data_type not in (3, 4):
+                self.send_error(req_id, 354, "Requested market data is not subscribed.Delayed market data "
+                                             "is available.")
+                return
+            self.send_error(req_id, 10167, "Requested market data is not subscribed. Displaying delayed "
+                                           "market data.")
+            delayed = True
+        if not server.acquire_line():
+            self.send_error(req_id, 101, "Max number of tickers has been reached")
+            return
+        sub = Subscription(req_id, instrument, generic, snapshot, delayed)
+        with self._state_lock:
+            if self._closed:
+                server.release_line()
+                return
+            self._subs[req_id] = sub
+        self.send(enc.tick_req_params(req_id, instrument.min_tick, "a60001", 3))
+        if self.market_data_type is not None or delayed:
+            self.send(enc.market_data_type(req_id, self.market_data_type if delayed else 1))
+        server.call_later(server.tick_delay(), lambda: self._emit(sub, first=True))
+
+    def _on_cancelMktData(self, req_id: int) -> None:
+        self._end_subscription(req_id)
+
+    def _end_subscription(self, req_id: int) -> None:
+        with self._state_lock:
+            sub = self._subs.pop(req_id, None)
+        if sub is not None:
+            self.server.release_line()
+
+    def _is_live(self, sub: Subscription) -> bool:
+        with self._state_lock:
+            return self._subs.get(sub.req_id) is sub
+
+    def _emit(self, sub: Subscription, first: bool) -> None:
+        """Scheduler thread: the full tick set first, then small updates until cancelled."""
+        if not self._is_live(sub):
+            return
+        instrument = sub.instrument
+        if not first:
+            self.market.drift(instrument.symbol)
+        quote = self.market.quote(instrument)
+        for fields in (self._full_ticks(sub, quote) if first else self._update_ticks(sub, quote)):
+            self.send(fields)
+        if sub.snapshot:
+            self.send(self.encoder.tick_snapshot_end(sub.req_id))
+            self._end_subscription(sub.req_id)
+            return
+        with self.server.lock:
+            delay = self.server.rng.uniform(*UPDATE_INTERVAL_S)
+        self.server.call_later(delay, lambda: self._emit(sub, first=False))
+
+    def _tick(self, sub: Subscription, tick_type: int) -> int:
+        return DELAYED_TICK.get(tick_type, tick_type) if sub.delayed else tick_type
+
+    def _full_ticks(self, sub: Subscription, q: Quote) -> List[list]:
+        enc, r, t = self.encoder, sub.req_id, lambda tick: self._tick(sub, tick)
+        ticks = [enc.tick_price(r, t(BID), q.bid, q.bid_size), enc.tick_price(r, t(ASK), q.ask, q.ask_size)]
+        if q.last > 0:
+            ticks += [enc.tick_price(r, t(LAST), q.last, q.last_size), enc.tick_size(r, t(LAST_SIZE), q.last_size)]
+        ticks += [enc.tick_size(r, t(VOLUME), q.volume), enc.tick_price(r, t(CLOSE), q.close, 0)]
+        is_call = sub.instrument.right == "C"
+        if sub.instrument.sec_type == "OPT":
+            volumes = [(CALL_VOLUME if is_call else PUT_VOLUME, q.volume)]
+            interests = [(CALL_OI if is_call else PUT_OI, q.open_interest)]
+        else:
+            volumes = [(CALL_VOLUME, q.call_volume), (PUT_VOLUME, q.put_volume)]
+            interests = [(CALL_OI, q.call_open_interest), (PUT_OI, q.put_open_interest)]
+        if 100 in sub.generic_ticks:
+            ticks += [enc.tick_size(r, tick, size) for tick, size in volumes]
+        if 101 in sub.generic_ticks:
+            ticks += [enc.tick_size(r, tick, size) for tick, size in interests]
+        if 106 in sub.generic_ticks:
+            ticks.append(enc.tick_generic(r, IMPLIED_VOL, q.implied_vol))
+        if q.greeks is not None:
+            ticks += [self._computation(sub, q, tick, price) for tick, price in
+                      ((BID_COMP, q.bid), (ASK_COMP, q.ask), (LAST_COMP, q.last), (MODEL_COMP, None))]
+        return ticks
+
+    def _update_ticks(self, sub: Subscription, q: Quote) -> List[list]:
+        enc, r, t = self.encoder, sub.req_id, lambda tick: self._tick(sub, tick)
+        ticks = [enc.tick_price(r, t(BID), q.bid, q.bid_size), enc.tick_price(r, t(ASK), q.ask, q.ask_size),
+                 enc.tick_size(r, t(BID_SIZE), q.bid_size), enc.tick_size(r, t(ASK_SIZE), q.ask_size)]
+        if q.greeks is not None:
+            ticks.append(self._computation(sub, q, MODEL_COMP, None))
+        return ticks
+
+    def _computation(self, sub: Subscription, q: Quote, tick_type: int, price: Optional[float]) -> list:
+        """A tickOptionComputation at `price` (None: the model's); -1/-2 sentinels when there is no
+        such price, as TWS sends them."""
+        greeks = q.greeks if price is None else self.market.side_greeks(sub.instrument, q, price)
+        if greeks is None:
+            return self.encoder.tick_option_computation(sub.req_id, self._tick(sub, tick_type), -1.0, -2.0,
+                                                        -1.0, -1.0, -2.0, -2.0, -2.0, q.greeks.und_price)
+        return self.encoder.tick_option_computation(
+            sub.req_id, self._tick(sub, tick_type), greeks.implied_vol, greeks.delta, greeks.opt_price, 0.0,
+            greeks.gamma, greeks.vega, greeks.theta, greeks.und_price)
+
+    # ---- account -----------------------------------------------------------------------------
+
+    def _accounts_for(self, account: str) -> List[str]:
+        if account in ("", "All"):
+            return list(self.server.accounts)
+        return [account] if account in self.server.accounts else []
+
+    def _on_reqPositions(self) -> None:
+        for p in self.server.portfolio.positions():
+            self.send(self.encoder.position(p.account, p.instrument, p.quantity, p.avg_cost))
+        self.send(self.encoder.position_end())
+
+    def _on_reqPositionsMulti(self, req_id: int, account: str, model_code: str) -> None:
+        for name in self._accounts_for(account):
+            for p in self.server.portfolio.positions(name):
+                self.send(self.encoder.position_multi(req_id, name, p.instrument, p.quantity, p.avg_cost,
+                                                      model_code))
+        self.send(self.encoder.position_multi_end(req_id))
+
+    def _on_reqAccountSummary(self, req_id: int, group: str, tags: str) -> None:
+        wanted = {t.strip() for t in tags.split(",")}
+        for account in self.server.accounts:
+            values = self.server.portfolio.account_values(account)
+            for tag in ACCOUNT_SUMMARY_TAGS:
+                if tag in wanted:
+                    currency = "" if tag == "AccountType" else "USD"
+                    self.send(self.encoder.account_summary(req_id, account, tag, values[tag], currency))
+        self.send(self.encoder.account_summary_end(req_id))
+
+    def _on_reqAccountUpdates(self, subscribe: bool, account: str) -> None:
+        accounts = self._accounts_for(account or self.server.accounts[0])
+        if not subscribe or len(accounts) != 1:
+            return
+        account, enc, portfolio = accounts[0], self.encoder, self.server.portfolio
+        for key, value in portfolio.account_values(account).items():
+            self.send(enc.account_value(key, value, "" if key == "AccountType" else "USD", account))
+        for position, price, value, unrealized in portfolio.portfolio_rows(account):
+            self.send(enc.portfolio_value(position.instrument, position.quantity, price, value,
+                                          position.avg_cost, unrealized, 0.0, account))
+        self.send(enc.account_time(time.strftime("%H:%M")))
+        self.send(enc.account_download_end(account))
+
+    def _on_reqAccountUpdatesMulti(self, req_id: int, account: str, model_code: str,
+                                   ledger_and_nlv: bool) -> None:
+        for name in self._accounts_for(account):
+            for key, value in self.server.portfolio.account_values(name).items():
+                currency = "" if key == "AccountType" else "USD"
+                self.send(self.encoder.account_update_multi(req_id, name, model_code, key, value, currency))
+        self.send(self.encoder.account_update_multi_end(req_id))
+
+    # ---- orders ------------------------------------------------------------------------------
+
+    def _order_rejection(self, account: str, action: str, quantity: float, order_type: str,
+                         lmt_price: Optional[float]) -> Optional[str]:
+        if account not in self.server.accounts:
+            return f"The account code {account} is not valid for this user."
+        if action not in ("BUY", "SELL"):
+            return f"Invalid action {action}."
+        if not 0 < quantity <= MAX_ORDER_QUANTITY:
+            return f"Order quantity {quantity:g} is outside the allowed range 1..{MAX_ORDER_QUANTITY}."
+        if order_type == "LMT" and (lmt_price is None or lmt_price <= 0):
+            return "A limit order needs a positive limit price."
+        if order_type not in ("LMT", "MKT"):
+            return f"Order type {order_type} is not supported."
+        return None
+
+    def _on_placeOrder(self, order_id: int, contract: Dict, action: str, quantity: float, order_type: str,
+                       lmt_price: Optional[float], aux_price: Optional[float], tif: str, oca_group: str,
+                       account: str, open_close: str, origin: int, order_ref: str, transmit: bool,
+                       parent_id: int) -> None:
+        if self._refuse_read_only(order_id):
+            return
+        instrument = self._resolve_one(order_id, contract)
+        if instrument is None:
+            return
+        server, account = self.server, account or self.server.accounts[0]
+        reason = self._order_rejection(account, action, quantity, order_type, lmt_price)
+        if reason:
+            self.send_error(order_id, 201, f"Order rejected - reason:{reason}")
+            return
+        if lmt_price is not None and not on_tick(lmt_price, instrument.min_tick):
+            self.send_error(order_id, 110, "The price does not conform to the minimum price variation for "
+                                           "this contract.")
+            return
+        price = lmt_price if order_type == "LMT" else None
+        with server.lock:
+            order = server.orders.get(self.client_id, order_id)
+            if order is not None and order.completed_status:
+                self.send_error(order_id, 103, "Duplicate order id")
+                return
+            if order is None:
+                order = OrderRecord(order_id, self.client_id, server.orders.new_perm_id(), instrument, action,
+                                    quantity, order_type, price, aux_price, tif or "DAY", account, order_ref,
+                                    parent_id=parent_id)
+                server.orders.add(order)
+            else:
+                order.quantity, order.lmt_price, order.tif = quantity, price, tif or order.tif
+            server.count("orders_placed")
+            fill_at = self.market.fill_price(instrument, action, price)
+            execution = server.orders.record_fill(order, fill_at) if fill_at is not None else None
+        if execution is not None:
+            signed = quantity if action == "BUY" else -quantity
+            server.portfolio.apply_fill(account, instrument, signed, execution.price)
+        self.send(self.encoder.open_order(order))
+        self.send(self.encoder.order_status(order))
+        if execution is not None:
+            self.send(self.encoder.exec_details(-1, execution))
+            self.send(self.encoder.commission_report(execution))
+
+    def _on_cancelOrder(self, order_id: int) -> None:
+        if self._refuse_read_only(order_id):
+            return
+        with self.server.lock:
+            order = self.server.orders.get(self.client_id, order_id)
+            if order is None:
+                self.send_error(order_id, 10147, f"OrderId {order_id} that needs to be cancelled is not found.")
+                return
+            if order.completed_status:
+                self.send_error(order_id, 10148, f"OrderId {order_id} that needs to be cancelled cannot be "
+                                                 f"cancelled, state: {order.status}.")
+                return
+            self.server.orders.record_cancel(order)
+        self._announce_cancel(order)
+
+    def _announce_cancel(self, order: OrderRecord) -> None:
+        self.send(self.encoder.order_status(order))
+        self.send_error(order.order_id, 202, "Order Canceled - reason:")
+
+    def _on_reqGlobalCancel(self) -> None:
+        if self._refuse_read_only(-1):
+            return
+        with self.server.lock:
+            cancelled = self.server.orders.open_orders()
+            for order in cancelled:
+                self.server.orders.record_cancel(order)
+        for session in self.server.ready_sessions():
+            for order in cancelled:
+                if order.client_id == session.client_id:
+                    session._announce_cancel(order)
+
+    def _send_open_orders(self, client_id: Optional[int]) -> None:
+        if self._refuse_read_only(-1):
+            return
+        with self.server.lock:
+            orders = self.server.orders.open_orders(client_id)
+        for order in orders:
+            self.send(self.encoder.open_order(order))
+            self.send(self.encoder.order_status(order))
+        self.send(self.encoder.open_order_end())
+
+    def _on_reqOpenOrders(self) -> None:
+        self._send_open_orders(self.client_id)
+
+    def _on_reqAllOpenOrders(self) -> None:
+        self._send_open_orders(None)
+
+    def _on_reqAutoOpenOrders(self, auto_bind: bool) -> None:
+        self._refuse_read_only(-1)
+
+    def _on_reqCompletedOrders(self, api_only: bool) -> None:
+        with self.server.lock:
+            orders = [] if self.server.read_only else self.server.orders.completed_orders()
+        for order in orders:
+            self.send(self.encoder.completed_order(order))
+        self.send(self.encoder.completed_orders_end())
+
+    def _on_reqExecutions(self, req_id: int, client_id: int, account: str, since: str, symbol: str,
+                          sec_type: str, exchange: str, side: str) -> None:
+        with self.server.lock:
+            executions = [e for e in self.server.orders.executions
+                          if (not client_id or e.order.client_id == client_id)
+                          and (not account or e.order.account == account)
+                          and (not symbol or e.order.contract.symbol == symbol)
+                          and (not sec_type or e.order.contract.sec_type == sec_type)
+                          and (not side or e.order.action == side)]
+        for execution in executions:
+            self.send(self.encoder.exec_details(req_id, execution))
+            self.send(self.encoder.commission_report(execution))
+        self.send(self.encoder.exec_details_end(req_id))

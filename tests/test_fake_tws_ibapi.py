@@ -1,0 +1,471 @@
+"""The official ibapi client (EClient.run on a thread) against the fake TWS, end to end."""
+from __future__ import annotations
+
+import inspect
+import socket
+import threading
+import time
+import unittest
+from typing import Callable, List, Optional, Tuple
+
+from ibapi.client import EClient
+from ibapi.contract import Contract
+from ibapi.execution import ExecutionFilter
+from ibapi.order import Order
+from ibapi.order_cancel import OrderCancel
+from ibapi.wrapper import EWrapper
+
+from tests.fake_tws import FakeTWS
+
+TIMEOUT_S = 5.0
+
+
+class IbapiClient(EWrapper, EClient):
+    """Records every wrapper callback as (name, args); tests wait on them."""
+
+    def __init__(self):
+        EClient.__init__(self, self)
+        self.events: List[Tuple[str, tuple]] = []
+        self.cond = threading.Condition()
+        self.thread: Optional[threading.Thread] = None
+
+    def record(self, name: str, args: tuple) -> None:
+        with self.cond:
+            self.events.append((name, args))
+            self.cond.notify_all()
+
+    def start(self, port: int, client_id: int) -> "IbapiClient":
+        self.connect("127.0.0.1", port, client_id)
+        self.thread = threading.Thread(target=self.run, daemon=True)
+        self.thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.disconnect()
+        if self.thread:
+            self.thread.join(timeout=TIMEOUT_S)
+
+    def named(self, name: str, where: Callable[[tuple], bool] = lambda a: True) -> List[tuple]:
+        with self.cond:
+            return [args for n, args in self.events if n == name and where(args)]
+
+    def wait(self, name: str, where: Callable[[tuple], bool] = lambda a: True, count: int = 1) -> List[tuple]:
+        deadline = time.monotonic() + TIMEOUT_S
+        with self.cond:
+            while True:
+                found = [args for n, args in self.events if n == name and where(args)]
+                if len(found) >= count:
+                    return found
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise AssertionError(f"no {count} x {name} within {TIMEOUT_S}s; got "
+                                         f"{[e[0] for e in self.events][-20:]}")
+                self.cond.wait(left)
+
+    def wait_error(self, code: int, req_id: Optional[int] = None) -> tuple:
+        return self.wait("error", lambda a: a[2] == code and (req_id is None or a[0] == req_id))[0]
+
+
+def _record(name):
+    def callback(self, *args):
+        self.record(name, args)
+    return callback
+
+
+for _name, _ in inspect.getmembers(EWrapper, inspect.isfunction):
+    if not _name.startswith("_") and _name != "logAnswer":
+        setattr(IbapiClient, _name, _record(_name))
+
+
+def contract(**fields) -> Contract:
+    c = Contract()
+    c.exchange, c.currency = "SMART", "USD"
+    for key, value in fields.items():
+        setattr(c, key, value)
+    return c
+
+
+def limit_order(action: str, quantity: float, price: float, **fields) -> Order:
+    order = Order()
+    order.action, order.totalQuantity, order.orderType, order.lmtPrice = action, quantity, "LMT", price
+    for key, value in fields.items():
+        setattr(order, key, value)
+    return order
+
+
+def wait_until(predicate: Callable[[], bool], what: str) -> None:
+    deadline = time.monotonic() + TIMEOUT_S
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.01)
+
+
+class FakeTwsCase(unittest.TestCase):
+    fake_options: dict = {}
+
+    def setUp(self):
+        self.tws = FakeTWS(port=0, tick_delay_ms=(1, 5), **self.fake_options)
+        self.port = self.tws.start()
+        self.addCleanup(self.tws.stop)
+        self.clients: List[IbapiClient] = []
+
+    def tearDown(self):
+        for client in self.clients:
+            client.stop()
+
+    def connect(self, client_id: int = 1, ready: bool = True) -> IbapiClient:
+        client = IbapiClient().start(self.port, client_id)
+        self.clients.append(client)
+        if ready:
+            client.wait("nextValidId")
+        return client
+
+    def atm_call(self, symbol: str = "AAPL", expiry_index: int = 3):
+        market = self.tws.market
+        expiry = market.expirations(symbol)[expiry_index]
+        return min(market.find(symbol=symbol, sec_type="OPT", expiry=expiry, right="C"),
+                   key=lambda o: abs(o.strike - market.spot(symbol)))
+
+    def option_contract(self, option) -> Contract:
+        return contract(symbol=option.symbol, secType="OPT", lastTradeDateOrContractMonth=option.expiry,
+                        strike=option.strike, right=option.right, multiplier="100")
+
+
+class ConnectAndReferenceDataTest(FakeTwsCase):
+    def test_connect_gets_accounts_order_id_and_farm_notices(self):
+        client = self.connect()
+        self.assertEqual(client.serverVersion(), 200)
+        self.assertEqual(client.wait("managedAccounts")[0], ("DU1234567",))
+        self.assertEqual(client.wait("nextValidId")[0], (1,))
+        for code in (2104, 2106, 2158):
+            self.assertEqual(client.wait_error(code)[0], -1)
+        client.reqCurrentTime()
+        self.assertAlmostEqual(client.wait("currentTime")[0][0], time.time(), delta=5)
+
+    def test_contract_details_for_a_stock_and_an_option(self):
+        client = self.connect()
+        client.reqContractDetails(1, contract(symbol="AAPL", secType="STK"))
+        (req_id, details), = client.wait("contractDetails", lambda a: a[0] == 1)
+        self.assertEqual((details.contract.conId, details.contract.primaryExchange), (265598, "NASDAQ"))
+        client.wait("contractDetailsEnd", lambda a: a[0] == 1)
+        option = self.atm_call()
+        client.reqContractDetails(2, self.option_contract(option))
+        (_, details), = client.wait("contractDetails", lambda a: a[0] == 2)
+        client.wait("contractDetailsEnd", lambda a: a[0] == 2)
+        self.assertEqual((details.contract.conId, details.contract.tradingClass, details.underConId),
+                         (option.con_id, "AAPL", 265598))
+
+    def test_a_grid_combination_that_is_not_listed_gets_error_200(self):
+        market = self.tws.market
+        expiry = market.expirations("AAPL")[0]
+        listed = {o.strike for o in market.find(symbol="AAPL", sec_type="OPT", expiry=expiry)}
+        missing = next(k for k in market.strikes("AAPL") if k not in listed)
+        client = self.connect()
+        missing_contract = contract(symbol="AAPL", secType="OPT", lastTradeDateOrContractMonth=expiry,
+                                    strike=missing, right="P")
+        client.reqContractDetails(3, missing_contract)
+        self.assertIn("No security definition", client.wait_error(200, 3)[3])
+        client.reqMktData(4, missing_contract, "", False, False, [])
+        client.wait_error(200, 4)
+        client.reqContractDetails(5, contract(symbol="NOPE", secType="STK"))
+        client.wait_error(200, 5)
+        self.assertEqual(client.named("contractDetails"), [])
+
+    def test_sec_def_opt_params_per_exchange_then_end(self):
+        client = self.connect()
+        client.reqSecDefOptParams(6, "AAPL", "", "STK", 265598)
+        client.wait("securityDefinitionOptionParameterEnd", lambda a: a[0] == 6)
+        rows = client.named("securityDefinitionOptionParameter")
+        self.assertIn("SMART", [r[1] for r in rows])
+        self.assertGreater(len(rows), 1)
+        market = self.tws.market
+        for _, _, con_id, trading_class, multiplier, expirations, strikes in rows:
+            self.assertEqual((con_id, trading_class, multiplier), (265598, "AAPL", "100"))
+            self.assertEqual(sorted(expirations), market.expirations("AAPL"))
+            self.assertEqual(sorted(strikes), market.strikes("AAPL"))
+        self.assertGreaterEqual(len(market.expirations("AAPL")), 8)
+
+
+class MarketDataTest(FakeTwsCase):
+    def test_streaming_option_quote_with_greeks_until_cancelled(self):
+        client = self.connect()
+        option = self.atm_call()
+        client.reqMktData(7, self.option_contract(option), "100,101,106", False, False, [])
+        for tick_type in (1, 2):
+            price = client.wait("tickPrice", lambda a: a[0] == 7 and a[1] == tick_type)[0][2]
+            self.assertGreater(price, 0)
+        model = client.wait("tickOptionComputation", lambda a: a[0] == 7 and a[1] == 13)[0]
+        self.assertTrue(0 < model[4] < 1, model)                          # call delta
+        self.assertTrue(all(v is not None for v in (model[3], model[5], model[7], model[8], model[9])))
+        for computation in (10, 11):
+            client.wait("tickOptionComputation", lambda a, t=computation: a[0] == 7 and a[1] == t)
+        client.wait("tickSize", lambda a: a[0] == 7 and a[1] == 27)      # call open interest
+        client.wait("tickSize", lambda a: a[0] == 7 and a[1] == 29)      # call volume
+        client.wait("tickGeneric", lambda a: a[0] == 7 and a[1] == 24)   # implied vol
+        client.wait("tickOptionComputation", lambda a: a[0] == 7 and a[1] == 13, count=3)  # keeps streaming
+        self.assertEqual(self.tws.stats()["lines_in_use"], 1)
+        client.cancelMktData(7)
+        wait_until(lambda: self.tws.stats()["lines_in_use"] == 0, "the line to be freed")
+        ticks_at_cancel = len(client.named("tickPrice", lambda a: a[0] == 7))
+        time.sleep(1.2)                                                   # longer than an update interval
+        self.assertEqual(len(client.named("tickPrice", lambda a: a[0] == 7)), ticks_at_cancel)
+
+    def test_snapshot_has_default_ticks_then_ends_and_frees_its_line(self):
+        client = self.connect()
+        client.reqMktData(8, self.option_contract(self.atm_call()), "", True, False, [])
+        client.wait("tickSnapshotEnd", lambda a: a[0] == 8)
+        self.assertTrue(client.named("tickPrice", lambda a: a[0] == 8 and a[1] == 1))
+        self.assertTrue(client.named("tickOptionComputation", lambda a: a[0] == 8 and a[1] == 13))
+        self.assertEqual(client.named("tickSize", lambda a: a[0] == 8 and a[1] in (27, 28)), [])
+        wait_until(lambda: self.tws.stats()["lines_in_use"] == 0, "the snapshot line to be freed")
+        client.reqMktData(9, contract(symbol="MSFT", secType="STK"), "101", True, False, [])
+        self.assertIn("generic ticks", client.wait_error(321, 9)[3])
+
+    def test_far_otm_options_have_no_bid(self):
+        market = self.tws.market
+        expiry = market.expirations("MRGT")[0]
+        far_call = max(market.find(symbol="MRGT", sec_type="OPT", expiry=expiry, right="C"), key=lambda o: o.strike)
+        client = self.connect()
+        client.reqMktData(10, self.option_contract(far_call), "", True, False, [])
+        client.wait("tickSnapshotEnd", lambda a: a[0] == 10)
+        self.assertEqual(client.named("tickPrice", lambda a: a[0] == 10 and a[1] == 1)[0][2], -1.0)
+        self.assertGreater(client.named("tickPrice", lambda a: a[0] == 10 and a[1] == 2)[0][2], 0)
+
+    def test_stock_quote_has_bid_ask_last_close_volume(self):
+        client = self.connect()
+        client.reqMarketDataType(1)
+        client.reqMktData(11, contract(symbol="SPY", secType="STK"), "", False, False, [])
+        self.assertEqual(client.wait("marketDataType", lambda a: a[0] == 11)[0], (11, 1))
+        for tick_type in (1, 2, 4, 9):
+            client.wait("tickPrice", lambda a, t=tick_type: a[0] == 11 and a[1] == t)
+        client.wait("tickSize", lambda a: a[0] == 11 and a[1] == 8)
+
+
+class LineLimitTest(FakeTwsCase):
+    fake_options = {"max_lines": 3}
+
+    def test_past_the_line_limit_error_101_and_no_line_taken(self):
+        client = self.connect()
+        options = self.tws.market.find(symbol="SPY", sec_type="OPT", expiry=self.tws.market.expirations("SPY")[2],
+                                       right="P")[:4]
+        for req_id, option in enumerate(options, start=20):
+            client.reqMktData(req_id, self.option_contract(option), "", False, False, [])
+        self.assertIn("Max number of tickers", client.wait_error(101, 23)[3])
+        stats = self.tws.stats()
+        self.assertEqual((stats["line_limit_errors"], stats["max_lines_in_use"], stats["lines_in_use"]), (1, 3, 3))
+        client.cancelMktData(20)
+        client.reqMktData(24, self.option_contract(options[3]), "", False, False, [])
+        client.wait("tickPrice", lambda a: a[0] == 24)
+
+
+class NoLiveDataTest(FakeTwsCase):
+    fake_options = {"no_live_data": True}
+
+    def test_live_request_gets_354_and_delayed_request_gets_delayed_ticks(self):
+        client = self.connect()
+        option = self.option_contract(self.atm_call())
+        client.reqMktData(30, option, "", False, False, [])
+        client.wait_error(354, 30)
+        client.reqMarketDataType(3)
+        client.reqMktData(31, option, "", False, False, [])
+        client.wait_error(10167, 31)
+        self.assertEqual(client.wait("marketDataType", lambda a: a[0] == 31)[0], (31, 3))
+        client.wait("tickPrice", lambda a: a[0] == 31 and a[1] == 66)
+        client.wait("tickOptionComputation", lambda a: a[0] == 31 and a[1] == 83)
+        self.assertEqual(client.named("tickPrice", lambda a: a[0] == 31 and a[1] == 1), [])
+
+
+class OrdersTest(FakeTwsCase):
+    fake_options = {"accounts": ("DU1234567", "DU7654321")}
+
+    def test_place_see_and_cancel_an_order(self):
+        client, other = self.connect(1), self.connect(2)
+        option = self.option_contract(self.atm_call())
+        client.reqIds(1)
+        order_id = client.wait("nextValidId", count=2)[-1][0]
+        client.placeOrder(order_id, option, limit_order("BUY", 1, 0.5, orderRef="req-1", account="DU7654321"))
+        (_, _, order, state), = client.wait("openOrder", lambda a: a[0] == order_id)
+        self.assertEqual((order.orderRef, order.clientId, order.account, state.status), ("req-1", 1, "DU7654321",
+                                                                                         "Submitted"))
+        status = client.wait("orderStatus", lambda a: a[0] == order_id)[0]
+        self.assertEqual((status[1], status[5], status[8]), ("Submitted", order.permId, 1))
+        client.reqOpenOrders()
+        client.wait("openOrderEnd")
+        self.assertEqual(len(client.named("openOrder", lambda a: a[0] == order_id)), 2)
+        other.reqOpenOrders()
+        other.wait("openOrderEnd")
+        self.assertEqual(other.named("openOrder"), [])
+        other.reqAllOpenOrders()
+        other.wait("openOrderEnd", count=2)
+        self.assertEqual(other.named("openOrder")[0][2].orderRef, "req-1")
+        client.cancelOrder(order_id, OrderCancel())
+        client.wait("orderStatus", lambda a: a[0] == order_id and a[1] == "Cancelled")
+        self.assertIn("Order Canceled", client.wait_error(202, order_id)[3])
+        client.cancelOrder(order_id, OrderCancel())
+        client.wait_error(10148, order_id)
+        client.cancelOrder(999, OrderCancel())
+        client.wait_error(10147, 999)
+        self.assertEqual(self.tws.stats()["orders_placed"], 1)
+
+    def test_rejections(self):
+        client = self.connect()
+        option = self.option_contract(self.atm_call())
+        client.placeOrder(50, option, limit_order("BUY", 1, 1.005))
+        self.assertIn("minimum price variation", client.wait_error(110, 50)[3])
+        client.placeOrder(51, option, limit_order("BUY", 5000, 1.0))
+        self.assertIn("Order rejected - reason:", client.wait_error(201, 51)[3])
+        client.placeOrder(52, option, limit_order("BUY", 1, 1.0, account="U9999999"))
+        client.wait_error(201, 52)
+        client.placeOrder(53, contract(symbol="NOPE", secType="STK"), limit_order("BUY", 1, 1.0))
+        client.wait_error(200, 53)
+        self.assertEqual(client.named("openOrder"), [])
+        self.assertEqual(self.tws.stats()["orders_placed"], 0)
+
+    def test_marketable_order_fills_and_shows_in_executions_completed_orders_and_positions(self):
+        client = self.connect()
+        option = self.atm_call()
+        client.placeOrder(60, self.option_contract(option), limit_order("BUY", 2, 500.0))
+        client.wait("orderStatus", lambda a: a[0] == 60 and a[1] == "Filled")
+        self.assertEqual(client.wait("execDetails", lambda a: a[0] == -1)[0][2].orderId, 60)
+        client.reqExecutions(61, ExecutionFilter())
+        client.wait("execDetailsEnd", lambda a: a[0] == 61)
+        self.assertEqual([a[2].orderId for a in client.named("execDetails", lambda a: a[0] == 61)], [60])
+        client.reqCompletedOrders(False)
+        client.wait("completedOrdersEnd")
+        self.assertEqual(client.named("completedOrder")[0][2].status, "Filled")
+        client.reqPositions()
+        client.wait("positionEnd")
+        held = [a for a in client.named("position") if a[1].conId == option.con_id]
+        self.assertEqual(float(held[0][2]), 2.0)
+        client.cancelOrder(60, OrderCancel())
+        client.wait_error(10148, 60)
+
+
+class AccountTest(FakeTwsCase):
+    def test_positions_summary_and_account_updates(self):
+        client = self.connect()
+        client.reqPositions()
+        client.wait("positionEnd")
+        positions = client.named("position")
+        self.assertEqual({p[1].secType for p in positions}, {"STK", "OPT"})
+        self.assertTrue(all(p[0] == "DU1234567" for p in positions))
+        tags = ("NetLiquidation", "TotalCashValue", "BuyingPower", "AvailableFunds", "ExcessLiquidity")
+        client.reqAccountSummary(40, "All", ",".join(tags))
+        client.wait("accountSummaryEnd", lambda a: a[0] == 40)
+        rows = client.named("accountSummary", lambda a: a[0] == 40)
+        self.assertEqual(sorted(r[2] for r in rows), sorted(tags))
+        self.assertTrue(all(r[4] == "USD" and float(r[3]) > 0 for r in rows))
+        client.reqAccountUpdates(True, "")
+        client.wait("accountDownloadEnd")
+        self.assertEqual(len(client.named("updatePortfolio")), len(positions))
+        self.assertTrue(client.named("updateAccountValue", lambda a: a[0] == "NetLiquidation"))
+
+
+class ReadOnlyTest(FakeTwsCase):
+    fake_options = {"read_only": True}
+
+    def test_order_actions_get_321_but_data_still_works(self):
+        client = self.connect()
+        client.placeOrder(70, self.option_contract(self.atm_call()), limit_order("BUY", 1, 1.0))
+        self.assertIn("Read-Only", client.wait_error(321, 70)[3])
+        client.cancelOrder(70, OrderCancel())
+        client.wait_error(321, 70)
+        client.reqOpenOrders()
+        client.wait("error", lambda a: a[2] == 321 and a[0] == -1)
+        client.reqPositions()
+        client.wait("positionEnd")
+        client.reqContractDetails(71, contract(symbol="MSFT", secType="STK"))
+        client.wait("contractDetailsEnd", lambda a: a[0] == 71)
+        self.assertEqual(self.tws.stats()["orders_placed"], 0)
+
+
+class ClientIdTest(FakeTwsCase):
+    fake_options = {"busy_client_ids": (7,)}
+
+    def test_busy_and_duplicate_client_ids_get_326_and_are_closed(self):
+        busy = self.connect(7, ready=False)
+        self.assertIn("client id is already in use", busy.wait_error(326)[3])
+        busy.wait("connectionClosed")
+        self.connect(4)
+        twin = self.connect(4, ready=False)
+        twin.wait_error(326)
+        twin.wait("connectionClosed")
+        self.assertEqual(twin.named("nextValidId"), [])
+
+
+class PacingRejectTest(FakeTwsCase):
+    fake_options = {"pacing": "reject", "max_rate": 20}
+
+    def test_error_100_then_disconnect_on_the_third_violation(self):
+        client = self.connect()
+        try:
+            for _ in range(40):
+                client.reqCurrentTime()
+        except OSError:
+            pass                                           # the fake hung up mid-burst
+        self.assertIn("Max rate of messages per second", client.wait_error(100)[3])
+        client.wait("connectionClosed")
+        self.assertEqual(self.tws.stats()["pacing_violations"], 3)
+        self.assertLess(len(client.named("currentTime")), 40)
+
+
+class PacingQueueTest(FakeTwsCase):
+    fake_options = {"pacing": "queue", "max_rate": 20}
+
+    def test_bursts_are_served_late_and_counted(self):
+        client = self.connect()
+        for _ in range(30):
+            client.reqCurrentTime()
+        client.wait("currentTime", count=30)
+        self.assertGreaterEqual(self.tws.stats()["pacing_violations"], 1)
+        self.assertEqual(client.named("error", lambda a: a[2] == 100), [])
+        self.assertTrue(client.isConnected())
+
+
+class RestartTest(FakeTwsCase):
+    def test_drop_all_and_broadcast(self):
+        client = self.connect()
+        self.tws.broadcast_error(1100, "Connectivity between IB and Trader Workstation has been lost.")
+        client.wait_error(1100)
+        self.tws.drop_all()
+        client.wait("connectionClosed")
+
+    def test_restart_refuses_connections_while_down_then_listens_on_the_same_port(self):
+        client = self.connect()
+        restarting = threading.Thread(target=self.tws.restart, args=(0.6,))
+        restarting.start()
+        client.wait("connectionClosed")
+
+        def refused() -> bool:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                return False
+            except ConnectionRefusedError:
+                return True
+        wait_until(refused, "connections to be refused")
+        restarting.join(timeout=TIMEOUT_S)
+        self.assertEqual(self.tws.port, self.port)
+        self.connect(1)
+        self.assertEqual(self.tws.stats()["connections"], 2)
+
+
+class ServerVersion176Test(FakeTwsCase):
+    fake_options = {"max_server_version": 176}
+
+    def test_ibapi_at_176_gets_details_quotes_and_orders(self):
+        client = self.connect()
+        self.assertEqual(client.serverVersion(), 176)
+        option = self.option_contract(self.atm_call())
+        client.reqContractDetails(80, option)
+        client.wait("contractDetailsEnd", lambda a: a[0] == 80)
+        client.reqMktData(81, option, "101", False, False, [])
+        client.wait("tickOptionComputation", lambda a: a[0] == 81 and a[1] == 13)
+        client.placeOrder(82, option, limit_order("SELL", 1, 99.0))
+        client.wait("openOrder", lambda a: a[0] == 82)
+        client.cancelOrder(82, OrderCancel())
+        client.wait_error(202, 82)
+
+
+if __name__ == "__main__":
+    unittest.main()
