@@ -1,0 +1,537 @@
+"""Market-data lines (DESIGN.md 5.2): one pool shared by every request, the bulk sliding window over
+it, identical contracts sharing one subscription, and warm subscriptions kept for repeat requests.
+
+How a request runs (`MarketData.fetch`, on the caller's worker thread): every instrument joins the
+subscription for it (an existing one is shared: queued, streaming or warm). Whenever the pool has a
+free line, the request's next queued subscription takes it and streams (`reqMktData`, never a
+snapshot: a snapshot cannot carry open interest and holds its line ~11 s). An item finishes as soon
+as its COMPLETION_RULES fields are in, or at its deadline (OPTION_TIMEOUT_S after its stream began,
+`complete: false` with what arrived), or on its stream's error. A subscription nobody waits for any
+more is kept warm (when it streamed data and the warm budget allows) or cancelled, and its line goes
+to the next queued one. Lines of warm subscriptions are taken back, least recently used first,
+whenever a request has more queued than the pool has room; unused ones expire after WARM_SECONDS.
+
+Threads: TWS callbacks (reader thread) only update books under the lock and notify; all sending
+happens on request threads (and the warm sweeper), never under the lock, because `conn.send`
+waits for the pacing limiter and the connection's own locks must never nest inside ours.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict, deque
+from typing import Callable, Deque, Dict, List, Optional, Sequence
+
+from ibapi.contract import Contract
+
+from agent_errors import CANCELLED, IB_NOT_CONNECTED, AgentError
+from ib_connection import error_for
+from ib_ticks import DATA_TYPE_IDS, DATA_TYPE_NAMES, Instrument, TickBook
+
+# Generic ticks per kind: option volume (100), open interest (101), implied vol (106). Options
+# always ask for all three, so one stream (shared or warm) serves requests with and without OI;
+# greeks (tickOptionComputation) come without any generic tick.
+GENERIC_TICKS = {"OPT": "100,101,106", "STK": ""}
+LINE_LIMIT_CODE = 101                        # "max number of tickers reached"
+NOT_SUBSCRIBED_CODES = (354, 10089, 10168)   # auto mode: fall back to delayed and ask again
+PARTIAL_DATA_CODES = (10090,)                # part of the data not subscribed: the rest still streams
+DELAYED = DATA_TYPE_IDS["delayed"]
+LIVE = DATA_TYPE_IDS["live"]
+STARTS_PER_ROUND = 8          # bounds how long one round sends before cancel is checked again
+CANCEL_POLL_S = 0.1           # a threading.Event cannot wake a Condition: poll it this often
+IDLE_WAIT_S = 1.0
+SWEEPER_IDLE_S = 60.0         # the warm sweeper's nap while nothing is warm (a new one wakes it)
+
+QUEUED, ACTIVE, ENDING, ENDED = "queued", "active", "ending", "ended"
+
+
+def contract_for(instrument: Instrument) -> Contract:
+    """A contract reqMktData accepts as is: fully specified, so no reqContractDetails per option."""
+    contract = Contract()
+    contract.symbol = instrument.ticker
+    contract.secType = instrument.sec_type
+    contract.exchange = instrument.exchange
+    contract.currency = "USD"
+    if instrument.is_option:
+        contract.lastTradeDateOrContractMonth = instrument.expiration
+        contract.strike = instrument.strike
+        contract.right = instrument.right
+        contract.multiplier = str(instrument.multiplier)
+        contract.tradingClass = instrument.trading_class
+    return contract
+
+
+class LinePool:
+    """Lines this client may hold on TWS at once. Guarded by the MarketData lock."""
+
+    def __init__(self, size: int):
+        self.configured = size
+        self.size = size
+        self.in_use = 0
+
+    def free(self) -> int:
+        return max(0, self.size - self.in_use)
+
+    def take(self) -> None:
+        self.in_use += 1
+
+    def give_back(self) -> None:
+        self.in_use -= 1
+
+    def shrink_after_limit(self) -> bool:
+        """TWS answered 101 for one of the lines in use: the others are at most what works (the
+        user's own TWS windows hold the rest). False when already down to one line: then the 101
+        is the request's answer, not a reason to retry."""
+        if self.size <= 1:
+            return False
+        self.size = max(1, min(self.size - 1, self.in_use - 1))
+        return True
+
+    def reset(self) -> None:
+        self.size = self.configured
+
+
+class _Line:
+    """The handler registered for one reqMktData; stale once its subscription moved on."""
+    __slots__ = ("market", "sub", "req_id", "session", "data_type")
+
+    def __init__(self, market: "MarketData", sub: "_Subscription", session: int):
+        self.market, self.sub, self.session = market, sub, session
+        self.req_id: Optional[int] = None
+        self.data_type: Optional[int] = None
+
+    def on_event(self, name: str, args: tuple) -> None:
+        if name == "resubscribe":
+            self.market._on_data_lost(self)
+        else:
+            self.market._on_event(self, name, args)
+
+    def on_error(self, ib_code: int, text: str) -> None:
+        self.market._on_error(self, ib_code, text)
+
+    def on_disconnect(self) -> None:
+        """Nothing per line: the connection's "disconnected" listener closes every line at once."""
+
+
+class _Subscription:
+    """One instrument's stream, shared by every unfinished item that asked for it."""
+
+    def __init__(self, instrument: Instrument):
+        self.instrument = instrument
+        self.book = TickBook(instrument)
+        self.state = QUEUED
+        self.line: Optional[_Line] = None
+        self.items: List[_Item] = []
+        self.streaming_since: Optional[float] = None
+        self.error: Optional[dict] = None
+        self.idle_since = 0.0
+
+
+class _Item:
+    __slots__ = ("request", "sub", "rule", "joined", "deadline", "result")
+
+    def __init__(self, request: "_Request", sub: _Subscription, rule: str, joined: float):
+        self.request, self.sub, self.rule, self.joined = request, sub, rule, joined
+        self.deadline: Optional[float] = None
+        self.result: Optional[dict] = None
+
+
+class _Request:
+    def __init__(self, session: int):
+        self.session = session
+        self.items: List[_Item] = []
+        self.queue: Deque[_Item] = deque()     # items whose subscription still needs a line
+        self.waiting: Dict[_Item, None] = {}   # items whose subscription streams (ordered set)
+        self.done = 0
+
+
+class MarketData:
+    """The line pool and everything streaming on it, for all concurrent requests."""
+
+    def __init__(self, conn, config, clock: Callable[[], float] = time.monotonic):
+        self._conn = conn
+        self._timeout_s = config.option_timeout_s
+        self._warm_budget = config.warm_lines if config.warm_seconds > 0 else 0
+        self._warm_seconds = config.warm_seconds
+        self._configured_type = config.market_data_type
+        self._clock = clock
+        self._mutex = threading.Lock()
+        self._changed = threading.Condition(self._mutex)    # a request may have progress to make
+        self._warm_changed = threading.Condition(self._mutex)
+        self._type_lock = threading.Lock()                  # serialises reqMarketDataType
+        self.pool = LinePool(config.ib_max_mkt_lines)
+        self._subs: Dict[Instrument, _Subscription] = {}    # queued and streaming, by instrument
+        self._warm: "OrderedDict[Instrument, _Subscription]" = OrderedDict()  # idle, LRU first
+        self._stale_ids: List[int] = []                     # dead req ids still to unregister
+        self._session = 0                                   # +1 for every TWS disconnect seen
+        self._type_wanted = self._type_sent = self._initial_type()   # ib_connection sends it on connect
+        self._sweeper: Optional[threading.Thread] = None
+        self._closed = False
+        self._counts = {"requests": 0, "contracts": 0, "shared": 0, "warm_hits": 0,
+                        "line_limit_errors": 0, "delayed_fallbacks": 0}
+        conn.add_listener("disconnected", self._connection_lost)
+
+    def _initial_type(self) -> int:
+        return DATA_TYPE_IDS.get(self._configured_type, LIVE)   # auto starts live
+
+    # --- public ---------------------------------------------------------------------------------
+
+    def fetch(self, instruments: Sequence[Instrument], want_open_interest: bool = False,
+              progress: Optional[Callable[[int, int], None]] = None,
+              cancel: Optional[threading.Event] = None) -> List[dict]:
+        """One OPTION / QUOTE per instrument, in order. Raises AgentError(CANCELLED) when `cancel`
+        is set (its lines are freed first)."""
+        option_rule = "option+oi" if want_open_interest else "option"
+        with self._mutex:
+            now = self._clock()
+            request = _Request(self._session)
+            self._counts["requests"] += 1
+            for instrument in instruments:
+                self._join(request, instrument, option_rule if instrument.is_option else "stock", now)
+        try:
+            self._run(request, progress, cancel)
+        finally:
+            self._leave(request)
+        return [item.result for item in request.items]
+
+    def stats(self) -> dict:
+        with self._mutex:
+            streaming = sum(1 for s in self._subs.values() if s.state == ACTIVE)
+            return dict(self._counts, lines_in_use=self.pool.in_use, lines_max=self.pool.size,
+                        warm_lines=len(self._warm), streaming=streaming,
+                        market_data_type_requested=DATA_TYPE_NAMES[self._type_wanted])
+
+    def close(self) -> None:
+        """Cancel the warm subscriptions and stop the sweeper."""
+        self._conn.remove_listener("disconnected", self._connection_lost)
+        with self._mutex:
+            self._closed = True
+            ends = self._evict_warm(len(self._warm))
+            self._warm_changed.notify_all()
+        self._end_lines(ends)
+
+    # --- the sliding window (request thread) -----------------------------------------------------
+
+    def _join(self, request: _Request, instrument: Instrument, rule: str, now: float) -> None:
+        sub = self._subs.get(instrument)
+        if sub is None:
+            sub = self._subs[instrument] = _Subscription(instrument)
+        elif self._warm.pop(instrument, None) is not None:
+            self._counts["warm_hits"] += 1
+        else:
+            self._counts["shared"] += 1
+        item = _Item(request, sub, rule, now)
+        sub.items.append(item)
+        request.items.append(item)
+        if sub.state == ACTIVE:
+            request.waiting[item] = None
+        else:
+            request.queue.append(item)
+        self._counts["contracts"] += 1
+
+    def _run(self, request: _Request, progress, cancel) -> None:
+        reported = 0
+        total = len(request.items)
+        while True:
+            if cancel is not None and cancel.is_set():
+                raise AgentError(CANCELLED, "request cancelled")
+            with self._mutex:
+                ends: List[_Subscription] = []
+                self._settle(request, ends)
+                starts = self._take_lines(request, ends)
+                finished = request.done == total
+                stale, self._stale_ids = self._stale_ids, []
+                if not (ends or starts or stale or finished or request.done > reported):
+                    self._changed.wait(self._wait_s(request, cancel))
+                    continue
+            self._unregister(stale)
+            self._end_lines(ends)
+            self._start_lines(starts)
+            if progress is not None and request.done > reported:
+                reported = request.done
+                progress(reported, total)
+            if finished:
+                return
+
+    def _settle(self, request: _Request, ends: List[_Subscription]) -> None:
+        """Finish every item whose fields are in, whose deadline passed or whose stream failed."""
+        if request.session != self._session:
+            lost = AgentError(IB_NOT_CONNECTED, "the TWS connection was lost during the request")
+            for item in request.items:
+                if item.result is None:
+                    self._finish(item, False, lost.to_dict(), ends)
+            return
+        now = self._clock()
+        for item in list(request.waiting):
+            sub = item.sub
+            if sub.error is not None:
+                self._finish(item, False, sub.error, ends)
+            elif sub.book.complete(item.rule):
+                self._finish(item, True, None, ends)
+            elif sub.streaming_since is not None:
+                if item.deadline is None:
+                    item.deadline = max(sub.streaming_since, item.joined) + self._timeout_s
+                if now >= item.deadline:
+                    self._finish(item, False, None, ends)
+
+    def _finish(self, item: _Item, complete: bool, error: Optional[dict], ends: List[_Subscription]) -> None:
+        request, sub = item.request, item.sub
+        item.result = sub.book.result(complete, error)
+        request.done += 1
+        request.waiting.pop(item, None)
+        self._drop_item(item, ends, keep_warm=True)
+
+    def _drop_item(self, item: _Item, ends: List[_Subscription], keep_warm: bool) -> None:
+        sub = item.sub
+        sub.items.remove(item)
+        if sub.items:
+            return
+        if sub.state == QUEUED:
+            self._forget(sub)
+            sub.state = ENDED
+        elif sub.state == ACTIVE:
+            if keep_warm and self._warm_budget and not self._closed and sub.error is None \
+                    and sub.streaming_since is not None and sub.book.has_data():
+                self._make_warm(sub, ends)
+            else:
+                self._end(sub, ends)
+
+    def _make_warm(self, sub: _Subscription, ends: List[_Subscription]) -> None:
+        sub.idle_since = self._clock()
+        self._warm[sub.instrument] = sub
+        ends.extend(self._evict_warm(len(self._warm) - self._warm_budget))
+        self._start_sweeper()
+        self._warm_changed.notify_all()
+
+    def _evict_warm(self, count: int) -> List[_Subscription]:
+        ends: List[_Subscription] = []
+        for _ in range(min(count, len(self._warm))):
+            self._end(self._warm.popitem(last=False)[1], ends)
+        return ends
+
+    def _end(self, sub: _Subscription, ends: List[_Subscription]) -> None:
+        """Queue the cancel of a stream; its line counts as used until the cancel is sent."""
+        self._forget(sub)
+        sub.state = ENDING
+        ends.append(sub)
+
+    def _forget(self, sub: _Subscription) -> None:
+        if self._subs.get(sub.instrument) is sub:
+            del self._subs[sub.instrument]
+
+    def _take_lines(self, request: _Request, ends: List[_Subscription]) -> List[_Subscription]:
+        """Give free lines to this request's queued subscriptions, in request order. Warm lines are
+        taken back first when the request has more queued than the pool has room for."""
+        shortfall = min(len(request.queue), STARTS_PER_ROUND) - self.pool.free()
+        if shortfall > 0:
+            ends.extend(self._evict_warm(shortfall))
+        starts: List[_Subscription] = []
+        while request.queue and len(starts) < STARTS_PER_ROUND and self.pool.free() > 0:
+            item = request.queue.popleft()
+            if item.result is None and item.sub.state == QUEUED:
+                self._activate(item.sub)
+                starts.append(item.sub)
+        return starts
+
+    def _activate(self, sub: _Subscription) -> None:
+        self.pool.take()
+        sub.state = ACTIVE
+        sub.line = _Line(self, sub, self._session)
+        sub.streaming_since = None
+        for item in sub.items:
+            item.request.waiting[item] = None
+            item.deadline = None
+
+    def _wait_s(self, request: _Request, cancel) -> float:
+        wait = CANCEL_POLL_S if cancel is not None else IDLE_WAIT_S
+        deadlines = [item.deadline for item in request.waiting if item.deadline is not None]
+        if deadlines:
+            wait = min(wait, max(0.0, min(deadlines) - self._clock()) + 0.001)
+        return wait
+
+    def _leave(self, request: _Request) -> None:
+        """A request that stops early (cancel, error) lets go of what it still waited for."""
+        ends: List[_Subscription] = []
+        with self._mutex:
+            for item in request.items:
+                if item.result is None and item in item.sub.items:
+                    request.waiting.pop(item, None)
+                    self._drop_item(item, ends, keep_warm=False)
+        self._end_lines(ends)
+
+    # --- sending (never under the lock) ---------------------------------------------------------
+
+    def _start_lines(self, starts: List[_Subscription]) -> None:
+        for sub in starts:
+            line = sub.line
+            try:
+                line.data_type = self._ensure_data_type()
+                line.req_id = self._conn.next_req_id()
+                self._conn.register(line.req_id, line)
+                self._conn.send("reqMktData", line.req_id, contract_for(sub.instrument),
+                                GENERIC_TICKS[sub.instrument.sec_type], False, False, [])
+            except AgentError as exc:
+                with self._mutex:
+                    self._fail(line, exc.to_dict())
+                    self._changed.notify_all()
+                if line.req_id is not None:
+                    self._conn.unregister(line.req_id)
+                continue
+            with self._mutex:
+                orphan = line.session != self._session   # the connection dropped meanwhile
+                if orphan:
+                    self._fail(line, AgentError(IB_NOT_CONNECTED, "the TWS connection was lost").to_dict())
+                elif sub.line is line:                   # else TWS already refused it (error 101...)
+                    sub.streaming_since = self._clock()
+            if orphan:      # it may have reached the next connection: make sure it does not stay
+                self._cancel_stream(line.req_id)
+
+    def _cancel_stream(self, req_id: int) -> None:
+        try:
+            self._conn.send("cancelMktData", req_id)
+        except AgentError:
+            pass    # not connected: TWS dropped the line with the connection
+        self._conn.unregister(req_id)
+
+    def _end_lines(self, ends: List[_Subscription]) -> None:
+        if not ends:
+            return
+        lines = [sub.line for sub in ends]
+        for line in lines:
+            if line is not None and line.req_id is not None:
+                self._cancel_stream(line.req_id)
+        with self._mutex:
+            for sub, line in zip(ends, lines):
+                if sub.line is line:
+                    self._release(sub)
+                sub.state = ENDED
+            self._changed.notify_all()
+
+    def _ensure_data_type(self) -> int:
+        """reqMarketDataType is global for the client: send it when the wanted type changed."""
+        with self._type_lock:
+            with self._mutex:
+                wanted, sent = self._type_wanted, self._type_sent
+            if wanted != sent:
+                self._conn.send("reqMarketDataType", wanted)
+                with self._mutex:
+                    self._type_sent = wanted
+            return wanted
+
+    def _unregister(self, req_ids: List[int]) -> None:
+        for req_id in req_ids:
+            self._conn.unregister(req_id)
+
+    # --- TWS callbacks (reader thread): state only, never a send ---------------------------------
+
+    def _on_event(self, line: _Line, name: str, args: tuple) -> None:
+        with self._mutex:
+            sub = line.sub
+            if sub.line is not line or not sub.book.apply(name, args):
+                return
+            if any(sub.book.complete(item.rule) for item in sub.items):
+                self._changed.notify_all()
+
+    def _on_error(self, line: _Line, ib_code: int, text: str) -> None:
+        if ib_code in PARTIAL_DATA_CODES:
+            return
+        with self._mutex:
+            if line.sub.line is not line:
+                return
+            if ib_code == LINE_LIMIT_CODE:
+                self._counts["line_limit_errors"] += 1
+                if self.pool.shrink_after_limit():
+                    self._requeue(line)
+                    return
+            elif ib_code in NOT_SUBSCRIBED_CODES and self._configured_type == "auto" \
+                    and line.data_type != DELAYED:
+                self._counts["delayed_fallbacks"] += 1
+                self._type_wanted = DELAYED     # still live where subscribed; see the report per quote
+                self._requeue(line)
+                return
+            self._fail(line, error_for(ib_code, text).to_dict())
+            self._changed.notify_all()
+
+    def _connection_lost(self) -> None:
+        """Every stream is gone on the TWS side; requests still running on the lost connection
+        fail their unfinished items. The next connection starts with the configured data type."""
+        with self._mutex:
+            self._session += 1
+            self._type_wanted = self._type_sent = self._initial_type()
+            self.pool.reset()
+            lost = AgentError(IB_NOT_CONNECTED, "the TWS connection was lost").to_dict()
+            for sub in list(self._subs.values()):
+                if sub.line is not None:
+                    self._fail(sub.line, lost)
+            self._changed.notify_all()
+
+    def _on_data_lost(self, line: _Line) -> None:
+        """TWS restored its link to IB with market data lost (1101; supervisor thread, may send):
+        an idle warm stream would answer stale data, so it goes. Streams with waiting items keep
+        them until their fields are in or their deadline."""
+        with self._mutex:
+            sub = line.sub
+            if sub.line is not line or self._warm.get(sub.instrument) is not sub:
+                return
+            del self._warm[sub.instrument]
+            ends: List[_Subscription] = []
+            self._end(sub, ends)
+        self._end_lines(ends)
+
+    def _requeue(self, line: _Line) -> None:
+        """The stream never started on TWS (101, or not subscribed in auto): ask again later."""
+        sub = line.sub
+        self._release(sub)
+        self._stale_ids.append(line.req_id)
+        sub.state = QUEUED
+        sub.streaming_since = None
+        for item in sub.items:
+            item.request.waiting.pop(item, None)
+            item.request.queue.appendleft(item)
+        self._changed.notify_all()
+
+    def _fail(self, line: _Line, error: dict) -> None:
+        """The stream is over on the TWS side (its error, or the connection): no cancel to send."""
+        sub = line.sub
+        if sub.line is not line:
+            return
+        self._release(sub)
+        if line.req_id is not None:
+            self._stale_ids.append(line.req_id)
+        sub.error = error
+        sub.state = ENDED
+        self._forget(sub)
+        self._warm.pop(sub.instrument, None)
+
+    def _release(self, sub: _Subscription) -> None:
+        if sub.line is not None:
+            self.pool.give_back()
+            sub.line = None
+
+    # --- warm expiry ------------------------------------------------------------------------------
+
+    def _start_sweeper(self) -> None:
+        if self._sweeper is None:
+            self._sweeper = threading.Thread(target=self._sweep, name="warm-lines", daemon=True)
+            self._sweeper.start()
+
+    def _sweep(self) -> None:
+        """Cancel warm subscriptions WARM_SECONDS after the last request that used them."""
+        while True:
+            with self._mutex:
+                if self._closed:
+                    return
+                now = self._clock()
+                expired = sum(1 for sub in self._warm.values()
+                              if sub.idle_since + self._warm_seconds <= now)
+                ends = self._evict_warm(expired)
+                if not ends:
+                    wait = SWEEPER_IDLE_S
+                    if self._warm:
+                        oldest = min(sub.idle_since for sub in self._warm.values())
+                        wait = max(0.01, oldest + self._warm_seconds - now)
+                    self._warm_changed.wait(wait)
+                    continue
+                stale, self._stale_ids = self._stale_ids, []
+            self._unregister(stale)
+            self._end_lines(ends)
