@@ -187,13 +187,15 @@ def read_raw(config_path: Optional[Path] = None,
     raw: Dict[str, str] = {}
     if path.is_file():
         try:
-            file_values = dotenv_values(path, encoding="utf-8-sig")
+            # no ${VAR} interpolation: a key may contain "$" and must reach the cloud as written
+            file_values = dotenv_values(path, encoding="utf-8-sig", interpolate=False)
         except (OSError, UnicodeDecodeError) as exc:
             raise ConfigError(f"{path}: cannot be read ({exc.__class__.__name__})") from None
         raw.update({k: v for k, v in file_values.items() if v is not None})
     env = os.environ if environ is None else environ
-    raw.update({name: env[name] for name in VARIABLES if name in env})
-    return {k: v for k, v in raw.items() if k in VARIABLES and v.strip() != ""}
+    raw = {k: v for k, v in raw.items() if k in VARIABLES and v.strip() != ""}
+    raw.update({name: env[name] for name in VARIABLES if env.get(name, "").strip() != ""})
+    return raw
 
 
 def load_config(config_path: Optional[Path] = None,

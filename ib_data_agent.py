@@ -1,0 +1,132 @@
+"""IB Data Agent: connects Interactive Brokers TWS / IB Gateway on this computer to the MA Tracker
+web app. Run it with ./start_unix.sh or start_windows.bat, or `python ib_data_agent.py`.
+
+This file is the wiring: config, logging, the TWS connection, the scanner, the worker pool and the
+relay link, plus signals and exit codes (0 after Ctrl-C / SIGTERM, 2 for a bad config).
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import threading
+from pathlib import Path
+from typing import List, Optional
+
+import agent_log
+from agent_config import Config, ConfigError, load_config, read_raw
+from ib_connection import IBConnection
+from ib_orders import OrderDesk
+from ib_scanner import Scanner
+from relay_actions import RequestRunner
+from relay_link import RelayLink
+
+__version__ = "1.0.0"
+
+log = logging.getLogger("agent")
+
+EXIT_OK, EXIT_CONFIG, EXIT_INTERRUPTED = 0, 2, 130
+REQUEST_DRAIN_S = 3.0
+TWS_STOP_S = 5.0
+SIGNAL_POLL_S = 0.2
+
+
+class Agent:
+    """Owns the running parts and their order of start and stop."""
+
+    def __init__(self, config: Config, stopping: threading.Event):
+        self.config = config
+        self._stopping = stopping
+        self.conn = IBConnection(config, on_change=self._ib_changed)
+        self.scanner = Scanner(self.conn, config)
+        self.desk = OrderDesk(self.conn, config)
+        self.runner = RequestRunner(self.conn, self.scanner, self.desk,
+                                    workers=config.agent_workers, queue_size=config.agent_queue_size)
+        self.link = RelayLink(config.relay_url, config.key, __version__, self.runner.names,
+                              self.conn.status, self.runner.submit)
+
+    def run(self) -> int:
+        where = f"port {self.config.ib_port}" if self.config.ib_port else f"the {self.config.ib_mode} ports"
+        log.info("Connecting to TWS / IB Gateway on %s %s and to the MA Tracker cloud",
+                 self.config.ib_host, where)
+        self.runner.start()
+        self.link.start()
+        self.conn.start()
+        # The main thread only ever waits in short slices: a signal the OS hands to another thread
+        # is run here at the next slice, so a second Ctrl-C always quits at once.
+        while not self._stopping.wait(SIGNAL_POLL_S):
+            pass
+        log.info("Stopping (press Ctrl-C again to quit at once)")
+        stopper = threading.Thread(target=self._shutdown, name="shutdown", daemon=True)
+        stopper.start()
+        while stopper.is_alive():
+            stopper.join(SIGNAL_POLL_S)
+        return EXIT_OK
+
+    def _ib_changed(self) -> None:
+        """Any thread, must not block: the status frame goes out from the link's own thread.
+        (ib_connection writes the console lines about connecting and losing TWS.)"""
+        self.link.status_changed()
+
+    def _shutdown(self) -> None:
+        self.runner.stop(timeout=REQUEST_DRAIN_S)  # in-flight requests answer CANCELLED over the link
+        self.scanner.close()
+        self.conn.stop(timeout=TWS_STOP_S)
+        self.link.stop()
+        log.info("IB Data Agent stopped")
+
+
+def handle_stop_signals() -> threading.Event:
+    """Ctrl-C / SIGTERM: the first sets the returned event (graceful stop), the second quits at once."""
+    stopping = threading.Event()
+
+    def on_signal(signum, frame) -> None:  # no logging here: the handler may interrupt a log write
+        if stopping.is_set():
+            os._exit(EXIT_INTERRUPTED)
+        stopping.set()
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, on_signal)
+    return stopping
+
+
+def config_error_line(exc: ConfigError, config_path: Optional[Path]) -> str:
+    """The one line for a bad config, masked like every other output (a value may hold the key)."""
+    try:
+        key = read_raw(config_path).get("IB_PROVIDER_KEY", "")
+    except ConfigError:
+        key = os.environ.get("IB_PROVIDER_KEY", "")
+    return agent_log.Masker([key.strip()])(f"Configuration error: {exc}")
+
+
+def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="ib_data_agent.py", description=__doc__.splitlines()[0])
+    parser.add_argument("--config", metavar="PATH", type=Path,
+                        help="config file to read instead of config.env next to this script")
+    parser.add_argument("--check", action="store_true", help="check the set-up and exit (not available yet)")
+    parser.add_argument("--demo", action="store_true", help="run against built-in demo data (not available yet)")
+    parser.add_argument("--version", action="version", version=f"IB Data Agent {__version__}")
+    return parser.parse_args(argv)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = parse_args(argv)
+    for flag in ("check", "demo"):
+        if getattr(args, flag):
+            print(f"--{flag} is not available in this version of the agent yet", file=sys.stderr)
+            return EXIT_CONFIG
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print(config_error_line(exc, args.config), file=sys.stderr)
+        return EXIT_CONFIG
+    agent_log.setup([config.key], config.log_level, config.log_file)  # from here on, crashes are logged masked
+    stopping = handle_stop_signals()
+    log.info("IB Data Agent %s starting", __version__)
+    return Agent(config, stopping).run()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,360 @@
+"""The action table (DESIGN.md 4): each action's params schema and the one function that serves it,
+plus the bounded worker pool that runs them so the relay's reader thread never waits on IB.
+
+Params are validated here, before any IB call; every failure names the field
+("params.tickers[3]: must be a ticker symbol"). The scanner and the order desk raise AgentError
+for everything else.
+"""
+from __future__ import annotations
+
+import datetime
+import logging
+import math
+import queue
+import re
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+from agent_errors import (BUSY, CANCELLED, IB_NOT_CONNECTED, INTERNAL, INVALID_REQUEST, UNKNOWN_ACTION,
+                          AgentError)
+
+log = logging.getLogger("agent.requests")
+
+MAX_QUOTE_TICKERS = 200
+MAX_PRICE_CONTRACTS = 2000
+MAX_CHAIN_EXPIRATIONS = 100
+SHUTDOWN_MESSAGE = "the agent is shutting down"
+
+# ----- the params schema: small checkers composed into tables -----
+
+REQUIRED = object()
+Checker = Callable[[Any, str], Any]
+
+
+def _invalid(path: str, what: str) -> AgentError:
+    return AgentError(INVALID_REQUEST, f"{path}: {what}")
+
+
+def pattern(regex: str, what: str) -> Checker:
+    """A string matching regex once stripped and upper-cased (symbols, exchanges)."""
+    compiled = re.compile(regex)
+
+    def check(value: Any, path: str) -> str:
+        text = value.strip().upper() if isinstance(value, str) else ""
+        if not compiled.fullmatch(text):
+            raise _invalid(path, f"must be {what}")
+        return text
+    return check
+
+
+def _number_text(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else f"{value:g}"
+
+
+def number(lo: float, hi: float, integer: bool = False, lo_open: bool = False) -> Checker:
+    kind = "a whole number" if integer else "a number"
+    expected = (f"{kind} greater than {_number_text(lo)} and at most {_number_text(hi)}" if lo_open
+                else f"{kind} from {_number_text(lo)} to {_number_text(hi)}")
+
+    def check(value: Any, path: str) -> Any:
+        if (isinstance(value, bool) or not isinstance(value, (int, float))
+                or (integer and not float(value).is_integer()) or not math.isfinite(value)
+                or not (lo < value if lo_open else lo <= value) or value > hi):
+            raise _invalid(path, f"must be {expected}")
+        return int(value) if integer else float(value)
+    return check
+
+
+def date(value: Any, path: str) -> str:
+    text = value.strip() if isinstance(value, str) else ""
+    try:
+        if len(text) != 8:
+            raise ValueError
+        datetime.datetime.strptime(text, "%Y%m%d")
+    except ValueError:
+        raise _invalid(path, "must be a date YYYYMMDD") from None
+    return text
+
+
+def right(value: Any, path: str) -> str:
+    text = value.strip().upper() if isinstance(value, str) else ""
+    if text not in ("C", "P", "CALL", "PUT"):
+        raise _invalid(path, 'must be "C" or "P"')
+    return text[0]
+
+
+def list_of(item: Checker, max_len: int, min_len: int = 1, unique: bool = False) -> Checker:
+    def check(value: Any, path: str) -> list:
+        if not isinstance(value, list) or not min_len <= len(value) <= max_len:
+            raise _invalid(path, f"must be a list of {min_len} to {max_len} items")
+        items = [item(v, f"{path}[{i}]") for i, v in enumerate(value)]
+        return list(dict.fromkeys(items)) if unique else items
+    return check
+
+
+def obj(schema: Dict[str, Tuple[Checker, Any]]) -> Checker:
+    def check(value: Any, path: str) -> dict:
+        return validate(schema, value, path)
+    return check
+
+
+def validate(schema: Dict[str, Tuple[Checker, Any]], value: Any, path: str = "params") -> dict:
+    """Checks an object against {name: (checker, default or REQUIRED)}; unknown names are refused."""
+    if not isinstance(value, dict):
+        raise _invalid(path, "must be an object")
+    for name in value:
+        if name not in schema:
+            raise _invalid(f"{path}.{name}", "unknown parameter")
+    result = {}
+    for name, (check, default) in schema.items():
+        if value.get(name) is None:
+            if default is REQUIRED:
+                raise _invalid(f"{path}.{name}", "is required")
+            result[name] = list(default) if isinstance(default, (list, tuple)) else default
+        else:
+            result[name] = check(value[name], f"{path}.{name}")
+    return result
+
+
+def not_above(low: str, high: str) -> Callable[[dict], None]:
+    """Cross-field rule: params[low] <= params[high] when both are given."""
+    def check(params: dict) -> None:
+        if params[low] is not None and params[high] is not None and params[low] > params[high]:
+            raise _invalid(f"params.{high}", f"must not be less than {low}")
+    return check
+
+
+TICKER = pattern(r"[A-Z0-9][A-Z0-9. /\-]{0,15}", "a ticker symbol")
+EXCHANGE = pattern(r"[A-Z0-9]{1,16}", "an exchange code such as SMART")
+TRADING_CLASS = pattern(r"[A-Z0-9. ]{1,16}", "a trading class")
+DAYS = number(0, 3650, integer=True)
+STRIKE = number(0, 1e7, lo_open=True)
+PERCENT = number(-100, 1000)
+
+OPTION_CONTRACT = {
+    "ticker": (TICKER, REQUIRED), "expiration": (date, REQUIRED), "strike": (STRIKE, REQUIRED),
+    "right": (right, REQUIRED), "trading_class": (TRADING_CLASS, None), "exchange": (EXCHANGE, "SMART"),
+}
+
+# ----- the actions -----
+
+
+def _status(runner: "RequestRunner", job, p: dict) -> dict:
+    return dict(runner.conn.status(), uptime_s=round(runner.uptime_s, 1),
+                requests_served=runner.served, in_flight=runner.in_flight)
+
+
+def _expirations(runner: "RequestRunner", job, p: dict) -> dict:
+    return runner.scanner.get_available_expirations(p["ticker"], exchange=p["exchange"])
+
+
+def _quote(runner: "RequestRunner", job, p: dict) -> dict:
+    return runner.scanner.quote(p["tickers"], cancel=job.cancel)
+
+
+def _fetch_chain(runner: "RequestRunner", job, p: dict) -> dict:
+    filters = {k: v for k, v in p.items() if k != "ticker"}
+    return runner.scanner.fetch_option_chain(p["ticker"], filters, progress=job.progress, cancel=job.cancel)
+
+
+def _fetch_prices(runner: "RequestRunner", job, p: dict) -> dict:
+    return runner.scanner.fetch_prices(p["contracts"], progress=job.progress, cancel=job.cancel)
+
+
+def _sell_scan(runner: "RequestRunner", job, p: dict) -> dict:
+    return runner.scanner.sell_scan(p["ticker"], p["right"], min_days=p["min_days"], max_days=p["max_days"],
+                                    otm_min_pct=p["otm_min_pct"], otm_max_pct=p["otm_max_pct"],
+                                    progress=job.progress, cancel=job.cancel)
+
+
+@dataclass(frozen=True)
+class Action:
+    run: Callable[["RequestRunner", Any, dict], dict]
+    schema: Optional[Dict[str, Tuple[Checker, Any]]] = field(default_factory=dict)  # None: run() checks
+    rules: Sequence[Callable[[dict], None]] = ()
+    summary: Optional[Callable[[dict, dict], str]] = None   # console line after "request "; None: debug only
+    needs_ib: bool = True
+    inline: bool = False       # cheap and IB-free: answered on the reader thread, even when busy
+    needs_desk: bool = False   # served by ib_orders.OrderDesk
+
+
+ACTIONS: Dict[str, Action] = {
+    "status": Action(_status, needs_ib=False, inline=True),
+    "expirations": Action(
+        _expirations, {"ticker": (TICKER, REQUIRED), "exchange": (EXCHANGE, "SMART")},
+        summary=lambda p, d: f"expirations {p['ticker']}: {len(d.get('expirations', []))} expirations"),
+    "quote": Action(
+        _quote, {"tickers": (list_of(TICKER, MAX_QUOTE_TICKERS, unique=True), REQUIRED)},
+        summary=lambda p, d: "quote " + " ".join(p["tickers"][:5]) + (" ..." if len(p["tickers"]) > 5 else "")),
+    "fetch-chain": Action(
+        _fetch_chain,
+        {"ticker": (TICKER, REQUIRED),
+         "expirations": (list_of(date, MAX_CHAIN_EXPIRATIONS, unique=True), None),
+         "min_days": (DAYS, None), "max_days": (DAYS, None),
+         "strike_min": (STRIKE, None), "strike_max": (STRIKE, None),
+         "strikes_around": (number(1, 500, integer=True), None),
+         "rights": (list_of(right, 2, unique=True), ("C", "P"))},
+        rules=(not_above("min_days", "max_days"), not_above("strike_min", "strike_max")),
+        summary=lambda p, d: f"fetch-chain {p['ticker']}: {len(d.get('options', []))} contracts"),
+    "fetch-prices": Action(
+        _fetch_prices, {"contracts": (list_of(obj(OPTION_CONTRACT), MAX_PRICE_CONTRACTS), REQUIRED)},
+        summary=lambda p, d: f"fetch-prices: {len(d.get('options', []))} contracts"),
+    "sell-scan": Action(
+        _sell_scan,
+        {"ticker": (TICKER, REQUIRED), "right": (right, REQUIRED), "min_days": (DAYS, 0),
+         "max_days": (DAYS, 60), "otm_min_pct": (PERCENT, 0.0), "otm_max_pct": (PERCENT, 20.0)},
+        rules=(not_above("min_days", "max_days"), not_above("otm_min_pct", "otm_max_pct")),
+        summary=lambda p, d: f"sell-scan {p['ticker']} {p['right']}: {len(d.get('candidates', []))} candidates"),
+    "positions": Action(
+        lambda runner, job, p: runner.desk.positions(), needs_desk=True,
+        summary=lambda p, d: f"positions: {len(d.get('positions', []))} positions"),
+    "account-summary": Action(
+        lambda runner, job, p: runner.desk.account_summary(), needs_desk=True,
+        summary=lambda p, d: f"account-summary: {len(d.get('accounts', {}))} accounts"),
+    "open-orders": Action(
+        lambda runner, job, p: runner.desk.open_orders(), needs_desk=True,
+        summary=lambda p, d: f"open-orders: {len(d.get('orders', []))} orders"),
+    # The desk checks these params itself (order_guard) and audits every attempt, refused or not.
+    "place-order": Action(
+        lambda runner, job, p: runner.desk.place_order(job.id, p), schema=None, needs_ib=False, needs_desk=True,
+        summary=lambda p, d: f"place-order: order {d.get('order_id')} {d.get('status')}"),
+    "cancel-order": Action(
+        lambda runner, job, p: runner.desk.cancel_order(job.id, p), schema=None, needs_ib=False, needs_desk=True,
+        summary=lambda p, d: f"cancel-order: order {d.get('order_id')} {d.get('status')}"),
+}
+
+
+class RequestRunner:
+    """The bounded worker pool behind RelayLink: submit() never blocks (a full queue answers BUSY)."""
+
+    def __init__(self, conn: Any, scanner: Any, desk: Any = None, workers: int = 4, queue_size: int = 64,
+                 actions: Dict[str, Action] = ACTIONS):
+        self.conn = conn
+        self.scanner = scanner
+        self.desk = desk
+        self._actions = {name: a for name, a in actions.items() if desk is not None or not a.needs_desk}
+        self._queue: "queue.Queue" = queue.Queue(maxsize=queue_size)
+        self._workers = [threading.Thread(target=self._work, name=f"worker-{i + 1}", daemon=True)
+                         for i in range(workers)]
+        self._jobs: set = set()                 # queued or running
+        self._lock = threading.Lock()
+        self._idle = threading.Condition(self._lock)
+        self._closing = False
+        self._started = time.monotonic()
+        self.served = 0
+
+    @property
+    def names(self) -> List[str]:
+        return list(self._actions)
+
+    @property
+    def uptime_s(self) -> float:
+        return time.monotonic() - self._started
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._jobs)
+
+    def start(self) -> None:
+        for worker in self._workers:
+            worker.start()
+
+    def submit(self, job) -> None:
+        """Called on the relay's reader thread: everything here is quick and never touches IB."""
+        action = self._actions.get(job.action)
+        try:
+            if action is None:
+                raise AgentError(UNKNOWN_ACTION, f"unknown action {job.action!r}; this agent serves: "
+                                                 + ", ".join(self._actions))
+            if self._closing:
+                raise AgentError(BUSY, SHUTDOWN_MESSAGE)
+            params = job.params if action.schema is None else validate(action.schema, job.params)
+            for rule in action.rules:
+                rule(params)
+            if action.needs_ib and not self.conn.ready:
+                reason = self.conn.status().get("error")
+                raise AgentError(IB_NOT_CONNECTED, "not connected to TWS / IB Gateway"
+                                 + (f": {reason}" if reason else ""))
+        except AgentError as exc:
+            self._answer(job, action, None, exc)
+            return
+        with self._lock:
+            self._jobs.add(job)
+        if action.inline:
+            self._run(job, action, params)
+            return
+        try:
+            self._queue.put_nowait((job, action, params))
+        except queue.Full:
+            self._answer(job, action, None, AgentError(
+                BUSY, f"{self._queue.maxsize} requests are already waiting; try again shortly"))
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Refuse new requests, cancel the queued and running ones, and wait for their answers."""
+        with self._lock:
+            self._closing = True
+            for job in self._jobs:
+                job.cancel.set()
+            deadline = time.monotonic() + timeout
+            while self._jobs and self._idle.wait(max(0.0, deadline - time.monotonic())):
+                pass
+            left = len(self._jobs)
+        if left:
+            log.warning("%d requests did not finish in time during shutdown", left)
+        for _ in self._workers:
+            try:
+                self._queue.put_nowait(None)
+            except queue.Full:
+                break
+
+    def _work(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            job, action, params = item
+            if job.cancel.is_set():
+                self._answer(job, action, None, AgentError(CANCELLED, "cancelled before it started"))
+            else:
+                self._run(job, action, params)
+
+    def _run(self, job, action: Action, params: dict) -> None:
+        started = time.monotonic()
+        data, error = None, None
+        try:
+            data = action.run(self, job, params)
+            if job.cancel.is_set():
+                error = AgentError(CANCELLED, "cancelled")
+        except AgentError as exc:
+            error = exc
+        except Exception as exc:
+            log.exception("request %s %s: unexpected error", job.action, job.id)
+            error = AgentError(INTERNAL, f"unexpected error in the agent ({exc.__class__.__name__}); "
+                                         "details are in its log file")
+        self._answer(job, action, params, error, data, time.monotonic() - started)
+
+    def _answer(self, job, action: Optional[Action], params: Optional[dict], error: Optional[AgentError],
+                data: Optional[dict] = None, elapsed: float = 0.0) -> None:
+        try:
+            job.finish(data=data, error=error)
+        finally:
+            with self._lock:
+                self._jobs.discard(job)
+                self.served += 1
+                self._idle.notify_all()
+        self._log_outcome(job, action, params, error, data, elapsed)
+
+    @staticmethod
+    def _log_outcome(job, action: Optional[Action], params: Optional[dict], error: Optional[AgentError],
+                     data: Optional[dict], elapsed: float) -> None:
+        if error is not None:
+            expected = (CANCELLED, BUSY, IB_NOT_CONNECTED)  # ib_connection already says why TWS is down
+            level = logging.INFO if error.code in expected else logging.WARNING
+            log.log(level, "request %s %s failed: %s: %s", job.action if action else repr(job.action)[:40],
+                    job.id, error.code, error.message)
+        elif action is not None and action.summary is not None:
+            log.info("request %s in %.1f s", action.summary(params, data), elapsed)
+        else:
+            log.debug("request %s %s answered in %.3f s", job.action, job.id, elapsed)

@@ -1,0 +1,460 @@
+"""The WebSocket to the MA Tracker cloud (relay protocol v1, DESIGN.md 4; docs/PROTOCOL.md).
+
+RelayLink owns the connection (its own thread, reconnected by tenacity), the frames the agent sends
+(hello, status, progress, response: all through one lock), the outbox of unacknowledged responses,
+and each request's life from arrival to response: duplicates, cancels and acks are settled here,
+and the work itself is handed to an executor that must never block the reader thread.
+"""
+from __future__ import annotations
+
+import collections
+import json
+import logging
+import socket
+import ssl
+import threading
+import time
+import urllib.parse
+import uuid
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, List, Optional
+
+import tenacity
+import websocket
+
+from agent_config import is_loopback_host
+from agent_errors import INTERNAL, INVALID_REQUEST, AgentError
+
+PROTOCOL_VERSION = 1
+MAX_ID_LENGTH = 128
+MAX_ACTION_LENGTH = 64
+LOGGED_FRAME_CHARS = 120
+AUTH_FAILED_HELP = ("Authentication failed: the MA Tracker cloud rejected the API key (HTTP {status}). "
+                    "Your API key may have been regenerated. Download a fresh copy of the agent from the "
+                    "MA Tracker web app. Retrying in {retry}.")
+CONNECT_FAILED_HELP = ("WebSocket connection failed ({reason}). Check your internet connection; the "
+                       "MA Tracker cloud may be temporarily unavailable. The agent will retry automatically.")
+
+log = logging.getLogger("agent.relay")
+
+
+@dataclass(frozen=True)
+class LinkTimings:
+    """Seconds. The defaults are the product's; tests shorten them."""
+    backoff_min_s: float = 1.0        # full-jitter window of the first retry; doubles per failure
+    backoff_max_s: float = 60.0       # cap of that window
+    stable_s: float = 60.0            # a connection that lasted this long resets the backoff
+    auth_retry_s: float = 300.0       # wait after the cloud refused the key (401/403)
+    ping_interval_s: float = 20.0     # a dead link is noticed within ping_interval + ping_timeout
+    ping_timeout_s: float = 10.0
+    io_timeout_s: float = 15.0        # TCP/TLS connect, handshake and a stalled send
+    status_interval_s: float = 30.0
+    progress_after_s: float = 1.0     # progress frames only for work running longer than this
+    progress_interval_s: float = 0.25  # and at most this often per request (4 a second)
+
+
+@dataclass(frozen=True)
+class OutboxLimits:
+    max_age_s: float = 600.0
+    max_count: int = 1000
+    max_bytes: int = 50 * 1024 * 1024
+    remembered_ids: int = 10000       # ids of forgotten responses, so they are never executed again
+
+
+def _seconds_text(seconds: float) -> str:
+    if seconds >= 60 and seconds % 60 == 0:
+        minutes = int(seconds // 60)
+        return f"{minutes} minute" + ("s" if minutes != 1 else "")
+    return f"{seconds:g} s"
+
+
+class Outbox:
+    """Responses the cloud has not acknowledged yet, oldest first, within OutboxLimits.
+
+    Not thread-safe on its own: RelayLink calls it under its lock.
+    """
+
+    def __init__(self, limits: OutboxLimits):
+        self._limits = limits
+        self._entries: "collections.OrderedDict[str, tuple]" = collections.OrderedDict()  # id -> (text, bytes, t)
+        self._bytes = 0
+        self._answered: "collections.OrderedDict[str, None]" = collections.OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def put(self, request_id: str, text: str) -> None:
+        self.expire()
+        self._remove(request_id)
+        size = len(text.encode("utf-8"))
+        self._entries[request_id] = (text, size, time.monotonic())
+        self._bytes += size
+        self._answered[request_id] = None
+        self._answered.move_to_end(request_id)
+        while len(self._answered) > self._limits.remembered_ids:
+            self._answered.popitem(last=False)
+        while len(self._entries) > self._limits.max_count or self._bytes > self._limits.max_bytes:
+            self._drop_oldest("the outbox is full")
+
+    def get(self, request_id: str) -> Optional[str]:
+        entry = self._entries.get(request_id)
+        return entry[0] if entry else None
+
+    def ack(self, request_id: str) -> bool:
+        return self._remove(request_id)
+
+    def was_answered(self, request_id: str) -> bool:
+        return request_id in self._answered
+
+    def texts(self) -> List[str]:
+        return [text for text, _, _ in self._entries.values()]
+
+    def expire(self) -> None:
+        oldest_allowed = time.monotonic() - self._limits.max_age_s
+        while self._entries and next(iter(self._entries.values()))[2] < oldest_allowed:
+            self._drop_oldest(f"not acknowledged within {_seconds_text(self._limits.max_age_s)}")
+
+    def _drop_oldest(self, reason: str) -> None:
+        request_id = next(iter(self._entries))
+        self._remove(request_id)
+        log.warning("Dropped the response to request %s: %s", request_id, reason)
+
+    def _remove(self, request_id: str) -> bool:
+        entry = self._entries.pop(request_id, None)
+        if entry:
+            self._bytes -= entry[1]
+        return entry is not None
+
+
+class Job:
+    """One request from the cloud, from arrival to its response. The executor calls progress() and
+    finish(); it watches `cancel`."""
+
+    def __init__(self, link: "RelayLink", request_id: str, action: str, params: dict):
+        self.id = request_id
+        self.action = action
+        self.params = params
+        self.cancel = threading.Event()
+        self.received = time.monotonic()
+        self.last_progress = 0.0
+        self._link = link
+
+    def progress(self, done: int, total: int) -> None:
+        self._link._progress(self, done, total)
+
+    def finish(self, data: Optional[dict] = None, error: Optional[AgentError] = None) -> None:
+        self._link._finish(self, data, error)
+
+
+def _usable_id(value: Any) -> bool:
+    return isinstance(value, str) and 1 <= len(value) <= MAX_ID_LENGTH
+
+
+def _describe(exc: Optional[BaseException]) -> str:
+    if exc is None:
+        return "closed by the server"
+    if isinstance(exc, websocket.WebSocketBadStatusException):
+        return f"HTTP {exc.status_code}"
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return f"the server's certificate could not be verified: {exc.verify_message}"
+    text = str(exc) or exc.__class__.__name__
+    return text.splitlines()[0][:200]
+
+
+class RelayLink:
+    """Connects, says hello, keeps the link alive, and delivers every response at least once.
+
+    executor(job) is called on the reader thread for each new request and must return at once; it
+    answers later (or at once) with job.finish(). ib_status() gives the IB object for hello/status.
+    """
+
+    STABLE, FAILED, AUTH_FAILED, STOPPED = "stable", "failed", "auth", "stopped"   # how a connection ended
+
+    def __init__(self, url: str, key: str, agent_version: str, actions: List[str],
+                 ib_status: Callable[[], dict], executor: Callable[[Job], None],
+                 timings: LinkTimings = LinkTimings(), limits: OutboxLimits = OutboxLimits()):
+        parsed = urllib.parse.urlsplit(url)
+        if parsed.scheme not in ("wss", "ws") or not parsed.hostname:
+            raise ValueError("relay URL must be wss://")
+        if parsed.scheme == "ws" and not is_loopback_host(parsed.hostname):
+            raise ValueError(f"refusing unencrypted ws:// to {parsed.hostname}: wss:// is required")
+        self.url = url
+        self.session = str(uuid.uuid4())
+        self._key = key
+        self._agent_version = agent_version
+        self._actions = list(actions)
+        self._ib_status = ib_status
+        self._executor = executor
+        self._timings = timings
+        self._outbox = Outbox(limits)
+        self._running: Dict[str, Job] = {}
+        self._lock = threading.RLock()          # the one sender; also guards _running and _outbox
+        self._open_app: Optional[websocket.WebSocketApp] = None
+        self._app: Optional[websocket.WebSocketApp] = None
+        self._stopping = threading.Event()
+        self._status_due = threading.Event()
+        self._threads: List[threading.Thread] = []
+        self._last_error: Optional[BaseException] = None
+        self._failures_reported = False
+        self._opened_at: Optional[float] = None
+        self._ssl_context = ssl.create_default_context()  # CERT_REQUIRED + hostname check, always
+        self._backoff = tenacity.wait_random_exponential(multiplier=timings.backoff_min_s,
+                                                         max=timings.backoff_max_s)
+
+    # ----- public -----
+
+    @property
+    def unacked(self) -> int:
+        return len(self._outbox)
+
+    def start(self) -> None:
+        websocket.setdefaulttimeout(self._timings.io_timeout_s)
+        for target, name in ((self._connect_forever, "relay-link"), (self._status_loop, "relay-status")):
+            thread = threading.Thread(target=target, name=name, daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def status_changed(self) -> None:
+        """IB state changed (any thread, never blocks): a status frame goes out from the status thread."""
+        self._status_due.set()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stopping.set()
+        self._status_due.set()
+        app = self._app
+        if app is not None:
+            self._hang_up(app)
+        deadline = time.monotonic() + timeout
+        for thread in self._threads:
+            thread.join(max(0.1, deadline - time.monotonic()))
+
+    @staticmethod
+    def _hang_up(app: websocket.WebSocketApp) -> None:
+        """Close frame, then shut the socket down: that wakes the reader thread's select() at once
+        (app.close() alone leaves it waiting for the next ping timeout)."""
+        app.keep_running = False
+        ws = app.sock
+        if ws is None:
+            return
+        try:
+            if ws.connected:
+                ws.send_close()
+            if ws.sock is not None:
+                ws.sock.shutdown(socket.SHUT_RDWR)
+        except (OSError, websocket.WebSocketException):
+            pass  # already gone
+
+    # ----- sending (all frames go through _send_locked) -----
+
+    def _send_locked(self, text: str) -> bool:
+        app = self._open_app
+        if app is None:
+            return False
+        try:
+            app.send(text)
+            return True
+        except (websocket.WebSocketException, OSError) as exc:
+            log.debug("send failed: %s", _describe(exc))
+            self._open_app = None  # the reader thread notices the broken socket and reconnects
+            return False
+
+    def _send_frame(self, frame: dict) -> bool:
+        text = json.dumps(frame, separators=(",", ":"))
+        with self._lock:
+            return self._send_locked(text)
+
+    def _hello(self) -> dict:
+        return {"type": "hello", "protocol": PROTOCOL_VERSION, "agent_version": self._agent_version,
+                "session": self.session, "actions": self._actions, "ib": self._ib_status()}
+
+    def _progress(self, job: Job, done: int, total: int) -> None:
+        now = time.monotonic()
+        with self._lock:
+            if (now - job.received < self._timings.progress_after_s
+                    or now - job.last_progress < self._timings.progress_interval_s
+                    or job.id not in self._running):
+                return
+            job.last_progress = now
+            self._send_locked(json.dumps({"type": "progress", "id": job.id, "done": int(done),
+                                          "total": int(total)}, separators=(",", ":")))
+
+    def _finish(self, job: Job, data: Optional[dict], error: Optional[AgentError]) -> None:
+        if error is None:
+            frame = {"type": "response", "id": job.id, "ok": True, "data": data}
+        else:
+            frame = {"type": "response", "id": job.id, "ok": False, "error": error.to_dict()}
+        try:
+            text = json.dumps(frame, separators=(",", ":"), allow_nan=False)
+        except (TypeError, ValueError) as exc:  # NaN or an object JSON cannot carry: a bug upstream
+            log.error("Response to request %s (%s) cannot be sent as JSON: %s", job.id, job.action, exc)
+            text = json.dumps({"type": "response", "id": job.id, "ok": False, "error": AgentError(
+                INTERNAL, "the agent produced a response it cannot encode").to_dict()})
+        with self._lock:
+            if self._running.get(job.id) is job:
+                del self._running[job.id]
+            self._outbox.put(job.id, text)
+            self._send_locked(text)
+
+    # ----- frames from the cloud (reader thread) -----
+
+    def _on_message(self, app: websocket.WebSocketApp, text: Any) -> None:
+        try:
+            self._handle_frame(text)
+        except Exception:  # a bug here must not kill the link; it is logged with its traceback
+            log.exception("Failed to handle a frame from the cloud")
+
+    def _handle_frame(self, text: Any) -> None:
+        try:
+            frame = json.loads(text)
+        except (ValueError, TypeError):
+            frame = None
+        if not isinstance(frame, dict) or not _usable_id(frame.get("id")):
+            problem = "not a JSON object" if not isinstance(frame, dict) else "no usable id"
+            log.warning("Ignored a frame from the cloud (%s): %.*s", problem, LOGGED_FRAME_CHARS, str(text))
+            return
+        request_id, kind = frame["id"], frame.get("type")
+        if kind == "ack":
+            with self._lock:
+                self._outbox.ack(request_id)
+        elif kind == "cancel":
+            self._cancel(request_id)
+        elif kind == "request":
+            self._accept(request_id, frame)
+        else:
+            self._reject(request_id, "?", "type: must be request, cancel or ack")
+
+    def _cancel(self, request_id: str) -> None:
+        with self._lock:
+            job = self._running.get(request_id)
+        if job is None:
+            log.debug("cancel for %s, which is not running", request_id)
+            return
+        log.info("request %s %s: cancelled by the web app", job.action, request_id)
+        job.cancel.set()
+
+    def _reject(self, request_id: str, action: str, message: str) -> None:
+        Job(self, request_id, action, {}).finish(error=AgentError(INVALID_REQUEST, message))
+
+    def _accept(self, request_id: str, frame: dict) -> None:
+        with self._lock:
+            if request_id in self._running:
+                log.info("request %s arrived again while running; its response follows", request_id)
+                return
+            stored = self._outbox.get(request_id)
+            if stored is not None:
+                log.info("request %s arrived again; sending its response again", request_id)
+                self._send_locked(stored)
+                return
+            answered = self._outbox.was_answered(request_id)
+            action, params = frame.get("action"), frame.get("params", {})
+            valid_action = isinstance(action, str) and 1 <= len(action) <= MAX_ACTION_LENGTH
+            job = Job(self, request_id, action if valid_action else "?", params)
+            self._running[request_id] = job
+        if answered:
+            job.finish(error=AgentError(INVALID_REQUEST, f"id: request {request_id} was already answered "
+                                                         "and acknowledged; use a new id to run it again"))
+        elif not valid_action:
+            job.finish(error=AgentError(INVALID_REQUEST, f"action: must be a string of 1 to {MAX_ACTION_LENGTH} characters"))
+        elif not isinstance(params, dict):
+            job.finish(error=AgentError(INVALID_REQUEST, "params: must be an object"))
+        else:
+            try:
+                self._executor(job)
+            except Exception:  # the request must still get an answer, or its id stays "running" forever
+                log.exception("request %s %s could not be started", job.action, request_id)
+                job.finish(error=AgentError(INTERNAL, "the agent could not start this request"))
+
+    # ----- connection -----
+
+    def _on_open(self, app: websocket.WebSocketApp) -> None:
+        try:
+            hello = json.dumps(self._hello(), separators=(",", ":"))
+            with self._lock:
+                self._open_app = app
+                if not self._send_locked(hello):
+                    return
+                for text in self._outbox.texts():
+                    self._send_locked(text)
+        except Exception:
+            log.exception("Failed to start the relay session")
+            self._hang_up(app)
+            return
+        self._opened_at = time.monotonic()
+        self._failures_reported = False
+        log.info("Relay connected")
+
+    def _on_error(self, app: websocket.WebSocketApp, exc: BaseException) -> None:
+        self._last_error = exc
+
+    def _connect_once(self) -> str:
+        """One connection from dial to close; the outcome decides the wait before the next one."""
+        if self._stopping.is_set():
+            return self.STOPPED
+        self._last_error = None
+        self._opened_at = None
+        app = websocket.WebSocketApp(
+            self.url,
+            header=[f"Authorization: Bearer {self._key}", f"X-Agent-Version: {self._agent_version}"],
+            on_open=self._on_open, on_message=self._on_message, on_error=self._on_error)
+        self._app = app
+        try:
+            if not self._stopping.is_set():
+                app.run_forever(sslopt={"context": self._ssl_context}, reconnect=0,
+                                ping_interval=self._timings.ping_interval_s,
+                                ping_timeout=self._timings.ping_timeout_s)
+        except Exception as exc:  # run_forever reports through on_error; this is a bug guard
+            log.exception("Relay connection crashed")
+            self._last_error = exc
+        finally:
+            with self._lock:
+                self._open_app = None
+                self._app = None
+        opened_at = self._opened_at
+        return self._outcome(opened_at is not None, time.monotonic() - (opened_at or 0.0))
+
+    def _outcome(self, was_open: bool, lasted_s: float) -> str:
+        if self._stopping.is_set():
+            return self.STOPPED
+        error = self._last_error
+        if isinstance(error, websocket.WebSocketBadStatusException) and error.status_code in (401, 403):
+            log.error(AUTH_FAILED_HELP.format(status=error.status_code,
+                                              retry=_seconds_text(self._timings.auth_retry_s)))
+            return self.AUTH_FAILED
+        if was_open:
+            log.warning("Relay connection lost (%s); reconnecting", _describe(error))
+            self._failures_reported = True  # the next line is "Relay connected"
+            return self.STABLE if lasted_s >= self._timings.stable_s else self.FAILED
+        if not self._failures_reported:
+            log.warning(CONNECT_FAILED_HELP.format(reason=_describe(error)))
+            self._failures_reported = True
+        else:
+            log.debug("relay connection attempt failed: %s", _describe(error))
+        return self.FAILED
+
+    def _wait_before_retry(self, retry_state: tenacity.RetryCallState) -> float:
+        if retry_state.outcome is not None and retry_state.outcome.result() == self.AUTH_FAILED:
+            return self._timings.auth_retry_s
+        return self._backoff(retry_state)
+
+    def _connect_forever(self) -> None:
+        """Runs of failed attempts back off inside one Retrying; a stable connection starts a fresh one."""
+        while not self._stopping.is_set():
+            tenacity.Retrying(
+                sleep=self._stopping.wait,
+                wait=self._wait_before_retry,
+                retry=tenacity.retry_if_result(lambda outcome: outcome in (self.FAILED, self.AUTH_FAILED)),
+                stop=tenacity.stop_never,
+            )(self._connect_once)
+
+    def _status_loop(self) -> None:
+        while not self._stopping.is_set():
+            self._status_due.wait(self._timings.status_interval_s)
+            self._status_due.clear()
+            if self._stopping.is_set():
+                return
+            with self._lock:
+                self._outbox.expire()
+            try:
+                self._send_frame({"type": "status", "ib": self._ib_status()})
+            except Exception:
+                log.exception("Failed to send a status frame")

@@ -1,0 +1,353 @@
+"""RelayLink against the real FakeRelay, with a tiny stand-in action table instead of IB."""
+from __future__ import annotations
+
+import json
+import shutil
+import ssl
+import subprocess
+import tempfile
+import threading
+import time
+import unittest
+import uuid
+from pathlib import Path
+
+from agent_errors import CANCELLED, INTERNAL, INVALID_REQUEST, AgentError
+from relay_link import LinkTimings, Outbox, OutboxLimits, RelayLink
+from tests.fake_relay import FakeRelay
+from tests.agent_process import free_port
+
+KEY = "link-test-key-7f3a9c"
+FAST = LinkTimings(backoff_min_s=0.05, backoff_max_s=0.2, stable_s=60, auth_retry_s=0.6,
+                   ping_interval_s=2, ping_timeout_s=1, status_interval_s=30,
+                   progress_after_s=0.3, progress_interval_s=0.25)
+IB = {"connected": False, "host": "127.0.0.1", "port": None, "client_id": None, "accounts": [],
+      "account_type": None, "server_version": None, "market_data_type": None, "read_only": None,
+      "error": "TWS is not running"}
+
+
+class StandInActions:
+    """What the worker pool would do, with actions that need no IB: echo, slow (progress), gated, nan."""
+
+    def __init__(self):
+        self.executed = []
+        self.gate = threading.Event()
+
+    def names(self):
+        return ["echo", "slow", "gated", "nan"]
+
+    def __call__(self, job):
+        self.executed.append(job.id)
+        if job.action not in self.names():
+            job.finish(error=AgentError("UNKNOWN_ACTION", job.action))
+            return
+        threading.Thread(target=getattr(self, job.action), args=(job,), daemon=True).start()
+
+    def echo(self, job):
+        job.finish(data={"params": job.params})
+
+    def nan(self, job):
+        job.finish(data={"value": float("nan")})
+
+    def slow(self, job):
+        steps = int(job.params.get("steps", 10))
+        for step in range(steps):
+            if job.cancel.wait(0.1):
+                job.finish(error=AgentError(CANCELLED, "cancelled"))
+                return
+            job.progress(step + 1, steps)
+        job.finish(data={"steps": steps})
+
+    def gated(self, job):
+        self.gate.wait(20)
+        job.finish(data={"gated": True})
+
+
+class LinkCase(unittest.TestCase):
+    auto_ack = True
+    timings = FAST
+
+    def setUp(self):
+        self.relay = FakeRelay(key=KEY, auto_ack=self.auto_ack)
+        self.relay.start()
+        self.addCleanup(self.relay.stop)
+        self.actions = StandInActions()
+        self.ib = dict(IB)
+        self.link = self.make_link(self.relay.url, KEY)
+
+    def make_link(self, url, key, **kwargs):
+        link = RelayLink(url, key, "9.9.9-test", self.actions.names(), lambda: dict(self.ib), self.actions,
+                         timings=kwargs.pop("timings", self.timings), **kwargs)
+        self.addCleanup(link.stop)
+        return link
+
+    def start(self):
+        self.link.start()
+        return self.relay.wait_hello()
+
+    def tearDown(self):
+        self.assertEqual(self.relay.violations, [])
+
+
+class HelloAndRequests(LinkCase):
+    def test_hello_is_the_first_frame_with_session_actions_ib_and_headers(self):
+        hello = self.start()
+        self.assertEqual(self.relay.frames[0], hello)
+        self.assertEqual(hello["protocol"], 1)
+        self.assertEqual(hello["agent_version"], "9.9.9-test")
+        self.assertEqual(str(uuid.UUID(hello["session"])), hello["session"])
+        self.assertEqual(hello["actions"], ["echo", "slow", "gated", "nan"])
+        self.assertEqual(hello["ib"], IB)
+        self.assertEqual(self.relay.agent_headers.get("X-Agent-Version"), "9.9.9-test")
+
+    def test_request_gets_its_response_and_the_ack_empties_the_outbox(self):
+        self.start()
+        response = self.relay.request("echo", {"x": [1, 2]}, id="r1")
+        self.assertEqual(response, {"type": "response", "id": "r1", "ok": True, "data": {"params": {"x": [1, 2]}}})
+        self.relay.wait_until(lambda: self.link.unacked == 0, what="ack processed")
+
+    def test_status_frame_on_ib_change(self):
+        self.start()
+        self.ib.update(connected=True, port=7497, accounts=["DU1234567"], account_type="paper", error=None)
+        self.link.status_changed()
+        status = self.relay.wait_until(lambda: self.relay.last_status, what="status frame")
+        self.assertEqual(status["ib"]["accounts"], ["DU1234567"])
+
+    def test_a_response_that_is_not_valid_json_becomes_internal(self):
+        self.start()
+        with self.assertLogs("agent.relay", "ERROR"):
+            response = self.relay.request("nan", id="n1")
+        self.assertEqual(response["error"]["code"], INTERNAL)
+
+
+class BadFrames(LinkCase):
+    def test_frames_without_json_or_usable_id_are_dropped_and_the_link_stays_up(self):
+        self.start()
+        with self.assertLogs("agent.relay", "WARNING") as logs:
+            for text in ("this is not json {", "[1, 2]", json.dumps({"type": "request", "action": "echo"}),
+                         json.dumps({"type": "request", "id": 7, "action": "echo"}),
+                         json.dumps({"type": "request", "id": "x" * 129, "action": "echo"}),
+                         json.dumps({"type": "request", "id": "", "action": "echo"})):
+                self.relay.send_raw(text)
+            response = self.relay.request("echo", {}, id="after")
+        self.assertTrue(response["ok"])
+        self.assertEqual(sum("Ignored a frame" in line for line in logs.output), 6)
+        self.assertIn("this is not json", "\n".join(logs.output))
+        self.assertEqual(self.relay.connections, 1)
+        self.assertEqual(self.actions.executed, ["after"])
+
+    def test_usable_id_with_a_bad_shape_answers_invalid_request(self):
+        self.start()
+        cases = {
+            "no-action": ({"type": "request", "id": "no-action", "params": {}}, "action"),
+            "bad-params": ({"type": "request", "id": "bad-params", "action": "echo", "params": [1]}, "params"),
+            "bad-type": ({"type": "reqest", "id": "bad-type"}, "type"),
+        }
+        for request_id, (frame, field) in cases.items():
+            self.relay.send(frame)
+        for request_id, (frame, field) in cases.items():
+            response = self.relay.wait_until(lambda: self.relay.responses.get(request_id), what=request_id)
+            self.assertEqual(response["error"]["code"], INVALID_REQUEST)
+            self.assertTrue(response["error"]["message"].startswith(field + ":"), response)
+        self.assertEqual(self.actions.executed, [])
+
+    def test_missing_params_means_empty_params(self):
+        self.start()
+        self.relay.send({"type": "request", "id": "np", "action": "echo"})
+        response = self.relay.wait_until(lambda: self.relay.responses.get("np"), what="response")
+        self.assertEqual(response["data"], {"params": {}})
+
+
+class ProgressAndCancel(LinkCase):
+    def test_long_work_sends_throttled_progress_frames(self):
+        self.start()
+        response = self.relay.request("slow", {"steps": 15}, id="p1")  # 1.5 s of work, a step per 0.1 s
+        self.assertTrue(response["ok"])
+        frames = self.relay.progress["p1"]
+        self.assertGreaterEqual(len(frames), 2)
+        self.assertLess(len(frames), 15)  # throttled: not one per step
+        self.assertTrue(all(f["total"] == 15 for f in frames))
+        self.assertEqual([f["done"] for f in frames], sorted(f["done"] for f in frames))
+        self.assertGreaterEqual(frames[0]["done"], 3)  # nothing during the first progress_after_s
+
+    def test_short_work_sends_no_progress(self):
+        self.start()
+        self.relay.request("slow", {"steps": 2}, id="quick")
+        self.assertEqual(self.relay.progress.get("quick", []), [])
+
+    def test_cancel_answers_cancelled(self):
+        self.start()
+        future = self.relay.submit("slow", {"steps": 200}, id="c1")
+        self.relay.wait_until(lambda: "c1" in self.actions.executed, what="job started")
+        self.relay.cancel("c1")
+        response = future.result(10)
+        self.assertEqual(response["error"]["code"], CANCELLED)
+
+    def test_cancel_of_an_unknown_id_is_ignored(self):
+        self.start()
+        self.relay.cancel("nobody")
+        self.assertTrue(self.relay.request("echo", id="still-fine")["ok"])
+
+
+class Duplicates(LinkCase):
+    def test_duplicate_while_running_executes_once_and_answers_once(self):
+        self.start()
+        first = self.relay.submit("gated", id="d1")
+        self.relay.wait_until(lambda: "d1" in self.actions.executed, what="job started")
+        second = self.relay.submit("gated", id="d1")
+        time.sleep(0.2)  # let the duplicate reach the agent before the work finishes
+        self.actions.gate.set()
+        self.assertTrue(first.result(10)["ok"])
+        self.assertTrue(second.result(10)["ok"])
+        self.assertEqual(self.actions.executed, ["d1"])
+        self.assertEqual(self.relay.response_counts["d1"], 1)
+
+    def test_duplicate_after_the_ack_is_refused_not_executed(self):
+        self.start()
+        self.relay.request("echo", id="d2")
+        self.relay.wait_until(lambda: self.link.unacked == 0, what="ack processed")
+        again = self.relay.request("echo", id="d2")
+        self.assertEqual(again["error"]["code"], INVALID_REQUEST)
+        self.assertIn("already answered", again["error"]["message"])
+        self.assertEqual(self.actions.executed, ["d2"])
+
+
+class UnackedResponses(LinkCase):
+    auto_ack = False
+
+    def test_duplicate_of_a_finished_request_gets_the_stored_response(self):
+        self.start()
+        first = self.relay.request("echo", {"n": 1}, id="u1")
+        self.relay.send({"type": "request", "id": "u1", "action": "echo", "params": {"n": 2}})
+        self.relay.wait_until(lambda: self.relay.response_counts["u1"] == 2, what="resent response")
+        self.assertEqual(self.relay.responses["u1"], first)
+        self.assertEqual(self.actions.executed, ["u1"])
+
+    def test_unacked_responses_are_sent_again_after_a_reconnect_and_forgotten_after_ack(self):
+        self.start()
+        self.relay.request("echo", id="u2")
+        self.assertEqual(self.link.unacked, 1)
+        self.relay.drop()
+        self.relay.wait_hello(connections=2)
+        self.relay.wait_until(lambda: self.relay.response_counts["u2"] == 2, what="response re-sent")
+        self.relay.ack("u2")
+        self.relay.wait_until(lambda: self.link.unacked == 0, what="ack processed")
+
+
+class Reconnect(LinkCase):
+    def test_a_request_pending_across_a_drop_still_completes(self):
+        hello = self.start()
+        future = self.relay.submit("gated", id="g1", timeout_s=20)
+        self.relay.wait_until(lambda: "g1" in self.actions.executed, what="job started")
+        with self.assertLogs("agent.relay", "INFO") as logs:
+            self.assertTrue(self.relay.drop())
+            self.relay.wait_until(lambda: not self.relay.connected, what="drop")
+            self.actions.gate.set()
+            hello2 = self.relay.wait_hello(connections=2)
+            response = future.result(20)
+            self.relay.wait_until(lambda: any("Relay connected" in line for line in logs.output), what="log line")
+        self.assertTrue(response["ok"])
+        self.assertEqual(hello2["session"], hello["session"])
+        self.assertEqual(self.actions.executed, ["g1"])
+        self.assertIn("Relay connection lost", "\n".join(logs.output))
+
+    def test_relay_not_running_is_reported_once_then_connects_when_it_comes_up(self):
+        port = free_port()
+        link = self.make_link(f"ws://127.0.0.1:{port}/ws/agent", KEY)
+        with self.assertLogs("agent.relay", "INFO") as logs:
+            link.start()
+            self.relay.wait_until(lambda: any("WebSocket connection failed" in line for line in logs.output),
+                                  what="failure line")
+            time.sleep(0.5)  # several more attempts at 0.05..0.2 s backoff
+            late = FakeRelay(port=port, key=KEY)
+            late.start()
+            self.addCleanup(late.stop)
+            late.wait_hello()
+        failures = [line for line in logs.output if "WebSocket connection failed" in line]
+        self.assertEqual(len(failures), 1, logs.output)
+        self.assertIn("will retry", failures[0])
+
+    def test_a_dead_link_is_noticed_by_its_pings(self):
+        silent = FakeRelay(key=KEY, answer_pings=False)
+        silent.start()
+        self.addCleanup(silent.stop)
+        timings = LinkTimings(backoff_min_s=0.05, backoff_max_s=0.2, ping_interval_s=0.6, ping_timeout_s=0.3)
+        link = self.make_link(silent.url, KEY, timings=timings)
+        with self.assertLogs("agent.relay", "WARNING") as logs:
+            link.start()
+            silent.wait_hello(connections=2, timeout=10)
+        self.assertIn("Relay connection lost (ping/pong timed out)", logs.output[0])
+
+    def test_wrong_key_is_retried_slowly_and_says_why(self):
+        link = self.make_link(self.relay.url, "wrong-" + KEY)
+        with self.assertLogs("agent", "INFO") as logs:
+            link.start()
+            self.relay.wait_until(lambda: self.relay.auth_failures >= 3, timeout=10, what="3 attempts")
+        times = self.relay.auth_failure_times
+        gaps = [b - a for a, b in zip(times, times[1:])]
+        self.assertTrue(all(gap >= FAST.auth_retry_s * 0.9 for gap in gaps), gaps)
+        text = "\n".join(logs.output)
+        self.assertIn("Authentication failed", text)
+        self.assertIn("Download a fresh copy of the agent from the MA Tracker web app", text)
+        self.assertNotIn(KEY, text)
+        self.assertEqual(self.relay.connections, 0)
+
+    def test_ws_to_a_public_host_is_refused(self):
+        with self.assertRaises(ValueError):
+            RelayLink("ws://relay.example.com/ws/agent", KEY, "1", [], dict, print)
+        RelayLink("wss://relay.example.com/ws/agent", KEY, "1", [], dict, print)
+
+
+@unittest.skipUnless(shutil.which("openssl"), "openssl is needed to make a self-signed certificate")
+class Certificates(unittest.TestCase):
+    def test_a_certificate_that_does_not_verify_is_never_accepted(self):
+        folder = Path(tempfile.mkdtemp())
+        self.addCleanup(shutil.rmtree, folder)
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                        "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+                        "-keyout", str(folder / "key.pem"), "-out", str(folder / "cert.pem")],
+                       check=True, capture_output=True, timeout=30)
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(folder / "cert.pem", folder / "key.pem")
+        relay = FakeRelay(key=KEY, ssl_context=context)
+        relay.start()
+        self.addCleanup(relay.stop)
+        link = RelayLink(relay.url, KEY, "1", [], lambda: dict(IB), print, timings=FAST)
+        self.addCleanup(link.stop)
+        with self.assertLogs("agent.relay", "WARNING") as logs:
+            link.start()
+            relay.wait_until(lambda: logs.output, what="failure line")
+            time.sleep(0.5)  # more attempts, none of which may get through
+        self.assertIn("certificate", logs.output[0])
+        self.assertEqual(relay.connections, 0)
+
+
+class OutboxLimitsTest(unittest.TestCase):
+    def test_count_bytes_and_age_are_bounded_oldest_first(self):
+        outbox = Outbox(OutboxLimits(max_age_s=0.2, max_count=3, max_bytes=100))
+        with self.assertLogs("agent.relay", "WARNING") as logs:
+            for n in range(4):
+                outbox.put(f"id{n}", "x" * 10)
+            self.assertEqual(outbox.get("id0"), None)
+            self.assertEqual(len(outbox), 3)
+            outbox.put("big", "y" * 80)   # 3 x 10 + 80 > 100: the oldest go until it fits
+            self.assertEqual(outbox.texts(), ["x" * 10, "x" * 10, "y" * 80])
+            time.sleep(0.3)
+            outbox.expire()
+            self.assertEqual(len(outbox), 0)
+        self.assertEqual(len(logs.output), 5)
+        self.assertIn("Dropped the response to request id0", logs.output[0])
+        self.assertTrue(outbox.was_answered("id0"))
+
+    def test_ack_forgets_the_response_but_remembers_the_id(self):
+        outbox = Outbox(OutboxLimits())
+        outbox.put("a", "{}")
+        self.assertTrue(outbox.ack("a"))
+        self.assertFalse(outbox.ack("a"))
+        self.assertEqual(len(outbox), 0)
+        self.assertTrue(outbox.was_answered("a"))
+        self.assertFalse(outbox.was_answered("b"))
+
+
+if __name__ == "__main__":
+    unittest.main()
