@@ -1,0 +1,538 @@
+"""Account and order actions (DESIGN.md 4) behind the local order policy (DESIGN.md 5.3).
+
+Every place/cancel request passes, in this order: params shape -> policy rules that need no TWS
+(ALLOW_ORDERS=off, quantity cap, notional cap with the standard multiplier) -> TWS connected ->
+account rules (paper/live, account of this session) -> contract qualification -> notional cap with
+the qualified multiplier -> placeOrder. Nothing reaches TWS before the policy said yes, and every
+request ends with one audit line whose `decision` is one of:
+  "allowed"            the order (or cancel) was sent to TWS; `outcome` says what TWS answered
+  "refused: <rule>"    the local policy said no (ORDER_BLOCKED)
+  "not sent: <code>"   stopped before the policy could finish (bad params, TWS not connected,
+                       no such contract, ...)
+  "duplicate..."       a request id seen before: answered from the request-id store, or from the
+                       order TWS has with orderRef == request id; never placed again.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import threading
+from decimal import Decimal
+from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
+
+from ibapi.contract import Contract
+from ibapi.order import Order
+from ibapi.order_cancel import OrderCancel
+
+import ib_connection
+import order_guard
+from agent_errors import (IB_NOT_CONNECTED, INTERNAL, INVALID_REQUEST, NO_SECURITY_DEFINITION, ORDER_BLOCKED,
+                          TIMEOUT, AgentError)
+from agent_log import Masker
+
+log = logging.getLogger(__name__)
+
+SUMMARY_TAGS = {"NetLiquidation": "net_liquidation", "TotalCashValue": "total_cash",
+                "BuyingPower": "buying_power", "AvailableFunds": "available_funds",
+                "ExcessLiquidity": "excess_liquidity"}
+# Order warnings that do not stop the order, beyond ib_connection.NOTICE_CODES (which never reach
+# a handler): 10349 "Order TIF was set to DAY based on order preset".
+ORDER_NOTICE_CODES = frozenset((10349,))
+CANCEL_STATUSES = frozenset(("PendingCancel", "Cancelled", "ApiCancelled"))
+# A new order answered with one of these is dead on arrival; TWS sends the reason (201 rejected,
+# 202 cancelled by a price check, ...) right after the status, so wait this long for it.
+DEAD_ON_ARRIVAL = frozenset(("Cancelled", "ApiCancelled", "Inactive"))
+REASON_GRACE_S = 1.0
+CANCEL_CONFIRMED = 202  # "Order Canceled - reason:": the answer a cancel asks for
+POSITION_CONTRACT_FIELDS = ("con_id", "ticker", "sec_type", "expiration", "strike", "right", "multiplier")
+# Id-less callbacks and which sweep they feed.
+SWEEP_EVENTS = {"position": "positions", "positionEnd": "positions",
+                "openOrder": "orders", "orderStatus": "orders", "openOrderEnd": "orders",
+                "completedOrder": "orders", "completedOrdersEnd": "orders"}
+_UNSET_DOUBLE = 1.7976931348623157e308
+
+
+# --- IB values -> relay values (sentinels -> None) ---------------------------------------------
+
+def _number(value: Any) -> Optional[float]:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    if not math.isfinite(number) or abs(number) >= _UNSET_DOUBLE:
+        return None
+    return number
+
+
+def _quantity(value: Any) -> Optional[float]:
+    number = _number(value)
+    if number is None or abs(number) >= 2**63 - 1:
+        return None
+    return int(number) if number == int(number) else number
+
+
+def contract_dict(contract: Contract) -> dict:
+    is_option = contract.secType in ("OPT", "FOP")
+    multiplier = _quantity(contract.multiplier) if contract.multiplier else None
+    return {
+        "con_id": contract.conId or None,
+        "ticker": contract.symbol,
+        "sec_type": contract.secType,
+        "expiration": (contract.lastTradeDateOrContractMonth or None) if is_option else None,
+        "strike": _number(contract.strike) if is_option else None,
+        "right": ({"CALL": "C", "PUT": "P"}.get(contract.right, contract.right) or None) if is_option else None,
+        "multiplier": 1 if multiplier is None and contract.secType == "STK" else multiplier,
+        "currency": contract.currency or None,
+        "trading_class": contract.tradingClass or None,
+    }
+
+
+def _order_row(order_id: int, contract: Contract, order: Order, state) -> dict:
+    return {
+        "order_id": order_id, "perm_id": order.permId or None, "client_id": order.clientId,
+        "account": order.account or None, "contract": contract_dict(contract),
+        "action": order.action, "quantity": _quantity(order.totalQuantity),
+        "order_type": order.orderType, "limit_price": _number(order.lmtPrice) or None,  # 0: no limit
+        "tif": order.tif or None, "status": state.status or None, "filled": None, "remaining": None,
+        "avg_fill_price": None, "order_ref": order.orderRef or None,
+    }
+
+
+# --- waiting on TWS ----------------------------------------------------------------------------
+
+class _Pending:
+    """Handler (see ib_connection) for one exchange with TWS: collects events until `finished` says so.
+
+    What ended the wait first decides it: an answer, an error (raised) or the connection's loss.
+    """
+
+    def __init__(self, finished: Callable[[str, tuple], bool], success_codes: Iterable[int] = ()):
+        self._finished = finished
+        self._success_codes = frozenset(success_codes)
+        self._lock = threading.Lock()
+        self._done = threading.Event()
+        self._error_seen = threading.Event()
+        self._ended_by: Optional[str] = None  # "answer", "error" or "lost"
+        self.events: List[Tuple[str, tuple]] = []
+        self.error: Optional[Tuple[int, str]] = None
+
+    def _end(self, how: str) -> None:
+        with self._lock:
+            self._ended_by = self._ended_by or how
+        self._done.set()
+
+    def on_event(self, name: str, args: tuple) -> None:
+        with self._lock:
+            self.events.append((name, args))
+        if self._finished(name, args):
+            self._end("answer")
+
+    def on_error(self, ib_code: int, text: str) -> None:
+        if ib_code in self._success_codes:
+            self.on_event("error", (ib_code, text))
+        elif ib_code not in ORDER_NOTICE_CODES:
+            with self._lock:
+                self.error = self.error or (ib_code, text)
+            self._error_seen.set()
+            self._end("error")
+
+    def on_disconnect(self) -> None:
+        self._end("lost")
+
+    def wait(self, timeout: float, what: str) -> List[Tuple[str, tuple]]:
+        if not self._done.wait(timeout):
+            raise AgentError(TIMEOUT, f"TWS did not answer {what} within {timeout:g} s")
+        if self._ended_by == "error":
+            raise ib_connection.error_for(*self.error)
+        if self._ended_by == "lost":
+            raise AgentError(IB_NOT_CONNECTED, f"the connection to TWS was lost during {what}")
+        with self._lock:
+            return list(self.events)
+
+    def later_error(self, timeout: float) -> Optional[AgentError]:
+        """The error that followed the answer within timeout (e.g. 202 after status Cancelled), if any."""
+        if self._error_seen.wait(timeout):
+            return ib_connection.error_for(*self.error)
+        return None
+
+
+class _KeyedLocks:
+    """One lock per request id, so a repeated id waits for the first attempt instead of racing it."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._held: Dict[str, list] = {}
+
+    @contextlib.contextmanager
+    def hold(self, key: str, timeout: float):
+        with self._lock:
+            entry = self._held.setdefault(key, [threading.Lock(), 0])
+            entry[1] += 1
+        try:
+            if not entry[0].acquire(timeout=timeout):
+                raise AgentError(TIMEOUT, f"request {key} is still being worked on; ask again later")
+            try:
+                yield
+            finally:
+                entry[0].release()
+        finally:
+            with self._lock:
+                entry[1] -= 1
+                if not entry[1]:
+                    del self._held[key]
+
+
+class _Attempt:
+    """What the audit line of one place/cancel request will say (decisions: see the module doc)."""
+
+    def __init__(self, params: Any):
+        self.params = params            # as asked; replaced by the checked params once they pass
+        self.decision: Optional[str] = None
+        self.order_id: Optional[int] = None
+
+    def refuse(self, rule: str) -> AgentError:
+        self.decision = f"refused: {rule}"
+        return AgentError(ORDER_BLOCKED, rule)
+
+    def decided(self, error: Optional[AgentError]) -> str:
+        if self.decision is None:
+            return f"not sent: {error.code}" if error else "allowed"
+        return self.decision
+
+
+# --- the desk ----------------------------------------------------------------------------------
+
+class OrderDesk:
+    """positions, account-summary, open-orders, place-order, cancel-order for relay_actions."""
+
+    def __init__(self, conn, config):
+        self.conn = conn
+        self.config = config
+        self.audit = order_guard.AuditLog(config.audit_log_file, mask=Masker([config.key]))
+        self.request_ids = order_guard.RequestIdStore(config.order_ids_file)
+        self._request_locks = _KeyedLocks()
+        self._sweep_locks = {"positions": threading.Lock(), "orders": threading.Lock(),
+                             "summary": threading.Lock()}
+        self._sweeps: Dict[str, _Pending] = {}
+        for name in SWEEP_EVENTS:
+            conn.add_listener(name, lambda *args, _name=name: self._on_unrouted(_name, args))
+        conn.add_listener("disconnected", self._on_disconnected)
+        conn.add_listener("error", self._on_unrouted_error)
+
+    @property
+    def _timeout(self) -> float:
+        return self.config.request_timeout_s
+
+    def _on_unrouted(self, name: str, args: tuple) -> None:
+        sweep = self._sweeps.get(SWEEP_EVENTS[name])
+        if sweep is not None:
+            sweep.on_event(name, args)
+
+    def _on_disconnected(self) -> None:
+        for sweep in list(self._sweeps.values()):
+            sweep.on_disconnect()
+
+    def _on_unrouted_error(self, req_id: int, ib_code: int, text: str) -> None:
+        """Read-Only API answers the id-less order requests with an error of id -1."""
+        sweep = self._sweeps.get("orders")
+        if sweep is not None and ib_connection.is_read_only_error(ib_code, text):
+            sweep.on_error(ib_code, text)
+
+    @contextlib.contextmanager
+    def _sweep(self, kind: str, end: str):
+        """An id-less exchange (reqPositions, reqAllOpenOrders...): one of a kind at a time."""
+        with self._sweep_locks[kind]:
+            self._sweeps[kind] = sweep = _Pending(lambda name, args: name == end)
+            try:
+                yield sweep
+            finally:
+                self._sweeps.pop(kind, None)
+
+    # --- account ---
+
+    def positions(self) -> dict:
+        with self._sweep("positions", "positionEnd") as sweep:
+            self.conn.send("reqPositions")
+            try:
+                events = sweep.wait(self._timeout, "reqPositions")
+            finally:
+                with contextlib.suppress(AgentError):
+                    self.conn.send("cancelPositions")
+        latest: Dict[Tuple[str, int], dict] = {}  # TWS may repeat a position while we listen
+        for name, args in events:
+            if name == "position":
+                account, contract, quantity, avg_cost = args
+                fields = contract_dict(contract)
+                latest[(account, contract.conId)] = dict(
+                    {k: fields[k] for k in POSITION_CONTRACT_FIELDS}, account=account,
+                    quantity=_quantity(quantity), avg_cost=_number(avg_cost))
+        return {"positions": [row for row in latest.values() if row["quantity"]]}  # 0 = closed today
+
+    def account_summary(self) -> dict:
+        with self._sweep_locks["summary"]:  # TWS allows two account-summary subscriptions at once
+            req_id = self.conn.next_req_id()
+            try:
+                rows = self.conn.call("reqAccountSummary", req_id, "All", ",".join(SUMMARY_TAGS),
+                                      rows=("accountSummary",), end="accountSummaryEnd", timeout=self._timeout)
+            finally:
+                with contextlib.suppress(AgentError):
+                    self.conn.send("cancelAccountSummary", req_id)
+        accounts: Dict[str, dict] = {}
+        for account, tag, value, currency in rows:
+            if tag not in SUMMARY_TAGS:
+                continue
+            entry = accounts.setdefault(account, dict.fromkeys(list(SUMMARY_TAGS.values()) + ["currency"]))
+            entry[SUMMARY_TAGS[tag]] = _number(value)
+            entry["currency"] = entry["currency"] or currency or None
+        return {"accounts": accounts}
+
+    # --- orders: reading ---
+
+    def _order_book(self, completed: bool = False) -> List[dict]:
+        """Orders of all clients (reqAllOpenOrders), or today's completed ones (reqCompletedOrders)."""
+        request, end = ("reqCompletedOrders", "completedOrdersEnd") if completed else ("reqAllOpenOrders", "openOrderEnd")
+        with self._sweep("orders", end) as sweep:
+            self.conn.send(request, *((False,) if completed else ()))
+            events = sweep.wait(self._timeout, request)
+        orders: Dict[Any, dict] = {}
+        statuses: Dict[Any, tuple] = {}
+        for name, args in events:
+            if name == "openOrder":
+                order_id, contract, order, state = args
+                row = _order_row(order_id, contract, order, state)
+                orders[order.permId or (order.clientId, order_id)] = row
+            elif name == "completedOrder":
+                contract, order, state = args
+                orders[order.permId or id(order)] = _order_row(order.orderId or None, contract, order, state)
+            elif name == "orderStatus":
+                order_id, status, filled, remaining, avg_price, perm_id, _parent, _last, client_id = args[:9]
+                statuses[perm_id or (client_id, order_id)] = (status, filled, remaining, avg_price)
+        for key, (status, filled, remaining, avg_price) in statuses.items():
+            row = orders.get(key)
+            if row is not None:
+                row.update(status=status, filled=_quantity(filled), remaining=_quantity(remaining),
+                           avg_fill_price=_number(avg_price) or None)
+        return list(orders.values())
+
+    def open_orders(self) -> dict:
+        return {"orders": self._order_book()}
+
+    def _find_by_order_ref(self, request_id: str, order_id: Optional[int]) -> Optional[dict]:
+        """The order TWS holds for this request id (open or completed today), if any."""
+        for completed in (False, True):
+            for row in self._order_book(completed):
+                if row["order_ref"] == request_id:
+                    return {"order_id": row["order_id"] or order_id, "status": row["status"]}
+        return None
+
+    # --- orders: placing and cancelling ---
+
+    def place_order(self, request_id: str, params: dict) -> dict:
+        attempt = _Attempt(params)
+        try:
+            order = attempt.params = order_guard.parse_order_params("place-order", params)
+            with self._request_locks.hold(request_id, timeout=3 * self._timeout):
+                result = self._place_once(request_id, order, attempt)
+        except AgentError as error:
+            self._audit("place-order", request_id, attempt, error=error)
+            raise
+        self._audit("place-order", request_id, attempt, status=result["status"])
+        return result
+
+    def _audit(self, action: str, request_id: str, attempt: "_Attempt", error: Optional[AgentError] = None,
+               status: Optional[str] = None) -> None:
+        outcome = order_guard.outcome_of_error(error) if error else {"status": status}
+        self.audit.write(action, request_id, attempt.params, attempt.decided(error), attempt.order_id, outcome)
+
+    def _place_once(self, request_id: str, order: dict, attempt: _Attempt) -> dict:
+        record = self.request_ids.get(request_id)
+        if record and record["state"] != order_guard.SENDING:
+            attempt.decision, attempt.order_id = "duplicate", record.get("order_id")
+            if record["state"] == order_guard.FAILED:
+                raise AgentError(**record["error"])
+            return {"order_id": record["order_id"], "status": record["status"]}
+        contract = order["contract"]
+        rule = order_guard.order_refusal(self.config, order, order_guard.STANDARD_MULTIPLIER[contract["sec_type"]])
+        if rule:
+            raise attempt.refuse(rule)
+        status = self.conn.status()
+        if not status.get("connected"):
+            raise AgentError(IB_NOT_CONNECTED, "TWS is not connected; the order was not sent")
+        order["account"] = order["account"] or self._sole_account(status)
+        rule = order_guard.account_refusal(self.config, status, order["account"])
+        if rule:
+            raise attempt.refuse(rule)
+        if record:  # an earlier attempt may have reached TWS: look before placing again
+            found = self._find_by_order_ref(request_id, record.get("order_id"))
+            if found:
+                attempt.decision, attempt.order_id = "duplicate: found in TWS by orderRef", found["order_id"]
+                self._remember(request_id, order_guard.PLACED, **found)
+                return found
+        qualified = self._qualify(contract)
+        multiplier = _number(qualified.multiplier) or order_guard.STANDARD_MULTIPLIER[contract["sec_type"]]
+        rule = order_guard.order_refusal(self.config, order, multiplier)
+        if rule:
+            raise attempt.refuse(rule)
+        attempt.decision = "allowed"
+        attempt.order_id = order_id = self.conn.next_order_id()
+        try:
+            self.request_ids.put(request_id, order_guard.SENDING, order_id=order_id)
+        except OSError as exc:  # without the record, exactly-once cannot be promised: do not send
+            raise AgentError(INTERNAL, f"cannot write {self.request_ids.path.name} ({exc.strerror or exc}); "
+                                       "the order was not sent") from None
+        try:
+            status_text = self._send_and_wait(order_id, "placeOrder", (qualified, self._ib_order(request_id, order)),
+                                              self._first_status, f"order {order_id}", dead=DEAD_ON_ARRIVAL)
+        except AgentError as error:
+            if error.code not in (TIMEOUT, IB_NOT_CONNECTED):  # TWS answered: there is no order
+                self._remember(request_id, order_guard.FAILED, error=error.to_dict())
+            raise
+        self._remember(request_id, order_guard.PLACED, status=status_text)
+        log.info("order %s placed for request %s: %s %s %s @ %s (%s)", order_id, request_id, order["action"],
+                 order["quantity"], contract["ticker"], order["limit_price"], status_text)
+        return {"order_id": order_id, "status": status_text}
+
+    def _remember(self, request_id: str, state: str, **fields) -> None:
+        """The outcome, once TWS answered. Failing to write it must not hide that answer: the record
+        stays "sending", so a repeat of this id looks the order up in TWS before placing anything."""
+        try:
+            self.request_ids.put(request_id, state, **fields)
+        except OSError as exc:
+            log.error("Cannot write %s (%s): request %s is remembered as still sending", self.request_ids.path,
+                      exc.strerror or exc, request_id)
+
+    @staticmethod
+    def _sole_account(status: dict) -> Optional[str]:
+        accounts = status.get("accounts") or []
+        if len(accounts) > 1:
+            raise AgentError(INVALID_REQUEST, f"params.account: is required: this TWS session has several "
+                                              f"accounts ({', '.join(accounts)})")
+        return accounts[0] if accounts else None
+
+    def _qualify(self, spec: dict) -> Contract:
+        """The one contract IB knows for this spec (exact conId, SMART); several or none is an error."""
+        query = Contract()
+        query.symbol, query.secType, query.exchange, query.currency = spec["ticker"], spec["sec_type"], "SMART", "USD"
+        if spec["sec_type"] == "OPT":
+            query.lastTradeDateOrContractMonth = spec["expiration"]
+            query.strike, query.right = float(spec["strike"]), spec["right"]
+            query.tradingClass = spec["trading_class"] or ""
+        rows = self.conn.call("reqContractDetails", self.conn.next_req_id(), query, rows=("contractDetails",),
+                              end="contractDetailsEnd", timeout=self._timeout)
+        matches = {row[0].contract.conId: row[0].contract for row in rows}
+        described = describe_contract(spec)
+        if not matches:
+            raise AgentError(NO_SECURITY_DEFINITION, f"IB has no contract {described}")
+        if len(matches) > 1:
+            classes = sorted({f"{c.tradingClass or c.symbol} x{c.multiplier or 1}" for c in matches.values()})
+            raise AgentError(INVALID_REQUEST, f"params.contract: ambiguous: {len(matches)} contracts match "
+                                              f"{described} ({', '.join(classes)}); name contract.trading_class")
+        contract = next(iter(matches.values()))
+        contract.exchange = "SMART"
+        return contract
+
+    @staticmethod
+    def _ib_order(request_id: str, order: dict) -> Order:
+        ib_order = Order()
+        ib_order.action = order["action"]
+        ib_order.totalQuantity = Decimal(order["quantity"])
+        ib_order.orderType = "LMT"
+        ib_order.lmtPrice = float(order["limit_price"])
+        ib_order.tif = order["tif"]
+        ib_order.orderRef = request_id
+        ib_order.account = order["account"] or ""
+        ib_order.transmit = True
+        return ib_order
+
+    @staticmethod
+    def _first_status(events: List[Tuple[str, tuple]]) -> Optional[str]:
+        for name, args in events:
+            if name == "orderStatus":
+                return args[1]
+            if name == "openOrder":
+                return args[3].status
+        return None
+
+    def _send_and_wait(self, order_id: int, request: str, args: tuple,
+                       answer: Callable[[List[Tuple[str, tuple]]], Optional[str]], what: str,
+                       success_codes: Iterable[int] = (), dead: Iterable[str] = ()) -> str:
+        """Send one order message and wait for the first answer that `answer` turns into a status;
+        a `dead` status followed by TWS's reason raises that reason."""
+        pending = _Pending(lambda name, a: answer([(name, a)]) is not None, success_codes)
+        try:
+            self.conn.register(order_id, _Forwarding(pending, self._on_unrouted))
+        except ValueError:
+            raise AgentError(INVALID_REQUEST, f"order {order_id} is being placed or cancelled right now; "
+                                              "ask again when that has finished") from None
+        try:
+            self.conn.send(request, order_id, *args)
+            status = answer(pending.wait(self._timeout, what))
+            reason = pending.later_error(REASON_GRACE_S) if status in dead else None
+        finally:
+            self.conn.unregister(order_id)
+        if reason is not None:
+            raise reason
+        return status
+
+    def cancel_order(self, request_id: str, params: dict) -> dict:
+        attempt = _Attempt(params)
+        try:
+            attempt.params = order_guard.parse_order_params("cancel-order", params)
+            attempt.order_id = attempt.params["order_id"]
+            result = self._cancel(attempt.order_id, attempt)
+        except AgentError as error:
+            self._audit("cancel-order", request_id, attempt, error=error)
+            raise
+        self._audit("cancel-order", request_id, attempt, status=result["status"])
+        return result
+
+    def _cancel(self, order_id: int, attempt: _Attempt) -> dict:
+        rule = order_guard.orders_off_refusal(self.config)
+        if rule:
+            raise attempt.refuse(rule)
+        status = self.conn.status()
+        if not status.get("connected"):
+            raise AgentError(IB_NOT_CONNECTED, "TWS is not connected; the cancel was not sent")
+        rule = order_guard.account_refusal(self.config, status, None)
+        if rule:
+            raise attempt.refuse(rule)
+        attempt.decision = "allowed"
+        status_text = self._send_and_wait(order_id, "cancelOrder", (OrderCancel(),), self._cancel_status,
+                                          f"the cancel of order {order_id}", success_codes=(CANCEL_CONFIRMED,))
+        log.info("order %s: cancel %s", order_id, status_text)
+        return {"order_id": order_id, "status": status_text}
+
+    @staticmethod
+    def _cancel_status(events: List[Tuple[str, tuple]]) -> Optional[str]:
+        for name, args in events:
+            if name == "orderStatus" and args[1] in CANCEL_STATUSES:
+                return args[1]
+            if name == "error" and args[0] == CANCEL_CONFIRMED:
+                return "Cancelled"
+        return None
+
+
+class _Forwarding:
+    """An order id's handler: answers its waiter and lets a concurrent open-orders sweep see the order."""
+
+    def __init__(self, pending: _Pending, unrouted: Callable[[str, tuple], None]):
+        self._pending = pending
+        self._unrouted = unrouted
+
+    def on_event(self, name: str, args: tuple) -> None:
+        self._pending.on_event(name, args)
+        if name in SWEEP_EVENTS:
+            self._unrouted(name, args)
+
+    def on_error(self, ib_code: int, text: str) -> None:
+        self._pending.on_error(ib_code, text)
+
+    def on_disconnect(self) -> None:
+        self._pending.on_disconnect()
+
+
+def describe_contract(spec: dict) -> str:
+    if spec["sec_type"] == "OPT":
+        return f"{spec['ticker']} {spec['expiration']} {spec['strike']:g} {spec['right']}"
+    return f"{spec['ticker']} (stock)"

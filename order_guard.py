@@ -1,0 +1,336 @@
+"""The local safeguards around orders that the cloud cannot change (DESIGN.md 5.3).
+
+- the shape of place-order / cancel-order params (as data, so the relay's action table can use it),
+- the order policy (ALLOW_ORDERS, MAX_ORDER_QUANTITY, MAX_ORDER_NOTIONAL): pure functions,
+- the append-only audit log (JSON lines, flushed and fsynced),
+- the on-disk request-id store that makes placement exactly-once across agent restarts.
+
+Nothing here talks to TWS; ib_orders.OrderDesk puts these pieces in front of it.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import re
+import threading
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Dict, Mapping, Optional
+
+from agent_errors import INVALID_REQUEST, AgentError
+
+log = logging.getLogger(__name__)
+
+PAPER_ACCOUNT_PREFIXES = ("DU", "DF")
+
+# Multiplier assumed before the contract is qualified. Options are checked again with the real
+# multiplier after qualification; this first check errs on the side of refusing (a mini option with
+# multiplier 10 is measured as if it were 100 until qualification would have told otherwise).
+STANDARD_MULTIPLIER = {"STK": 1.0, "OPT": 100.0}
+
+
+# --- params: field specs as data -----------------------------------------------------------------
+
+class Field:
+    """One params field: its JSON type, whether it must be there, and what values it may take."""
+
+    def __init__(self, kind: str, required: bool = True, choices: tuple = (), positive: bool = False,
+                 pattern: Optional[str] = None, upper: bool = False, aliases: Optional[dict] = None,
+                 max_len: int = 64, default: Any = None, fields: Optional[Dict[str, "Field"]] = None):
+        self.kind = kind            # "str", "int", "number" or "object"
+        self.required = required
+        self.choices = choices
+        self.positive = positive
+        self.pattern = re.compile(pattern) if pattern else None
+        self.upper = upper or bool(choices)  # symbols and choices compare upper-case
+        self.aliases = aliases or {}
+        self.max_len = max_len
+        self.default = default
+        self.fields = fields        # for "object": its own field specs
+
+    def describe(self) -> str:
+        if self.choices:
+            return "one of " + ", ".join(self.choices)
+        if self.kind == "int":
+            return "a whole number greater than 0" if self.positive else "a whole number"
+        if self.kind == "number":
+            return "a number greater than 0" if self.positive else "a number"
+        if self.kind == "object":
+            return "an object"
+        return "text" if not self.pattern else f"text like {self.pattern.pattern}"
+
+
+CONTRACT_FIELDS = {
+    "ticker": Field("str", pattern=r"^[A-Z0-9.\- ]{1,16}$", upper=True),
+    "sec_type": Field("str", choices=("OPT", "STK")),
+    "expiration": Field("str", required=False, pattern=r"^\d{8}$"),
+    "strike": Field("number", required=False, positive=True),
+    "right": Field("str", required=False, choices=("C", "P"), aliases={"CALL": "C", "PUT": "P"}),
+    "trading_class": Field("str", required=False, pattern=r"^[A-Z0-9.\- ]{1,16}$", upper=True),
+    "exchange": Field("str", required=False, choices=("SMART",), default="SMART"),  # orders route SMART
+}
+OPTION_ONLY_FIELDS = ("expiration", "strike", "right", "trading_class")
+
+ORDER_PARAMS: Dict[str, Dict[str, Field]] = {
+    "place-order": {
+        "contract": Field("object", fields=CONTRACT_FIELDS),
+        "action": Field("str", choices=("BUY", "SELL")),
+        "quantity": Field("int", positive=True),
+        "order_type": Field("str", choices=("LMT",)),
+        "limit_price": Field("number", positive=True),
+        "tif": Field("str", required=False, choices=("DAY", "GTC"), default="DAY"),
+        "account": Field("str", required=False, pattern=r"^[A-Z0-9]{1,32}$", upper=True),
+    },
+    "cancel-order": {
+        "order_id": Field("int", positive=True),
+    },
+}
+
+
+def _check_field(name: str, spec: Field, value: Any) -> Any:
+    wrong = AgentError(INVALID_REQUEST, f"{name}: must be {spec.describe()}")
+    if spec.kind == "str":
+        if not isinstance(value, str) or len(value) > spec.max_len:
+            raise wrong
+        value = value.strip().upper() if spec.upper else value.strip()
+        value = spec.aliases.get(value, value)
+        if spec.choices and value not in spec.choices:
+            raise wrong
+        if spec.pattern and not spec.pattern.match(value):
+            raise wrong
+        return value
+    if spec.kind in ("int", "number"):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise wrong
+        if not math.isfinite(value) or (spec.positive and value <= 0):
+            raise wrong
+        if spec.kind == "int":
+            if value != int(value):
+                raise wrong
+            return int(value)
+        return value
+    if not isinstance(value, Mapping):
+        raise wrong
+    return check_fields(spec.fields or {}, value, prefix=name + ".")
+
+
+def check_fields(specs: Mapping[str, Field], params: Any, prefix: str = "params.") -> dict:
+    """Params checked against field specs: the normalised dict, or INVALID_REQUEST naming the field."""
+    if not isinstance(params, Mapping):
+        raise AgentError(INVALID_REQUEST, f"{prefix.rstrip('.')}: must be an object")
+    unknown = sorted(str(k) for k in params if k not in specs)
+    if unknown:
+        raise AgentError(INVALID_REQUEST, f"{prefix}{unknown[0]}: unknown field")
+    out = {}
+    for name, spec in specs.items():
+        value = params.get(name)
+        if value is None:
+            if spec.required:
+                raise AgentError(INVALID_REQUEST, f"{prefix}{name}: is required")
+            out[name] = spec.default
+        else:
+            out[name] = _check_field(prefix + name, spec, value)
+    return out
+
+
+def parse_order_params(action: str, params: Any) -> dict:
+    """place-order / cancel-order params, checked and normalised (idempotent on its own output)."""
+    out = check_fields(ORDER_PARAMS[action], params)
+    contract = out.get("contract")
+    if contract is not None:
+        if contract["sec_type"] == "OPT":
+            for name in ("expiration", "strike", "right"):
+                if contract[name] is None:
+                    raise AgentError(INVALID_REQUEST, f"params.contract.{name}: is required for an option")
+        else:
+            for name in OPTION_ONLY_FIELDS:
+                if contract[name] is not None:
+                    raise AgentError(INVALID_REQUEST, f"params.contract.{name}: only for an option (OPT)")
+    return out
+
+
+# --- the policy: pure functions returning the rule that refuses, or None -------------------------
+
+def is_paper_account(account: str) -> bool:
+    return account.upper().startswith(PAPER_ACCOUNT_PREFIXES)
+
+
+def orders_off_refusal(config) -> Optional[str]:
+    """ALLOW_ORDERS=off: the cloud cannot touch orders at all, placing or cancelling."""
+    if config.allow_orders == "off":
+        return "ALLOW_ORDERS=off: orders are turned off in the agent's config.env"
+    return None
+
+
+def order_refusal(config, order: Mapping[str, Any], multiplier: float) -> Optional[str]:
+    """The rule (ALLOW_ORDERS=off, quantity or notional cap) that refuses this order, if any."""
+    refusal = orders_off_refusal(config)
+    if refusal:
+        return refusal
+    if order["quantity"] > config.max_order_quantity:
+        return (f"MAX_ORDER_QUANTITY={config.max_order_quantity}: quantity {order['quantity']} "
+                "is over the limit")
+    notional = order["limit_price"] * order["quantity"] * multiplier
+    if notional > config.max_order_notional:
+        return (f"MAX_ORDER_NOTIONAL={config.max_order_notional:g}: {order['limit_price']:g} x "
+                f"{order['quantity']} x {multiplier:g} = {notional:.2f} is over the limit")
+    return None
+
+
+def account_refusal(config, ib_status: Mapping[str, Any], account: Optional[str]) -> Optional[str]:
+    """The rule that refuses touching orders on this TWS session (and this account, when named).
+
+    Cancels answer to this rule too: ALLOW_ORDERS=off means the cloud cannot touch orders at all,
+    and under paper it cannot cancel live orders (e.g. a protective order the trader placed by hand).
+    """
+    refusal = orders_off_refusal(config)
+    if refusal:
+        return refusal
+    accounts = list(ib_status.get("accounts") or [])
+    if account is not None and account not in accounts:
+        return f"account {account} is not an account of this TWS session ({', '.join(accounts) or 'none'})"
+    if config.allow_orders == "paper":
+        named = ", ".join(accounts) or "unknown"
+        if ib_status.get("account_type") != "paper":
+            return (f"ALLOW_ORDERS=paper: the connected account {named} is "
+                    f"{ib_status.get('account_type') or 'of unknown type'}; set ALLOW_ORDERS=live "
+                    "in config.env to allow orders on a live account")
+        if account is not None and not is_paper_account(account):
+            return f"ALLOW_ORDERS=paper: account {account} is not a paper account (DU.../DF...)"
+    return None
+
+
+# --- audit log ---------------------------------------------------------------------------------
+
+def utc_now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _clipped(value: Any, limit: int = 200) -> Any:
+    """Values from the cloud, bounded so a hostile request cannot bloat the audit log."""
+    if isinstance(value, str):
+        return value[:limit]
+    if isinstance(value, Mapping):
+        return {str(k)[:40]: _clipped(v, limit) for k, v in list(value.items())[:12]}
+    if isinstance(value, (bool, int)) or value is None or (isinstance(value, float) and math.isfinite(value)):
+        return value
+    return str(value)[:limit]  # also NaN/inf, which would make the line invalid JSON
+
+
+class AuditLog:
+    """Append-only JSON lines, one per place/cancel request; each line is on disk before we answer."""
+
+    FIELDS = ("time", "request_id", "action", "account", "contract", "side", "quantity",
+              "limit_price", "decision", "order_id", "outcome")
+
+    def __init__(self, path: Path, mask=None):
+        self.path = Path(path)
+        self._mask = mask or (lambda text: text)
+        self._lock = threading.Lock()
+
+    def write(self, action: str, request_id: str, params: Any, decision: str,
+              order_id: Optional[int], outcome: Mapping[str, Any]) -> None:
+        params = params if isinstance(params, Mapping) else {}
+        entry = {
+            "time": utc_now_iso(),
+            "request_id": _clipped(request_id, 128),
+            "action": action,
+            "account": _clipped(params.get("account")),
+            "contract": _clipped(params.get("contract")),
+            "side": _clipped(params.get("action")),
+            "quantity": _clipped(params.get("quantity")),
+            "limit_price": _clipped(params.get("limit_price")),
+            "decision": decision,
+            "order_id": order_id if order_id is not None else _clipped(params.get("order_id")),
+            "outcome": dict(outcome),
+        }
+        line = self._mask(json.dumps(entry, separators=(",", ":"), default=str)) + "\n"
+        try:
+            with self._lock, open(self.path, "a", encoding="utf-8") as fh:
+                fh.write(line)
+                fh.flush()
+                os.fsync(fh.fileno())
+        except OSError as exc:  # the answer to the cloud must not be lost with it: the log file keeps it
+            log.error("Cannot append to the order audit log %s (%s); the entry was: %s",
+                      self.path, exc.strerror or exc, line.strip())
+
+
+def outcome_of_error(error: AgentError) -> dict:
+    return {"error": error.code, "ib_code": error.ib_code, "message": error.message}
+
+
+# --- request-id store --------------------------------------------------------------------------
+
+SENDING = "sending"   # written before placeOrder goes out; outcome unknown until updated
+PLACED = "placed"     # TWS acknowledged the order: order_id and status
+FAILED = "failed"     # TWS answered with an error: the order does not exist
+
+
+class RequestIdStore:
+    """request id -> what happened to its order, on disk, kept at least `keep_s` (default 48 h).
+
+    Every change rewrites the file atomically (tmp file, fsync, os.replace), so a crash leaves
+    either the old or the new version, never half of one.
+    """
+
+    def __init__(self, path: Path, keep_s: float = 48 * 3600.0, clock=time.time):
+        self.path = Path(path)
+        self.keep_s = keep_s
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._records: Dict[str, dict] = self._load()
+
+    def _load(self) -> Dict[str, dict]:
+        try:
+            with open(self.path, encoding="utf-8") as fh:
+                data = json.load(fh)
+            records = data["requests"]
+            if not isinstance(records, dict):
+                raise ValueError("requests is not an object")
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            aside = self.path.with_name(f"{self.path.name}.unreadable-{int(self._clock())}")
+            log.error("%s cannot be read (%s); moved to %s. Order request ids placed before now are "
+                      "checked against TWS's open orders only.", self.path, exc, aside.name)
+            try:
+                os.replace(self.path, aside)
+            except OSError:
+                pass
+            return {}
+        cutoff = self._clock() - self.keep_s
+        return {k: v for k, v in records.items()
+                if isinstance(v, dict) and isinstance(v.get("time"), (int, float)) and v["time"] >= cutoff}
+
+    def get(self, request_id: str) -> Optional[dict]:
+        with self._lock:
+            record = self._records.get(request_id)
+            return dict(record) if record else None
+
+    def put(self, request_id: str, state: str, **fields) -> None:
+        """Record a state; raises OSError (and changes nothing) when it cannot be written."""
+        with self._lock:
+            record = dict(self._records.get(request_id) or {})
+            record.update(fields, state=state, time=self._clock())
+            cutoff = self._clock() - self.keep_s
+            records = {k: v for k, v in self._records.items() if v["time"] >= cutoff}
+            records[request_id] = record
+            self._save(records)
+            self._records = records
+
+    def _save(self, records: Dict[str, dict]) -> None:
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        with open(tmp, "w", encoding="utf-8") as fh:
+            json.dump({"version": 1, "requests": records}, fh, separators=(",", ":"))
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, self.path)
+        if hasattr(os, "O_DIRECTORY"):  # make the rename itself durable (POSIX)
+            fd = os.open(str(self.path.parent), os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)

@@ -1,0 +1,509 @@
+"""OrderDesk against recorded TWS callback sequences (tests/recorded/orders_*.json).
+
+A ReplayConnection stands in for ib_connection.IBConnection: every request the desk sends is
+answered by replaying the recorded callbacks for that request, routed the way IBConnection routes
+them (id callbacks to the registered handler, else to listeners; errors to on_error).
+"""
+from __future__ import annotations
+
+import json
+import tempfile
+import threading
+import unittest
+from decimal import Decimal
+from pathlib import Path
+
+from ibapi.contract import Contract, ContractDetails
+from ibapi.order import Order
+from ibapi.order_state import OrderState
+
+import ib_connection
+import ib_orders
+import order_guard
+from agent_config import Config
+from agent_errors import (IB_ERROR, IB_NOT_CONNECTED, INVALID_REQUEST, NO_SECURITY_DEFINITION, ORDER_BLOCKED,
+                          READ_ONLY_API, TIMEOUT, AgentError)
+
+RECORDED = Path(__file__).resolve().parent / "recorded"
+PAPER = {"connected": True, "accounts": ["DU1234567"], "account_type": "paper", "read_only": None}
+LIVE = {"connected": True, "accounts": ["U1234567"], "account_type": "live", "read_only": None}
+DOWN = {"connected": False, "accounts": [], "account_type": None, "read_only": None}
+IB_CLASSES = {"Contract": Contract, "ContractDetails": ContractDetails, "Order": Order, "OrderState": OrderState}
+KEY = "test-key-0123456789"
+
+
+def load(name: str) -> dict:
+    with open(RECORDED / f"orders_{name}.json", encoding="utf-8") as fh:
+        return json.load(fh)
+
+
+def build(value, ids: dict, shared: dict):
+    """A recorded value as the ibapi decoder would have handed it to the wrapper."""
+    if isinstance(value, str):
+        if value in ids:
+            return ids[value]
+        if value.startswith("$") and value[1:] in shared:
+            return build(shared[value[1:]], ids, shared)
+        return value.replace("$id", str(ids["$id"])) if "$id" in value else value
+    if isinstance(value, list):
+        return [build(v, ids, shared) for v in value]
+    if isinstance(value, dict) and len(value) == 1 and "Decimal" in value:
+        return Decimal(value["Decimal"])
+    if isinstance(value, dict) and len(value) == 1 and next(iter(value)) in IB_CLASSES:
+        (kind, attrs), = value.items()
+        obj = IB_CLASSES[kind]()
+        for attr, v in attrs.items():
+            setattr(obj, attr, build(v, ids, shared))
+        return obj
+    return value
+
+
+class ReplayConnection:
+    """The IB half interface, answering each request with its recorded callbacks."""
+
+    def __init__(self, status: dict, answers: dict, shared: dict = None, request_ref: str = ""):
+        self._status = dict(status)
+        self.answers = answers
+        self.shared = shared or {}
+        self.request_ref = request_ref
+        self.sent = []
+        self.gate = None  # a threading.Event placeOrder waits on before TWS "answers"
+        self._handlers = {}
+        self._listeners = {}
+        self._req_id = ib_connection.REQ_ID_FIRST
+        self._order_id = 31
+        self._lock = threading.Lock()
+
+    # the interface
+    def status(self) -> dict:
+        return dict(self._status)
+
+    @property
+    def ready(self) -> bool:
+        return self._status["connected"]
+
+    def next_req_id(self) -> int:
+        with self._lock:
+            self._req_id += 1
+            return self._req_id
+
+    def next_order_id(self) -> int:
+        with self._lock:
+            self._order_id += 1
+            return self._order_id
+
+    def register(self, req_id, handler):
+        if self._handlers.get(req_id, handler) is not handler:
+            raise ValueError(f"request id {req_id} is already registered")
+        self._handlers[req_id] = handler
+
+    def unregister(self, req_id):
+        self._handlers.pop(req_id, None)
+
+    def add_listener(self, name, fn):
+        self._listeners.setdefault(name, []).append(fn)
+
+    def send(self, method, *args):
+        if not self._status["connected"]:
+            raise AgentError(IB_NOT_CONNECTED, "Not connected to TWS")
+        self.sent.append((method, args))
+        if method == "placeOrder" and self.gate is not None:
+            self.gate.wait(5)
+        ids = {"$id": args[0] if args and isinstance(args[0], int) else -1, "$ref": self.request_ref}
+        for name, event_args in self.answers.get(method, []):
+            self.deliver(name, tuple(build(event_args, ids, self.shared)))
+
+    def call(self, method, req_id, *args, rows=(), end, timeout=None):
+        collector = ib_connection._Collector(rows, end)
+        self.register(req_id, collector)
+        try:
+            self.send(method, req_id, *args)
+            return collector.wait(timeout, method)
+        finally:
+            self.unregister(req_id)
+
+    # what the reader thread would do
+    def deliver(self, name: str, args: tuple) -> None:
+        if name == "$disconnect":
+            self._status = dict(DOWN)
+            for handler in list(self._handlers.values()):
+                handler.on_disconnect()
+            for fn in self._listeners.get("disconnected", []):
+                fn()
+        elif name == "error":
+            req_id, code, text = args
+            if code in ib_connection.NOTICE_CODES:
+                return
+            if ib_connection.is_read_only_error(code, text):
+                self._status["read_only"] = True
+            if req_id in self._handlers:
+                self._handlers[req_id].on_error(code, text)
+            else:
+                for fn in self._listeners.get("error", []):
+                    fn(req_id, code, text)
+        elif name in ib_connection.ID_CALLBACKS and args[0] in self._handlers:
+            self._handlers[args[0]].on_event(name, args)
+        else:
+            for fn in self._listeners.get(name, []):
+                fn(*args)
+
+    def methods(self):
+        return [method for method, _ in self.sent]
+
+
+class DeskTestCase(unittest.TestCase):
+    def setUp(self):
+        self.dir = tempfile.TemporaryDirectory()
+        self.addCleanup(self.dir.cleanup)
+        self.place = load("place")
+
+    def config(self, **changes) -> Config:
+        values = dict(key=KEY, data_dir=Path(self.dir.name), request_timeout_s=1.0)
+        values.update(changes)
+        return Config(**values)
+
+    def desk(self, scenario=None, status=PAPER, config=None, request_ref="req-1", answers=None):
+        answers = answers if answers is not None else (self.place["scenarios"][scenario] if scenario else {})
+        conn = ReplayConnection(status, answers, {"aapl_call": self.place["aapl_call"]}, request_ref)
+        return ib_orders.OrderDesk(conn, config or self.config()), conn
+
+    def audit_lines(self):
+        path = Path(self.dir.name) / "order_audit.jsonl"
+        if not path.exists():
+            return []
+        return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+    def fails(self, code, fn, *args):
+        with self.assertRaises(AgentError) as caught:
+            fn(*args)
+        self.assertEqual(caught.exception.code, code, caught.exception.message)
+        return caught.exception
+
+
+def option_order(**changes):
+    order = {"contract": {"ticker": "AAPL", "sec_type": "OPT", "expiration": "20300118", "strike": 150,
+                          "right": "C"},
+             "action": "SELL", "quantity": 1, "order_type": "LMT", "limit_price": 2.5}
+    order.update(changes)
+    return order
+
+
+class AccountTest(DeskTestCase):
+    def setUp(self):
+        super().setUp()
+        self.account = load("account")
+
+    def test_positions_skip_closed_and_repeated_rows_and_cancel_the_subscription(self):
+        desk, conn = self.desk(answers=self.account["positions"])
+        positions = desk.positions()["positions"]
+        self.assertEqual(conn.methods(), ["reqPositions", "cancelPositions"])
+        self.assertEqual(len(positions), 2)
+        stock, call = positions
+        self.assertEqual(stock, {"account": "DU1234567", "con_id": 265598, "ticker": "AAPL", "sec_type": "STK",
+                                 "expiration": None, "strike": None, "right": None, "multiplier": 1,
+                                 "quantity": 200, "avg_cost": 171.2534})
+        self.assertEqual((call["expiration"], call["strike"], call["right"], call["multiplier"], call["quantity"]),
+                         ("20300118", 150.0, "C", 100, -2))
+
+    def test_positions_time_out_when_tws_never_ends_them(self):
+        desk, conn = self.desk(answers={"reqPositions": self.account["positions"]["reqPositions"][:1]})
+        self.fails(TIMEOUT, desk.positions)
+        self.assertEqual(conn.methods(), ["reqPositions", "cancelPositions"])
+
+    def test_account_summary(self):
+        desk, conn = self.desk(answers=self.account["account_summary"])
+        accounts = desk.account_summary()["accounts"]
+        self.assertEqual(accounts, {"DU1234567": {
+            "net_liquidation": 1012345.67, "total_cash": 987654.32, "buying_power": 4049382.68,
+            "available_funds": 1001234.0, "excess_liquidity": 1003456.1, "currency": "USD"}})
+        method, args = conn.sent[0]
+        self.assertEqual((method, args[1]), ("reqAccountSummary", "All"))
+        self.assertEqual(set(args[2].split(",")), set(ib_orders.SUMMARY_TAGS))
+        self.assertEqual(conn.sent[1], ("cancelAccountSummary", (args[0],)))
+
+    def test_open_orders_of_all_clients_say_which_client_placed_each(self):
+        desk, conn = self.desk(answers=self.account["open_orders"])
+        orders = desk.open_orders()["orders"]
+        self.assertEqual(conn.methods(), ["reqAllOpenOrders"])
+        mine, manual = orders
+        self.assertEqual(mine, {
+            "order_id": 12, "perm_id": 1888000012, "client_id": 17, "account": "DU1234567",
+            "contract": {"con_id": 712446551, "ticker": "AAPL", "sec_type": "OPT", "expiration": "20300118",
+                         "strike": 150.0, "right": "C", "multiplier": 100, "currency": "USD",
+                         "trading_class": "AAPL"},
+            "action": "SELL", "quantity": 1, "order_type": "LMT", "limit_price": 2.5, "tif": "DAY",
+            "status": "Submitted", "filled": 0, "remaining": 1, "avg_fill_price": None, "order_ref": "req-abc"})
+        self.assertEqual((manual["client_id"], manual["order_type"], manual["limit_price"], manual["status"],
+                          manual["filled"], manual["avg_fill_price"], manual["order_ref"]),
+                         (0, "STP", None, "PreSubmitted", 40, 151.25, None))
+
+    def test_open_orders_in_read_only_mode(self):
+        desk, _ = self.desk(answers={"reqAllOpenOrders": [
+            ["error", [-1, 321, "Error validating request.-'a0' : cause - The API interface is currently in Read-Only mode."]]]})
+        error = self.fails(READ_ONLY_API, desk.open_orders)
+        self.assertIn("Read-Only", error.message)
+
+    def test_a_lost_connection_ends_the_wait_at_once(self):
+        desk, _ = self.desk(answers={"reqPositions": [["$disconnect", []]]})
+        self.fails(IB_NOT_CONNECTED, desk.positions)
+
+
+class PlaceOrderTest(DeskTestCase):
+    def test_a_paper_order_is_qualified_then_placed_with_the_request_id_as_order_ref(self):
+        desk, conn = self.desk("placed")
+        result = desk.place_order("req-1", option_order(account="DU1234567"))
+        self.assertEqual(result, {"order_id": 32, "status": "PreSubmitted"})
+        self.assertEqual(conn.methods(), ["reqContractDetails", "placeOrder"])
+        query = conn.sent[0][1][1]
+        self.assertEqual((query.symbol, query.secType, query.lastTradeDateOrContractMonth, query.strike,
+                          query.right, query.exchange), ("AAPL", "OPT", "20300118", 150.0, "C", "SMART"))
+        order_id, contract, order = conn.sent[1][1]
+        self.assertEqual((order_id, contract.conId, contract.exchange), (32, 712446551, "SMART"))
+        self.assertEqual((order.action, order.totalQuantity, order.orderType, order.lmtPrice, order.tif,
+                          order.orderRef, order.account, order.transmit),
+                         ("SELL", Decimal(1), "LMT", 2.5, "DAY", "req-1", "DU1234567", True))
+        self.assertEqual(desk.request_ids.get("req-1")["state"], order_guard.PLACED)
+        line, = self.audit_lines()
+        self.assertEqual((line["request_id"], line["decision"], line["order_id"], line["outcome"], line["account"]),
+                         ("req-1", "allowed", 32, {"status": "PreSubmitted"}, "DU1234567"))
+
+    def test_the_session_account_is_used_when_none_is_named(self):
+        desk, conn = self.desk("placed")
+        desk.place_order("req-1", option_order())
+        self.assertEqual(conn.sent[1][1][2].account, "DU1234567")
+
+    def test_an_order_warning_does_not_fail_the_order(self):
+        desk, _ = self.desk("placed_with_warning")
+        self.assertEqual(desk.place_order("req-1", option_order())["status"], "PreSubmitted")
+
+    def test_default_policy_refuses_a_live_account_before_sending_anything(self):
+        desk, conn = self.desk("placed", status=LIVE)
+        error = self.fails(ORDER_BLOCKED, desk.place_order, "req-1", option_order())
+        self.assertIn("ALLOW_ORDERS=paper", error.message)
+        self.assertIn("U1234567 is live", error.message)
+        self.assertEqual(conn.sent, [])
+        self.assertTrue(self.audit_lines()[0]["decision"].startswith("refused: ALLOW_ORDERS=paper"))
+
+    def test_live_policy_allows_a_live_account(self):
+        desk, conn = self.desk("placed", status=LIVE, config=self.config(allow_orders="live"))
+        self.assertEqual(desk.place_order("req-1", option_order())["order_id"], 32)
+
+    def test_off_refuses_before_anything_else(self):
+        desk, conn = self.desk("placed", status=DOWN, config=self.config(allow_orders="off"))
+        error = self.fails(ORDER_BLOCKED, desk.place_order, "req-1", option_order())
+        self.assertIn("ALLOW_ORDERS=off", error.message)
+        self.assertEqual(conn.sent, [])
+
+    def test_quantity_and_notional_caps_refuse_before_qualification(self):
+        desk, conn = self.desk("placed")
+        error = self.fails(ORDER_BLOCKED, desk.place_order, "req-q", option_order(quantity=11))
+        self.assertIn("MAX_ORDER_QUANTITY=10", error.message)
+        error = self.fails(ORDER_BLOCKED, desk.place_order, "req-n", option_order(quantity=10, limit_price=25.5))
+        self.assertIn("MAX_ORDER_NOTIONAL=25000", error.message)
+        self.assertEqual(conn.sent, [])
+        self.assertEqual([line["decision"].split(":")[0:2] for line in self.audit_lines()],
+                         [["refused", " MAX_ORDER_QUANTITY=10"], ["refused", " MAX_ORDER_NOTIONAL=25000"]])
+
+    def test_notional_is_checked_again_with_the_qualified_multiplier(self):
+        desk, conn = self.desk("jumbo_multiplier", config=self.config(max_order_notional=1000))
+        error = self.fails(ORDER_BLOCKED, desk.place_order, "req-1", option_order())  # 2.5 x 1 x 100 passes
+        self.assertIn("x 1000 = 2500.00", error.message)
+        self.assertEqual(conn.methods(), ["reqContractDetails"])
+        self.assertIsNone(desk.request_ids.get("req-1"))
+
+    def test_an_account_of_another_session_or_a_live_account_under_paper_is_refused(self):
+        desk, conn = self.desk("placed", status={"connected": True, "accounts": ["DU1", "U2"], "account_type": "paper"})
+        self.fails(ORDER_BLOCKED, desk.place_order, "a", option_order(account="DU9"))
+        self.fails(ORDER_BLOCKED, desk.place_order, "b", option_order(account="U2"))
+        error = self.fails(INVALID_REQUEST, desk.place_order, "c", option_order())
+        self.assertIn("params.account", error.message)
+        self.assertEqual(conn.sent, [])
+
+    def test_not_connected(self):
+        desk, conn = self.desk("placed", status=DOWN)
+        self.fails(IB_NOT_CONNECTED, desk.place_order, "req-1", option_order())
+        self.assertEqual(self.audit_lines()[0]["decision"], "not sent: IB_NOT_CONNECTED")
+
+    def test_invalid_params_are_audited_as_asked(self):
+        desk, conn = self.desk("placed")
+        self.fails(INVALID_REQUEST, desk.place_order, "req-1", option_order(order_type="MKT"))
+        line, = self.audit_lines()
+        self.assertEqual((line["decision"], line["side"], line["outcome"]["error"]),
+                         ("not sent: INVALID_REQUEST", "SELL", "INVALID_REQUEST"))
+
+    def test_an_unknown_or_ambiguous_contract_is_never_guessed(self):
+        desk, conn = self.desk("unknown_contract")
+        self.fails(NO_SECURITY_DEFINITION, desk.place_order, "req-1", option_order())
+        desk, conn = self.desk("ambiguous")
+        error = self.fails(INVALID_REQUEST, desk.place_order, "req-2", option_order())
+        self.assertIn("ambiguous", error.message)
+        self.assertIn("2AAPL", error.message)
+        self.assertEqual(conn.methods(), ["reqContractDetails"])
+
+    def test_ib_order_errors_come_back_with_code_and_text(self):
+        for scenario, code in (("rejected", 201), ("price_increment", 110), ("cancelled_by_price_check", 202),
+                               ("rejected_after_open_order", 201)):
+            desk, conn = self.desk(scenario)
+            error = self.fails(IB_ERROR, desk.place_order, f"req-{scenario}", option_order())
+            self.assertEqual(error.ib_code, code)
+            error_event, = [args for name, args in self.place["scenarios"][scenario]["placeOrder"] if name == "error"]
+            self.assertEqual(error.message, error_event[2])
+            self.assertEqual(desk.request_ids.get(f"req-{scenario}")["state"], order_guard.FAILED)
+        self.assertEqual([line["outcome"]["ib_code"] for line in self.audit_lines()], [201, 110, 202, 201])
+
+    def test_a_dead_status_without_a_reason_is_the_answer(self):
+        answers = dict(self.place["scenarios"]["placed"])
+        answers["placeOrder"] = [["orderStatus", ["$id", "Inactive", {"Decimal": "0"}, {"Decimal": "1"}, 0.0,
+                                                  1888000037, 0, 0.0, 17, "", 0.0]]]
+        desk, conn = self.desk(answers=answers)
+        self.assertEqual(desk.place_order("req-1", option_order()), {"order_id": 32, "status": "Inactive"})
+
+    def test_read_only_api(self):
+        desk, conn = self.desk("read_only")
+        error = self.fails(READ_ONLY_API, desk.place_order, "req-1", option_order())
+        self.assertIn("Read-Only", error.message)
+        self.assertIn("restart the agent", error.message)
+        self.assertTrue(conn.status()["read_only"])
+
+
+class ExactlyOnceTest(DeskTestCase):
+    def test_a_repeated_request_id_in_the_same_process_places_one_order(self):
+        desk, conn = self.desk("placed")
+        first = desk.place_order("req-1", option_order())
+        self.assertEqual(desk.place_order("req-1", option_order()), first)
+        self.assertEqual(conn.methods().count("placeOrder"), 1)
+        self.assertEqual([line["decision"] for line in self.audit_lines()], ["allowed", "duplicate"])
+
+    def test_concurrent_repeats_wait_for_the_first(self):
+        desk, conn = self.desk("placed")
+        conn.gate = threading.Event()
+        results = []
+        threads = [threading.Thread(target=lambda: results.append(desk.place_order("req-1", option_order())))
+                   for _ in range(3)]
+        for thread in threads:
+            thread.start()
+        conn.gate.set()
+        for thread in threads:
+            thread.join(10)
+        self.assertEqual(len(results), 3)
+        self.assertEqual({r["order_id"] for r in results}, {32})
+        self.assertEqual(conn.methods().count("placeOrder"), 1)
+
+    def test_a_repeated_request_id_after_an_agent_restart_places_nothing(self):
+        desk, _ = self.desk("placed")
+        first = desk.place_order("req-1", option_order())
+        desk, conn = self.desk("placed")  # a new process: only the files remain
+        self.assertEqual(desk.place_order("req-1", option_order()), first)
+        self.assertEqual(conn.sent, [])
+
+    def test_a_rejected_request_repeats_its_error_without_sending(self):
+        desk, _ = self.desk("rejected")
+        self.fails(IB_ERROR, desk.place_order, "req-1", option_order())
+        desk, conn = self.desk("placed")
+        self.assertEqual(self.fails(IB_ERROR, desk.place_order, "req-1", option_order()).ib_code, 201)
+        self.assertEqual(conn.sent, [])
+
+    def test_an_unknown_outcome_is_looked_up_by_order_ref_before_placing_again(self):
+        desk, conn = self.desk("no_answer")
+        self.fails(TIMEOUT, desk.place_order, "req-1", option_order())
+        self.assertEqual(desk.request_ids.get("req-1")["state"], order_guard.SENDING)
+        desk, conn = self.desk("found_by_order_ref")
+        self.assertEqual(desk.place_order("req-1", option_order()), {"order_id": 31, "status": "Submitted"})
+        self.assertEqual(conn.methods(), ["reqAllOpenOrders"])
+        self.assertEqual(desk.request_ids.get("req-1")["state"], order_guard.PLACED)
+        self.assertEqual(self.audit_lines()[-1]["decision"], "duplicate: found in TWS by orderRef")
+
+    def test_a_lost_connection_while_placing_is_looked_up_among_completed_orders(self):
+        desk, conn = self.desk("disconnected_while_placing")
+        self.fails(IB_NOT_CONNECTED, desk.place_order, "req-1", option_order())
+        desk, conn = self.desk("found_among_completed")
+        self.assertEqual(desk.place_order("req-1", option_order()), {"order_id": 32, "status": "Filled"})
+        self.assertEqual(conn.methods(), ["reqAllOpenOrders", "reqCompletedOrders"])
+
+    def test_an_order_tws_never_got_is_placed_once_it_is_known_missing(self):
+        self.desk("no_answer")[0].request_ids.put("req-1", order_guard.SENDING, order_id=7)
+        desk, conn = self.desk("not_found_then_placed")
+        self.assertEqual(desk.place_order("req-1", option_order())["status"], "Submitted")
+        self.assertEqual(conn.methods(), ["reqAllOpenOrders", "reqCompletedOrders", "reqContractDetails", "placeOrder"])
+
+    def test_the_lookup_failing_never_places_blindly(self):
+        self.desk("no_answer")[0].request_ids.put("req-1", order_guard.SENDING, order_id=7)
+        desk, conn = self.desk(answers={"reqAllOpenOrders": [
+            ["error", [-1, 321, "The API interface is currently in Read-Only mode."]]]})
+        self.fails(READ_ONLY_API, desk.place_order, "req-1", option_order())
+        self.assertNotIn("placeOrder", conn.methods())
+
+
+class StoreFailureTest(DeskTestCase):
+    def test_an_id_store_that_cannot_be_written_sends_no_order(self):
+        desk, conn = self.desk("placed")
+        desk.request_ids.path = Path(self.dir.name) / "missing-folder" / "order_ids.json"
+        error = self.fails("INTERNAL", desk.place_order, "req-1", option_order())
+        self.assertIn("the order was not sent", error.message)
+        self.assertNotIn("placeOrder", conn.methods())
+
+    def test_an_outcome_that_cannot_be_written_still_answers(self):
+        desk, conn = self.desk("placed")
+        real_put = desk.request_ids.put
+
+        def put(request_id, state, **fields):
+            if state != order_guard.SENDING:
+                raise OSError(28, "No space left on device")
+            real_put(request_id, state, **fields)
+        desk.request_ids.put = put
+        with self.assertLogs("ib_orders", "ERROR"):
+            self.assertEqual(desk.place_order("req-1", option_order())["order_id"], 32)
+        self.assertEqual(desk.request_ids.get("req-1")["state"], order_guard.SENDING)
+
+
+class CancelOrderTest(DeskTestCase):
+    def setUp(self):
+        super().setUp()
+        self.cancel = load("cancel")["scenarios"]
+
+    def test_cancel_confirmed_by_status_or_by_202(self):
+        for scenario in ("cancelled", "confirmed_by_202_only"):
+            desk, conn = self.desk(answers=self.cancel[scenario])
+            self.assertEqual(desk.cancel_order("c-1", {"order_id": 31}), {"order_id": 31, "status": "Cancelled"})
+            (method, (order_id, _order_cancel)), = conn.sent
+            self.assertEqual((method, order_id), ("cancelOrder", 31))
+        self.assertEqual([(line["action"], line["decision"], line["order_id"]) for line in self.audit_lines()],
+                         [("cancel-order", "allowed", 31)] * 2)
+
+    def test_cancel_errors_come_back_with_code_and_text(self):
+        for scenario, code in (("unknown_order", 10147), ("already_filled", 10148)):
+            desk, _ = self.desk(answers=self.cancel[scenario])
+            error = self.fails(IB_ERROR, desk.cancel_order, "c-1", {"order_id": 99})
+            self.assertEqual(error.ib_code, code)
+            self.assertIn("99", error.message)
+
+    def test_cancels_follow_allow_orders(self):
+        desk, conn = self.desk(answers=self.cancel["cancelled"], config=self.config(allow_orders="off"))
+        self.assertIn("ALLOW_ORDERS=off", self.fails(ORDER_BLOCKED, desk.cancel_order, "c-1", {"order_id": 31}).message)
+        desk, conn2 = self.desk(answers=self.cancel["cancelled"], status=LIVE)
+        self.fails(ORDER_BLOCKED, desk.cancel_order, "c-2", {"order_id": 31})
+        self.assertEqual(conn.sent + conn2.sent, [])
+        self.assertEqual(len(self.audit_lines()), 2)
+
+
+class AuditTest(DeskTestCase):
+    def test_every_request_leaves_one_line_and_none_holds_the_key(self):
+        desk, _ = self.desk("placed")
+        desk.place_order("r1", option_order())
+        desk.place_order("r1", option_order())
+        for request in ("r2", "r3"):
+            with self.assertRaises(AgentError):
+                desk.place_order(request, option_order(quantity=1000))
+        with self.assertRaises(AgentError):
+            desk.place_order(KEY, {"contract": KEY})
+        with self.assertRaises(AgentError):
+            desk.cancel_order("c1", {"order_id": 31})
+        lines = self.audit_lines()
+        self.assertEqual([line["request_id"] for line in lines], ["r1", "r1", "r2", "r3", "****", "c1"])
+        for line in lines:
+            self.assertEqual(set(line), set(order_guard.AuditLog.FIELDS))
+        self.assertNotIn(KEY, (Path(self.dir.name) / "order_audit.jsonl").read_text())
+
+
+if __name__ == "__main__":
+    unittest.main()

@@ -1,0 +1,160 @@
+"""Account and order actions end to end: fake cloud -> the agent process -> fake TWS.
+
+The agent runs as `python ib_data_agent.py`, as a user runs it; the fake TWS's stats count the
+orders that really reached it.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+import unittest
+from pathlib import Path
+
+from tests.agent_process import AgentProcess, AgentStack
+from tests.fake_market import on_tick
+
+WAIT_S = 30.0
+
+
+class OrdersEndToEnd(unittest.TestCase):
+    accounts = ("DU1234567",)
+    tws_options: dict = {}
+
+    def setUp(self):
+        self.stack = AgentStack(tws_options=dict(self.tws_options, accounts=self.accounts))
+        self.stack.start()
+        self.addCleanup(self.stack.stop)
+        self.relay, self.tws = self.stack.relay, self.stack.tws
+        self.wait_tws_connected()
+
+    def ib(self) -> dict:
+        frame = self.relay.last_status or {}
+        return frame.get("ib") or {}
+
+    def wait_tws_connected(self, connected: bool = True) -> None:
+        self.relay.wait_until(lambda: self.ib().get("connected") is connected, WAIT_S,
+                              f"the agent reporting connected={connected}")
+
+    def request(self, action: str, params: dict, id: str = None) -> dict:
+        return self.relay.request(action, params, id=id, timeout_s=WAIT_S)
+
+    def ok(self, action: str, params: dict = None, id: str = None) -> dict:
+        response = self.request(action, params or {}, id)
+        self.assertTrue(response["ok"], response)
+        return response["data"]
+
+    def error(self, action: str, params: dict, code: str, id: str = None) -> dict:
+        response = self.request(action, params, id)
+        self.assertFalse(response["ok"], response)
+        self.assertEqual(response["error"]["code"], code, response)
+        return response["error"]
+
+    def order(self, **changes) -> dict:
+        market = self.tws.market
+        for option in market.options("AAPL"):
+            quote = market.quote(option)
+            if 0.5 < quote.bid < quote.ask < 20 and on_tick(quote.ask, option.min_tick):
+                params = {"contract": {"ticker": "AAPL", "sec_type": "OPT", "expiration": option.expiry,
+                                       "strike": option.strike, "right": option.right},
+                          "action": "SELL", "quantity": 1, "order_type": "LMT",
+                          "limit_price": round(quote.ask + 20 * option.min_tick, 2)}
+                params.update(changes)
+                return params
+        self.fail("the fake market lists no suitable AAPL call")
+
+    def placed(self) -> int:
+        return self.tws.stats()["orders_placed"]
+
+    def audit(self, data_dir: Path = None) -> list:
+        path = (data_dir or self.stack.agent.data_dir) / "order_audit.jsonl"
+        return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+class PaperEndToEndTest(OrdersEndToEnd):
+    def assert_repeat_answered(self, first: dict) -> None:
+        """Within one agent process the relay link answers a repeated id itself: with the stored
+        response, or (once the cloud acked it) by refusing the id; either way no second order."""
+        response = self.request("place-order", self.order(), id="e2e-dup")
+        if response["ok"]:
+            self.assertEqual(response["data"], first)
+        else:
+            self.assertEqual(response["error"]["code"], "INVALID_REQUEST", response)
+            self.assertIn("already answered", response["error"]["message"])
+
+    def test_each_action_through_the_relay(self):
+        self.assertTrue(self.ok("positions")["positions"])
+        self.assertIn("DU1234567", self.ok("account-summary")["accounts"])
+        placed = self.ok("place-order", self.order(), id="e2e-place-1")
+        self.assertEqual(set(placed), {"order_id", "status"})
+        orders = self.ok("open-orders")["orders"]
+        self.assertIn(("e2e-place-1", placed["order_id"]), [(o["order_ref"], o["order_id"]) for o in orders])
+        self.assertEqual(self.ok("cancel-order", {"order_id": placed["order_id"]}),
+                         {"order_id": placed["order_id"], "status": "Cancelled"})
+        self.assertEqual(self.placed(), 1)
+        lines = self.audit()
+        self.assertEqual([(line["action"], line["decision"]) for line in lines],
+                         [("place-order", "allowed"), ("cancel-order", "allowed")])
+        self.assertNotIn(self.stack.key, (self.stack.agent.data_dir / "order_audit.jsonl").read_text())
+
+    def test_caps_and_ib_rejections(self):
+        self.assertIn("MAX_ORDER_QUANTITY", self.error("place-order", self.order(quantity=11), "ORDER_BLOCKED")["message"])
+        self.assertIn("MAX_ORDER_NOTIONAL", self.error("place-order", self.order(quantity=10, limit_price=30),
+                                                       "ORDER_BLOCKED")["message"])
+        off_tick = self.order()
+        off_tick["limit_price"] += 0.003
+        self.assertEqual(self.error("place-order", off_tick, "IB_ERROR")["ib_code"], 110)
+        self.assertEqual(self.error("cancel-order", {"order_id": 987654}, "IB_ERROR")["ib_code"], 10147)
+        self.assertEqual(self.placed(), 0)
+        self.assertEqual(len(self.audit()), 4)
+
+    def test_a_repeated_request_id_gives_one_order_across_a_tws_reconnect_and_an_agent_restart(self):
+        first = self.ok("place-order", self.order(), id="e2e-dup")
+        self.assert_repeat_answered(first)
+        self.tws.drop_all()
+        self.wait_tws_connected(False)
+        self.wait_tws_connected(True)
+        self.assert_repeat_answered(first)
+        self.assertEqual(self.placed(), 1)
+
+        old = self.stack.agent
+        self.assertEqual(old.stop(), 0)
+        data_dir = Path(tempfile.mkdtemp(prefix="agent-restart-"))
+        self.addCleanup(shutil.rmtree, data_dir, True)
+        shutil.copytree(old.data_dir, data_dir, dirs_exist_ok=True)  # what the restarted agent finds
+        connections = self.relay.connections
+        self.stack.agent = AgentProcess(self.stack.key, self.relay.url, self.stack.ib_port, data_dir=data_dir)
+        self.stack.agent.start()
+        old.cleanup()
+        self.relay.wait_hello(WAIT_S, connections=connections + 1)
+        self.relay.wait_until(lambda: self.relay.hello.get("session") and self.ib().get("connected")
+                              and self.relay.connections > connections, WAIT_S, "the restarted agent on TWS")
+        self.wait_tws_connected(True)
+        self.assertEqual(self.ok("place-order", self.order(), id="e2e-dup"), first)
+        self.assertEqual(self.placed(), 1)
+        self.assertIn("duplicate", self.audit(data_dir)[-1]["decision"])
+
+
+class LiveEndToEndTest(OrdersEndToEnd):
+    accounts = ("U1234567",)
+
+    def test_the_default_policy_refuses_a_live_account(self):
+        error = self.error("place-order", self.order(), "ORDER_BLOCKED")
+        self.assertIn("ALLOW_ORDERS=paper", error["message"])
+        self.assertEqual(self.placed(), 0)
+        self.assertTrue(self.audit()[0]["decision"].startswith("refused: ALLOW_ORDERS=paper"))
+
+
+class ReadOnlyEndToEndTest(OrdersEndToEnd):
+    tws_options = {"read_only": True}
+
+    def test_read_only_api(self):
+        self.assertTrue(self.ok("positions")["positions"])
+        error = self.error("place-order", self.order(), "READ_ONLY_API")
+        self.assertIn("Read-Only", error["message"])
+        self.relay.wait_until(lambda: self.ib().get("read_only") is True, WAIT_S, "status read_only true")
+        self.assertEqual(self.placed(), 0)
+
+
+if __name__ == "__main__":
+    unittest.main()
