@@ -467,15 +467,18 @@ class MarketData:
 
     def _on_data_lost(self, line: _Line) -> None:
         """TWS restored its link to IB with market data lost (1101; supervisor thread, may send):
-        an idle warm stream would answer stale data, so it goes. Streams with waiting items keep
-        them until their fields are in or their deadline."""
+        TWS no longer streams it. A stream requests still wait on is requested again; an idle warm
+        stream would answer stale data, so it goes."""
+        ends: List[_Subscription] = []
         with self._mutex:
             sub = line.sub
-            if sub.line is not line or self._warm.get(sub.instrument) is not sub:
+            if sub.line is not line:
                 return
-            del self._warm[sub.instrument]
-            ends: List[_Subscription] = []
-            self._end(sub, ends)
+            if sub.items:
+                self._requeue(line)
+            elif self._warm.get(sub.instrument) is sub:
+                del self._warm[sub.instrument]
+                self._end(sub, ends)
         self._end_lines(ends)
 
     def _requeue(self, line: _Line) -> None:

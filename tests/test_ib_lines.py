@@ -381,6 +381,20 @@ class WarmTest(LinesTestCase):
         market.fetch([option(180)])
         self.assertEqual(conn.count("reqMktData"), 2)
 
+    def test_data_lost_notice_requests_waiting_streams_again(self):
+        market, conn, _ = self.make(StubTws({("AAPL", 180.0, "C"): "silent"}))
+        job = Background(market.fetch, [option(180)])
+        conn.wait_for(lambda: conn.count("reqMktData") == 1, "reqMktData")
+        lost_id = conn.req_ids()[0]
+        conn.event(lost_id, "resubscribe", ())    # 1101 while the request waits for its fields
+        conn.wait_for(lambda: conn.count("reqMktData") == 2, "the stream requested again")
+        again_id = conn.req_ids()[1]
+        self.assertNotEqual(again_id, lost_id)
+        conn.feed(again_id, "option_live")
+        result, = job.join()
+        self.assertEqual((result["complete"], result["error"]), (True, None))
+        self.assertEqual(market.stats()["lines_in_use"], 0)
+
     def test_close_cancels_warm_lines(self):
         market, conn, _ = self.make(warm_lines=2, warm_seconds=60)
         market.fetch([option(180), option(190)])
