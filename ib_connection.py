@@ -458,6 +458,8 @@ class IBConnection:
             getattr(session, method)(*args)
         except OSError:
             raise AgentError(IB_NOT_CONNECTED, f"The connection to TWS broke while sending {method}") from None
+        if method == "reqMarketDataType":   # e.g. the scanner's fall-back to delayed: status says so
+            self._set_state(market_data_type=MARKET_DATA_TYPE_NAMES.get(args[0]))
 
     def _ready_session(self) -> _TwsSession:
         with self._lock:

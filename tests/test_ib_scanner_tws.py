@@ -160,6 +160,7 @@ class DelayedTest(ScannerOnFakeTws):
         self.assertEqual([r for r in results if r["error"] or not r["complete"]], [])
         self.assertEqual({r["market_data_type"] for r in results}, {"delayed"})
         self.assertEqual(self.requests("reqMarketDataType"), 2)   # the connection's live, then delayed
+        self.assertEqual(self.conn.status()["market_data_type"], "delayed")
 
 
 if __name__ == "__main__":
