@@ -55,6 +55,8 @@ BACKOFF_CAP_S = 10.0          # ... capped here
 MISMATCH_RETRY_S = 30.0       # only the wrong account type answered: the user must switch logins
 STABLE_AFTER_S = 60.0         # a connection that lasted this long resets the backoff
 READ_POLL_S = 0.5
+HEARTBEAT_S = 30.0            # a connection quiet this long is asked for the time ...
+HEARTBEAT_REPLY_S = 10.0      # ... and counts as lost when TWS does not answer within this
 
 MARKET_DATA_TYPES = {"auto": 1, "live": 1, "frozen": 2, "delayed": 3, "delayed-frozen": 4}
 MARKET_DATA_TYPE_NAMES = {1: "live", 2: "frozen", 3: "delayed", 4: "delayed-frozen"}
@@ -139,6 +141,7 @@ class _TwsSocket:
         self._on_close = on_close
         self._send_lock = threading.Lock()
         self._open = True
+        self.last_received = time.monotonic()
 
     def isConnected(self) -> bool:
         return self._open
@@ -163,6 +166,8 @@ class _TwsSocket:
             buf = b""
         if not buf:
             self.disconnect()
+        else:
+            self.last_received = time.monotonic()
         return buf
 
     def disconnect(self) -> None:
@@ -706,7 +711,13 @@ class IBConnection:
 
     def _serve(self, session: _TwsSession) -> None:
         while True:
-            kind, subject = self._control.get()
+            try:
+                kind, subject = self._control.get(timeout=HEARTBEAT_S)
+            except queue.Empty:
+                if not self._tws_answers(session):
+                    log.warning("TWS on port %s stopped answering", session.address[1])
+                    return
+                continue
             if kind == "stop":
                 return
             if subject is not session:
@@ -715,6 +726,24 @@ class IBConnection:
                 return
             if kind == "resubscribe":
                 self._resubscribe()
+
+    def _tws_answers(self, session: _TwsSession) -> bool:
+        """A TWS that hangs, or a laptop that slept, can leave the socket open with nobody behind
+        it: when the connection has been quiet, ask for the time and wait a little for any answer."""
+        quiet_since = session.conn.last_received
+        if time.monotonic() - quiet_since < HEARTBEAT_S:
+            return True
+        try:
+            session.reqCurrentTime()
+        except (OSError, AgentError):
+            return False
+        deadline = time.monotonic() + HEARTBEAT_REPLY_S
+        while time.monotonic() < deadline and not self._stopping.is_set():
+            if session.conn.last_received > quiet_since:
+                return True
+            if session.closed.wait(0.1):
+                return False
+        return self._stopping.is_set()
 
     def _resubscribe(self) -> None:
         with self._lock:

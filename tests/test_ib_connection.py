@@ -3,6 +3,8 @@ tests.fake_tws) connecting, port/mode resolution, busy client ids, drops and TWS
 import dataclasses
 import inspect
 import json
+import os
+import signal
 import threading
 import time
 import unittest
@@ -440,12 +442,12 @@ class Pacing(unittest.TestCase):
         self.assertEqual(session.conn.sent, [])
 
 
-if __name__ == "__main__":
-    unittest.main()
+
 
 
 # ---- against tests.fake_tws ---------------------------------------------------------------------
 
+from tests.agent_process import ServerProcess  # noqa: E402
 from tests.fake_tws import FakeTWS  # noqa: E402
 
 FAST_BACKOFF = (0.05, 0.3)
@@ -693,3 +695,28 @@ class DropsAndRestarts(WithFakeTWS):
         tws.broadcast_error(1101, "Connectivity between IB and Trader Workstation has been restored - data lost.")
         self.assertTrue(resubscribed.wait(WAIT_S))
         self.assertTrue(conn.ready)
+
+
+class Heartbeat(WithFakeTWS):
+    """A TWS that stops answering without closing the socket (hung, or the laptop slept)."""
+
+    def test_frozen_tws_counts_as_lost_and_the_agent_comes_back_when_it_answers_again(self):
+        tws = ServerProcess("tests.fake_tws", ["--tick-delay-ms", "1,5"])
+        port = tws.start()
+        self.addCleanup(tws.stop)
+        with mock.patch.object(ib_connection, "HEARTBEAT_S", 0.5), \
+                mock.patch.object(ib_connection, "HEARTBEAT_REPLY_S", 0.5):
+            conn, statuses = self.connection(ib_port=port)
+            self.assertTrue(conn.wait_ready(WAIT_S))
+            time.sleep(1.5)                      # quiet but answering: stays connected
+            self.assertTrue(conn.ready)
+            os.kill(tws.pid, signal.SIGSTOP)
+            try:
+                self.assertTrue(statuses.wait_for(lambda s: not s["connected"]), "frozen TWS not noticed")
+            finally:
+                os.kill(tws.pid, signal.SIGCONT)
+            self.assertTrue(conn.wait_ready(WAIT_S))
+
+
+if __name__ == "__main__":
+    unittest.main()
