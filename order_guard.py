@@ -1,6 +1,6 @@
 """The local safeguards around orders that the cloud cannot change (DESIGN.md 5.3).
 
-- the shape of place-order / cancel-order params (as data, so the relay's action table can use it),
+- the shape of place-order / cancel-order params (as agent_params schemas),
 - the order policy (ALLOW_ORDERS, MAX_ORDER_QUANTITY, MAX_ORDER_NOTIONAL): pure functions,
 - the append-only audit log (JSON lines, flushed and fsynced),
 - the on-disk request-id store that makes placement exactly-once across agent restarts.
@@ -13,14 +13,15 @@ import json
 import logging
 import math
 import os
-import re
 import threading
 import time
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Dict, Mapping, Optional
 
-from agent_errors import INVALID_REQUEST, AgentError
+from agent_errors import AgentError
+from agent_params import (REQUIRED, RIGHT, STRIKE, TICKER, TRADING_CLASS, Checker, choice, date, number, obj,
+                          only_for, pattern)
 
 log = logging.getLogger(__name__)
 
@@ -32,124 +33,35 @@ PAPER_ACCOUNT_PREFIXES = ("DU", "DF")
 STANDARD_MULTIPLIER = {"STK": 1.0, "OPT": 100.0}
 
 
-# --- params: field specs as data -----------------------------------------------------------------
+# --- params: schemas as data, checked by agent_params ------------------------------------------
 
-class Field:
-    """One params field: its JSON type, whether it must be there, and what values it may take."""
-
-    def __init__(self, kind: str, required: bool = True, choices: tuple = (), positive: bool = False,
-                 pattern: Optional[str] = None, upper: bool = False, aliases: Optional[dict] = None,
-                 max_len: int = 64, default: Any = None, fields: Optional[Dict[str, "Field"]] = None):
-        self.kind = kind            # "str", "int", "number" or "object"
-        self.required = required
-        self.choices = choices
-        self.positive = positive
-        self.pattern = re.compile(pattern) if pattern else None
-        self.upper = upper or bool(choices)  # symbols and choices compare upper-case
-        self.aliases = aliases or {}
-        self.max_len = max_len
-        self.default = default
-        self.fields = fields        # for "object": its own field specs
-
-    def describe(self) -> str:
-        if self.choices:
-            return "one of " + ", ".join(self.choices)
-        if self.kind == "int":
-            return "a whole number greater than 0" if self.positive else "a whole number"
-        if self.kind == "number":
-            return "a number greater than 0" if self.positive else "a number"
-        if self.kind == "object":
-            return "an object"
-        return "text" if not self.pattern else f"text like {self.pattern.pattern}"
-
-
-CONTRACT_FIELDS = {
-    "ticker": Field("str", pattern=r"^[A-Z0-9.\- ]{1,16}$", upper=True),
-    "sec_type": Field("str", choices=("OPT", "STK")),
-    "expiration": Field("str", required=False, pattern=r"^\d{8}$"),
-    "strike": Field("number", required=False, positive=True),
-    "right": Field("str", required=False, choices=("C", "P"), aliases={"CALL": "C", "PUT": "P"}),
-    "trading_class": Field("str", required=False, pattern=r"^[A-Z0-9.\- ]{1,16}$", upper=True),
-    "exchange": Field("str", required=False, choices=("SMART",), default="SMART"),  # orders route SMART
+ORDER_CONTRACT = {
+    "ticker": (TICKER, REQUIRED), "sec_type": (choice("OPT", "STK"), REQUIRED),
+    "expiration": (date, None), "strike": (STRIKE, None), "right": (RIGHT, None),
+    "trading_class": (TRADING_CLASS, None),
+    "exchange": (choice("SMART"), "SMART"),  # orders route SMART
 }
-OPTION_ONLY_FIELDS = ("expiration", "strike", "right", "trading_class")
+OPTION_ONLY = only_for("sec_type", "OPT", "an option (OPT)", required=("expiration", "strike", "right"),
+                       optional=("trading_class",))
+POSITIVE_WHOLE = number(0, integer=True, lo_open=True)
 
-ORDER_PARAMS: Dict[str, Dict[str, Field]] = {
-    "place-order": {
-        "contract": Field("object", fields=CONTRACT_FIELDS),
-        "action": Field("str", choices=("BUY", "SELL")),
-        "quantity": Field("int", positive=True),
-        "order_type": Field("str", choices=("LMT",)),
-        "limit_price": Field("number", positive=True),
-        "tif": Field("str", required=False, choices=("DAY", "GTC"), default="DAY"),
-        "account": Field("str", required=False, pattern=r"^[A-Z0-9]{1,32}$", upper=True),
-    },
-    "cancel-order": {
-        "order_id": Field("int", positive=True),
-    },
+ORDER_PARAMS: Dict[str, Checker] = {
+    "place-order": obj({
+        "contract": (obj(ORDER_CONTRACT, rules=(OPTION_ONLY,)), REQUIRED),
+        "action": (choice("BUY", "SELL"), REQUIRED),
+        "quantity": (POSITIVE_WHOLE, REQUIRED),
+        "order_type": (choice("LMT"), REQUIRED),  # limit orders only
+        "limit_price": (number(0, lo_open=True), REQUIRED),
+        "tif": (choice("DAY", "GTC"), "DAY"),
+        "account": (pattern(r"[A-Z0-9]{1,32}", "an account id such as DU1234567"), None),
+    }),
+    "cancel-order": obj({"order_id": (POSITIVE_WHOLE, REQUIRED)}),
 }
-
-
-def _check_field(name: str, spec: Field, value: Any) -> Any:
-    wrong = AgentError(INVALID_REQUEST, f"{name}: must be {spec.describe()}")
-    if spec.kind == "str":
-        if not isinstance(value, str) or len(value) > spec.max_len:
-            raise wrong
-        value = value.strip().upper() if spec.upper else value.strip()
-        value = spec.aliases.get(value, value)
-        if spec.choices and value not in spec.choices:
-            raise wrong
-        if spec.pattern and not spec.pattern.match(value):
-            raise wrong
-        return value
-    if spec.kind in ("int", "number"):
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise wrong
-        if not math.isfinite(value) or (spec.positive and value <= 0):
-            raise wrong
-        if spec.kind == "int":
-            if value != int(value):
-                raise wrong
-            return int(value)
-        return value
-    if not isinstance(value, Mapping):
-        raise wrong
-    return check_fields(spec.fields or {}, value, prefix=name + ".")
-
-
-def check_fields(specs: Mapping[str, Field], params: Any, prefix: str = "params.") -> dict:
-    """Params checked against field specs: the normalised dict, or INVALID_REQUEST naming the field."""
-    if not isinstance(params, Mapping):
-        raise AgentError(INVALID_REQUEST, f"{prefix.rstrip('.')}: must be an object")
-    unknown = sorted(str(k) for k in params if k not in specs)
-    if unknown:
-        raise AgentError(INVALID_REQUEST, f"{prefix}{unknown[0]}: unknown field")
-    out = {}
-    for name, spec in specs.items():
-        value = params.get(name)
-        if value is None:
-            if spec.required:
-                raise AgentError(INVALID_REQUEST, f"{prefix}{name}: is required")
-            out[name] = spec.default
-        else:
-            out[name] = _check_field(prefix + name, spec, value)
-    return out
 
 
 def parse_order_params(action: str, params: Any) -> dict:
     """place-order / cancel-order params, checked and normalised (idempotent on its own output)."""
-    out = check_fields(ORDER_PARAMS[action], params)
-    contract = out.get("contract")
-    if contract is not None:
-        if contract["sec_type"] == "OPT":
-            for name in ("expiration", "strike", "right"):
-                if contract[name] is None:
-                    raise AgentError(INVALID_REQUEST, f"params.contract.{name}: is required for an option")
-        else:
-            for name in OPTION_ONLY_FIELDS:
-                if contract[name] is not None:
-                    raise AgentError(INVALID_REQUEST, f"params.contract.{name}: only for an option (OPT)")
-    return out
+    return ORDER_PARAMS[action](params, "params")
 
 
 # --- the policy: pure functions returning the rule that refuses, or None -------------------------

@@ -1,24 +1,22 @@
 """The action table (DESIGN.md 4): each action's params schema and the one function that serves it,
 plus the bounded worker pool that runs them so the relay's reader thread never waits on IB.
 
-Params are validated here, before any IB call; every failure names the field
+Params are validated here (with agent_params), before any IB call; every failure names the field
 ("params.tickers[3]: must be a ticker symbol"). The scanner and the order desk raise AgentError
 for everything else.
 """
 from __future__ import annotations
 
-import datetime
 import logging
-import math
 import queue
-import re
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
-from agent_errors import (BUSY, CANCELLED, IB_NOT_CONNECTED, INTERNAL, INVALID_REQUEST, UNKNOWN_ACTION,
-                          AgentError)
+from agent_errors import BUSY, CANCELLED, IB_NOT_CONNECTED, INTERNAL, UNKNOWN_ACTION, AgentError
+from agent_params import (EXCHANGE, REQUIRED, RIGHT, STRIKE, TICKER, TRADING_CLASS, Rule, Schema, date,
+                          list_of, not_above, number, obj, validate)
 
 log = logging.getLogger("agent.requests")
 
@@ -27,115 +25,14 @@ MAX_PRICE_CONTRACTS = 2000
 MAX_CHAIN_EXPIRATIONS = 100
 SHUTDOWN_MESSAGE = "the agent is shutting down"
 
-# ----- the params schema: small checkers composed into tables -----
+# ----- the fields only the scanner's actions use -----
 
-REQUIRED = object()
-Checker = Callable[[Any, str], Any]
-
-
-def _invalid(path: str, what: str) -> AgentError:
-    return AgentError(INVALID_REQUEST, f"{path}: {what}")
-
-
-def pattern(regex: str, what: str) -> Checker:
-    """A string matching regex once stripped and upper-cased (symbols, exchanges)."""
-    compiled = re.compile(regex)
-
-    def check(value: Any, path: str) -> str:
-        text = value.strip().upper() if isinstance(value, str) else ""
-        if not compiled.fullmatch(text):
-            raise _invalid(path, f"must be {what}")
-        return text
-    return check
-
-
-def _number_text(value: float) -> str:
-    return str(int(value)) if float(value).is_integer() else f"{value:g}"
-
-
-def number(lo: float, hi: float, integer: bool = False, lo_open: bool = False) -> Checker:
-    kind = "a whole number" if integer else "a number"
-    expected = (f"{kind} greater than {_number_text(lo)} and at most {_number_text(hi)}" if lo_open
-                else f"{kind} from {_number_text(lo)} to {_number_text(hi)}")
-
-    def check(value: Any, path: str) -> Any:
-        if (isinstance(value, bool) or not isinstance(value, (int, float))
-                or (integer and not float(value).is_integer()) or not math.isfinite(value)
-                or not (lo < value if lo_open else lo <= value) or value > hi):
-            raise _invalid(path, f"must be {expected}")
-        return int(value) if integer else float(value)
-    return check
-
-
-def date(value: Any, path: str) -> str:
-    text = value.strip() if isinstance(value, str) else ""
-    try:
-        if len(text) != 8:
-            raise ValueError
-        datetime.datetime.strptime(text, "%Y%m%d")
-    except ValueError:
-        raise _invalid(path, "must be a date YYYYMMDD") from None
-    return text
-
-
-def right(value: Any, path: str) -> str:
-    text = value.strip().upper() if isinstance(value, str) else ""
-    if text not in ("C", "P", "CALL", "PUT"):
-        raise _invalid(path, 'must be "C" or "P"')
-    return text[0]
-
-
-def list_of(item: Checker, max_len: int, min_len: int = 1, unique: bool = False) -> Checker:
-    def check(value: Any, path: str) -> list:
-        if not isinstance(value, list) or not min_len <= len(value) <= max_len:
-            raise _invalid(path, f"must be a list of {min_len} to {max_len} items")
-        items = [item(v, f"{path}[{i}]") for i, v in enumerate(value)]
-        return list(dict.fromkeys(items)) if unique else items
-    return check
-
-
-def obj(schema: Dict[str, Tuple[Checker, Any]]) -> Checker:
-    def check(value: Any, path: str) -> dict:
-        return validate(schema, value, path)
-    return check
-
-
-def validate(schema: Dict[str, Tuple[Checker, Any]], value: Any, path: str = "params") -> dict:
-    """Checks an object against {name: (checker, default or REQUIRED)}; unknown names are refused."""
-    if not isinstance(value, dict):
-        raise _invalid(path, "must be an object")
-    for name in value:
-        if name not in schema:
-            raise _invalid(f"{path}.{name}", "unknown parameter")
-    result = {}
-    for name, (check, default) in schema.items():
-        if value.get(name) is None:
-            if default is REQUIRED:
-                raise _invalid(f"{path}.{name}", "is required")
-            result[name] = list(default) if isinstance(default, (list, tuple)) else default
-        else:
-            result[name] = check(value[name], f"{path}.{name}")
-    return result
-
-
-def not_above(low: str, high: str) -> Callable[[dict], None]:
-    """Cross-field rule: params[low] <= params[high] when both are given."""
-    def check(params: dict) -> None:
-        if params[low] is not None and params[high] is not None and params[low] > params[high]:
-            raise _invalid(f"params.{high}", f"must not be less than {low}")
-    return check
-
-
-TICKER = pattern(r"[A-Z0-9][A-Z0-9. /\-]{0,15}", "a ticker symbol")
-EXCHANGE = pattern(r"[A-Z0-9]{1,16}", "an exchange code such as SMART")
-TRADING_CLASS = pattern(r"[A-Z0-9. ]{1,16}", "a trading class")
 DAYS = number(0, 3650, integer=True)
-STRIKE = number(0, 1e7, lo_open=True)
 PERCENT = number(-100, 1000)
 
 OPTION_CONTRACT = {
     "ticker": (TICKER, REQUIRED), "expiration": (date, REQUIRED), "strike": (STRIKE, REQUIRED),
-    "right": (right, REQUIRED), "trading_class": (TRADING_CLASS, None), "exchange": (EXCHANGE, "SMART"),
+    "right": (RIGHT, REQUIRED), "trading_class": (TRADING_CLASS, None), "exchange": (EXCHANGE, "SMART"),
 }
 
 # ----- the actions -----
@@ -172,8 +69,8 @@ def _sell_scan(runner: "RequestRunner", job, p: dict) -> dict:
 @dataclass(frozen=True)
 class Action:
     run: Callable[["RequestRunner", Any, dict], dict]
-    schema: Optional[Dict[str, Tuple[Checker, Any]]] = field(default_factory=dict)  # None: run() checks
-    rules: Sequence[Callable[[dict], None]] = ()
+    schema: Optional[Schema] = field(default_factory=dict)  # None: run() checks
+    rules: Sequence[Rule] = ()
     summary: Optional[Callable[[dict, dict], str]] = None   # console line after "request "; None: debug only
     needs_ib: bool = True
     inline: bool = False       # cheap and IB-free: answered on the reader thread, even when busy
@@ -195,7 +92,7 @@ ACTIONS: Dict[str, Action] = {
          "min_days": (DAYS, None), "max_days": (DAYS, None),
          "strike_min": (STRIKE, None), "strike_max": (STRIKE, None),
          "strikes_around": (number(1, 500, integer=True), None),
-         "rights": (list_of(right, 2, unique=True), ("C", "P"))},
+         "rights": (list_of(RIGHT, 2, unique=True), ("C", "P"))},
         rules=(not_above("min_days", "max_days"), not_above("strike_min", "strike_max")),
         summary=lambda p, d: f"fetch-chain {p['ticker']}: {len(d.get('options', []))} contracts"),
     "fetch-prices": Action(
@@ -203,7 +100,7 @@ ACTIONS: Dict[str, Action] = {
         summary=lambda p, d: f"fetch-prices: {len(d.get('options', []))} contracts"),
     "sell-scan": Action(
         _sell_scan,
-        {"ticker": (TICKER, REQUIRED), "right": (right, REQUIRED), "min_days": (DAYS, 0),
+        {"ticker": (TICKER, REQUIRED), "right": (RIGHT, REQUIRED), "min_days": (DAYS, 0),
          "max_days": (DAYS, 60), "otm_min_pct": (PERCENT, 0.0), "otm_max_pct": (PERCENT, 20.0)},
         rules=(not_above("min_days", "max_days"), not_above("otm_min_pct", "otm_max_pct")),
         summary=lambda p, d: f"sell-scan {p['ticker']} {p['right']}: {len(d.get('candidates', []))} candidates"),
@@ -270,9 +167,8 @@ class RequestRunner:
                                                  + ", ".join(self._actions))
             if self._closing:
                 raise AgentError(BUSY, SHUTDOWN_MESSAGE)
-            params = job.params if action.schema is None else validate(action.schema, job.params)
-            for rule in action.rules:
-                rule(params)
+            params = job.params if action.schema is None else validate(action.schema, job.params,
+                                                                       rules=action.rules)
             if action.needs_ib and not self.conn.ready:
                 reason = self.conn.status().get("error")
                 raise AgentError(IB_NOT_CONNECTED, "not connected to TWS / IB Gateway"

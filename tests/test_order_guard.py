@@ -77,9 +77,39 @@ class ParamsTest(unittest.TestCase):
         self.invalid(option_order(contract={"ticker": "AAPL", "sec_type": "OPT", "expiration": "2030-01-18",
                                             "strike": 1.0, "right": "C"}), "contract.expiration")
         self.invalid({k: v for k, v in option_order().items() if k != "limit_price"}, "limit_price")
+        self.invalid(option_order(contract={"ticker": "AAPL", "sec_type": "OPT", "expiration": "20300231",
+                                            "strike": 1.0, "right": "C"}), "contract.expiration")
+        self.invalid(option_order(contract={"ticker": "AAPL", "sec_type": "STK", "trading_class": "AAPL"}),
+                     "contract.trading_class")
         self.invalid([], "params")
         self.invalid({"order_id": "7"}, "order_id", action="cancel-order")
+        self.invalid({"order_id": 0}, "order_id", action="cancel-order")
         self.invalid({}, "order_id", action="cancel-order")
+
+    def test_the_order_rules_in_words(self):
+        stock = {"ticker": "AAPL", "sec_type": "STK"}
+        cases = [
+            (option_order(contract=dict(stock, strike=150)), "params.contract.strike: only for an option (OPT)"),
+            (option_order(contract={"ticker": "AAPL", "sec_type": "OPT", "expiration": "20300118", "strike": 1}),
+             "params.contract.right: is required for an option (OPT)"),
+            (option_order(contract=dict(stock, exchange="CBOE")), 'params.contract.exchange: must be "SMART"'),
+            (option_order(order_type="MKT"), 'params.order_type: must be "LMT"'),
+            (option_order(tif="IOC"), 'params.tif: must be "DAY" or "GTC"'),
+            (option_order(quantity=1.5), "params.quantity: must be a whole number greater than 0"),
+            (option_order(limit_price=0), "params.limit_price: must be a number greater than 0"),
+            (option_order(account="DU-1"), "params.account: must be an account id such as DU1234567"),
+            (option_order(qty=1), "params.qty: unknown parameter"),
+        ]
+        for params, message in cases:
+            with self.subTest(message=message):
+                with self.assertRaises(AgentError) as caught:
+                    order_guard.parse_order_params("place-order", params)
+                self.assertEqual((caught.exception.code, caught.exception.message), (INVALID_REQUEST, message))
+
+    def test_a_large_quantity_is_left_to_the_policy(self):
+        """The shape has no upper bound: MAX_ORDER_QUANTITY refuses it (ORDER_BLOCKED), not the schema."""
+        self.assertEqual(order_guard.parse_order_params("place-order", option_order(quantity=10 ** 6))["quantity"],
+                         10 ** 6)
 
 
 class PolicyTest(unittest.TestCase):
