@@ -198,6 +198,15 @@ def read_raw(config_path: Optional[Path] = None,
     return raw
 
 
+def configured_key(config_path: Optional[Path] = None,
+                   environ: Optional[Mapping[str, str]] = None) -> str:
+    """The key as written, even in a config that does not validate, so its errors can be masked."""
+    try:
+        return read_raw(config_path, environ).get("IB_PROVIDER_KEY", "").strip()
+    except ConfigError:
+        return (os.environ if environ is None else environ).get("IB_PROVIDER_KEY", "").strip()
+
+
 def load_config(config_path: Optional[Path] = None,
                 environ: Optional[Mapping[str, str]] = None) -> Config:
     raw = read_raw(config_path, environ)

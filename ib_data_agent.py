@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import List, Optional
 
 import agent_log
-from agent_config import Config, ConfigError, load_config, read_raw
+from agent_config import Config, ConfigError, configured_key, load_config
 from ib_connection import IBConnection
 from ib_orders import OrderDesk
 from ib_scanner import Scanner
@@ -94,29 +94,27 @@ def handle_stop_signals() -> threading.Event:
 
 def config_error_line(exc: ConfigError, config_path: Optional[Path]) -> str:
     """The one line for a bad config, masked like every other output (a value may hold the key)."""
-    try:
-        key = read_raw(config_path).get("IB_PROVIDER_KEY", "")
-    except ConfigError:
-        key = os.environ.get("IB_PROVIDER_KEY", "")
-    return agent_log.Masker([key.strip()])(f"Configuration error: {exc}")
+    return agent_log.Masker([configured_key(config_path)])(f"Configuration error: {exc}")
 
 
 def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="ib_data_agent.py", description=__doc__.splitlines()[0])
     parser.add_argument("--config", metavar="PATH", type=Path,
                         help="config file to read instead of config.env next to this script")
-    parser.add_argument("--check", action="store_true", help="check the set-up and exit (not available yet)")
-    parser.add_argument("--demo", action="store_true", help="run against built-in demo data (not available yet)")
+    parser.add_argument("--check", action="store_true", help="check the set-up (TWS, account, market data, cloud), print a checklist and exit")
+    parser.add_argument("--demo", action="store_true", help="try the agent without Interactive Brokers: fake TWS and cloud on this computer")
     parser.add_argument("--version", action="version", version=f"IB Data Agent {__version__}")
     return parser.parse_args(argv)
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = parse_args(argv)
-    for flag in ("check", "demo"):
-        if getattr(args, flag):
-            print(f"--{flag} is not available in this version of the agent yet", file=sys.stderr)
-            return EXIT_CONFIG
+    if args.check:
+        import agent_doctor
+        return agent_doctor.run(args.config, agent_version=__version__)
+    if args.demo:
+        import agent_demo
+        return agent_demo.run()
     try:
         config = load_config(args.config)
     except ConfigError as exc:

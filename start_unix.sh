@@ -63,9 +63,11 @@ print(h.hexdigest())' "$requirements" "$AGENT_DIR/requirements.txt")"
 }
 
 main() {
-    local python
+    local python requirements="$AGENT_DIR/requirements.txt"
+    # --demo also runs the fake MA Tracker cloud, which needs aiohttp
+    if [ "${1:-}" = "--demo" ]; then requirements="$AGENT_DIR/requirements-demo.txt"; fi
     python="$(find_python)" || exit 1
-    ensure_venv "$python" "$AGENT_DIR/.venv" "$AGENT_DIR/requirements.txt" || exit 1
+    ensure_venv "$python" "$AGENT_DIR/.venv" "$requirements" || exit 1
     exec "$AGENT_DIR/.venv/bin/python" "$AGENT_DIR/ib_data_agent.py" "$@"
 }
 

@@ -8,6 +8,10 @@
 
 $AgentDir = $PSScriptRoot
 $Requirements = Join-Path $AgentDir 'requirements.txt'
+# --demo also runs the fake MA Tracker cloud, which needs aiohttp
+if ($args.Count -gt 0 -and $args[0] -eq '--demo') {
+    $Requirements = Join-Path $AgentDir 'requirements-demo.txt'
+}
 $Wheels = Join-Path $AgentDir 'wheels'
 $BundledPython = Join-Path $AgentDir 'python_bundle\python.exe'
 
@@ -60,9 +64,11 @@ if (Test-Path -LiteralPath $BundledPython) {
 }
 
 $Stamp = Join-Path $EnvDir '.requirements.sha256'
-$Wanted = (Get-FileHash -LiteralPath $Requirements -Algorithm SHA256).Hash
+# requirements-demo.txt includes requirements.txt: a change to either means installing again
+$Wanted = (Get-FileHash -LiteralPath $Requirements -Algorithm SHA256).Hash +
+    (Get-FileHash -LiteralPath (Join-Path $AgentDir 'requirements.txt') -Algorithm SHA256).Hash
 if ((Get-Content -LiteralPath $Stamp -ErrorAction SilentlyContinue) -ne $Wanted) {
-    Write-Host 'Installing dependencies from requirements.txt...'
+    Write-Host "Installing dependencies from $(Split-Path -Leaf $Requirements)..."
     $Pip = @('-m', 'pip')
     $PipArgs = @('install', '--disable-pip-version-check', '--no-warn-script-location', '-q', '-r', $Requirements)
     if (Test-Path -LiteralPath $Wheels) {

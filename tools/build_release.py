@@ -29,18 +29,17 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from agent_config import PLACEHOLDER_KEY, VARIABLES, ConfigError  # noqa: E402  (the one key check)
+from agent_demo import DEMO_FILES  # noqa: E402
 from dotenv import dotenv_values  # noqa: E402
 
 TOP_FOLDER = "ib-data-agent"
 IBAPI_DISTRIBUTION = "ibapi-stable"
 WINDOWS_PLATFORM = "win_amd64"
 # Next to the agent's top-level *.py modules (every one of them ships; see agent_modules).
-AGENT_FILES = ("config.env", "requirements.txt", "README.md",
+AGENT_FILES = ("config.env", "requirements.txt", "requirements-demo.txt", "README.md",
                "start_unix.sh", "start_windows.bat", "start_windows.ps1")
-# Files from outside the top level that users need as well. The --demo feature of issue 6 adds
-# here the test doubles it starts (tests/__init__.py, tests/fake_tws.py, tests/fake_relay.py and
-# the modules they import).
-EXTRA_FILES: Tuple[str, ...] = ()
+# Files from outside the top level that users need as well: the test doubles --demo starts.
+EXTRA_FILES: Tuple[str, ...] = DEMO_FILES
 EXECUTABLE_FILES = ("start_unix.sh",)
 LINE_ENDINGS = {".bat": b"\r\n", ".ps1": b"\r\n", ".sh": b"\n"}  # whatever git checked out
 KEY_LINE = re.compile(rf"^IB_PROVIDER_KEY={PLACEHOLDER_KEY}[ \t]*\r?$", re.MULTILINE)
@@ -147,11 +146,11 @@ def bundle_files(embeddable_zip: Path) -> Tuple[str, List[Tuple[str, bytes]]]:
 
 
 def windows_wheels(python_version: str) -> List[Tuple[str, bytes]]:
-    """wheels/: every requirement built for the bundled Python on 64-bit Windows, and pip itself."""
+    """wheels/: every requirement (--demo's too) built for the bundled Python on 64-bit Windows, and pip."""
     with tempfile.TemporaryDirectory() as folder:
         command = [sys.executable, "-m", "pip", "download", "--disable-pip-version-check", "-q",
                    "--only-binary=:all:", "--platform", WINDOWS_PLATFORM, "--python-version", python_version,
-                   "-d", folder, "-r", str(ROOT / "requirements.txt"), "pip"]
+                   "-d", folder, "-r", str(ROOT / "requirements-demo.txt"), "pip"]
         result = subprocess.run(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         if result.returncode != 0:
             raise ReleaseError(f"pip download of the Windows wheels failed:\n{result.stdout.strip()}")
