@@ -126,10 +126,11 @@ class BadConfigProcess(unittest.TestCase):
         self.assertIn("IB_HOST='****/x' is not a host name", process.stderr.text)
         self.assertNotIn(KEY, process.output)
 
-    def test_reserved_flags_say_they_are_not_available(self):
-        for flag in ("--check", "--demo"):
-            process = self.run_agent({}, [flag])
-            self.assertIn(f"{flag} is not available", process.stderr.text)
+    def test_check_with_a_bad_setting_names_it_and_exits_2(self):
+        process = self.run_agent({"IB_MODE": "papper"}, ["--check"])
+        self.assertIn("FAIL", process.stdout.text)
+        self.assertIn("IB_MODE='papper' is not one of: paper, live", process.stdout.text)
+        self.assertNotIn(KEY, process.output)
 
 
 if __name__ == "__main__":
