@@ -47,10 +47,12 @@ class Masker:
 class MaskingFormatter(logging.Formatter):
     """Formats as usual, then masks the whole result (message, arguments, traceback, stack)."""
 
-    def __init__(self, masker: Masker, fmt: str, datefmt: Optional[str] = None, brief: bool = False):
+    def __init__(self, masker: Masker, fmt: str, datefmt: Optional[str] = None, brief: bool = False,
+                 encoding: str = "utf-8"):
         super().__init__(fmt, datefmt)
         self._masker = masker
         self._brief = brief
+        self._encoding = encoding
 
     def formatException(self, ei) -> str:
         if self._brief:  # console: the last line of the traceback; the log file has all of it
@@ -70,6 +72,9 @@ class MaskingFormatter(logging.Formatter):
         if self._brief and record.levelno >= logging.WARNING:
             head, _, tail = text.partition(" ")
             text = f"{head} {record.levelname.capitalize()}: {tail}"
+        # Text the stream cannot encode (a lone surrogate from the cloud, a symbol a Windows console
+        # lacks) would make the handler fail, and logging's error report prints the raw arguments.
+        text = text.encode(self._encoding, "backslashreplace").decode(self._encoding)
         return self._masker(text)
 
 
@@ -108,8 +113,11 @@ def setup(secrets: Iterable[str], level: str = "INFO", log_file: Optional[Path] 
           console: Optional[TextIO] = None) -> AgentLogging:
     """Route all logging to the console (short lines) and the rotating log file, key masked in both."""
     masker = Masker(secrets)
-    console_handler = logging.StreamHandler(console or sys.stdout)
-    console_handler.setFormatter(MaskingFormatter(masker, CONSOLE_FORMAT, CONSOLE_DATE_FORMAT, brief=True))
+    logging.raiseExceptions = False   # a handler that fails must not print the record's unmasked arguments
+    stream = console or sys.stdout
+    console_handler = logging.StreamHandler(stream)
+    console_handler.setFormatter(MaskingFormatter(masker, CONSOLE_FORMAT, CONSOLE_DATE_FORMAT, brief=True,
+                                                  encoding=getattr(stream, "encoding", None) or "utf-8"))
     console_handler.setLevel(level)
     handlers: List[logging.Handler] = [console_handler]
     file_problem = None

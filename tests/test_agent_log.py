@@ -83,6 +83,23 @@ class Setup(unittest.TestCase):
         self.assertIs(sys.excepthook, sys.__excepthook__)
 
 
+class UnencodableText(unittest.TestCase):
+    def test_a_console_that_cannot_show_a_character_gets_an_escape_not_an_error(self):
+        raw = io.BytesIO()
+        console = io.TextIOWrapper(raw, encoding="cp1252", errors="strict", write_through=True)
+        installed = agent_log.setup(["SECRET-KEY-123456"], "INFO", None, console=console)
+        self.addCleanup(installed.close)
+        errors = io.StringIO()
+        real_stderr, sys.stderr = sys.stderr, errors
+        try:
+            logging.getLogger("agent.test").warning("request %s for %s", "x\ud800 \u2713", "SECRET-KEY-123456")
+        finally:
+            sys.stderr = real_stderr
+        text = raw.getvalue().decode("cp1252")
+        self.assertIn("request x\\ud800 \\u2713 for ****", text)
+        self.assertEqual(errors.getvalue(), "")
+
+
 class UnwritableLogFile(unittest.TestCase):
     def test_console_only_with_a_warning(self):
         console = io.StringIO()
