@@ -20,6 +20,7 @@ from tests.fake_tws_wire import (API_PREFIX, MIN_SERVER_VERSION, Encoder, FrameR
 SOCKET_TIMEOUT_S = 5.0
 PACING_WINDOW_S = 1.0
 PACING_STRIKES = 3                 # reject mode: disconnect on this many violations
+HANG_UP_DRAIN_S = 0.5              # input drained between the last error 100 and the close
 MAX_ORDER_QUANTITY = 1000
 UPDATE_INTERVAL_S = (0.25, 1.0)
 
@@ -66,6 +67,7 @@ class ClientSession:
         self._subs: Dict[int, Subscription] = {}
         self._window: Deque[float] = deque()
         self._violations = 0
+        self._hanging_up = False
         self._thread = threading.Thread(target=self._run, name="fake-tws-client", daemon=True)
 
     def start(self) -> None:
@@ -179,6 +181,8 @@ class ClientSession:
     def _admit(self) -> bool:
         """Sliding 1 s window over received messages; True when the message may be processed."""
         server, window = self.server, self._window
+        if self._hanging_up:
+            return False
         now = time.monotonic()
         while window and now - window[0] >= PACING_WINDOW_S:
             window.popleft()
@@ -196,8 +200,22 @@ class ClientSession:
         self.send_error(-1, 100, f"Max rate of messages per second has been exceeded:max={server.max_rate} "
                                  f"rec={len(window)} (1)")
         if self._violations >= PACING_STRIKES:
-            self.close()
+            self._hang_up_after_error()
         return False
+
+    def _hang_up_after_error(self) -> None:
+        """Like TWS: the error arrives, then the connection ends. Closing at once with the client's
+        burst still unread would reset the connection, and the client could lose the error: so
+        send FIN now, keep draining (and ignoring) input for a moment, then close."""
+        self._hanging_up = True
+        try:
+            with self._send_lock:
+                self.sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+        timer = threading.Timer(HANG_UP_DRAIN_S, self.close)
+        timer.daemon = True
+        timer.start()
 
     def _refuse_read_only(self, req_id: int) -> bool:
         if self.server.read_only:
