@@ -1,0 +1,134 @@
+"""Reliability, orders (issue 8.7): the order policy and exactly-once placement hold while the relay
+is cut every second (and between an id and its repeat) and the agent is restarted (SIGTERM,
+SIGKILL, and SIGKILL in the middle of placing).
+
+Each place-order id is sent again and again: right away, after drops, after restarts. The fake
+TWS counts the orders that reached it, by orderRef (= request id): every allowed id has exactly
+one, every refused id none. CI uses IDS ids; RELIABILITY_FULL=1 the issue's 200.
+"""
+from __future__ import annotations
+
+import collections
+import json
+import os
+import shutil
+import tempfile
+import time
+import unittest
+from pathlib import Path
+
+from tests.agent_process import AgentStack
+from tools.soak import FAST_RELAY_BACKOFF, CloudCaller, Dropper, figures, order_params, start_agent, wait_status
+
+FULL = os.environ.get("RELIABILITY_FULL") == "1"
+IDS = 200 if FULL else 40
+RESTART_EVERY = 10          # ids between agent restarts (they alternate SIGTERM and SIGKILL)
+RESEND_AFTER_RESTART = 5    # earlier ids sent again to each new agent process
+DROP_EVERY_S = 1.0
+WAIT_S = 120.0
+# Orders the local policy refuses (defaults: MAX_ORDER_QUANTITY 10, MAX_ORDER_NOTIONAL 25000).
+REFUSED = ({"quantity": 11}, {"limit_price": 260.0})
+
+
+class OrdersUnderFaults(unittest.TestCase):
+    def setUp(self):
+        self.stack = AgentStack(agent=False)
+        self.stack.start()
+        self.addCleanup(self.stack.stop)
+        self.data_dir = Path(tempfile.mkdtemp(prefix="reliability-orders-"))
+        self.addCleanup(shutil.rmtree, self.data_dir, True)
+        self.relay, self.tws = self.stack.relay, self.stack.tws
+        self.agent = None
+        self.start_agent()
+        self.addCleanup(lambda: self.agent.stop())
+        self.cloud = CloudCaller(self.relay)
+        self.restarts = collections.Counter()
+        self.sends = 0
+        self.drops = 0          # besides the Dropper's
+
+    def start_agent(self) -> None:
+        self.agent = start_agent(self.stack, self.data_dir, relay_backoff=FAST_RELAY_BACKOFF)
+        wait_status(self.relay, lambda s: s["connected"], WAIT_S, "TWS connected")
+
+    def restart_agent(self, kill: bool) -> None:
+        if kill:
+            self.agent.process.kill()
+            self.agent.wait(30)
+        else:
+            self.assertEqual(self.agent.stop(), 0)
+        self.restarts["SIGKILL" if kill else "SIGTERM"] += 1
+        self.start_agent()
+
+    def place(self, request_id: str, params: dict) -> dict:
+        self.sends += 1
+        return self.cloud.call("place-order", params, request_id, timeout_s=WAIT_S).response
+
+    def assert_same_answer(self, first: dict, again: dict) -> None:
+        """A repeat gets the first answer again, or (once the cloud acknowledged it, same process)
+        a refusal to run the id again; never a second order."""
+        if again.get("ok") or again["error"]["code"] != "INVALID_REQUEST":
+            self.assertEqual(again.get("data"), first.get("data"), again)
+            self.assertEqual(again.get("error", {}).get("code"), first.get("error", {}).get("code"), again)
+        else:
+            self.assertIn("already answered", again["error"]["message"])
+
+    def test_every_id_places_at_most_one_order_through_drops_and_restarts(self):
+        market = self.tws.market
+        plan = {}
+        for n in range(IDS):
+            changes = REFUSED[n // 5 % len(REFUSED)] if n % 5 == 4 else {}
+            plan[f"order-{n}"] = order_params(market, n, **changes)
+        first = {}
+        started = time.monotonic()
+        with Dropper(self.relay, DROP_EVERY_S) as dropper:
+            for n, (request_id, params) in enumerate(plan.items()):
+                first[request_id] = self.place(request_id, params)
+                if n % 2 and self.relay.drop():
+                    self.drops += 1
+                self.assert_same_answer(first[request_id], self.place(request_id, params))
+                if n % RESTART_EVERY == RESTART_EVERY - 1:
+                    self.restart_agent(kill=bool(n // RESTART_EVERY % 2))
+                    for earlier in list(plan)[max(0, n - RESEND_AFTER_RESTART):n + 1]:
+                        self.assert_same_answer(first[earlier], self.place(earlier, plan[earlier]))
+            self.crash_while_placing(market)
+            drops = dropper.drops + self.drops
+        seconds = time.monotonic() - started
+
+        refused = {i for n, i in enumerate(plan) if n % 5 == 4}
+        for request_id, response in first.items():
+            if request_id in refused:
+                self.assertEqual(response["error"]["code"], "ORDER_BLOCKED", response)
+            else:
+                self.assertTrue(response["ok"], response)
+        orders = self.tws.orders.open_orders() + self.tws.orders.completed_orders()
+        per_id = collections.Counter(o.order_ref for o in orders)
+        allowed = [i for i in plan if i not in refused] + ["killed-while-placing"]
+        self.assertEqual(dict(per_id), {i: 1 for i in allowed})
+        self.assertEqual(self.tws.stats()["orders_placed"], len(allowed))
+        audit = [json.loads(line) for line in (self.data_dir / "order_audit.jsonl").read_text().splitlines()]
+        decisions = collections.Counter(a["decision"].split(":")[0] for a in audit)
+        allowed_lines = collections.Counter(a["request_id"] for a in audit if a["decision"] == "allowed")
+        self.assertTrue(all(n == 1 for n in allowed_lines.values()), allowed_lines)
+        self.assertFalse(any(a["decision"] == "allowed" for a in audit if a["request_id"] in refused))
+        self.assertEqual(self.relay.violations, [])
+        figures("orders under faults", ids=IDS, refused_ids=len(refused), sends=self.sends, drops=drops,
+                restarts=dict(self.restarts), orders_placed=self.tws.stats()["orders_placed"],
+                audit_decisions=dict(decisions), seconds=round(seconds, 1))
+
+    def crash_while_placing(self, market) -> None:
+        """SIGKILL right after a place-order went out; the next process gets the same id again."""
+        params = order_params(market, IDS)
+        pending = self.relay.submit("place-order", params, id="killed-while-placing", timeout_s=WAIT_S)
+        time.sleep(0.05)
+        self.agent.process.kill()
+        self.agent.wait(30)
+        self.restarts["SIGKILL while placing"] += 1
+        pending.cancel()
+        self.start_agent()
+        response = self.place("killed-while-placing", params)
+        self.assertTrue(response["ok"], response)
+        self.assert_same_answer(response, self.place("killed-while-placing", params))
+
+
+if __name__ == "__main__":
+    unittest.main()
