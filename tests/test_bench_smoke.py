@@ -1,0 +1,96 @@
+"""A tiny run of every benchmark code path (bench/), so the benchmarks cannot rot. No timings are
+asserted: only that each measurement ran, kept TWS's limits, and reported its figures."""
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import subprocess
+import sys
+import tempfile
+import unittest
+from pathlib import Path
+
+from bench import report
+from bench.common import option_contracts
+from bench.run import ROOT, Settings, run_suite
+
+try:
+    import ib_async  # noqa: F401
+    PEERS = ("readme", "ib_async_smooth")
+except Exception:           # Python 3.9: ib_async needs 3.10+
+    PEERS = ("readme",)
+
+TINY = Settings(cold_sizes=(6,), scaling_sizes=(6, 12), peers=PEERS, agent_rates=(45.0,), repeats=1,
+                relay_requests=16, warm_repeats=2, ready_starts=1, idle_s=0.2, footprint_batch=6,
+                warm_contracts=4, warm_lines_variant=8, readme_wait_s=0.1)
+
+
+class BenchSmokeTest(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        with contextlib.redirect_stderr(io.StringIO()):     # the suite's progress lines
+            cls.results = run_suite(TINY, "smoke")
+
+    def test_cold_bulk_ran_every_method_within_limits(self):
+        runs = self.results["cold_bulk"]["runs"]
+        self.assertEqual(sorted(r["method"] for r in runs), sorted(("agent",) + PEERS))
+        for run in runs:
+            self.assertNotIn("error", run, run)
+            self.assertEqual((run["pacing_violations"], run["line_limit_errors"], run["dropped"]), (0, 0, False))
+            self.assertEqual(run["requests_by_type"].get("reqMktData"), 6, run)
+            self.assertGreater(run["completeness"], 0.5, run)
+        side = {r["peer"] for r in self.results["cold_bulk"]["side_by_side"]}
+        self.assertEqual(side, set(PEERS))
+
+    def test_scaling_has_a_row_per_size(self):
+        rows = self.results["scaling"]
+        self.assertEqual([r["count"] for r in rows], [6, 12])
+        for row in rows:
+            self.assertEqual(row["failed"], 0)
+            self.assertGreater(row["peak_rss_mb"], 0)
+
+    def test_agent_process_figures(self):
+        foot = self.results["footprint"]
+        self.assertEqual(len(foot["ready_s"]), 1)
+        for key in ("rss_idle_mb", "cpu_idle_pct", "rss_after_batch_mb", "ready_median_s"):
+            self.assertIsInstance(foot[key], float, key)
+        self.assertEqual(foot["batch_complete"], 6)
+        relay = self.results["relay_overhead"]
+        self.assertEqual(relay["concurrent_requests"], 16)
+        self.assertLessEqual(relay["median_ms"], relay["p99_ms"])
+        warm = self.results["warm_refresh"]
+        self.assertEqual([w["repeats"] for w in warm], [2, 2])
+        self.assertEqual(warm[-1]["new_reqMktData"], 0)   # 4 contracts + 1 underlying fit in 8 warm lines
+
+    def test_table_and_json(self):
+        text = report.render(self.results)
+        for title in ("Cold bulk quotes", "Scaling", "Warm refresh", "Relay overhead", "Footprint", "Targets"):
+            self.assertIn(title, text)
+        names = [t["name"] for t in self.results["targets"]]
+        self.assertTrue(any(n.startswith("cold 6:") for n in names), names)
+        self.assertIn("relay status round trip: p99", names)
+        json.loads(json.dumps(self.results))
+
+
+class BenchCommandTest(unittest.TestCase):
+    def test_command_line_writes_json(self):
+        with tempfile.TemporaryDirectory() as folder:
+            path = Path(folder) / "figures.json"
+            done = subprocess.run([sys.executable, "-m", "bench.run", "--sections", "scaling", "--scaling-sizes", "5",
+                                   "--json", str(path)], cwd=ROOT, capture_output=True, text=True, timeout=180)
+            self.assertEqual(done.returncode, 0, done.stderr[-2000:])
+            self.assertIn("Scaling", done.stdout)
+            figures = json.loads(path.read_text(encoding="utf-8"))
+        self.assertEqual([r["count"] for r in figures["scaling"]], [5])
+        self.assertEqual(figures["mode"], "full")
+
+    def test_contracts_past_the_listed_options_are_exchange_routed(self):
+        contracts = option_contracts(3500)
+        self.assertEqual(len({(c.ticker, c.expiration, c.strike, c.right, c.exchange) for c in contracts}), 3500)
+        self.assertEqual(contracts[0].exchange, "SMART")
+        self.assertNotEqual(contracts[-1].exchange, "SMART")
+
+
+if __name__ == "__main__":
+    unittest.main()
