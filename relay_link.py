@@ -306,7 +306,7 @@ class RelayLink:
     def _handle_frame(self, text: Any) -> None:
         try:
             frame = json.loads(text)
-        except (ValueError, TypeError):
+        except (ValueError, TypeError, RecursionError):  # RecursionError: absurdly deep nesting
             frame = None
         if not isinstance(frame, dict) or not _usable_id(frame.get("id")):
             problem = "not a JSON object" if not isinstance(frame, dict) else "no usable id"

@@ -127,11 +127,12 @@ class BadFrames(LinkCase):
             for text in ("this is not json {", "[1, 2]", json.dumps({"type": "request", "action": "echo"}),
                          json.dumps({"type": "request", "id": 7, "action": "echo"}),
                          json.dumps({"type": "request", "id": "x" * 129, "action": "echo"}),
-                         json.dumps({"type": "request", "id": "", "action": "echo"})):
+                         json.dumps({"type": "request", "id": "", "action": "echo"}),
+                         "[" * 100_000 + "]" * 100_000):
                 self.relay.send_raw(text)
             response = self.relay.request("echo", {}, id="after")
         self.assertTrue(response["ok"])
-        self.assertEqual(sum("Ignored a frame" in line for line in logs.output), 6)
+        self.assertEqual(sum("Ignored a frame" in line for line in logs.output), 7)
         self.assertIn("this is not json", "\n".join(logs.output))
         self.assertEqual(self.relay.connections, 1)
         self.assertEqual(self.actions.executed, ["after"])

@@ -504,7 +504,7 @@ class Soak:
                 self.tws.broadcast_error(1101, "Connectivity between IB and Trader Workstation has been "
                                                "restored - data lost.")
             else:
-                taken = status(self.relay).get("client_id") or 17
+                taken = wait_status(self.relay, lambda st: True, 120, "status")[0]["client_id"]
                 self.tws.busy_client_ids = {taken}
                 self.tws.drop_all()
             self.report.faults[f"tws {fault}"] += 1
