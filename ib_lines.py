@@ -364,6 +364,8 @@ class MarketData:
     def _start_lines(self, starts: List[_Subscription]) -> None:
         for sub in starts:
             line = sub.line
+            if line is None:    # the connection dropped while an earlier start waited on the limiter
+                continue
             try:
                 line.data_type = self._ensure_data_type()
                 line.req_id = self._conn.next_req_id()
