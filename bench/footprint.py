@@ -106,7 +106,8 @@ def batch_figures(session: AgentUnderTest, count: int) -> dict:
     started = time.monotonic()
     data = session.request("fetch-prices", {"contracts": contracts}, timeout_s=count / 10 + 120)
     elapsed = time.monotonic() - started
+    peak = high_water_mb(str(session.pid))
     return {"batch_contracts": count, "batch_s": round(elapsed, 2),
             "batch_complete": sum(1 for o in data["options"] if o["complete"]),
             "rss_after_batch_mb": round(rss_mb(session.pid), 1),
-            "peak_rss_mb": round(high_water_mb(str(session.pid)) or 0.0, 1) or None}
+            "peak_rss_mb": round(peak, 1) if peak is not None else None}

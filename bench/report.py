@@ -132,13 +132,16 @@ def targets(results: dict, agent_rate: float) -> List[dict]:
     if relay:
         check("relay status round trip: median", f"< {RELAY_MEDIAN_MS:g} ms", relay["median_ms"],
               _lt(relay["median_ms"], RELAY_MEDIAN_MS))
-        check("relay status round trip: p99", f"< {RELAY_P99_MS:g} ms", relay["p99_ms"], _lt(relay["p99_ms"], RELAY_P99_MS))
+        check("relay status round trip: p99", f"< {RELAY_P99_MS:g} ms", relay["p99_ms"],
+              _lt(relay["p99_ms"], RELAY_P99_MS))
     foot = results.get("footprint")
     if foot:
-        check("idle resident memory", f"< {IDLE_RSS_MB:g} MB", foot["rss_idle_mb"], _lt(foot["rss_idle_mb"], IDLE_RSS_MB))
+        check("idle resident memory", f"< {IDLE_RSS_MB:g} MB", foot["rss_idle_mb"],
+              _lt(foot["rss_idle_mb"], IDLE_RSS_MB))
         check(f"idle CPU over {foot['idle_s']:g} s", f"< {IDLE_CPU_PCT:g} %", foot["cpu_idle_pct"],
               _lt(foot["cpu_idle_pct"], IDLE_CPU_PCT))
-        check("start to ready (median)", f"< {READY_S:g} s", foot["ready_median_s"], _lt(foot["ready_median_s"], READY_S))
+        check("start to ready (median)", f"< {READY_S:g} s", foot["ready_median_s"],
+              _lt(foot["ready_median_s"], READY_S))
     scaling = results.get("scaling") or []
     if len(scaling) > 1:
         worst = max((r["per_contract_vs_smallest"] or 0) for r in scaling)

@@ -20,8 +20,10 @@ from pathlib import Path
 from typing import List, Optional, Sequence
 
 from agent_config import Config
-from bench.common import SEED, BenchContract, PeakRss, completeness, fresh_stats, option_contracts, rss_mb, stats_delta
+from bench.common import (SEED, BenchContract, PeakRss, completeness, fresh_stats, option_contracts, rss_mb,
+                          stats_delta)
 from bench.peers import PEER_RATE, README_WAIT_S, IbAsyncTickers, ReadmeChunked
+from tests.fake_tws_session import PACING_STRIKES     # the fake hangs up on this many violations
 
 METHODS = ("agent", "readme", "ib_async", "ib_async_smooth")
 CONNECT_TIMEOUT_S = 20.0
@@ -118,7 +120,8 @@ def measure(method: str, port: int, stats_file: Path, count: int, rate: float, s
     result = dict({"method": method, "rate": rate, "count": count, "wall_s": round(wall, 3),
                    "messages": delta["messages_in"], "requests_by_type": delta["requests_by_type"],
                    "pacing_violations": delta["pacing_violations"], "line_limit_errors": delta["line_limit_errors"],
-                   "dropped": delta["connections"] > 0 or after["clients_connected"] == 0,
+                   "dropped": (delta["connections"] > 0 or after["clients_connected"] == 0
+                               or delta["pacing_violations"] >= PACING_STRIKES),
                    "max_lines_in_use": delta["max_lines_in_use"],
                    "completeness": round(completeness(contracts, rows), 4) if rows else 0.0,
                    "rss_before_mb": round(rss_before, 1), "peak_rss_mb": round(peak.peak_mb, 1)}, **extra)
