@@ -5,7 +5,8 @@ missing and unusable ids, unicode, deep nesting) sent to the agent process in bu
 Every frame that is a JSON object with a usable id (a string of 1 to 128 characters) and is not
 an ack or a cancel gets exactly one response, and that response is well formed (the fake relay
 checks every frame against the protocol); the agent never dies and its RSS grows by less than
-10 MB. Hypothesis runs derandomized: CI sends the same frames every time.
+10 MB. Hypothesis runs derandomized (no random seed per run); the frames still vary a little
+from run to run with the engine's own heuristics.
 """
 from __future__ import annotations
 
