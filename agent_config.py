@@ -18,6 +18,8 @@ AGENT_DIR = Path(__file__).resolve().parent
 DEFAULT_CONFIG_FILE = AGENT_DIR / "config.env"
 PLACEHOLDER_KEY = "YOUR_API_KEY_HERE"
 DEFAULT_RELAY_URL = "wss://relay.ma-tracker.com/ws/agent"
+# Room for a Monitor page's contracts plus their underlyings; cold requests take warm lines back.
+DEFAULT_WARM_LINES = 60
 
 MODES = ("paper", "live")
 MARKET_DATA_TYPES = ("auto", "live", "frozen", "delayed", "delayed-frozen")
@@ -41,7 +43,7 @@ class Config:
     ib_max_msg_rate: float = 45.0
     ib_max_mkt_lines: int = 90
     market_data_type: str = "auto"
-    warm_lines: int = 40
+    warm_lines: int = DEFAULT_WARM_LINES
     warm_seconds: float = 300.0
     option_timeout_s: float = 8.0
     request_timeout_s: float = 15.0
@@ -217,6 +219,9 @@ def load_config(config_path: Optional[Path] = None,
     if "key" not in values:
         _key("IB_PROVIDER_KEY", "")
     values["ib_mode_explicit"] = "IB_MODE" in raw
+    if "WARM_LINES" not in raw:     # the default leaves at least a third of the lines to cold requests
+        max_lines = values.get("ib_max_mkt_lines", Config.ib_max_mkt_lines)
+        values["warm_lines"] = min(DEFAULT_WARM_LINES, max_lines * 2 // 3)
     config = Config(**values)
     if config.warm_lines >= config.ib_max_mkt_lines:
         raise ConfigError(

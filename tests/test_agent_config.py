@@ -57,6 +57,12 @@ class Values(ConfigCase):
                     "wss://relay.example.com/ws/agent"):
             self.assertEqual(self.load(IB_PROVIDER_KEY=KEY, RELAY_URL=url).relay_url, url)
 
+    def test_warm_lines_default_leaves_a_third_of_the_lines_to_cold_requests(self):
+        self.assertEqual(self.load(IB_PROVIDER_KEY=KEY).warm_lines, 60)
+        self.assertEqual(self.load(IB_PROVIDER_KEY=KEY, IB_MAX_MKT_LINES="45").warm_lines, 30)
+        self.assertEqual(self.load(IB_PROVIDER_KEY=KEY, IB_MAX_MKT_LINES="1").warm_lines, 0)
+        self.assertEqual(self.load(IB_PROVIDER_KEY=KEY, IB_MAX_MKT_LINES="45", WARM_LINES="44").warm_lines, 44)
+
     def test_relative_data_dir_is_relative_to_the_agent_folder(self):
         self.assertEqual(self.load(IB_PROVIDER_KEY=KEY, AGENT_DATA_DIR="tests").data_dir, agent_config.AGENT_DIR / "tests")
         self.assertEqual(self.load(IB_PROVIDER_KEY=KEY, AGENT_DATA_DIR=str(self.folder)).data_dir, self.folder)
