@@ -14,8 +14,9 @@ version range, then after startApi: managedAccounts, nextValidId, notices 2104/2
 - reqMktData / cancelMktData: streaming ticks (bid/ask/last/close with sizes, volume, generic 100
   -> option volume 29/30, 101 -> open interest 27/28, 106 -> implied vol 24, option computations
   10-13) after --tick-delay-ms, then small updates every 0.25-1 s; snapshots (default ticks, then
-  tickSnapshotEnd); tickReqParams; marketDataType once reqMarketDataType was called. One line per
-  live subscription or pending snapshot: past --max-lines, error 101. --no-live-data: 354, or
+  tickSnapshotEnd --snapshot-ms after the request: at once by default, TWS takes 11 s);
+  tickReqParams; marketDataType once reqMarketDataType was called. One line per live subscription
+  or pending snapshot (until its tickSnapshotEnd): past --max-lines, error 101. --no-live-data: 354, or
   10167 plus delayed ticks (66-75, 80-83) when market data type 3/4 was asked.
 - reqPositions, reqPositionsMulti, reqAccountSummary, reqAccountUpdates, reqAccountUpdatesMulti,
   reqExecutions (+ commission reports), reqCompletedOrders
@@ -148,7 +149,7 @@ class FakeTWS:
     def __init__(self, port: int = 0, accounts: Sequence[str] = ("DU1234567",), max_rate: int = 50,
                  pacing: str = "queue", max_lines: int = 100, read_only: bool = False,
                  no_live_data: bool = False, busy_client_ids: Sequence[int] = (),
-                 tick_delay_ms: Tuple[int, int] = (5, 30), seed: int = 1,
+                 tick_delay_ms: Tuple[int, int] = (5, 30), snapshot_ms: Tuple[int, int] = (0, 0), seed: int = 1,
                  max_server_version: int = MAX_SERVER_VERSION, stats_file: Optional[str] = None,
                  host: str = "127.0.0.1"):
         if pacing not in ("reject", "queue"):
@@ -163,6 +164,7 @@ class FakeTWS:
         self.read_only, self.no_live_data = read_only, no_live_data
         self.busy_client_ids = set(busy_client_ids)
         self.tick_delay_s = (tick_delay_ms[0] / 1000.0, tick_delay_ms[1] / 1000.0)
+        self.snapshot_s = (snapshot_ms[0] / 1000.0, snapshot_ms[1] / 1000.0)
         self.max_server_version = max_server_version
         self.stats_file = stats_file
         self.market = Market(seed)
@@ -302,9 +304,16 @@ class FakeTWS:
             self._scheduler.call_later(delay_s, fn)
 
     def tick_delay(self) -> float:
-        low, high = self.tick_delay_s
+        return self._uniform(self.tick_delay_s)
+
+    def snapshot_duration(self) -> float:
+        return self._uniform(self.snapshot_s)
+
+    def _uniform(self, bounds: Tuple[float, float]) -> float:
+        if bounds[0] == bounds[1]:
+            return bounds[0]
         with self.lock:
-            return self.rng.uniform(low, high)
+            return self.rng.uniform(*bounds)
 
     # ---- stats ------------------------------------------------------------------------------
 
@@ -352,6 +361,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-live-data", action="store_true")
     p.add_argument("--busy-client-ids", type=_int_list, default=[])
     p.add_argument("--tick-delay-ms", type=_delay_range, default=(5, 30), metavar="LO,HI")
+    p.add_argument("--snapshot-ms", type=_delay_range, default=(0, 0), metavar="LO,HI",
+                   help="from a snapshot request to its tickSnapshotEnd (TWS: 11 s), holding a line")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--stats-file")
     p.add_argument("--max-server-version", type=int, default=MAX_SERVER_VERSION)
@@ -363,7 +374,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     tws = FakeTWS(port=args.port, accounts=[a.strip() for a in args.accounts.split(",") if a.strip()],
                   max_rate=args.max_rate, pacing=args.pacing, max_lines=args.max_lines,
                   read_only=args.read_only, no_live_data=args.no_live_data,
-                  busy_client_ids=args.busy_client_ids, tick_delay_ms=args.tick_delay_ms, seed=args.seed,
+                  busy_client_ids=args.busy_client_ids, tick_delay_ms=args.tick_delay_ms,
+                  snapshot_ms=args.snapshot_ms, seed=args.seed,
                   max_server_version=args.max_server_version, stats_file=args.stats_file, host=args.host)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):

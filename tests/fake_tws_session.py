@@ -49,6 +49,7 @@ class Subscription:
     generic_ticks: FrozenSet[int]
     snapshot: bool
     delayed: bool
+    snapshot_end: float = 0.0     # monotonic time of tickSnapshotEnd; the line is held until then
 
 
 class ClientSession:
@@ -321,7 +322,8 @@ class ClientSession:
         if not server.acquire_line():
             self.send_error(req_id, 101, "Max number of tickers has been reached")
             return
-        sub = Subscription(req_id, instrument, generic, snapshot, delayed)
+        sub = Subscription(req_id, instrument, generic, snapshot, delayed,
+                           time.monotonic() + server.snapshot_duration() if snapshot else 0.0)
         with self._state_lock:
             if self._closed:
                 server.release_line()
@@ -356,12 +358,16 @@ class ClientSession:
         for fields in (self._full_ticks(sub, quote) if first else self._update_ticks(sub, quote)):
             self.send(fields)
         if sub.snapshot:
-            self.send(self.encoder.tick_snapshot_end(sub.req_id))
-            self._end_subscription(sub.req_id)
+            self.server.call_later(max(0.0, sub.snapshot_end - time.monotonic()), lambda: self._end_snapshot(sub))
             return
         with self.server.lock:
             delay = self.server.rng.uniform(*UPDATE_INTERVAL_S)
         self.server.call_later(delay, lambda: self._emit(sub, first=False))
+
+    def _end_snapshot(self, sub: Subscription) -> None:
+        if self._is_live(sub):
+            self.send(self.encoder.tick_snapshot_end(sub.req_id))
+            self._end_subscription(sub.req_id)
 
     def _tick(self, sub: Subscription, tick_type: int) -> int:
         return DELAYED_TICK.get(tick_type, tick_type) if sub.delayed else tick_type

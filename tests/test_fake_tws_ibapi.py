@@ -259,6 +259,21 @@ class LineLimitTest(FakeTwsCase):
         client.wait("tickPrice", lambda a: a[0] == 24)
 
 
+class SlowSnapshotTest(FakeTwsCase):
+    fake_options = {"snapshot_ms": (400, 400), "max_lines": 1}
+
+    def test_a_snapshot_ends_late_and_holds_its_line_until_then(self):
+        client = self.connect()
+        asked = time.monotonic()
+        client.reqMktData(30, self.option_contract(self.atm_call()), "", True, False, [])
+        client.wait("tickPrice", lambda a: a[0] == 30 and a[1] == 2)
+        client.reqMktData(31, self.option_contract(self.atm_call("MSFT")), "", True, False, [])
+        client.wait_error(101, 31)                          # the first snapshot still holds the only line
+        client.wait("tickSnapshotEnd", lambda a: a[0] == 30)
+        self.assertGreaterEqual(time.monotonic() - asked, 0.4)
+        wait_until(lambda: self.tws.stats()["lines_in_use"] == 0, "the snapshot line to be freed")
+
+
 class NoLiveDataTest(FakeTwsCase):
     fake_options = {"no_live_data": True}
 
