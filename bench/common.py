@@ -24,6 +24,9 @@ from tests.agent_process import ServerProcess
 from tests.fake_market import Market
 
 TWS_MAX_RATE = 50            # the fake's pacing limit: what the pacing floor is measured against
+# IB: a snapshot's tickSnapshotEnd "is sent 11 seconds later" (TWS API docs, md_request); the fake
+# holds the snapshot's line until then, as TWS counts it against the 100 lines.
+TWS_SNAPSHOT_MS = 11000
 FAKE_TWS_ARGS = ("--pacing", "reject", "--max-rate", str(TWS_MAX_RATE), "--max-lines", "100")
 SEED = 1
 MB = 1024 * 1024
@@ -79,13 +82,17 @@ def completeness(contracts: Sequence[BenchContract], rows: Sequence[tuple]) -> f
 
 # ---- the fake TWS --------------------------------------------------------------------------
 
-class FakeTwsProcess:
-    """`python -m tests.fake_tws --pacing reject --max-rate 50 --max-lines 100` with a stats file."""
+def fake_tws_args(snapshot_ms: int = TWS_SNAPSHOT_MS, seed: int = SEED) -> List[str]:
+    return [*FAKE_TWS_ARGS, "--snapshot-ms", str(snapshot_ms), "--seed", str(seed)]
 
-    def __init__(self, seed: int = SEED):
+
+class FakeTwsProcess:
+    """`python -m tests.fake_tws` with fake_tws_args() and a stats file."""
+
+    def __init__(self, snapshot_ms: int = TWS_SNAPSHOT_MS, seed: int = SEED):
         self._dir = tempfile.mkdtemp(prefix="bench-tws-")
         self.stats_file = Path(self._dir) / "stats.json"
-        self.server = ServerProcess("tests.fake_tws", [*FAKE_TWS_ARGS, "--seed", str(seed),
+        self.server = ServerProcess("tests.fake_tws", [*fake_tws_args(snapshot_ms, seed),
                                                        "--stats-file", str(self.stats_file)])
         self.port: Optional[int] = None
 

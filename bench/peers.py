@@ -7,8 +7,10 @@
 - `IbAsyncTickers`: ib_async's `IB.reqTickers` (a snapshot per contract). Its own throttle sends
   up to 45 requests at once, then waits for the 1 s window to pass; `smooth=True` sets it to one
   request every 1/45 s (`client.MaxRequests = 1`, `RequestsInterval = 1/45`), the same average
-  rate without bursts. It needs conIds: the contracts come with the fake's, as if qualified earlier (that lookup,
-  one reqContractDetails per contract, is not counted).
+  rate without bursts. `chunk=90` (the "chunked" peer) also calls reqTickers for 90 contracts at a time,
+  as a careful user would so as to stay within TWS's 100 market-data lines while snapshots hold
+  them (up to 11 s each). It needs conIds: the contracts come with the fake's, as if qualified
+  earlier (that lookup, one reqContractDetails per contract, is not counted).
 
 Each has open(port) / fetch(contracts) -> [(bid, ask, delta)] / close(); only fetch is timed.
 """
@@ -32,6 +34,7 @@ README_CHUNK = 50
 README_WAIT_S = 2.5
 README_GENERIC_TICKS = "100,101,106"       # what the agent asks for: option volume, open interest, IV
 PEER_RATE = 45.0                           # ib_async's own throttle; the agent's default too
+LINE_CHUNK = 90                            # the agent's IB_MAX_MKT_LINES default
 PRICE_FIELDS = {1: "bid", 2: "ask", 66: "bid", 67: "ask"}
 MODEL_COMPUTATIONS = (13, 83)
 FIRST_REQ_ID = 1000
@@ -119,12 +122,13 @@ def _ibapi_contract(c: BenchContract) -> Contract:
 class IbAsyncTickers:
     """ib_async's one-call bulk snapshot."""
 
-    def __init__(self, smooth: bool = False):
+    def __init__(self, smooth: bool = False, chunk: Optional[int] = None):
         from ib_async import IB     # Python 3.10+ only: imported when this peer runs
         logging.getLogger("ib_async").setLevel(logging.CRITICAL)   # it logs every notice it gets
         self.ib = IB()
         if smooth:
             self.ib.client.MaxRequests, self.ib.client.RequestsInterval = 1, 1 / PEER_RATE
+        self.chunk = chunk
         self.errors: Counter = Counter()
         self.ib.errorEvent += lambda req_id, code, text, contract: self.errors.update([code])
 
@@ -138,9 +142,11 @@ class IbAsyncTickers:
         """A request TWS dropped for pacing (error 100 without a disconnect) never ends its snapshot,
         and reqTickers would wait for it forever: hence a timeout of twice the throttled time."""
         from ib_async import Option
-        self.ib.RequestTimeout = SNAPSHOT_SLACK_S + 2 * len(contracts) / PEER_RATE
-        options = [Option(c.ticker, c.expiration, c.strike, c.right, c.exchange, "100", "USD", conId=c.con_id)
-                   for c in contracts]
-        tickers = self.ib.reqTickers(*options)
+        chunk = self.chunk or len(contracts)
+        self.ib.RequestTimeout = SNAPSHOT_SLACK_S + 2 * chunk / PEER_RATE
+        tickers = []
+        for start in range(0, len(contracts), chunk):
+            tickers += self.ib.reqTickers(*(Option(c.ticker, c.expiration, c.strike, c.right, c.exchange, "100",
+                                                   "USD", conId=c.con_id) for c in contracts[start:start + chunk]))
         return [(_positive(t.bid), _positive(t.ask), t.modelGreeks.delta if t.modelGreeks else None)
                 for t in tickers]

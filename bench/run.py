@@ -1,10 +1,11 @@
 """The whole benchmark suite in one command; prints tables, `--json PATH` writes every figure.
 
-    python -m bench.run            # full: 200/1,000/2,000 cold, scaling to 5,000 (about 40 min)
-    python -m bench.run --quick    # under a minute: 100 cold, scaling 100/200, 10 s idle
+    python -m bench.run            # full: 200/1,000/2,000 cold, scaling to 5,000 (about 50 min)
+    python -m bench.run --quick    # under a minute: 100 cold (agent, README), scaling 100/200, 5 s idle
 
-Everything runs against `python -m tests.fake_tws --pacing reject --max-rate 50 --max-lines 100`,
-a fresh fake process per measurement. Cold bulk measurements run each method in its own process
+Everything runs against `python -m tests.fake_tws --pacing reject --max-rate 50 --max-lines 100
+--snapshot-ms 11000`, a fresh fake process per measurement; the snapshot section varies
+--snapshot-ms to show where snapshots would beat the agent's streams. Cold bulk measurements run each method in its own process
 (bench.worker), interleaved per repeat so machine noise falls on all of them alike; the agent
 process figures (ready, idle, relay, warm refresh, memory after a batch) use bench.footprint.
 """
@@ -20,17 +21,16 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
 
-from agent_config import Config
+from agent_config import DEFAULT_WARM_LINES, Config
 from bench import report
-from bench.common import FakeTwsProcess, machine, median
+from bench.common import TWS_SNAPSHOT_MS, FakeTwsProcess, fake_tws_args, machine, median
 from bench.footprint import agent_under_test, batch_figures, idle_figures, ready_times
-from bench.peers import PEER_RATE, README_CHUNK, README_WAIT_S
+from bench.peers import LINE_CHUNK, PEER_RATE, README_CHUNK, README_WAIT_S
 from bench.relay_latency import relay_overhead, warm_refresh
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_RATE = next(f.default for f in dataclasses.fields(Config) if f.name == "ib_max_msg_rate")
-DEFAULT_WARM_LINES = next(f.default for f in dataclasses.fields(Config) if f.name == "warm_lines")
-SECTIONS = ("cold", "scaling", "process")
+SECTIONS = ("cold", "scaling", "process", "snapshots")
 
 
 @dataclass(frozen=True)
@@ -46,38 +46,47 @@ class Settings:
     idle_s: float
     footprint_batch: int
     warm_contracts: int = 40
-    warm_lines_variant: Optional[int] = 48    # a second warm run with this WARM_LINES (None: skip)
+    warm_lines_variant: Optional[int] = 40    # a second warm run with this WARM_LINES (None: skip)
     readme_wait_s: float = README_WAIT_S
     sections: Tuple[str, ...] = SECTIONS
+    snapshot_ms: int = TWS_SNAPSHOT_MS        # the fake's snapshot duration everywhere but the sweep
+    sweep_snapshot_ms: Tuple[int, ...] = ()   # the snapshot section: one run per duration
+    sweep_count: int = 1000
+    sweep_peers: Tuple[str, ...] = ("ib_async_smooth", "ib_async_chunked")
 
 
 FULL = Settings(cold_sizes=(200, 1000, 2000), scaling_sizes=(200, 1000, 2000, 5000),
-                peers=("readme", "ib_async", "ib_async_smooth"), agent_rates=(DEFAULT_RATE, 48.0), repeats=3,
-                relay_requests=1000, warm_repeats=20, ready_starts=5, idle_s=60.0, footprint_batch=2000)
-QUICK = Settings(cold_sizes=(100,), scaling_sizes=(100, 200), peers=("readme", "ib_async"),
+                peers=("readme", "ib_async", "ib_async_smooth"), agent_rates=(DEFAULT_RATE,), repeats=3,
+                relay_requests=1000, warm_repeats=20, ready_starts=5, idle_s=60.0, footprint_batch=2000,
+                sweep_snapshot_ms=(0, 2000, 5000, 11000))
+QUICK = Settings(cold_sizes=(100,), scaling_sizes=(100, 200), peers=("readme",),
                  agent_rates=(DEFAULT_RATE,), repeats=1, relay_requests=200, warm_repeats=10, ready_starts=2,
-                 idle_s=10.0, footprint_batch=100)
+                 idle_s=5.0, footprint_batch=100, sections=("cold", "scaling", "process"))
 
 
 def log(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
 
 
-def worker_timeout_s(method: str, count: int, rate: float, readme_wait_s: float) -> float:
-    """Generous: twice the pacing-bound time plus the README's waits, plus start-up."""
-    chunks = -(-count // README_CHUNK) if method == "readme" else 0
-    return 2 * (2 * count / min(rate, PEER_RATE)) + chunks * readme_wait_s + 90
+def worker_timeout_s(method: str, count: int, rate: float, readme_wait_s: float, snapshot_ms: int) -> float:
+    """Generous: twice the pacing-bound time plus the README's waits or the snapshots' ends, plus start-up."""
+    waits = {"readme": -(-count // README_CHUNK) * readme_wait_s,
+             "ib_async_chunked": -(-count // LINE_CHUNK) * snapshot_ms / 1000,
+             "ib_async": snapshot_ms / 1000, "ib_async_smooth": snapshot_ms / 1000}
+    return 2 * (2 * count / min(rate, PEER_RATE)) + waits.get(method, 0.0) + 90
 
 
-def run_worker(method: str, rate: float, count: int, settings: Settings) -> dict:
+def run_worker(method: str, rate: float, count: int, settings: Settings, snapshot_ms: Optional[int] = None) -> dict:
     """One measurement: a fresh fake TWS process, the method in a process of its own."""
-    with FakeTwsProcess() as tws:
+    snapshot_ms = settings.snapshot_ms if snapshot_ms is None else snapshot_ms
+    with FakeTwsProcess(snapshot_ms) as tws:
         command = [sys.executable, "-m", "bench.worker", method, "--port", str(tws.port),
                    "--stats-file", str(tws.stats_file), "--count", str(count), "--rate", str(rate),
                    "--readme-wait-s", str(settings.readme_wait_s)]
         try:
             done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True,
-                                  timeout=worker_timeout_s(method, count, rate, settings.readme_wait_s))
+                                  timeout=worker_timeout_s(method, count, rate, settings.readme_wait_s,
+                                                           snapshot_ms))
             lines = done.stdout.strip().splitlines()
             result = json.loads(lines[-1]) if lines else {"error": f"no result (exit {done.returncode})"}
             if "error" in result:
@@ -87,6 +96,7 @@ def run_worker(method: str, rate: float, count: int, settings: Settings) -> dict
     result.setdefault("method", method)
     result.setdefault("rate", rate)
     result.setdefault("count", count)
+    result["snapshot_ms"] = snapshot_ms
     return result
 
 
@@ -123,6 +133,17 @@ def scaling_suite(settings: Settings, cold_sizes: Sequence[int]) -> List[dict]:
         result["repeat"] = 0
         runs.append(result)
         log(f"scaling {count:>5}: {outcome(result)}")
+    return runs
+
+
+def snapshot_suite(settings: Settings) -> List[dict]:
+    """The snapshot peers at several snapshot durations: where snapshots would beat streaming."""
+    runs = []
+    for snapshot_ms in settings.sweep_snapshot_ms:
+        for method in settings.sweep_peers:
+            result = run_worker(method, PEER_RATE, settings.sweep_count, settings, snapshot_ms)
+            runs.append(result)
+            log(f"snapshots {snapshot_ms:>5} ms {report.label(method, PEER_RATE):<22}: {outcome(result)}")
     return runs
 
 
@@ -167,7 +188,7 @@ def run_suite(settings: Settings, mode: str) -> dict:
     results: dict = {"mode": mode, "settings": dataclasses.asdict(settings), "machine": machine(),
                      "commit": source_commit(),
                      "started_at": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-                     "fake_tws": "python -m tests.fake_tws --pacing reject --max-rate 50 --max-lines 100 --seed 1"}
+                     "fake_tws": " ".join(["python -m tests.fake_tws", *fake_tws_args(settings.snapshot_ms)])}
     cold_runs: List[dict] = []
     if "cold" in settings.sections:
         cold_runs = cold_suite(settings)
@@ -182,6 +203,8 @@ def run_suite(settings: Settings, mode: str) -> dict:
                                                  settings.agent_rates[0])
     if "process" in settings.sections:
         results.update(process_suite(settings))
+    if "snapshots" in settings.sections and settings.sweep_snapshot_ms:
+        results["snapshot_sweep"] = report.summarize_cold(snapshot_suite(settings))
     results["targets"] = report.targets(results, settings.agent_rates[0])
     results["load_average_end"] = machine()["load_average"]
     results["elapsed_s"] = round(time.monotonic() - started, 1)
@@ -202,12 +225,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--agent-rates", type=lambda t: _numbers(t, float),
                         help=f"IB_MAX_MSG_RATE values for the agent, first = checked (default {DEFAULT_RATE:g}[,48])")
     parser.add_argument("--peers", type=lambda t: tuple(p for p in t.split(",") if p),
-                        help="peers to run beside the agent: readme,ib_async,ib_async_smooth (empty: none)")
+                        help="peers beside the agent: readme,ib_async,ib_async_smooth,ib_async_chunked (empty: none)")
     parser.add_argument("--sections", type=lambda t: tuple(t.split(",")), help=f"subset of {','.join(SECTIONS)}")
+    parser.add_argument("--snapshot-ms", type=int, help=f"the fake's snapshot duration (default {TWS_SNAPSHOT_MS})")
+    parser.add_argument("--sweep-snapshot-ms", type=_numbers, help="snapshot section durations, e.g. 0,2000,11000")
     args = parser.parse_args(argv)
     settings = QUICK if args.quick else FULL
     overrides = {"repeats": args.repeats, "cold_sizes": args.sizes, "scaling_sizes": args.scaling_sizes,
-                 "agent_rates": args.agent_rates, "sections": args.sections, "peers": args.peers}
+                 "agent_rates": args.agent_rates, "sections": args.sections, "peers": args.peers,
+                 "snapshot_ms": args.snapshot_ms, "sweep_snapshot_ms": args.sweep_snapshot_ms}
     settings = replace(settings, **{k: v for k, v in overrides.items() if v is not None})
     unknown = set(settings.sections) - set(SECTIONS)
     if unknown:

@@ -4,7 +4,7 @@
 
 METHOD is `agent` (the agent's IB half in this process: a real IBConnection and Scanner with the
 default config, IB_MAX_MSG_RATE=R, calling get_option_data_batch), `readme` (throttled at R),
-`ib_async` or `ib_async_smooth` (see bench.peers). Connecting happens before the clock starts;
+`ib_async`, `ib_async_smooth` or `ib_async_chunked` (see bench.peers). Connecting happens before the clock starts;
 the fake's stats are read just before the fetch and once everything sent during it has reached
 the fake. Prints one JSON line.
 """
@@ -22,10 +22,10 @@ from typing import List, Optional, Sequence
 from agent_config import Config
 from bench.common import (SEED, BenchContract, PeakRss, completeness, fresh_stats, option_contracts, rss_mb,
                           stats_delta)
-from bench.peers import PEER_RATE, README_WAIT_S, IbAsyncTickers, ReadmeChunked
+from bench.peers import LINE_CHUNK, PEER_RATE, README_WAIT_S, IbAsyncTickers, ReadmeChunked
 from tests.fake_tws_session import PACING_STRIKES     # the fake hangs up on this many violations
 
-METHODS = ("agent", "readme", "ib_async", "ib_async_smooth")
+METHODS = ("agent", "readme", "ib_async", "ib_async_smooth", "ib_async_chunked")
 CONNECT_TIMEOUT_S = 20.0
 NOTICE_CODES = (2104, 2106, 2158)
 BENCH_KEY = "bench-key-0123456789"
@@ -90,7 +90,8 @@ def batch_for(method: str, rate: float, readme_wait_s: float):
         return AgentBatch(rate)
     if method == "readme":
         return PeerBatch(ReadmeChunked(rate=rate, wait_s=readme_wait_s))
-    return PeerBatch(IbAsyncTickers(smooth=method == "ib_async_smooth"))
+    chunked = method == "ib_async_chunked"
+    return PeerBatch(IbAsyncTickers(smooth=method != "ib_async", chunk=LINE_CHUNK if chunked else None))
 
 
 def measure(method: str, port: int, stats_file: Path, count: int, rate: float, seed: int = SEED,

@@ -17,13 +17,14 @@ from bench.run import ROOT, Settings, run_suite
 
 try:
     import ib_async  # noqa: F401
-    PEERS = ("readme", "ib_async_smooth")
+    PEERS, SWEEP_PEERS = ("readme", "ib_async_smooth"), ("ib_async_chunked",)
 except Exception:           # Python 3.9: ib_async needs 3.10+
-    PEERS = ("readme",)
+    PEERS, SWEEP_PEERS = ("readme",), ()
 
 TINY = Settings(cold_sizes=(6,), scaling_sizes=(6, 12), peers=PEERS, agent_rates=(45.0,), repeats=1,
                 relay_requests=16, warm_repeats=2, ready_starts=1, idle_s=0.2, footprint_batch=6,
-                warm_contracts=4, warm_lines_variant=8, readme_wait_s=0.1)
+                warm_contracts=4, warm_lines_variant=3, readme_wait_s=0.1, snapshot_ms=300,
+                sweep_snapshot_ms=(0, 300) if SWEEP_PEERS else (), sweep_count=6, sweep_peers=SWEEP_PEERS)
 
 
 class BenchSmokeTest(unittest.TestCase):
@@ -61,11 +62,23 @@ class BenchSmokeTest(unittest.TestCase):
         self.assertLessEqual(relay["median_ms"], relay["p99_ms"])
         warm = self.results["warm_refresh"]
         self.assertEqual([w["repeats"] for w in warm], [2, 2])
-        self.assertEqual(warm[-1]["new_reqMktData"], 0)   # 4 contracts + 1 underlying fit in 8 warm lines
+        self.assertEqual(warm[0]["new_reqMktData"], 0)    # 4 contracts + 1 underlying fit in the default
+        self.assertEqual(warm[1]["new_reqMktData"], 2 * 2)  # ... not in 3 warm lines: 2 streams per refresh
+
+    @unittest.skipUnless(SWEEP_PEERS, "ib_async needs Python 3.10+")
+    def test_snapshot_sweep_runs_each_duration(self):
+        rows = self.results["snapshot_sweep"]
+        self.assertEqual(sorted((r["snapshot_ms"], r["method"]) for r in rows), [(0, "ib_async_chunked"),
+                                                                                 (300, "ib_async_chunked")])
+        for row in rows:
+            self.assertEqual((row["failed"], row["line_limit_errors"], row["completeness"]), (0, 0, 1.0), row)
+        slow = next(r for r in rows if r["snapshot_ms"] == 300)
+        self.assertGreaterEqual(slow["wall_s"], 0.3)      # reqTickers waits for every tickSnapshotEnd
 
     def test_table_and_json(self):
         text = report.render(self.results)
-        for title in ("Cold bulk quotes", "Scaling", "Warm refresh", "Relay overhead", "Footprint", "Targets"):
+        for title in ("Cold bulk quotes", "Scaling", "Warm refresh", "Relay overhead", "Footprint", "Targets") + \
+                (("Snapshot peers",) if SWEEP_PEERS else ()):
             self.assertIn(title, text)
         names = [t["name"] for t in self.results["targets"]]
         self.assertTrue(any(n.startswith("cold 6:") for n in names), names)
