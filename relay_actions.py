@@ -135,7 +135,7 @@ class RequestRunner:
         self._queue: "queue.Queue" = queue.Queue(maxsize=queue_size)
         self._workers = [threading.Thread(target=self._work, name=f"worker-{i + 1}", daemon=True)
                          for i in range(workers)]
-        self._jobs: set = set()                 # queued or running
+        self._jobs: set = set()                 # queued or running on a worker (inline ones never are)
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
         self._closing = False
@@ -176,11 +176,11 @@ class RequestRunner:
         except AgentError as exc:
             self._answer(job, action, None, exc)
             return
-        with self._lock:
-            self._jobs.add(job)
-        if action.inline:
+        if action.inline:  # answered before submit() returns: never in flight, so status does not count itself
             self._run(job, action, params)
             return
+        with self._lock:
+            self._jobs.add(job)
         try:
             self._queue.put_nowait((job, action, params))
         except queue.Full:

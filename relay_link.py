@@ -1,15 +1,17 @@
 """The WebSocket to the MA Tracker cloud (relay protocol v1, DESIGN.md 4; docs/PROTOCOL.md).
 
-RelayLink owns the connection (its own thread, reconnected by tenacity), the frames the agent sends
-(hello, status, progress, response: all through one lock), the outbox of unacknowledged responses,
-and each request's life from arrival to response: duplicates, cancels and acks are settled here,
-and the work itself is handed to an executor that must never block the reader thread.
+RelayLink owns the connection (its own thread, redialled after the wait ReconnectBackoff decides),
+the frames the agent sends (hello, status, progress, response: all through one lock), the outbox of
+unacknowledged responses, and each request's life from arrival to response: duplicates, cancels and
+acks are settled here, and the work itself is handed to an executor that must never block the
+reader thread. It also says, once per outage and per reason, why the link is down.
 """
 from __future__ import annotations
 
 import collections
 import json
 import logging
+import random
 import socket
 import ssl
 import threading
@@ -19,7 +21,6 @@ import uuid
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional
 
-import tenacity
 import websocket
 
 from agent_config import is_loopback_host
@@ -42,8 +43,8 @@ log = logging.getLogger("agent.relay")
 class LinkTimings:
     """Seconds. The defaults are the product's; tests shorten them."""
     backoff_min_s: float = 1.0        # full-jitter window of the first retry; doubles per failure
-    backoff_max_s: float = 60.0       # cap of that window
-    stable_s: float = 60.0            # a connection that lasted this long resets the backoff
+    backoff_max_s: float = 15.0       # cap of that window: the longest a flapping link waits offline
+    stable_s: float = 10.0            # a connection that lasted this long resets the backoff
     auth_retry_s: float = 300.0       # wait after the cloud refused the key (401/403)
     ping_interval_s: float = 20.0     # a dead link is noticed within ping_interval + ping_timeout
     ping_timeout_s: float = 10.0
@@ -66,6 +67,31 @@ def _seconds_text(seconds: float) -> str:
         minutes = int(seconds // 60)
         return f"{minutes} minute" + ("s" if minutes != 1 else "")
     return f"{seconds:g} s"
+
+
+class ReconnectBackoff:
+    """The wait before dialling the cloud again: a random point in a window (full jitter, so a fleet
+    the cloud dropped at once does not come back at once) that starts at backoff_min_s, doubles with
+    every failed dial and every connection that dropped before stable_s, and is capped at
+    backoff_max_s. A connection that stayed up stable_s starts the window over.
+
+    A short connection counts as a failure, so a cloud that accepts and drops at once is not dialled
+    in a tight loop; the cap is what keeps a flapping link from staying offline long. A dial that
+    failed never resets, however long it took (a timeout lasts io_timeout_s).
+    """
+
+    def __init__(self, timings: LinkTimings, rand: Callable[[], float] = random.random):
+        self._timings = timings
+        self._rand = rand
+        self._failures = 0          # failed dials and short connections since the last stable one
+
+    def after(self, opened: bool, lasted_s: float) -> float:
+        """Seconds to wait after a connection attempt ended (opened: the hello went out)."""
+        if opened and lasted_s >= self._timings.stable_s:
+            self._failures = 0
+        window = min(self._timings.backoff_max_s, self._timings.backoff_min_s * 2.0 ** min(self._failures, 64))
+        self._failures += 1
+        return self._rand() * window
 
 
 class Outbox:
@@ -168,8 +194,6 @@ class RelayLink:
     answers later (or at once) with job.finish(). ib_status() gives the IB object for hello/status.
     """
 
-    STABLE, FAILED, AUTH_FAILED, STOPPED = "stable", "failed", "auth", "stopped"   # how a connection ended
-
     def __init__(self, url: str, key: str, agent_version: str, actions: List[str],
                  ib_status: Callable[[], dict], executor: Callable[[Job], None],
                  timings: LinkTimings = LinkTimings(), limits: OutboxLimits = OutboxLimits()):
@@ -195,11 +219,11 @@ class RelayLink:
         self._status_due = threading.Event()
         self._threads: List[threading.Thread] = []
         self._last_error: Optional[BaseException] = None
-        self._failures_reported = False
         self._opened_at: Optional[float] = None
+        self._offline_since: Optional[float] = None   # set while the link is down, after it first failed
+        self._reasons_reported: set = set()            # why dials failed in this outage, each said once
         self._ssl_context = ssl.create_default_context()  # CERT_REQUIRED + hostname check, always
-        self._backoff = tenacity.wait_random_exponential(multiplier=timings.backoff_min_s,
-                                                         max=timings.backoff_max_s)
+        self._backoff = ReconnectBackoff(timings)
 
     # ----- public -----
 
@@ -380,16 +404,20 @@ class RelayLink:
             self._hang_up(app)
             return
         self._opened_at = time.monotonic()
-        self._failures_reported = False
-        log.info("Relay connected")
+        self._reasons_reported.clear()
+        if self._offline_since is None:
+            log.info("Relay connected")
+        else:
+            log.info("Relay connected after %.1f s offline", self._opened_at - self._offline_since)
+            self._offline_since = None
 
     def _on_error(self, app: websocket.WebSocketApp, exc: BaseException) -> None:
         self._last_error = exc
 
-    def _connect_once(self) -> str:
-        """One connection from dial to close; the outcome decides the wait before the next one."""
+    def _connect_once(self) -> float:
+        """One connection from dial to close; returns the wait before the next one."""
         if self._stopping.is_set():
-            return self.STOPPED
+            return 0.0
         self._last_error = None
         self._opened_at = None
         app = websocket.WebSocketApp(
@@ -410,41 +438,36 @@ class RelayLink:
                 self._open_app = None
                 self._app = None
         opened_at = self._opened_at
-        return self._outcome(opened_at is not None, time.monotonic() - (opened_at or 0.0))
+        return self._after_connection(opened_at is not None,
+                                      0.0 if opened_at is None else time.monotonic() - opened_at)
 
-    def _outcome(self, was_open: bool, lasted_s: float) -> str:
+    def _after_connection(self, opened: bool, lasted_s: float) -> float:
+        """Says why the link is down, each reason once per outage (the console shows why it cannot
+        come back, without a line per attempt), and returns the wait before the next dial."""
         if self._stopping.is_set():
-            return self.STOPPED
+            return 0.0
         error = self._last_error
-        if isinstance(error, websocket.WebSocketBadStatusException) and error.status_code in (401, 403):
+        reason = _describe(error)
+        if opened:
+            log.warning("Relay connection lost (%s); reconnecting", reason)
+            self._offline_since = time.monotonic()
+            return self._backoff.after(opened, lasted_s)
+        if self._offline_since is None:
+            self._offline_since = time.monotonic()
+        refused_key = isinstance(error, websocket.WebSocketBadStatusException) and error.status_code in (401, 403)
+        if reason in self._reasons_reported:
+            log.debug("relay connection attempt failed: %s", reason)
+        elif refused_key:
             log.error(AUTH_FAILED_HELP.format(status=error.status_code,
                                               retry=_seconds_text(self._timings.auth_retry_s)))
-            return self.AUTH_FAILED
-        if was_open:
-            log.warning("Relay connection lost (%s); reconnecting", _describe(error))
-            self._failures_reported = True  # the next line is "Relay connected"
-            return self.STABLE if lasted_s >= self._timings.stable_s else self.FAILED
-        if not self._failures_reported:
-            log.warning(CONNECT_FAILED_HELP.format(reason=_describe(error)))
-            self._failures_reported = True
         else:
-            log.debug("relay connection attempt failed: %s", _describe(error))
-        return self.FAILED
-
-    def _wait_before_retry(self, retry_state: tenacity.RetryCallState) -> float:
-        if retry_state.outcome is not None and retry_state.outcome.result() == self.AUTH_FAILED:
-            return self._timings.auth_retry_s
-        return self._backoff(retry_state)
+            log.warning(CONNECT_FAILED_HELP.format(reason=reason))
+        self._reasons_reported.add(reason)
+        return self._timings.auth_retry_s if refused_key else self._backoff.after(opened, lasted_s)
 
     def _connect_forever(self) -> None:
-        """Runs of failed attempts back off inside one Retrying; a stable connection starts a fresh one."""
         while not self._stopping.is_set():
-            tenacity.Retrying(
-                sleep=self._stopping.wait,
-                wait=self._wait_before_retry,
-                retry=tenacity.retry_if_result(lambda outcome: outcome in (self.FAILED, self.AUTH_FAILED)),
-                stop=tenacity.stop_never,
-            )(self._connect_once)
+            self._stopping.wait(self._connect_once())
 
     def _status_loop(self) -> None:
         while not self._stopping.is_set():

@@ -4,7 +4,8 @@
 HTTP API for tests, reviewers and the web-app team. From Python, `FakeRelay` runs the same server
 on a background thread with its own asyncio loop. It also checks every frame the agent sends
 against the protocol and records what is wrong in `violations`, so tests notice a bad frame even
-when they do not look at it.
+when they do not look at it. Like the real cloud, it sends every request still waiting for its
+response again when the agent says hello on a new connection.
 """
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ import sys
 import threading
 import time
 import uuid
+from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional
 
 from aiohttp import WSMsgType, web
@@ -46,6 +48,16 @@ class AgentNotConnected(FakeRelayError):
 
 class RequestTimedOut(FakeRelayError):
     http_status = 504
+
+
+@dataclass
+class _Pending:
+    """A request callers are waiting on (FakeRelay.submit, POST /api/request): its frame, sent again
+    on every new connection until the response resolves `future`."""
+    text: str
+    future: asyncio.Future
+    callers: int = 0
+    sent_on: Optional[web.WebSocketResponse] = None   # the connection it last went out on
 
 
 def _frame_problems(frame: Any, ib_keys=IB_KEYS) -> List[str]:
@@ -105,6 +117,7 @@ class FakeRelay:
         self.auth_failures = 0                           # upgrades refused with 401
         self.auth_failure_times: List[float] = []        # time.monotonic() of each refusal
         self.agent_headers: Dict[str, str] = {}          # of the last accepted connection, minus Authorization
+        self.resent_requests = 0                         # pending requests sent again after a hello
         self._changed = threading.Condition()
         self._loop: Optional[asyncio.AbstractEventLoop] = None
         self._thread: Optional[threading.Thread] = None
@@ -113,7 +126,7 @@ class FakeRelay:
         self._ws_request: Optional[web.Request] = None
         self._frames_this_connection = 0
         self._progress_times: Dict[str, collections.deque] = collections.defaultdict(collections.deque)
-        self._waiters: Dict[str, asyncio.Future] = {}
+        self._pending: Dict[str, _Pending] = {}         # id -> a request with callers still waiting
         self._ids = itertools.count(1)
 
     # ----- lifecycle -----
@@ -174,6 +187,8 @@ class FakeRelay:
         self.port = site._server.sockets[0].getsockname()[1]
 
     async def _shutdown(self) -> None:
+        for site in self._runner.sites:  # stop listening first: an agent told of the close finds the port shut
+            await site.stop()
         if self._ws is not None:
             await self._ws.close()
         await self._runner.cleanup()
@@ -242,12 +257,17 @@ class FakeRelay:
                 self.responses[frame["id"]] = frame
                 self.response_counts[frame["id"]] += 1
             self._changed.notify_all()
-        if kind == "response" and not problems:
+        if kind == "hello":
+            await self._resend_pending(ws)
+        elif kind == "response" and not problems:
+            pending = self._pending.get(frame["id"])
+            if pending is not None and not pending.future.done():
+                pending.future.set_result(frame)
             if self.auto_ack:
-                await ws.send_str(json.dumps({"type": "ack", "id": frame["id"]}))
-            waiter = self._waiters.get(frame["id"])
-            if waiter is not None and not waiter.done():
-                waiter.set_result(frame)
+                try:
+                    await ws.send_str(json.dumps({"type": "ack", "id": frame["id"]}))
+                except ConnectionError:
+                    pass  # cut while acking: the agent sends the response again after its hello
 
     def _record_progress(self, frame: dict) -> None:
         self.progress[frame["id"]].append(frame)
@@ -261,22 +281,51 @@ class FakeRelay:
 
     # ----- sending to the agent (loop thread) -----
 
-    async def _send_text(self, text: str) -> None:
+    async def _send_text(self, text: str) -> web.WebSocketResponse:
+        """Send to the agent over its current connection (returned). A connection that is going away
+        is no agent either: aiohttp raises a ConnectionResetError subclass for a closing transport."""
         ws = self._ws
         if ws is None or ws.closed:
             raise AgentNotConnected("no agent is connected")
-        await ws.send_str(text)
+        try:
+            await ws.send_str(text)
+        except ConnectionError:
+            raise AgentNotConnected("the agent's connection went away while sending") from None
+        return ws
 
     async def _request(self, frame: dict, timeout_s: float) -> dict:
-        waiter = self._waiters.get(frame["id"])
-        if waiter is None or waiter.done():
-            waiter = self._waiters[frame["id"]] = asyncio.get_running_loop().create_future()
-        await self._send_text(json.dumps(frame))
+        """Send a request and wait for its response, across reconnects: a pending request outlives
+        the connection it went out on, and _resend_pending sends it again on the next one."""
+        text = json.dumps(frame)
+        pending = self._pending.get(frame["id"])
+        if pending is None:
+            pending = self._pending[frame["id"]] = _Pending(text, asyncio.get_running_loop().create_future())
+        pending.text = text
+        pending.callers += 1
         try:
-            # a response re-sent after a reconnect still lands here: waiters outlive connections
-            return await asyncio.wait_for(asyncio.shield(waiter), timeout_s)
+            pending.sent_on = await self._send_text(text)
+            # shielded: one caller's timeout must not cancel the response another caller of this id awaits
+            return await asyncio.wait_for(asyncio.shield(pending.future), timeout_s)
         except asyncio.TimeoutError:
             raise RequestTimedOut(f"no response to {frame['id']} within {timeout_s:g} s") from None
+        finally:
+            pending.callers -= 1
+            if not pending.callers:  # answered, timed out or never delivered: nobody left to resend it for
+                del self._pending[frame["id"]]
+
+    async def _resend_pending(self, ws: web.WebSocketResponse) -> None:
+        """What the real cloud does when the agent says hello again: every request still without a
+        response goes out again with its id, so a request frame lost in a cut is still answered (the
+        agent runs an id once: a running request's response follows, a finished one's comes again)."""
+        for pending in list(self._pending.values()):
+            if pending.future.done() or pending.sent_on is ws:
+                continue
+            try:
+                await ws.send_str(pending.text)
+            except ConnectionError:
+                return  # this connection is gone too; the next hello sends them again
+            pending.sent_on = ws
+            self.resent_requests += 1
 
     async def _drop(self) -> bool:
         request = self._ws_request

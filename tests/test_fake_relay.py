@@ -129,6 +129,46 @@ class Delivery(RelayCase):
         self.relay.wait_until(lambda: self.relay.response_counts["x1"] == 2, what="count")
         self.assertEqual(self.relay.violations, [])
 
+    def test_a_send_into_a_connection_being_cut_is_agent_not_connected_and_not_resent(self):
+        self.agent(answer=False)
+
+        async def cut_then_request():  # no await in between: the connection is closing, not gone yet
+            self.assertTrue(await self.relay._drop())
+            return await self.relay._request({"type": "request", "id": "cut", "action": "echo", "params": {}}, 5)
+
+        with self.assertRaises(AgentNotConnected) as caught:
+            self.relay._run(cut_then_request())
+        self.assertEqual(caught.exception.http_status, 503)
+        second = self.agent()
+        self.assertEqual(self.http.request("echo", {"after": 1})["data"], {"after": 1})
+        self.assertNotIn("cut", "".join(second.received))  # its caller had its 503: nothing to resend
+
+    def test_requests_still_pending_are_sent_again_after_the_agent_reconnects(self):
+        first = self.agent(answer=False)   # takes the requests and dies with them: frames lost in a cut
+        over_python = self.relay.submit("echo", {"n": 1}, id="lost-py", timeout_s=20)
+        results = []
+        over_http = threading.Thread(
+            target=lambda: results.append(self.http.request("echo", {"n": 2}, id="lost-http", timeout_s=20)))
+        over_http.start()
+        self.relay.wait_until(lambda: len(first.received) == 2, what="both requests at the first agent")
+        self.assertTrue(self.relay.drop())
+        second = self.agent()              # answers: the resent frames are what it answers
+        self.assertEqual(over_python.result(10)["data"], {"n": 1})
+        over_http.join(10)
+        self.assertEqual([r["data"] for r in results], [{"n": 2}])
+        requests = [json.loads(text)["id"] for text in second.received if '"request"' in text]
+        self.assertEqual(sorted(requests), ["lost-http", "lost-py"])
+        self.assertEqual(self.relay.resent_requests, 2)
+
+    def test_a_request_already_answered_is_not_sent_again(self):
+        self.agent()
+        self.assertTrue(self.relay.request("echo", id="answered")["ok"])
+        self.assertTrue(self.relay.drop())
+        second = self.agent()
+        self.assertEqual(self.relay.request("echo", id="next")["id"], "next")
+        self.assertNotIn("answered", "".join(second.received))
+        self.assertEqual(self.relay.resent_requests, 0)
+
     def test_protocol_violations_are_recorded(self):
         ws = websocket.create_connection(self.relay.url, header=[f"Authorization: Bearer {KEY}"])
         self.addCleanup(ws.close)

@@ -203,7 +203,7 @@ class Dispatch(RunnerCase):
         self.assertIsNone(error)
         self.assertEqual(data["connected"], False)
         self.assertEqual(data["requests_served"], 1)
-        self.assertEqual(data["in_flight"], 1)  # the status request itself
+        self.assertEqual(data["in_flight"], 0)  # idle: the status request does not count itself
         self.assertGreaterEqual(data["uptime_s"], 0)
 
     def test_an_unexpected_exception_is_internal_with_a_short_message_and_a_logged_traceback(self):
@@ -235,7 +235,7 @@ class Pool(RunnerCase):
         self.assertEqual(refused.result()[1].code, BUSY)
         status = StandInJob("status")
         self.runner.submit(status)
-        self.assertEqual(status.result()[0]["in_flight"], 3)
+        self.assertEqual(status.result()[0]["in_flight"], 2)  # the running and the queued one, not itself
         self.scanner.gate.set()
         self.assertIsNone(running.result()[1])
         self.assertIsNone(queued.result()[1])

@@ -13,7 +13,7 @@ import uuid
 from pathlib import Path
 
 from agent_errors import CANCELLED, INTERNAL, INVALID_REQUEST, AgentError
-from relay_link import LinkTimings, Outbox, OutboxLimits, RelayLink
+from relay_link import LinkTimings, Outbox, OutboxLimits, ReconnectBackoff, RelayLink
 from tests.fake_relay import FakeRelay
 from tests.agent_process import free_port
 
@@ -268,6 +268,38 @@ class Reconnect(LinkCase):
         self.assertEqual(len(failures), 1, logs.output)
         self.assertIn("will retry", failures[0])
 
+    def test_why_a_lost_link_cannot_come_back_is_said_once_per_reason_then_that_it_is_back(self):
+        """Lost, then refused (the relay is down), then 401 (it came back with another key), then back:
+        one line each at INFO or above however many attempts fail, and never the key."""
+        port = free_port()
+        first = FakeRelay(port=port, key=KEY)
+        first.start()
+        link = self.make_link(first.url, KEY)
+        with self.assertLogs("agent.relay", "DEBUG") as logs:
+            link.start()
+            first.wait_hello()
+            first.stop()
+            self.relay.wait_until(lambda: sum("attempt failed" in line for line in logs.output) >= 3,
+                                  what="three refused attempts")
+            second = FakeRelay(port=port, key="the-key-was-rotated")
+            second.start()
+            self.addCleanup(second.stop)
+            second.wait_until(lambda: second.auth_failures >= 3, what="three refused keys")
+            second.key = KEY
+            second.wait_hello()
+            self.relay.wait_until(lambda: any("Relay connected after" in line for line in logs.output),
+                                  what="the back-online line")
+        link.stop()  # before second.stop(), so the teardown is not a lost connection on the console
+        shown = [line for line in logs.output if not line.startswith("DEBUG:")]
+        expected = [("INFO", "Relay connected"), ("WARNING", "Relay connection lost (closed by the server)"),
+                    ("WARNING", "WebSocket connection failed ("), ("ERROR", "Authentication failed"),
+                    ("INFO", "Relay connected after ")]
+        self.assertEqual(len(shown), len(expected), shown)
+        for line, (level, start) in zip(shown, expected):
+            self.assertTrue(line.startswith(f"{level}:agent.relay:{start}"), (line, start))
+        self.assertIn("refused", shown[2])
+        self.assertNotIn(KEY, "\n".join(logs.output))
+
     def test_a_dead_link_is_noticed_by_its_pings(self):
         silent = FakeRelay(key=KEY, answer_pings=False)
         silent.start()
@@ -321,6 +353,40 @@ class Certificates(unittest.TestCase):
             time.sleep(0.5)  # more attempts, none of which may get through
         self.assertIn("certificate", logs.output[0])
         self.assertEqual(relay.connections, 0)
+
+
+class ReconnectTiming(unittest.TestCase):
+    """The wait before a redial, as pure logic: `rand` pinned to 1.0 gives the whole jitter window."""
+
+    def backoff(self, timings=LinkTimings(), rand=lambda: 1.0):
+        return ReconnectBackoff(timings, rand)
+
+    def test_each_failed_dial_doubles_the_window_up_to_the_cap(self):
+        backoff = self.backoff(LinkTimings(backoff_min_s=1, backoff_max_s=15))
+        self.assertEqual([backoff.after(False, 0.0) for _ in range(7)], [1, 2, 4, 8, 15, 15, 15])
+
+    def test_the_wait_is_full_jitter_over_the_window(self):
+        draws = iter([0.0, 0.5, 0.25])
+        backoff = self.backoff(LinkTimings(backoff_min_s=1, backoff_max_s=15), rand=lambda: next(draws))
+        self.assertEqual([backoff.after(False, 0.0) for _ in range(3)], [0.0, 1.0, 1.0])
+
+    def test_a_flapping_link_is_back_within_20_s_with_the_product_timings(self):
+        """Finding 2: connections that drop after a second never pushed the wait past the cap."""
+        backoff = self.backoff()
+        waits = [backoff.after(True, 1.0) for _ in range(50)]
+        self.assertLessEqual(max(waits), 20)
+        self.assertEqual(max(waits), LinkTimings().backoff_max_s)
+
+    def test_a_connection_that_stayed_up_stable_s_starts_over_and_a_shorter_one_does_not(self):
+        timings = LinkTimings()
+        self.assertLessEqual(timings.stable_s, 10)
+        backoff = self.backoff(timings)
+        for _ in range(6):
+            backoff.after(False, 0.0)
+        self.assertEqual(backoff.after(True, timings.stable_s - 0.1), timings.backoff_max_s)
+        self.assertEqual(backoff.after(False, 3600.0), timings.backoff_max_s)  # a slow failed dial: no reset
+        self.assertEqual(backoff.after(True, timings.stable_s), timings.backoff_min_s)
+        self.assertEqual(backoff.after(False, 0.0), 2 * timings.backoff_min_s)
 
 
 class OutboxLimitsTest(unittest.TestCase):
