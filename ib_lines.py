@@ -4,12 +4,17 @@ it, identical contracts sharing one subscription, and warm subscriptions kept fo
 How a request runs (`MarketData.fetch`, on the caller's worker thread): every instrument joins the
 subscription for it (an existing one is shared: queued, streaming or warm). Whenever the pool has a
 free line, the request's next queued subscription takes it and streams (`reqMktData`, never a
-snapshot: a snapshot cannot carry open interest and holds its line ~11 s). An item finishes as soon
-as its COMPLETION_RULES fields are in, or at its deadline (OPTION_TIMEOUT_S after its stream began,
-`complete: false` with what arrived), or on its stream's error. A subscription nobody waits for any
-more is kept warm (when it streamed data and the warm budget allows) or cancelled, and its line goes
-to the next queued one. Lines of warm subscriptions are taken back, least recently used first,
-whenever a request has more queued than the pool has room; unused ones expire after WARM_SECONDS.
+snapshot: a snapshot cannot carry open interest and holds its line ~11 s). While several requests
+wait for lines, a line that frees up goes to the one streaming the fewest items (`_take_lines`): a
+small request gets the next lines instead of waiting out a big one's queue, concurrent ones even
+out, and a request alone uses the whole pool. An item finishes as soon as its COMPLETION_RULES
+fields are in, or at its deadline (OPTION_TIMEOUT_S after its stream began, `complete: false` with
+what arrived), or on its stream's error. A subscription nobody waits for any more is kept warm (when
+it streamed data and the warm budget allows) or cancelled, and its line goes to the next queued one.
+Lines of warm subscriptions are taken back, least recently used first, whenever a request has more
+queued than the pool has room; unused ones expire after WARM_SECONDS. After a 1101 (TWS lost market
+data), every stream a request waits on is asked for again at once; warm ones are forgotten (never
+served stale) but keep their lines until taken back like that.
 
 Threads: TWS callbacks (reader thread) only update books under the lock and notify; all sending
 happens on request threads (and the warm sweeper), never under the lock, because `conn.send`
@@ -101,10 +106,8 @@ class _Line:
         self.data_type: Optional[int] = None
 
     def on_event(self, name: str, args: tuple) -> None:
-        if name == "resubscribe":
-            self.market._on_data_lost(self)
-        else:
-            self.market._on_event(self, name, args)
+        """Ticks. "resubscribe" (1101) changes no book: MarketData's listener handles all lines at once."""
+        self.market._on_event(self, name, args)
 
     def on_error(self, ib_code: int, text: str) -> None:
         self.market._on_error(self, ib_code, text)
@@ -161,7 +164,9 @@ class MarketData:
         self._type_lock = threading.Lock()                  # serialises reqMarketDataType
         self.pool = LinePool(config.ib_max_mkt_lines)
         self._subs: Dict[Instrument, _Subscription] = {}    # queued and streaming, by instrument
-        self._warm: "OrderedDict[Instrument, _Subscription]" = OrderedDict()  # idle, LRU first
+        # Idle streams holding a line, LRU first; those a 1101 made stale are no longer in _subs.
+        self._warm: "OrderedDict[_Subscription, None]" = OrderedDict()
+        self._requests: Dict[_Request, None] = {}           # fetches in progress (ordered set)
         self._stale_ids: List[int] = []                     # dead req ids still to unregister
         self._session = 0                                   # +1 for every TWS disconnect seen
         self._type_wanted = self._type_sent = self._initial_type()   # ib_connection sends it on connect
@@ -170,6 +175,7 @@ class MarketData:
         self._counts = {"requests": 0, "contracts": 0, "shared": 0, "warm_hits": 0,
                         "line_limit_errors": 0, "delayed_fallbacks": 0}
         conn.add_listener("disconnected", self._connection_lost)
+        conn.add_listener("resubscribe", self._data_lost)
 
     def _initial_type(self) -> int:
         return DATA_TYPE_IDS.get(self._configured_type, LIVE)   # auto starts live
@@ -185,6 +191,7 @@ class MarketData:
         with self._mutex:
             now = self._clock()
             request = _Request(self._session)
+            self._requests[request] = None
             self._counts["requests"] += 1
             for instrument in instruments:
                 self._join(request, instrument, option_rule if instrument.is_option else "stock", now)
@@ -204,6 +211,7 @@ class MarketData:
     def close(self) -> None:
         """Cancel the warm subscriptions and stop the sweeper."""
         self._conn.remove_listener("disconnected", self._connection_lost)
+        self._conn.remove_listener("resubscribe", self._data_lost)
         with self._mutex:
             self._closed = True
             ends = self._evict_warm(len(self._warm))
@@ -216,7 +224,8 @@ class MarketData:
         sub = self._subs.get(instrument)
         if sub is None:
             sub = self._subs[instrument] = _Subscription(instrument)
-        elif self._warm.pop(instrument, None) is not None:
+        elif sub in self._warm:
+            del self._warm[sub]
             self._counts["warm_hits"] += 1
         else:
             self._counts["shared"] += 1
@@ -298,7 +307,7 @@ class MarketData:
 
     def _make_warm(self, sub: _Subscription, ends: List[_Subscription]) -> None:
         sub.idle_since = self._clock()
-        self._warm[sub.instrument] = sub
+        self._warm[sub] = None
         ends.extend(self._evict_warm(len(self._warm) - self._warm_budget))
         self._start_sweeper()
         self._warm_changed.notify_all()
@@ -306,7 +315,7 @@ class MarketData:
     def _evict_warm(self, count: int) -> List[_Subscription]:
         ends: List[_Subscription] = []
         for _ in range(min(count, len(self._warm))):
-            self._end(self._warm.popitem(last=False)[1], ends)
+            self._end(self._warm.popitem(last=False)[0], ends)
         return ends
 
     def _end(self, sub: _Subscription, ends: List[_Subscription]) -> None:
@@ -320,18 +329,34 @@ class MarketData:
             del self._subs[sub.instrument]
 
     def _take_lines(self, request: _Request, ends: List[_Subscription]) -> List[_Subscription]:
-        """Give free lines to this request's queued subscriptions, in request order. Warm lines are
-        taken back first when the request has more queued than the pool has room for."""
-        shortfall = min(len(request.queue), STARTS_PER_ROUND) - self.pool.free()
+        """Give free lines to this request's queued subscriptions, in request order, while no other
+        request waiting for lines streams fewer items: lines that free up go to the poorest request
+        first, so concurrent requests even out and a small one does not wait for a big one's queue.
+        Warm lines are taken back first when the request has more queued than the pool has room for."""
+        fewest = min((len(other.waiting) for other in self._requests
+                      if other is not request and self._has_queued(other)), default=None)
+        room = STARTS_PER_ROUND if fewest is None else min(STARTS_PER_ROUND, fewest + 1 - len(request.waiting))
+        shortfall = min(len(request.queue), room) - self.pool.free()
         if shortfall > 0:
             ends.extend(self._evict_warm(shortfall))
         starts: List[_Subscription] = []
-        while request.queue and len(starts) < STARTS_PER_ROUND and self.pool.free() > 0:
-            item = request.queue.popleft()
-            if item.result is None and item.sub.state == QUEUED:
-                self._activate(item.sub)
-                starts.append(item.sub)
+        while len(starts) < STARTS_PER_ROUND and self.pool.free() > 0 \
+                and (fewest is None or len(request.waiting) <= fewest) and self._has_queued(request):
+            sub = request.queue.popleft().sub
+            self._activate(sub)
+            starts.append(sub)
+        if starts and fewest is not None and self.pool.free() > 0:
+            self._changed.notify_all()      # the lines left are another request's to take
         return starts
+
+    @staticmethod
+    def _has_queued(request: _Request) -> bool:
+        """Whether the request still needs a line; drops the queue's leading items that no longer
+        do (finished, or their stream was started by another request)."""
+        queue = request.queue
+        while queue and (queue[0].result is not None or queue[0].sub.state != QUEUED):
+            queue.popleft()
+        return bool(queue)
 
     def _activate(self, sub: _Subscription) -> None:
         self.pool.take()
@@ -353,10 +378,12 @@ class MarketData:
         """A request that stops early (cancel, error) lets go of what it still waited for."""
         ends: List[_Subscription] = []
         with self._mutex:
+            del self._requests[request]
             for item in request.items:
                 if item.result is None and item in item.sub.items:
                     request.waiting.pop(item, None)
                     self._drop_item(item, ends, keep_warm=False)
+            self._changed.notify_all()      # lines it would have had next go to the others
         self._end_lines(ends)
 
     # --- sending (never under the lock) ---------------------------------------------------------
@@ -462,29 +489,32 @@ class MarketData:
             self._type_wanted = self._type_sent = self._initial_type()
             self.pool.reset()
             lost = AgentError(IB_NOT_CONNECTED, "the TWS connection was lost").to_dict()
-            for sub in list(self._subs.values()):
+            for sub in list(self._subs.values()) + list(self._warm):
                 if sub.line is not None:
                     self._fail(sub.line, lost)
             self._changed.notify_all()
 
-    def _on_data_lost(self, line: _Line) -> None:
-        """TWS restored its link to IB with market data lost (1101; supervisor thread, may send):
-        TWS no longer streams it. A stream requests still wait on is requested again; an idle warm
-        stream would answer stale data, so it goes."""
-        ends: List[_Subscription] = []
+    def _data_lost(self) -> None:
+        """TWS restored its link to IB with market data lost (1101; "resubscribe" listener, supervisor
+        thread): it streams none of the lines any more. All at once, before anything is sent: every
+        stream a request waits on is requested again (its items go first in their queues); warm
+        streams are forgotten, so no request is answered from their stale books. IB says the lost
+        requests must be resubmitted, but a TWS that still counts them would refuse new lines (101),
+        so a forgotten warm line keeps its line until taken back like any warm one (on demand, least
+        recently used first, or at expiry): its cancel never delays the re-requests."""
         with self._mutex:
-            sub = line.sub
-            if sub.line is not line:
-                return
-            if sub.items:
-                self._requeue(line)
-            elif self._warm.get(sub.instrument) is sub:
-                del self._warm[sub.instrument]
-                self._end(sub, ends)
-        self._end_lines(ends)
+            for sub in list(self._subs.values()):
+                line = sub.line
+                if line is None or line.req_id is None:
+                    continue        # queued, or its reqMktData goes out after the 1101
+                if sub.items:
+                    self._requeue(line)
+                elif sub in self._warm:
+                    self._forget(sub)
 
     def _requeue(self, line: _Line) -> None:
-        """The stream never started on TWS (101, or not subscribed in auto): ask again later."""
+        """The stream never started on TWS (101, or not subscribed in auto) or TWS lost it (1101):
+        ask again, before the request's other queued items."""
         sub = line.sub
         self._release(sub)
         self._stale_ids.append(line.req_id)
@@ -506,7 +536,7 @@ class MarketData:
         sub.error = error
         sub.state = ENDED
         self._forget(sub)
-        self._warm.pop(sub.instrument, None)
+        self._warm.pop(sub, None)
 
     def _release(self, sub: _Subscription) -> None:
         if sub.line is not None:
@@ -527,13 +557,12 @@ class MarketData:
                 if self._closed:
                     return
                 now = self._clock()
-                expired = sum(1 for sub in self._warm.values()
-                              if sub.idle_since + self._warm_seconds <= now)
+                expired = sum(1 for sub in self._warm if sub.idle_since + self._warm_seconds <= now)
                 ends = self._evict_warm(expired)
                 if not ends:
                     wait = SWEEPER_IDLE_S
                     if self._warm:
-                        oldest = min(sub.idle_since for sub in self._warm.values())
+                        oldest = min(sub.idle_since for sub in self._warm)
                         wait = max(0.01, oldest + self._warm_seconds - now)
                     self._warm_changed.wait(wait)
                     continue

@@ -16,6 +16,7 @@ from ib_ticks import Instrument
 from tests.test_ib_ticks import recorded_events
 
 WAIT_S = 10.0
+STALE_BID = 9.99    # a tick a warm stream got before a 1101: no answer may carry it after
 
 
 def make_config(**fields) -> Config:
@@ -140,6 +141,16 @@ class StubConnection:
         handler = self.handlers.get(req_id)
         if handler is not None:
             handler.on_error(code, text)
+
+    def data_lost(self) -> None:
+        """What ib_connection does on TWS's 1101: every handler gets "resubscribe" (in registration
+        order), then the "resubscribe" listeners are called."""
+        with self._lock:
+            handlers = list({id(h): h for h in self.handlers.values()}.values())
+        for handler in handlers:
+            handler.on_event("resubscribe", ())
+        for fn in self.listeners.get("resubscribe", []):
+            fn()
 
     def drop(self) -> None:
         self.ready = False
@@ -280,6 +291,36 @@ class SlidingWindowTest(LinesTestCase):
         self.assertEqual(market.stats()["lines_in_use"], 0)
 
 
+class FairShareTest(LinesTestCase):
+    def test_a_small_request_gets_the_next_free_lines_while_a_big_one_holds_the_pool(self):
+        big_batch = [option(s) for s in range(200)]
+        small_batch = [option(s, ticker="MSFT") for s in (100, 105, 110)]
+        market, conn, tws = self.make(StubTws({("AAPL", i.strike, "C"): "silent" for i in big_batch}))
+        stop_big = threading.Event()
+        big = Background(market.fetch, big_batch, cancel=stop_big)
+        conn.wait_for(lambda: conn.count("reqMktData") == 4, "the big request alone filling the pool")
+        small = Background(market.fetch, small_batch)
+        deadline = time.monotonic() + WAIT_S
+        while market.stats()["requests"] < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+
+        def big_streams() -> List[int]:
+            return [req_id for req_id, key in list(tws.open.items()) if key[0] == "AAPL"]
+
+        oldest = big_streams()[0]
+        conn.feed(oldest, "option_live")    # one line frees up: the small request's streams go first
+        conn.wait_for(lambda: len(big_streams()) == 4 and oldest not in big_streams(),
+                      "the big request holding the whole pool again")
+        self.assertEqual(conn.count("reqMktData"), 4 + len(small_batch) + 1,
+                         "the big request took the freed line before the small one")
+        self.assertTrue(all(r["complete"] for r in small.join()))
+        stop_big.set()
+        with self.assertRaises(AgentError):
+            big.join()
+        self.assertEqual(market.stats()["lines_in_use"], 0)
+        self.assertEqual(sorted(conn.req_ids("cancelMktData")), sorted(conn.req_ids()))
+
+
 class LineLimitTest(LinesTestCase):
     def test_101_shrinks_the_pool_and_requeues_the_contract(self):
         market, conn, tws = self.make(StubTws(tws_lines=2), ib_max_mkt_lines=4)
@@ -371,22 +412,47 @@ class WarmTest(LinesTestCase):
         self.assertLessEqual(tws.max_open, 3)
         self.assertEqual(market.stats()["warm_lines"], 2)
 
-    def test_data_lost_notice_retires_warm_lines(self):
+    def test_data_lost_never_serves_a_warm_stream_again_and_cancels_it_only_when_its_line_is_taken_back(self):
         market, conn, _ = self.make(warm_lines=2, warm_seconds=60)
         market.fetch([option(180)])
-        req_id = conn.req_ids()[0]
-        conn.event(req_id, "resubscribe", ())     # what ib_connection delivers on TWS's 1101
-        self.assertEqual(conn.req_ids("cancelMktData"), [req_id])
-        self.assertEqual((market.stats()["warm_lines"], market.stats()["lines_in_use"]), (0, 0))
-        market.fetch([option(180)])
-        self.assertEqual(conn.count("reqMktData"), 2)
+        lost_id = conn.req_ids()[0]
+        conn.event(lost_id, "tickPrice", (lost_id, 1, STALE_BID, None))
+        conn.data_lost()
+        self.assertEqual(conn.count("cancelMktData"), 0)
+        result, = market.fetch([option(180)])
+        self.assertEqual((result["bid"], conn.count("reqMktData"), market.stats()["warm_hits"]), (1.8, 2, 0))
+        self.assertEqual(market.stats()["lines_in_use"], 2)     # both warm: the stale one until taken back
+        market.close()
+        self.assertEqual(sorted(conn.req_ids("cancelMktData")), sorted(conn.req_ids()))
+        self.assertEqual(market.stats()["lines_in_use"], 0)
+
+    def test_data_lost_requests_waiting_streams_again_before_any_cancel(self):
+        market, conn, _ = self.make(StubTws({("AAPL", 190.0, "C"): "silent"}), ib_max_mkt_lines=3,
+                                    warm_lines=2, warm_seconds=60)
+        market.fetch([option(180), option(185)])
+        warm_ids = conn.req_ids()
+        for req_id in warm_ids:
+            conn.event(req_id, "tickPrice", (req_id, 1, STALE_BID, None))
+        job = Background(market.fetch, [option(190)])
+        conn.wait_for(lambda: conn.count("reqMktData") == 3, "the waiting stream")
+        sent_before = len(conn.sent)
+        conn.data_lost()
+        conn.wait_for(lambda: conn.count("reqMktData") == 4, "the waiting stream requested again")
+        refreshed, = market.fetch([option(185)])    # the pool is full: a stale warm line is taken back
+        self.assertEqual(refreshed["bid"], 1.85)
+        sent = [(name, args[0] if name == "cancelMktData" else args[1].strike)
+                for name, args in conn.sent[sent_before:]]
+        self.assertEqual(sent, [("reqMktData", 190.0), ("cancelMktData", warm_ids[0]), ("reqMktData", 185.0)])
+        conn.feed(conn.req_ids()[3], "option_live")
+        result, = job.join()
+        self.assertEqual((result["complete"], result["error"]), (True, None))
 
     def test_data_lost_notice_requests_waiting_streams_again(self):
         market, conn, _ = self.make(StubTws({("AAPL", 180.0, "C"): "silent"}))
         job = Background(market.fetch, [option(180)])
         conn.wait_for(lambda: conn.count("reqMktData") == 1, "reqMktData")
         lost_id = conn.req_ids()[0]
-        conn.event(lost_id, "resubscribe", ())    # 1101 while the request waits for its fields
+        conn.data_lost()                          # 1101 while the request waits for its fields
         conn.wait_for(lambda: conn.count("reqMktData") == 2, "the stream requested again")
         again_id = conn.req_ids()[1]
         self.assertNotEqual(again_id, lost_id)
