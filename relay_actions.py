@@ -1,5 +1,9 @@
-"""The action table (DESIGN.md 4): each action's params schema and the one function that serves it,
-plus the bounded worker pool that runs them so the relay's reader thread never waits on IB.
+"""The action table (DESIGN.md 4): each action's params schema, lane and the one function that serves
+it, plus the bounded worker pools that run them so the relay's reader thread never waits on IB.
+
+Two lanes, so an order or a quote never waits minutes behind market-data bulk work: "bulk" for work
+of unbounded size (chains, scans, big price batches) on AGENT_WORKERS threads, "quick" for the rest
+on QUICK_WORKERS threads of its own. Each lane has its own queue of AGENT_QUEUE_SIZE (full: BUSY).
 
 Params are validated here (with agent_params), before any IB call; every failure names the field
 ("params.tickers[3]: must be a ticker symbol"). The scanner and the order desk raise AgentError
@@ -12,7 +16,7 @@ import queue
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 
 from agent_errors import BUSY, CANCELLED, IB_NOT_CONNECTED, INTERNAL, UNKNOWN_ACTION, AgentError
 from agent_params import (EXCHANGE, REQUIRED, RIGHT, STRIKE, TICKER, TRADING_CLASS, Rule, Schema, date,
@@ -24,6 +28,9 @@ MAX_QUOTE_TICKERS = 200
 MAX_PRICE_CONTRACTS = 2000
 MAX_CHAIN_EXPIRATIONS = 100
 SHUTDOWN_MESSAGE = "the agent is shutting down"
+BULK, QUICK = "bulk", "quick"
+QUICK_WORKERS = 2
+BULK_PRICE_CONTRACTS = 100  # a fetch-prices above this goes to the bulk lane; a Monitor page is ~40
 
 # ----- the fields only the scanner's actions use -----
 
@@ -75,6 +82,10 @@ class Action:
     needs_ib: bool = True
     inline: bool = False       # cheap and IB-free: answered on the reader thread, even when busy
     needs_desk: bool = False   # served by ib_orders.OrderDesk
+    lane: Union[str, Callable[[dict], str]] = QUICK  # BULK or QUICK, or a function of the params
+
+    def lane_for(self, params: dict) -> str:
+        return self.lane(params) if callable(self.lane) else self.lane
 
 
 ACTIONS: Dict[str, Action] = {
@@ -93,16 +104,17 @@ ACTIONS: Dict[str, Action] = {
          "strike_min": (STRIKE, None), "strike_max": (STRIKE, None),
          "strikes_around": (number(1, 500, integer=True), None),
          "rights": (list_of(RIGHT, 2, unique=True), ("C", "P"))},
-        rules=(not_above("min_days", "max_days"), not_above("strike_min", "strike_max")),
+        rules=(not_above("min_days", "max_days"), not_above("strike_min", "strike_max")), lane=BULK,
         summary=lambda p, d: f"fetch-chain {p['ticker']}: {len(d.get('options', []))} contracts"),
     "fetch-prices": Action(
         _fetch_prices, {"contracts": (list_of(obj(OPTION_CONTRACT), MAX_PRICE_CONTRACTS), REQUIRED)},
+        lane=lambda p: BULK if len(p["contracts"]) > BULK_PRICE_CONTRACTS else QUICK,
         summary=lambda p, d: f"fetch-prices: {len(d.get('options', []))} contracts"),
     "sell-scan": Action(
         _sell_scan,
         {"ticker": (TICKER, REQUIRED), "right": (RIGHT, REQUIRED), "min_days": (DAYS, 0),
          "max_days": (DAYS, 60), "otm_min_pct": (PERCENT, 0.0), "otm_max_pct": (PERCENT, 20.0)},
-        rules=(not_above("min_days", "max_days"), not_above("otm_min_pct", "otm_max_pct")),
+        rules=(not_above("min_days", "max_days"), not_above("otm_min_pct", "otm_max_pct")), lane=BULK,
         summary=lambda p, d: f"sell-scan {p['ticker']} {p['right']}: {len(d.get('candidates', []))} candidates"),
     "positions": Action(
         lambda runner, job, p: runner.desk.positions(), needs_desk=True,
@@ -124,7 +136,8 @@ ACTIONS: Dict[str, Action] = {
 
 
 class RequestRunner:
-    """The bounded worker pool behind RelayLink: submit() never blocks (a full queue answers BUSY)."""
+    """The bounded worker pools behind RelayLink, one per lane: submit() never blocks (a full queue
+    answers BUSY)."""
 
     def __init__(self, conn: Any, scanner: Any, desk: Any = None, workers: int = 4, queue_size: int = 64,
                  actions: Dict[str, Action] = ACTIONS):
@@ -132,10 +145,11 @@ class RequestRunner:
         self.scanner = scanner
         self.desk = desk
         self._actions = {name: a for name, a in actions.items() if desk is not None or not a.needs_desk}
-        self._queue: "queue.Queue" = queue.Queue(maxsize=queue_size)
-        self._workers = [threading.Thread(target=self._work, name=f"worker-{i + 1}", daemon=True)
-                         for i in range(workers)]
-        self._jobs: set = set()                 # queued or running on a worker (inline ones never are)
+        self._queues: Dict[str, "queue.Queue"] = {lane: queue.Queue(maxsize=queue_size) for lane in (BULK, QUICK)}
+        self._workers = [(self._queues[lane], threading.Thread(target=self._work, args=(self._queues[lane],),
+                                                                 name=f"{lane}-{i + 1}", daemon=True))
+                         for lane, count in ((BULK, workers), (QUICK, QUICK_WORKERS)) for i in range(count)]
+        self._jobs: set = set()                 # queued or running in either lane (inline ones never are)
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
         self._closing = False
@@ -155,7 +169,7 @@ class RequestRunner:
         return len(self._jobs)
 
     def start(self) -> None:
-        for worker in self._workers:
+        for _, worker in self._workers:
             worker.start()
 
     def submit(self, job) -> None:
@@ -179,13 +193,14 @@ class RequestRunner:
         if action.inline:  # answered before submit() returns: never in flight, so status does not count itself
             self._run(job, action, params)
             return
+        lane = action.lane_for(params)
         with self._lock:
             self._jobs.add(job)
         try:
-            self._queue.put_nowait((job, action, params))
+            self._queues[lane].put_nowait((job, action, params))
         except queue.Full:
             self._answer(job, action, None, AgentError(
-                BUSY, f"{self._queue.maxsize} requests are already waiting; try again shortly"))
+                BUSY, f"{self._queues[lane].maxsize} {lane} requests are already waiting; try again shortly"))
 
     def stop(self, timeout: float = 5.0) -> None:
         """Refuse new requests, cancel the queued and running ones, and wait for their answers."""
@@ -199,15 +214,15 @@ class RequestRunner:
             left = len(self._jobs)
         if left:
             log.warning("%d requests did not finish in time during shutdown", left)
-        for _ in self._workers:
+        for lane, _ in self._workers:  # one stop sign per worker, in its own lane
             try:
-                self._queue.put_nowait(None)
+                lane.put_nowait(None)
             except queue.Full:
-                break
+                pass
 
-    def _work(self) -> None:
+    def _work(self, lane: "queue.Queue") -> None:
         while True:
-            item = self._queue.get()
+            item = lane.get()
             if item is None:
                 return
             job, action, params = item

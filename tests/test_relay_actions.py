@@ -6,9 +6,13 @@ import unittest
 
 from agent_errors import (BUSY, CANCELLED, IB_NOT_CONNECTED, INTERNAL, INVALID_REQUEST, UNKNOWN_ACTION,
                           AgentError)
-from relay_actions import ACTIONS, RequestRunner
+from relay_actions import ACTIONS, BULK_PRICE_CONTRACTS, QUICK_WORKERS, RequestRunner
 
 ORDER_ACTIONS = {"positions", "account-summary", "open-orders", "place-order", "cancel-order"}
+HOLD_S = 30  # a held scanner call gives up after this: longer than StandInJob.result() waits
+CONTRACT = {"ticker": "AAPL", "expiration": "20250117", "strike": 150, "right": "C"}
+CHAIN = ("fetch-chain", {"ticker": "SPY"})
+QUOTE = ("quote", {"tickers": ["AAPL"]})
 
 
 class StandInJob:
@@ -40,19 +44,38 @@ class StandInConn:
 
 
 class RecordingScanner:
-    """Records each call; `gate` (when set up) holds calls until released."""
+    """Records each call; calls to the methods named in hold() wait until release()."""
 
     def __init__(self):
         self.calls = []
-        self.gate = None
-        self.started = threading.Event()
+        self.gates = {}
         self.fail_with = None
+        self._called = threading.Condition()
+
+    def hold(self, *names):
+        for name in names:
+            self.gates[name] = threading.Event()
+
+    def release(self):
+        for gate in self.gates.values():
+            gate.set()
+
+    def release_when_cancelled(self, jobs):
+        """Stands in for a scanner that stops when its request is cancelled."""
+        threading.Thread(target=lambda: all(job.cancel.wait(10) for job in jobs) and self.release(),
+                         daemon=True).start()
+
+    def wait_calls(self, count):
+        with self._called:
+            if not self._called.wait_for(lambda: len(self.calls) >= count, 10):
+                raise AssertionError(f"{len(self.calls)} scanner calls, expected {count}")
 
     def _record(self, name, *args, **kwargs):
-        self.calls.append((name, args, {k: v for k, v in kwargs.items() if k not in ("progress", "cancel")}))
-        self.started.set()
-        if self.gate is not None:
-            self.gate.wait(10)
+        with self._called:
+            self.calls.append((name, args, {k: v for k, v in kwargs.items() if k not in ("progress", "cancel")}))
+            self._called.notify_all()
+        if name in self.gates:
+            self.gates[name].wait(HOLD_S)
         if self.fail_with is not None:
             raise self.fail_with
         return {"called": name}
@@ -81,8 +104,17 @@ class StandInDesk:
         self.calls.append(("place_order", request_id, params))
         return {"order_id": 5, "status": "Submitted"}
 
+    def cancel_order(self, request_id, params):
+        return {"order_id": 5, "status": "Cancelled"}
+
     def positions(self):
         return {"positions": []}
+
+    def account_summary(self):
+        return {"accounts": {}}
+
+    def open_orders(self):
+        return {"orders": []}
 
 
 class RunnerCase(unittest.TestCase):
@@ -93,6 +125,7 @@ class RunnerCase(unittest.TestCase):
         self.scanner = RecordingScanner()
         self.desk = None
         self.runner = self.make_runner()
+        self.addCleanup(self.scanner.release)  # before the runners stop (cleanups run last first)
 
     def make_runner(self, desk=None):
         runner = RequestRunner(self.conn, self.scanner, desk, workers=self.workers, queue_size=self.queue_size)
@@ -104,6 +137,22 @@ class RunnerCase(unittest.TestCase):
         job = StandInJob(action, params)
         (runner or self.runner).submit(job)
         return job.result()
+
+    def submit(self, action_and_params, request_id, runner=None):
+        job = StandInJob(*action_and_params, request_id)
+        (runner or self.runner).submit(job)
+        return job
+
+    def start(self, action_and_params, request_id, runner=None):
+        """Submit, and return once the request has reached the scanner (so no longer fills a queue)."""
+        calls = len(self.scanner.calls)
+        job = self.submit(action_and_params, request_id, runner)
+        self.scanner.wait_calls(calls + 1)
+        return job
+
+    def in_flight(self, runner=None):
+        status = self.submit(("status", None), "status", runner)
+        return status.result()[0]["in_flight"]
 
     def assert_invalid(self, action, params, message):
         data, error = self.run_action(action, params)
@@ -225,48 +274,82 @@ class Pool(RunnerCase):
     workers, queue_size = 1, 1
 
     def test_a_full_queue_answers_busy_at_once_and_status_still_answers(self):
-        self.scanner.gate = threading.Event()
-        running, queued, refused = (StandInJob("quote", {"tickers": ["AAPL"]}, f"j{n}") for n in range(3))
-        self.runner.submit(running)
-        self.assertTrue(self.scanner.started.wait(10))
-        self.runner.submit(queued)
-        self.runner.submit(refused)  # returns while the worker is still blocked: submit never waits
-        self.assertFalse(self.scanner.gate.is_set())
+        self.scanner.hold("fetch_option_chain")
+        running = self.start(CHAIN, "running")
+        queued = self.submit(CHAIN, "queued")
+        refused = self.submit(CHAIN, "refused")  # returns while the worker is still blocked: submit never waits
         self.assertEqual(refused.result()[1].code, BUSY)
-        status = StandInJob("status")
-        self.runner.submit(status)
-        self.assertEqual(status.result()[0]["in_flight"], 2)  # the running and the queued one, not itself
-        self.scanner.gate.set()
+        self.assertEqual(self.in_flight(), 2)  # the running and the queued one, not the status request
+        self.scanner.release()
         self.assertIsNone(running.result()[1])
         self.assertIsNone(queued.result()[1])
 
     def test_cancel_before_start_and_during_work(self):
-        self.scanner.gate = threading.Event()
-        running = StandInJob("quote", {"tickers": ["AAPL"]}, "running")
-        queued = StandInJob("quote", {"tickers": ["MSFT"]}, "queued")
-        self.runner.submit(running)
-        self.assertTrue(self.scanner.started.wait(10))
-        self.runner.submit(queued)
+        self.scanner.hold("fetch_option_chain")
+        running = self.start(CHAIN, "running")
+        queued = self.submit(CHAIN, "queued")
         queued.cancel.set()
         running.cancel.set()
-        self.scanner.gate.set()
+        self.scanner.release()
         self.assertEqual(running.result()[1].code, CANCELLED)
         self.assertEqual(queued.result()[1].code, CANCELLED)
         self.assertEqual(len(self.scanner.calls), 1)  # the queued one never ran
 
-    def test_stop_cancels_in_flight_work_and_refuses_new_requests(self):
-        self.scanner.gate = threading.Event()
-        running = StandInJob("quote", {"tickers": ["AAPL"]})
-        self.runner.submit(running)
-        self.assertTrue(self.scanner.started.wait(10))
-        threading.Timer(0.2, self.scanner.gate.set).start()  # the scanner notices the cancel
+    def test_stop_cancels_queued_and_running_work_in_both_lanes_and_refuses_new_requests(self):
+        self.scanner.hold("fetch_option_chain", "quote")
+        running = [self.start(CHAIN, "chain")] + [self.start(QUOTE, f"quote-{n}") for n in range(QUICK_WORKERS)]
+        queued = [self.submit(CHAIN, "queued chain"), self.submit(QUOTE, "queued quote")]
+        self.assertEqual(self.in_flight(), len(running) + len(queued))
+        self.scanner.release_when_cancelled(running)
         self.runner.stop(timeout=5)
-        self.assertTrue(running.cancel.is_set())
-        self.assertEqual(running.result()[1].code, CANCELLED)
-        late = StandInJob("quote", {"tickers": ["AAPL"]})
-        self.runner.submit(late)
+        self.assertEqual({job.id: job.result()[1].code for job in running + queued},
+                         {job.id: CANCELLED for job in running + queued})
+        self.assertEqual(len(self.scanner.calls), len(running))  # the queued ones never ran
+        self.assertEqual(self.runner.in_flight, 0)
+        late = self.submit(QUOTE, "late")
         self.assertEqual(late.result()[1].code, BUSY)
         self.assertIn("shutting down", late.result()[1].message)
+
+
+class Lanes(RunnerCase):
+    """Unbounded work (chains, scans, big price batches) must never hold up a quote or an order."""
+    workers, queue_size = 4, 2
+
+    def test_quick_requests_are_served_while_every_bulk_worker_is_busy(self):
+        desk = StandInDesk()
+        runner = self.make_runner(desk)
+        self.scanner.hold("fetch_option_chain", "sell_scan")
+        bulk = [self.start(CHAIN, f"chain-{n}", runner) for n in range(self.workers - 1)]
+        bulk.append(self.start(("sell-scan", {"ticker": "SPY", "right": "P"}), "scan", runner))
+        big_batch = self.submit(("fetch-prices", {"contracts": [CONTRACT] * (BULK_PRICE_CONTRACTS + 1)}), "big",
+                                runner)
+        quick = [QUOTE, ("expirations", {"ticker": "AAPL"}),
+                 ("fetch-prices", {"contracts": [CONTRACT] * BULK_PRICE_CONTRACTS}),
+                 ("positions", {}), ("account-summary", {}), ("open-orders", {}),
+                 ("place-order", {"order": "checked by the desk"}), ("cancel-order", {"order_id": 5})]
+        self.assertEqual({name for name, _ in quick} | {"fetch-chain", "sell-scan", "status"}, set(ACTIONS))
+        for action, params in quick:
+            with self.subTest(action=action):
+                self.assertEqual(self.run_action(action, params, runner)[1], None)
+        self.assertEqual(self.in_flight(runner), self.workers + 1)  # the held bulk work and the big batch
+        self.assertEqual([c[0] for c in self.scanner.calls].count("fetch_prices"), 1)  # only the small one
+        self.scanner.release()
+        for job in bulk + [big_batch]:
+            self.assertIsNone(job.result()[1], job.id)
+        self.assertEqual(len(self.scanner.calls[-1][1][0]), BULK_PRICE_CONTRACTS + 1)
+
+    def test_a_full_quick_queue_answers_busy_while_bulk_work_is_still_taken(self):
+        self.scanner.hold("quote")
+        running = [self.start(QUOTE, f"running-{n}") for n in range(QUICK_WORKERS)]
+        queued = [self.submit(QUOTE, f"queued-{n}") for n in range(self.queue_size)]
+        refused = self.submit(QUOTE, "refused")
+        self.assertEqual(refused.result()[1].code, BUSY)
+        self.assertIn("quick", refused.result()[1].message)
+        self.assertIsNone(self.run_action(*CHAIN)[1])
+        self.assertEqual(self.in_flight(), QUICK_WORKERS + self.queue_size)
+        self.scanner.release()
+        for job in running + queued:
+            self.assertIsNone(job.result()[1], job.id)
 
 
 if __name__ == "__main__":
