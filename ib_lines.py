@@ -13,8 +13,8 @@ what arrived), or on its stream's error. A subscription nobody waits for any mor
 it streamed data and the warm budget allows) or cancelled, and its line goes to the next queued one.
 Lines of warm subscriptions are taken back, least recently used first, whenever a request has more
 queued than the pool has room; unused ones expire after WARM_SECONDS. After a 1101 (TWS lost market
-data), every stream a request waits on is asked for again at once; warm ones are forgotten (never
-served stale) but keep their lines until taken back like that.
+data), every stream a request waits on is cancelled (TWS may still hold it) and asked for again at
+once; warm ones are forgotten (never served stale) but keep their lines until taken back like that.
 
 Threads: TWS callbacks (reader thread) only update books under the lock and notify; all sending
 happens on request threads (and the warm sweeper), never under the lock, because `conn.send`
@@ -25,7 +25,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import OrderedDict, deque
-from typing import Callable, Deque, Dict, List, Optional, Sequence
+from typing import Callable, Deque, Dict, List, Optional, Sequence, Tuple
 
 from ibapi.contract import Contract
 
@@ -168,6 +168,7 @@ class MarketData:
         self._warm: "OrderedDict[_Subscription, None]" = OrderedDict()
         self._requests: Dict[_Request, None] = {}           # fetches in progress (ordered set)
         self._stale_ids: List[int] = []                     # dead req ids still to unregister
+        self._lost_ids: List[int] = []                      # req ids a 1101 lost, still to cancel
         self._session = 0                                   # +1 for every TWS disconnect seen
         self._type_wanted = self._type_sent = self._initial_type()   # ib_connection sends it on connect
         self._sweeper: Optional[threading.Thread] = None
@@ -249,11 +250,11 @@ class MarketData:
                 self._settle(request, ends)
                 starts = self._take_lines(request, ends)
                 finished = request.done == total
-                stale, self._stale_ids = self._stale_ids, []
-                if not (ends or starts or stale or finished or request.done > reported):
+                dead = self._take_dead_ids()
+                if not (ends or starts or dead or finished or request.done > reported):
                     self._changed.wait(self._wait_s(request, cancel))
                     continue
-            self._unregister(stale)
+            self._clear_dead_ids(dead)
             self._end_lines(ends)
             self._start_lines(starts)
             if progress is not None and request.done > reported:
@@ -447,9 +448,13 @@ class MarketData:
                     self._type_sent = wanted
             return wanted
 
-    def _unregister(self, req_ids: List[int]) -> None:
-        for req_id in req_ids:
+    def _clear_dead_ids(self, dead: Tuple[List[int], List[int]]) -> None:
+        """Before any new stream starts: forget ids TWS ended, cancel those a 1101 may have left on TWS."""
+        stale, lost = dead
+        for req_id in stale:
             self._conn.unregister(req_id)
+        for req_id in lost:
+            self._cancel_stream(req_id)
 
     # --- TWS callbacks (reader thread): state only, never a send ---------------------------------
 
@@ -496,34 +501,41 @@ class MarketData:
 
     def _data_lost(self) -> None:
         """TWS restored its link to IB with market data lost (1101; "resubscribe" listener, supervisor
-        thread): it streams none of the lines any more. All at once, before anything is sent: every
-        stream a request waits on is requested again (its items go first in their queues); warm
-        streams are forgotten, so no request is answered from their stale books. IB says the lost
-        requests must be resubmitted, but a TWS that still counts them would refuse new lines (101),
-        so a forgotten warm line keeps its line until taken back like any warm one (on demand, least
-        recently used first, or at expiry): its cancel never delays the re-requests."""
+        thread). IB says the lost requests must be resubmitted; a TWS that still counts them would
+        refuse new lines (101). All at once, before anything is sent: every stream a request waits on
+        is cancelled and requested again (its items go first in their queues); warm streams are
+        forgotten, so no request is answered from their stale books, but keep their lines until
+        taken back like any warm one (on demand, least recently used first, or at expiry): their
+        cancels never delay the re-requests."""
         with self._mutex:
             for sub in list(self._subs.values()):
                 line = sub.line
                 if line is None or line.req_id is None:
                     continue        # queued, or its reqMktData goes out after the 1101
                 if sub.items:
-                    self._requeue(line)
+                    self._requeue(line, may_still_stream=True)
                 elif sub in self._warm:
                     self._forget(sub)
 
-    def _requeue(self, line: _Line) -> None:
+    def _requeue(self, line: _Line, may_still_stream: bool = False) -> None:
         """The stream never started on TWS (101, or not subscribed in auto) or TWS lost it (1101):
-        ask again, before the request's other queued items."""
+        ask again, before the request's other queued items. A stream "lost" in a 1101 may still run
+        on TWS, holding a line the pool now counts as free (its reqMktData crossed the 1101, or TWS
+        kept it): its cancel goes out before the new request, so TWS never counts both."""
         sub = line.sub
         self._release(sub)
-        self._stale_ids.append(line.req_id)
+        (self._lost_ids if may_still_stream else self._stale_ids).append(line.req_id)
         sub.state = QUEUED
         sub.streaming_since = None
         for item in sub.items:
             item.request.waiting.pop(item, None)
             item.request.queue.appendleft(item)
         self._changed.notify_all()
+
+    def _take_dead_ids(self) -> Tuple[List[int], List[int]]:
+        dead = (self._stale_ids, self._lost_ids)
+        self._stale_ids, self._lost_ids = [], []
+        return dead
 
     def _fail(self, line: _Line, error: dict) -> None:
         """The stream is over on the TWS side (its error, or the connection): no cancel to send."""
@@ -566,6 +578,6 @@ class MarketData:
                         wait = max(0.01, oldest + self._warm_seconds - now)
                     self._warm_changed.wait(wait)
                     continue
-                stale, self._stale_ids = self._stale_ids, []
-            self._unregister(stale)
+                dead = self._take_dead_ids()
+            self._clear_dead_ids(dead)
             self._end_lines(ends)

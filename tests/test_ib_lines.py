@@ -426,7 +426,7 @@ class WarmTest(LinesTestCase):
         self.assertEqual(sorted(conn.req_ids("cancelMktData")), sorted(conn.req_ids()))
         self.assertEqual(market.stats()["lines_in_use"], 0)
 
-    def test_data_lost_requests_waiting_streams_again_before_any_cancel(self):
+    def test_data_lost_cancels_and_requests_waiting_streams_again_before_any_warm_cancel(self):
         market, conn, _ = self.make(StubTws({("AAPL", 190.0, "C"): "silent"}), ib_max_mkt_lines=3,
                                     warm_lines=2, warm_seconds=60)
         market.fetch([option(180), option(185)])
@@ -435,6 +435,7 @@ class WarmTest(LinesTestCase):
             conn.event(req_id, "tickPrice", (req_id, 1, STALE_BID, None))
         job = Background(market.fetch, [option(190)])
         conn.wait_for(lambda: conn.count("reqMktData") == 3, "the waiting stream")
+        lost_id = conn.req_ids()[2]
         sent_before = len(conn.sent)
         conn.data_lost()
         conn.wait_for(lambda: conn.count("reqMktData") == 4, "the waiting stream requested again")
@@ -442,7 +443,8 @@ class WarmTest(LinesTestCase):
         self.assertEqual(refreshed["bid"], 1.85)
         sent = [(name, args[0] if name == "cancelMktData" else args[1].strike)
                 for name, args in conn.sent[sent_before:]]
-        self.assertEqual(sent, [("reqMktData", 190.0), ("cancelMktData", warm_ids[0]), ("reqMktData", 185.0)])
+        self.assertEqual(sent, [("cancelMktData", lost_id), ("reqMktData", 190.0),
+                                ("cancelMktData", warm_ids[0]), ("reqMktData", 185.0)])
         conn.feed(conn.req_ids()[3], "option_live")
         result, = job.join()
         self.assertEqual((result["complete"], result["error"]), (True, None))
@@ -456,6 +458,7 @@ class WarmTest(LinesTestCase):
         conn.wait_for(lambda: conn.count("reqMktData") == 2, "the stream requested again")
         again_id = conn.req_ids()[1]
         self.assertNotEqual(again_id, lost_id)
+        self.assertEqual(conn.req_ids("cancelMktData"), [lost_id])   # in case TWS still streams it
         conn.feed(again_id, "option_live")
         result, = job.join()
         self.assertEqual((result["complete"], result["error"]), (True, None))

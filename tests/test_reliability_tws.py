@@ -14,6 +14,7 @@ import threading
 import time
 import unittest
 
+from agent_config import DEFAULT_WARM_LINES
 from tests.agent_process import AgentStack
 from tools.soak import chain_requests, figures, option_contracts, status, wait_status
 
@@ -140,6 +141,9 @@ class TwsFaults(unittest.TestCase):
         self.assertEqual([o["error"] for o in response["data"]["options"]], [None] * STREAM_CONTRACTS)
         stats = self.tws.stats()
         self.assertEqual((stats["pacing_violations"], stats["line_limit_errors"]), (0, 0))
+        # The fake keeps streaming through a 1101: every stream the agent asked for again must have
+        # been cancelled, so only the agent's warm streams are left on it.
+        self.assertLessEqual(stats["lines_in_use"], DEFAULT_WARM_LINES, "streams lost in the 1101 left on TWS")
         extra_requests = stats["requests_by_type"]["reqMktData"] - requested - STREAM_CONTRACTS
         refreshes = self.warm_data_is_not_served_after_1101()
         self.assert_next_request_succeeds()
