@@ -493,6 +493,8 @@ class MarketData:
             self._session += 1
             self._type_wanted = self._type_sent = self._initial_type()
             self.pool.reset()
+            self._stale_ids += self._lost_ids       # TWS ended them with the connection
+            self._lost_ids = []
             lost = AgentError(IB_NOT_CONNECTED, "the TWS connection was lost").to_dict()
             for sub in list(self._subs.values()) + list(self._warm):
                 if sub.line is not None:

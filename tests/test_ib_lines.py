@@ -464,6 +464,30 @@ class WarmTest(LinesTestCase):
         self.assertEqual((result["complete"], result["error"]), (True, None))
         self.assertEqual(market.stats()["lines_in_use"], 0)
 
+    def test_streams_lost_in_a_1101_are_not_cancelled_on_the_next_connection(self):
+        """A drop right after a 1101, before the request thread sent their cancels: TWS ended those
+        streams with the connection, and their ids mean nothing to the next one."""
+        in_send, go_on = threading.Event(), threading.Event()
+        stub = StubTws({("AAPL", 180.0, "C"): "silent", ("AAPL", 185.0, "C"): "silent"})
+
+        def tws(conn, name, args):
+            if name == "reqMktData" and args[1].strike == 185.0:
+                in_send.set()
+                go_on.wait(WAIT_S)      # the request thread waits in a paced send meanwhile
+            stub(conn, name, args)
+
+        market, conn, _ = self.make(tws)
+        job = Background(market.fetch, [option(180), option(185)])
+        self.assertTrue(in_send.wait(WAIT_S))
+        lost_id = conn.req_ids()[0]
+        conn.data_lost()
+        conn.drop()
+        conn.ready = True               # TWS is back before the request thread goes on
+        go_on.set()
+        results = job.join()
+        self.assertEqual([r["error"]["code"] for r in results], [IB_NOT_CONNECTED] * 2)
+        self.assertNotIn(lost_id, conn.req_ids("cancelMktData"))
+
     def test_close_cancels_warm_lines(self):
         market, conn, _ = self.make(warm_lines=2, warm_seconds=60)
         market.fetch([option(180), option(190)])
