@@ -1,6 +1,6 @@
 """The whole benchmark suite in one command; prints tables, `--json PATH` writes every figure.
 
-    python -m bench.run            # full: 200/1,000/2,000 cold, scaling to 5,000 (about 50 min)
+    python -m bench.run            # full: 200/1,000/2,000 cold, scaling to 5,000 (about 45 min)
     python -m bench.run --quick    # under a minute: 100 cold (agent, README), scaling 100/200, 5 s idle
 
 Everything runs against `python -m tests.fake_tws --pacing reject --max-rate 50 --max-lines 100
