@@ -77,8 +77,11 @@ class ClientSession:
 
     # ---- socket ------------------------------------------------------------------------------
 
-    def send(self, fields: list) -> None:
-        data = frame(fields)
+    def send(self, message) -> None:
+        """One message, framed for the negotiated version by the encoder."""
+        self._send_bytes(self.encoder.frame(message))
+
+    def _send_bytes(self, data: bytes) -> None:
         try:
             with self._send_lock:
                 if not self._closed:
@@ -156,7 +159,8 @@ class ClientSession:
         if version < max(low, MIN_SERVER_VERSION):
             return False
         self.encoder = Encoder(version)
-        self.send(self.encoder.handshake(time.strftime("%Y%m%d %H:%M:%S %Z")))
+        # The handshake reply is plain fields at every version: no message id to frame.
+        self._send_bytes(frame(self.encoder.handshake(time.strftime("%Y%m%d %H:%M:%S %Z"))))
         for payload in payloads[1:]:
             self._on_message(split_fields(payload))
         return True

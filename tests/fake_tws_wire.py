@@ -37,9 +37,14 @@ def field_text(value) -> str:
     return str(value)
 
 
+def _fields_payload(fields: Iterable) -> bytes:
+    return "".join(field_text(f) + "\0" for f in fields).encode("utf-8")
+
+
 def frame(fields: Iterable) -> bytes:
-    """One message: 4-byte big-endian length, then NUL-terminated fields."""
-    payload = "".join(field_text(f) + "\0" for f in fields).encode("utf-8")
+    """One text message as sent before the handshake or below 201: 4-byte big-endian length,
+    then NUL-terminated fields."""
+    payload = _fields_payload(fields)
     return struct.pack(">I", len(payload)) + payload
 
 
@@ -288,6 +293,20 @@ class Encoder:
         if not MIN_SERVER_VERSION <= server_version <= MAX_SERVER_VERSION:
             raise ValueError(f"server version {server_version} not served")
         self.v = server_version
+
+    # -- framing --
+    def payload(self, message: list) -> bytes:
+        """The bytes of one message after its 4-byte length prefix, as TWS writes them at this
+        version (what `../shared/tws-captures/` records as `payload_b64`): below 201 every field
+        NUL-terminated, the message id first; from 201 (MIN_SERVER_VER_PROTOBUF) the id as a 4-byte
+        big-endian int, then the other fields."""
+        if self.v < sv.MIN_SERVER_VER_PROTOBUF or not message:
+            return _fields_payload(message)
+        return struct.pack(">I", int(message[0])) + _fields_payload(message[1:])
+
+    def frame(self, message: list) -> bytes:
+        data = self.payload(message)
+        return struct.pack(">I", len(data)) + data
 
     # -- connection --
     def handshake(self, connection_time: str) -> list:
