@@ -11,6 +11,11 @@ request ends with one audit line whose `decision` is one of:
                        no such contract, ...)
   "duplicate..."       a request id seen before: answered from the request-id store, or from the
                        order TWS has with orderRef == request id; never placed again.
+
+An unexpected exception anywhere in a place/cancel request is caught in one place (OrderDesk._audited):
+its audit line says outcome INTERNAL and the exception's class, the request-id record becomes
+"unknown" when anything may have reached TWS (so a repeat of the id looks in TWS before placing),
+and the console gets one line saying what failed and what to check in TWS.
 """
 from __future__ import annotations
 
@@ -22,6 +27,7 @@ from decimal import Decimal
 from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
 from ibapi.contract import Contract
+from ibapi.errors import FAIL_SEND_CORDER, FAIL_SEND_ORDER
 from ibapi.order import Order
 from ibapi.order_cancel import OrderCancel
 
@@ -45,6 +51,10 @@ CANCEL_STATUSES = frozenset(("PendingCancel", "Cancelled", "ApiCancelled"))
 DEAD_ON_ARRIVAL = frozenset(("Cancelled", "ApiCancelled", "Inactive"))
 REASON_GRACE_S = 1.0
 CANCEL_CONFIRMED = 202  # "Order Canceled - reason:": the answer a cancel asks for
+# ibapi's own codes for "an exception while sending this order/cancel" (ibapi 10.4x catches it inside
+# placeOrder/cancelOrder and reports it as an error instead of raising): TWS did not answer, and
+# whether the message reached it is unknown.
+IBAPI_SEND_FAILURES = frozenset((FAIL_SEND_ORDER.code(), FAIL_SEND_CORDER.code()))
 POSITION_CONTRACT_FIELDS = ("con_id", "ticker", "sec_type", "expiration", "strike", "right", "multiplier")
 # Id-less callbacks and which sweep they feed.
 SWEEP_EVENTS = {"position": "positions", "positionEnd": "positions",
@@ -72,6 +82,13 @@ def _quantity(value: Any) -> Optional[float]:
     return int(number) if number == int(number) else number
 
 
+def _expiration(contract: Contract) -> Optional[str]:
+    """The expiration of anything that expires (options, futures, futures options) as TWS gives it:
+    YYYYMMDD, or YYYYMM for a contract month; a time TWS may append is dropped."""
+    value = contract.lastTradeDateOrContractMonth or getattr(contract, "lastTradeDate", "") or ""
+    return value.split()[0] if value.strip() else None
+
+
 def contract_dict(contract: Contract) -> dict:
     is_option = contract.secType in ("OPT", "FOP")
     multiplier = _quantity(contract.multiplier) if contract.multiplier else None
@@ -79,7 +96,7 @@ def contract_dict(contract: Contract) -> dict:
         "con_id": contract.conId or None,
         "ticker": contract.symbol,
         "sec_type": contract.secType,
-        "expiration": (contract.lastTradeDateOrContractMonth or None) if is_option else None,
+        "expiration": _expiration(contract),
         "strike": _number(contract.strike) if is_option else None,
         "right": ({"CALL": "C", "PUT": "P"}.get(contract.right, contract.right) or None) if is_option else None,
         "multiplier": 1 if multiplier is None and contract.secType == "STK" else multiplier,
@@ -183,20 +200,36 @@ class _KeyedLocks:
                     del self._held[key]
 
 
+# How far a place/cancel request got; an unexpected exception is reported by it.
+NOT_SENT = "not sent"     # nothing of this attempt was sent to TWS
+RECORDED = "recorded"     # the request-id store says "sending"; the order is not sent yet
+SENDING = "sending"       # the ibapi call was made: TWS may have the order (or cancel)
+ANSWERED = "answered"     # TWS answered and the store has that answer
+
+
+class IbapiSendError(Exception):
+    """ibapi caught an exception while sending an order or cancel and reported it as an error
+    (FAIL_SEND_ORDER / FAIL_SEND_CORDER) instead of raising: whether TWS got it is unknown."""
+
+
 class _Attempt:
     """What the audit line of one place/cancel request will say (decisions: see the module doc)."""
 
-    def __init__(self, params: Any):
+    def __init__(self, action: str, request_id: str, params: Any):
+        self.action = action
+        self.request_id = request_id
         self.params = params            # as asked; replaced by the checked params once they pass
         self.decision: Optional[str] = None
         self.order_id: Optional[int] = None
+        self.stage = NOT_SENT
+        self.checked = False            # params passed order_guard's checks (safe to print)
 
     def refuse(self, rule: str) -> AgentError:
         self.decision = f"refused: {rule}"
         return AgentError(ORDER_BLOCKED, rule)
 
     def decided(self, error: Optional[AgentError]) -> str:
-        if self.decision is None:
+        if self.decision is None or (error and self.decision == "allowed" and self.stage in (NOT_SENT, RECORDED)):
             return f"not sent: {error.code}" if error else "allowed"
         return self.decision
 
@@ -329,25 +362,104 @@ class OrderDesk:
     # --- orders: placing and cancelling ---
 
     def place_order(self, request_id: str, params: dict) -> dict:
-        attempt = _Attempt(params)
+        attempt = _Attempt("place-order", request_id, params)
+        return self._audited(attempt, lambda: self._place(request_id, params, attempt))
+
+    def _place(self, request_id: str, params: dict, attempt: _Attempt) -> dict:
+        order = attempt.params = order_guard.parse_order_params("place-order", params)
+        attempt.checked = True
+        with self._request_locks.hold(request_id, timeout=3 * self._timeout):
+            return self._place_once(request_id, order, attempt)
+
+    def _audited(self, attempt: _Attempt, work: Callable[[], dict]) -> dict:
+        """The one place every place/cancel request ends: one audit line, whatever happened."""
         try:
-            order = attempt.params = order_guard.parse_order_params("place-order", params)
-            with self._request_locks.hold(request_id, timeout=3 * self._timeout):
-                result = self._place_once(request_id, order, attempt)
+            result = work()
         except AgentError as error:
-            self._audit("place-order", request_id, attempt, error=error)
+            self._audit(attempt, error=error)
             raise
-        self._audit("place-order", request_id, attempt, status=result["status"])
+        except Exception as exc:  # a bug, or ibapi raising: still an audited, recoverable outcome
+            error = self._unexpected(attempt, exc)
+            self._audit(attempt, error=error, exception=exc.__class__.__name__)
+            raise error from exc
+        self._audit(attempt, status=result["status"])
         return result
 
-    def _audit(self, action: str, request_id: str, attempt: "_Attempt", error: Optional[AgentError] = None,
-               status: Optional[str] = None) -> None:
-        outcome = order_guard.outcome_of_error(error) if error else {"status": status}
-        self.audit.write(action, request_id, attempt.params, attempt.decided(error), attempt.order_id, outcome)
+    def _audit(self, attempt: _Attempt, error: Optional[AgentError] = None, status: Optional[str] = None,
+               exception: Optional[str] = None) -> None:
+        outcome = order_guard.outcome_of_error(error, exception) if error else {"status": status}
+        self.audit.write(attempt.action, attempt.request_id, attempt.params, attempt.decided(error),
+                         attempt.order_id, outcome)
+
+    def _unexpected(self, attempt: _Attempt, exc: Exception) -> AgentError:
+        """Make an unexpected exception safe to retry, say it on the console in one line (the
+        traceback goes to the log file), and turn it into the INTERNAL answer."""
+        name = exc.__class__.__name__
+        if attempt.action == "place-order":
+            kept = self._keep_unknown(attempt, name)
+            what, where = self._placing_words(attempt)
+            what = f"placing {what}"
+            if attempt.stage == NOT_SENT:
+                fate = "before the order was sent: nothing reached TWS"
+                fate += "; a repeat of this request looks in TWS first" if kept else ""
+            elif attempt.stage == RECORDED:
+                fate = ("before the order was sent: nothing reached TWS; a repeat of this request looks "
+                        "in TWS first")
+            elif attempt.stage == SENDING:
+                fate = (f"while sending it: it may have reached TWS. Check TWS's orders (and trades) for "
+                        f"{where} before placing it by hand; a repeat of this request looks in TWS first "
+                        "and never places it twice")
+            else:
+                record = self.request_ids.get(attempt.request_id) or {}
+                fate = (f"after TWS answered ({record.get('status') or record.get('state') or 'see TWS'}); "
+                        f"a repeat of this request gets that answer")
+        else:
+            order_id = attempt.order_id
+            what = f"cancelling order {order_id}" if order_id is not None else "cancelling an order"
+            if attempt.stage == NOT_SENT:
+                fate = "before the cancel was sent: nothing reached TWS"
+            elif attempt.stage == ANSWERED:
+                fate = "after TWS answered the cancel; open-orders shows the order's state"
+            else:
+                fate = (f"while sending it: the cancel may have reached TWS. Check order {order_id} in "
+                        "TWS's orders; sending the cancel again is safe")
+        message = f"unexpected error in the agent ({name}) {what} {fate}."
+        log.error("%s %s: %s", attempt.action, attempt.request_id, message, exc_info=exc)
+        error = AgentError(INTERNAL, f"{message} Details are in the agent's log file.")
+        error.logged = True  # relay_actions: the console already has this line
+        return error
+
+    def _keep_unknown(self, attempt: _Attempt, exception: str) -> bool:
+        """Mark the request-id record "unknown" when this attempt, or an earlier one, may have reached
+        TWS; a record TWS already answered stays as it is. True when the record is unknown now."""
+        record = self.request_ids.get(attempt.request_id)
+        if attempt.stage == ANSWERED or (attempt.stage == NOT_SENT and not record):
+            return False
+        if attempt.stage == NOT_SENT and record["state"] not in order_guard.UNFINISHED:
+            return False
+        try:
+            self.request_ids.put(attempt.request_id, order_guard.UNKNOWN, exception=exception)
+        except Exception as exc:  # it stays "sending": a repeat looks in TWS just the same
+            log.error("Cannot write %s (%s): request %s is remembered as still sending", self.request_ids.path,
+                      getattr(exc, "strerror", None) or exc, attempt.request_id)
+        return True
+
+    @staticmethod
+    def _placing_words(attempt: _Attempt) -> Tuple[str, str]:
+        """("order 32 SELL 1 AAPL 20300118 150 C @ 2.5", "order 32 with order ref req-1") as far as known."""
+        order = attempt.params if attempt.checked else {}
+        what = "order" if attempt.order_id is None else f"order {attempt.order_id}"
+        with contextlib.suppress(Exception):  # e.g. an error before the params were checked
+            what += (f" {order['action']} {order['quantity']} {describe_contract(order['contract'])}"
+                     f" @ {order['limit_price']}")
+        where = f"order ref {attempt.request_id}"
+        if attempt.order_id is not None:
+            where = f"order {attempt.order_id} with {where}"
+        return what, where
 
     def _place_once(self, request_id: str, order: dict, attempt: _Attempt) -> dict:
         record = self.request_ids.get(request_id)
-        if record and record["state"] != order_guard.SENDING:
+        if record and record["state"] not in order_guard.UNFINISHED:
             attempt.decision, attempt.order_id = "duplicate", record.get("order_id")
             if record["state"] == order_guard.FAILED:
                 raise AgentError(**record["error"])
@@ -381,14 +493,18 @@ class OrderDesk:
         except OSError as exc:  # without the record, exactly-once cannot be promised: do not send
             raise AgentError(INTERNAL, f"cannot write {self.request_ids.path.name} ({exc.strerror or exc}); "
                                        "the order was not sent") from None
+        attempt.stage = RECORDED
         try:
             status_text = self._send_and_wait(order_id, "placeOrder", (qualified, self._ib_order(request_id, order)),
-                                              self._first_status, f"order {order_id}", dead=DEAD_ON_ARRIVAL)
+                                              self._first_status, f"order {order_id}", attempt,
+                                              dead=DEAD_ON_ARRIVAL)
         except AgentError as error:
             if error.code not in (TIMEOUT, IB_NOT_CONNECTED):  # TWS answered: there is no order
                 self._remember(request_id, order_guard.FAILED, error=error.to_dict())
+                attempt.stage = ANSWERED
             raise
         self._remember(request_id, order_guard.PLACED, status=status_text)
+        attempt.stage = ANSWERED
         log.info("order %s placed for request %s: %s %s %s @ %s (%s)", order_id, request_id, order["action"],
                  order["quantity"], contract["ticker"], order["limit_price"], status_text)
         return {"order_id": order_id, "status": status_text}
@@ -455,7 +571,7 @@ class OrderDesk:
         return None
 
     def _send_and_wait(self, order_id: int, request: str, args: tuple,
-                       answer: Callable[[List[Tuple[str, tuple]]], Optional[str]], what: str,
+                       answer: Callable[[List[Tuple[str, tuple]]], Optional[str]], what: str, attempt: _Attempt,
                        success_codes: Iterable[int] = (), dead: Iterable[str] = ()) -> str:
         """Send one order message and wait for the first answer that `answer` turns into a status;
         a `dead` status followed by TWS's reason raises that reason."""
@@ -466,9 +582,14 @@ class OrderDesk:
             raise AgentError(INVALID_REQUEST, f"order {order_id} is being placed or cancelled right now; "
                                               "ask again when that has finished") from None
         try:
+            attempt.stage = SENDING
             self.conn.send(request, order_id, *args)
             status = answer(pending.wait(self._timeout, what))
             reason = pending.later_error(REASON_GRACE_S) if status in dead else None
+        except AgentError as error:
+            if error.ib_code in IBAPI_SEND_FAILURES:  # not TWS's answer: ibapi hit an exception sending it
+                raise IbapiSendError(f"ibapi error {error.ib_code}: {error.message}") from None
+            raise
         finally:
             self.conn.unregister(order_id)
         if reason is not None:
@@ -476,16 +597,14 @@ class OrderDesk:
         return status
 
     def cancel_order(self, request_id: str, params: dict) -> dict:
-        attempt = _Attempt(params)
-        try:
-            attempt.params = order_guard.parse_order_params("cancel-order", params)
-            attempt.order_id = attempt.params["order_id"]
-            result = self._cancel(attempt.order_id, attempt)
-        except AgentError as error:
-            self._audit("cancel-order", request_id, attempt, error=error)
-            raise
-        self._audit("cancel-order", request_id, attempt, status=result["status"])
-        return result
+        attempt = _Attempt("cancel-order", request_id, params)
+        return self._audited(attempt, lambda: self._cancel_checked(params, attempt))
+
+    def _cancel_checked(self, params: dict, attempt: _Attempt) -> dict:
+        attempt.params = order_guard.parse_order_params("cancel-order", params)
+        attempt.checked = True
+        attempt.order_id = attempt.params["order_id"]
+        return self._cancel(attempt.order_id, attempt)
 
     def _cancel(self, order_id: int, attempt: _Attempt) -> dict:
         rule = order_guard.orders_off_refusal(self.config)
@@ -499,7 +618,9 @@ class OrderDesk:
             raise attempt.refuse(rule)
         attempt.decision = "allowed"
         status_text = self._send_and_wait(order_id, "cancelOrder", (OrderCancel(),), self._cancel_status,
-                                          f"the cancel of order {order_id}", success_codes=(CANCEL_CONFIRMED,))
+                                          f"the cancel of order {order_id}", attempt,
+                                          success_codes=(CANCEL_CONFIRMED,))
+        attempt.stage = ANSWERED
         log.info("order %s: cancel %s", order_id, status_text)
         return {"order_id": order_id, "status": status_text}
 

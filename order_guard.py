@@ -170,8 +170,12 @@ class AuditLog:
                       self.path, exc.strerror or exc, line.strip())
 
 
-def outcome_of_error(error: AgentError) -> dict:
-    return {"error": error.code, "ib_code": error.ib_code, "message": error.message}
+def outcome_of_error(error: AgentError, exception: Optional[str] = None) -> dict:
+    """The audit outcome of a failed request; `exception` names the class of an unexpected error."""
+    outcome = {"error": error.code, "ib_code": error.ib_code, "message": error.message}
+    if exception:
+        outcome["exception"] = exception
+    return outcome
 
 
 # --- request-id store --------------------------------------------------------------------------
@@ -179,6 +183,8 @@ def outcome_of_error(error: AgentError) -> dict:
 SENDING = "sending"   # written before placeOrder goes out; outcome unknown until updated
 PLACED = "placed"     # TWS acknowledged the order: order_id and status
 FAILED = "failed"     # TWS answered with an error: the order does not exist
+UNKNOWN = "unknown"   # an unexpected error in the agent while placing: the order may have reached TWS
+UNFINISHED = frozenset((SENDING, UNKNOWN))  # a repeat of the id looks in TWS before placing anything
 
 
 class RequestIdStore:

@@ -263,6 +263,8 @@ class RequestRunner:
         if error is not None:
             expected = (CANCELLED, BUSY, IB_NOT_CONNECTED)  # ib_connection already says why TWS is down
             level = logging.INFO if error.code in expected else logging.WARNING
+            if getattr(error, "logged", False):  # the order desk's one console line already said it
+                level = logging.DEBUG
             log.log(level, "request %s %s failed: %s: %s", job.action if action else repr(job.action)[:40],
                     job.id, error.code, error.message)
         elif action is not None and action.summary is not None:

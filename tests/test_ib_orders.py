@@ -7,11 +7,15 @@ them (id callbacks to the registered handler, else to listeners; errors to on_er
 from __future__ import annotations
 
 import json
+import logging
 import tempfile
 import threading
+import time
 import unittest
 from decimal import Decimal
 from pathlib import Path
+from typing import Tuple
+from unittest import mock
 
 from ibapi.contract import Contract, ContractDetails
 from ibapi.order import Order
@@ -20,9 +24,10 @@ from ibapi.order_state import OrderState
 import ib_connection
 import ib_orders
 import order_guard
+import relay_actions
 from agent_config import Config
-from agent_errors import (IB_ERROR, IB_NOT_CONNECTED, INVALID_REQUEST, NO_SECURITY_DEFINITION, ORDER_BLOCKED,
-                          READ_ONLY_API, TIMEOUT, AgentError)
+from agent_errors import (IB_ERROR, IB_NOT_CONNECTED, INTERNAL, INVALID_REQUEST, NO_SECURITY_DEFINITION,
+                          ORDER_BLOCKED, READ_ONLY_API, TIMEOUT, AgentError)
 
 RECORDED = Path(__file__).resolve().parent / "recorded"
 PAPER = {"connected": True, "accounts": ["DU1234567"], "account_type": "paper", "read_only": None}
@@ -454,6 +459,238 @@ class StoreFailureTest(DeskTestCase):
         with self.assertLogs("ib_orders", "ERROR"):
             self.assertEqual(desk.place_order("req-1", option_order())["order_id"], 32)
         self.assertEqual(desk.request_ids.get("req-1")["state"], order_guard.SENDING)
+
+
+class Boom(RuntimeError):
+    """The injected unexpected exception; its text holds the API key, which must never come out."""
+
+    def __init__(self):
+        super().__init__(f"injected failure {KEY}")
+
+
+def failing_send(conn, method, reached_tws: bool, error=None):
+    """conn.send raises on its first `method`: after the message went out (it is in conn.sent, TWS
+    never answers it) or before anything left."""
+    real_send = conn.send
+    failed = []
+
+    def send(name, *args):
+        if name == method and not failed:
+            failed.append(name)
+            if reached_tws:
+                conn.sent.append((name, args))
+            raise error or Boom()
+        return real_send(name, *args)
+    conn.send = send
+
+
+class UnexpectedErrorTest(DeskTestCase):
+    """An unexpected exception anywhere in an order action: audited (INTERNAL, with the exception's
+    class), the id record "unknown" when the order may have reached TWS, one console line, and a
+    repeat of the id looks in TWS before placing anything."""
+
+    def setUp(self):
+        super().setUp()
+        found = self.place["scenarios"]["found_by_order_ref"]["reqAllOpenOrders"]
+        self.reaches_tws = dict(self.place["scenarios"]["placed"], reqAllOpenOrders=found)
+        self.never_reached = self.place["scenarios"]["not_found_then_placed"]
+
+    def internal(self, fn, *args) -> Tuple[AgentError, logging.LogRecord]:
+        with self.assertLogs("ib_orders", "WARNING") as logs:
+            error = self.fails(INTERNAL, fn, *args)
+        record, = logs.records  # one console line
+        self.assertEqual(record.levelno, logging.ERROR)
+        self.assertIsInstance(record.exc_info[1], Exception)  # the traceback goes to the log file
+        self.assertNotIn(KEY, error.message)
+        self.assertNotIn(KEY, record.getMessage())
+        return error, record
+
+    def last_audit(self, decision: str, exception: str = "Boom") -> dict:
+        line = self.audit_lines()[-1]
+        self.assertEqual((line["decision"], line["outcome"]["error"], line["outcome"]["exception"]),
+                         (decision, "INTERNAL", exception))
+        self.assertNotIn(KEY, (Path(self.dir.name) / "order_audit.jsonl").read_text())
+        return line
+
+    def state(self, request_id="req-1"):
+        record = self.desk_.request_ids.get(request_id)
+        return record and record["state"]
+
+    def test_inside_the_ibapi_call_after_the_order_went_out(self):
+        self.desk_, conn = self.desk(answers=self.reaches_tws)
+        failing_send(conn, "placeOrder", reached_tws=True)
+        error, record = self.internal(self.desk_.place_order, "req-1", option_order())
+        for words in ("(Boom)", "order 32 SELL 1 AAPL 20300118 150 C @ 2.5", "may have reached TWS",
+                      "order 32 with order ref req-1", "looks in TWS first", "log file"):
+            self.assertIn(words, error.message)
+        self.assertIn("req-1", record.getMessage())
+        self.assertIn("may have reached TWS", record.getMessage())
+        line = self.last_audit("allowed")
+        self.assertEqual((line["request_id"], line["order_id"]), ("req-1", 32))
+        self.assertEqual(self.state(), order_guard.UNKNOWN)
+        self.assertEqual(self.desk_.request_ids.get("req-1")["order_id"], 32)
+
+        again = self.desk_.place_order("req-1", option_order())  # the cloud repeats the id
+        self.assertEqual(again, {"order_id": 31, "status": "Submitted"})
+        self.assertEqual(conn.methods(), ["reqContractDetails", "placeOrder", "reqAllOpenOrders"])
+        self.assertEqual(self.audit_lines()[-1]["decision"], "duplicate: found in TWS by orderRef")
+        self.assertEqual(self.state(), order_guard.PLACED)
+
+    def test_an_ibapi_call_that_raised_is_looked_up_after_an_agent_restart_too(self):
+        self.desk_, conn = self.desk(answers=self.reaches_tws)
+        failing_send(conn, "placeOrder", reached_tws=True, error=AttributeError("primaryExchange"))
+        self.internal(self.desk_.place_order, "req-1", option_order())
+        self.last_audit("allowed", "AttributeError")
+        self.desk_, conn = self.desk(answers=self.reaches_tws)  # a new process: only the files remain
+        self.assertEqual(self.desk_.place_order("req-1", option_order())["order_id"], 31)
+        self.assertEqual(conn.methods(), ["reqAllOpenOrders"])
+
+    def test_ibapi_reporting_its_own_send_failure_is_not_taken_for_tws_rejecting_the_order(self):
+        """ibapi 10.4x catches an exception inside placeOrder and calls error(orderId, 512, ...) instead
+        of raising: through conn.send (raised) or through the order's handler (delivered)."""
+        raised = AgentError(IB_ERROR, "Order Sending Error - broken pipe", 512)
+        delivered = {"placeOrder": [["error", ["$id", 512, "Order Sending Error - broken pipe"]]]}
+        for how, answers in (("raised", self.reaches_tws), ("delivered", dict(self.reaches_tws, **delivered))):
+            with self.subTest(how):
+                self.desk_, conn = self.desk(answers=answers)
+                if how == "raised":
+                    failing_send(conn, "placeOrder", reached_tws=True, error=raised)
+                error, _ = self.internal(self.desk_.place_order, f"req-{how}", option_order())
+                self.assertIn("may have reached TWS", error.message)
+                self.last_audit("allowed", "IbapiSendError")
+                self.assertEqual(self.state(f"req-{how}"), order_guard.UNKNOWN)  # not "failed"
+
+    def test_inside_the_ibapi_call_before_anything_went_out(self):
+        self.desk_, conn = self.desk(answers=self.never_reached)
+        failing_send(conn, "placeOrder", reached_tws=False)
+        error, _ = self.internal(self.desk_.place_order, "req-1", option_order())
+        self.assertIn("may have reached TWS", error.message)  # the agent cannot tell where ibapi failed
+        self.assertEqual(self.state(), order_guard.UNKNOWN)
+        self.assertEqual(self.desk_.place_order("req-1", option_order())["status"], "Submitted")
+        self.assertEqual(conn.methods(), ["reqContractDetails", "reqAllOpenOrders", "reqCompletedOrders",
+                                          "reqContractDetails", "placeOrder"])
+
+    def test_after_the_id_was_recorded_but_before_the_order_was_sent(self):
+        self.desk_, conn = self.desk(answers=self.never_reached)
+        real_ib_order = self.desk_._ib_order
+        self.desk_._ib_order = mock.Mock(side_effect=[Boom(), real_ib_order("req-1", dict(
+            order_guard.parse_order_params("place-order", option_order()), account="DU1234567"))])
+        error, _ = self.internal(self.desk_.place_order, "req-1", option_order())
+        self.assertIn("before the order was sent: nothing reached TWS", error.message)
+        self.assertIn("looks in TWS first", error.message)
+        self.assertEqual(conn.methods(), ["reqContractDetails"])
+        self.last_audit("not sent: INTERNAL")
+        self.assertEqual(self.state(), order_guard.UNKNOWN)  # kept safe: a repeat still looks
+        self.assertEqual(self.desk_.place_order("req-1", option_order())["status"], "Submitted")
+        self.assertEqual(conn.methods(), ["reqContractDetails", "reqAllOpenOrders", "reqCompletedOrders",
+                                          "reqContractDetails", "placeOrder"])
+
+    def test_before_anything_was_sent_or_recorded(self):
+        self.desk_, conn = self.desk("placed")
+        with mock.patch.object(self.desk_, "_qualify", side_effect=Boom()):
+            error, record = self.internal(self.desk_.place_order, "req-1", option_order())
+        self.assertIn("placing order SELL 1 AAPL 20300118 150 C @ 2.5 before the order was sent: nothing "
+                      "reached TWS", error.message)
+        self.assertEqual(conn.sent, [])
+        self.last_audit("not sent: INTERNAL")
+        self.assertIsNone(self.state())  # nothing to look for: the repeat places the order once
+        self.assertEqual(self.desk_.place_order("req-1", option_order()), {"order_id": 32, "status": "PreSubmitted"})
+        self.assertEqual(conn.methods(), ["reqContractDetails", "placeOrder"])
+
+    def test_before_sending_a_repeat_of_an_unfinished_id_it_stays_unfinished(self):
+        self.desk("no_answer")[0].request_ids.put("req-1", order_guard.SENDING, order_id=7)
+        self.desk_, conn = self.desk(answers=self.reaches_tws)
+        with mock.patch.object(self.desk_, "_find_by_order_ref", side_effect=Boom()):
+            error, _ = self.internal(self.desk_.place_order, "req-1", option_order())
+        self.assertIn("looks in TWS first", error.message)
+        self.assertEqual(self.state(), order_guard.UNKNOWN)
+        self.assertNotIn("placeOrder", conn.methods())
+
+    def test_after_tws_answered(self):
+        self.desk_, conn = self.desk(answers=self.reaches_tws)
+        with mock.patch.object(self.desk_, "_first_status", side_effect=Boom()):
+            error, _ = self.internal(self.desk_.place_order, "req-1", option_order())
+        self.assertIn("may have reached TWS", error.message)
+        self.assertEqual(self.state(), order_guard.UNKNOWN)
+        self.assertEqual(self.desk_.place_order("req-1", option_order())["order_id"], 31)
+        self.assertEqual(conn.methods().count("placeOrder"), 1)
+
+    def test_after_the_answer_was_stored_the_answer_stands(self):
+        self.desk_, conn = self.desk("placed")
+        with mock.patch.object(ib_orders.log, "info", side_effect=Boom()):
+            error, _ = self.internal(self.desk_.place_order, "req-1", option_order())
+        self.assertIn("after TWS answered (PreSubmitted)", error.message)
+        self.last_audit("allowed")
+        self.assertEqual(self.state(), order_guard.PLACED)
+        self.assertEqual(self.desk_.place_order("req-1", option_order()), {"order_id": 32, "status": "PreSubmitted"})
+        self.assertEqual(conn.methods().count("placeOrder"), 1)
+
+    def test_a_store_that_cannot_record_unknown_still_leaves_the_id_unfinished(self):
+        self.desk_, conn = self.desk(answers=self.reaches_tws)
+        failing_send(conn, "placeOrder", reached_tws=True)
+        real_put = self.desk_.request_ids.put
+
+        def put(request_id, state, **fields):
+            if state == order_guard.UNKNOWN:
+                raise OSError(28, "No space left on device")
+            real_put(request_id, state, **fields)
+        self.desk_.request_ids.put = put
+        with self.assertLogs("ib_orders", "ERROR") as logs:
+            self.fails(INTERNAL, self.desk_.place_order, "req-1", option_order())
+        self.assertEqual(len(logs.records), 2)
+        self.assertEqual(self.state(), order_guard.SENDING)
+        self.last_audit("allowed")
+        self.assertEqual(self.desk_.place_order("req-1", option_order())["order_id"], 31)
+        self.assertEqual(conn.methods().count("placeOrder"), 1)
+
+    def test_cancel_inside_the_ibapi_call_and_before_it(self):
+        cancel = load("cancel")["scenarios"]["cancelled"]
+        desk, conn = self.desk(answers=cancel)
+        failing_send(conn, "cancelOrder", reached_tws=True)
+        error, _ = self.internal(desk.cancel_order, "c-1", {"order_id": 31})
+        self.assertIn("cancelling order 31 while sending it: the cancel may have reached TWS. Check order 31",
+                      error.message)
+        self.assertEqual(self.audit_lines()[-1]["decision"], "allowed")
+        with mock.patch.object(order_guard, "account_refusal", side_effect=Boom()):
+            error, _ = self.internal(desk.cancel_order, "c-2", {"order_id": 31})
+        self.assertIn("before the cancel was sent: nothing reached TWS", error.message)
+        lines = self.audit_lines()
+        self.assertEqual([(line["request_id"], line["action"], line["order_id"], line["outcome"]["exception"])
+                          for line in lines], [("c-1", "cancel-order", 31, "Boom"), ("c-2", "cancel-order", 31, "Boom")])
+        self.assertEqual(lines[-1]["decision"], "not sent: INTERNAL")
+        self.assertEqual(desk.cancel_order("c-3", {"order_id": 31}), {"order_id": 31, "status": "Cancelled"})
+
+    def test_through_the_worker_lane_the_console_gets_one_line(self):
+        desk, conn = self.desk(answers=self.reaches_tws)
+        failing_send(conn, "placeOrder", reached_tws=True)
+        runner = relay_actions.RequestRunner(conn, scanner=None, desk=desk, workers=1, queue_size=4)
+        runner.start()
+        self.addCleanup(runner.stop)
+        job = StandInJob("place-order", option_order(), "req-1")
+        with self.assertLogs(level="DEBUG") as logs:
+            runner.submit(job)
+            deadline = time.monotonic() + 10  # the runner logs its outcome just after finishing the job
+            while not any(r.name == "agent.requests" for r in logs.records) and time.monotonic() < deadline:
+                time.sleep(0.01)
+        self.assertEqual(job.error.code, INTERNAL)
+        shown = [r for r in logs.records if r.levelno >= logging.INFO]
+        self.assertEqual(len(shown), 1, [r.getMessage() for r in shown])
+        self.assertIn("may have reached TWS", shown[0].getMessage())
+
+
+class StandInJob:
+    def __init__(self, action, params, request_id):
+        self.id, self.action, self.params = request_id, action, params
+        self.cancel = threading.Event()
+        self.done = threading.Event()
+        self.data = self.error = None
+
+    def progress(self, done, total):
+        pass
+
+    def finish(self, data=None, error=None):
+        self.data, self.error = data, error
+        self.done.set()
 
 
 class CancelOrderTest(DeskTestCase):

@@ -197,6 +197,12 @@ class AuditLogTest(unittest.TestCase):
             audit.write("place-order", "r1", {}, "allowed", 5, {"status": "Submitted"})
         self.assertIn('"request_id":"r1"', logs.output[0])
 
+    def test_the_outcome_of_an_unexpected_error_names_its_class(self):
+        error = AgentError("INTERNAL", "unexpected error in the agent (KeyError) ...")
+        self.assertEqual(order_guard.outcome_of_error(error, "KeyError"),
+                         {"error": "INTERNAL", "ib_code": None, "message": error.message, "exception": "KeyError"})
+        self.assertNotIn("exception", order_guard.outcome_of_error(AgentError(INVALID_REQUEST, "x")))
+
     def test_concurrent_writers_give_whole_lines(self):
         audit = order_guard.AuditLog(self.path)
         threads = [threading.Thread(target=lambda i=i: [audit.write("place-order", f"r{i}-{j}", {}, "allowed", j, {})
@@ -228,6 +234,14 @@ class RequestIdStoreTest(unittest.TestCase):
         again = self.store().get("r1")
         self.assertEqual((again["state"], again["order_id"], again["status"]), ("placed", 7, "Submitted"))
         self.assertIsNone(self.store().get("r2"))
+
+    def test_an_unknown_outcome_survives_a_restart_with_its_order_id_and_stays_unfinished(self):
+        self.store().put("r1", order_guard.SENDING, order_id=7)
+        self.store().put("r1", order_guard.UNKNOWN, exception="AttributeError")
+        again = self.store().get("r1")
+        self.assertEqual((again["state"], again["order_id"], again["exception"]), ("unknown", 7, "AttributeError"))
+        self.assertEqual(order_guard.UNFINISHED, {order_guard.SENDING, order_guard.UNKNOWN})
+        self.assertFalse({order_guard.PLACED, order_guard.FAILED} & order_guard.UNFINISHED)
 
     def test_keeps_ids_at_least_24_hours_then_forgets(self):
         self.store().put("old", order_guard.PLACED, order_id=1)
