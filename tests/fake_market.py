@@ -39,6 +39,14 @@ class Instrument:
     under_con_id: int = 0
     valid_exchanges: str = "SMART"
     industry: str = ""
+    category: str = ""
+    subcategory: str = ""
+    order_types: str = ""         # contractDetails.orderTypes (comma list)
+    market_rule_ids: str = ""     # one rule id per valid exchange, in the same order
+    trading_hours: str = ""       # "YYYYMMDD:HHMM-YYYYMMDD:HHMM;YYYYMMDD:CLOSED;..." (US/Eastern)
+    liquid_hours: str = ""
+    sec_ids: Tuple[Tuple[str, str], ...] = ()   # e.g. (("ISIN", "US0378331005"),)
+    under_sec_type: str = ""      # options: the underlying's type ("STK", "IND")
 
 
 @dataclass(frozen=True)

@@ -8,9 +8,13 @@ it are always open and are not spelled out.
 """
 from __future__ import annotations
 
+import datetime as dt
+import math
 import re
 import struct
+import time
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 from ibapi import server_versions as sv
@@ -35,6 +39,85 @@ def field_text(value) -> str:
     if isinstance(value, float) and value.is_integer() and abs(value) < 1e15:
         return str(int(value))                 # sizes and quantities read as ints or Decimals
     return str(value)
+
+
+# ---- how TWS writes values: every format and unset text, in one place --------------------------
+# Read off frames recorded from real TWS (../shared/tws-captures/). TWS is a Java program; which
+# writer a field goes through is per field, not per type, so each encoder names the rule for each
+# numeric field it writes:
+#   java_double  Java's Double.toString: "5.0", "0.05", "257.95", "1.0E7" (most double fields:
+#                secdef strikes, order prices, execution prices, P&L, generic ticks, greeks)
+#   tick_price   two decimals: "-1.00", "315.50" (tickPrice)
+#   plain        no decimal point when whole: "15", "0.0001", "100" (Decimal sizes and quantities,
+#                and the doubles TWS writes that way: contract strikes, orderStatus prices, cashQty)
+#   greek        the -1 / -2 "not computed" sentinels as "-1" / "-2", other values java_double
+# Unset values have their own texts per field: empty, or the Java limits below.
+UNSET_DOUBLE = "1.7976931348623157E308"       # Double.MAX_VALUE
+UNSET_INTEGER = "2147483647"                  # Integer.MAX_VALUE
+UNSET_LONG = "9223372036854775807"            # Long.MAX_VALUE
+UNSET_LONG_MIN = "-9223372036854775808"       # Long.MIN_VALUE (orderState.suggestedSize)
+TWS_TIME_ZONE = "US/Eastern"
+
+
+def java_double(value: Optional[float], unset: str = "") -> str:
+    """Java's Double.toString: shortest round-trip digits; plain from 1e-3 to below 1e7 (always with
+    a fraction: "5.0"), else scientific as "1.0E7"; `unset` for None."""
+    if value is None:
+        return unset
+    value = float(value)
+    if value != value:
+        return "NaN"
+    if value in (float("inf"), float("-inf")):
+        return "Infinity" if value > 0 else "-Infinity"
+    if value == 0.0:
+        return "-0.0" if math.copysign(1.0, value) < 0 else "0.0"
+    sign, magnitude = ("-" if value < 0 else ""), abs(value)
+    if 1e-3 <= magnitude < 1e7:
+        text = format(Decimal(repr(magnitude)), "f")
+        return sign + (text if "." in text else text + ".0")
+    digits = Decimal(repr(magnitude)).normalize().as_tuple()
+    numerals = "".join(str(d) for d in digits.digits)
+    exponent = len(numerals) - 1 + digits.exponent
+    return f"{sign}{numerals[0]}.{numerals[1:] or '0'}E{exponent}"
+
+
+def tick_price(value: float) -> str:
+    return f"{value:.2f}"
+
+
+def plain(value: Optional[float], unset: str = "") -> str:
+    """A number without a decimal point when whole ("15", "-100", "0"), else its shortest decimal
+    digits ("0.0001", "257.5"); `unset` for None."""
+    if value is None:
+        return unset
+    if float(value).is_integer():
+        return str(int(value))
+    return format(Decimal(repr(float(value))), "f")
+
+
+def greek(value: Optional[float]) -> str:
+    """tickOptionComputation values: the "not computed" sentinels -1 / -2 (None: -1) as integers."""
+    if value is None or value in (-1.0, -2.0):
+        return str(int(value if value is not None else -1))
+    return java_double(value)
+
+
+def _us_eastern_offset_hours(utc: dt.datetime) -> int:
+    """-4 from the second Sunday of March 02:00 EST to the first Sunday of November 02:00 EDT, else -5
+    (the US rule since 2007; no tz database needed, so it works on any test machine)."""
+    def sunday(month: int, nth: int) -> dt.datetime:
+        first = dt.datetime(utc.year, month, 1)
+        return first + dt.timedelta(days=(6 - first.weekday()) % 7 + 7 * (nth - 1))
+    starts = sunday(3, 2) + dt.timedelta(hours=7)      # 02:00 EST = 07:00 UTC
+    ends = sunday(11, 1) + dt.timedelta(hours=6)       # 02:00 EDT = 06:00 UTC
+    return -4 if starts <= utc.replace(tzinfo=None) < ends else -5
+
+
+def tws_time(epoch_s: Optional[float] = None) -> str:
+    """An execution or completed-order time as TWS writes it: "20260413 15:27:04 US/Eastern"."""
+    utc = dt.datetime.fromtimestamp(time.time() if epoch_s is None else epoch_s, dt.timezone.utc)
+    local = utc + dt.timedelta(hours=_us_eastern_offset_hours(utc))
+    return local.strftime("%Y%m%d %H:%M:%S ") + TWS_TIME_ZONE
 
 
 def _fields_payload(fields: Iterable) -> bytes:
@@ -262,8 +345,11 @@ class OrderRecord:
     avg_fill_price: float = 0.0
     last_fill_price: float = 0.0
     parent_id: int = 0
-    completed_time: str = ""
+    completed_time: str = ""     # tws_time(): "YYYYMMDD HH:MM:SS US/Eastern"
     completed_status: str = ""
+    trail_stop_price: Optional[float] = None   # trailing orders only
+    lmt_price_offset: Optional[float] = None
+    submitter: str = ""          # completedOrder carries the TWS user name; openOrder leaves it empty
 
     @property
     def remaining(self) -> float:
@@ -273,12 +359,13 @@ class OrderRecord:
 @dataclass
 class Execution:
     exec_id: str
-    time: str                    # "YYYYMMDD  HH:MM:SS"
+    time: str                    # tws_time(): "YYYYMMDD HH:MM:SS US/Eastern"
     order: OrderRecord
     shares: float
     price: float
     exchange: str = "CBOE"
     commission: float = 0.65
+    realized_pnl: Optional[float] = None       # None: an opening trade (TWS writes Double.MAX_VALUE)
 
 
 def _price(value: Optional[float]) -> object:
@@ -332,21 +419,35 @@ class Encoder:
         return fields
 
     # -- market data --
-    def tick_price(self, req_id: int, tick_type: int, price: float, size: float, attrib_mask: int = 0) -> list:
-        return [1, 6, req_id, tick_type, price, size, attrib_mask]
+    def tick_price(self, req_id: int, tick_type: int, price: float, size: float,
+                   attrib_mask: Optional[int] = None) -> list:
+        """attrib_mask None: what TWS sets for the tick type: live bid and ask (1, 2) carry
+        canAutoExecute (bit 0), even a bid of -1 ("no bid"), as recorded; other ticks 0."""
+        if attrib_mask is None:
+            attrib_mask = 1 if tick_type in (1, 2) else 0
+        return [1, 6, req_id, tick_type, tick_price(price), plain(size), attrib_mask]
 
     def tick_size(self, req_id: int, tick_type: int, size: float) -> list:
-        return [2, 6, req_id, tick_type, size]
+        return [2, 6, req_id, tick_type, plain(size)]
 
     def tick_generic(self, req_id: int, tick_type: int, value: float) -> list:
-        return [45, 6, req_id, tick_type, value]
+        return [45, 6, req_id, tick_type, java_double(value)]
 
-    def tick_option_computation(self, req_id: int, tick_type: int, implied_vol: float, delta: float,
-                                opt_price: float, pv_dividend: float, gamma: float, vega: float,
-                                theta: float, und_price: float, tick_attrib: int = 0) -> list:
+    def tick_string(self, req_id: int, tick_type: int, value: str) -> list:
+        return [46, 6, req_id, tick_type, value]
+
+    def tick_option_computation(self, req_id: int, tick_type: int, implied_vol: Optional[float],
+                                delta: Optional[float], opt_price: Optional[float], pv_dividend: Optional[float],
+                                gamma: Optional[float], vega: Optional[float], theta: Optional[float],
+                                und_price: Optional[float], tick_attrib: int = 0) -> list:
         # Version >= 156 has no version field but a tickAttrib; all served versions are >= 157.
-        return [21, req_id, tick_type, tick_attrib, implied_vol, delta, opt_price, pv_dividend,
-                gamma, vega, theta, und_price]
+        return [21, req_id, tick_type, tick_attrib] + [greek(v) for v in (
+            implied_vol, delta, opt_price, pv_dividend, gamma, vega, theta, und_price)]
+
+    def tick_option_not_computed(self, req_id: int, tick_type: int) -> list:
+        """The row TWS sends when it cannot compute (e.g. the bid row of an option with no bid):
+        every value its sentinel (-1 vol/price/underlying, -2 greeks) and a pvDividend of 0.0."""
+        return [21, req_id, tick_type, 0, "-1", "-2", "-1", java_double(0.0), "-2", "-2", "-2", "-1"]
 
     def tick_snapshot_end(self, req_id: int) -> list:
         return [57, 1, req_id]
@@ -354,8 +455,9 @@ class Encoder:
     def market_data_type(self, req_id: int, market_data_type: int) -> list:
         return [58, 1, req_id, market_data_type]
 
-    def tick_req_params(self, req_id: int, min_tick: float, bbo_exchange: str, snapshot_permissions: int) -> list:
-        return [81, req_id, min_tick, bbo_exchange, snapshot_permissions]
+    def tick_req_params(self, req_id: int, min_tick: Optional[float], bbo_exchange: str,
+                        snapshot_permissions: int) -> list:
+        return [81, req_id, java_double(min_tick), bbo_exchange, snapshot_permissions]
 
     # -- reference data --
     def contract_data(self, req_id: int, c) -> list:
@@ -365,27 +467,33 @@ class Encoder:
         fields += [req_id, c.symbol, c.sec_type, c.expiry]
         if self.v >= sv.MIN_SERVER_VER_LAST_TRADE_DATE:
             fields.append(c.expiry)
-        fields += [c.strike, c.right, c.exchange, c.currency, c.local_symbol,
+        stock, option = c.sec_type == "STK", c.sec_type == "OPT"
+        fields += [plain(c.strike), c.right, c.exchange, c.currency, c.local_symbol,
                    c.trading_class,                        # marketName
-                   c.trading_class, c.con_id, c.min_tick]
+                   c.trading_class, c.con_id, java_double(c.min_tick)]
         if self.v < sv.MIN_SERVER_VER_SIZE_RULES:
             fields.append(1)                               # mdSizeMultiplier
-        fields += [c.multiplier, "ACTIVETIM,AD,ALERT,ALLOC,DAY,GTC,LMT,MKT,STP,STPLMT",
-                   c.valid_exchanges, 1, c.under_con_id, c.long_name, c.primary_exchange,
-                   c.expiry[:6], c.industry, "", "",      # contractMonth, industry, category, subcategory
-                   "US/Eastern", "", "",                   # timeZoneId, tradingHours, liquidHours
-                   "", "",                                 # evRule, evMultiplier
-                   0,                                      # secIdList count
-                   1 if c.sec_type == "STK" else 2,        # aggGroup
-                   c.symbol if c.sec_type == "OPT" else "",
-                   "STK" if c.sec_type == "OPT" else "",   # underSymbol, underSecType
-                   "26" if c.sec_type == "STK" else "32",  # marketRuleIds
+        fields += [c.multiplier, c.order_types, c.valid_exchanges,
+                   1, c.under_con_id, c.long_name,         # priceMagnifier, underConId, longName
+                   c.primary_exchange, c.expiry[:6],       # contractMonth
+                   c.industry, c.category, c.subcategory,
+                   TWS_TIME_ZONE, c.trading_hours, c.liquid_hours,
+                   "", ""]                                 # evRule, evMultiplier (unset: empty)
+        fields.append(len(c.sec_ids))
+        for tag, value in c.sec_ids:
+            fields += [tag, value]
+        fields += [1 if stock else 2,                      # aggGroup
+                   c.symbol if option else "",
+                   (c.under_sec_type or "STK") if option else "",   # underSymbol, underSecType
+                   c.market_rule_ids,                      # one per valid exchange
                    c.expiry,                               # realExpirationDate
-                   "COMMON" if c.sec_type == "STK" else ""]
+                   "COMMON" if stock else ""]              # stockType
         if sv.MIN_SERVER_VER_FRACTIONAL_SIZE_SUPPORT <= self.v < sv.MIN_SERVER_VER_SIZE_RULES:
-            fields.append(1)                               # sizeMinTick
+            fields.append(plain(0.0001) if stock else 1)  # sizeMinTick
         if self.v >= sv.MIN_SERVER_VER_SIZE_RULES:
-            fields += [1, 1, 1]                            # minSize, sizeIncrement, suggestedSizeIncrement
+            # minSize, sizeIncrement, suggestedSizeIncrement: stocks trade in fractions, suggested
+            # in round lots of 100; options (and the rest) in whole contracts
+            fields += [plain(0.0001), plain(0.0001), 100] if stock else [1, 1, 1]
         if self.v >= sv.MIN_SERVER_VER_INELIGIBILITY_REASONS:
             fields.append(0)
         return fields
@@ -396,15 +504,18 @@ class Encoder:
     def sec_def_opt_params(self, req_id: int, exchange: str, underlying_con_id: int, trading_class: str,
                            multiplier: str, expirations: Sequence[str], strikes: Sequence[float]) -> list:
         return ([75, req_id, exchange, underlying_con_id, trading_class, multiplier, len(expirations)]
-                + list(expirations) + [len(strikes)] + list(strikes))
+                + list(expirations) + [len(strikes)] + [java_double(k) for k in strikes])
 
     def sec_def_opt_params_end(self, req_id: int) -> list:
         return [76, req_id]
 
     # -- account --
     def position(self, account: str, c, quantity: float, avg_cost: float) -> list:
-        return [61, 3, account, c.con_id, c.symbol, c.sec_type, c.expiry, c.strike, c.right, c.multiplier,
-                c.exchange, c.currency, c.local_symbol, c.trading_class, quantity, avg_cost]
+        # The exchange field is the listing (primary) exchange: "NASDAQ" for a NASDAQ stock, as
+        # recorded; empty for options, which have none.
+        return [61, 3, account, c.con_id, c.symbol, c.sec_type, c.expiry, java_double(c.strike), c.right,
+                c.multiplier, c.primary_exchange, c.currency, c.local_symbol, c.trading_class,
+                plain(quantity), java_double(avg_cost)]
 
     def position_end(self) -> list:
         return [62, 1]
@@ -420,9 +531,11 @@ class Encoder:
 
     def portfolio_value(self, c, quantity: float, market_price: float, market_value: float,
                         avg_cost: float, unrealized_pnl: float, realized_pnl: float, account: str) -> list:
-        return [7, 8, c.con_id, c.symbol, c.sec_type, c.expiry, c.strike, c.right, c.multiplier,
-                c.primary_exchange, c.currency, c.local_symbol, c.trading_class, quantity, market_price,
-                market_value, avg_cost, unrealized_pnl, realized_pnl, account]
+        # A stock's strike is written "0" and its right "0" here (as recorded), unlike position's.
+        return [7, 8, c.con_id, c.symbol, c.sec_type, c.expiry, plain(c.strike), c.right or "0", c.multiplier,
+                c.primary_exchange, c.currency, c.local_symbol, c.trading_class, plain(quantity),
+                java_double(market_price), java_double(market_value), java_double(avg_cost),
+                java_double(unrealized_pnl), java_double(realized_pnl), account]
 
     def account_time(self, hh_mm: str) -> list:
         return [8, 1, hh_mm]
@@ -439,26 +552,30 @@ class Encoder:
 
     def position_multi(self, req_id: int, account: str, c, quantity: float, avg_cost: float,
                        model_code: str = "") -> list:
-        return [71, 1, req_id, account, c.con_id, c.symbol, c.sec_type, c.expiry, c.strike, c.right,
-                c.multiplier, c.exchange, c.currency, c.local_symbol, c.trading_class, quantity, avg_cost,
-                model_code]
+        # Not recorded: written like position (its twin).
+        return [71, 1, req_id, account, c.con_id, c.symbol, c.sec_type, c.expiry, java_double(c.strike),
+                c.right, c.multiplier, c.primary_exchange, c.currency, c.local_symbol, c.trading_class,
+                plain(quantity), java_double(avg_cost), model_code]
 
     def position_multi_end(self, req_id: int) -> list:
         return [72, 1, req_id]
 
     # -- orders --
     def order_status(self, o: OrderRecord, why_held: str = "") -> list:
-        return [3, o.order_id, o.status, o.filled, o.remaining, o.avg_fill_price, o.perm_id, o.parent_id,
-                o.last_fill_price, o.client_id, why_held, 0.0]
+        return [3, o.order_id, o.status, plain(o.filled), plain(o.remaining), plain(o.avg_fill_price),
+                o.perm_id, o.parent_id, plain(o.last_fill_price), o.client_id, why_held,
+                plain(0.0)]                                # mktCapPrice
 
     def _order_contract(self, c) -> list:
-        return [c.con_id, c.symbol, c.sec_type, c.expiry, c.strike, c.right, c.multiplier, c.exchange,
-                c.currency, c.local_symbol, c.trading_class]
+        # A contract without a right (a stock) is written with right "?" here, as recorded.
+        return [c.con_id, c.symbol, c.sec_type, c.expiry, plain(c.strike), c.right or "?", c.multiplier,
+                c.exchange, c.currency, c.local_symbol, c.trading_class]
 
     def _order_head(self, o: OrderRecord) -> list:
-        """action .. origin, orderRef: shared by openOrder and completedOrder."""
-        return [o.action, o.quantity, o.order_type, _price(o.lmt_price), _price(o.aux_price), o.tif,
-                "", o.account, "", 0, o.order_ref]
+        """action .. origin, orderRef: shared by openOrder and completedOrder. A price the order does
+        not have (no aux price on a limit order) is written 0.0, as recorded."""
+        return [o.action, plain(o.quantity), o.order_type, java_double(o.lmt_price or 0.0),
+                java_double(o.aux_price or 0.0), o.tif, "", o.account, "", 0, o.order_ref]
 
     def _fa_params(self) -> list:
         fields = ["", "", ""]                              # faGroup, faMethod, faPercentage
@@ -466,15 +583,20 @@ class Encoder:
             fields.append("")                              # faProfile
         return fields + [""]                               # modelCode
 
-    def _vol_order_params(self) -> list:
-        # volatility, volatilityType, deltaNeutralOrderType (empty: no delta-neutral block),
-        # deltaNeutralAuxPrice, continuousUpdate, referencePriceType
-        return ["", 0, "", "", 0, 0]
+    def _vol_order_params(self, open_order: bool) -> list:
+        # volatility, volatilityType, deltaNeutralOrderType: TWS writes "None" (not empty), so the
+        # delta-neutral block follows: conId, [settlingFirm, clearingAccount, clearingIntent,
+        # openClose "?": openOrder only], shortSale, shortSaleSlot, designatedLocation
+        fields = ["", 0, "None", "", 0]                    # ... deltaNeutralAuxPrice, deltaNeutralConId
+        if open_order:
+            fields += ["", "", "", "?"]
+        return fields + [0, 0, "",                         # shortSale, shortSaleSlot, designatedLocation
+                         0, 0]                             # continuousUpdate, referencePriceType
 
     def _combo_and_scale(self) -> list:
         return ["", 0, 0,                                  # comboLegsDescrip, legs, order legs
                 0,                                         # smartComboRoutingParams
-                "", "", ""]                                # scaleInitLevelSize, scaleSubsLevelSize, increment
+                UNSET_INTEGER, UNSET_INTEGER, ""]          # scaleInitLevelSize, scaleSubsLevelSize, increment
 
     def _peg_best_mid(self) -> list:
         return ["", "", "", "", ""] if self.v >= sv.MIN_SERVER_VER_PEGBEST_PEGMID_OFFSETS else []
@@ -490,36 +612,41 @@ class Encoder:
     def open_order(self, o: OrderRecord) -> list:
         v = self.v
         fields = [5, o.order_id] + self._order_contract(o.contract) + self._order_head(o)
-        fields += [o.client_id, o.perm_id, 0, 0, 0, "",   # outsideRth, hidden, discretionaryAmt, goodAfterTime
-                   ""]                                     # sharesAllocation
+        fields += [o.client_id, o.perm_id, 0, 0, plain(0.0), "",  # outsideRth, hidden, discretionaryAmt, GAT
+                   f"{o.perm_id}.1/{o.account}/100"]      # sharesAllocation (deprecated), as recorded
         fields += self._fa_params()
-        fields += ["", "", "", "",                         # goodTillDate, rule80A, percentOffset, settlingFirm
+        fields += ["", 0, "", "",                          # goodTillDate, rule80A, percentOffset, settlingFirm
                    0, "", -1,                              # shortSaleSlot, designatedLocation, exemptCode
                    0,                                      # auctionStrategy
                    "", "", "",                             # startingPrice, stockRefPrice, delta
                    "", "",                                 # stockRangeLower, stockRangeUpper
-                   "", 0, 0, 0, "", 0,                     # displaySize, block, sweep, allOrNone, minQty, ocaType
+                   UNSET_INTEGER, 0, 0, 0, "", 3,          # displaySize, block, sweep, allOrNone, minQty, ocaType
                    0, 0, "",                               # eTradeOnly, firmQuoteOnly, nbboPriceCap
                    o.parent_id, 0]                         # parentId, triggerMethod
-        fields += self._vol_order_params()
-        fields += ["", "",                                 # trailStopPrice, trailingPercent
+        fields += self._vol_order_params(open_order=True)
+        fields += [java_double(o.trail_stop_price), "",    # trailStopPrice, trailingPercent
                    "", ""]                                 # basisPoints, basisPointsType
         fields += self._combo_and_scale()
         fields += ["",                                     # hedgeType
-                   0, "", "", 0,                           # optOutSmartRouting, clearing x2, notHeld
+                   0, "", "IB", 0,                         # optOutSmartRouting, clearingAccount/Intent, notHeld
                    0, "", 0]                               # deltaNeutral, algoStrategy, solicited
         fields += [0, o.status]                            # whatIf, status
         if v >= sv.MIN_SERVER_VER_WHAT_IF_EXT_FIELDS:
-            fields += [""] * 6                             # margin before / change
-        fields += ["", "", "", "", "", "", ""]             # margin after x3, commission x3, currency
+            fields += [UNSET_DOUBLE] * 6                   # margin before / change
+        fields += [UNSET_DOUBLE] * 3                       # margin after
+        fields += ["", "", "", ""]                         # commission, min, max, commission currency
         if v >= sv.MIN_SERVER_VER_FULL_ORDER_PREVIEW_FIELDS:
-            fields += [""] + [""] * 9 + ["", "", 0]        # marginCurrency, outside-RTH x9, size, reason, allocs
+            fields += [""] + [UNSET_DOUBLE] * 9            # marginCurrency, outside-RTH margins
+            fields += [UNSET_LONG_MIN, "", 0]              # suggestedSize, rejectReason, allocations
         fields += [""]                                     # warningText
         fields += [0, 0,                                   # randomizeSize, randomizePrice
                    0,                                      # conditions
-                   "", 0, "", "", 0, 0, 0, 0,              # adjusted order params
+                   "None", UNSET_DOUBLE,                   # adjustedOrderType, triggerPrice
+                   java_double(o.trail_stop_price, UNSET_DOUBLE), java_double(o.lmt_price_offset, UNSET_DOUBLE),
+                   UNSET_DOUBLE, UNSET_DOUBLE, UNSET_DOUBLE,  # adjustedStop, adjustedStopLimit, adjustedTrailing
+                   0,                                      # adjustableTrailingUnit
                    "", "", "",                             # softDollarTier
-                   0, 0, 0, 0, 0]                          # cashQty, dontUseAutoPrice, isOms, discrUpToLmt, usePriceMgmt
+                   plain(0.0), 1, 0, 0, 0]                 # cashQty, dontUseAutoPrice, isOms, discrUpToLmt, usePriceMgmt
         if v >= sv.MIN_SERVER_VER_DURATION:
             fields.append("")
         if v >= sv.MIN_SERVER_VER_POST_TO_ATS:
@@ -532,9 +659,9 @@ class Encoder:
         if v >= sv.MIN_SERVER_VER_INCLUDE_OVERNIGHT:
             fields.append(0)
         if v >= sv.MIN_SERVER_VER_CME_TAGGING_FIELDS_IN_OPEN_ORDER:
-            fields += ["", ""]                             # extOperator, manualOrderIndicator
+            fields += ["", UNSET_INTEGER]                  # extOperator, manualOrderIndicator
         if v >= sv.MIN_SERVER_VER_SUBMITTER:
-            fields.append("")
+            fields.append("")                              # submitter: empty in openOrder, as recorded
         if v >= sv.MIN_SERVER_VER_IMBALANCE_ONLY:
             fields.append(0)
         return fields
@@ -544,37 +671,43 @@ class Encoder:
 
     def completed_order(self, o: OrderRecord) -> list:
         fields = [101] + self._order_contract(o.contract) + self._order_head(o)
-        fields += [o.perm_id, 0, 0, 0, ""]                 # permId, outsideRth, hidden, discretionaryAmt, GAT
+        fields += [o.perm_id, 0, 0, plain(0.0), ""]        # permId, outsideRth, hidden, discretionaryAmt, GAT
         fields += self._fa_params()
-        fields += ["", "", "", "",                         # goodTillDate, rule80A, percentOffset, settlingFirm
+        fields += ["", "", "", "",                         # goodTillDate, rule80A (empty here), percentOffset,
+                                                           # settlingFirm
                    0, "", -1,                              # short sale params
                    "", "", "", "", "",                     # box order, peg-to-stock ranges
-                   "", 0, 0, "", 0,                        # displaySize, sweep, allOrNone, minQty, ocaType
+                   UNSET_INTEGER, 0, 0, "", 3,             # displaySize, sweep, allOrNone, minQty, ocaType
                    0]                                      # triggerMethod
-        fields += self._vol_order_params()
-        fields += ["", ""]                                 # trailStopPrice, trailingPercent
+        fields += self._vol_order_params(open_order=False)
+        fields += [java_double(o.trail_stop_price), ""]    # trailStopPrice, trailingPercent
         fields += self._combo_and_scale()
-        fields += ["", "", "", 0, 0, "", 0]                # hedge, clearing x2, notHeld, deltaNeutral, algo, solicited
+        fields += ["", "", "IB", 0, 0, "", 0]              # hedge, clearing x2, notHeld, deltaNeutral, algo, solicited
         fields += [o.status, 0, 0, 0,                      # orderStatus, randomize x2, conditions
-                   "", "",                                 # trailStopPrice, lmtPriceOffset
-                   0, 0, 0,                                # cashQty, dontUseAutoPrice, isOms
-                   "", o.filled, 0, 0, "", 0, 0,           # autoCancelDate, filled, refFutConId, autoCancelParent,
-                                                           # shareholder, imbalanceOnly, routeMarketableToBbo
-                   0, o.completed_time, o.completed_status]  # parentPermId, completedTime, completedStatus
+                   # trailStopPrice, lmtPriceOffset (recorded on a TRAIL LIMIT; unset: Double.MAX_VALUE,
+                   # as openOrder writes them)
+                   java_double(o.trail_stop_price, UNSET_DOUBLE), java_double(o.lmt_price_offset, UNSET_DOUBLE),
+                   plain(0.0), 1, 0,                       # cashQty, dontUseAutoPrice, isOms
+                   "", plain(o.filled), UNSET_INTEGER, 0,  # autoCancelDate, filled, refFutConId, autoCancelParent
+                   "Not an insider or substantial shareholder",  # shareholder
+                   0, 0,                                   # imbalanceOnly, routeMarketableToBbo
+                   UNSET_LONG, o.completed_time, o.completed_status]  # parentPermId, completedTime, Status
         fields += self._peg_best_mid() + self._customer_fields()
         if self.v >= sv.MIN_SERVER_VER_SUBMITTER:
-            fields.append("")
+            fields.append(o.submitter)
         return fields
 
     def completed_orders_end(self) -> list:
         return [102]
 
     def exec_details(self, req_id: int, e: Execution) -> list:
+        # The contract's exchange field is the execution's exchange, as recorded.
         o, c = e.order, e.order.contract
-        fields = [11, req_id, o.order_id, c.con_id, c.symbol, c.sec_type, c.expiry, c.strike, c.right,
-                  c.multiplier, c.exchange, c.currency, c.local_symbol, c.trading_class,
+        fields = [11, req_id, o.order_id, c.con_id, c.symbol, c.sec_type, c.expiry, java_double(c.strike), c.right,
+                  c.multiplier, e.exchange, c.currency, c.local_symbol, c.trading_class,
                   e.exec_id, e.time, o.account, e.exchange, "BOT" if o.action == "BUY" else "SLD",
-                  e.shares, e.price, o.perm_id, o.client_id, 0, e.shares, e.price, o.order_ref,
+                  plain(e.shares), java_double(e.price), o.perm_id, o.client_id, 0,   # liquidation
+                  plain(e.shares), java_double(e.price), o.order_ref,                 # cumQty, avgPrice
                   "", "",                                  # evRule, evMultiplier
                   "",                                      # modelCode
                   2]                                       # lastLiquidity (removed liquidity)
@@ -588,4 +721,6 @@ class Encoder:
         return [55, 1, req_id]
 
     def commission_report(self, e: Execution) -> list:
-        return [59, 1, e.exec_id, e.commission, "USD", "", "", ""]
+        # realizedPNL and yield unset: Double.MAX_VALUE, as recorded; yieldRedemptionDate empty
+        return [59, 1, e.exec_id, java_double(e.commission), "USD", java_double(e.realized_pnl, UNSET_DOUBLE),
+                UNSET_DOUBLE, ""]
