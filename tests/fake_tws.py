@@ -5,9 +5,12 @@ serves until SIGTERM/SIGINT (exit 0, stats file written). From tests:
 `FakeTWS(port=0, ...).start() -> port`, `stats()`, `drop_all()`, `restart(down_s)`,
 `broadcast_error(code, text)`, `stop()`.
 
-It speaks the text socket protocol (server versions 157..200, never the protobuf ones): `API\\0` +
-version range, then after startApi: managedAccounts, nextValidId, notices 2104/2106/2158
-(a busy client id gets 326 and is closed). It serves:
+It speaks the TWS socket protocol at server versions 157 up to the pinned ibapi's MAX_CLIENT_VER
+(default and what current TWS answers: that newest version): text up to 200, and from 201 the
+protobuf bodies of the message groups each version moves (`fake_tws_proto.py`). `API\\0` +
+version range, answered with min(client max, max_server_version), then after startApi:
+managedAccounts, nextValidId, notices 2104/2106/2158 (a busy client id gets 326 and is closed).
+It serves:
 
 - reqContractDetails (STK, OPT; error 200 for a contract the market does not list),
   reqSecDefOptParams (one row per exchange, then the end), reqCurrentTime, reqIds, reqManagedAccts
@@ -34,7 +37,8 @@ after the symbol) and MRGT, a thinly traded merger target (3 monthlies, most opt
 
 Instruments, conIds and first quotes depend only on --seed and today's date. Modules: this one
 (server, shared lines/orders/stats, CLI), `fake_tws_session.py` (one connection: handshake, pacing,
-request handlers), `fake_tws_wire.py` (framing, request parsing, version-gated encoders),
+request handlers), `fake_tws_wire.py` (framing, request parsing, version-gated text encoders),
+`fake_tws_proto.py` (the protobuf messages of versions >= 201 and their version table),
 `fake_market.py` (instruments, chains, Black-Scholes quotes, portfolios).
 """
 from __future__ import annotations

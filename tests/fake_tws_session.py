@@ -1,10 +1,12 @@
 """One client connection to the fake TWS: handshake, pacing, and the request handlers.
 
 Handlers are `_on_<EClient method name>(**params)`; the params come from
-`fake_tws_wire.parse_request`. Shared state (lines, orders, market, stats) lives on the server.
+`fake_tws_proto.parse_payload` (text fields or a protobuf body, by version and message id).
+Shared state (lines, orders, market, stats) lives on the server.
 """
 from __future__ import annotations
 
+import json
 import socket
 import struct
 import threading
@@ -14,8 +16,9 @@ from dataclasses import dataclass, replace
 from typing import Deque, Dict, FrozenSet, List, Optional
 
 from tests.fake_market import Instrument, Quote, on_tick
+from tests.fake_tws_proto import make_encoder, parse_payload
 from tests.fake_tws_wire import (API_PREFIX, MIN_SERVER_VERSION, Encoder, FrameReader, OrderRecord,
-                                 ProtocolError, frame, parse_request, parse_version_range, split_fields)
+                                 ProtocolError, frame, parse_version_range)
 
 SOCKET_TIMEOUT_S = 5.0
 PACING_WINDOW_S = 1.0
@@ -89,9 +92,9 @@ class ClientSession:
         except OSError:
             self.close()
 
-    def send_error(self, req_id: int, code: int, text: str) -> None:
+    def send_error(self, req_id: int, code: int, text: str, advanced_reject_json: str = "") -> None:
         if self.encoder is not None:
-            self.send(self.encoder.error(req_id, code, text, int(time.time() * 1000)))
+            self.send(self.encoder.error(req_id, code, text, int(time.time() * 1000), advanced_reject_json))
 
     def close(self, abort: bool = False) -> None:
         with self._state_lock:
@@ -132,7 +135,7 @@ class ClientSession:
                     for payload in reader.payloads():
                         if self._closed:
                             break
-                        self._on_message(split_fields(payload))
+                        self._on_message(payload)
                     if not self._recv(reader):
                         break
         finally:
@@ -158,21 +161,21 @@ class ClientSession:
         version = min(high, self.server.max_server_version)
         if version < max(low, MIN_SERVER_VERSION):
             return False
-        self.encoder = Encoder(version)
+        self.encoder = make_encoder(version)
         # The handshake reply is plain fields at every version: no message id to frame.
         self._send_bytes(frame(self.encoder.handshake(time.strftime("%Y%m%d %H:%M:%S %Z"))))
         for payload in payloads[1:]:
-            self._on_message(split_fields(payload))
+            self._on_message(payload)
         return True
 
     # ---- dispatch and pacing -----------------------------------------------------------------
 
-    def _on_message(self, fields: List[str]) -> None:
+    def _on_message(self, payload: bytes) -> None:
         self.server.count("messages_in")
         if not self._admit():
             return
         try:
-            name, params = parse_request(fields, self.encoder.v)
+            name, params = parse_payload(payload, self.encoder.v)
         except ProtocolError as exc:
             self.send_error(-1, 320, f"Error reading request. Unable to parse data. {exc}")
             return
@@ -497,7 +500,10 @@ class ClientSession:
         server, account = self.server, account or self.server.accounts[0]
         reason = self._order_rejection(account, action, quantity, order_type, lmt_price)
         if reason:
-            self.send_error(order_id, 201, f"Order rejected - reason:{reason}")
+            # TWS attaches advancedOrderRejectJson to order rejections (the field exists from
+            # MIN_SERVER_VER_ADVANCED_ORDER_REJECT); its content is opaque to the client.
+            self.send_error(order_id, 201, f"Order rejected - reason:{reason}",
+                            json.dumps({"rejectReason": reason}, separators=(",", ":")))
             return
         if lmt_price is not None and not on_tick(lmt_price, instrument.min_tick):
             self.send_error(order_id, 110, "The price does not conform to the minimum price variation for "

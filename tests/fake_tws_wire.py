@@ -4,7 +4,9 @@ every message the fake sends, laid out for the negotiated server version exactly
 dropped by the client, so each encoder here mirrors the decoder's version gates one for one.
 
 Server versions below MIN_SERVER_VERSION (ib_async's minimum) are not served, so gates at or below
-it are always open and are not spelled out.
+it are always open and are not spelled out. From 201 (MIN_SERVER_VER_PROTOBUF) message ids are 4-byte
+ints; the text layouts here are what TWS still sends as text there (the decoder gates no text
+field above 200), and `fake_tws_proto.py` builds the messages each version moves to protobuf.
 """
 from __future__ import annotations
 
@@ -18,15 +20,25 @@ from decimal import Decimal
 from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 from ibapi import server_versions as sv
+from ibapi.common import PROTOBUF_MSG_ID
 
 MIN_SERVER_VERSION = 157
-MAX_SERVER_VERSION = sv.MIN_SERVER_VER_PROTOBUF - 1     # 200: the last text-only version
+MAX_SERVER_VERSION = sv.MAX_CLIENT_VER                  # the newest version the pinned ibapi offers
+LAST_TEXT_VERSION = sv.MIN_SERVER_VER_PROTOBUF - 1      # 200: the last text-only version
 API_PREFIX = b"API\0"
 _VERSION_RANGE = re.compile(r"v(\d+)(?:\.\.(\d+))?")
 
 
 class ProtocolError(Exception):
     """A client message the fake cannot read (TWS answers these with error 320)."""
+
+
+@dataclass
+class ProtoMessage:
+    """A message whose body is protobuf (server versions >= 201): `msg_id` is the plain message
+    id (without the +200), `message` an instance of one of ibapi's `*_pb2` classes."""
+    msg_id: int
+    message: object
 
 
 # ---- framing ------------------------------------------------------------------------------
@@ -382,16 +394,20 @@ class Encoder:
         self.v = server_version
 
     # -- framing --
-    def payload(self, message: list) -> bytes:
+    def payload(self, message) -> bytes:
         """The bytes of one message after its 4-byte length prefix, as TWS writes them at this
         version (what `../shared/tws-captures/` records as `payload_b64`): below 201 every field
         NUL-terminated, the message id first; from 201 (MIN_SERVER_VER_PROTOBUF) the id as a 4-byte
-        big-endian int, then the other fields."""
+        big-endian int, then the other fields; a ProtoMessage as id + 200, then its serialized body."""
+        if isinstance(message, ProtoMessage):
+            if self.v < sv.MIN_SERVER_VER_PROTOBUF:
+                raise ValueError(f"no protobuf at server version {self.v}")
+            return struct.pack(">I", message.msg_id + PROTOBUF_MSG_ID) + message.message.SerializeToString()
         if self.v < sv.MIN_SERVER_VER_PROTOBUF or not message:
             return _fields_payload(message)
         return struct.pack(">I", int(message[0])) + _fields_payload(message[1:])
 
-    def frame(self, message: list) -> bytes:
+    def frame(self, message) -> bytes:
         data = self.payload(message)
         return struct.pack(">I", len(data)) + data
 

@@ -16,7 +16,12 @@ import time
 import unittest
 from pathlib import Path
 
+import struct
+
 from ibapi import comm
+from ibapi.protobuf.ManagedAccounts_pb2 import ManagedAccounts
+from ibapi.protobuf.StartApiRequest_pb2 import StartApiRequest
+from ibapi.server_versions import MAX_CLIENT_VER
 
 from tests.fake_tws_wire import FrameReader, frame, split_fields
 
@@ -30,15 +35,20 @@ def read_line(stream) -> str:
     return lines.get(timeout=TIMEOUT_S)
 
 
-def next_message(sock: socket.socket, reader: FrameReader) -> list:
+def next_payload(sock: socket.socket, reader: FrameReader) -> bytes:
+    pending = reader.__dict__.setdefault("pending", [])    # frames read but not yet returned
     while True:
-        payloads = reader.payloads()
-        if payloads:
-            return split_fields(payloads[0])
+        pending.extend(reader.payloads())
+        if pending:
+            return pending.pop(0)
         data = sock.recv(65536)
         if not data:
             raise ConnectionError("fake_tws closed the connection")
         reader.feed(data)
+
+
+def next_message(sock: socket.socket, reader: FrameReader) -> list:
+    return split_fields(next_payload(sock, reader))
 
 
 @unittest.skipUnless(hasattr(signal, "SIGTERM") and os.name == "posix", "needs POSIX signals")
@@ -58,7 +68,7 @@ class CliTest(unittest.TestCase):
 
             with socket.create_connection(("127.0.0.1", int(match.group(1))), timeout=TIMEOUT_S) as sock:
                 reader = FrameReader()
-                sock.sendall(b"API\0" + comm.make_initial_msg("v100..203"))
+                sock.sendall(b"API\0" + comm.make_initial_msg("v100..200"))    # a text-only client
                 self.assertEqual(next_message(sock, reader)[0], "200")
                 sock.sendall(frame([71, 2, 3, ""]))                      # startApi, client id 3
                 self.assertEqual(next_message(sock, reader), ["15", "1", "DU1111111,U2222222"])
@@ -78,6 +88,41 @@ class CliTest(unittest.TestCase):
             self.assertEqual(stats["requests_by_type"], {"startApi": 1})
             proc.stdout.close()
             proc.stderr.close()
+
+    def serve(self, *options: str) -> int:
+        proc = subprocess.Popen([sys.executable, "-m", "tests.fake_tws", "--port", "0", *options], cwd=str(ROOT),
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.addCleanup(proc.stderr.close)
+        self.addCleanup(proc.stdout.close)
+        self.addCleanup(proc.wait, TIMEOUT_S)
+        self.addCleanup(proc.kill)
+        match = re.fullmatch(r"fake_tws listening on 127\.0\.0\.1:(\d+)\n", read_line(proc.stdout))
+        self.assertIsNotNone(match)
+        return int(match.group(1))
+
+    def handshake(self, port: int, offer: str):
+        sock = socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT_S)
+        self.addCleanup(sock.close)
+        reader = FrameReader()
+        sock.sendall(b"API\0" + comm.make_initial_msg(offer))
+        return sock, reader, next_message(sock, reader)[0]
+
+    def test_default_is_the_newest_version_ibapi_offers_and_speaks_protobuf_there(self):
+        sock, reader, version = self.handshake(self.serve(), f"v100..{MAX_CLIENT_VER}")
+        self.assertEqual(version, str(MAX_CLIENT_VER))
+        body = StartApiRequest(clientId=3, optionalCapabilities="").SerializeToString()
+        sock.sendall(struct.pack(">II", 4 + len(body), 71 + 200) + body)         # protobuf startApi
+        payload = next_payload(sock, reader)
+        self.assertEqual(struct.unpack(">I", payload[:4])[0], 15 + 200)          # managedAccounts, protobuf
+        accounts = ManagedAccounts()
+        accounts.ParseFromString(payload[4:])
+        self.assertEqual(accounts.accountsList, "DU1234567")
+
+    def test_max_server_version_option_caps_the_answer_and_frames_raw_int_ids(self):
+        sock, reader, version = self.handshake(self.serve("--max-server-version", "203"), f"v100..{MAX_CLIENT_VER}")
+        self.assertEqual(version, "203")
+        sock.sendall(comm.make_msg(71, True, "2\x003\x00\x00"))                 # text startApi, raw-int id
+        self.assertEqual(next_payload(sock, reader), b"\x00\x00\x00\x0f1\x00DU1234567\x00")
 
 
 if __name__ == "__main__":

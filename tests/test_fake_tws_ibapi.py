@@ -13,6 +13,7 @@ from ibapi.contract import Contract
 from ibapi.execution import ExecutionFilter
 from ibapi.order import Order
 from ibapi.order_cancel import OrderCancel
+from ibapi.server_versions import MAX_CLIENT_VER
 from ibapi.wrapper import EWrapper
 
 from tests.fake_tws import FakeTWS
@@ -135,7 +136,7 @@ class FakeTwsCase(unittest.TestCase):
 class ConnectAndReferenceDataTest(FakeTwsCase):
     def test_connect_gets_accounts_order_id_and_farm_notices(self):
         client = self.connect()
-        self.assertEqual(client.serverVersion(), 200)
+        self.assertEqual(client.serverVersion(), MAX_CLIENT_VER)      # the default: the newest ibapi offers
         self.assertEqual(client.wait("managedAccounts")[0], ("DU1234567",))
         self.assertEqual(client.wait("nextValidId")[0], (1,))
         for code in (2104, 2106, 2158):

@@ -17,8 +17,9 @@ from ibapi.order_cancel import OrderCancel
 from ibapi.wrapper import EWrapper
 
 from tests.fake_market import Instrument
-from tests.fake_tws_wire import (Encoder, Execution, FrameReader, OrderRecord, ProtocolError, frame,
-                                 parse_request, parse_version_range, split_fields)
+from tests.fake_tws_wire import (MAX_SERVER_VERSION, MIN_SERVER_VERSION, Encoder, Execution, FrameReader,
+                                 OrderRecord, ProtocolError, frame, parse_request, parse_version_range,
+                                 split_fields)
 
 VERSIONS = (176, 200)
 STOCK = Instrument(265598, "AAPL", "STK", primary_exchange="NASDAQ", local_symbol="AAPL",
@@ -249,8 +250,8 @@ class EncoderDecodedByIbapiTest(unittest.TestCase):
             self.assertEqual((name, report.execId, report.commissionAndFees, report.currency),
                              ("commissionAndFeesReport", "0001.01", 0.65, "USD"))
 
-    def test_versions_outside_the_text_protocol_are_refused(self):
-        for version in (156, 201):
+    def test_versions_outside_the_served_range_are_refused(self):
+        for version in (MIN_SERVER_VERSION - 1, MAX_SERVER_VERSION + 1):
             with self.assertRaises(ValueError):
                 Encoder(version)
 
