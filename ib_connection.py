@@ -21,6 +21,7 @@ of this client, so stop() needs no cancels.
 """
 from __future__ import annotations
 
+import json
 import logging
 import queue
 import socket
@@ -29,9 +30,9 @@ import time
 from typing import Callable, Dict, List, Optional, Protocol, Sequence, Tuple
 
 import tenacity
-from ibapi import comm, decoder, reader
+from ibapi import comm, decoder, errors as ibapi_errors, reader
 from ibapi.client import EClient
-from ibapi.server_versions import MAX_CLIENT_VER, MIN_CLIENT_VER
+from ibapi.server_versions import MIN_CLIENT_VER
 from ibapi.wrapper import EWrapper
 
 from agent_config import Config
@@ -45,6 +46,11 @@ logging.getLogger("ibapi").setLevel(logging.WARNING)  # ibapi logs every message
 
 # Request ids start far above any order id TWS hands out, so errors (which share one id field)
 # can always be told apart.
+# The highest TWS server version the agent's tests cover (tests/test_protocol_versions.py runs the
+# order, market-data and account suites against the fake TWS at it). The handshake offers
+# v100..this, never the pinned ibapi's own maximum: a newer ibapi cannot silently move users to
+# a protocol nobody tested (a test fails when ibapi's MAX_CLIENT_VER passes this).
+TESTED_MAX_SERVER_VERSION = 226
 REQ_ID_FIRST = 1_000_000_000
 REQ_ID_LAST = 2**31 - 1
 CLIENT_ID_SPARES = 5          # on 326, the next ids tried after IB_CLIENT_ID
@@ -88,7 +94,7 @@ ID_CALLBACKS = (
     "accountUpdateMulti", "accountUpdateMultiEnd", "pnl", "pnlSingle",
     "historicalData", "historicalDataEnd", "historicalDataUpdate", "historicalSchedule", "realtimeBar",
     "headTimestamp", "histogramData", "historicalTicks", "historicalTicksBidAsk", "historicalTicksLast",
-    "scannerData", "scannerDataEnd", "fundamentalData", "deltaNeutralValidation", "softDollarTiers",
+    "scannerData", "scannerDataEnd", "deltaNeutralValidation", "softDollarTiers",
     "newsArticle", "historicalNews", "historicalNewsEnd", "displayGroupList", "displayGroupUpdated",
     "replaceFAEnd", "wshMetaData", "wshEventData", "userInfo",
 )
@@ -104,10 +110,45 @@ _REQUEST_PREFIXES = ("req", "cancel", "place", "exercise", "calculate", "query",
                      "unsubscribe", "updateDisplayGroup", "replaceFA", "requestFA", "verify")
 _SENDABLE = frozenset(n for n in vars(EClient) if n.startswith(_REQUEST_PREFIXES))
 _CLIENT_ID_TAKEN = "client id in use"
+# Codes ibapi reports itself (not TWS): a request it could not validate or send (503, 504, 510..).
+CLIENT_ERROR_CODES = frozenset(pair.code() for pair in vars(ibapi_errors).values()
+                               if isinstance(pair, ibapi_errors.CodeMsgPair))
 
 
 def is_read_only_error(ib_code: int, text: str) -> bool:
     return ib_code == READ_ONLY_CODE and "read-only" in (text or "").lower()
+
+
+REJECT_DETAIL_MAX = 300   # characters of an advancedOrderRejectJson kept in an error message
+
+
+def with_reject_details(text: str, advanced_reject_json: str) -> str:
+    """TWS's error text plus what its advancedOrderRejectJson says (the reason an order was
+    rejected often lives only there): the readable strings it holds, else the JSON itself."""
+    raw = (advanced_reject_json or "").strip()
+    if not raw:
+        return text
+    try:
+        found: List[str] = []
+        _strings_in(json.loads(raw), found)
+        detail = "; ".join(dict.fromkeys(found)) or raw
+    except ValueError:
+        detail = raw
+    if len(detail) > REJECT_DETAIL_MAX:
+        detail = detail[:REJECT_DETAIL_MAX - 3] + "..."
+    return f"{text} (TWS details: {detail})" if text else f"TWS details: {detail}"
+
+
+def _strings_in(value, found: List[str]) -> None:
+    if isinstance(value, str):
+        if value.strip():
+            found.append(value.strip())
+    elif isinstance(value, dict):
+        for item in value.values():
+            _strings_in(item, found)
+    elif isinstance(value, list):
+        for item in value:
+            _strings_in(item, found)
 
 
 def error_for(ib_code: int, text: str) -> AgentError:
@@ -200,19 +241,45 @@ class _TwsSession(EWrapper, EClient):
         self._settled = threading.Event()  # accounts and order id in, or 326, or closed
         self._open_lock = threading.Lock()
         self._run_thread: Optional[threading.Thread] = None
+        self._request = threading.local()   # the request call() in progress on this thread
 
-    # -- pacing: the only way out to the socket --------------------------------------------------
+    # -- requests: the only way out to the socket ------------------------------------------------
+    def request(self, method: str, *args) -> None:
+        """Call an EClient request method and raise what went wrong. ibapi (10.4x on) catches
+        every exception inside a request method and reports it through error() with one of its
+        own codes (CLIENT_ERROR_CODES), on the calling thread, instead of raising."""
+        state = self._request
+        state.failure, state.active = None, True
+        try:
+            getattr(self, method)(*args)
+        finally:
+            state.active = False
+        if state.failure is not None:
+            raise state.failure
+
+    def _send_failed(self, failure: AgentError) -> AgentError:
+        state = self._request
+        if getattr(state, "active", False) and state.failure is None:
+            state.failure = failure
+        return failure
+
     def _pace(self) -> None:
         if self._owner.limiter.acquire(self.closed) is None:
-            raise AgentError(IB_NOT_CONNECTED, "The connection to TWS closed")
+            raise self._send_failed(AgentError(IB_NOT_CONNECTED, "The connection to TWS closed"))
 
     def sendMsg(self, msgId, msg):
         self._pace()
-        super().sendMsg(msgId, msg)
+        try:
+            super().sendMsg(msgId, msg)
+        except OSError:
+            raise self._send_failed(AgentError(IB_NOT_CONNECTED, "The connection to TWS broke while sending"))
 
     def sendMsgProtoBuf(self, msgId, msg):
         self._pace()
-        super().sendMsgProtoBuf(msgId, msg)
+        try:
+            super().sendMsgProtoBuf(msgId, msg)
+        except OSError:
+            raise self._send_failed(AgentError(IB_NOT_CONNECTED, "The connection to TWS broke while sending"))
 
     # -- connecting ------------------------------------------------------------------------------
     def open(self, connect_timeout: float, handshake_timeout: float) -> Optional[str]:
@@ -236,7 +303,7 @@ class _TwsSession(EWrapper, EClient):
         self.setConnState(EClient.CONNECTING)
         try:
             self._pace()
-            self.conn.sendMsg(b"API\0" + comm.make_initial_msg(f"v{MIN_CLIENT_VER}..{MAX_CLIENT_VER}"))
+            self.conn.sendMsg(b"API\0" + comm.make_initial_msg(f"v{MIN_CLIENT_VER}..{TESTED_MAX_SERVER_VERSION}"))
             version = self._read_server_version(deadline)
         except (OSError, AgentError):
             version = None
@@ -253,7 +320,7 @@ class _TwsSession(EWrapper, EClient):
                                             name=f"ib-reader-{self.address[1]}")
         self._run_thread.start()
         try:
-            self.startApi()
+            self.request("startApi")
         except (OSError, AgentError):
             pass
         self._settled.wait(max(0.0, deadline - time.monotonic()))
@@ -330,6 +397,10 @@ class _TwsSession(EWrapper, EClient):
             self._settled.set()
 
     def error(self, reqId, errorTime, errorCode, errorString, advancedOrderRejectJson=""):
+        errorString = with_reject_details(errorString, advancedOrderRejectJson)
+        if errorCode in CLIENT_ERROR_CODES and getattr(self._request, "active", False):  # see request()
+            self._send_failed(error_for(errorCode, errorString))
+            return
         if errorCode == CLIENT_ID_IN_USE:
             self.client_id_in_use = True
             self._settled.set()
@@ -460,7 +531,7 @@ class IBConnection:
             raise ValueError(f"{method!r} is not an EClient request method")
         session = self._ready_session()
         try:
-            getattr(session, method)(*args)
+            session.request(method, *args)
         except OSError:
             raise AgentError(IB_NOT_CONNECTED, f"The connection to TWS broke while sending {method}") from None
         if method == "reqMarketDataType":   # e.g. the scanner's fall-back to delayed: status says so
@@ -686,7 +757,7 @@ class IBConnection:
     def _go_ready(self, session: _TwsSession, account_type: Optional[str]) -> bool:
         type_code = MARKET_DATA_TYPES[self._config.market_data_type]
         try:
-            session.reqMarketDataType(type_code)  # before ready, so every request gets this type
+            session.request("reqMarketDataType", type_code)  # before ready, so every request gets this type
         except (OSError, AgentError):
             session.close()
             return False
@@ -734,7 +805,7 @@ class IBConnection:
         if time.monotonic() - quiet_since < HEARTBEAT_S:
             return True
         try:
-            session.reqCurrentTime()
+            session.request("reqCurrentTime")
         except (OSError, AgentError):
             return False
         deadline = time.monotonic() + HEARTBEAT_REPLY_S

@@ -21,8 +21,8 @@ import ib_connection
 from agent_config import Config
 from agent_errors import (IB_ERROR, IB_NOT_CONNECTED, MARKET_DATA_NOT_SUBSCRIBED, NO_SECURITY_DEFINITION,
                           READ_ONLY_API, TIMEOUT, AgentError)
-from ib_connection import (ID_CALLBACKS, NOTICE_CODES, PLAIN_CALLBACKS, REQ_ID_FIRST, IBConnection, _TwsSession,
-                           error_for)
+from ib_connection import (ID_CALLBACKS, NOTICE_CODES, PLAIN_CALLBACKS, REQ_ID_FIRST, TESTED_MAX_SERVER_VERSION,
+                           IBConnection, _TwsSession, error_for, with_reject_details)
 
 RECORDED = json.loads((Path(__file__).parent / "recorded" / "connection_callbacks.json").read_text())
 TAGGED = {"Contract": Contract, "ContractDetails": ContractDetails, "TickAttrib": TickAttrib,
@@ -70,10 +70,12 @@ class Recorder:
 
 
 def connected(config=CONFIG, sequence="handshake", account_type="paper"):
-    """An IBConnection whose current session got `sequence` (no socket: sends are stubbed per test)."""
+    """An IBConnection whose current session got `sequence` (a stand-in socket records what is sent)."""
     changes = []
     conn = IBConnection(config, on_change=lambda: changes.append(conn.status()))
     session = _TwsSession(conn, config.ib_host, 7497, config.ib_client_id)
+    session.conn, session.serverVersion_ = FakeSocket(), 176
+    session.setConnState(session.CONNECTED)
     replay(session, sequence)
     assert conn._go_ready(session, account_type)
     return conn, session, changes
@@ -412,6 +414,54 @@ class FakeSocket:
         self.sent.append(msg)
         return len(msg)
 
+    def disconnect(self):
+        pass
+
+
+class ClientSideErrors(unittest.TestCase):
+    """ibapi 10.4x+ reports a request it cannot send through error() instead of raising."""
+
+    def test_a_request_ibapi_refuses_raises_at_once_and_is_not_logged_as_a_tws_error(self):
+        conn, session, _ = connected()
+        contract = Contract()
+        contract.symbol, contract.secType, contract.exchange = "AAPL\u00e9", "STK", "SMART"   # not ASCII
+        session.conn.sent.clear()
+        with self.assertRaises(AgentError) as caught, self.assertNoLogs("ib_data_agent.ib", "WARNING"):
+            conn.send("reqMktData", conn.next_req_id(), contract, "", False, False, [])
+        self.assertEqual(caught.exception.code, IB_ERROR)
+        self.assertIn("invalid symbol", str(caught.exception).lower())
+        self.assertEqual(session.conn.sent, [], "nothing reached TWS")
+
+    def test_a_tws_error_replayed_during_the_send_still_goes_to_its_request(self):
+        conn, session, _ = connected()
+        recorder, req_id = Recorder(), conn.next_req_id()
+        conn.register(req_id, recorder)
+        session.reqContractDetails = lambda *args: session.error(req_id, 0, 200, "No security definition", "")
+        conn.send("reqContractDetails", req_id, Contract())
+        self.assertEqual(recorder.errors, [(200, "No security definition")])
+
+
+class RejectDetails(unittest.TestCase):
+    def test_the_reason_in_advanced_order_reject_json_reaches_the_message(self):
+        text = with_reject_details("Order rejected - reason:", '{"rejectReason": "Insufficient margin", "code": 201}')
+        self.assertEqual(text, "Order rejected - reason: (TWS details: Insufficient margin)")
+
+    def test_nested_lists_unparseable_json_and_long_details(self):
+        self.assertEqual(with_reject_details("x", '[{"a": "one"}, {"b": ["two", "one"]}]'), "x (TWS details: one; two)")
+        self.assertEqual(with_reject_details("x", "not json"), "x (TWS details: not json)")
+        self.assertEqual(with_reject_details("x", '{"n": 3}'), 'x (TWS details: {"n": 3})')
+        self.assertEqual(with_reject_details("x", ""), "x")
+        long = with_reject_details("x", '{"r": "%s"}' % ("y" * 1000))
+        self.assertLess(len(long), 330)
+        self.assertTrue(long.endswith("...)"))
+
+    def test_the_session_folds_the_details_into_the_routed_error(self):
+        conn, session, _ = connected()
+        recorder = Recorder()
+        conn.register(42, recorder)
+        session.error(42, 0, 201, "Order rejected - reason:", '{"rejectReason": "Short sale not allowed"}')
+        self.assertEqual(recorder.errors, [(201, "Order rejected - reason: (TWS details: Short sale not allowed)")])
+
 
 class Pacing(unittest.TestCase):
     def test_every_message_takes_a_token(self):
@@ -511,7 +561,8 @@ class ConnectAndCall(WithFakeTWS):
         self.assertTrue(conn.wait_ready(WAIT_S))
         self.assertEqual(conn.status(), {
             "connected": True, "host": "127.0.0.1", "port": port, "client_id": 17, "accounts": ["DU1234567"],
-            "account_type": "paper", "server_version": 200, "market_data_type": "delayed", "read_only": None,
+            "account_type": "paper", "server_version": TESTED_MAX_SERVER_VERSION, "market_data_type": "delayed",
+            "read_only": None,
             "error": None})
         self.assertTrue(statuses.wait_for(lambda s: s["connected"]))
         rows = conn.call("reqContractDetails", conn.next_req_id(), stock("AAPL"), rows=("contractDetails",),
