@@ -85,8 +85,9 @@ def _quantity(value: Any) -> Optional[float]:
 def _expiration(contract: Contract) -> Optional[str]:
     """The expiration of anything that expires (options, futures, futures options) as TWS gives it:
     YYYYMMDD, or YYYYMM for a contract month; a time TWS may append is dropped."""
-    value = contract.lastTradeDateOrContractMonth or getattr(contract, "lastTradeDate", "") or ""
-    return value.split()[0] if value.strip() else None
+    value = ((contract.lastTradeDateOrContractMonth or "").strip()
+             or (getattr(contract, "lastTradeDate", "") or "").strip())
+    return value.split()[0] if value else None
 
 
 def contract_dict(contract: Contract) -> dict:

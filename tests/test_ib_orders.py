@@ -6,6 +6,7 @@ them (id callbacks to the registered handler, else to listeners; errors to on_er
 """
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import tempfile
@@ -18,8 +19,13 @@ from typing import Tuple
 from unittest import mock
 
 from ibapi.contract import Contract, ContractDetails
+from ibapi.decoder import Decoder
+from ibapi.message import IN
 from ibapi.order import Order
 from ibapi.order_state import OrderState
+from ibapi.protobuf.Position_pb2 import Position as PositionProto
+from ibapi.server_versions import MIN_SERVER_VER_PROTOBUF_ACCOUNTS_POSITIONS
+from ibapi.wrapper import EWrapper
 
 import ib_connection
 import ib_orders
@@ -210,6 +216,26 @@ class AccountTest(DeskTestCase):
         self.assertEqual((call["expiration"], call["strike"], call["right"], call["multiplier"], call["quantity"]),
                          ("20300118", 150.0, "C", 100, -2))
 
+    def test_futures_and_futures_options_keep_their_expiration_stocks_and_options_unchanged(self):
+        desk, conn = self.desk(answers=self.account["positions_all_types"])
+        rows = {row["sec_type"]: row for row in desk.positions()["positions"]}
+        contract = ("ticker", "sec_type", "expiration", "strike", "right", "multiplier", "quantity")
+        self.assertEqual({kind: tuple(row[k] for k in contract) for kind, row in rows.items()}, {
+            "STK": ("AAPL", "STK", None, None, None, 1, 200),
+            "OPT": ("AAPL", "OPT", "20300118", 150.0, "C", 100, -2),
+            "FUT": ("ES", "FUT", "20300315", None, None, 50, 1),
+            "FOP": ("ES", "FOP", "20300315", 5800.0, "P", 50, -3)})
+        self.assertEqual((rows["FUT"]["con_id"], rows["FOP"]["con_id"]), (620731015, 702418311))
+
+    def test_an_expiration_is_a_date_or_a_contract_month_without_a_time(self):
+        for given, expected in (("20300315", "20300315"), ("203003", "203003"),
+                                ("20300315 08:30 US/Central", "20300315"), ("", None), ("  ", None)):
+            contract = Contract()
+            contract.symbol, contract.secType, contract.lastTradeDateOrContractMonth = "ES", "FUT", given
+            self.assertEqual(ib_orders.contract_dict(contract)["expiration"], expected, given)
+        contract.lastTradeDate = "20300315"  # ibapi 10.4x's protobuf decoder may fill only this one
+        self.assertEqual(ib_orders.contract_dict(contract)["expiration"], "20300315")
+
     def test_positions_time_out_when_tws_never_ends_them(self):
         desk, conn = self.desk(answers={"reqPositions": self.account["positions"]["reqPositions"][:1]})
         self.fails(TIMEOUT, desk.positions)
@@ -251,6 +277,71 @@ class AccountTest(DeskTestCase):
     def test_a_lost_connection_ends_the_wait_at_once(self):
         desk, _ = self.desk(answers={"reqPositions": [["$disconnect", []]]})
         self.fails(IB_NOT_CONNECTED, desk.positions)
+
+
+CAPTURES = Path(__file__).resolve().parent.parent.parent / "shared" / "tws-captures" / "server_frames.jsonl"
+
+
+class PositionCallbacks(EWrapper):
+    def __init__(self):
+        super().__init__()
+        self.events = []
+
+    def position(self, account, contract, position, avgCost):
+        self.events.append(["position", [account, contract, position, avgCost]])
+
+
+class PositionsOffTheWireTest(DeskTestCase):
+    """The same positions decoded by ibapi from TWS's bytes: the text message (the layout of a real
+    capture) below 207, the protobuf message from 207 on; futures keep their expiration on both."""
+
+    FUT = {"conId": 620731015, "symbol": "ES", "secType": "FUT", "lastTradeDateOrContractMonth": "20300315",
+           "multiplier": "50", "exchange": "CME", "currency": "USD", "localSymbol": "ESH0", "tradingClass": "ES"}
+    FOP = dict(FUT, conId=702418311, secType="FOP", strike=5800.0, right="P", localSymbol="ESH0 P5800")
+
+    def positions(self, events) -> dict:
+        desk, _ = self.desk(answers={"reqPositions": events + [["positionEnd", []]]})
+        return {row["sec_type"]: row for row in desk.positions()["positions"]}
+
+    def test_text_messages_in_the_layout_of_a_real_capture(self):
+        if not CAPTURES.exists():
+            self.skipTest(f"{CAPTURES} is not there")
+        frames = [json.loads(line) for line in CAPTURES.read_text(encoding="utf-8").splitlines() if line.strip()]
+        frame, = [f for f in frames if f["name"] == "position AMZN STK"]
+        captured = base64.b64decode(frame["payload_b64"]).split(b"\0")[1:-1]  # after the id; NUL-ended
+        self.assertEqual(len(captured), 15, captured)  # version 3: account, 11 contract fields, position, cost
+        callbacks = PositionCallbacks()
+        decoder = Decoder(callbacks, frame["server_version"])
+        decoder.interpret(captured, frame["msg_id"])
+        for spec, quantity, cost in ((self.FUT, b"1", b"291312.5"), (self.FOP, b"-3", b"2140.0")):
+            fields = list(captured)
+            fields[2:14] = [str(spec.get(k, "")).encode() for k in (
+                "conId", "symbol", "secType", "lastTradeDateOrContractMonth", "strike", "right", "multiplier",
+                "exchange", "currency", "localSymbol", "tradingClass")] + [quantity]
+            fields[14] = cost
+            fields[6] = fields[6] or b"0.0"  # strike: TWS writes 0.0 for what has none
+            decoder.interpret(fields, frame["msg_id"])
+        rows = self.positions(callbacks.events)
+        self.assertEqual((rows["STK"]["ticker"], rows["STK"]["expiration"], rows["STK"]["quantity"]), ("AMZN", None, 15))
+        self.assertEqual((rows["FUT"]["expiration"], rows["FUT"]["multiplier"], rows["FUT"]["quantity"]),
+                         ("20300315", 50, 1))
+        self.assertEqual((rows["FOP"]["expiration"], rows["FOP"]["strike"], rows["FOP"]["right"]),
+                         ("20300315", 5800.0, "P"))
+
+    def test_protobuf_messages(self):
+        callbacks = PositionCallbacks()
+        decoder = Decoder(callbacks, MIN_SERVER_VER_PROTOBUF_ACCOUNTS_POSITIONS)
+        for spec, quantity in ((self.FUT, "1"), (self.FOP, "-3")):
+            message = PositionProto(account="DU1234567", position=quantity, avgCost=2140.0)
+            fields = dict(spec, multiplier=float(spec["multiplier"]))
+            for name, value in fields.items():
+                setattr(message.contract, name, value)
+            decoder.processProtoBuf(message.SerializeToString(), IN.POSITION_DATA)
+        rows = self.positions(callbacks.events)
+        self.assertEqual((rows["FUT"]["expiration"], rows["FUT"]["multiplier"], rows["FUT"]["quantity"]),
+                         ("20300315", 50, 1))
+        self.assertEqual((rows["FOP"]["expiration"], rows["FOP"]["strike"], rows["FOP"]["right"], rows["FOP"]["quantity"]),
+                         ("20300315", 5800.0, "P", -3))
 
 
 class PlaceOrderTest(DeskTestCase):
