@@ -293,6 +293,38 @@ class FakeRelay:
             raise AgentNotConnected("the agent's connection went away while sending") from None
         return ws
 
+    async def _send_bytes(self, data: bytes) -> None:
+        ws = self._ws
+        if ws is None or ws.closed:
+            raise AgentNotConnected("no agent is connected")
+        try:
+            await ws.send_bytes(data)
+        except ConnectionError:
+            raise AgentNotConnected("the agent's connection went away while sending") from None
+
+    async def _write_frames(self, frames: List[tuple]) -> None:
+        """Every frame goes to the transport with no await in between, so no frame aiohttp sends (an
+        ack) can land inside one; aiohttp writes each of its own frames whole, also without awaiting."""
+        request = self._ws_request
+        if request is None or request.transport is None or self._ws is None or self._ws.closed:
+            raise AgentNotConnected("no agent is connected")
+        transport = request.transport
+        for opcode, payload, fin in frames:
+            pieces = [p if isinstance(p, tuple) else (p, 1)
+                      for p in (payload if isinstance(payload, list) else [payload])]
+            length = sum(len(chunk) * count for chunk, count in pieces)
+            first = (0x80 if fin else 0) | opcode
+            if length < 126:
+                header = struct.pack("!BB", first, length)
+            elif length < 1 << 16:
+                header = struct.pack("!BBH", first, 126, length)
+            else:
+                header = struct.pack("!BBQ", first, 127, length)
+            transport.write(header)
+            for chunk, count in pieces:
+                for _ in range(count):
+                    transport.write(chunk)
+
     async def _request(self, frame: dict, timeout_s: float) -> dict:
         """Send a request and wait for its response, across reconnects: a pending request outlives
         the connection it went out on, and _resend_pending sends it again on the next one."""
@@ -364,6 +396,18 @@ class FakeRelay:
     def send_raw(self, text: str) -> None:
         self._run(self._send_text(text))
 
+    def send_binary(self, data: bytes) -> None:
+        """One binary frame (the agent must drop it: DESIGN.md 4)."""
+        self._run(self._send_bytes(data))
+
+    def send_frames(self, frames: List[tuple], timeout: float = 120) -> None:
+        """Raw WebSocket frames written as given, for what aiohttp will not send: a message in
+        fragments (continuation frames), a ping between them, a frame of any size. Each frame is
+        (opcode, payload, fin); payload is bytes, (chunk, count) for `count` times `chunk`, or a list
+        of those, written piece by piece so a 64 MiB frame is never one bytes object here (the
+        transport still buffers what the agent has not read yet)."""
+        self._run(self._write_frames(frames), timeout)
+
     def cancel(self, request_id: str) -> None:
         self.send({"type": "cancel", "id": request_id})
 
@@ -432,7 +476,10 @@ class FakeRelay:
 
     async def _http_raw(self, request: web.Request) -> web.Response:
         try:
-            await self._send_text(await request.text())
+            if request.query.get("binary") in ("1", "true"):
+                await self._send_bytes(await request.read())
+            else:
+                await self._send_text(await request.text())
         except AgentNotConnected as exc:
             return web.json_response({"error": str(exc)}, status=503)
         return web.json_response({"sent": True})

@@ -32,7 +32,7 @@ class StandInAgent:
             while True:
                 text = self.ws.recv()
                 self.received.append(text)
-                frame = json.loads(text) if text.startswith("{") else {}
+                frame = json.loads(text) if isinstance(text, str) and text.startswith("{") else {}
                 if frame.get("type") == "request" and self.answer:
                     self.send({"type": "response", "id": frame["id"], "ok": True, "data": frame["params"]})
         except (websocket.WebSocketException, OSError):
@@ -103,6 +103,21 @@ class Api(RelayCase):
         self.relay.cancel("c9")
         self.relay.wait_until(lambda: len(agent.received) == 2, what="two frames")
         self.assertEqual(agent.received, ["not json {", '{"type": "cancel", "id": "c9"}'])
+
+    def test_raw_binary_1_sends_the_body_as_one_binary_frame(self):
+        agent = self.agent(answer=False)
+        self.http._call("POST", "/api/raw?binary=1", b'{"type":"request","id":"b1"}\xff')
+        self.relay.send_binary(b"\x00\x01")
+        self.relay.wait_until(lambda: len(agent.received) == 2, what="two frames")
+        self.assertEqual(agent.received, [b'{"type":"request","id":"b1"}\xff', b"\x00\x01"])
+
+    def test_send_frames_writes_fragments_and_large_frames_as_given(self):
+        agent = self.agent(answer=False)
+        agent.ws.settimeout(30)
+        self.relay.send_frames([(0x1, b'{"a":', False), (0x9, b"ping", True), (0x0, b'"', False),
+                                (0x0, (b"x", 70_000), False), (0x0, b'"}', True)])
+        self.relay.wait_until(lambda: len(agent.received) == 1, what="the message put together")
+        self.assertEqual(json.loads(agent.received[0]), {"a": "x" * 70_000})
 
     def test_progress_is_kept_per_request_id(self):
         agent = self.agent()
