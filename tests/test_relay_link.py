@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import ssl
 import subprocess
@@ -11,8 +12,10 @@ import time
 import unittest
 import uuid
 from pathlib import Path
+from unittest import mock
 
 from agent_errors import CANCELLED, INTERNAL, INVALID_REQUEST, AgentError
+import relay_link
 from relay_link import LinkTimings, Outbox, OutboxLimits, ReconnectBackoff, RelayLink
 from tests.fake_relay import FakeRelay
 from tests.agent_process import free_port
@@ -331,28 +334,77 @@ class Reconnect(LinkCase):
         RelayLink("wss://relay.example.com/ws/agent", KEY, "1", [], dict, print)
 
 
+NO_SYSTEM_ROOTS = {"SSL_CERT_FILE": "/nonexistent/cert.pem", "SSL_CERT_DIR": "/nonexistent/certs"}
+
+
 @unittest.skipUnless(shutil.which("openssl"), "openssl is needed to make a self-signed certificate")
 class Certificates(unittest.TestCase):
-    def test_a_certificate_that_does_not_verify_is_never_accepted(self):
+    def setUp(self):
         folder = Path(tempfile.mkdtemp())
         self.addCleanup(shutil.rmtree, folder)
         subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
                         "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
                         "-keyout", str(folder / "key.pem"), "-out", str(folder / "cert.pem")],
                        check=True, capture_output=True, timeout=30)
+        self.cert = str(folder / "cert.pem")
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         context.load_cert_chain(folder / "cert.pem", folder / "key.pem")
-        relay = FakeRelay(key=KEY, ssl_context=context)
-        relay.start()
-        self.addCleanup(relay.stop)
-        link = RelayLink(relay.url, KEY, "1", [], lambda: dict(IB), print, timings=FAST)
+        self.relay = FakeRelay(key=KEY, ssl_context=context)
+        self.relay.start()
+        self.addCleanup(self.relay.stop)
+
+    def link(self) -> RelayLink:
+        link = RelayLink(self.relay.url, KEY, "1", [], lambda: dict(IB), print, timings=FAST)
         self.addCleanup(link.stop)
+        return link
+
+    def test_a_certificate_that_does_not_verify_is_never_accepted_and_the_line_says_what_to_do(self):
+        link = self.link()
         with self.assertLogs("agent.relay", "WARNING") as logs:
             link.start()
-            relay.wait_until(lambda: logs.output, what="failure line")
+            self.relay.wait_until(lambda: logs.output, what="failure line")
             time.sleep(0.5)  # more attempts, none of which may get through
-        self.assertIn("certificate", logs.output[0])
-        self.assertEqual(relay.connections, 0)
+        self.assertEqual(len(logs.output), 1, logs.output)
+        self.assertIn("the server's certificate could not be verified (self-signed certificate; "
+                      "trusted roots: the system's certificate store)", logs.output[0])
+        self.assertIn("ask your IT department to let 127.0.0.1 through", logs.output[0])
+        self.assertEqual(self.relay.connections, 0)
+
+    def test_certifi_roots_are_used_when_this_python_has_none(self):
+        # certifi's bundle stands in as the one that trusts the test certificate
+        with mock.patch.dict(os.environ, NO_SYSTEM_ROOTS), mock.patch("certifi.where", return_value=self.cert):
+            self.assertEqual(relay_link.tls_context()[1], relay_link.CERTIFI_ROOTS)
+            link = self.link()
+        link.start()
+        self.relay.wait_hello()
+
+    def test_certifi_is_not_consulted_when_the_system_has_roots(self):
+        with mock.patch("certifi.where", return_value=self.cert):
+            context, roots = relay_link.tls_context()
+            link = self.link()
+        self.assertEqual(roots, relay_link.SYSTEM_ROOTS)
+        self.assertEqual(context.verify_mode, ssl.CERT_REQUIRED)
+        self.assertTrue(context.check_hostname)
+        with self.assertLogs("agent.relay", "WARNING"):
+            link.start()
+            self.relay.wait_until(lambda: link._last_error is not None, what="refused")
+        self.assertEqual(self.relay.connections, 0)
+
+
+class CertificateHelp(unittest.TestCase):
+    def help_for(self, code: int, message: str) -> str:
+        error = ssl.SSLCertVerificationError(1, "certificate verify failed")
+        error.verify_code, error.verify_message = code, message
+        return relay_link._tls_help(error, relay_link.CERTIFI_ROOTS, "relay.ma-tracker.com")
+
+    def test_each_failed_check_says_what_to_do(self):
+        self.assertIn("Check that this computer's date, time and time zone are right",
+                      self.help_for(10, "certificate has expired"))
+        unknown = self.help_for(20, "unable to get local issuer certificate")
+        self.assertIn("(unable to get local issuer certificate; trusted roots: certifi's CA bundle", unknown)
+        self.assertIn("let relay.ma-tracker.com through", unknown)
+        self.assertIn("check RELAY_URL", self.help_for(62, "Hostname mismatch, certificate is not valid for 'x'."))
+        self.assertIn("contact MA Tracker support", self.help_for(999, "something new"))
 
 
 class ReconnectTiming(unittest.TestCase):
