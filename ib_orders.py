@@ -27,7 +27,6 @@ from decimal import Decimal
 from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
 from ibapi.contract import Contract
-from ibapi.errors import FAIL_SEND_CORDER, FAIL_SEND_ORDER
 from ibapi.order import Order
 from ibapi.order_cancel import OrderCancel
 
@@ -51,10 +50,10 @@ CANCEL_STATUSES = frozenset(("PendingCancel", "Cancelled", "ApiCancelled"))
 DEAD_ON_ARRIVAL = frozenset(("Cancelled", "ApiCancelled", "Inactive"))
 REASON_GRACE_S = 1.0
 CANCEL_CONFIRMED = 202  # "Order Canceled - reason:": the answer a cancel asks for
-# ibapi's own codes for "an exception while sending this order/cancel" (ibapi 10.4x catches it inside
-# placeOrder/cancelOrder and reports it as an error instead of raising): TWS did not answer, and
-# whether the message reached it is unknown.
-IBAPI_SEND_FAILURES = frozenset((FAIL_SEND_ORDER.code(), FAIL_SEND_CORDER.code()))
+# ibapi's own codes for "an exception while sending this order/cancel" (ibapi.errors FAIL_SEND_ORDER,
+# FAIL_SEND_CORDER: ibapi 10.4x catches it inside placeOrder/cancelOrder and reports it as an error
+# instead of raising): TWS did not answer, and whether the message reached it is unknown.
+IBAPI_SEND_FAILURES = frozenset((512, 515))
 POSITION_CONTRACT_FIELDS = ("con_id", "ticker", "sec_type", "expiration", "strike", "right", "multiplier")
 # Id-less callbacks and which sweep they feed.
 SWEEP_EVENTS = {"position": "positions", "positionEnd": "positions",

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Tuple
 from unittest import mock
 
+import ibapi.errors
 from ibapi.contract import Contract, ContractDetails
 from ibapi.decoder import Decoder
 from ibapi.message import IN
@@ -650,6 +651,10 @@ class UnexpectedErrorTest(DeskTestCase):
                 self.assertIn("may have reached TWS", error.message)
                 self.last_audit("allowed", "IbapiSendError")
                 self.assertEqual(self.state(f"req-{how}"), order_guard.UNKNOWN)  # not "failed"
+
+    def test_the_send_failure_codes_are_the_pinned_ibapis(self):
+        self.assertEqual(ib_orders.IBAPI_SEND_FAILURES, {ibapi.errors.FAIL_SEND_ORDER.code(),
+                                                         ibapi.errors.FAIL_SEND_CORDER.code()})
 
     def test_inside_the_ibapi_call_before_anything_went_out(self):
         self.desk_, conn = self.desk(answers=self.never_reached)
