@@ -17,7 +17,7 @@ import psutil
 
 from agent_errors import INVALID_REQUEST
 from relay_link import MAX_MESSAGE_BYTES, BoundedFrameReader
-from tests.agent_process import AgentStack
+from tests.agent_process import AgentStack, RelayClient
 from tests.test_relay_link import LinkCase
 
 TEXT, BINARY, CONT, PING = 0x1, 0x2, 0x0, 0x9
@@ -263,6 +263,17 @@ class AgentMemory(unittest.TestCase):
     def test_a_64_mib_frame(self):
         self.check("64 MiB frame", "big-64", [(TEXT, request_bytes("big-64", 64 * MiB, "status"), True)],
                    64 * MiB)
+
+    def test_a_binary_frame_through_the_http_api_is_dropped_and_the_link_stays_up(self):
+        relay = self.stack.relay
+        connections = relay.connections
+        RelayClient(relay.port, self.stack.key)._call(
+            "POST", "/api/raw?binary=1", b'{"type":"request","id":"bin-http","action":"status"}')
+        self.stack.agent.wait_for_output("Ignored a frame from the cloud \\(binary frame, 52 bytes\\): "
+                                         '.*"bin-http"', timeout=10)
+        self.assertTrue(relay.request("status", timeout_s=30)["ok"])
+        self.assertNotIn("bin-http", relay.responses)
+        self.assertEqual(relay.connections, connections)
 
     def test_64_mib_in_64_fragments(self):
         self.check("64 MiB in 64 fragments", "frag-64",
