@@ -69,6 +69,12 @@ class UnderlyingSpec:
     weekly_pct: float             # weeklies list strikes within this band of the price
     monthly_pct: float            # monthlies and leaps list strikes within this band
     thin: bool = False            # merger target: wide spreads, most options without a bid
+    sec_type: str = "STK"         # "IND": an index (quotes last/close, never bid/ask)
+    weekly_class: str = ""        # index: weeklies (and PM-settled third Fridays) list under this
+                                  # trading class (SPXW) beside the monthly class named like the symbol
+    adjusted_multiplier: str = "" # a stock with an adjusted class "<SYM>1" (monthlies only, strikes
+                                  # around the pre-adjustment price) of this deliverable beside its own
+    isin: str = ""
 
 
 UNDERLYINGS: Tuple[UnderlyingSpec, ...] = (
@@ -80,7 +86,55 @@ UNDERLYINGS: Tuple[UnderlyingSpec, ...] = (
                    ("SMART", "CBOE", "AMEX", "ISE"), 6, 6, 1, 1.0, 5.0, 0.05, 0.10, 0.30),
     UnderlyingSpec("MRGT", 900001, 47.6, 0.06, "NYSE", "MERGER TARGET CORP", "Industrial",
                    ("SMART", "AMEX"), 0, 3, 0, 2.5, 2.5, 0.20, 0.20, 0.20, thin=True),
+    # v1.1, appended so the options above keep their conIds: an index with two trading classes,
+    # and a stock whose chain has an adjusted class beside the standard one.
+    UnderlyingSpec("SPX", 416904, 5200.0, 0.15, "CBOE", "S&P 500 Stock Index", "Indices",
+                   ("SMART", "CBOE"), 4, 4, 0, 25.0, 50.0, 0.04, 0.06, 0.15, sec_type="IND",
+                   weekly_class="SPXW"),
+    UnderlyingSpec("XYZ", 900002, 64.0, 0.35, "NYSE", "XYZ HOLDINGS INC", "Consumer, Cyclical",
+                   ("SMART", "CBOE", "AMEX"), 2, 3, 0, 1.0, 2.5, 0.10, 0.15, 0.30, adjusted_multiplier="150"),
 )
+
+ISINS = {"AAPL": "US0378331005", "MSFT": "US5949181045", "SPY": "US78462F1030"}
+
+# contractDetails.orderTypes as TWS lists them (recorded for a NASDAQ stock and a stock option).
+STOCK_ORDER_TYPES = (
+    "ACTIVETIM,AD,ADDONT,ADJUST,ALERT,ALGO,ALLOC,AON,AVGCOST,BASKET,BENCHPX,CASHQTY,COND,CONDORDER,DARKONLY,"
+    "DARKPOLL,DAY,DEACT,DEACTDIS,DEACTEOD,DIS,DUR,GAT,GTC,GTD,GTT,HID,IBKRATS,ICE,IMB,IOC,LIT,LMT,LOC,MIDPX,"
+    "MIT,MKT,MOC,MTL,NGCOMB,NODARK,NONALGO,OCA,OPG,OPGREROUT,PEGBENCH,PEGMID,POSTATS,POSTONLY,PREOPGRTH,"
+    "PRICECHK,REL,REL2MID,RELPCTOFS,RPI,RTH,SCALE,SCALEODD,SCALERST,SIZECHK,SNAPMID,SNAPMKT,SNAPREL,STP,"
+    "STPLMT,SWEEP,TRAIL,TRAILLIT,TRAILLMT,TRAILMIT,WHATIF")
+OPTION_ORDER_TYPES = (
+    "ACTIVETIM,AD,ADJUST,ALERT,ALGO,ALLOC,AON,AVGCOST,BASKET,COND,CONDORDER,DAY,DEACT,DEACTDIS,DEACTEOD,DIS,"
+    "FOK,GAT,GTC,GTD,GTT,HID,ICE,IOC,LIT,LMT,MIT,MKT,MTL,NGCOMB,NONALGO,OCA,OPENCLOSE,PAON,PEGMIDVOL,"
+    "PEGMKTVOL,PEGPRMVOL,PEGSRFVOL,POSTONLY,PRICECHK,REL,RELPCTOFS,RELSTK,SCALE,SCALERST,SIZECHK,SMARTSTG,"
+    "SNAPMID,SNAPMKT,SNAPREL,STP,STPLMT,TRAIL,TRAILLIT,TRAILLMT,TRAILMIT,VOLAT,WHATIF")
+STOCK_MARKET_RULE, SMART_OPTION_MARKET_RULE, OPTION_MARKET_RULE = "26", "32", "109"
+STOCK_CATEGORY = {"Technology": ("Computers", "Computers"), "Funds": ("Equity Fund", "Growth-Large Cap"),
+                  "Industrial": ("Miscellaneous Manufactur", "Diversified Manufact Op"),
+                  "Consumer, Cyclical": ("Retail", "Retail-Apparel/Shoe")}
+
+
+def _trading_hours(today: dt.date, open_hhmm: str, close_hhmm: str, days: int = 6) -> str:
+    """TWS's tradingHours / liquidHours text for `days` days from today: weekends CLOSED."""
+    parts = []
+    for offset in range(days):
+        day = (today + dt.timedelta(days=offset)).strftime("%Y%m%d")
+        if (today + dt.timedelta(days=offset)).weekday() >= 5:
+            parts.append(f"{day}:CLOSED")
+        else:
+            parts.append(f"{day}:{open_hhmm}-{day}:{close_hhmm}")
+    return ";".join(parts)
+
+
+def _market_rule_ids(valid_exchanges: str, sec_type: str) -> str:
+    """One rule id per valid exchange, in order (26 for every stock venue; options: 32 on SMART,
+    109 on the exchanges)."""
+    def rule(exchange: str) -> str:
+        if sec_type != "OPT":
+            return STOCK_MARKET_RULE
+        return SMART_OPTION_MARKET_RULE if exchange == "SMART" else OPTION_MARKET_RULE
+    return ",".join(rule(e) for e in valid_exchanges.split(","))
 
 OPTION_CON_ID_BASE = 600_000_000
 
@@ -223,33 +277,74 @@ class Market:
         self._expirations: Dict[str, List[str]] = {}
         self._by_con_id: Dict[int, Instrument] = {}
         next_con_id = OPTION_CON_ID_BASE
+        self.indices: Dict[str, Instrument] = {}
+        self._class_symbol: Dict[str, str] = {}          # trading class -> underlying symbol
+        stock_hours = (_trading_hours(self.today, "0400", "2000"), _trading_hours(self.today, "0930", "1600"))
+        option_hours = (_trading_hours(self.today, "0930", "1600"),) * 2
         for spec in UNDERLYINGS:
             self._spot[spec.symbol] = round(spec.price * (1 + rng.uniform(-0.02, 0.02)), 2)
-            stock = Instrument(spec.con_id, spec.symbol, "STK", primary_exchange=spec.primary_exchange,
-                               local_symbol=spec.symbol, trading_class=spec.symbol,
-                               long_name=spec.long_name, industry=spec.industry,
-                               valid_exchanges="SMART,ARCA,NYSE,NASDAQ,ISLAND,BATS,IEX")
-            self.stocks[spec.symbol] = stock
-            self._by_con_id[stock.con_id] = stock
+            index = spec.sec_type == "IND"
+            category, subcategory = STOCK_CATEGORY.get(spec.industry, ("", ""))
+            # NASDAQ-listed stocks trade under class "NMS" (as recorded for AAPL and AMZN)
+            underlying = Instrument(
+                spec.con_id, spec.symbol, spec.sec_type,
+                exchange="CBOE" if index else "SMART", primary_exchange=spec.primary_exchange,
+                local_symbol=spec.symbol,
+                trading_class="NMS" if spec.primary_exchange == "NASDAQ" else spec.symbol,
+                long_name=spec.long_name, industry=spec.industry, category=category, subcategory=subcategory,
+                valid_exchanges=spec.primary_exchange if index else "SMART,ARCA,NYSE,NASDAQ,ISLAND,BATS,IEX",
+                order_types="" if index else STOCK_ORDER_TYPES,
+                trading_hours=option_hours[0] if index else stock_hours[0],
+                liquid_hours=option_hours[1] if index else stock_hours[1],
+                sec_ids=(("ISIN", ISINS[spec.symbol]),) if spec.symbol in ISINS else ())
+            underlying = replace(underlying, market_rule_ids=_market_rule_ids(underlying.valid_exchanges, spec.sec_type))
+            (self.indices if index else self.stocks)[spec.symbol] = underlying
+            self._by_con_id[underlying.con_id] = underlying
+            option_exchanges = ",".join(spec.option_exchanges)
+            template = Instrument(0, spec.symbol, "OPT", multiplier=MULTIPLIER, long_name=spec.long_name,
+                                  under_con_id=spec.con_id, valid_exchanges=option_exchanges,
+                                  order_types=OPTION_ORDER_TYPES, market_rule_ids=_market_rule_ids(option_exchanges, "OPT"),
+                                  trading_hours=option_hours[0], liquid_hours=option_hours[1],
+                                  under_sec_type=spec.sec_type)
             options = []
-            for day, kind in _listed_expirations(spec, self.today):
+
+            def list_options(trading_class: str, expiry: str, strikes: Sequence[float], multiplier: str) -> None:
+                nonlocal next_con_id
+                self._class_symbol[trading_class] = spec.symbol
+                for strike in strikes:
+                    for right in ("C", "P"):
+                        option = replace(template, con_id=next_con_id, expiry=expiry, strike=strike, right=right,
+                                         multiplier=multiplier, trading_class=trading_class,
+                                         local_symbol=occ_local_symbol(trading_class, expiry, right, strike))
+                        options.append(option)
+                        self._by_con_id[next_con_id] = option
+                        next_con_id += 1
+
+            listed = _listed_expirations(spec, self.today)
+            for day, kind in listed:
                 expiry = day.strftime("%Y%m%d")
                 self._expirations.setdefault(spec.symbol, []).append(expiry)
                 strikes = _strike_grid(spec, spec.weekly_pct if kind == "weekly" else spec.monthly_pct)
                 holed = kind == "weekly" or (spec.thin and expiry != self._expirations[spec.symbol][0])
                 if holed and len(strikes) > 6:
                     strikes.remove(rng.choice(strikes[2:-2]))  # a hole inside the grid
-                for strike in strikes:
-                    for right in ("C", "P"):
-                        option = Instrument(
-                            next_con_id, spec.symbol, "OPT", expiry, strike, right, MULTIPLIER,
-                            local_symbol=occ_local_symbol(spec.symbol, expiry, right, strike),
-                            trading_class=spec.symbol, long_name=spec.long_name,
-                            under_con_id=spec.con_id, valid_exchanges=",".join(spec.option_exchanges),
-                            industry=spec.industry)
-                        options.append(option)
-                        self._by_con_id[next_con_id] = option
-                        next_con_id += 1
+                if spec.weekly_class:
+                    # Monthlies list under both classes (AM-settled SPX, PM-settled SPXW), weeklies
+                    # only under the weekly class.
+                    if kind != "weekly":
+                        list_options(spec.symbol, expiry, strikes, MULTIPLIER)
+                    list_options(spec.weekly_class, expiry, strikes, MULTIPLIER)
+                else:
+                    list_options(spec.symbol, expiry, strikes, MULTIPLIER)
+            if spec.adjusted_multiplier:
+                # The adjusted class: monthlies only, strikes around the price before the adjustment
+                # (deliverable adjusted_multiplier shares instead of 100).
+                factor = float(spec.adjusted_multiplier) / float(MULTIPLIER)
+                before = replace(spec, price=spec.price * factor, strike_step=spec.wide_step)
+                for day, kind in listed:
+                    if kind != "weekly":
+                        list_options(f"{spec.symbol}1", day.strftime("%Y%m%d"),
+                                     _strike_grid(before, spec.monthly_pct / 2), spec.adjusted_multiplier)
             self._options[spec.symbol] = options
 
     # ---- reference data -------------------------------------------------------------------
@@ -261,8 +356,25 @@ class Market:
         return list(self._expirations.get(symbol, ()))
 
     def strikes(self, symbol: str) -> List[float]:
-        """The reqSecDefOptParams grid: every strike listed on any expiration (a superset)."""
+        """Every strike listed on any expiration of any class (a superset)."""
         return sorted({o.strike for o in self._options.get(symbol, ())})
+
+    def underlying(self, symbol: str) -> Optional[Instrument]:
+        """The stock or index an option chain is on."""
+        return self.stocks.get(symbol) or self.indices.get(symbol)
+
+    def chain_classes(self, symbol: str) -> List[Tuple[str, str, List[str], List[float]]]:
+        """(trading class, multiplier, expirations, strikes) per trading class of the chain, the
+        standard class first: what reqSecDefOptParams answers per exchange. Strikes are the union
+        over that class's expirations (most (expiration, strike) pairs of the grid may not exist)."""
+        classes: Dict[str, Tuple[str, set, set]] = {}
+        for option in self._options.get(symbol, ()):
+            multiplier, expirations, strikes = classes.setdefault(option.trading_class,
+                                                                  (option.multiplier, set(), set()))
+            expirations.add(option.expiry)
+            strikes.add(option.strike)
+        return [(name, multiplier, sorted(expirations), sorted(strikes))
+                for name, (multiplier, expirations, strikes) in classes.items()]
 
     def options(self, symbol: str) -> List[Instrument]:
         return list(self._options.get(symbol, ()))
@@ -279,16 +391,18 @@ class Market:
         symbol = symbol.upper()
         if currency and currency != "USD":
             return []
-        if sec_type == "STK":
-            stock = self.stocks.get(symbol) or next(
-                (s for s in self.stocks.values() if local_symbol and s.local_symbol == local_symbol), None)
-            return [stock] if stock else []
+        if sec_type in ("STK", "IND"):
+            listed = self.stocks if sec_type == "STK" else self.indices
+            found = listed.get(symbol) or next(
+                (s for s in listed.values() if local_symbol and s.local_symbol == local_symbol), None)
+            return [found] if found else []
         if sec_type != "OPT":
             return []
         right = {"CALL": "C", "PUT": "P"}.get(right.upper(), right.upper())
         candidates = self._options.get(symbol)
-        if candidates is None and local_symbol:
-            candidates = self._options.get(local_symbol[:6].strip(), [])
+        if candidates is None and local_symbol:     # the OCC root is the trading class (SPXW, XYZ1)
+            root = local_symbol[:6].strip()
+            candidates = self._options.get(self._class_symbol.get(root, root), [])
         return [o for o in candidates or () if
                 (not expiry or o.expiry.startswith(expiry))
                 and (not strike or abs(o.strike - strike) < 1e-6)
@@ -316,7 +430,17 @@ class Market:
     def quote(self, instrument: Instrument) -> Quote:
         if instrument.sec_type == "STK":
             return self._stock_quote(instrument)
+        if instrument.sec_type == "IND":
+            return self._index_quote(instrument)
         return self._option_quote(instrument)
+
+    def _index_quote(self, index: Instrument) -> Quote:
+        """An index has a value (last) and a close, never a bid or an ask."""
+        rng = self._contract_rng(index)
+        spot = self.spot(index.symbol)
+        return Quote(bid=-1.0, ask=-1.0, last=spot, close=round(spot * (1 - rng.uniform(-0.01, 0.01)), 2),
+                     bid_size=0, ask_size=0, last_size=0, volume=0,
+                     implied_vol=self.specs[index.symbol].vol)
 
     def _stock_quote(self, stock: Instrument) -> Quote:
         spec = self.specs[stock.symbol]
@@ -345,7 +469,9 @@ class Market:
     def _option_quote(self, option: Instrument) -> Quote:
         spec = self.specs[option.symbol]
         rng = self._contract_rng(option)
-        spot = self.spot(option.symbol)
+        und_price = self.spot(option.symbol)
+        # An adjusted option delivers `multiplier` shares, not 100: priced on that many shares
+        spot = und_price * float(option.multiplier or MULTIPLIER) / float(MULTIPLIER)
         years = self.years_to_expiry(option.expiry)
         vol = self.implied_vol(option, spot)
         price, delta, gamma, vega, theta = black_scholes(spot, option.strike, years, vol, option.right)
@@ -358,7 +484,7 @@ class Market:
         liquidity = math.exp(-distance * 12) * (0.02 if spec.thin else 1.0)
         volume = int(rng.uniform(0, 4000) * liquidity)
         close = round_to_tick(max(price * (1 + rng.uniform(-0.05, 0.05)), 0.01))
-        greeks = Greeks(vol, delta, price, gamma, vega / 100.0, theta / 365.0, spot)
+        greeks = Greeks(vol, delta, price, gamma, vega / 100.0, theta / 365.0, und_price)
         return Quote(bid=-1.0 if no_bid else bid, ask=ask, last=close if volume else -1.0, close=close,
                      bid_size=0 if no_bid else rng.randrange(1, 60), ask_size=rng.randrange(1, 60),
                      last_size=rng.randrange(1, 10) if volume else 0, volume=volume,

@@ -61,6 +61,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 from tests.fake_market import Market, Portfolio
 from tests.fake_tws_session import ClientSession
 from tests.fake_tws_wire import MAX_SERVER_VERSION, MIN_SERVER_VERSION, Execution, OrderRecord
+from tests.fake_tws_wire import tws_time
 
 STAT_KEYS = ("connections", "messages_in", "pacing_violations", "line_limit_errors",
              "max_lines_in_use", "orders_placed")
@@ -131,19 +132,18 @@ class OrderBook:
         return [o for o in self._orders.values() if o.completed_status]
 
     def record_fill(self, order: OrderRecord, price: float) -> Execution:
-        now = time.localtime()
+        now = tws_time()                  # "YYYYMMDD HH:MM:SS US/Eastern", as TWS writes times
         order.status, order.filled = "Filled", order.quantity
         order.avg_fill_price = order.last_fill_price = price
-        order.completed_time = time.strftime("%Y%m%d %H:%M:%S", now)
+        order.completed_time = now
         order.completed_status = "Filled"
-        execution = Execution(f"0000e0d5.{next(self._exec_ids):08x}.01.01",
-                              time.strftime("%Y%m%d  %H:%M:%S", now), order, order.quantity, price)
+        execution = Execution(f"0000e0d5.{next(self._exec_ids):08x}.01.01", now, order, order.quantity, price)
         self.executions.append(execution)
         return execution
 
     def record_cancel(self, order: OrderRecord) -> None:
         order.status = "Cancelled"
-        order.completed_time = time.strftime("%Y%m%d %H:%M:%S")
+        order.completed_time = tws_time()
         order.completed_status = "Cancelled by Trader"
 
 

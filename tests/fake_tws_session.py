@@ -17,6 +17,7 @@ from typing import Deque, Dict, FrozenSet, List, Optional
 
 from tests.fake_market import Instrument, Quote, on_tick
 from tests.fake_tws_proto import make_encoder, parse_payload
+from tests.fake_tws_wire import tick_attrib_mask
 from tests.fake_tws_wire import (API_PREFIX, MIN_SERVER_VERSION, Encoder, FrameReader, OrderRecord,
                                  ProtocolError, frame, parse_version_range)
 
@@ -288,16 +289,19 @@ class ClientSession:
 
     def _on_reqSecDefOptParams(self, req_id: int, symbol: str, exchange: str, sec_type: str,
                                con_id: int) -> None:
-        stock = self.market.stocks.get(symbol.upper())
-        if stock is None or (con_id and con_id != stock.con_id):
+        underlying = self.market.underlying(symbol.upper())
+        if underlying is None or (con_id and con_id != underlying.con_id):
             self.send_error(req_id, 200, NO_SECURITY_TEXT)
             return
-        spec = self.market.specs[stock.symbol]
-        expirations, strikes = self.market.expirations(stock.symbol), self.market.strikes(stock.symbol)
-        for listed_on in spec.option_exchanges:
-            if not exchange or exchange == listed_on:
-                self.send(self.encoder.sec_def_opt_params(req_id, listed_on, stock.con_id, stock.symbol,
-                                                          "100", expirations, strikes))
+        # One row per exchange and trading class (SPX and SPXW, XYZ and its adjusted XYZ1), each
+        # with that class's own expirations and strikes.
+        classes = self.market.chain_classes(underlying.symbol)
+        for listed_on in self.market.specs[underlying.symbol].option_exchanges:
+            if exchange and exchange != listed_on:
+                continue
+            for trading_class, multiplier, expirations, strikes in classes:
+                self.send(self.encoder.sec_def_opt_params(req_id, listed_on, underlying.con_id, trading_class,
+                                                          multiplier, expirations, strikes))
         self.send(self.encoder.sec_def_opt_params_end(req_id))
 
     # ---- market data -------------------------------------------------------------------------
@@ -336,7 +340,7 @@ class ClientSession:
                 server.release_line()
                 return
             self._subs[req_id] = sub
-        self.send(enc.tick_req_params(req_id, instrument.min_tick, "a60001", 3))
+        self.send(enc.tick_req_params(req_id, instrument.min_tick, "9c0001", 4))   # as recorded
         if self.market_data_type is not None or delayed:
             self.send(enc.market_data_type(req_id, self.market_data_type if delayed else 1))
         server.call_later(server.tick_delay(), lambda: self._emit(sub, first=True))
@@ -379,12 +383,22 @@ class ClientSession:
     def _tick(self, sub: Subscription, tick_type: int) -> int:
         return DELAYED_TICK.get(tick_type, tick_type) if sub.delayed else tick_type
 
+    def _price(self, sub: Subscription, tick_type: int, price: float, size: float) -> list:
+        """A tickPrice with the attribute mask TWS sets for that tick type."""
+        tick = self._tick(sub, tick_type)
+        return self.encoder.tick_price(sub.req_id, tick, price, size, tick_attrib_mask(tick))
+
     def _full_ticks(self, sub: Subscription, q: Quote) -> List[list]:
         enc, r, t = self.encoder, sub.req_id, lambda tick: self._tick(sub, tick)
-        ticks = [enc.tick_price(r, t(BID), q.bid, q.bid_size), enc.tick_price(r, t(ASK), q.ask, q.ask_size)]
+        if sub.instrument.sec_type == "IND":          # an index: its value and close, no bid/ask/size
+            ticks = [self._price(sub, LAST, q.last, 0), self._price(sub, CLOSE, q.close, 0)]
+            if 106 in sub.generic_ticks:
+                ticks.append(enc.tick_generic(r, IMPLIED_VOL, q.implied_vol))
+            return ticks
+        ticks = [self._price(sub, BID, q.bid, q.bid_size), self._price(sub, ASK, q.ask, q.ask_size)]
         if q.last > 0:
-            ticks += [enc.tick_price(r, t(LAST), q.last, q.last_size), enc.tick_size(r, t(LAST_SIZE), q.last_size)]
-        ticks += [enc.tick_size(r, t(VOLUME), q.volume), enc.tick_price(r, t(CLOSE), q.close, 0)]
+            ticks += [self._price(sub, LAST, q.last, q.last_size), enc.tick_size(r, t(LAST_SIZE), q.last_size)]
+        ticks += [enc.tick_size(r, t(VOLUME), q.volume), self._price(sub, CLOSE, q.close, 0)]
         is_call = sub.instrument.right == "C"
         if sub.instrument.sec_type == "OPT":
             volumes = [(CALL_VOLUME if is_call else PUT_VOLUME, q.volume)]
@@ -405,19 +419,20 @@ class ClientSession:
 
     def _update_ticks(self, sub: Subscription, q: Quote) -> List[list]:
         enc, r, t = self.encoder, sub.req_id, lambda tick: self._tick(sub, tick)
-        ticks = [enc.tick_price(r, t(BID), q.bid, q.bid_size), enc.tick_price(r, t(ASK), q.ask, q.ask_size),
+        if sub.instrument.sec_type == "IND":
+            return [self._price(sub, LAST, q.last, 0)]
+        ticks = [self._price(sub, BID, q.bid, q.bid_size), self._price(sub, ASK, q.ask, q.ask_size),
                  enc.tick_size(r, t(BID_SIZE), q.bid_size), enc.tick_size(r, t(ASK_SIZE), q.ask_size)]
         if q.greeks is not None:
             ticks.append(self._computation(sub, q, MODEL_COMP, None))
         return ticks
 
     def _computation(self, sub: Subscription, q: Quote, tick_type: int, price: Optional[float]) -> list:
-        """A tickOptionComputation at `price` (None: the model's); -1/-2 sentinels when there is no
-        such price, as TWS sends them."""
+        """A tickOptionComputation at `price` (None: the model's); TWS's "not computed" row (every
+        value its sentinel, the underlying's price too) when there is no such price."""
         greeks = q.greeks if price is None else self.market.side_greeks(sub.instrument, q, price)
         if greeks is None:
-            return self.encoder.tick_option_computation(sub.req_id, self._tick(sub, tick_type), -1.0, -2.0,
-                                                        -1.0, -1.0, -2.0, -2.0, -2.0, q.greeks.und_price)
+            return self.encoder.tick_option_not_computed(sub.req_id, self._tick(sub, tick_type))
         return self.encoder.tick_option_computation(
             sub.req_id, self._tick(sub, tick_type), greeks.implied_vol, greeks.delta, greeks.opt_price, 0.0,
             greeks.gamma, greeks.vega, greeks.theta, greeks.und_price)

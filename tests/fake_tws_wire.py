@@ -97,6 +97,12 @@ def tick_price(value: float) -> str:
     return f"{value:.2f}"
 
 
+def tick_attrib_mask(tick_type: int) -> int:
+    """tickPrice's attribute mask as TWS sets it: live bid and ask (1, 2) carry canAutoExecute
+    (bit 0), even a bid of -1 ("no bid"), as recorded; other ticks (last, close, mark, delayed) 0."""
+    return 1 if tick_type in (1, 2) else 0
+
+
 def plain(value: Optional[float], unset: str = "") -> str:
     """A number without a decimal point when whole ("15", "-100", "0"), else its shortest decimal
     digits ("0.0001", "257.5"); `unset` for None."""
@@ -437,10 +443,9 @@ class Encoder:
     # -- market data --
     def tick_price(self, req_id: int, tick_type: int, price: float, size: float,
                    attrib_mask: Optional[int] = None) -> list:
-        """attrib_mask None: what TWS sets for the tick type: live bid and ask (1, 2) carry
-        canAutoExecute (bit 0), even a bid of -1 ("no bid"), as recorded; other ticks 0."""
+        """attrib_mask None: tick_attrib_mask(tick_type), what TWS sets."""
         if attrib_mask is None:
-            attrib_mask = 1 if tick_type in (1, 2) else 0
+            attrib_mask = tick_attrib_mask(tick_type)
         return [1, 6, req_id, tick_type, tick_price(price), plain(size), attrib_mask]
 
     def tick_size(self, req_id: int, tick_type: int, size: float) -> list:
@@ -463,7 +468,7 @@ class Encoder:
     def tick_option_not_computed(self, req_id: int, tick_type: int) -> list:
         """The row TWS sends when it cannot compute (e.g. the bid row of an option with no bid):
         every value its sentinel (-1 vol/price/underlying, -2 greeks) and a pvDividend of 0.0."""
-        return [21, req_id, tick_type, 0, "-1", "-2", "-1", java_double(0.0), "-2", "-2", "-2", "-1"]
+        return self.tick_option_computation(req_id, tick_type, -1.0, -2.0, -1.0, 0.0, -2.0, -2.0, -2.0, -1.0)
 
     def tick_snapshot_end(self, req_id: int) -> list:
         return [57, 1, req_id]

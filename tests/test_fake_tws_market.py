@@ -79,6 +79,63 @@ class MarketTest(unittest.TestCase):
         self.assertFalse(on_tick(1.005) or on_tick(2.0001))
 
 
+class ChainClassesTest(unittest.TestCase):
+    """Real chains with several trading classes: an index (SPX monthly AM-settled beside SPXW weekly
+    and PM-settled) and a stock with an adjusted class beside its standard one."""
+
+    def setUp(self):
+        self.market = Market(seed=5, today=TODAY)
+
+    def test_spx_is_an_index_with_a_monthly_and_a_weekly_class(self):
+        spx = self.market.underlying("SPX")
+        self.assertEqual((spx.sec_type, spx.primary_exchange, spx.con_id), ("IND", "CBOE", 416904))
+        self.assertEqual(self.market.find(symbol="SPX", sec_type="IND"), [spx])
+        self.assertEqual(self.market.find(symbol="SPX", sec_type="STK"), [])
+        quote = self.market.quote(spx)
+        self.assertEqual((quote.bid, quote.ask), (-1.0, -1.0))
+        self.assertGreater(quote.last, 0)
+        classes = {name: (multiplier, expirations) for name, multiplier, expirations, _ in
+                   self.market.chain_classes("SPX")}
+        self.assertEqual(set(classes), {"SPX", "SPXW"})
+        monthly, weekly = set(classes["SPX"][1]), set(classes["SPXW"][1])
+        self.assertTrue(monthly < weekly)                        # third Fridays list in both classes
+        self.assertIn("20260320", monthly)
+        both = self.market.find(symbol="SPX", sec_type="OPT", expiry="20260320", strike=5200.0, right="C")
+        self.assertEqual(sorted(o.trading_class for o in both), ["SPX", "SPXW"])   # ambiguous without a class
+        self.assertEqual({o.local_symbol[:6].strip() for o in both}, {"SPX", "SPXW"})
+        spxw = self.market.find(sec_type="OPT", local_symbol=both[1].local_symbol)
+        self.assertEqual(spxw, [both[1]])
+        self.assertTrue(all(o.under_sec_type == "IND" for o in both))
+
+    def test_an_adjusted_class_beside_the_standard_one(self):
+        classes = {name: (multiplier, expirations, strikes) for name, multiplier, expirations, strikes in
+                   self.market.chain_classes("XYZ")}
+        self.assertEqual(set(classes), {"XYZ", "XYZ1"})
+        self.assertEqual((classes["XYZ"][0], classes["XYZ1"][0]), ("100", "150"))
+        self.assertTrue(set(classes["XYZ1"][1]) < set(classes["XYZ"][1]))      # monthlies only
+        adjusted = self.market.find(symbol="XYZ", sec_type="OPT", trading_class="XYZ1")
+        self.assertTrue(adjusted and all(o.multiplier == "150" for o in adjusted))
+        standard = self.market.find(symbol="XYZ", sec_type="OPT", trading_class="XYZ", expiry=adjusted[0].expiry)
+        atm = min(adjusted, key=lambda o: abs(o.strike - 1.5 * self.market.spot("XYZ")))
+        self.assertGreater(self.market.quote(atm).ask, 0)
+        self.assertTrue(standard and max(o.strike for o in standard) < max(o.strike for o in adjusted))
+
+    def test_the_single_class_chains_keep_their_conids(self):
+        self.assertEqual(self.market.options("AAPL")[0].con_id, 600_000_000)
+        self.assertEqual([c[0] for c in self.market.chain_classes("AAPL")], ["AAPL"])
+
+    def test_reference_data_as_tws_gives_it(self):
+        aapl = self.market.stocks["AAPL"]
+        self.assertEqual((aapl.trading_class, aapl.sec_ids), ("NMS", (("ISIN", "US0378331005"),)))
+        self.assertEqual(self.market.stocks["SPY"].trading_class, "SPY")
+        for instrument in (aapl, self.market.options("AAPL")[0], self.market.underlying("SPX")):
+            self.assertEqual(len(instrument.market_rule_ids.split(",")), len(instrument.valid_exchanges.split(",")))
+        self.assertIn("20260307:CLOSED", aapl.trading_hours)                    # a Saturday
+        self.assertIn("20260304:0400-20260304:2000", aapl.trading_hours)
+        self.assertIn("20260304:0930-20260304:1600", self.market.options("AAPL")[0].trading_hours)
+        self.assertEqual(self.market.options("AAPL")[0].industry, "")
+
+
 class PortfolioTest(unittest.TestCase):
     def test_opening_positions_fills_and_account_values(self):
         market = Market(seed=1, today=TODAY)
