@@ -354,7 +354,8 @@ class Certificates(unittest.TestCase):
         self.addCleanup(self.relay.stop)
 
     def link(self) -> RelayLink:
-        link = RelayLink(self.relay.url, KEY, "1", [], lambda: dict(IB), print, timings=FAST)
+        link = RelayLink(self.relay.url, KEY, "1", ["echo"], lambda: dict(IB),
+                         lambda job: job.finish(data={"echo": job.params}), timings=FAST)
         self.addCleanup(link.stop)
         return link
 
@@ -377,6 +378,14 @@ class Certificates(unittest.TestCase):
             link = self.link()
         link.start()
         self.relay.wait_hello()
+        # over TLS too, a message over the limit is skipped and the link stays up
+        big = b'{"type":"request","id":"big","action":"echo","params":{"pad":"' + b"x" * (2 << 20) + b'"}}'
+        with self.assertLogs("agent.relay", "WARNING") as logs:
+            self.relay.send_frames([(0x1, big, True)])
+            self.assertTrue(self.relay.request("echo", {"n": 1}, id="after-big")["ok"])
+        self.assertIn("over the 1 MiB limit", logs.output[0])
+        self.assertNotIn("big", self.relay.responses)
+        self.assertEqual(self.relay.connections, 1)
 
     def test_certifi_is_not_consulted_when_the_system_has_roots(self):
         with mock.patch("certifi.where", return_value=self.cert):
