@@ -187,7 +187,10 @@ def order_proto(o: OrderRecord, completed: bool = False) -> Order_pb2.Order:
         seekPriceImprovement=0)
     if o.order_ref:
         proto.orderRef = o.order_ref
-    if o.order_type == "LMT" and o.lmt_price is not None:
+    trail_stop = getattr(o, "trail_stop_price", None)
+    if trail_stop is not None:
+        proto.trailStopPrice = trail_stop
+    elif o.order_type == "LMT" and o.lmt_price is not None:
         proto.trailStopPrice = o.lmt_price + 1
     return proto
 

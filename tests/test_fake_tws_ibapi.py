@@ -2,21 +2,25 @@
 from __future__ import annotations
 
 import inspect
+import json
 import socket
 import threading
 import time
 import unittest
+from decimal import Decimal
 from typing import Callable, List, Optional, Tuple
 
 from ibapi.client import EClient
 from ibapi.contract import Contract
 from ibapi.execution import ExecutionFilter
+from ibapi.message import IN
 from ibapi.order import Order
 from ibapi.order_cancel import OrderCancel
 from ibapi.server_versions import MAX_CLIENT_VER
 from ibapi.wrapper import EWrapper
 
 from tests.fake_tws import FakeTWS
+from tests.fake_tws_proto import PROTOBUF_FROM
 
 TIMEOUT_S = 5.0
 
@@ -481,6 +485,129 @@ class ServerVersion176Test(FakeTwsCase):
         client.wait("openOrder", lambda a: a[0] == 82)
         client.cancelOrder(82, OrderCancel())
         client.wait_error(202, 82)
+
+
+# classic callback -> the protobuf callback ibapi makes first when the message came as protobuf
+PROTOBUF_CALLBACKS = {
+    "managedAccounts": (IN.MANAGED_ACCTS, "managedAccountsProtoBuf"),
+    "nextValidId": (IN.NEXT_VALID_ID, "nextValidIdProtoBuf"),
+    "currentTime": (IN.CURRENT_TIME, "currentTimeProtoBuf"),
+    "error": (IN.ERR_MSG, "errorProtoBuf"),
+    "contractDetails": (IN.CONTRACT_DATA, "contractDataProtoBuf"),
+    "securityDefinitionOptionParameter": (IN.SECURITY_DEFINITION_OPTION_PARAMETER, "secDefOptParameterProtoBuf"),
+    "tickPrice": (IN.TICK_PRICE, "tickPriceProtoBuf"),
+    "tickOptionComputation": (IN.TICK_OPTION_COMPUTATION, "tickOptionComputationProtoBuf"),
+    "tickSnapshotEnd": (IN.TICK_SNAPSHOT_END, "tickSnapshotEndProtoBuf"),
+    "marketDataType": (IN.MARKET_DATA_TYPE, "updateMarketDataTypeProtoBuf"),
+    "position": (IN.POSITION_DATA, "positionProtoBuf"),
+    "accountSummary": (IN.ACCOUNT_SUMMARY, "accountSummaryProtoBuf"),
+    "updateAccountValue": (IN.ACCT_VALUE, "updateAccountValueProtoBuf"),
+    "openOrder": (IN.OPEN_ORDER, "openOrderProtoBuf"),
+    "openOrderEnd": (IN.OPEN_ORDER_END, "openOrdersEndProtoBuf"),
+    "orderStatus": (IN.ORDER_STATUS, "orderStatusProtoBuf"),
+    "completedOrder": (IN.COMPLETED_ORDER, "completedOrderProtoBuf"),
+    "execDetails": (IN.EXECUTION_DATA, "executionDetailsProtoBuf"),
+    "execDetailsEnd": (IN.EXECUTION_DATA_END, "executionDetailsEndProtoBuf"),
+    "commissionAndFeesReport": (IN.COMMISSION_AND_FEES_REPORT, "commissionAndFeesReportProtoBuf"),
+}
+
+
+class ProtobufVersionsTest(FakeTwsCase):
+    """The official client against the fake at each version where a message group moves to
+    protobuf (and at the newest): every request the agent makes, end to end."""
+    version = 0
+
+    def setUp(self):
+        self.fake_options = {"max_server_version": self.version}
+        super().setUp()
+
+    def test_everything_the_agent_asks(self):
+        v = self.version
+        client = self.connect()
+        self.assertEqual(client.serverVersion(), v)
+        self.assertEqual(client.wait("managedAccounts")[0], ("DU1234567",))
+        client.wait_error(2104)
+        # contract details, STK and OPT; secdef option parameters
+        stock = contract(symbol="AAPL", secType="STK", primaryExchange="NASDAQ")
+        call = self.atm_call()
+        option = self.option_contract(call)
+        client.reqContractDetails(10, stock)
+        client.reqContractDetails(11, option)
+        client.wait("contractDetailsEnd", lambda a: a[0] == 11)
+        client.wait("contractDetailsEnd", lambda a: a[0] == 10)
+        (_, details), = client.named("contractDetails", lambda a: a[0] == 10)
+        self.assertEqual((details.contract.secType, details.contract.primaryExchange), ("STK", "NASDAQ"))
+        (_, details), = client.named("contractDetails", lambda a: a[0] == 11)
+        self.assertEqual((details.contract.conId, details.contract.strike, details.contract.multiplier),
+                         (call.con_id, call.strike, "100"))
+        client.reqSecDefOptParams(12, "AAPL", "", "STK", 0)
+        client.wait("securityDefinitionOptionParameterEnd", lambda a: a[0] == 12)
+        rows = client.named("securityDefinitionOptionParameter", lambda a: a[0] == 12)
+        self.assertTrue(rows and all(call.expiry in r[5] and call.strike in r[6] for r in rows))
+        # market data: snapshot and streaming, with the market data type each gets
+        client.reqMarketDataType(1)
+        client.reqMktData(20, stock, "", True, False, [])
+        client.wait("tickSnapshotEnd", lambda a: a[0] == 20)
+        self.assertEqual(client.wait("marketDataType", lambda a: a[0] == 20)[0], (20, 1))
+        self.assertTrue(client.named("tickPrice", lambda a: a[0] == 20 and a[1] == 1))
+        client.reqMktData(21, option, "100,101,106", False, False, [])
+        client.wait("tickOptionComputation", lambda a: a[0] == 21 and a[1] == 13)
+        client.wait("tickGeneric", lambda a: a[0] == 21 and a[1] == 24)
+        client.wait("tickSize", lambda a: a[0] == 21 and a[1] == 27)
+        client.cancelMktData(21)
+        wait_until(lambda: self.tws.stats()["lines_in_use"] == 0, "lines freed")
+        # positions, account summary, account updates
+        client.reqPositions()
+        client.wait("positionEnd")
+        self.assertTrue(client.named("position"))
+        client.reqAccountSummary(30, "All", "NetLiquidation,BuyingPower")
+        client.wait("accountSummaryEnd", lambda a: a[0] == 30)
+        self.assertEqual(len(client.named("accountSummary", lambda a: a[0] == 30)), 2)
+        client.reqAccountUpdates(True, "")
+        client.wait("accountDownloadEnd")
+        client.wait("updateAccountTime")
+        self.assertTrue(client.named("updatePortfolio"))
+        # a stock order with a primary exchange: placed, seen, cancelled
+        order_id = client.named("nextValidId")[0][0]
+        client.placeOrder(order_id, stock, limit_order("BUY", 1, 1.0, orderRef="stk-1"))
+        (_, placed, order, state), = client.wait("openOrder", lambda a: a[0] == order_id)
+        self.assertEqual((placed.symbol, order.orderRef, order.totalQuantity, state.status),
+                         ("AAPL", "stk-1", Decimal(1), "Submitted"))
+        client.reqOpenOrders()
+        client.wait("openOrderEnd")
+        client.cancelOrder(order_id, OrderCancel())
+        client.wait("orderStatus", lambda a: a[0] == order_id and a[1] == "Cancelled")
+        client.wait_error(202, order_id)
+        # an option limit order that fills: executions, commission, completed orders
+        client.placeOrder(order_id + 1, option, limit_order("BUY", 1, 500.0, orderRef="opt-1"))
+        client.wait("orderStatus", lambda a: a[0] == order_id + 1 and a[1] == "Filled")
+        client.wait("commissionAndFeesReport")
+        client.reqExecutions(40, ExecutionFilter())
+        client.wait("execDetailsEnd", lambda a: a[0] == 40)
+        (_, executed, execution), = client.named("execDetails", lambda a: a[0] == 40)
+        self.assertEqual((executed.conId, execution.orderId, execution.shares, execution.orderRef),
+                         (call.con_id, order_id + 1, Decimal(1), "opt-1"))
+        client.reqCompletedOrders(False)
+        client.wait("completedOrdersEnd")
+        self.assertEqual(sorted(a[2].status for a in client.named("completedOrder")), ["Cancelled", "Filled"])
+        # a rejection carries advancedOrderRejectJson
+        client.placeOrder(order_id + 2, option, limit_order("BUY", 5000, 1.0))
+        rejected = client.wait_error(201, order_id + 2)
+        self.assertIn("Order rejected", rejected[3])
+        self.assertEqual(json.loads(rejected[4])["rejectReason"], rejected[3].split("reason:", 1)[1])
+        client.reqCurrentTime()
+        client.wait("currentTime")
+        # each message came as protobuf exactly from the version the table says
+        for callback, (msg_id, proto_callback) in PROTOBUF_CALLBACKS.items():
+            with self.subTest(callback=callback):
+                self.assertTrue(client.named(callback))
+                self.assertEqual(bool(client.named(proto_callback)), v >= PROTOBUF_FROM[msg_id])
+
+
+for _version in (201, 203, 204, 205, 206, 207, 212, 213, MAX_CLIENT_VER):
+    globals()[f"ProtobufVersion{_version}Test"] = type(f"ProtobufVersion{_version}Test", (ProtobufVersionsTest,),
+                                                       {"version": _version})
+del ProtobufVersionsTest
 
 
 if __name__ == "__main__":
