@@ -35,6 +35,7 @@ from ib_connection import CLIENT_ID_IN_USE, IBConnection, is_read_only_error
 from ib_ports import PortProbe, account_type, candidate_ports, resolve_port
 from ib_scanner import Scanner, days_to
 
+MIN_PYTHON = (3, 10)      # IB's ibapi 10.50 needs it; start_unix.sh and start_windows.ps1 refuse older
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
 OK, WARN, FAIL, SKIP = "OK", "WARN", "FAIL", "SKIP"
 
@@ -44,12 +45,15 @@ ANSWER_TIMEOUT_S = 5.0    # one answer from TWS: open orders, contract details, 
 RELAY_TIMEOUT_S = 5.0     # WebSocket connect and upgrade
 SAMPLE_TICKER = "SPY"     # a sample underlying every US market-data subscription covers
 
+PYTHON_CHECK = "Python"
 CONFIG, TWS, API, ACCOUNT, READ_ONLY, MARKET_DATA, RELAY = (
     "Config", "TWS / IB Gateway", "API connection", "Account type", "Read-Only API", "Market data",
     "MA Tracker cloud")
 PORT_NAMES = {7497: "TWS paper", 7496: "TWS live", 4002: "IB Gateway paper", 4001: "IB Gateway live"}
 
 # The fixes, in the README's Troubleshooting words.
+FIX_PYTHON = ("Install Python %d.%d or newer (README.md, Requirements), delete the .venv folder in the agent "
+              "folder, and start the agent again" % MIN_PYTHON,)
 FIX_CONFIG = ("Correct that value in config.env (README.md, Configuration, lists every variable), "
               "then run the check again",)
 FIX_TWS = (
@@ -129,6 +133,17 @@ class Checklist:
             return failed_code
         self.print(f"\nAll checks passed{f' ({warned} warning(s): see above)' if warned else ''}.")
         return EXIT_OK
+
+
+def check_python(checklist: Checklist, version_info: Sequence[int] = tuple(sys.version_info),
+                 executable: str = sys.executable) -> None:
+    """The Python running the agent, against the floor the start scripts enforce."""
+    version = ".".join(str(n) for n in version_info[:3])
+    if tuple(version_info[:2]) >= MIN_PYTHON:
+        checklist.add(OK, PYTHON_CHECK, f"{version} ({executable})")
+    else:
+        checklist.add(FAIL, PYTHON_CHECK, f"{version} is too old: the agent needs Python "
+                      f"{MIN_PYTHON[0]}.{MIN_PYTHON[1]} or newer ({executable})", fix=FIX_PYTHON)
 
 
 # --- TWS / IB Gateway ------------------------------------------------------------------------------
@@ -394,10 +409,12 @@ def run(config_path: Optional[Path] = None, *, agent_version: str = "unknown",
             config = load_config(config_path, environ)
         except ConfigError as exc:
             checklist = Checklist(out, Masker([configured_key(config_path, environ)]))
+            check_python(checklist)
             checklist.add(FAIL, CONFIG, str(exc), fix=FIX_CONFIG)
             checklist.skip((TWS, API, ACCOUNT, READ_ONLY, MARKET_DATA, RELAY), "the configuration is invalid")
             return checklist.finish(EXIT_CONFIG)
         checklist = Checklist(out, Masker([config.key]))
+        check_python(checklist)
         where = f"IB_PORT={config.ib_port}" if config.ib_port is not None else f"IB_MODE={config.ib_mode}"
         checklist.add(OK, CONFIG, f"valid ({where} on {config.ib_host}, client id {config.ib_client_id}, "
                       f"MARKET_DATA_TYPE={config.market_data_type}, ALLOW_ORDERS={config.allow_orders})")

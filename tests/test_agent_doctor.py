@@ -7,20 +7,21 @@ import re
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 import unittest
 from pathlib import Path
 
 import agent_doctor
-from agent_doctor import ACCOUNT, API, CONFIG, MARKET_DATA, READ_ONLY, RELAY, TWS
+from agent_doctor import ACCOUNT, API, CONFIG, MARKET_DATA, PYTHON_CHECK, READ_ONLY, RELAY, TWS
 from tests.agent_process import PYTHON, ROOT, agent_env, free_port
 from tests.fake_relay import FakeRelay
 from tests.fake_tws import FakeTWS
 
 KEY = "doctor-KEY-5e7a91c3d2"
 LINE = re.compile(r"^(OK|WARN|FAIL|SKIP)\s+([^:]+): (.*)$", re.MULTILINE)
-ALL_CHECKS = (CONFIG, TWS, API, ACCOUNT, READ_ONLY, MARKET_DATA, RELAY)
+ALL_CHECKS = (PYTHON_CHECK, CONFIG, TWS, API, ACCOUNT, READ_ONLY, MARKET_DATA, RELAY)
 IB_CHECKS = (API, ACCOUNT, READ_ONLY, MARKET_DATA)
 WAIT_S = 10.0
 
@@ -201,13 +202,39 @@ class RelayAndConfigProblems(DoctorCase):
     def test_bad_config_exits_2_and_skips_everything(self):
         code, statuses, text = self.check(env={"IB_PORT": "74g7"})
         self.assertEqual(code, 2, text)
-        self.assertEqual(statuses, dict({CONFIG: "FAIL"}, **dict.fromkeys(ALL_CHECKS[1:], "SKIP")), text)
+        self.assertEqual(statuses, dict({PYTHON_CHECK: "OK", CONFIG: "FAIL"}, **dict.fromkeys(ALL_CHECKS[2:], "SKIP")),
+                         text)
         self.assertIn("IB_PORT='74g7' is not a whole number", text)
 
     def test_a_config_error_quoting_the_key_is_masked(self):
         code, statuses, text = self.check(env={"IB_MODE": KEY})  # check() asserts KEY is not in the output
         self.assertEqual(code, 2, text)
         self.assertIn("IB_MODE='****' is not one of", text)
+
+
+class PythonVersion(unittest.TestCase):
+    def lines(self, version_info, executable="/usr/bin/python3"):
+        out = io.StringIO()
+        checklist = agent_doctor.Checklist(out, agent_doctor.Masker([]))
+        agent_doctor.check_python(checklist, version_info, executable)
+        return out.getvalue(), checklist.counts
+
+    def test_3_10_and_newer_are_ok(self):
+        self.assertEqual(agent_doctor.MIN_PYTHON, (3, 10))
+        for version in ((3, 10, 0), (3, 13, 1)):
+            text, counts = self.lines(version)
+            self.assertEqual(dict(counts), {"OK": 1}, text)
+            self.assertEqual(text, f"OK    Python: {'.'.join(map(str, version))} (/usr/bin/python3)\n")
+
+    def test_3_9_fails_with_the_fix(self):
+        text, counts = self.lines((3, 9, 18, "final", 0))
+        self.assertEqual(dict(counts), {"FAIL": 1}, text)
+        self.assertIn("FAIL  Python: 3.9.18 is too old: the agent needs Python 3.10 or newer (/usr/bin/python3)", text)
+        self.assertIn("Fix: Install Python 3.10 or newer (README.md, Requirements), delete the .venv folder", text)
+
+    def test_the_checklist_reports_the_running_python(self):
+        text, _counts = self.lines(tuple(sys.version_info), sys.executable)
+        self.assertTrue(text.startswith("OK    Python: "), text)
 
 
 class CommandLine(DoctorCase):
