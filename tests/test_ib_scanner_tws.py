@@ -9,10 +9,11 @@ from typing import List
 
 from agent_config import Config
 from agent_errors import IB_NOT_CONNECTED
-from ib_connection import IBConnection
+from ib_connection import TESTED_MAX_SERVER_VERSION, IBConnection
 from ib_scanner import Scanner
 from tests.fake_tws import FakeTWS
 from tests.test_ib_lines import Background
+from tests.tws_versions import AtTwsVersion, at_tws_versions
 
 WAIT_S = 20.0
 
@@ -21,9 +22,9 @@ def contract_dicts(instruments) -> List[dict]:
     return [{"ticker": i.symbol, "expiration": i.expiry, "strike": i.strike, "right": i.right} for i in instruments]
 
 
-class ScannerOnFakeTws(unittest.TestCase):
+class ScannerOnFakeTws(AtTwsVersion, unittest.TestCase):
     def start(self, fake_options: dict = None, **config) -> Scanner:
-        self.tws = FakeTWS(port=0, seed=1, **(fake_options or {}))
+        self.tws = FakeTWS(port=0, seed=1, **self.fake_tws_options(**(fake_options or {})))
         port = self.tws.start()
         self.addCleanup(self.tws.stop)
         settings = dict(ib_port=port, ib_max_msg_rate=45, ib_max_mkt_lines=90, option_timeout_s=5.0,
@@ -34,6 +35,7 @@ class ScannerOnFakeTws(unittest.TestCase):
         self.conn.start()
         self.addCleanup(self.conn.stop)
         self.assertTrue(self.conn.wait_ready(WAIT_S))
+        self.assertEqual(self.conn.status()["server_version"], self.expected_server_version)
         scanner = Scanner(self.conn, config)
         self.addCleanup(scanner.close)
         return scanner
@@ -81,6 +83,7 @@ class ChainTest(ScannerOnFakeTws):
 
 
 class BulkTest(ScannerOnFakeTws):
+    tws_versions = (TESTED_MAX_SERVER_VERSION,)   # pacing and lines do not depend on the version; 45 s each
     def test_thousand_contracts_at_the_pacing_floor_without_violations(self):
         scanner = self.start(fake_options=dict(max_rate=50, pacing="reject", max_lines=100))
         market = self.tws.market
@@ -162,6 +165,8 @@ class DelayedTest(ScannerOnFakeTws):
         self.assertEqual(self.requests("reqMarketDataType"), 2)   # the connection's live, then delayed
         self.assertEqual(self.conn.status()["market_data_type"], "delayed")
 
+
+load_tests = at_tws_versions()
 
 if __name__ == "__main__":
     unittest.main()

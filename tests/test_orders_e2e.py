@@ -13,20 +13,22 @@ from pathlib import Path
 
 from tests.agent_process import AgentProcess, AgentStack
 from tests.fake_market import on_tick
+from tests.tws_versions import AtTwsVersion, at_tws_versions
 
 WAIT_S = 30.0
 
 
-class OrdersEndToEnd(unittest.TestCase):
+class OrdersEndToEnd(AtTwsVersion, unittest.TestCase):
     accounts = ("DU1234567",)
     tws_options: dict = {}
 
     def setUp(self):
-        self.stack = AgentStack(tws_options=dict(self.tws_options, accounts=self.accounts))
+        self.stack = AgentStack(tws_options=self.fake_tws_options(**self.tws_options, accounts=self.accounts))
         self.stack.start()
         self.addCleanup(self.stack.stop)
         self.relay, self.tws = self.stack.relay, self.stack.tws
         self.wait_tws_connected()
+        self.assertEqual(self.ib()["server_version"], self.expected_server_version)
 
     def ib(self) -> dict:
         frame = self.relay.last_status or {}
@@ -155,6 +157,8 @@ class ReadOnlyEndToEndTest(OrdersEndToEnd):
         self.relay.wait_until(lambda: self.ib().get("read_only") is True, WAIT_S, "status read_only true")
         self.assertEqual(self.placed(), 0)
 
+
+load_tests = at_tws_versions()
 
 if __name__ == "__main__":
     unittest.main()

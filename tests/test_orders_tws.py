@@ -15,6 +15,7 @@ from agent_config import Config
 from agent_errors import IB_ERROR, ORDER_BLOCKED, READ_ONLY_API, AgentError
 from tests.fake_market import on_tick
 from tests.fake_tws import FakeTWS
+from tests.tws_versions import AtTwsVersion, at_tws_versions
 
 WAIT_S = 20.0
 
@@ -31,7 +32,7 @@ def ticks_away(price: float, tick: float, steps: int) -> float:
     return round(round(price / tick + steps) * tick, 2)
 
 
-class OrdersOnFakeTws(unittest.TestCase):
+class OrdersOnFakeTws(AtTwsVersion, unittest.TestCase):
     accounts = ("DU1234567",)
     tws_options: dict = {}
     config_changes: dict = {}
@@ -39,7 +40,7 @@ class OrdersOnFakeTws(unittest.TestCase):
     def setUp(self):
         self.dir = tempfile.TemporaryDirectory()
         self.addCleanup(self.dir.cleanup)
-        self.tws = FakeTWS(port=0, accounts=self.accounts, **self.tws_options)
+        self.tws = FakeTWS(port=0, accounts=self.accounts, **self.fake_tws_options(**self.tws_options))
         self.port = self.tws.start()
         self.addCleanup(self.tws.stop)
         self.config = Config(key="tws-test-key-42", ib_port=self.port, data_dir=Path(self.dir.name),
@@ -52,6 +53,7 @@ class OrdersOnFakeTws(unittest.TestCase):
         conn.start()
         self.addCleanup(conn.stop)
         self.assertTrue(conn.wait_ready(WAIT_S), conn.status())
+        self.assertEqual(conn.status()["server_version"], self.expected_server_version)
         return conn, ib_orders.OrderDesk(conn, self.config)
 
     def option(self, marketable: bool = False):
@@ -219,6 +221,8 @@ class ReadOnlyTest(OrdersOnFakeTws):
         self.assertEqual(self.placed(), 0)
         self.assertEqual([line["outcome"]["error"] for line in self.audit()], [READ_ONLY_API] * 2)
 
+
+load_tests = at_tws_versions()
 
 if __name__ == "__main__":
     unittest.main()
