@@ -199,6 +199,12 @@ def _usable_id(value: Any) -> bool:
     return isinstance(value, str) and 1 <= len(value) <= MAX_ID_LENGTH
 
 
+def _preview(text: str) -> str:
+    """The start of a frame for a log line, with control characters escaped: what the cloud sends
+    must not be able to move the cursor or recolour the user's console."""
+    return "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in text[:LOGGED_FRAME_CHARS])
+
+
 def _describe(exc: Optional[BaseException]) -> str:
     if exc is None:
         return "closed by the server"
@@ -549,8 +555,8 @@ class RelayLink:
     def _handle_frame(self, text: Any) -> None:
         if isinstance(text, bytes):  # a RefusedMessage from BoundedFrameReader (plain bytes cannot get here)
             reason = getattr(text, "reason", f"binary frame, {len(text):,} bytes")
-            log.warning("Ignored a frame from the cloud (%s): %.*s", reason, LOGGED_FRAME_CHARS,
-                        bytes(text).decode("utf-8", "replace"))
+            log.warning("Ignored a frame from the cloud (%s): %s", reason,
+                        _preview(bytes(text).decode("utf-8", "replace")))
             return
         try:
             parsed = _Parsed(text)
@@ -560,7 +566,7 @@ class RelayLink:
         if not isinstance(frame, dict) or parsed.repeated_id or not _usable_id(frame.get("id")):
             problem = ("not a JSON object" if not isinstance(frame, dict)
                        else "the key id is repeated" if parsed.repeated_id else "no usable id")
-            log.warning("Ignored a frame from the cloud (%s): %.*s", problem, LOGGED_FRAME_CHARS, str(text))
+            log.warning("Ignored a frame from the cloud (%s): %s", problem, _preview(str(text)))
             return
         request_id, kind = frame["id"], frame.get("type")
         if parsed.repeated_path is not None:

@@ -87,6 +87,18 @@ class LinkFrames(LinkCase):
         self.assertEqual(len(lines), 2, logs.output)
         self.assertTrue(all("text that is not valid UTF-8" in line for line in lines), lines)
         self.assertIn("bad-utf8", lines[0])
+        self.assertIn('"x":"\ufffd"}}', lines[0])
+
+    def test_control_characters_of_a_refused_frame_are_escaped_in_its_log_line(self):
+        self.start()
+        with self.assertLogs("agent.relay", "WARNING") as logs:
+            self.relay.send_raw("\x1b[2J\x1b[31mnot json\r\n")
+            self.relay.send_binary(b"\x1b]0;title\x07\x00")
+            self.assert_link_up_and_answering()
+        lines = self.ignored(logs)
+        self.assertTrue(lines[0].endswith("(not a JSON object): \\x1b[2J\\x1b[31mnot json\\r\\n"), lines[0])
+        self.assertTrue(lines[1].endswith("(binary frame, 11 bytes): \\x1b]0;title\\x07\\x00"), lines[1])
+        self.assertFalse(any(ch in "".join(lines) for ch in "\x1b\x07\x00\r\n"))
         self.assertEqual(self.actions.executed, ["after"])
 
     def test_a_message_in_fragments_with_a_ping_between_them_is_executed_once(self):
