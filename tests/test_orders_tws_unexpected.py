@@ -17,15 +17,14 @@ import ib_connection
 import order_guard
 from agent_errors import INTERNAL
 from tests.test_orders_tws import OrdersOnFakeTws
+from tests.tws_versions import at_tws_versions
 
 PLACE_ORDER_IDS = (3, 203)  # OUT.PLACE_ORDER as text, and + 200 as a protobuf body (server version >= 203)
 
 
 class UnexpectedErrorOnFakeTws(OrdersOnFakeTws):
     def setUp(self):
-        super().setUp()
-        self.assertEqual(self.conn.status()["server_version"],
-                         self.tws_options.get("max_server_version", ib_connection.TESTED_MAX_SERVER_VERSION))
+        super().setUp()  # asserts the connection runs at this class's TWS version
         self.sent = []  # what the desk asked the connection to send, in order
         send = self.conn.send
         self.conn.send = lambda method, *args: self.sent.append(method) or send(method, *args)
@@ -110,11 +109,7 @@ class UnexpectedErrorOnFakeTws(OrdersOnFakeTws):
         self.assertEqual(self.placed(), 1)
 
 
-class UnexpectedErrorAtLastTextOnlyVersion(UnexpectedErrorOnFakeTws):
-    """The same at server version 200, where placeOrder is still a text message (the class above runs
-    at the fake's default, the newest version, where it is protobuf)."""
-    tws_version = 200
-    tws_options = {"max_server_version": 200}
+load_tests = at_tws_versions()  # 200 (placeOrder as text) and the newest (protobuf); TWS_VERSIONS=all adds 176, 203
 
 
 if __name__ == "__main__":
