@@ -36,6 +36,7 @@ PROTOCOL_VERSION = 1
 MAX_ID_LENGTH = 128
 MAX_ACTION_LENGTH = 64
 LOGGED_FRAME_CHARS = 120
+MAX_PATH_CHARS = 200              # of a field path named in an INVALID_REQUEST message
 MAX_MESSAGE_BYTES = 1024 * 1024   # a message from the cloud (all its fragments together) over this is skipped
 AUTH_FAILED_HELP = ("Authentication failed: the MA Tracker cloud rejected the API key (HTTP {status}). "
                     "Your API key may have been regenerated. Download a fresh copy of the agent from the "
@@ -199,10 +200,10 @@ def _usable_id(value: Any) -> bool:
     return isinstance(value, str) and 1 <= len(value) <= MAX_ID_LENGTH
 
 
-def _preview(text: str) -> str:
-    """The start of a frame for a log line, with control characters escaped: what the cloud sends
-    must not be able to move the cursor or recolour the user's console."""
-    return "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in text[:LOGGED_FRAME_CHARS])
+def _preview(text: str, limit: int = LOGGED_FRAME_CHARS) -> str:
+    """The start of a frame (or an id) for a log line, with control characters escaped: what the
+    cloud sends must not be able to move the cursor or recolour the user's console."""
+    return "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in text[:limit])
 
 
 def _describe(exc: Optional[BaseException]) -> str:
@@ -570,8 +571,10 @@ class RelayLink:
             return
         request_id, kind = frame["id"], frame.get("type")
         if parsed.repeated_path is not None:
-            self._reject(request_id, frame.get("action"), f"{parsed.repeated_path}: repeated key; "
-                                                          "each key may appear once in a JSON object")
+            path = parsed.repeated_path  # keys are the cloud's: a path is cut short rather than echoed whole
+            path = path if len(path) <= MAX_PATH_CHARS else path[:MAX_PATH_CHARS - 3] + "..."
+            self._reject(request_id, frame.get("action"),
+                         f"{path}: repeated key; each key may appear once in a JSON object")
         elif kind == "ack":
             with self._lock:
                 self._outbox.ack(request_id)
@@ -605,7 +608,8 @@ class RelayLink:
                 Job(self, request_id, action if valid_action else "?", {}).finish(
                     error=AgentError(INVALID_REQUEST, message))
                 return
-        log.warning("Ignored a frame from the cloud for request %s, which %s (%s)", request_id, known, message)
+        log.warning("Ignored a frame from the cloud for request %s, which %s (%s)",
+                    _preview(request_id, MAX_ID_LENGTH), known, _preview(message, 2 * LOGGED_FRAME_CHARS))
 
     def _accept(self, request_id: str, frame: dict) -> None:
         with self._lock:

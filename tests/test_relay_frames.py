@@ -143,11 +143,13 @@ class LinkFrames(LinkCase):
                         '[{"strike":1},{"strike":2,"right":"C","strike":3}]}}',
             "dup-type": '{"type":"request","type":"ack","id":"dup-type","action":"echo"}',
             "dup-both": '{"type":"request","type":"ack","id":"x","id":"dup-both","action":"echo"}',
+            "dup-long": '{"type":"request","id":"dup-long","action":"echo","params":{"%s":1,"%s":2}}' % (
+                "k" * 5000, "k" * 5000),
         }
         for text in frames.values():
             self.relay.send_raw(text)
         expected = {"dup-top": "action: repeated key", "dup-deep": "params.contracts[1].strike: repeated key",
-                    "dup-type": "type: repeated key"}
+                    "dup-type": "type: repeated key", "dup-long": "params." + "k" * 190 + "...: repeated key"}
         for request_id, start in expected.items():
             response = self.relay.wait_until(lambda: self.relay.responses.get(request_id), what=request_id)
             self.assertEqual(response["error"]["code"], INVALID_REQUEST)
