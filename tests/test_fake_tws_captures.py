@@ -22,8 +22,10 @@ import base64
 import json
 import linecache
 import re
+import socket
 import struct
 import sys
+import time
 import unittest
 from pathlib import Path
 from typing import Callable, Dict, List, Optional
@@ -32,7 +34,8 @@ from ibapi.decoder import Decoder
 from ibapi.wrapper import EWrapper
 
 from tests.fake_market import Instrument
-from tests.fake_tws_wire import Encoder, Execution, OrderRecord
+from tests.fake_tws import FakeTWS
+from tests.fake_tws_wire import Encoder, Execution, FrameReader, OrderRecord, frame
 
 CAPTURES = Path(__file__).resolve().parents[1].parent / "shared" / "tws-captures" / "server_frames.jsonl"
 
@@ -357,6 +360,72 @@ class TextCapturesTest(unittest.TestCase):
                     shown = differences[:40] + ([f"... and {len(differences) - 40} more"] if len(differences) > 40 else [])
                     self.fail(f"{capture['name']} at {capture['server_version']}: {len(differences)} field(s) differ "
                               f"from real TWS:\n  " + "\n  ".join(shown))
+
+
+class _RawClient:
+    """A bare socket client: handshake, startApi, raw text requests, raw payloads back."""
+
+    def __init__(self, port: int, version: int):
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+        offer = f"v100..{version}".encode()
+        self.sock.sendall(b"API\0" + struct.pack(">I", len(offer)) + offer)
+        self.reader = FrameReader()
+        self.pending: List[bytes] = []
+        self.read_until(lambda payload: True)                 # the handshake reply
+        self.send([71, 2, 0, ""])                             # startApi, client id 0
+
+    def send(self, fields: list) -> None:
+        self.sock.sendall(frame(fields))
+
+    def read_until(self, done: Callable[[bytes], bool], timeout_s: float = 5.0) -> List[bytes]:
+        got, deadline = [], time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            while self.pending:
+                payload = self.pending.pop(0)
+                got.append(payload)
+                if done(payload):
+                    return got
+            self.sock.settimeout(max(0.01, deadline - time.monotonic()))
+            try:
+                data = self.sock.recv(65536)
+            except socket.timeout:
+                break
+            if not data:
+                break
+            self.reader.feed(data)
+            self.pending += self.reader.payloads()
+        raise AssertionError(f"timed out; got {len(got)} messages")
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+class RunningFakeTest(unittest.TestCase):
+    """The rules the session applies (not only the encoder): a live option quote with no bid, asked
+    of the running fake at 200, must come as the recorded frames do: bid -1.00 with size 0 and
+    attribute mask 1, and the bid's greeks row all "not computed". Only the request id differs."""
+
+    def test_an_option_without_a_bid_as_tws_sends_it(self):
+        captures = {c["name"]: c for c in load_captures()}
+        tws = FakeTWS(port=0, max_server_version=200, tick_delay_ms=(0, 1))
+        port = tws.start()
+        self.addCleanup(tws.stop)
+        market = tws.market
+        option = next(o for o in market.options("SPY") if market.quote(o).bid < 0)
+        client = _RawClient(port, 200)
+        self.addCleanup(client.close)
+        client.read_until(lambda p: p.startswith(b"9\0"))      # nextValidId
+        client.send([1, 11, 5, option.con_id, option.symbol, "OPT", option.expiry, option.strike, option.right,
+                     option.multiplier, "SMART", "", "USD", option.local_symbol, option.trading_class,
+                     0, "", 0, 0, ""])
+        seen = client.read_until(lambda p: p.startswith(b"21\0") and p.split(b"\0")[2] == b"13")
+        by_kind = {tuple(p.split(b"\0")[:3:2] if p.startswith(b"21\0") else p.split(b"\0")[:4:3]): p for p in seen}
+        for name, key in (("tickPrice 1 (option bid -1, attrib 1)", (b"1", b"1")),
+                          ("tickOptionComputation 10 (all not-computed)", (b"21", b"10"))):
+            with self.subTest(name):
+                self.assertIn(key, by_kind, f"the fake sent no {name}")
+                differences = field_differences(captures[name], by_kind[key])
+                self.assertFalse([d for d in differences if "(reqId)" not in d], differences)
 
 
 if __name__ == "__main__":
