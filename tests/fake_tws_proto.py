@@ -438,8 +438,8 @@ class ProtoEncoder(Encoder):
             return super().completed_order(o)
         state = OrderState_pb2.OrderState(status=o.status, completedTime=_exec_time(o.completed_time),
                                           completedStatus=o.completed_status)
-        if o.status == "Filled":
-            state.commissionAndFees, state.commissionAndFeesCurrency = 0.65 * o.filled, "USD"
+        if o.status == "Filled":         # as recorded at 204; the fake charges one 0.65 per execution
+            state.commissionAndFees, state.commissionAndFeesCurrency = Execution.commission, "USD"
         return ProtoMessage(IN.COMPLETED_ORDER, CompletedOrder_pb2.CompletedOrder(
             contract=contract_proto(o.contract), order=order_proto(o, completed=True), orderState=state))
 

@@ -4,6 +4,7 @@ and every request the fake reads is produced by ibapi's EClient at those version
 from __future__ import annotations
 
 import inspect
+import struct
 import unittest
 from decimal import Decimal
 
@@ -14,12 +15,15 @@ from ibapi.decoder import Decoder
 from ibapi.execution import ExecutionFilter
 from ibapi.order import Order
 from ibapi.order_cancel import OrderCancel
+from ibapi.protobuf.NextValidId_pb2 import NextValidId
+from ibapi.server_versions import MAX_CLIENT_VER
 from ibapi.wrapper import EWrapper
 
 from tests.fake_market import Instrument
+from tests.fake_tws import FakeTWS
 from tests.fake_tws_wire import (MAX_SERVER_VERSION, MIN_SERVER_VERSION, Encoder, Execution, FrameReader,
-                                 OrderRecord, ProtocolError, frame, parse_request, parse_version_range,
-                                 split_fields)
+                                 OrderRecord, ProtocolError, ProtoMessage, frame, parse_request,
+                                 parse_version_range, split_fields)
 
 VERSIONS = (176, 200)
 STOCK = Instrument(265598, "AAPL", "STK", primary_exchange="NASDAQ", local_symbol="AAPL",
@@ -100,6 +104,24 @@ class FramingTest(unittest.TestCase):
         reader = FrameReader()
         reader.feed(b"GET / HTTP/1.1")
         self.assertFalse(reader.take_prefix(b"API\0"))
+
+    def test_message_ids_are_raw_ints_from_201_and_protobuf_ids_add_200(self):
+        self.assertEqual(Encoder(200).payload([9, 1, 448]), b"9\x001\x00448\x00")
+        self.assertEqual(Encoder(201).payload([9, 1, 448]), b"\x00\x00\x00\x091\x00448\x00")
+        body = NextValidId(orderId=448)
+        self.assertEqual(Encoder(MAX_SERVER_VERSION).payload(ProtoMessage(9, body)),
+                         b"\x00\x00\x00\xd1" + body.SerializeToString())
+        framed = Encoder(MAX_SERVER_VERSION).frame(ProtoMessage(9, body))
+        self.assertEqual(framed[:4], struct.pack(">I", len(framed) - 4))
+        with self.assertRaises(ValueError):
+            Encoder(200).payload(ProtoMessage(9, body))
+
+    def test_the_fake_serves_up_to_the_newest_version_ibapi_offers(self):
+        self.assertEqual(MAX_SERVER_VERSION, MAX_CLIENT_VER)
+        self.assertEqual(FakeTWS().max_server_version, MAX_CLIENT_VER)
+        for version in (MIN_SERVER_VERSION - 1, MAX_CLIENT_VER + 1):
+            with self.assertRaises(ValueError):
+                FakeTWS(max_server_version=version)
 
     def test_bool_and_integral_floats(self):
         self.assertEqual(split_fields(frame([True, False, 3.0, 0.25, None])[4:]), ["1", "0", "3", "0.25", ""])
