@@ -153,8 +153,10 @@ def contract_proto(c, exchange: Optional[str] = None, primary: bool = False) -> 
     """The Contract body as TWS fills it: strike always present (0.0 for a stock), unset strings
     absent, primaryExch only where TWS sends it (contract data)."""
     proto = Contract_pb2.Contract(conId=c.con_id, symbol=c.symbol, secType=c.sec_type, strike=float(c.strike),
-                                  exchange=exchange if exchange is not None else c.exchange,
                                   currency=c.currency)
+    exchange = c.exchange if exchange is None else exchange
+    if exchange:
+        proto.exchange = exchange
     if c.expiry:
         proto.lastTradeDateOrContractMonth = c.expiry
     if c.right:
@@ -285,21 +287,31 @@ class ProtoEncoder(Encoder):
     def contract_data(self, req_id: int, c):
         if not self._proto(IN.CONTRACT_DATA):
             return super().contract_data(req_id, c)
-        is_option = c.sec_type == "OPT"
+        # The same reference data the text layout carries, with the presence the sv205 recording
+        # shows for a stock: unset strings and zero ids absent, contractMonth only on derivatives.
+        stock, option = c.sec_type == "STK", c.sec_type == "OPT"
         details = ContractDetails_pb2.ContractDetails(
-            marketName=c.trading_class, minTick=_tick_str(c.min_tick),
-            orderTypes="ACTIVETIM,AD,ALERT,ALLOC,DAY,GTC,LMT,MKT,STP,STPLMT", validExchanges=c.valid_exchanges,
-            priceMagnifier=1, longName=c.long_name, timeZoneId="US/Eastern", aggGroup=2 if is_option else 1,
-            marketRuleIds="32" if is_option else "26", minSize="1", sizeIncrement="1", suggestedSizeIncrement="1",
-            minAlgoSize="0", lastPricePrecision="0.000001", lastSizePrecision="0.000001")
+            marketName=c.trading_class, minTick=_tick_str(c.min_tick), validExchanges=c.valid_exchanges,
+            priceMagnifier=1, timeZoneId="US/Eastern", aggGroup=1 if stock else 2,
+            minSize="0.0001" if stock else "1", sizeIncrement="0.0001" if stock else "1",
+            suggestedSizeIncrement="100" if stock else "1", minAlgoSize="0",
+            lastPricePrecision="0.000001", lastSizePrecision="0.000001")
+        for name, value in (("orderTypes", getattr(c, "order_types", "")), ("longName", c.long_name),
+                            ("industry", c.industry), ("category", getattr(c, "category", "")),
+                            ("subcategory", getattr(c, "subcategory", "")),
+                            ("tradingHours", getattr(c, "trading_hours", "")),
+                            ("liquidHours", getattr(c, "liquid_hours", "")),
+                            ("marketRuleIds", getattr(c, "market_rule_ids", ""))):
+            if value:
+                setattr(details, name, value)
+        for tag, value in getattr(c, "sec_ids", ()):
+            details.secIdList[tag] = value
         if c.under_con_id:
             details.underConId = c.under_con_id
-        if c.industry:
-            details.industry = c.industry
-        if is_option:
+        if option:
             details.contractMonth, details.realExpirationDate = c.expiry[:6], c.expiry
-            details.underSymbol, details.underSecType = c.symbol, "STK"
-        else:
+            details.underSymbol, details.underSecType = c.symbol, getattr(c, "under_sec_type", "") or "STK"
+        if stock:
             details.stockType = "COMMON"
         return ProtoMessage(IN.CONTRACT_DATA, ContractData_pb2.ContractData(
             reqId=req_id, contract=contract_proto(c, primary=True), contractDetails=details))
@@ -328,8 +340,10 @@ class ProtoEncoder(Encoder):
     def position(self, account: str, c, quantity: float, avg_cost: float):
         if not self._proto(IN.POSITION_DATA):
             return super().position(account, c, quantity, avg_cost)
+        # The contract's exchange is the listing exchange, as in the text layout (none for options).
         return ProtoMessage(IN.POSITION_DATA, Position_pb2.Position(
-            account=account, contract=contract_proto(c), position=_qty(quantity), avgCost=avg_cost))
+            account=account, contract=contract_proto(c, exchange=c.primary_exchange), position=_qty(quantity),
+            avgCost=avg_cost))
 
     def position_end(self):
         if not self._proto(IN.POSITION_END):
@@ -397,7 +411,8 @@ class ProtoEncoder(Encoder):
                        model_code: str = ""):
         if not self._proto(IN.POSITION_MULTI):
             return super().position_multi(req_id, account, c, quantity, avg_cost, model_code)
-        proto = PositionMulti_pb2.PositionMulti(reqId=req_id, account=account, contract=contract_proto(c),
+        proto = PositionMulti_pb2.PositionMulti(reqId=req_id, account=account,
+                                                contract=contract_proto(c, exchange=c.primary_exchange),
                                                 position=_qty(quantity), avgCost=avg_cost)
         if model_code:
             proto.modelCode = model_code
