@@ -516,7 +516,7 @@ def _place_order(p: PlaceOrderRequest_pb2.PlaceOrderRequest) -> Dict:
             "quantity": quantity, "order_type": o.orderType, "lmt_price": _optional(o, "lmtPrice"),
             "aux_price": _optional(o, "auxPrice"), "tif": o.tif, "oca_group": o.ocaGroup, "account": o.account,
             "open_close": o.openClose, "origin": o.origin, "order_ref": o.orderRef,
-            "transmit": o.transmit if o.HasField("transmit") else True, "parent_id": o.parentId}
+            "transmit": o.transmit, "parent_id": o.parentId}      # EClient leaves transmit=False out
 
 
 def _executions(p: ExecutionRequest_pb2.ExecutionRequest) -> Dict:

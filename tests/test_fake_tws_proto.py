@@ -229,10 +229,10 @@ OPTION_CONTRACT = dict(symbol="AAPL", secType="OPT", lastTradeDateOrContractMont
                        right="C", multiplier="100", exchange="SMART", currency="USD", tradingClass="AAPL")
 
 
-def _limit(action="SELL", quantity=3, price=2.05) -> Order:
+def _limit(action="SELL", quantity=3, price=2.05, transmit=True) -> Order:
     order = Order()
     order.action, order.totalQuantity, order.orderType, order.lmtPrice = action, quantity, "LMT", price
-    order.tif, order.account, order.orderRef = "GTC", "DU1234567", "req-9"
+    order.tif, order.account, order.orderRef, order.transmit = "GTC", "DU1234567", "req-9", transmit
     return order
 
 
@@ -260,6 +260,7 @@ REQUESTS = [
     ("placeOrder", (41, _contract(**OPTION_CONTRACT), _limit()), OUT.PLACE_ORDER),
     ("placeOrder", (42, _contract(symbol="AAPL", secType="STK", exchange="SMART", primaryExchange="NASDAQ",
                                   currency="USD"), _limit("BUY", 10, 150.25)), OUT.PLACE_ORDER),
+    ("placeOrder", (43, _contract(**OPTION_CONTRACT), _limit("BUY", 1, 0.5, transmit=False)), OUT.PLACE_ORDER),
     ("cancelOrder", (41, OrderCancel()), OUT.CANCEL_ORDER),
     ("reqGlobalCancel", (OrderCancel(),), OUT.REQ_GLOBAL_CANCEL),
     ("reqOpenOrders", (), OUT.REQ_OPEN_ORDERS),
