@@ -66,7 +66,8 @@ REST_3 = sv.MIN_SERVER_VER_PROTOBUF_REST_MESSAGES_3            # 213
 # testdata/transcripts/, read for facts only):
 PROTOBUF_FROM: Dict[int, int] = {
     # 201 executions. captures: execDetailsEnd protobuf at 201; ibkr-go live vector of an
-    # execDetails body at 201 (codec_orders_protobuf_test.go) and executions_zero_strike_sv202_live.txt.
+    # execDetails body at 201 (codec_orders_protobuf_test.go; the fake reproduces it byte for byte
+    # from the same inputs), executions_zero_strike_sv202_live.txt, and the same field set at 225.
     IN.EXECUTION_DATA: PROTOBUF,
     IN.EXECUTION_DATA_END: PROTOBUF,
     # 203 orders. captures: openOrder, orderStatus, error (202, 161) protobuf at 203; error is still
@@ -119,10 +120,11 @@ PROTOBUF_FROM: Dict[int, int] = {
     # the sv225 transcript shows nextValidId protobuf.
     IN.NEXT_VALID_ID: REST_3,
     IN.CURRENT_TIME: REST_3,
-    # commissionAndFeesReport: NOT at 201. ibapi 10.37.2 (max 203) cannot decode it as protobuf,
-    # and ibkr-go's sv202 transcript keeps "unchanged classic commission reports". No recording
-    # shows the version it moves at; ibapi 10.50.2 decodes it either way. Placed with the last
-    # group (213) as an assumption, to be corrected when a recording shows it.
+    # commissionAndFeesReport: text at 202 (ibkr-go's sv202 transcript keeps "unchanged classic
+    # commission reports"; ibapi 10.37.2, max 203, cannot decode it as protobuf), protobuf at 225
+    # (ibkr-go api_order_fill_aapl.txt, sv225: execId, commissionAndFees, currency, realizedPNL
+    # only on the closing fill). No recording between 204 and 224 shows where it moved; placed
+    # with the last group (213) as an assumption. ibapi 10.50.2 decodes it either way.
     IN.COMMISSION_AND_FEES_REPORT: REST_3,
 }
 
@@ -486,8 +488,12 @@ class ProtoEncoder(Encoder):
     def commission_report(self, e: Execution):
         if not self._proto(IN.COMMISSION_AND_FEES_REPORT):
             return super().commission_report(e)
-        return ProtoMessage(IN.COMMISSION_AND_FEES_REPORT, CommissionAndFeesReport_pb2.CommissionAndFeesReport(
-            execId=e.exec_id, commissionAndFees=e.commission, currency="USD"))
+        proto = CommissionAndFeesReport_pb2.CommissionAndFeesReport(execId=e.exec_id, commissionAndFees=e.commission,
+                                                                    currency="USD")
+        realized = getattr(e, "realized_pnl", None)      # None on an opening trade: field absent
+        if realized is not None:
+            proto.realizedPNL = realized
+        return ProtoMessage(IN.COMMISSION_AND_FEES_REPORT, proto)
 
 
 def make_encoder(server_version: int) -> Encoder:

@@ -83,6 +83,8 @@ def _filled_order() -> OrderRecord:
 
 
 EXECUTION = Execution("0001.01", "20261124 10:00:01 US/Eastern", _order("Filled", filled=2.0), 2.0, 1.2)
+CLOSING = Execution("0002.01", "20261124 10:05:00 US/Eastern", _order("Filled", filled=2.0, action="SELL"), 2.0, 1.19,
+                    realized_pnl=-2.02)
 
 def exactly(*calls):
     """A check that the classic callbacks are exactly these (name, args)."""
@@ -190,6 +192,8 @@ CASES = [
     ("commission_report", (EXECUTION,), IN.COMMISSION_AND_FEES_REPORT,
      lambda t, calls: t.assertEqual((calls[0][0], calls[0][1][0].execId, calls[0][1][0].commissionAndFees,
                                      calls[0][1][0].currency), ("commissionAndFeesReport", "0001.01", 0.65, "USD"))),
+    ("commission_report", (CLOSING,), IN.COMMISSION_AND_FEES_REPORT,
+     lambda t, calls: t.assertEqual((calls[0][1][0].execId, calls[0][1][0].realizedPNL), ("0002.01", -2.02))),
 ]
 
 
