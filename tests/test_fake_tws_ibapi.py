@@ -578,7 +578,15 @@ class ProtobufVersionsTest(FakeTwsCase):
         client.cancelOrder(order_id, OrderCancel())
         client.wait("orderStatus", lambda a: a[0] == order_id and a[1] == "Cancelled")
         client.wait_error(202, order_id)
-        # an option limit order that fills: executions, commission, completed orders
+        # an option limit order: placed and cancelled; then one that fills: executions,
+        # commission, completed orders
+        client.placeOrder(order_id + 3, option, limit_order("BUY", 1, 0.05, orderRef="opt-0"))
+        (_, placed, order, state), = client.wait("openOrder", lambda a: a[0] == order_id + 3)
+        self.assertEqual((placed.conId, placed.right, order.lmtPrice, state.status), (call.con_id, "C", 0.05,
+                                                                                      "Submitted"))
+        client.cancelOrder(order_id + 3, OrderCancel())
+        client.wait("orderStatus", lambda a: a[0] == order_id + 3 and a[1] == "Cancelled")
+        client.wait_error(202, order_id + 3)
         client.placeOrder(order_id + 1, option, limit_order("BUY", 1, 500.0, orderRef="opt-1"))
         client.wait("orderStatus", lambda a: a[0] == order_id + 1 and a[1] == "Filled")
         client.wait("commissionAndFeesReport")
@@ -589,7 +597,8 @@ class ProtobufVersionsTest(FakeTwsCase):
                          (call.con_id, order_id + 1, Decimal(1), "opt-1"))
         client.reqCompletedOrders(False)
         client.wait("completedOrdersEnd")
-        self.assertEqual(sorted(a[2].status for a in client.named("completedOrder")), ["Cancelled", "Filled"])
+        self.assertEqual(sorted(a[2].status for a in client.named("completedOrder")),
+                         ["Cancelled", "Cancelled", "Filled"])
         # a rejection carries advancedOrderRejectJson
         client.placeOrder(order_id + 2, option, limit_order("BUY", 5000, 1.0))
         rejected = client.wait_error(201, order_id + 2)
