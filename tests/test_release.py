@@ -46,14 +46,14 @@ def tearDownModule():
     shutil.rmtree(_run_dir, ignore_errors=True)
 
 
-def stand_in_embeddable_python(folder: Path) -> Path:
-    """The layout of python-3.11.x-embed-amd64.zip, with placeholders for the binaries."""
-    path = folder / "python-3.11.9-embed-amd64.zip"
+def stand_in_embeddable_python(folder: Path, tag: str = "311") -> Path:
+    """The layout of python-3.11.x-embed-amd64.zip (or another version's), with placeholders for the binaries."""
+    path = folder / f"python-{tag[0]}.{tag[1:]}.9-embed-amd64.zip"
     with zipfile.ZipFile(path, "w") as zf:
         zf.writestr("python.exe", b"MZ stand-in")
-        zf.writestr("python311.dll", b"MZ stand-in")
-        zf.writestr("python311.zip", b"PK stand-in")
-        zf.writestr(PTH, EMBEDDABLE_PTH)
+        zf.writestr(f"python{tag}.dll", b"MZ stand-in")
+        zf.writestr(f"python{tag}.zip", b"PK stand-in")
+        zf.writestr(f"python{tag}._pth", EMBEDDABLE_PTH.replace("python311", f"python{tag}"))
     return path
 
 
@@ -264,6 +264,19 @@ class BuildRefusesTest(unittest.TestCase):
         self.assertEqual(result.returncode, 2)
         self.assertIn("not a Windows embeddable Python zip", result.stderr)
         self.assertFalse((self.out / "dist").exists())
+
+    def test_an_embeddable_python_older_than_3_10(self):
+        """The bundled Python is the Windows users' Python: it must meet the agent's 3.10 floor."""
+        self.assertEqual(build_release.MIN_PYTHON, (3, 10))
+        for tag in ("38", "39"):
+            with self.subTest(tag):
+                result = run_build("--key", KEY, "--version", "1.0.0", "--out", str(self.out / "dist"),
+                                   "--embeddable-python", str(stand_in_embeddable_python(self.out, tag)))
+                self.assertEqual(result.returncode, 2, result.stderr)
+                self.assertIn(f"Python 3.{tag[1:]} is too old; the agent needs 3.10 or newer", result.stderr)
+                self.assertFalse((self.out / "dist").exists())
+        for tag in ("310", "313"):
+            self.assertEqual(build_release.bundle_files(stand_in_embeddable_python(self.out, tag))[0], tag)
 
     def test_a_version_that_is_not_a_file_name_part(self):
         result = run_build("--key", KEY, "--version", "../1", "--out", str(self.out), "--no-bundle")

@@ -320,6 +320,19 @@ class ScriptText(unittest.TestCase):
         import agent_doctor
         self.assertEqual(agent_doctor.MIN_PYTHON, (3, 10))
 
+    def test_readme_states_the_floor_and_names_every_runtime_dependency_with_its_reason(self):
+        readme = (ROOT / "README.md").read_text()
+        old = re.search(r".*(?:3\.9\+|3\.9 or newer).*", readme)
+        self.assertIsNone(old, old and old.group(0))
+        for section in ("### Mac", "### Linux", "## For developers"):
+            self.assertIn("3.10", readme.split(section, 1)[1].split("\n##", 1)[0], section)
+        table = readme.split("### What gets installed", 1)[1].split("\n##", 1)[0]
+        reasons = dict(re.findall(r"^\| `([^`]+)` \| (.+) \|$", table, re.MULTILINE))
+        pins = re.findall(r"^([A-Za-z0-9_.-]+)==", (ROOT / "requirements.txt").read_text(), re.MULTILINE)
+        self.assertGreaterEqual(len(pins), 6)
+        self.assertEqual(sorted(reasons), sorted(pins), "each runtime dependency, and only those, with its reason")
+        self.assertIn("`aiohttp`", table)
+
 
 if __name__ == "__main__":
     unittest.main()

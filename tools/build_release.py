@@ -44,6 +44,7 @@ EXECUTABLE_FILES = ("start_unix.sh",)
 LINE_ENDINGS = {".bat": b"\r\n", ".ps1": b"\r\n", ".sh": b"\n"}  # whatever git checked out
 KEY_LINE = re.compile(rf"^IB_PROVIDER_KEY={PLACEHOLDER_KEY}[ \t]*\r?$", re.MULTILINE)
 PTH_NAME = re.compile(r"^python(\d+)\._pth$")
+MIN_PYTHON = (3, 10)  # the agent's floor (agent_doctor.MIN_PYTHON): IB's ibapi 10.50 needs 3.10
 
 
 class ReleaseError(Exception):
@@ -142,7 +143,11 @@ def bundle_files(embeddable_zip: Path) -> Tuple[str, List[Tuple[str, bytes]]]:
     files = [(f"python_bundle/{name}",
               patched_pth(data.decode("utf-8")).encode("utf-8") if name == pth[0] else data)
              for name, data in members]
-    return PTH_NAME.match(pth[0]).group(1), files
+    tag = PTH_NAME.match(pth[0]).group(1)
+    if (int(tag[0]), int(tag[1:] or 0)) < MIN_PYTHON:
+        raise ReleaseError(f"--embeddable-python {embeddable_zip}: Python {tag[0]}.{tag[1:]} is too old; the agent "
+                           f"needs {MIN_PYTHON[0]}.{MIN_PYTHON[1]} or newer (e.g. python-3.11.9-embed-amd64.zip)")
+    return tag, files
 
 
 def windows_wheels(python_version: str) -> List[Tuple[str, bytes]]:
@@ -202,7 +207,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--embeddable-python", type=Path, help="python-3.X.Y-embed-amd64.zip from python.org")
     parser.add_argument("--wheels-python-version", help="e.g. 311; default: the embeddable Python's")
     parser.add_argument("--no-bundle", action="store_true",
-                        help="Windows zip without python_bundle/ and wheels/ (users need Python 3.9+)")
+                        help="Windows zip without python_bundle/ and wheels/ (users need Python 3.10+)")
     args = parser.parse_args(argv)
     try:
         zips = build_release(args.key, args.version, args.out, args.embeddable_python,
