@@ -5,14 +5,17 @@ it (the agent prints that line and exits 2). The key itself never appears in a m
 """
 from __future__ import annotations
 
+import difflib
+import io
 import ipaddress
 import os
+import re
 import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, Mapping, Optional
+from typing import Callable, Dict, List, Mapping, Optional
 
-from dotenv import dotenv_values
+from dotenv.parser import Binding, parse_stream
 
 AGENT_DIR = Path(__file__).resolve().parent
 DEFAULT_CONFIG_FILE = AGENT_DIR / "config.env"
@@ -180,22 +183,77 @@ VARIABLES: Dict[str, tuple] = {
 }
 
 
+_LINE_NAME = re.compile(r"\s*(?:export\s+)?([^\s=#'\"]+)")
+
+
+def _file_lines(path: Path) -> List[Binding]:
+    """config.env as python-dotenv's parser reads it: one binding per setting, comment or blank,
+    and an error binding for text it cannot parse (which dotenv_values would silently skip)."""
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot be read ({exc.__class__.__name__})") from None
+    return list(parse_stream(io.StringIO(text)))
+
+
+def _shown(name: str) -> str:
+    """A name from the file as it may appear in the one error line: printable, bounded."""
+    text = "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in name)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _unknown_name(name: str) -> str:
+    """"MAX_NOTIONAL: unknown setting; did you mean MAX_ORDER_NOTIONAL?" (names are case-sensitive)."""
+    same = [known for known in VARIABLES if known.lower() == name.lower()]
+    close = same or difflib.get_close_matches(name.upper(), VARIABLES, n=1, cutoff=0.6)
+    name = _shown(name)
+    if same:
+        return f"{name}: unknown setting; did you mean {same[0]}? (names are case-sensitive)"
+    if close:
+        return f"{name}: unknown setting; did you mean {close[0]}?"
+    return f"{name}: unknown setting (config.env lists every setting the agent knows)"
+
+
+def _file_values(path: Path) -> Dict[str, str]:
+    """The settings of config.env, refusing (fail closed) what a typo could make the agent ignore:
+    a line that does not parse, a name it does not know, a name without a value, a name set twice.
+    Messages name the setting and the line, never the value (it may be the key)."""
+    values: Dict[str, str] = {}
+    lines: Dict[str, int] = {}
+    for binding in _file_lines(path):
+        line = binding.original.line
+        where = f"{path.name} line {line}"
+        if binding.error:
+            first = binding.original.string.splitlines()[0] if binding.original.string else ""
+            named = _LINE_NAME.match(first)
+            name = _shown(named.group(1)) if named else "a setting"
+            raise ConfigError(f"{name} ({where}): cannot be read (an unclosed quote, or text after the "
+                              f"closing quote?); write it as {name}=value")
+        if binding.key is None:      # a comment or a blank line
+            continue
+        name = binding.key
+        if name not in VARIABLES:
+            raise ConfigError(f"{_unknown_name(name)} ({where})")
+        if binding.value is None:
+            raise ConfigError(f"{name} ({where}): has no '='; write it as {name}=value, or put # in front")
+        if name in lines:
+            raise ConfigError(f"{name} is set twice in {path.name} (lines {lines[name]} and {line}); keep one")
+        lines[name] = line
+        # taken as written: no ${VAR} interpolation (a key may contain "$" and must reach the cloud as is)
+        values[name] = binding.value
+    return values
+
+
 def read_raw(config_path: Optional[Path] = None,
              environ: Optional[Mapping[str, str]] = None) -> Dict[str, str]:
-    """The merged raw values: the file first, then the environment on top (empty values count as unset)."""
+    """The merged raw values: the file first, then the environment on top (empty values count as unset).
+    The environment is read only for the names in VARIABLES."""
     path = Path(config_path) if config_path else DEFAULT_CONFIG_FILE
     if config_path and not path.is_file():
         raise ConfigError(f"--config {path}: file not found")
-    raw: Dict[str, str] = {}
-    if path.is_file():
-        try:
-            # no ${VAR} interpolation: a key may contain "$" and must reach the cloud as written
-            file_values = dotenv_values(path, encoding="utf-8-sig", interpolate=False)
-        except (OSError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"{path}: cannot be read ({exc.__class__.__name__})") from None
-        raw.update({k: v for k, v in file_values.items() if v is not None})
+    raw: Dict[str, str] = _file_values(path) if path.is_file() else {}
     env = os.environ if environ is None else environ
-    raw = {k: v for k, v in raw.items() if k in VARIABLES and v.strip() != ""}
+    raw = {k: v for k, v in raw.items() if v.strip() != ""}
     raw.update({name: env[name] for name in VARIABLES if env.get(name, "").strip() != ""})
     return raw
 
@@ -203,10 +261,17 @@ def read_raw(config_path: Optional[Path] = None,
 def configured_key(config_path: Optional[Path] = None,
                    environ: Optional[Mapping[str, str]] = None) -> str:
     """The key as written, even in a config that does not validate, so its errors can be masked."""
+    env = os.environ if environ is None else environ
+    if env.get("IB_PROVIDER_KEY", "").strip():
+        return env["IB_PROVIDER_KEY"].strip()
+    path = Path(config_path) if config_path else DEFAULT_CONFIG_FILE
     try:
-        return read_raw(config_path, environ).get("IB_PROVIDER_KEY", "").strip()
+        for binding in _file_lines(path) if path.is_file() else ():
+            if binding.key == "IB_PROVIDER_KEY" and binding.value and not binding.error:
+                return binding.value.strip()
     except ConfigError:
-        return (os.environ if environ is None else environ).get("IB_PROVIDER_KEY", "").strip()
+        pass
+    return ""
 
 
 def load_config(config_path: Optional[Path] = None,

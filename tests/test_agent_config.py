@@ -100,6 +100,46 @@ class Errors(ConfigCase):
         self.assertIn("file not found", str(caught.exception))
 
 
+class FailsClosed(ConfigCase):
+    """A config.env typo must never be ignored: it could silently loosen the order policy (issue 16)."""
+
+    def test_each_typo_is_an_error_naming_it(self):
+        cases = [
+            ("MAX_NOTIONAL=1000\n", "MAX_NOTIONAL: unknown setting; did you mean MAX_ORDER_NOTIONAL? (config.env line 2)"),
+            ("max_order_notional=1000\n", "max_order_notional: unknown setting; did you mean MAX_ORDER_NOTIONAL? "
+                                           "(names are case-sensitive)"),
+            ("ALLOW_ORDER=off\n", "ALLOW_ORDER: unknown setting; did you mean ALLOW_ORDERS?"),
+            ("FROBNICATE=1\n", "FROBNICATE: unknown setting (config.env lists every setting"),
+            ('MAX_ORDER_NOTIONAL="1000\nMAX_ORDER_QUANTITY=1\n', "MAX_ORDER_NOTIONAL (config.env line 2): cannot be read"),
+            ("MAX_ORDER_NOTIONAL='1000\n", "MAX_ORDER_NOTIONAL (config.env line 2): cannot be read"),
+            ('MAX_ORDER_NOTIONAL="1000"0\n', "MAX_ORDER_NOTIONAL (config.env line 2): cannot be read"),
+            ("MAX_ORDER_NOTIONAL\n", "MAX_ORDER_NOTIONAL (config.env line 2): has no '='"),
+            ("MAX_ORDER_NOTIONAL=1000\nMAX_ORDER_NOTIONAL=50000\n", "MAX_ORDER_NOTIONAL is set twice in config.env "
+                                                               "(lines 2 and 3)"),
+        ]
+        for text, expected in cases:
+            with self.subTest(text=text):
+                message = self.assert_error(expected, f"IB_PROVIDER_KEY={KEY}\n" + text)
+                self.assertNotIn(KEY, message)
+                self.assertNotIn("1000", message)  # values are never echoed: one of them may be the key
+
+    def test_a_key_in_an_unreadable_line_is_not_shown(self):
+        message = self.assert_error("IB_PROVIDER_KEY (config.env line 1): cannot be read",
+                                    f'IB_PROVIDER_KEY="{KEY}\n')
+        self.assertNotIn(KEY, message)
+
+    def test_what_still_reads(self):
+        config = self.load(f"# comment\n\nexport IB_PROVIDER_KEY={KEY}\nMAX_ORDER_NOTIONAL = 1000 # mine\n"
+                           "MAX_ORDER_QUANTITY='3'\nLOG_LEVEL=\n#MAX_NOTIONAL=5\n")
+        self.assertEqual((config.key, config.max_order_notional, config.max_order_quantity, config.log_level),
+                         (KEY, 1000.0, 3, "INFO"))
+
+    def test_the_environment_is_read_only_for_known_names(self):
+        config = self.load(IB_PROVIDER_KEY=KEY, MAX_NOTIONAL="1", max_order_quantity="1", ALLOW_ORDERS="off")
+        self.assertEqual((config.max_order_notional, config.max_order_quantity, config.allow_orders),
+                         (25000.0, 10, "off"))
+
+
 class ShippedConfigFile(unittest.TestCase):
     def test_config_env_documents_every_variable_and_ships_the_placeholder(self):
         text = (ROOT / "config.env").read_text(encoding="utf-8")
@@ -111,11 +151,11 @@ class ShippedConfigFile(unittest.TestCase):
 
 
 class BadConfigProcess(unittest.TestCase):
-    def run_agent(self, env: dict, args=()) -> ManagedProcess:
+    def run_agent(self, env: dict, args=(), config_text: str = "") -> ManagedProcess:
         """The agent with a bad setting: it must stop before connecting to anything."""
         folder = Path(tempfile.mkdtemp())
         self.addCleanup(shutil.rmtree, folder)
-        (folder / "config.env").write_text("")
+        (folder / "config.env").write_text(config_text)
         command = [PYTHON, str(ROOT / "ib_data_agent.py"), "--config", str(folder / "config.env"), *args]
         process = ManagedProcess(command, env=agent_env(KEY, "ws://127.0.0.1:9/ws/agent", None, folder, env),
                                  cwd=folder).start()
@@ -131,6 +171,15 @@ class BadConfigProcess(unittest.TestCase):
         process = self.run_agent({"IB_HOST": f"{KEY}/x"})
         self.assertIn("IB_HOST='****/x' is not a host name", process.stderr.text)
         self.assertNotIn(KEY, process.output)
+
+    def test_a_typo_in_config_env_is_exit_2_naming_it(self):
+        for text, expected in (("MAX_NOTIONAL=1000", "MAX_NOTIONAL: unknown setting; did you mean MAX_ORDER_NOTIONAL?"),
+                               ('MAX_ORDER_NOTIONAL="1000', "MAX_ORDER_NOTIONAL (config.env line 1): cannot be read")):
+            with self.subTest(text=text):
+                process = self.run_agent({}, config_text=text + "\n")
+                self.assertEqual(process.stdout.text, "")
+                self.assertTrue(process.stderr.text.startswith(f"Configuration error: {expected}"), process.stderr.text)
+                self.assertEqual(len(process.stderr.text.splitlines()), 1)
 
     def test_check_with_a_bad_setting_names_it_and_exits_2(self):
         process = self.run_agent({"IB_MODE": "papper"}, ["--check"])
