@@ -55,6 +55,19 @@ def _number_text(value: float) -> str:
     return str(int(value)) if float(value).is_integer() else f"{value:g}"
 
 
+# No number the agent takes is anywhere near this; a JSON integer like 10**400 (which no float can
+# hold) or 1e300 is refused here, naming the field, before any arithmetic could overflow on it.
+MAX_NUMBER = 1e15
+
+
+def _in_range(value: Any) -> bool:
+    """False for a number too big to take (an int beyond MAX_NUMBER is compared as an int, never
+    converted); NaN and infinities pass here and are refused by the usual message."""
+    if isinstance(value, int):
+        return -MAX_NUMBER <= value <= MAX_NUMBER
+    return not math.isfinite(value) or abs(value) <= MAX_NUMBER
+
+
 def number(lo: float, hi: Optional[float] = None, integer: bool = False, lo_open: bool = False) -> Checker:
     """A finite JSON number in [lo, hi] ((lo, hi] when lo_open); hi None: no upper bound."""
     kind = "a whole number" if integer else "a number"
@@ -67,6 +80,8 @@ def number(lo: float, hi: Optional[float] = None, integer: bool = False, lo_open
         expected = f"{kind} from {_number_text(lo)} to {_number_text(hi)}"
 
     def check(value: Any, path: str) -> Any:
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and not _in_range(value):
+            raise _invalid(path, f"is out of range: must be {expected}, at most {MAX_NUMBER:.0e}")
         if (isinstance(value, bool) or not isinstance(value, (int, float))
                 or not math.isfinite(value) or (integer and not float(value).is_integer())
                 or not (lo < value if lo_open else lo <= value) or (hi is not None and value > hi)):

@@ -68,6 +68,19 @@ class Number(CheckerCase):
                 self.refuses(whole, value, "params.x: must be a whole number from 1 to 500")
         self.refuses(number(0, 10), float("nan"), "params.x: must be a number from 0 to 10")
 
+    def test_huge_numbers_are_refused_naming_the_field(self):
+        """10**400 cannot become a float: comparing or checking it must not raise (issue 16)."""
+        positive = number(0, integer=True, lo_open=True)
+        for checker in (positive, number(0), number(0, 10, integer=True)):
+            for value in (10 ** 400, -10 ** 400, 10 ** 16, 1e300, -1e300):
+                with self.subTest(value=str(value)[:12]):
+                    with self.assertRaises(AgentError) as caught:
+                        checker(value, "params.x")
+                    self.assertEqual(caught.exception.code, INVALID_REQUEST)
+                    self.assertTrue(caught.exception.message.startswith("params.x: is out of range"),
+                                    caught.exception.message)
+        self.assertEqual(positive(10 ** 15, "p"), 10 ** 15)
+
 
 class Date(CheckerCase):
     def test_a_calendar_date(self):
