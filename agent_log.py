@@ -44,6 +44,25 @@ class Masker:
         return text
 
 
+# The masker of the running agent (setup() installs it), for text that is cut short before it
+# reaches logging or the cloud: masking must come first, or a cut could keep part of the key.
+_masker = Masker(())
+
+
+def mask(text: str, masker: Optional[Masker] = None) -> str:
+    """The text with the key masked (by `masker`, or the running agent's)."""
+    return (masker or _masker)(text)
+
+
+def clip(text: str, limit: int, masker: Optional[Masker] = None, ellipsis: str = "") -> str:
+    """Text cut to `limit` characters, masked before it is cut: a cut through the key would
+    otherwise leave a part of it that no masking can recognise afterwards."""
+    text = mask(text, masker)
+    if len(text) <= limit:
+        return text
+    return text[:max(0, limit - len(ellipsis))] + ellipsis
+
+
 class MaskingFormatter(logging.Formatter):
     """Formats as usual, then masks the whole result (message, arguments, traceback, stack)."""
 
@@ -112,7 +131,8 @@ def _thread_hook(args) -> None:
 def setup(secrets: Iterable[str], level: str = "INFO", log_file: Optional[Path] = None,
           console: Optional[TextIO] = None) -> AgentLogging:
     """Route all logging to the console (short lines) and the rotating log file, key masked in both."""
-    masker = Masker(secrets)
+    global _masker
+    masker = _masker = Masker(secrets)
     logging.raiseExceptions = False   # a handler that fails must not print the record's unmasked arguments
     stream = console or sys.stdout
     console_handler = logging.StreamHandler(stream)

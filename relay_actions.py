@@ -18,6 +18,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 
+import agent_log
 from agent_errors import BUSY, CANCELLED, IB_NOT_CONNECTED, INTERNAL, UNKNOWN_ACTION, AgentError
 from agent_params import (EXCHANGE, REQUIRED, RIGHT, STRIKE, TICKER, TRADING_CLASS, Rule, Schema, date,
                           list_of, not_above, number, obj, validate)
@@ -265,7 +266,7 @@ class RequestRunner:
             level = logging.INFO if error.code in expected else logging.WARNING
             if getattr(error, "logged", False):  # the order desk's one console line already said it
                 level = logging.DEBUG
-            log.log(level, "request %s %s failed: %s: %s", job.action if action else repr(job.action)[:40],
+            log.log(level, "request %s %s failed: %s: %s", job.action if action else agent_log.clip(repr(job.action), 40),
                     job.id, error.code, error.message)
         elif action is not None and action.summary is not None:
             log.info("request %s in %.1f s", action.summary(params, data), elapsed)

@@ -25,6 +25,22 @@ class Masking(unittest.TestCase):
             self.assertEqual(mask(f"a {text} b"), "a **** b")
         self.assertEqual(agent_log.Masker([""])("nothing to hide"), "nothing to hide")
 
+    def test_text_is_masked_before_it_is_cut(self):
+        """Cut first, a message would keep the key's first characters, which no masking recognises."""
+        mask = agent_log.Masker([KEY])
+        text = "frame: " + KEY + " and more"
+        for limit in range(len("frame: ") + 1, len(text)):
+            with self.subTest(limit=limit):
+                clipped = agent_log.clip(text, limit, mask, ellipsis="...")
+                self.assertLessEqual(len(clipped), limit)
+                self.assertNotIn(KEY[:3], clipped)
+        self.assertEqual(agent_log.clip("short", 10, mask), "short")
+
+    def test_clip_uses_the_running_agents_masker(self):
+        setup = agent_log.setup([KEY], "INFO", None, console=io.StringIO())
+        self.addCleanup(setup.close)
+        self.assertEqual(agent_log.clip(f"x{KEY}", 4), "x***")
+
 
 class Setup(unittest.TestCase):
     def setUp(self):
