@@ -2,18 +2,22 @@
 web app. Run it with ./start_unix.sh or start_windows.bat, or `python ib_data_agent.py`.
 
 This file is the wiring: config, logging, the TWS connection, the scanner, the worker pool and the
-relay link, plus signals and exit codes (0 after Ctrl-C / SIGTERM, 2 for a bad config).
+relay link, plus signals and exit codes (0 after Ctrl-C / SIGTERM, 2 for a bad config or another
+agent already running on the same data folder).
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import signal
 import sys
 import threading
 from pathlib import Path
-from typing import List, Optional
+from typing import List, Optional, Tuple
+
+import filelock
 
 import agent_log
 from agent_config import Config, ConfigError, configured_key, load_config
@@ -97,6 +101,42 @@ def config_error_line(exc: ConfigError, config_path: Optional[Path]) -> str:
     return agent_log.Masker([configured_key(config_path)])(f"Configuration error: {exc}")
 
 
+LOCK_FILE = "ib_data_agent.lock"   # held (an OS file lock) while the agent runs: one agent per data folder
+PID_FILE = "ib_data_agent.pid"     # beside it: who holds it, for the second agent's message
+
+
+def lock_data_folder(data_dir: Path) -> Tuple[Optional[filelock.FileLock], Optional[str]]:
+    """(the held lock, None), or (None, the one line to print) when another agent runs on this folder.
+
+    Two agents on one folder would both place orders for the same cloud and share one audit log and
+    request-id store: refused. The lock is the OS's (fcntl / Windows locking), so it dies with its
+    process: a crash or kill -9 leaves no stale lock behind. A file system without such locks is
+    refused too (fail closed) rather than run unguarded.
+    """
+    lock = filelock.FileLock(str(data_dir / LOCK_FILE), timeout=0, thread_local=False,
+                             fallback_to_soft=False, preserve_lock_file=True)
+    try:
+        lock.acquire()
+    except filelock.Timeout:
+        holder = "another IB Data Agent"
+        with contextlib.suppress(OSError, ValueError):
+            pid = int((data_dir / PID_FILE).read_text(encoding="ascii").split()[0])
+            holder = f"another IB Data Agent (pid {pid})"
+        return None, (f"{holder} is already running with the data folder {data_dir}. Stop that one first "
+                      "(close its window, or end that process), or give this one its own AGENT_DATA_DIR. "
+                      "This one exits without doing anything.")
+    except OSError as exc:
+        return None, (f"cannot lock the data folder {data_dir} ({exc.strerror or exc}); the agent needs a "
+                      "folder on a local disk it can write (AGENT_DATA_DIR)")
+    try:
+        tmp = data_dir / (PID_FILE + ".tmp")
+        tmp.write_text(f"{os.getpid()}\n", encoding="ascii")
+        os.replace(tmp, data_dir / PID_FILE)
+    except OSError as exc:  # the lock holds all the same; only the second agent's message is poorer
+        print(f"Warning: cannot write {data_dir / PID_FILE} ({exc.strerror or exc})", file=sys.stderr)
+    return lock, None
+
+
 def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="ib_data_agent.py", description=__doc__.splitlines()[0])
     parser.add_argument("--config", metavar="PATH", type=Path,
@@ -120,10 +160,17 @@ def main(argv: Optional[List[str]] = None) -> int:
     except ConfigError as exc:
         print(config_error_line(exc, args.config), file=sys.stderr)
         return EXIT_CONFIG
+    folder_lock, problem = lock_data_folder(config.data_dir)  # before the log file: it is the first agent's
+    if problem:
+        print(f"Not started: {problem}", file=sys.stderr)
+        return EXIT_CONFIG
     agent_log.setup([config.key], config.log_level, config.log_file)  # from here on, crashes are logged masked
     stopping = handle_stop_signals()
     log.info("IB Data Agent %s starting", __version__)
-    return Agent(config, stopping).run()
+    try:
+        return Agent(config, stopping).run()
+    finally:
+        folder_lock.release()
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ import time
 import unittest
 from pathlib import Path
 
-from tests.agent_process import AgentStack
+from tests.agent_process import AgentProcess, AgentStack
 from tools.soak import FAST_RELAY_BACKOFF, CloudCaller, Dropper, figures, order_params, start_agent, wait_status
 
 FULL = os.environ.get("RELIABILITY_FULL") == "1"
@@ -128,6 +128,39 @@ class OrdersUnderFaults(unittest.TestCase):
         response = self.place("killed-while-placing", params)
         self.assertTrue(response["ok"], response)
         self.assert_same_answer(response, self.place("killed-while-placing", params))
+
+
+class OneAgentPerDataFolder(unittest.TestCase):
+    """A double click, or a service plus a console: the second agent on a folder exits 2 naming the
+    first, which runs on; a kill -9 leaves no lock that blocks the next start (issue 16)."""
+
+    def test_a_second_agent_exits_2_naming_the_first_and_a_killed_one_does_not_block(self):
+        stack = AgentStack(agent=False)
+        stack.start()
+        self.addCleanup(stack.stop)
+        data_dir = Path(tempfile.mkdtemp(prefix="one-agent-"))
+        self.addCleanup(shutil.rmtree, data_dir, True)
+        first = start_agent(stack, data_dir)
+        self.addCleanup(first.stop)
+        wait_status(stack.relay, lambda s: s["connected"], WAIT_S, "TWS connected")
+
+        second = AgentProcess(stack.key, stack.relay.url, stack.ib_port, data_dir=data_dir).start()
+        self.addCleanup(second.stop)
+        self.assertEqual(second.wait(30), 2, second.output)
+        self.assertEqual(second.stdout.text, "")
+        line, = second.stderr.text.splitlines()
+        self.assertIn(f"another IB Data Agent (pid {first.pid}) is already running with the data folder "
+                      f"{data_dir}", line)
+        self.assertTrue(stack.relay.request("status", timeout_s=10)["ok"])  # the first runs on
+        self.assertIsNone(first.process.poll())
+        self.assertNotIn(str(second.pid), first.log_text())  # the second wrote nothing to the first's log
+
+        first.process.kill()
+        first.wait(30)
+        third = start_agent(stack, data_dir)  # the lock died with the killed process
+        self.addCleanup(third.stop)
+        self.assertEqual((data_dir / "ib_data_agent.pid").read_text().strip(), str(third.pid))
+        self.assertEqual(third.stop(), 0)
 
 
 if __name__ == "__main__":
