@@ -374,7 +374,8 @@ class Market:
             expirations.add(option.expiry)
             strikes.add(option.strike)
         return [(name, multiplier, sorted(expirations), sorted(strikes))
-                for name, (multiplier, expirations, strikes) in classes.items()]
+                for name, (multiplier, expirations, strikes) in sorted(classes.items(),
+                                                                       key=lambda item: (item[0] != symbol, item[0]))]
 
     def options(self, symbol: str) -> List[Instrument]:
         return list(self._options.get(symbol, ()))

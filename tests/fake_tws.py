@@ -12,8 +12,10 @@ version range, answered with min(client max, max_server_version), then after sta
 managedAccounts, nextValidId, notices 2104/2106/2158 (a busy client id gets 326 and is closed).
 It serves:
 
-- reqContractDetails (STK, OPT; error 200 for a contract the market does not list),
-  reqSecDefOptParams (one row per exchange, then the end), reqCurrentTime, reqIds, reqManagedAccts
+- reqContractDetails (STK, IND, OPT; error 200 for a contract the market does not list, or one
+  that matches several: an SPX monthly without its trading class), reqSecDefOptParams (one row per
+  exchange and trading class, each with that class's expirations and strikes, then the end),
+  reqCurrentTime, reqIds, reqManagedAccts
 - reqMktData / cancelMktData: streaming ticks (bid/ask/last/close with sizes, volume, generic 100
   -> option volume 29/30, 101 -> open interest 27/28, 106 -> implied vol 24, option computations
   10-13) after --tick-delay-ms, then small updates every 0.25-1 s; snapshots (default ticks, then
@@ -33,7 +35,11 @@ It serves:
   request.
 
 Underlyings: AAPL, MSFT, SPY (8-12 weekly/monthly/LEAPS expirations each, one trading class named
-after the symbol) and MRGT, a thinly traded merger target (3 monthlies, most options without a bid).
+after the symbol), MRGT, a thinly traded merger target (3 monthlies, most options without a bid),
+SPX, an index (IND on CBOE, last/close only) with trading classes SPX (monthlies) and SPXW
+(weeklies and the PM-settled monthlies), and XYZ with an adjusted class XYZ1 (multiplier 150,
+monthlies, strikes around the pre-adjustment price) beside its standard class. Frames match the
+real ones in ../shared/tws-captures/ field for field (tests/test_fake_tws_captures.py).
 
 Instruments, conIds and first quotes depend only on --seed and today's date. Modules: this one
 (server, shared lines/orders/stats, CLI), `fake_tws_session.py` (one connection: handshake, pacing,
