@@ -33,6 +33,10 @@ MB = 1024 * 1024
 # Contracts past the fake's listed options (about 2,900 on SMART) are the same options routed to
 # another exchange the fake lists them on: distinct contracts to TWS and to the agent.
 EXCHANGES = ("SMART", "CBOE", "ISE", "AMEX")
+# The single-class stock chains: the fake's SPX (index, SPX beside SPXW) and XYZ (an adjusted
+# class beside the standard one) list contracts that ticker/expiration/strike/right alone do not
+# name, so the measured workload stays on these.
+TICKERS = ("AAPL", "MSFT", "SPY", "MRGT")
 COUNTERS = ("messages_in", "pacing_violations", "line_limit_errors", "connections")
 
 
@@ -56,7 +60,7 @@ def option_contracts(count: int, seed: int = SEED) -> List[BenchContract]:
     """The first `count` options of the fake's market, in chain order (ticker, expiration, strike,
     right): every SMART contract first, then the exchange-routed ones."""
     market = Market(seed)
-    options = [o for symbol in market.specs for o in market.options(symbol)]
+    options = [o for symbol in TICKERS for o in market.options(symbol)]
     found: List[BenchContract] = []
     for exchange in EXCHANGES:
         for option in options:
