@@ -23,16 +23,19 @@ import contextlib
 import logging
 import math
 import threading
+import time
 from decimal import Decimal
 from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
 from ibapi.contract import Contract
+from ibapi.execution import ExecutionFilter
 from ibapi.order import Order
 from ibapi.order_cancel import OrderCancel
+from ibapi.server_versions import MIN_SERVER_VER_PARAMETRIZED_DAYS_OF_EXECUTIONS
 
 import ib_connection
 import order_guard
-from agent_errors import (IB_NOT_CONNECTED, INTERNAL, INVALID_REQUEST, NO_SECURITY_DEFINITION, ORDER_BLOCKED,
+from agent_errors import (CANCELLED, IB_NOT_CONNECTED, INTERNAL, INVALID_REQUEST, NO_SECURITY_DEFINITION, ORDER_BLOCKED,
                           TIMEOUT, AgentError)
 from agent_log import Masker
 
@@ -60,6 +63,8 @@ SWEEP_EVENTS = {"position": "positions", "positionEnd": "positions",
                 "openOrder": "orders", "orderStatus": "orders", "openOrderEnd": "orders",
                 "completedOrder": "orders", "completedOrdersEnd": "orders"}
 _UNSET_DOUBLE = 1.7976931348623157e308
+LOOKBACK_DAYS = 7         # executions asked for when looking for a request's order in TWS
+RECENTLY_SENT_S = 600.0   # an order sent this recently and not shown by TWS may still be on its way
 
 
 # --- IB values -> relay values (sentinels -> None) ---------------------------------------------
@@ -351,45 +356,88 @@ class OrderDesk:
     def open_orders(self) -> dict:
         return {"orders": self._order_book()}
 
-    def _find_by_order_ref(self, request_id: str, order_id: Optional[int]) -> Optional[dict]:
-        """The order TWS holds for this request id (open or completed today), if any."""
+    def _executions(self) -> List[Tuple[Contract, Any]]:
+        """Executions of the last LOOKBACK_DAYS days (reqExecutions' lastNDays, server version >= 200;
+        an older TWS can only give today's)."""
+        execution_filter = ExecutionFilter()
+        if (self.conn.status().get("server_version") or 0) >= MIN_SERVER_VER_PARAMETRIZED_DAYS_OF_EXECUTIONS:
+            execution_filter.lastNDays = LOOKBACK_DAYS
+        return self.conn.call("reqExecutions", self.conn.next_req_id(), execution_filter, rows=("execDetails",),
+                              end="execDetailsEnd", timeout=self._timeout)
+
+    def _find_in_tws(self, request_id: str, order_id: Optional[int] = None,
+                     quantity: Optional[float] = None) -> Optional[dict]:
+        """The order TWS holds for this request id, by orderRef: among open orders, today's completed
+        orders, then the executions of the last 7 days (an order filled on an earlier day). Raises
+        AgentError when TWS cannot be asked; None when it has no such order."""
+        refs = {order_guard.order_ref_for(request_id), request_id}  # the id itself: orders of agents before 1.1
         for completed in (False, True):
             for row in self._order_book(completed):
-                if row["order_ref"] == request_id:
+                if row["order_ref"] in refs:
                     return {"order_id": row["order_id"] or order_id, "status": row["status"]}
-        return None
+        filled: Dict[str, float] = {}
+        for _contract, execution in self._executions():
+            if execution.orderRef in refs:
+                order_id = execution.orderId or order_id
+                filled[execution.execId] = _number(execution.shares) or 0.0
+        if not filled:
+            return None
+        # Not open, not completed today, but filled on an earlier day: done, fully or in part.
+        done = quantity is None or sum(filled.values()) >= quantity
+        return {"order_id": order_id, "status": "Filled" if done else "Cancelled"}
 
     # --- orders: placing and cancelling ---
 
-    def place_order(self, request_id: str, params: dict) -> dict:
+    def place_order(self, request_id: str, params: dict, cancel: Optional[threading.Event] = None) -> dict:
         attempt = _Attempt("place-order", request_id, params)
-        return self._audited(attempt, lambda: self._place(request_id, params, attempt))
+        return self._audited(attempt, lambda: self._place(request_id, params, attempt, cancel))
 
-    def _place(self, request_id: str, params: dict, attempt: _Attempt) -> dict:
+    def _place(self, request_id: str, params: dict, attempt: _Attempt, cancel: Optional[threading.Event]) -> dict:
         order = attempt.params = order_guard.parse_order_params("place-order", params)
         attempt.checked = True
         with self._request_locks.hold(request_id, timeout=3 * self._timeout):
-            return self._place_once(request_id, order, attempt)
+            return self._place_once(request_id, order, attempt, cancel)
 
     def _audited(self, attempt: _Attempt, work: Callable[[], dict]) -> dict:
-        """The one place every place/cancel request ends: one audit line, whatever happened."""
+        """The one place every place/cancel request ends: one audit line, whatever happened.
+
+        The audit fails closed: when a line cannot be written now, nothing is sent to TWS."""
         try:
+            try:
+                self.audit.check()
+            except order_guard.AuditError as exc:
+                raise attempt.refuse(f"{exc}; nothing was sent to TWS. Fix it (AGENT_DATA_DIR, free disk "
+                                     "space, permissions) and ask again") from None
             result = work()
         except AgentError as error:
-            self._audit(attempt, error=error)
-            raise
+            raise self._audit(attempt, error=error) from None
         except Exception as exc:  # a bug, or ibapi raising: still an audited, recoverable outcome
             error = self._unexpected(attempt, exc)
-            self._audit(attempt, error=error, exception=exc.__class__.__name__)
-            raise error from exc
+            raise self._audit(attempt, error=error, exception=exc.__class__.__name__) from exc
         self._audit(attempt, status=result["status"])
         return result
 
     def _audit(self, attempt: _Attempt, error: Optional[AgentError] = None, status: Optional[str] = None,
-               exception: Optional[str] = None) -> None:
+               exception: Optional[str] = None) -> Optional[AgentError]:
+        """Writes the line; returns the error to answer (saying so when the line could not be written).
+        A success stays a success: the order exists, and the log file holds the line."""
         outcome = order_guard.outcome_of_error(error, exception) if error else {"status": status}
-        self.audit.write(attempt.action, attempt.request_id, attempt.params, attempt.decided(error),
-                         attempt.order_id, outcome)
+        try:
+            self.audit.write(attempt.action, attempt.request_id, attempt.params, attempt.decided(error),
+                             attempt.order_id, outcome)
+        except order_guard.AuditError as exc:
+            if error is not None:
+                answered = AgentError(error.code, f"{error.message} (and {exc}: the line is in the agent's log file)",
+                                      error.ib_code)
+                answered.logged = getattr(error, "logged", False)
+                return answered
+        return error
+
+    def audit_unserved(self, action: str, request_id: str, params: Any, error: AgentError) -> AgentError:
+        """The audit line of an order request answered before the desk saw it (BUSY when its lane is
+        full, CANCELLED before it started, the agent shutting down): the error to answer."""
+        attempt = _Attempt(action, request_id, params)
+        return self._audit(attempt, error=error)
 
     def _unexpected(self, attempt: _Attempt, exc: Exception) -> AgentError:
         """Make an unexpected exception safe to retry, say it on the console in one line (the
@@ -438,7 +486,11 @@ class OrderDesk:
         if attempt.stage == NOT_SENT and record["state"] not in order_guard.UNFINISHED:
             return False
         try:
-            self.request_ids.put(attempt.request_id, order_guard.UNKNOWN, exception=exception)
+            if attempt.stage == NOT_SENT:  # an earlier attempt's record: what it said
+                maybe_sent = record["state"] == order_guard.SENDING or record.get("maybe_sent", True)
+            else:                          # this attempt's own record
+                maybe_sent = attempt.stage == SENDING
+            self.request_ids.put(attempt.request_id, order_guard.UNKNOWN, exception=exception, maybe_sent=maybe_sent)
         except Exception as exc:  # it stays "sending": a repeat looks in TWS just the same
             log.error("Cannot write %s (%s): request %s is remembered as still sending", self.request_ids.path,
                       getattr(exc, "strerror", None) or exc, attempt.request_id)
@@ -446,24 +498,27 @@ class OrderDesk:
 
     @staticmethod
     def _placing_words(attempt: _Attempt) -> Tuple[str, str]:
-        """("order 32 SELL 1 AAPL 20300118 150 C @ 2.5", "order 32 with order ref req-1") as far as known."""
+        """("order 32 SELL 1 AAPL 20300118 150 C @ 2.5", "order 32 with orderRef mat-...") as far as known."""
         order = attempt.params if attempt.checked else {}
         what = "order" if attempt.order_id is None else f"order {attempt.order_id}"
         with contextlib.suppress(Exception):  # e.g. an error before the params were checked
             what += (f" {order['action']} {order['quantity']} {describe_contract(order['contract'])}"
                      f" @ {order['limit_price']}")
-        where = f"order ref {attempt.request_id}"
+        where = f"orderRef {order_guard.order_ref_for(attempt.request_id)}"
         if attempt.order_id is not None:
             where = f"order {attempt.order_id} with {where}"
         return what, where
 
-    def _place_once(self, request_id: str, order: dict, attempt: _Attempt) -> dict:
+    def _place_once(self, request_id: str, order: dict, attempt: _Attempt, cancel: Optional[threading.Event]) -> dict:
         record = self.request_ids.get(request_id)
+        if record and record.get("action", "place-order") != "place-order":
+            raise AgentError(INVALID_REQUEST, f"request id {request_id} was used for a {record['action']}; "
+                                              "a place-order needs an id of its own")
         if record and record["state"] not in order_guard.UNFINISHED:
             attempt.decision, attempt.order_id = "duplicate", record.get("order_id")
             if record["state"] == order_guard.FAILED:
                 raise AgentError(**record["error"])
-            return {"order_id": record["order_id"], "status": record["status"]}
+            return {"order_id": record["order_id"], "status": self._status_now(request_id, record, order)}
         contract = order["contract"]
         rule = order_guard.order_refusal(self.config, order, order_guard.STANDARD_MULTIPLIER[contract["sec_type"]])
         if rule:
@@ -475,27 +530,34 @@ class OrderDesk:
         rule = order_guard.account_refusal(self.config, status, order["account"])
         if rule:
             raise attempt.refuse(rule)
-        if record:  # an earlier attempt may have reached TWS: look before placing again
-            found = self._find_by_order_ref(request_id, record.get("order_id"))
-            if found:
-                attempt.decision, attempt.order_id = "duplicate: found in TWS by orderRef", found["order_id"]
-                self._remember(request_id, order_guard.PLACED, **found)
-                return found
+        # No record, an unfinished one, or a store that was lost: TWS may have this order already.
+        found = self._look_in_tws(request_id, record, order)
+        if found:
+            attempt.decision, attempt.order_id = "duplicate: found in TWS by orderRef", found["order_id"]
+            self._remember(request_id, order_guard.PLACED, action="place-order",
+                           order_ref=order_guard.order_ref_for(request_id), **found)
+            return found
+        if record and (record["state"] == order_guard.SENDING or record.get("maybe_sent", True)):
+            raise self._cannot_tell(request_id, record, attempt)
         qualified = self._qualify(contract)
         multiplier = _number(qualified.multiplier) or order_guard.STANDARD_MULTIPLIER[contract["sec_type"]]
         rule = order_guard.order_refusal(self.config, order, multiplier)
         if rule:
             raise attempt.refuse(rule)
+        if cancel is not None and cancel.is_set():
+            raise AgentError(CANCELLED, "cancelled before the order was sent: nothing reached TWS")
         attempt.decision = "allowed"
         attempt.order_id = order_id = self.conn.next_order_id()
+        order_ref = order_guard.order_ref_for(request_id)
         try:
-            self.request_ids.put(request_id, order_guard.SENDING, order_id=order_id)
+            self.request_ids.put(request_id, order_guard.SENDING, action="place-order", order_id=order_id,
+                                 order_ref=order_ref)
         except OSError as exc:  # without the record, exactly-once cannot be promised: do not send
             raise AgentError(INTERNAL, f"cannot write {self.request_ids.path.name} ({exc.strerror or exc}); "
                                        "the order was not sent") from None
         attempt.stage = RECORDED
         try:
-            status_text = self._send_and_wait(order_id, "placeOrder", (qualified, self._ib_order(request_id, order)),
+            status_text = self._send_and_wait(order_id, "placeOrder", (qualified, self._ib_order(order_ref, order)),
                                               self._first_status, f"order {order_id}", attempt,
                                               dead=DEAD_ON_ARRIVAL)
         except AgentError as error:
@@ -508,6 +570,43 @@ class OrderDesk:
         log.info("order %s placed for request %s: %s %s %s @ %s (%s)", order_id, request_id, order["action"],
                  order["quantity"], contract["ticker"], order["limit_price"], status_text)
         return {"order_id": order_id, "status": status_text}
+
+    def _look_in_tws(self, request_id: str, record: Optional[dict], order: dict) -> Optional[dict]:
+        """_find_in_tws, or a refusal that says what to check when TWS cannot be asked."""
+        try:
+            return self._find_in_tws(request_id, (record or {}).get("order_id"), order["quantity"])
+        except AgentError as error:
+            raise AgentError(error.code, f"could not look in TWS for an earlier order of this request "
+                                         f"({error.message}); nothing was placed. Ask again when TWS answers; "
+                                         "before placing it any other way, check TWS's orders and trades for "
+                                         f"orderRef {order_guard.order_ref_for(request_id)}", error.ib_code) from None
+
+    def _status_now(self, request_id: str, record: dict, order: dict) -> Optional[str]:
+        """The status TWS gives the order of a request answered before; the recorded one when TWS
+        cannot say (not connected, or the order is older than what TWS shows)."""
+        try:
+            found = self._find_in_tws(request_id, record.get("order_id"), order["quantity"])
+        except AgentError:
+            found = None
+        return (found or {}).get("status") or record.get("status")
+
+    def _cannot_tell(self, request_id: str, record: dict, attempt: _Attempt) -> AgentError:
+        """An earlier attempt sent (or may have sent) this order, and TWS does not show it: never place
+        it again under this id. Recently sent: TWS may still be holding it (a precaution dialog)."""
+        where = f"orderRef {order_guard.order_ref_for(request_id)}"
+        if record.get("order_id") is not None:
+            where = f"order {record['order_id']} with {where}"
+        attempt.order_id = record.get("order_id")
+        age = max(0.0, time.time() - record["time"])
+        if age < RECENTLY_SENT_S:
+            return AgentError(TIMEOUT, f"an earlier attempt of this request sent {where} to TWS {age:.0f} s ago "
+                                       "and TWS does not show it yet (TWS may be holding it behind a precaution "
+                                       "dialog); nothing new was placed. Check TWS; asking again with this id is "
+                                       "safe: it is never placed twice")
+        return attempt.refuse(f"cannot tell whether {where} reached TWS: an earlier attempt of this request "
+                              "sent it (or may have), and TWS shows no such order among its open orders, today's "
+                              "completed orders or the executions of the last 7 days. Nothing was placed. Check "
+                              "TWS's orders and trades; if it is not there, place it again under a new request id")
 
     def _remember(self, request_id: str, state: str, **fields) -> None:
         """The outcome, once TWS answered. Failing to write it must not hide that answer: the record
@@ -549,14 +648,14 @@ class OrderDesk:
         return contract
 
     @staticmethod
-    def _ib_order(request_id: str, order: dict) -> Order:
+    def _ib_order(order_ref: str, order: dict) -> Order:
         ib_order = Order()
         ib_order.action = order["action"]
         ib_order.totalQuantity = Decimal(order["quantity"])
         ib_order.orderType = "LMT"
         ib_order.lmtPrice = float(order["limit_price"])
         ib_order.tif = order["tif"]
-        ib_order.orderRef = request_id
+        ib_order.orderRef = order_ref
         ib_order.account = order["account"] or ""
         ib_order.transmit = True
         return ib_order
@@ -596,17 +695,31 @@ class OrderDesk:
             raise reason
         return status
 
-    def cancel_order(self, request_id: str, params: dict) -> dict:
+    def cancel_order(self, request_id: str, params: dict, cancel: Optional[threading.Event] = None) -> dict:
         attempt = _Attempt("cancel-order", request_id, params)
-        return self._audited(attempt, lambda: self._cancel_checked(params, attempt))
+        return self._audited(attempt, lambda: self._cancel_checked(params, attempt, cancel))
 
-    def _cancel_checked(self, params: dict, attempt: _Attempt) -> dict:
+    def _cancel_checked(self, params: dict, attempt: _Attempt, cancel: Optional[threading.Event]) -> dict:
         attempt.params = order_guard.parse_order_params("cancel-order", params)
         attempt.checked = True
         attempt.order_id = attempt.params["order_id"]
-        return self._cancel(attempt.order_id, attempt)
+        with self._request_locks.hold(attempt.request_id, timeout=3 * self._timeout):
+            return self._cancel(attempt.order_id, attempt, cancel)
 
-    def _cancel(self, order_id: int, attempt: _Attempt) -> dict:
+    def _cancel(self, order_id: int, attempt: _Attempt, cancel: Optional[threading.Event] = None) -> dict:
+        request_id = attempt.request_id
+        record = self.request_ids.get(request_id)
+        if record and (record.get("action") != "cancel-order" or record.get("order_id") != order_id):
+            used = (f"a cancel-order of order {record.get('order_id')}" if record.get("action") == "cancel-order"
+                    else f"a {record.get('action') or 'place-order'}")
+            raise AgentError(INVALID_REQUEST, f"request id {request_id} was used for {used}; "
+                                              "this cancel-order needs an id of its own")
+        if record and record["state"] not in order_guard.UNFINISHED:  # answered before: the same answer
+            attempt.decision = "duplicate"
+            if record["state"] == order_guard.FAILED:
+                raise AgentError(**record["error"])
+            return {"order_id": order_id, "status": record["status"]}
+        # No record, or one left unfinished: sending the cancel (again) is safe.
         rule = order_guard.orders_off_refusal(self.config)
         if rule:
             raise attempt.refuse(rule)
@@ -616,10 +729,24 @@ class OrderDesk:
         rule = order_guard.account_refusal(self.config, status, None)
         if rule:
             raise attempt.refuse(rule)
+        if cancel is not None and cancel.is_set():
+            raise AgentError(CANCELLED, "cancelled before the cancel was sent: nothing reached TWS")
         attempt.decision = "allowed"
-        status_text = self._send_and_wait(order_id, "cancelOrder", (OrderCancel(),), self._cancel_status,
-                                          f"the cancel of order {order_id}", attempt,
-                                          success_codes=(CANCEL_CONFIRMED,))
+        try:
+            self.request_ids.put(request_id, order_guard.SENDING, action="cancel-order", order_id=order_id)
+        except OSError as exc:
+            raise AgentError(INTERNAL, f"cannot write {self.request_ids.path.name} ({exc.strerror or exc}); "
+                                       "the cancel was not sent") from None
+        attempt.stage = RECORDED
+        try:
+            status_text = self._send_and_wait(order_id, "cancelOrder", (OrderCancel(),), self._cancel_status,
+                                              f"the cancel of order {order_id}", attempt,
+                                              success_codes=(CANCEL_CONFIRMED,))
+        except AgentError as error:
+            if error.code not in (TIMEOUT, IB_NOT_CONNECTED):
+                self._remember(request_id, order_guard.FAILED, error=error.to_dict())
+            raise
+        self._remember(request_id, order_guard.PLACED, status=status_text)
         attempt.stage = ANSWERED
         log.info("order %s: cancel %s", order_id, status_text)
         return {"order_id": order_id, "status": status_text}

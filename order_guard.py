@@ -12,13 +12,16 @@ from __future__ import annotations
 import json
 import logging
 import math
+import hashlib
 import os
+import shutil
 import threading
 import time
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Dict, Mapping, Optional
 
+import agent_log
 from agent_errors import AgentError
 from agent_params import (REQUIRED, RIGHT, STRIKE, TICKER, TRADING_CLASS, Checker, choice, date, number, obj,
                           only_for, pattern)
@@ -121,53 +124,113 @@ def utc_now_iso() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def _clipped(value: Any, limit: int = 200) -> Any:
-    """Values from the cloud, bounded so a hostile request cannot bloat the audit log."""
+def _clipped(value: Any, limit: int = 200, mask=None) -> Any:
+    """Values from the cloud, bounded so a hostile request cannot bloat the audit log; the key is
+    masked before anything is cut (a cut through it would leave a part no masking recognises)."""
     if isinstance(value, str):
-        return value[:limit]
+        return agent_log.clip(value, limit, mask)
     if isinstance(value, Mapping):
-        return {str(k)[:40]: _clipped(v, limit) for k, v in list(value.items())[:12]}
-    if isinstance(value, (bool, int)) or value is None or (isinstance(value, float) and math.isfinite(value)):
+        return {agent_log.clip(str(k), 40, mask): _clipped(v, limit, mask) for k, v in list(value.items())[:12]}
+    if isinstance(value, bool) or value is None or (isinstance(value, float) and math.isfinite(value)):
         return value
-    return str(value)[:limit]  # also NaN/inf, which would make the line invalid JSON
+    if isinstance(value, int):
+        return value if abs(value) <= 1e15 else f"{str(value)[:20]}... ({len(str(value))} digits)"
+    return agent_log.clip(str(value), limit, mask)  # also NaN/inf, which would make the line invalid JSON
+
+
+class AuditError(OSError):
+    """The audit line cannot be written: nothing may be sent to TWS."""
+
+
+AUDIT_ROLL_BYTES = 10 * 1024 * 1024   # the current file rolls over at this size, and at each new UTC day
+AUDIT_MIN_FREE_BYTES = 1024 * 1024    # less free disk than this: refuse before sending anything
 
 
 class AuditLog:
-    """Append-only JSON lines, one per place/cancel request; each line is on disk before we answer."""
+    """Append-only JSON lines, one per place/cancel request; each line is on disk before we answer.
+
+    The file keeps its name (order_audit.jsonl); when it holds lines of an earlier UTC day, or has
+    grown past AUDIT_ROLL_BYTES, it is renamed to order_audit-YYYYMMDD.jsonl (the day of its last
+    line; -2, -3... if that name is taken) and a new one is started. Nothing is ever truncated or
+    overwritten. The audit fails closed: check() says (AuditError) when a line could not be written
+    now, and write() raises AuditError (after logging the line) when it was not.
+    """
 
     FIELDS = ("time", "request_id", "action", "account", "contract", "side", "quantity",
               "limit_price", "decision", "order_id", "outcome")
 
-    def __init__(self, path: Path, mask=None):
+    def __init__(self, path: Path, mask=None, roll_bytes: int = AUDIT_ROLL_BYTES, clock=time.time):
         self.path = Path(path)
         self._mask = mask or (lambda text: text)
+        self._roll_bytes = roll_bytes
+        self._clock = clock
         self._lock = threading.Lock()
+
+    def _roll_over(self) -> None:
+        """Under the lock: move a full or earlier day's file to its dated name (never over another)."""
+        try:
+            info = os.stat(self.path)
+        except FileNotFoundError:
+            return
+        last_day = datetime.fromtimestamp(info.st_mtime, timezone.utc).strftime("%Y%m%d")
+        today = datetime.fromtimestamp(self._clock(), timezone.utc).strftime("%Y%m%d")
+        if info.st_size == 0 or (last_day == today and info.st_size < self._roll_bytes):
+            return
+        stem, suffix = self.path.stem, self.path.suffix
+        for n in range(1, 10_000):
+            dated = self.path.with_name(f"{stem}-{last_day}{'' if n == 1 else f'-{n}'}{suffix}")
+            if not dated.exists():
+                break
+        os.rename(self.path, dated)  # dated does not exist: nothing is overwritten (one agent per folder)
+        log.info("Order audit log rolled over to %s", dated.name)
+
+    def _problem(self, exc: OSError) -> AuditError:
+        return AuditError(f"the order audit log {self.path} cannot be written ({exc.strerror or exc})")
+
+    def check(self) -> None:
+        """Raises AuditError when a line cannot be appended now (a folder in its place, no permission,
+        a full disk), so the caller sends nothing to TWS."""
+        with self._lock:
+            try:
+                self._roll_over()
+                with open(self.path, "a", encoding="utf-8") as fh:
+                    os.fsync(fh.fileno())
+                free = shutil.disk_usage(self.path.parent).free
+            except OSError as exc:
+                raise self._problem(exc) from None
+            if free < AUDIT_MIN_FREE_BYTES:
+                raise AuditError(f"the disk holding the order audit log {self.path} is full "
+                                 f"({free // 1024} KB free)")
 
     def write(self, action: str, request_id: str, params: Any, decision: str,
               order_id: Optional[int], outcome: Mapping[str, Any]) -> None:
         params = params if isinstance(params, Mapping) else {}
+        mask = self._mask
         entry = {
             "time": utc_now_iso(),
-            "request_id": _clipped(request_id, 128),
+            "request_id": _clipped(request_id, 128, mask),
             "action": action,
-            "account": _clipped(params.get("account")),
-            "contract": _clipped(params.get("contract")),
-            "side": _clipped(params.get("action")),
-            "quantity": _clipped(params.get("quantity")),
-            "limit_price": _clipped(params.get("limit_price")),
+            "account": _clipped(params.get("account"), mask=mask),
+            "contract": _clipped(params.get("contract"), mask=mask),
+            "side": _clipped(params.get("action"), mask=mask),
+            "quantity": _clipped(params.get("quantity"), mask=mask),
+            "limit_price": _clipped(params.get("limit_price"), mask=mask),
             "decision": decision,
-            "order_id": order_id if order_id is not None else _clipped(params.get("order_id")),
+            "order_id": order_id if order_id is not None else _clipped(params.get("order_id"), mask=mask),
             "outcome": dict(outcome),
         }
         line = self._mask(json.dumps(entry, separators=(",", ":"), default=str)) + "\n"
         try:
-            with self._lock, open(self.path, "a", encoding="utf-8") as fh:
-                fh.write(line)
-                fh.flush()
-                os.fsync(fh.fileno())
-        except OSError as exc:  # the answer to the cloud must not be lost with it: the log file keeps it
+            with self._lock:
+                self._roll_over()
+                with open(self.path, "a", encoding="utf-8") as fh:
+                    fh.write(line)
+                    fh.flush()
+                    os.fsync(fh.fileno())
+        except OSError as exc:  # the log file keeps the entry; the caller decides what the answer says
             log.error("Cannot append to the order audit log %s (%s); the entry was: %s",
                       self.path, exc.strerror or exc, line.strip())
+            raise self._problem(exc) from None
 
 
 def outcome_of_error(error: AgentError, exception: Optional[str] = None) -> dict:
@@ -185,43 +248,89 @@ PLACED = "placed"     # TWS acknowledged the order: order_id and status
 FAILED = "failed"     # TWS answered with an error: the order does not exist
 UNKNOWN = "unknown"   # an unexpected error in the agent while placing: the order may have reached TWS
 UNFINISHED = frozenset((SENDING, UNKNOWN))  # a repeat of the id looks in TWS before placing anything
+STATES = frozenset((SENDING, PLACED, FAILED, UNKNOWN))
+KEEP_S = 35 * 24 * 3600.0   # at least the 30 days DESIGN.md promises, plus a margin
+
+ORDER_REF_PREFIX = "mat-"
+ORDER_REF_HASH_CHARS = 24   # 96 bits of SHA-256: no two request ids of one account will meet
+
+
+def order_ref_for(request_id: str) -> str:
+    """The orderRef an order of this request carries in TWS: "mat-" + 24 hex digits of the SHA-256
+    of the request id (UTF-8). Whatever the cloud puts in an id (up to 128 characters, any text),
+    the ref is 28 ASCII characters, letters, digits and one "-": no NUL or other separator of TWS's
+    protocol, nothing TWS could cut or reject, the same on every PC and agent version."""
+    digest = hashlib.sha256(request_id.encode("utf-8", "surrogatepass")).hexdigest()
+    return ORDER_REF_PREFIX + digest[:ORDER_REF_HASH_CHARS]
+
+
+class StoreUnreadable(ValueError):
+    """order_ids.json is not a store this agent wrote (torn, corrupt, edited by hand)."""
 
 
 class RequestIdStore:
-    """request id -> what happened to its order, on disk, kept at least `keep_s` (default 48 h).
+    """request id -> what happened to its order (and the orderRef it carries), on disk, kept at
+    least `keep_s` (35 days).
 
-    Every change rewrites the file atomically (tmp file, fsync, os.replace), so a crash leaves
-    either the old or the new version, never half of one.
+    Every change rewrites the file atomically (tmp file, fsync, os.replace, fsync of the folder), so
+    a crash leaves either the old or the new version, never half of one. A file that does not read
+    back as a whole store is moved aside (order_ids.json.unreadable-<time>, named in one log line)
+    and `lost` says so: its ids are not known any more, which the desk treats as "unknown" (every id
+    it does not find here is looked up in TWS before anything is placed, as it always is), never as
+    "nothing was placed". When the file cannot even be moved aside, nothing is written over it:
+    `put` raises, so no order can be placed until the user has looked at it.
     """
 
-    def __init__(self, path: Path, keep_s: float = 48 * 3600.0, clock=time.time):
+    def __init__(self, path: Path, keep_s: float = KEEP_S, clock=time.time):
         self.path = Path(path)
         self.keep_s = keep_s
         self._clock = clock
         self._lock = threading.Lock()
+        self.lost: Optional[str] = None          # why the earlier records are not known, if they are not
+        self._broken: Optional[str] = None       # why nothing may be written, if so
         self._records: Dict[str, dict] = self._load()
+
+    @staticmethod
+    def _parse(text: str) -> Dict[str, dict]:
+        data = json.loads(text)
+        if not isinstance(data, dict) or data.get("version") != 1 or not isinstance(data.get("requests"), dict):
+            raise StoreUnreadable("not an order id store")
+        records = data["requests"]
+        for request_id, record in records.items():
+            if not (isinstance(record, dict) and record.get("state") in STATES
+                    and isinstance(record.get("time"), (int, float))):
+                raise StoreUnreadable(f"a record that is not whole ({str(request_id)[:40]!r})")
+        return records
 
     def _load(self) -> Dict[str, dict]:
         try:
-            with open(self.path, encoding="utf-8") as fh:
-                data = json.load(fh)
-            records = data["requests"]
-            if not isinstance(records, dict):
-                raise ValueError("requests is not an object")
+            with open(self.path, "rb") as fh:
+                raw = fh.read()
         except FileNotFoundError:
             return {}
-        except (OSError, ValueError, KeyError, TypeError) as exc:
+        except OSError as exc:
+            self._broken = self.lost = f"{self.path} cannot be read ({exc.strerror or exc})"
+            log.error("%s: no order can be placed until the agent can read and write it.", self._broken)
+            return {}
+        try:
+            records = self._parse(raw.decode("utf-8"))
+        except (ValueError, UnicodeDecodeError) as exc:  # JSONDecodeError and StoreUnreadable are ValueErrors
             aside = self.path.with_name(f"{self.path.name}.unreadable-{int(self._clock())}")
-            log.error("%s cannot be read (%s); moved to %s. Order request ids placed before now are "
-                      "checked against TWS's open orders only.", self.path, exc, aside.name)
+            reason = exc.__class__.__name__ if not isinstance(exc, StoreUnreadable) else str(exc)
             try:
                 os.replace(self.path, aside)
-            except OSError:
-                pass
+            except OSError as move:
+                self._broken = self.lost = (f"{self.path} is damaged ({reason}) and cannot be moved aside "
+                                            f"({move.strerror or move})")
+                log.error("%s: no order can be placed until it is moved away by hand.", self._broken)
+                return {}
+            self.lost = f"{self.path.name} was damaged ({reason}); kept as {aside}"
+            log.error("The order request-id store %s is damaged (%s); it is kept for you as %s. Every order "
+                      "request id is now looked up in TWS (open orders, today's completed orders, executions "
+                      "of the last 7 days) before anything is placed.", self.path, reason, aside)
             return {}
         cutoff = self._clock() - self.keep_s
-        return {k: v for k, v in records.items()
-                if isinstance(v, dict) and isinstance(v.get("time"), (int, float)) and v["time"] >= cutoff}
+        return {k: v for k, v in records.items() if v["time"] >= cutoff}
 
     def get(self, request_id: str) -> Optional[dict]:
         with self._lock:
@@ -231,6 +340,8 @@ class RequestIdStore:
     def put(self, request_id: str, state: str, **fields) -> None:
         """Record a state; raises OSError (and changes nothing) when it cannot be written."""
         with self._lock:
+            if self._broken:
+                raise OSError(0, self._broken)
             record = dict(self._records.get(request_id) or {})
             record.update(fields, state=state, time=self._clock())
             cutoff = self._clock() - self.keep_s

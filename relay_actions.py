@@ -83,6 +83,9 @@ class Action:
     needs_ib: bool = True
     inline: bool = False       # cheap and IB-free: answered on the reader thread, even when busy
     needs_desk: bool = False   # served by ib_orders.OrderDesk
+    # An order action: the desk audits it, and stops before sending anything when the job is
+    # cancelled; once something was sent, its answer is the real outcome, never CANCELLED.
+    order: bool = False
     lane: Union[str, Callable[[dict], str]] = QUICK  # BULK or QUICK, or a function of the params
 
     def lane_for(self, params: dict) -> str:
@@ -128,10 +131,12 @@ ACTIONS: Dict[str, Action] = {
         summary=lambda p, d: f"open-orders: {len(d.get('orders', []))} orders"),
     # The desk checks these params itself (order_guard) and audits every attempt, refused or not.
     "place-order": Action(
-        lambda runner, job, p: runner.desk.place_order(job.id, p), schema=None, needs_ib=False, needs_desk=True,
+        lambda runner, job, p: runner.desk.place_order(job.id, p, cancel=job.cancel), schema=None, needs_ib=False,
+        needs_desk=True, order=True,
         summary=lambda p, d: f"place-order: order {d.get('order_id')} {d.get('status')}"),
     "cancel-order": Action(
-        lambda runner, job, p: runner.desk.cancel_order(job.id, p), schema=None, needs_ib=False, needs_desk=True,
+        lambda runner, job, p: runner.desk.cancel_order(job.id, p, cancel=job.cancel), schema=None, needs_ib=False,
+        needs_desk=True, order=True,
         summary=lambda p, d: f"cancel-order: order {d.get('order_id')} {d.get('status')}"),
 }
 
@@ -228,7 +233,8 @@ class RequestRunner:
                 return
             job, action, params = item
             if job.cancel.is_set():
-                self._answer(job, action, None, AgentError(CANCELLED, "cancelled before it started"))
+                self._answer(job, action, None, AgentError(CANCELLED, "cancelled before it started: nothing was sent "
+                                                                      "to TWS"))
             else:
                 self._run(job, action, params)
 
@@ -237,7 +243,7 @@ class RequestRunner:
         data, error = None, None
         try:
             data = action.run(self, job, params)
-            if job.cancel.is_set():
+            if job.cancel.is_set() and not action.order:
                 error = AgentError(CANCELLED, "cancelled")
         except AgentError as exc:
             error = exc
@@ -245,10 +251,20 @@ class RequestRunner:
             log.exception("request %s %s: unexpected error", job.action, job.id)
             error = AgentError(INTERNAL, f"unexpected error in the agent ({exc.__class__.__name__}); "
                                          "details are in its log file")
-        self._answer(job, action, params, error, data, time.monotonic() - started)
+        self._answer(job, action, params, error, data, time.monotonic() - started, ran=True)
+
+    def _audit_unserved(self, job, error: AgentError) -> AgentError:
+        """Every order request gets its audit line before the answer, also one the desk never saw."""
+        try:
+            return self.desk.audit_unserved(job.action, job.id, job.params, error)
+        except Exception:  # the answer must still go out; the desk's log line says what failed
+            log.exception("request %s %s: cannot write its audit line", job.action, job.id)
+            return error
 
     def _answer(self, job, action: Optional[Action], params: Optional[dict], error: Optional[AgentError],
-                data: Optional[dict] = None, elapsed: float = 0.0) -> None:
+                data: Optional[dict] = None, elapsed: float = 0.0, ran: bool = False) -> None:
+        if action is not None and action.order and not ran and error is not None:
+            error = self._audit_unserved(job, error)  # BUSY, CANCELLED before it started, shutting down
         try:
             job.finish(data=data, error=error)
         finally:

@@ -21,6 +21,7 @@ from unittest import mock
 import ibapi.errors
 from ibapi.contract import Contract, ContractDetails
 from ibapi.decoder import Decoder
+from ibapi.execution import Execution
 from ibapi.message import IN
 from ibapi.order import Order
 from ibapi.order_state import OrderState
@@ -37,11 +38,20 @@ from agent_errors import (IB_ERROR, IB_NOT_CONNECTED, INTERNAL, INVALID_REQUEST,
                           ORDER_BLOCKED, READ_ONLY_API, TIMEOUT, AgentError)
 
 RECORDED = Path(__file__).resolve().parent / "recorded"
-PAPER = {"connected": True, "accounts": ["DU1234567"], "account_type": "paper", "read_only": None}
+PAPER = {"connected": True, "accounts": ["DU1234567"], "account_type": "paper", "read_only": None,
+         "server_version": 226}
 LIVE = {"connected": True, "accounts": ["U1234567"], "account_type": "live", "read_only": None}
 DOWN = {"connected": False, "accounts": [], "account_type": None, "read_only": None}
-IB_CLASSES = {"Contract": Contract, "ContractDetails": ContractDetails, "Order": Order, "OrderState": OrderState}
+IB_CLASSES = {"Contract": Contract, "ContractDetails": ContractDetails, "Order": Order, "OrderState": OrderState,
+              "Execution": Execution}
 KEY = "test-key-0123456789"
+# What TWS answers a lookup that finds nothing (a scenario that records the request replaces it).
+NOTHING_FOUND = {"reqAllOpenOrders": [("openOrderEnd", [])], "reqCompletedOrders": [("completedOrdersEnd", [])],
+                 "reqExecutions": [("execDetailsEnd", ["$id"])]}
+# In a scenario's answers: the answers that replace others once a placeOrder was sent.
+ONCE_PLACED = "once placed"
+# What the desk asks TWS before placing a request id it has no finished record of (issue 16).
+LOOKUP = ["reqAllOpenOrders", "reqCompletedOrders", "reqExecutions"]
 
 
 def load(name: str) -> dict:
@@ -122,7 +132,10 @@ class ReplayConnection:
         if method == "placeOrder" and self.gate is not None:
             self.gate.wait(5)
         ids = {"$id": args[0] if args and isinstance(args[0], int) else -1, "$ref": self.request_ref}
-        for name, event_args in self.answers.get(method, []):
+        answers = self.answers
+        if ONCE_PLACED in answers and "placeOrder" in self.methods():  # TWS has the order from now on
+            answers = dict(answers, **answers[ONCE_PLACED])
+        for name, event_args in answers.get(method, NOTHING_FOUND.get(method, [])):
             self.deliver(name, tuple(build(event_args, ids, self.shared)))
 
     def call(self, method, req_id, *args, rows=(), end, timeout=None):
@@ -174,7 +187,8 @@ class DeskTestCase(unittest.TestCase):
         values.update(changes)
         return Config(**values)
 
-    def desk(self, scenario=None, status=PAPER, config=None, request_ref="req-1", answers=None):
+    def desk(self, scenario=None, status=PAPER, config=None, request_ref=order_guard.order_ref_for("req-1"),
+             answers=None):
         answers = answers if answers is not None else (self.place["scenarios"][scenario] if scenario else {})
         conn = ReplayConnection(status, answers, {"aapl_call": self.place["aapl_call"]}, request_ref)
         return ib_orders.OrderDesk(conn, config or self.config()), conn
@@ -346,11 +360,12 @@ class PositionsOffTheWireTest(DeskTestCase):
 
 
 class PlaceOrderTest(DeskTestCase):
-    def test_a_paper_order_is_qualified_then_placed_with_the_request_id_as_order_ref(self):
+    def test_a_paper_order_is_looked_up_qualified_then_placed_with_its_order_ref(self):
         desk, conn = self.desk("placed")
         result = desk.place_order("req-1", option_order(account="DU1234567"))
         self.assertEqual(result, {"order_id": 32, "status": "PreSubmitted"})
-        self.assertEqual(conn.methods(), ["reqContractDetails", "placeOrder"])
+        self.assertEqual(conn.methods(), LOOKUP + ["reqContractDetails", "placeOrder"])
+        conn.sent = conn.sent[len(LOOKUP):]
         query = conn.sent[0][1][1]
         self.assertEqual((query.symbol, query.secType, query.lastTradeDateOrContractMonth, query.strike,
                           query.right, query.exchange), ("AAPL", "OPT", "20300118", 150.0, "C", "SMART"))
@@ -358,8 +373,9 @@ class PlaceOrderTest(DeskTestCase):
         self.assertEqual((order_id, contract.conId, contract.exchange), (32, 712446551, "SMART"))
         self.assertEqual((order.action, order.totalQuantity, order.orderType, order.lmtPrice, order.tif,
                           order.orderRef, order.account, order.transmit),
-                         ("SELL", Decimal(1), "LMT", 2.5, "DAY", "req-1", "DU1234567", True))
+                         ("SELL", Decimal(1), "LMT", 2.5, "DAY", "mat-9456bdfa12ea76959c94a357", "DU1234567", True))
         self.assertEqual(desk.request_ids.get("req-1")["state"], order_guard.PLACED)
+        self.assertEqual(desk.request_ids.get("req-1")["order_ref"], "mat-9456bdfa12ea76959c94a357")
         line, = self.audit_lines()
         self.assertEqual((line["request_id"], line["decision"], line["order_id"], line["outcome"], line["account"]),
                          ("req-1", "allowed", 32, {"status": "PreSubmitted"}, "DU1234567"))
@@ -367,7 +383,7 @@ class PlaceOrderTest(DeskTestCase):
     def test_the_session_account_is_used_when_none_is_named(self):
         desk, conn = self.desk("placed")
         desk.place_order("req-1", option_order())
-        self.assertEqual(conn.sent[1][1][2].account, "DU1234567")
+        self.assertEqual(conn.sent[len(LOOKUP) + 1][1][2].account, "DU1234567")
 
     def test_an_order_warning_does_not_fail_the_order(self):
         desk, _ = self.desk("placed_with_warning")
@@ -405,7 +421,7 @@ class PlaceOrderTest(DeskTestCase):
         desk, conn = self.desk("jumbo_multiplier", config=self.config(max_order_notional=1000))
         error = self.fails(ORDER_BLOCKED, desk.place_order, "req-1", option_order())  # 2.5 x 1 x 100 passes
         self.assertIn("x 1000 = 2500.00", error.message)
-        self.assertEqual(conn.methods(), ["reqContractDetails"])
+        self.assertEqual(conn.methods(), LOOKUP + ["reqContractDetails"])
         self.assertIsNone(desk.request_ids.get("req-1"))
 
     def test_an_account_of_another_session_or_a_live_account_under_paper_is_refused(self):
@@ -435,7 +451,7 @@ class PlaceOrderTest(DeskTestCase):
         error = self.fails(INVALID_REQUEST, desk.place_order, "req-2", option_order())
         self.assertIn("ambiguous", error.message)
         self.assertIn("2AAPL", error.message)
-        self.assertEqual(conn.methods(), ["reqContractDetails"])
+        self.assertEqual(conn.methods(), LOOKUP + ["reqContractDetails"])
 
     def test_ib_order_errors_come_back_with_code_and_text(self):
         for scenario, code in (("rejected", 201), ("price_increment", 110), ("cancelled_by_price_check", 202),
@@ -491,7 +507,14 @@ class ExactlyOnceTest(DeskTestCase):
         first = desk.place_order("req-1", option_order())
         desk, conn = self.desk("placed")  # a new process: only the files remain
         self.assertEqual(desk.place_order("req-1", option_order()), first)
-        self.assertEqual(conn.sent, [])
+        self.assertEqual(conn.methods(), LOOKUP)  # only to give the status as it is now (none found: as recorded)
+
+    def test_a_repeat_gets_the_status_as_it_is_now(self):
+        desk, _ = self.desk("placed")
+        self.assertEqual(desk.place_order("req-1", option_order())["status"], "PreSubmitted")
+        desk, conn = self.desk("found_among_completed")
+        self.assertEqual(desk.place_order("req-1", option_order()), {"order_id": 32, "status": "Filled"})
+        self.assertNotIn("placeOrder", conn.methods())
 
     def test_a_rejected_request_repeats_its_error_without_sending(self):
         desk, _ = self.desk("rejected")
@@ -507,6 +530,7 @@ class ExactlyOnceTest(DeskTestCase):
         desk, conn = self.desk("found_by_order_ref")
         self.assertEqual(desk.place_order("req-1", option_order()), {"order_id": 31, "status": "Submitted"})
         self.assertEqual(conn.methods(), ["reqAllOpenOrders"])
+        self.assertEqual(desk.request_ids.get("req-1")["order_ref"], order_guard.order_ref_for("req-1"))
         self.assertEqual(desk.request_ids.get("req-1")["state"], order_guard.PLACED)
         self.assertEqual(self.audit_lines()[-1]["decision"], "duplicate: found in TWS by orderRef")
 
@@ -518,10 +542,38 @@ class ExactlyOnceTest(DeskTestCase):
         self.assertEqual(conn.methods(), ["reqAllOpenOrders", "reqCompletedOrders"])
 
     def test_an_order_tws_never_got_is_placed_once_it_is_known_missing(self):
-        self.desk("no_answer")[0].request_ids.put("req-1", order_guard.SENDING, order_id=7)
+        """Known missing: no record (a new id, or a store lost), or one of an attempt stopped before
+        the order was sent; TWS shows no order with its orderRef."""
+        self.desk("no_answer")[0].request_ids.put("req-1", order_guard.UNKNOWN, order_id=7, maybe_sent=False)
         desk, conn = self.desk("not_found_then_placed")
         self.assertEqual(desk.place_order("req-1", option_order())["status"], "Submitted")
-        self.assertEqual(conn.methods(), ["reqAllOpenOrders", "reqCompletedOrders", "reqContractDetails", "placeOrder"])
+        self.assertEqual(conn.methods(), LOOKUP + ["reqContractDetails", "placeOrder"])
+
+    def test_an_order_that_may_have_reached_tws_is_never_placed_again(self):
+        """A "sending" record (a timeout, a lost connection, a crash while placing) and no such order
+        in TWS: it may be held behind a precaution dialog. TIMEOUT while recent, then "cannot tell";
+        never a second placeOrder (issue 16)."""
+        self.desk("no_answer")[0].request_ids.put("req-1", order_guard.SENDING, order_id=7)
+        desk, conn = self.desk("not_found_then_placed")
+        error = self.fails(TIMEOUT, desk.place_order, "req-1", option_order())
+        self.assertIn("does not show it yet", error.message)
+        self.assertIn("order 7 with orderRef mat-9456bdfa12ea76959c94a357", error.message)
+        with mock.patch.object(time, "time", return_value=time.time() + ib_orders.RECENTLY_SENT_S + 1):
+            error = self.fails(ORDER_BLOCKED, desk.place_order, "req-1", option_order())
+        self.assertIn("cannot tell whether order 7 with orderRef mat-", error.message)
+        self.assertIn("Check TWS's orders and trades", error.message)
+        self.assertEqual(conn.methods(), LOOKUP * 2)
+        self.assertEqual([line["decision"].split(":")[0] for line in self.audit_lines()], ["not sent", "refused"])
+        self.assertEqual(desk.request_ids.get("req-1")["state"], order_guard.SENDING)
+
+    def test_an_order_filled_on_an_earlier_day_is_found_among_executions(self):
+        self.desk("no_answer")[0].request_ids.put("req-1", order_guard.SENDING, order_id=7)
+        execution = {"Execution": {"execId": "0001.01", "orderId": 7, "orderRef": "$ref", "shares": {"Decimal": "1"}}}
+        desk, conn = self.desk(answers={"reqExecutions": [["execDetails", ["$id", "$aapl_call", execution]],
+                                                          ["execDetailsEnd", ["$id"]]]})
+        self.assertEqual(desk.place_order("req-1", option_order()), {"order_id": 7, "status": "Filled"})
+        self.assertEqual(conn.methods(), LOOKUP)
+        self.assertEqual(conn.sent[2][1][1].lastNDays, 7)
 
     def test_the_lookup_failing_never_places_blindly(self):
         self.desk("no_answer")[0].request_ids.put("req-1", order_guard.SENDING, order_id=7)
@@ -584,7 +636,9 @@ class UnexpectedErrorTest(DeskTestCase):
     def setUp(self):
         super().setUp()
         found = self.place["scenarios"]["found_by_order_ref"]["reqAllOpenOrders"]
-        self.reaches_tws = dict(self.place["scenarios"]["placed"], reqAllOpenOrders=found)
+        # TWS shows the order (as order 31) once a placeOrder reached it: the lookup before placing finds nothing
+        self.reaches_tws = dict(self.place["scenarios"]["placed"], **{ONCE_PLACED: {"reqAllOpenOrders": found}})
+        self.already_in_tws = dict(self.place["scenarios"]["placed"], reqAllOpenOrders=found)
         self.never_reached = self.place["scenarios"]["not_found_then_placed"]
 
     def internal(self, fn, *args) -> Tuple[AgentError, logging.LogRecord]:
@@ -613,7 +667,7 @@ class UnexpectedErrorTest(DeskTestCase):
         failing_send(conn, "placeOrder", reached_tws=True)
         error, record = self.internal(self.desk_.place_order, "req-1", option_order())
         for words in ("(Boom)", "order 32 SELL 1 AAPL 20300118 150 C @ 2.5", "may have reached TWS",
-                      "order 32 with order ref req-1", "looks in TWS first", "log file"):
+                      "order 32 with orderRef mat-9456bdfa12ea76959c94a357", "looks in TWS first", "log file"):
             self.assertIn(words, error.message)
         self.assertIn("req-1", record.getMessage())
         self.assertIn("may have reached TWS", record.getMessage())
@@ -624,7 +678,7 @@ class UnexpectedErrorTest(DeskTestCase):
 
         again = self.desk_.place_order("req-1", option_order())  # the cloud repeats the id
         self.assertEqual(again, {"order_id": 31, "status": "Submitted"})
-        self.assertEqual(conn.methods(), ["reqContractDetails", "placeOrder", "reqAllOpenOrders"])
+        self.assertEqual(conn.methods(), LOOKUP + ["reqContractDetails", "placeOrder", "reqAllOpenOrders"])
         self.assertEqual(self.audit_lines()[-1]["decision"], "duplicate: found in TWS by orderRef")
         self.assertEqual(self.state(), order_guard.PLACED)
 
@@ -633,7 +687,7 @@ class UnexpectedErrorTest(DeskTestCase):
         failing_send(conn, "placeOrder", reached_tws=True, error=AttributeError("primaryExchange"))
         self.internal(self.desk_.place_order, "req-1", option_order())
         self.last_audit("allowed", "AttributeError")
-        self.desk_, conn = self.desk(answers=self.reaches_tws)  # a new process: only the files remain
+        self.desk_, conn = self.desk(answers=self.already_in_tws)  # a new process: only the files remain
         self.assertEqual(self.desk_.place_order("req-1", option_order())["order_id"], 31)
         self.assertEqual(conn.methods(), ["reqAllOpenOrders"])
 
@@ -662,24 +716,24 @@ class UnexpectedErrorTest(DeskTestCase):
         error, _ = self.internal(self.desk_.place_order, "req-1", option_order())
         self.assertIn("may have reached TWS", error.message)  # the agent cannot tell where ibapi failed
         self.assertEqual(self.state(), order_guard.UNKNOWN)
-        self.assertEqual(self.desk_.place_order("req-1", option_order())["status"], "Submitted")
-        self.assertEqual(conn.methods(), ["reqContractDetails", "reqAllOpenOrders", "reqCompletedOrders",
-                                          "reqContractDetails", "placeOrder"])
+        # TWS does not show it: never placed again under this id (it may be behind a precaution dialog)
+        self.assertIn("does not show it yet", self.fails(TIMEOUT, self.desk_.place_order, "req-1", option_order()).message)
+        self.assertEqual(conn.methods(), LOOKUP + ["reqContractDetails"] + LOOKUP)  # (the placeOrder raised)
 
     def test_after_the_id_was_recorded_but_before_the_order_was_sent(self):
         self.desk_, conn = self.desk(answers=self.never_reached)
         real_ib_order = self.desk_._ib_order
-        self.desk_._ib_order = mock.Mock(side_effect=[Boom(), real_ib_order("req-1", dict(
+        self.desk_._ib_order = mock.Mock(side_effect=[Boom(), real_ib_order(order_guard.order_ref_for("req-1"), dict(
             order_guard.parse_order_params("place-order", option_order()), account="DU1234567"))])
         error, _ = self.internal(self.desk_.place_order, "req-1", option_order())
         self.assertIn("before the order was sent: nothing reached TWS", error.message)
         self.assertIn("looks in TWS first", error.message)
-        self.assertEqual(conn.methods(), ["reqContractDetails"])
+        self.assertEqual(conn.methods(), LOOKUP + ["reqContractDetails"])
         self.last_audit("not sent: INTERNAL")
-        self.assertEqual(self.state(), order_guard.UNKNOWN)  # kept safe: a repeat still looks
+        self.assertEqual(self.state(), order_guard.UNKNOWN)  # kept safe: a repeat still looks ...
+        self.assertFalse(self.desk_.request_ids.get("req-1")["maybe_sent"])  # ... and may then place it
         self.assertEqual(self.desk_.place_order("req-1", option_order())["status"], "Submitted")
-        self.assertEqual(conn.methods(), ["reqContractDetails", "reqAllOpenOrders", "reqCompletedOrders",
-                                          "reqContractDetails", "placeOrder"])
+        self.assertEqual(conn.methods(), LOOKUP + ["reqContractDetails"] + LOOKUP + ["reqContractDetails", "placeOrder"])
 
     def test_before_anything_was_sent_or_recorded(self):
         self.desk_, conn = self.desk("placed")
@@ -687,16 +741,16 @@ class UnexpectedErrorTest(DeskTestCase):
             error, record = self.internal(self.desk_.place_order, "req-1", option_order())
         self.assertIn("placing order SELL 1 AAPL 20300118 150 C @ 2.5 before the order was sent: nothing "
                       "reached TWS", error.message)
-        self.assertEqual(conn.sent, [])
+        self.assertEqual(conn.methods(), LOOKUP)
         self.last_audit("not sent: INTERNAL")
-        self.assertIsNone(self.state())  # nothing to look for: the repeat places the order once
+        self.assertIsNone(self.state())  # nothing recorded: the repeat looks in TWS, then places the order once
         self.assertEqual(self.desk_.place_order("req-1", option_order()), {"order_id": 32, "status": "PreSubmitted"})
-        self.assertEqual(conn.methods(), ["reqContractDetails", "placeOrder"])
+        self.assertEqual(conn.methods(), LOOKUP * 2 + ["reqContractDetails", "placeOrder"])
 
     def test_before_sending_a_repeat_of_an_unfinished_id_it_stays_unfinished(self):
         self.desk("no_answer")[0].request_ids.put("req-1", order_guard.SENDING, order_id=7)
         self.desk_, conn = self.desk(answers=self.reaches_tws)
-        with mock.patch.object(self.desk_, "_find_by_order_ref", side_effect=Boom()):
+        with mock.patch.object(self.desk_, "_find_in_tws", side_effect=Boom()):
             error, _ = self.internal(self.desk_.place_order, "req-1", option_order())
         self.assertIn("looks in TWS first", error.message)
         self.assertEqual(self.state(), order_guard.UNKNOWN)
@@ -797,7 +851,7 @@ class CancelOrderTest(DeskTestCase):
     def test_cancel_confirmed_by_status_or_by_202(self):
         for scenario in ("cancelled", "confirmed_by_202_only"):
             desk, conn = self.desk(answers=self.cancel[scenario])
-            self.assertEqual(desk.cancel_order("c-1", {"order_id": 31}), {"order_id": 31, "status": "Cancelled"})
+            self.assertEqual(desk.cancel_order(f"c-{scenario}", {"order_id": 31}), {"order_id": 31, "status": "Cancelled"})
             (method, (order_id, _order_cancel)), = conn.sent
             self.assertEqual((method, order_id), ("cancelOrder", 31))
         self.assertEqual([(line["action"], line["decision"], line["order_id"]) for line in self.audit_lines()],
@@ -806,7 +860,7 @@ class CancelOrderTest(DeskTestCase):
     def test_cancel_errors_come_back_with_code_and_text(self):
         for scenario, code in (("unknown_order", 10147), ("already_filled", 10148)):
             desk, _ = self.desk(answers=self.cancel[scenario])
-            error = self.fails(IB_ERROR, desk.cancel_order, "c-1", {"order_id": 99})
+            error = self.fails(IB_ERROR, desk.cancel_order, f"c-{scenario}", {"order_id": 99})
             self.assertEqual(error.ib_code, code)
             self.assertIn("99", error.message)
 

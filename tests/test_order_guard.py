@@ -3,10 +3,13 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 import threading
 import unittest
+from datetime import datetime, timezone
 from pathlib import Path
+from unittest import mock
 
 import order_guard
 from agent_config import Config
@@ -191,11 +194,49 @@ class AuditLogTest(unittest.TestCase):
         self.assertNotIn("secret-key-123", text)
         self.assertLess(len(text), 2000)
 
-    def test_a_failed_write_is_logged_not_raised(self):
+    def test_a_failed_write_is_logged_and_raised(self):
+        """Fails closed (issue 16): the caller must know; the log file keeps the line."""
         audit = order_guard.AuditLog(Path(self.dir.name) / "missing-folder" / "audit.jsonl")
-        with self.assertLogs("order_guard", "ERROR") as logs:
+        with self.assertLogs("order_guard", "ERROR") as logs, self.assertRaises(order_guard.AuditError):
             audit.write("place-order", "r1", {}, "allowed", 5, {"status": "Submitted"})
         self.assertIn('"request_id":"r1"', logs.output[0])
+
+    def test_check_says_when_a_line_cannot_be_written(self):
+        self.path.mkdir()  # a folder where the file should be
+        with self.assertRaises(order_guard.AuditError) as caught:
+            order_guard.AuditLog(self.path).check()
+        self.assertIn(f"the order audit log {self.path} cannot be written", str(caught.exception))
+        self.path.rmdir()
+        order_guard.AuditLog(self.path).check()
+        with mock.patch("shutil.disk_usage", return_value=shutil._ntuple_diskusage(10**9, 10**9 - 4096, 4096)):
+            with self.assertRaises(order_guard.AuditError) as caught:
+                order_guard.AuditLog(self.path).check()
+        self.assertIn("is full (4 KB free)", str(caught.exception))
+
+    def test_rolls_over_into_dated_files_never_truncating(self):
+        now = [datetime(2026, 3, 2, 12, tzinfo=timezone.utc).timestamp()]
+        audit = order_guard.AuditLog(self.path, roll_bytes=600, clock=lambda: now[0])
+        audit.write("place-order", "day1-a", {}, "allowed", 1, {})
+        os.utime(self.path, (now[0], now[0]))
+        now[0] += 86400  # the next UTC day: yesterday's lines move to their dated file
+        audit.write("place-order", "day2-a", {}, "allowed", 2, {})
+        for n in range(6):  # over roll_bytes: today's file rolls to a second dated name
+            audit.write("place-order", f"day2-{n}", {}, "allowed", 3, {})
+            os.utime(self.path, (now[0], now[0]))
+        names = sorted(os.listdir(self.dir.name))
+        self.assertEqual(names[:2], ["audit-20260302.jsonl", "audit-20260303.jsonl"])
+        self.assertIn("audit.jsonl", names)
+        ids = [json.loads(line)["request_id"] for name in names
+               for line in (Path(self.dir.name) / name).read_text().splitlines()]
+        self.assertEqual(sorted(ids), sorted(["day1-a", "day2-a"] + [f"day2-{n}" for n in range(6)]))
+
+    def test_the_key_is_masked_before_a_value_is_cut(self):
+        key = "secret-key-123"
+        audit = order_guard.AuditLog(self.path, mask=Masker([key]))
+        audit.write("place-order", "x" * 120 + key, {"account": "y" * 195 + key}, "refused", None, {})
+        text = self.path.read_text(encoding="utf-8")
+        self.assertNotIn("secret", text)
+        self.assertIn("x" * 120 + "****", text)
 
     def test_the_outcome_of_an_unexpected_error_names_its_class(self):
         error = AgentError("INTERNAL", "unexpected error in the agent (KeyError) ...")
@@ -243,11 +284,11 @@ class RequestIdStoreTest(unittest.TestCase):
         self.assertEqual(order_guard.UNFINISHED, {order_guard.SENDING, order_guard.UNKNOWN})
         self.assertFalse({order_guard.PLACED, order_guard.FAILED} & order_guard.UNFINISHED)
 
-    def test_keeps_ids_at_least_24_hours_then_forgets(self):
+    def test_keeps_ids_at_least_30_days_then_forgets(self):
         self.store().put("old", order_guard.PLACED, order_id=1)
-        self.now += 24 * 3600
+        self.now += 30 * 24 * 3600
         self.assertIsNotNone(self.store().get("old"))
-        self.now += 25 * 3600
+        self.now += 6 * 24 * 3600
         self.assertIsNone(self.store().get("old"))
 
     def test_writes_atomically_leaving_no_tmp_file(self):
@@ -256,11 +297,46 @@ class RequestIdStoreTest(unittest.TestCase):
         self.assertEqual(json.loads(self.path.read_text())["requests"]["r1"]["order_id"], 7)
 
     def test_an_unreadable_file_is_moved_aside_not_lost(self):
+        self.store().put("r1", order_guard.PLACED, order_id=7)
+        whole = self.path.read_bytes()
+        damaged = {"torn": whole[:len(whole) // 2], "not utf-8": b"\xff" + whole, "edited": whole.replace(b'"placed"', b'"done"'),
+                   "another file": b'{"requests": []}', "empty": b""}
+        for what, content in damaged.items():
+            with self.subTest(what):
+                self.path.write_bytes(content)
+                with self.assertLogs("order_guard", "ERROR") as logs:
+                    store = self.store()
+                aside = self.path.with_name(f"order_ids.json.unreadable-{int(self.now)}")
+                self.assertEqual(aside.read_bytes(), content)  # kept for the user, as it was
+                self.assertIn(str(aside), logs.output[0])      # one line that says where
+                self.assertEqual(len(logs.output), 1)
+                self.assertIn("looked up in TWS", logs.output[0])
+                self.assertIsNone(store.get("r1"))
+                self.assertIn("was damaged", store.lost)       # "unknown", not "empty"
+                store.put("r2", order_guard.SENDING, order_id=8)  # a new store beside the one kept aside
+                self.assertEqual(self.store().get("r2")["order_id"], 8)
+                self.assertIsNone(self.store().lost)
+                aside.unlink()
+
+    def test_a_damaged_file_that_cannot_be_moved_aside_is_never_written_over(self):
         self.path.write_text("{not json", encoding="utf-8")
-        with self.assertLogs("order_guard", "ERROR"):
+        with mock.patch("os.replace", side_effect=PermissionError(13, "Permission denied")), \
+                self.assertLogs("order_guard", "ERROR"):
             store = self.store()
-        self.assertIsNone(store.get("r1"))
-        self.assertTrue(any(name.startswith("order_ids.json.unreadable") for name in os.listdir(self.dir.name)))
+        with self.assertRaises(OSError):
+            store.put("r1", order_guard.SENDING, order_id=7)
+        self.assertEqual(self.path.read_text(), "{not json")
+
+
+class OrderRefTest(unittest.TestCase):
+    def test_a_short_protocol_safe_derivation_of_the_request_id(self):
+        ids = ["req-1", "x" * 128, "with\x00nul|and,separators;", "ключ-🔑", "\ud800", ""]
+        refs = [order_guard.order_ref_for(request_id) for request_id in ids]
+        for ref in refs:
+            self.assertRegex(ref, r"^mat-[0-9a-f]{24}$")
+        self.assertEqual(len(set(refs)), len(ids))
+        self.assertEqual(order_guard.order_ref_for("req-1"), order_guard.order_ref_for("req-1"))
+        self.assertEqual(order_guard.order_ref_for("req-1"), "mat-9456bdfa12ea76959c94a357")  # stable across versions
 
 
 if __name__ == "__main__":

@@ -114,7 +114,7 @@ class PaperAccountTest(OrdersOnFakeTws):
         result = self.desk.place_order("req-open", params)
         self.assertIn(result["status"], ("PreSubmitted", "Submitted"))
         orders = self.desk.open_orders()["orders"]
-        mine, = [o for o in orders if o["order_ref"] == "req-open"]
+        mine, = [o for o in orders if o["order_ref"] == order_guard.order_ref_for("req-open")]
         self.assertEqual((mine["order_id"], mine["client_id"], mine["account"], mine["action"], mine["quantity"],
                           mine["limit_price"], mine["contract"]["strike"]),
                          (result["order_id"], self.conn.status()["client_id"], "DU1234567", "SELL", 1,
@@ -122,7 +122,7 @@ class PaperAccountTest(OrdersOnFakeTws):
 
         cancelled = self.desk.cancel_order("req-cancel", {"order_id": result["order_id"]})
         self.assertEqual(cancelled, {"order_id": result["order_id"], "status": "Cancelled"})
-        self.assertNotIn("req-open", [o["order_ref"] for o in self.desk.open_orders()["orders"]])
+        self.assertNotIn(mine["order_ref"], [o["order_ref"] for o in self.desk.open_orders()["orders"]])
         self.assertEqual(self.placed(), 1)
         self.assertEqual([(line["action"], line["decision"]) for line in self.audit()],
                          [("place-order", "allowed"), ("cancel-order", "allowed")])

@@ -2,8 +2,9 @@
 IBConnection and the real ibapi EClient, the fault injected where the order leaves the agent.
 
 Each case checks the audit line (INTERNAL with the exception's class), the request-id record
-("unknown"), and that a repeat of the same request id looks in TWS (open orders, then today's
-completed orders, by orderRef) before placing anything: the fake never counts two orders for one id.
+("unknown"), and that a repeat of the same request id looks in TWS (open orders, today's completed
+orders, then the last 7 days' executions, by orderRef) and never places an order that may have
+reached TWS: the fake never counts two orders for one id.
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from ibapi.client import EClient
 
 import ib_connection
 import order_guard
-from agent_errors import INTERNAL
+from agent_errors import INTERNAL, TIMEOUT
 from tests.test_orders_tws import OrdersOnFakeTws
 from tests.tws_versions import at_tws_versions
 
@@ -81,17 +82,19 @@ class UnexpectedErrorOnFakeTws(OrdersOnFakeTws):
         self.assertEqual(self.repeat("boom-after", params), again)
         self.assertEqual(self.placed(), 1)
 
-    def test_an_exception_before_anything_went_out_places_once_after_looking(self):
+    def test_an_exception_before_anything_went_out_is_never_placed_blindly(self):
+        """The socket failed before writing, but the agent cannot tell where ibapi failed: TWS shows
+        no such order, so the repeat says so and places nothing (issue 16: when unsure, refuse)."""
         params = self.order()
         with self.assertLogs("ib_orders", "ERROR"), self.socket_fault(after_sending=False):
             self.fails_internal("boom-before", params, "IbapiSendError")
         self.assertEqual(self.placed(), 0)
-        again = self.repeat("boom-before", params)
-        self.assertIn(again["status"], ("PreSubmitted", "Submitted"))
-        self.assertEqual(self.sent, ["reqAllOpenOrders", "reqCompletedOrders", "reqContractDetails", "placeOrder"])
-        self.assertEqual(self.placed(), 1)
-        self.assertEqual(self.repeat("boom-before", params), again)
-        self.assertEqual(self.placed(), 1)
+        self.sent.clear()
+        error = self.fails(TIMEOUT, self.desk.place_order, "boom-before", params)
+        self.assertIn("TWS does not show it yet", error.message)
+        self.assertEqual(self.sent, ["reqAllOpenOrders", "reqCompletedOrders", "reqExecutions"])
+        self.assertEqual(self.placed(), 0)
+        self.assertEqual(self.desk.request_ids.get("boom-before")["state"], order_guard.UNKNOWN)
 
     def test_ibapi_raising_out_of_place_order_after_sending(self):
         """What ibapi 10.37.2 did at 203 (raised out of placeOrder), here after the order went out."""

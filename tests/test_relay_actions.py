@@ -99,13 +99,23 @@ class RecordingScanner:
 class StandInDesk:
     def __init__(self):
         self.calls = []
+        self.audited = []                 # (action, request id, error code) of requests it never ran
+        self.gate = threading.Event()
+        self.gate.set()                   # clear it to hold place_order until it is set again
+        self.started = threading.Semaphore(0)
 
-    def place_order(self, request_id, params):
+    def place_order(self, request_id, params, cancel=None):
         self.calls.append(("place_order", request_id, params))
+        self.started.release()
+        self.gate.wait(10)
         return {"order_id": 5, "status": "Submitted"}
 
-    def cancel_order(self, request_id, params):
+    def cancel_order(self, request_id, params, cancel=None):
         return {"order_id": 5, "status": "Cancelled"}
+
+    def audit_unserved(self, action, request_id, params, error):
+        self.audited.append((action, request_id, error.code))
+        return error
 
     def positions(self):
         return {"positions": []}
@@ -350,6 +360,52 @@ class Lanes(RunnerCase):
         self.scanner.release()
         for job in running + queued:
             self.assertIsNone(job.result()[1], job.id)
+
+
+class OrderRequests(RunnerCase):
+    """Every order request gets its audit line before its answer, also when the desk never ran it;
+    an order sent to TWS is answered with its outcome, never CANCELLED (issue 16)."""
+    queue_size = 1
+    ORDER = ("place-order", {"order": "checked by the desk"})
+
+    def setUp(self):
+        super().setUp()
+        self.desk = StandInDesk()
+        self.runner = self.make_runner(self.desk)
+
+    def hold_quick_lane(self):
+        self.desk.gate.clear()
+        self.addCleanup(self.desk.gate.set)
+        running = []
+        for n in range(QUICK_WORKERS):  # one at a time: the queue holds one
+            running.append(self.submit(self.ORDER, f"running-{n}"))
+            self.assertTrue(self.desk.started.acquire(timeout=10))
+        return running
+
+    def test_busy_and_cancelled_before_start_are_audited_before_the_answer(self):
+        running = self.hold_quick_lane()
+        queued = self.submit(self.ORDER, "queued")
+        busy = self.submit(("cancel-order", {"order_id": 5}), "busy")
+        self.assertEqual(busy.result()[1].code, BUSY)
+        self.assertEqual(self.desk.audited, [("cancel-order", "busy", BUSY)])
+        queued.cancel.set()
+        self.desk.gate.set()
+        self.assertEqual(queued.result()[1].code, CANCELLED)
+        self.assertIn("nothing was sent to TWS", queued.result()[1].message)
+        self.assertEqual(self.desk.audited[-1], ("place-order", "queued", CANCELLED))
+        for job in running:
+            self.assertIsNone(job.result()[1])
+
+    def test_a_cancel_after_the_order_went_out_gets_the_orders_outcome(self):
+        job, = self.hold_quick_lane()[:1]
+        job.cancel.set()
+        self.desk.gate.set()
+        self.assertEqual(job.result(), ({"order_id": 5, "status": "Submitted"}, None))
+
+    def test_shutting_down_is_audited_too(self):
+        self.runner.stop(1)
+        self.assertEqual(self.submit(self.ORDER, "late").result()[1].code, BUSY)
+        self.assertEqual(self.desk.audited, [("place-order", "late", BUSY)])
 
 
 if __name__ == "__main__":
