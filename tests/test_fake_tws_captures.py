@@ -19,6 +19,7 @@ The captures are read at run time and never copied into the project; without the
 from __future__ import annotations
 
 import base64
+import datetime as dt
 import json
 import linecache
 import re
@@ -35,7 +36,7 @@ from ibapi.wrapper import EWrapper
 
 from tests.fake_market import Instrument
 from tests.fake_tws import FakeTWS
-from tests.fake_tws_wire import Encoder, Execution, FrameReader, OrderRecord, frame
+from tests.fake_tws_wire import Encoder, Execution, FrameReader, OrderRecord, frame, tws_time
 
 CAPTURES = Path(__file__).resolve().parents[1].parent / "shared" / "tws-captures" / "server_frames.jsonl"
 
@@ -166,9 +167,7 @@ class Captured:
 def _contract_data_instrument(c: Captured) -> Instrument:
     """A contractDetails row's instrument, built from the capture (reference data is input; the
     layout, the sizes, aggGroup, stockType and the formats are the encoder's)."""
-    sec_ids = []
-    tags, values = c.all("tagValue.tag"), c.all("tagValue.value")
-    sec_ids = tuple(zip(tags, values))
+    sec_ids = tuple(zip(c.all("tagValue.tag"), c.all("tagValue.value")))
     return Instrument(
         con_id=c.i("conId"), symbol=c.s("symbol"), sec_type=c.s("secType"),
         expiry=c.s("lastTradeDateOrContractMonth"), strike=c.f("strike") or 0.0, right=c.s("right"),
@@ -180,15 +179,26 @@ def _contract_data_instrument(c: Captured) -> Instrument:
         trading_hours=c.s("tradingHours"), liquid_hours=c.s("liquidHours"), sec_ids=sec_ids)
 
 
-def _order_contract(c: Captured, exchange: str = "") -> Instrument:
+def _order_contract(c: Captured) -> Instrument:
+    """The order's contract; a right other than C/P ("?" for a stock) is the encoder's to write."""
     right = c.s("contract.right")
     return Instrument(
         con_id=c.i("contract.conId"), symbol=c.s("contract.symbol"), sec_type=c.s("contract.secType"),
         expiry=c.s("contract.lastTradeDateOrContractMonth"), strike=c.f("contract.strike") or 0.0,
         right=right if right in ("C", "P") else "", multiplier=c.s("contract.multiplier"),
-        exchange=exchange or c.s("contract.exchange"), currency=c.s("contract.currency"),
-        local_symbol=c.s("contract.localSymbol"), trading_class=c.s("contract.tradingClass"),
-        primary_exchange=exchange)
+        exchange=c.s("contract.exchange"), currency=c.s("contract.currency"),
+        local_symbol=c.s("contract.localSymbol"), trading_class=c.s("contract.tradingClass"))
+
+
+def _tws_time_again(text: str) -> str:
+    """A recorded "YYYYMMDD HH:MM:SS US/Eastern" turned into the instant it names and written again
+    by the fake's tws_time(), so the time format (not the value) is what gets compared."""
+    local = dt.datetime.strptime(text.rsplit(" ", 1)[0], "%Y%m%d %H:%M:%S")
+    for offset in (-4, -5):
+        epoch = (local - dt.timedelta(hours=offset)).replace(tzinfo=dt.timezone.utc).timestamp()
+        if tws_time(epoch) == local.strftime("%Y%m%d %H:%M:%S US/Eastern"):
+            return tws_time(epoch)
+    return tws_time((local + dt.timedelta(hours=5)).replace(tzinfo=dt.timezone.utc).timestamp())
 
 
 def _order(c: Captured, instrument: Instrument, order_id: int = 0, client_id: int = 0,
@@ -212,12 +222,12 @@ def _open_order(enc: Encoder, c: Captured) -> list:
 def _completed_order(enc: Encoder, c: Captured) -> list:
     # A TRAIL LIMIT order, which the fake's book does not take: built from the capture, with its
     # trailing fields, completion time/status and the TWS user name as submitter.
-    order = _order(c, _order_contract(c, exchange=""), status=c.s("orderState.status"))
-    order.contract = Instrument(**{**order.contract.__dict__, "exchange": c.s("contract.exchange")})
+    order = _order(c, _order_contract(c), status=c.s("orderState.status"))
     order.filled = float(c.s("order.filledQuantity"))
     order.trail_stop_price = c.f("order.trailStopPrice")
     order.lmt_price_offset = c.f("order.lmtPriceOffset")
-    order.completed_time, order.completed_status = c.s("orderState.completedTime"), c.s("orderState.completedStatus")
+    order.completed_time = _tws_time_again(c.s("orderState.completedTime"))
+    order.completed_status = c.s("orderState.completedStatus")
     order.submitter = c.s("order.submitter")
     return enc.completed_order(order)
 
@@ -236,7 +246,8 @@ def _exec_details(enc: Encoder, c: Captured) -> list:
     order = OrderRecord(c.i("orderId"), c.i("execution.clientId"), c.i("execution.permId"), instrument,
                         "BUY" if c.s("execution.side") == "BOT" else "SELL", float(c.s("execution.shares")),
                         "LMT", None, None, "DAY", c.s("execution.acctNumber"), c.s("execution.orderRef"))
-    execution = Execution(c.s("execution.execId"), c.s("execution.time"), order, float(c.s("execution.shares")),
+    execution = Execution(c.s("execution.execId"), _tws_time_again(c.s("execution.time")), order,
+                          float(c.s("execution.shares")),
                           float(c.s("execution.price")), exchange=c.s("execution.exchange"))
     return enc.exec_details(c.i("reqId"), execution)
 
