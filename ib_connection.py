@@ -482,6 +482,8 @@ class IBConnection:
         self._session: Optional[_TwsSession] = None
         self._probing: Optional[_TwsSession] = None
         self._ready_event = threading.Event()
+        self._read_only_probe = threading.Event()  # clear while the probe after ready awaits its answer
+        self._read_only_probe.set()
         self._next_req = REQ_ID_FIRST
         self._next_order: Optional[int] = None
         self._state = {"connected": False, "host": config.ib_host, "port": config.ib_port,
@@ -620,6 +622,9 @@ class IBConnection:
 
     def _route_plain(self, session: _TwsSession, name: str, args: tuple) -> None:
         if session is self._session:
+            if name == "openOrderEnd" and not self._read_only_probe.is_set():  # the probe's answer
+                self._read_only_probe.set()
+                self._set_state(read_only=False)
             self._tell_listeners(name, args)
 
     def _route_error(self, session: _TwsSession, req_id: int, code: int, text: str) -> None:
@@ -631,6 +636,7 @@ class IBConnection:
             if self._state["read_only"] is not True:
                 log.warning("%s", READ_ONLY_FIX)
             self._set_state(read_only=True)
+            self._read_only_probe.set()
         if code in NOTICE_CODES:
             log.log(logging.WARNING if code in TROUBLE_NOTICES else logging.DEBUG, "TWS: %s (%s)", text, code)
             self._tell_listeners("notice", (req_id, code, text))
@@ -778,7 +784,24 @@ class IBConnection:
                  account_type, client)
         self._publish()
         self._tell_listeners("ready", ())
+        self._probe_read_only(session)
         return True
+
+    def _probe_read_only(self, session: _TwsSession) -> None:
+        """Ask once, right after ready, for this client's open orders: TWS refuses that with error 321
+        "Read-Only" when its Read-Only API setting is on (it hides order information), and answers
+        openOrderEnd otherwise. Nothing changes at TWS. So status.read_only is known (and the console
+        says how to fix it) from the start, not at the first order."""
+        self._read_only_probe.clear()
+        try:
+            session.request("reqOpenOrders")
+        except (OSError, AgentError):
+            self._read_only_probe.set()
+
+    def wait_read_only_probe(self, timeout: float) -> bool:
+        """Waits until the probe after ready was answered (order sweeps wait, so the probe's
+        openOrderEnd never ends one of theirs early). False when it was not within timeout."""
+        return self._read_only_probe.wait(timeout)
 
     def _serve(self, session: _TwsSession) -> None:
         while True:
@@ -835,6 +858,7 @@ class IBConnection:
                                accounts=[], account_type=None, server_version=None, market_data_type=None,
                                error=None if stopping else f"Lost connection to TWS on port {port}; reconnecting")
         session.close()
+        self._read_only_probe.set()
         for handler in handlers:
             self._deliver(handler.on_disconnect)
         self._tell_listeners("disconnected", ())

@@ -281,6 +281,9 @@ class OrderDesk:
     def _sweep(self, kind: str, end: str):
         """An id-less exchange (reqPositions, reqAllOpenOrders...): one of a kind at a time."""
         with self._sweep_locks[kind]:
+            probe = getattr(self.conn, "wait_read_only_probe", None)
+            if kind == "orders" and probe is not None:  # its openOrderEnd must not end this sweep
+                probe(self._timeout)
             self._sweeps[kind] = sweep = _Pending(lambda name, args: name == end)
             try:
                 yield sweep

@@ -127,6 +127,10 @@ class PaperAccountTest(OrdersOnFakeTws):
         self.assertEqual([(line["action"], line["decision"]) for line in self.audit()],
                          [("place-order", "allowed"), ("cancel-order", "allowed")])
 
+    def test_read_only_is_false_once_tws_answers_the_probe(self):
+        wait_until(lambda: self.conn.status()["read_only"] is False, what="read_only false")
+        self.assertEqual(self.sent("reqOpenOrders"), 1)
+
     def test_quantity_and_notional_caps_send_nothing(self):
         self.fails(ORDER_BLOCKED, self.desk.place_order, "q", self.order(quantity=11))
         error = self.fails(ORDER_BLOCKED, self.desk.place_order, "n", self.order(quantity=10, limit_price=30.0))
@@ -209,6 +213,15 @@ class LiveAccountTest(OrdersOnFakeTws):
 
 class ReadOnlyTest(OrdersOnFakeTws):
     tws_options = {"read_only": True}
+
+    def test_read_only_is_known_when_the_agent_connects(self):
+        """Not at the first order (issue 16): the probe after ready is refused with 321, nothing placed."""
+        with self.assertLogs("ib_data_agent.ib", "WARNING") as logs:
+            conn, _ = self.start_agent()
+            wait_until(lambda: conn.status()["read_only"] is True, what="read_only true")
+        self.assertTrue(any(ib_connection.READ_ONLY_FIX in line for line in logs.output), logs.output)
+        self.assertEqual((self.placed(), self.audit()), (0, []))
+        self.assertEqual(self.sent("reqOpenOrders"), 2)  # one probe per connection, this one and setUp's
 
     def test_read_only_api(self):
         self.assertTrue(self.desk.positions()["positions"])  # market data and positions still work
