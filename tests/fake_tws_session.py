@@ -17,7 +17,7 @@ from typing import Deque, Dict, FrozenSet, List, Optional
 
 from tests.fake_market import Instrument, Quote, on_tick
 from tests.fake_tws_proto import make_encoder, parse_payload
-from tests.fake_tws_wire import tick_attrib_mask
+from tests.fake_tws_wire import tick_attrib_mask, tws_time
 from tests.fake_tws_wire import (API_PREFIX, MIN_SERVER_VERSION, Encoder, FrameReader, OrderRecord,
                                  ProtocolError, frame, parse_version_range)
 
@@ -607,10 +607,14 @@ class ClientSession:
         self.send(self.encoder.completed_orders_end())
 
     def _on_reqExecutions(self, req_id: int, client_id: int, account: str, since: str, symbol: str,
-                          sec_type: str, exchange: str, side: str) -> None:
+                          sec_type: str, exchange: str, side: str, last_n_days: Optional[int] = None) -> None:
+        # lastNDays (server version >= 200): executions of that many days back (TWS: of today only
+        # without it). The request readers do not pass it yet; until they do, every day is given.
+        oldest = tws_time(time.time() - (last_n_days - 1) * 86400)[:8] if last_n_days and last_n_days > 0 else ""
         with self.server.lock:
             executions = [e for e in self.server.orders.executions
-                          if (not client_id or e.order.client_id == client_id)
+                          if e.time[:8] >= oldest
+                          and (not client_id or e.order.client_id == client_id)
                           and (not account or e.order.account == account)
                           and (not symbol or e.order.contract.symbol == symbol)
                           and (not sec_type or e.order.contract.sec_type == sec_type)
