@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, Dict, Optional, Tuple
 
@@ -28,8 +28,10 @@ SIZE_TICKS = {0: "bid_size", 3: "ask_size", 8: "volume",
               69: "bid_size", 70: "ask_size", 74: "volume",
               27: "call_open_interest", 28: "put_open_interest",
               29: "call_volume", 30: "put_volume"}
-# tickGeneric type -> field (generic tick 106).
-GENERIC_TICKS = {24: "implied_vol"}
+# tickGeneric types kept: none for now. Tick 24 (generic tick 106) is the *underlying's* 30-day
+# implied volatility even on an option's stream, so an OPTION's implied_vol never comes from it:
+# it comes from the option's own model computation (tickOptionComputation 13 / delayed 83).
+GENERIC_TICKS: Dict[int, str] = {}
 # tickOptionComputation types, best first: TWS's model, then the computations from bid, ask, last.
 COMPUTATION_PRIORITY = (13, 83, 10, 80, 11, 81, 12, 82)
 MODEL_COMPUTATIONS = (13, 83)
@@ -42,6 +44,7 @@ COMPLETION_RULES = {
     "option": ("bid", "ask", "model_greeks"),
     "option+oi": ("bid", "ask", "model_greeks", "open_interest"),
     "stock": ("bid", "ask", "last"),
+    "index": ("last", "close"),      # an index has a value and a close, never a bid or an ask
 }
 
 _UNSET_DOUBLE = sys.float_info.max
@@ -52,13 +55,17 @@ _UNSET_SIZES = (2**31 - 1, 2**63 - 1, 2**127 - 1, -(2**63))
 class Instrument:
     """One thing a market-data line can stream; also the key shared and warm subscriptions go by."""
     ticker: str
-    sec_type: str = "STK"            # "STK" or "OPT"
+    sec_type: str = "STK"            # "STK", "IND" (exchange: the index's own, e.g. CBOE) or "OPT"
     expiration: str = ""             # YYYYMMDD (options)
     strike: float = 0.0
     right: str = ""                  # "C" / "P"
     trading_class: str = ""
     exchange: str = "SMART"
     multiplier: int = 100            # options only
+    # Known from contract details (0 = not looked up). Not part of the key: the other fields name
+    # the same contract, so a request with and one without the conId share one subscription.
+    con_id: int = field(default=0, compare=False)
+    adjusted: bool = field(default=False, compare=False)   # an adjusted class (deliverable not 100 shares)
 
     @property
     def is_option(self) -> bool:
@@ -133,6 +140,11 @@ class TickBook:
         self.fields: Dict[str, Any] = {}          # field -> cleaned value; None = arrived, no value
         self.computations: Dict[int, Dict[str, Optional[float]]] = {}
         self.data_type: Optional[int] = None      # from the marketDataType callback
+        # Set by the line's owner when TWS will not send these on this stream: no model greeks after
+        # a 10090/10091 notice (the underlying's data is not subscribed), no open interest when the
+        # stream was asked without generic ticks (delayed data takes none). Completion then waits no more.
+        self.no_model_greeks = False
+        self.no_open_interest = False
         self.saw_delayed = False
         self.saw_live = False
 
@@ -185,12 +197,18 @@ class TickBook:
     def has(self, name: str) -> bool:
         """Whether one COMPLETION_RULES name is in."""
         if name == "model_greeks":
+            if self.no_model_greeks:
+                return True
             return any(self.computations.get(t, {}).get("delta") is not None for t in MODEL_COMPUTATIONS)
         if name == "open_interest":
+            if self.no_open_interest:
+                return True
             return self._by_right("open_interest") in self.fields
         return name in self.fields
 
     def complete(self, rule: str) -> bool:
+        if rule == "stock" and self.instrument.sec_type == "IND":
+            rule = "index"
         return all(self.has(name) for name in COMPLETION_RULES[rule])
 
     def has_data(self) -> bool:
@@ -217,7 +235,8 @@ class TickBook:
         """QUOTE (DESIGN.md 4) plus `error`, which the scanner reads and takes off before answering
         (the QUOTE shape has no error: a failed quote is all nulls)."""
         f = self.fields
-        return {"ticker": self.instrument.ticker, "bid": f.get("bid"), "ask": f.get("ask"),
+        return {"ticker": self.instrument.ticker, "sec_type": self.instrument.sec_type,
+                "bid": f.get("bid"), "ask": f.get("ask"),
                 "last": f.get("last"), "close": f.get("close"), "mid": _mid(f.get("bid"), f.get("ask")),
                 "bid_size": f.get("bid_size"), "ask_size": f.get("ask_size"), "volume": f.get("volume"),
                 "market_data_type": self.market_data_type(), "error": error}
@@ -229,11 +248,9 @@ class TickBook:
         if volume is None:
             volume = f.get(self._by_right("volume"))
         implied_vol = self.greek("implied_vol")
-        if implied_vol is None:
-            implied_vol = f.get("implied_vol")
         return {"ticker": inst.ticker, "expiration": inst.expiration, "strike": inst.strike,
                 "right": inst.right, "trading_class": inst.trading_class or None,
-                "multiplier": inst.multiplier, "con_id": None,
+                "multiplier": inst.multiplier, "con_id": inst.con_id or None, "adjusted": inst.adjusted,
                 "bid": f.get("bid"), "ask": f.get("ask"), "last": f.get("last"),
                 "mid": _mid(f.get("bid"), f.get("ask")),
                 "bid_size": f.get("bid_size"), "ask_size": f.get("ask_size"), "volume": volume,

@@ -20,10 +20,10 @@ PUT_60 = Instrument("AAPL", "OPT", "20300118", 60.0, "P", "AAPL", "SMART", 100)
 CALL_200 = Instrument("AAPL", "OPT", "20300118", 200.0, "C", "AAPL", "SMART", 100)
 AAPL = Instrument("AAPL")
 
-OPTION_KEYS = {"ticker", "expiration", "strike", "right", "trading_class", "multiplier", "con_id", "bid", "ask",
+OPTION_KEYS = {"ticker", "expiration", "strike", "right", "trading_class", "multiplier", "con_id", "adjusted", "bid", "ask",
                "last", "mid", "bid_size", "ask_size", "volume", "open_interest", "implied_vol", "delta", "gamma",
                "theta", "vega", "und_price", "market_data_type", "complete", "error"}
-QUOTE_KEYS = {"ticker", "bid", "ask", "last", "close", "mid", "bid_size", "ask_size", "volume", "market_data_type"}
+QUOTE_KEYS = {"ticker", "sec_type", "bid", "ask", "last", "close", "mid", "bid_size", "ask_size", "volume", "market_data_type"}
 
 
 def _decode(value):
@@ -117,6 +117,30 @@ class QuoteTest(unittest.TestCase):
         self.assertAlmostEqual(quote["mid"], 185.2)
         self.assertEqual((quote["bid_size"], quote["ask_size"], quote["volume"]), (300, 500, 41235780))
         self.assertEqual(quote["market_data_type"], "live")
+        self.assertEqual(quote["sec_type"], "STK")
+
+    def test_index_quote_has_last_and_close_and_completes_without_bid_or_ask(self):
+        spx = Instrument("SPX", "IND", exchange="CBOE", con_id=416904)
+        book = TickBook(spx)
+        book.apply("tickPrice", (1, 4, 5210.5, TickAttrib()))
+        self.assertFalse(book.complete("stock"))
+        book.apply("tickPrice", (1, 9, 5190.25, TickAttrib()))
+        self.assertTrue(book.complete("stock"))          # an index streams its value and close only
+        quote = book.quote()
+        self.assertEqual((quote["sec_type"], quote["last"], quote["close"], quote["bid"], quote["mid"]),
+                         ("IND", 5210.5, 5190.25, None, None))
+
+
+class ListedOptionTest(unittest.TestCase):
+    def test_con_id_and_adjusted_come_from_the_listing_and_are_not_part_of_the_key(self):
+        listed = Instrument("XYZ", "OPT", "20300118", 95.0, "P", "XYZ1", multiplier=150, con_id=600001234,
+                            adjusted=True)
+        option = TickBook(listed).option(False)
+        self.assertEqual((option["con_id"], option["adjusted"], option["multiplier"], option["trading_class"]),
+                         (600001234, True, 150, "XYZ1"))
+        self.assertEqual(listed, Instrument("XYZ", "OPT", "20300118", 95.0, "P", "XYZ1", multiplier=150))
+        unlisted = TickBook(Instrument("XYZ", "OPT", "20300118", 60.0, "P", "XYZ")).option(False)
+        self.assertEqual((unlisted["con_id"], unlisted["adjusted"]), (None, False))
 
 
 class SentinelTest(unittest.TestCase):
