@@ -36,7 +36,7 @@ from ib_ticks import DATA_TYPE_IDS, DATA_TYPE_NAMES, Instrument, TickBook
 # Generic ticks per kind: option volume (100), open interest (101), implied vol (106). Options
 # always ask for all three, so one stream (shared or warm) serves requests with and without OI;
 # greeks (tickOptionComputation) come without any generic tick.
-GENERIC_TICKS = {"OPT": "100,101,106", "STK": ""}
+GENERIC_TICKS = {"OPT": "100,101,106", "STK": "", "IND": ""}
 LINE_LIMIT_CODE = 101                        # "max number of tickers reached"
 NOT_SUBSCRIBED_CODES = (354, 10089, 10168)   # auto mode: fall back to delayed and ask again
 PARTIAL_DATA_CODES = (10090,)                # part of the data not subscribed: the rest still streams
@@ -57,6 +57,7 @@ def contract_for(instrument: Instrument) -> Contract:
     contract.secType = instrument.sec_type
     contract.exchange = instrument.exchange
     contract.currency = "USD"
+    contract.conId = instrument.con_id      # when known (listing, contract details): one contract, never ambiguous
     if instrument.is_option:
         contract.lastTradeDateOrContractMonth = instrument.expiration
         contract.strike = instrument.strike
