@@ -11,6 +11,7 @@ import tempfile
 import unittest
 from pathlib import Path
 
+from order_guard import order_ref_for
 from tests.agent_process import AgentProcess, AgentStack
 from tests.fake_market import on_tick
 from tests.tws_versions import AtTwsVersion, at_tws_versions
@@ -90,7 +91,7 @@ class PaperEndToEndTest(OrdersEndToEnd):
         placed = self.ok("place-order", self.order(), id="e2e-place-1")
         self.assertEqual(set(placed), {"order_id", "status"})
         orders = self.ok("open-orders")["orders"]
-        self.assertIn(("e2e-place-1", placed["order_id"]), [(o["order_ref"], o["order_id"]) for o in orders])
+        self.assertIn((order_ref_for("e2e-place-1"), placed["order_id"]), [(o["order_ref"], o["order_id"]) for o in orders])
         self.assertEqual(self.ok("cancel-order", {"order_id": placed["order_id"]}),
                          {"order_id": placed["order_id"], "status": "Cancelled"})
         self.assertEqual(self.placed(), 1)

@@ -9,11 +9,14 @@ allowed id has exactly one, every refused id none. CI uses IDS ids; RELIABILITY_
 from __future__ import annotations
 
 import collections
+import concurrent.futures
 import dataclasses
 import json
 import os
+import random
 import shutil
 import tempfile
+import threading
 import time
 import unittest
 from pathlib import Path
@@ -153,8 +156,10 @@ class AgentOnAFolder(unittest.TestCase):
         self.start_agent()
         self.addCleanup(lambda: self.agent.stop())
 
+    relay_backoff = None
+
     def start_agent(self) -> None:
-        self.agent = start_agent(self.stack, self.data_dir)
+        self.agent = start_agent(self.stack, self.data_dir, relay_backoff=self.relay_backoff)
         wait_status(self.relay, lambda s: s["connected"], WAIT_S, "TWS connected")
 
     def restart_agent(self, between=None) -> None:
@@ -251,6 +256,86 @@ class NothingGuardingAnOrderFailsOpen(AgentOnAFolder):
         self.assertEqual([(line["request_id"], line["decision"]) for line in self.audit()],
                          [(i, "not sent: INVALID_REQUEST") for i in (*cases, "p-inf", "q-nan")])
         self.assertEqual(self.tws.stats()["orders_placed"], 0)
+
+
+STORM_FRAMES, STORM_IDS = (1000, 100) if FULL else (300, 30)
+
+
+class Storm(AgentOnAFolder):
+    """DESIGN.md 4 / issue 16's figure: STORM_FRAMES place-order requests over STORM_IDS ids, repeats
+    at random and in parallel, every response acked by the relay, the relay cut every 0.5 s, and the
+    agent killed (SIGKILL) half way and started again on the same folder. One id in ten breaks the
+    policy (quantity 11)."""
+    relay_backoff = FAST_RELAY_BACKOFF
+
+    def test_a_storm_of_repeats_places_one_order_per_allowed_id(self):
+        rng = random.Random(16)
+        market = self.tws.market
+        plan = {f"storm-{n}": order_params(market, n, **({"quantity": 11} if n % 10 == 9 else {}))
+                for n in range(STORM_IDS)}
+        refused = {i for n, i in enumerate(plan) if n % 10 == 9}
+        sequence = [rng.choice(list(plan)) for _ in range(STORM_FRAMES)]
+        cloud = CloudCaller(self.relay)
+        answers = collections.defaultdict(list)
+        done = [0]
+        lock = threading.Lock()
+        killed = threading.Event()
+
+        def call(request_id: str) -> None:
+            response = cloud.call("place-order", plan[request_id], request_id, timeout_s=WAIT_S).response
+            with lock:
+                answers[request_id].append(response)
+                done[0] += 1
+                kill = done[0] >= STORM_FRAMES // 2 and not killed.is_set()
+                if kill:
+                    killed.set()
+            if kill:
+                self.agent.process.kill()
+                self.agent.wait(30)
+                self.agent = start_agent(self.stack, self.data_dir, relay_backoff=self.relay_backoff)
+
+        started = time.monotonic()
+        with Dropper(self.relay, 0.5) as dropper, concurrent.futures.ThreadPoolExecutor(8) as pool:
+            for future in [pool.submit(call, request_id) for request_id in sequence]:
+                future.result()
+            drops = dropper.drops
+        # Once more, calmly, to a new process (which has not seen the ids acked, so its order desk
+        # answers every one of them): every id's final answer.
+        self.restart_agent()
+        for request_id in plan:
+            answers[request_id].append(self.place(request_id, plan[request_id]))
+        seconds = time.monotonic() - started
+
+        orders = self.tws.orders.open_orders() + self.tws.orders.completed_orders()
+        ids_by_ref = {order_ref_for(i): i for i in plan}
+        per_id = collections.Counter(ids_by_ref[o.order_ref] for o in orders)
+        self.assertEqual(max(per_id.values()), 1, per_id)          # 0 duplicates
+        self.assertFalse(set(per_id) & refused)
+        for request_id, responses in answers.items():
+            order_ids = {r["data"]["order_id"] for r in responses if r.get("ok")}
+            self.assertLessEqual(len(order_ids), 1, (request_id, responses))  # always the same order
+            final = responses[-1]
+            if request_id in refused:
+                self.assertEqual(final["error"]["code"], "ORDER_BLOCKED", final)
+            elif final.get("ok"):
+                self.assertEqual(per_id[request_id], 1, request_id)
+            else:  # killed between its record and its send: says it cannot tell, placed nothing
+                self.assertEqual(final["error"]["code"], "TIMEOUT", final)
+                self.assertEqual(per_id[request_id], 0, request_id)
+        allowed = [i for i in plan if i not in refused and answers[i][-1].get("ok")]
+        self.assertEqual(self.tws.stats()["orders_placed"], len(allowed))
+        audit = self.audit()
+        audited = {line["request_id"] for line in audit}
+        desk_answers = [(i, r) for i, rs in answers.items() for r in rs
+                        if r.get("ok") or "already answered" not in r["error"]["message"]]
+        self.assertEqual({i for i, _ in desk_answers} - audited, set())  # every id the desk answered is audited
+        self.assertEqual(self.relay.violations, [])
+        codes = collections.Counter("ok" if r.get("ok") else r["error"]["code"] for rs in answers.values() for r in rs)
+        figures("order storm", frames=STORM_FRAMES + STORM_IDS, ids=STORM_IDS, refused_ids=len(refused),
+                relay_cuts=drops, kills=1, orders_placed=self.tws.stats()["orders_placed"], allowed_ids=len(allowed),
+                duplicates=sum(n - 1 for n in per_id.values()), answers=dict(codes), audit_lines=len(audit),
+                audit_decisions=dict(collections.Counter(a["decision"].split(":")[0] for a in audit)),
+                seconds=round(seconds, 1))
 
 
 class OneAgentPerDataFolder(unittest.TestCase):
