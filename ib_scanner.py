@@ -3,34 +3,106 @@
 streaming over the one line pool of `ib_lines` (DESIGN.md 4 for the data shapes).
 
 Choices worth knowing:
-- The underlying's conId comes from one reqContractDetails (STK SMART USD), cached for the session;
-  the option grid from reqSecDefOptParams, cached CHAIN_CACHE_S. Options are then requested fully
-  specified (no reqContractDetails per option), so `con_id` of an OPTION is null.
-- The grid is a superset. fetch-chain drops the combinations TWS answers NO_SECURITY_DEFINITION for
-  (they are not contracts, and the caller asked for "the chain", not for them); fetch-prices and
-  get_option_data_batch return one OPTION per requested contract, errors included.
+- Underlyings are stocks, ETFs and indexes. One reqContractDetails per ticker and session finds it:
+  STK on SMART first (an index name, KNOWN_INDEXES, tries IND first), then the other; an index is
+  quoted on the exchange its contract details name (CBOE, NASDAQ...). A symbol TWS lists more than
+  once as a USD stock (ambiguous: TWS refuses market data for it without a conId) resolves to the
+  listing on a US primary exchange; every answer that resolved an underlying says which
+  (`underlying_contract`), and its market data goes by that conId.
+- The chain's classes come from reqSecDefOptParams (cached CHAIN_CACHE_S): the union of expirations
+  and of strikes per trading class, a superset. The contracts of each selected expiration are then
+  exactly what one reqContractDetails {symbol, OPT, expiration, right?, tradingClass?} lists,
+  cached for the trading day (the New York date), so no market-data request is spent on a contract
+  that does not exist and every OPTION has its con_id, trading_class and multiplier.
+- Adjusted classes (deliverable other than 100 shares: a multiplier other than the standard one,
+  or the symbol followed by digits, like XYZ1) are left out unless include_adjusted; included, they
+  are flagged `adjusted` and their OTM distance and call yields use the deliverable's value
+  (underlying price x multiplier / 100), never the 100-share formula.
+- fetch-prices and get_option_data_batch return one OPTION per requested contract, errors
+  included; a contract missing from a listing already cached today is answered
+  NO_SECURITY_DEFINITION without a market-data request.
 - fetch-chain asks for open interest (a chain view shows it); fetch-prices and sell-scan do not,
   so they finish on bid, ask and model greeks.
 - The underlying price (strikes_around, sell-scan OTM band and yields) is the quote's last, else
-  its mid, else its close.
+  its mid, else its close. Days to expiration count on the New York calendar date.
 """
 from __future__ import annotations
 
 import datetime as dt
+import re
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 from ibapi.contract import Contract
 
 from agent_errors import IB_ERROR, NO_SECURITY_DEFINITION, AgentError
 from ib_lines import MarketData
-from ib_ticks import Instrument
+from ib_ticks import Instrument, TickBook
+
+try:
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+except ImportError:     # pragma: no cover - Python < 3.9
+    ZoneInfo, ZoneInfoNotFoundError = None, Exception
 
 CHAIN_CACHE_S = 300.0
 DEFAULT_MULTIPLIER = 100
 RIGHTS = ("C", "P")
+KNOWN_INDEXES = frozenset(("SPX", "XSP", "NDX", "RUT", "VIX", "DJX", "OEX", "XEO"))
+# Where a US stock or ETF has its primary listing (an ambiguous symbol resolves to the one listed there)
+US_PRIMARY_EXCHANGES = ("NYSE", "NASDAQ", "ARCA", "AMEX", "BATS", "IEX")
+MISSING_TEXT = "No security definition has been found for the request"
+
+
+def _new_york_zone():
+    try:
+        return ZoneInfo("America/New_York") if ZoneInfo else None
+    except (ZoneInfoNotFoundError, ValueError, OSError):
+        return None     # no tz database (Windows without the tzdata package): the rule below
+
+
+_NEW_YORK = _new_york_zone()
+
+
+def _nth_sunday(year: int, month: int, n: int) -> dt.date:
+    first = dt.date(year, month, 1)
+    return first + dt.timedelta(days=(6 - first.weekday()) % 7 + 7 * (n - 1))
+
+
+def _us_eastern_offset(utc: dt.datetime) -> dt.timedelta:
+    """UTC-4 from the second Sunday of March 2:00 EST to the first Sunday of November 2:00 EDT
+    (the US rule since 2007), else UTC-5."""
+    start = dt.datetime.combine(_nth_sunday(utc.year, 3, 2), dt.time(7))
+    end = dt.datetime.combine(_nth_sunday(utc.year, 11, 1), dt.time(6))
+    return dt.timedelta(hours=-4 if start <= utc.replace(tzinfo=None) < end else -5)
+
+
+def new_york_date(now: float, zone=None) -> dt.date:
+    """The calendar date in New York at epoch second `now` (the exchange's date, not the PC's)."""
+    zone = _NEW_YORK if zone is None else zone
+    if zone:
+        return dt.datetime.fromtimestamp(now, zone).date()
+    utc = dt.datetime.fromtimestamp(now, dt.timezone.utc)
+    return (utc + _us_eastern_offset(utc)).date()
+
+
+@dataclass(frozen=True)
+class _Underlying:
+    """The one contract a ticker resolved to."""
+    ticker: str
+    con_id: int
+    sec_type: str                 # "STK" | "IND"
+    exchange: str                 # where it is quoted: SMART for a stock, its own for an index
+    primary_exchange: str
+    listings: int                 # how many contracts TWS listed for the symbol (> 1: ambiguous)
+
+    def instrument(self) -> Instrument:
+        return Instrument(self.ticker, self.sec_type, exchange=self.exchange, con_id=self.con_id)
+
+    def describe(self) -> dict:
+        return {"con_id": self.con_id, "sec_type": self.sec_type, "exchange": self.exchange,
+                "primary_exchange": self.primary_exchange or None, "ambiguous": self.listings > 1}
 
 
 @dataclass(frozen=True)
@@ -40,26 +112,48 @@ class _OptionClass:
     multiplier: int
     expirations: frozenset
     strikes: frozenset
+    adjusted: bool = False
+
+
+def is_adjusted_class(symbol: str, name: str, multiplier: int) -> bool:
+    """An adjusted class (after a split, merger, special dividend): its own name, the symbol and a
+    digit (XYZ1), and/or a deliverable other than the standard 100 shares."""
+    return multiplier != DEFAULT_MULTIPLIER or re.fullmatch(re.escape(symbol) + r"\d+", name) is not None
 
 
 @dataclass(frozen=True)
 class _Chain:
-    ticker: str
+    underlying: _Underlying
     exchange: str
-    underlying_con_id: int
     classes: Tuple[_OptionClass, ...]
     fetched_at: float
 
+    @property
+    def ticker(self) -> str:
+        return self.underlying.ticker
+
+    def selected(self, include_adjusted: bool) -> Tuple[_OptionClass, ...]:
+        return tuple(c for c in self.classes if include_adjusted or not c.adjusted)
+
     def data(self) -> dict:
-        """The `expirations` action's data."""
-        return {"ticker": self.ticker, "underlying_con_id": self.underlying_con_id,
+        """The `expirations` action's data: the standard classes; adjusted ones only named."""
+        standard = self.selected(False) or self.classes
+        return {"ticker": self.ticker, "underlying_con_id": self.underlying.con_id,
+                "sec_type": self.underlying.sec_type, "underlying_contract": self.underlying.describe(),
                 "multiplier": self.main_class().multiplier,
-                "trading_classes": sorted(c.name for c in self.classes),
-                "expirations": sorted(set().union(*(c.expirations for c in self.classes))),
-                "strikes": sorted(set().union(*(c.strikes for c in self.classes)))}
+                "trading_classes": sorted(c.name for c in standard),
+                "expirations": sorted(set().union(*(c.expirations for c in standard))),
+                "strikes": sorted(set().union(*(c.strikes for c in standard))),
+                "adjusted_classes": [{"trading_class": c.name, "multiplier": c.multiplier,
+                                      "expirations": sorted(c.expirations)}
+                                     for c in self.classes if c.adjusted and c not in standard]}
 
     def main_class(self) -> _OptionClass:
-        return next((c for c in self.classes if c.name == self.ticker), self.classes[0])
+        standard = self.selected(False) or self.classes
+        return next((c for c in standard if c.name == self.ticker), standard[0])
+
+    def class_named(self, name: str) -> Optional[_OptionClass]:
+        return next((c for c in self.classes if c.name == name), None)
 
     def class_for(self, expiration: str, strike: float) -> Optional[_OptionClass]:
         """The class a contract given without one belongs to; None when TWS has to decide."""
@@ -83,6 +177,12 @@ def underlying_price(quote: Optional[dict]) -> Optional[float]:
     return None
 
 
+def unit_price(price: float, multiplier: int, adjusted: bool) -> float:
+    """What one unit of an option's deliverable is worth: the underlying's price for a standard
+    contract; for an adjusted one, its multiplier in shares per 100 (150 shares: 1.5 x the price)."""
+    return price * multiplier / DEFAULT_MULTIPLIER if adjusted else price
+
+
 def strikes_around(strikes: Iterable[float], price: float, count: int) -> List[float]:
     """`count` strikes at or below the price and `count` above it."""
     ordered = sorted(strikes)
@@ -93,14 +193,16 @@ def strikes_around(strikes: Iterable[float], price: float, count: int) -> List[f
 
 def sell_metrics(option: dict, price: float, today: dt.date) -> dict:
     """Sell-scan figures for one option with a bid: premium per contract, yield on the money at
-    risk (strike for puts, underlying for calls), annualised over the calendar days left (a
-    same-day expiration counts as one day)."""
+    risk (strike for puts, the deliverable's value for calls), annualised over the calendar days
+    left (a same-day expiration counts as one day). An adjusted contract is measured against its
+    own deliverable (unit_price), never against 100 shares."""
     days = days_to(option["expiration"], today)
     strike, bid = option["strike"], option["bid"]
+    unit = unit_price(price, option["multiplier"], bool(option.get("adjusted")))
     if option["right"] == "P":
-        otm_pct, basis = (price - strike) / price * 100, strike
+        otm_pct, basis = (unit - strike) / unit * 100, strike
     else:
-        otm_pct, basis = (strike - price) / price * 100, price
+        otm_pct, basis = (strike - unit) / unit * 100, unit
     yield_pct = bid / basis * 100
     return {"days": days, "otm_pct": round(otm_pct, 4), "premium": round(bid * option["multiplier"], 2),
             "yield_pct": round(yield_pct, 4), "annualized_pct": round(yield_pct * 365 / max(days, 1), 4)}
@@ -115,36 +217,71 @@ def _is_missing_contract(option: dict) -> bool:
     return bool(option["error"]) and option["error"]["code"] == NO_SECURITY_DEFINITION
 
 
+def _missing(instrument: Instrument, why: str) -> dict:
+    """The OPTION TWS's error 200 would have given, answered from a listing already known."""
+    error = AgentError(NO_SECURITY_DEFINITION, f"{MISSING_TEXT} ({why})", 200)
+    return TickBook(instrument).option(False, error.to_dict())
+
+
+def _right(value: str) -> str:
+    return {"CALL": "C", "PUT": "P"}.get(value.upper(), value.upper())
+
+
 class Scanner:
     """Everything the relay asks of TWS market data; thread-safe, called from the worker pool."""
 
-    def __init__(self, conn, config, today: Callable[[], dt.date] = dt.date.today,
-                 clock: Callable[[], float] = time.monotonic):
+    def __init__(self, conn, config, today: Optional[Callable[[], dt.date]] = None,
+                 clock: Callable[[], float] = time.monotonic, wall_clock: Callable[[], float] = time.time):
         self._conn = conn
         self._timeout_s = config.request_timeout_s
         self.market = MarketData(conn, config)
-        self._today = today
+        self._today = today or (lambda: new_york_date(wall_clock()))
         self._clock = clock
         self._lock = threading.Lock()
-        self._con_ids: Dict[str, int] = {}
+        self._underlyings: Dict[str, _Underlying] = {}
         self._chains: Dict[Tuple[str, str], _Chain] = {}
+        # (ticker, exchange, expiration, trading class filter, right filter) -> (NY date, listed contracts)
+        self._listings: Dict[Tuple[str, str, str, str, str], Tuple[dt.date, Tuple[Instrument, ...]]] = {}
+        self._counts = {"listing_requests": 0, "listing_hits": 0, "unlisted_answered": 0}
 
     # --- contract lookups -------------------------------------------------------------------------
 
-    def _underlying_con_id(self, ticker: str) -> int:
+    def _underlying(self, ticker: str) -> _Underlying:
+        """The stock, ETF or index a ticker names (cached for the session: a conId never changes)."""
         with self._lock:
-            if ticker in self._con_ids:
-                return self._con_ids[ticker]
-        contract = Contract()
-        contract.symbol, contract.secType, contract.exchange, contract.currency = ticker, "STK", "SMART", "USD"
-        rows = self._conn.call("reqContractDetails", self._conn.next_req_id(), contract,
-                               rows=("contractDetails",), end="contractDetailsEnd", timeout=self._timeout_s)
-        if not rows:
-            raise AgentError(NO_SECURITY_DEFINITION, f"TWS knows no stock {ticker} (SMART, USD)")
-        con_id = rows[0][0].contract.conId
+            if ticker in self._underlyings:
+                return self._underlyings[ticker]
+        found = None
+        for sec_type in (("IND", "STK") if ticker in KNOWN_INDEXES else ("STK", "IND")):
+            contract = Contract()
+            contract.symbol, contract.secType, contract.currency = ticker, sec_type, "USD"
+            contract.exchange = "SMART" if sec_type == "STK" else ""
+            try:
+                rows = self._conn.call("reqContractDetails", self._conn.next_req_id(), contract,
+                                       rows=("contractDetails",), end="contractDetailsEnd", timeout=self._timeout_s)
+            except AgentError as exc:
+                if exc.code != NO_SECURITY_DEFINITION:
+                    raise
+                rows = []
+            if rows:
+                found = self._pick_listing(ticker, sec_type, [row[0] for row in rows])
+                break
+        if found is None:
+            raise AgentError(NO_SECURITY_DEFINITION, f"TWS knows no stock, ETF or index {ticker} (USD)")
         with self._lock:
-            self._con_ids[ticker] = con_id
-        return con_id
+            self._underlyings[ticker] = found
+        return found
+
+    @staticmethod
+    def _pick_listing(ticker: str, sec_type: str, details: list) -> _Underlying:
+        """One contract of those TWS listed: for an ambiguous stock, the one on a US primary exchange."""
+        def rank(d) -> int:
+            primary = d.contract.primaryExchange
+            return US_PRIMARY_EXCHANGES.index(primary) if primary in US_PRIMARY_EXCHANGES else len(US_PRIMARY_EXCHANGES)
+        chosen = min(details, key=rank).contract
+        exchange = "SMART" if sec_type == "STK" else (chosen.exchange or chosen.primaryExchange)
+        return _Underlying(ticker, chosen.conId, sec_type, exchange, chosen.primaryExchange or "",
+                           len({d.contract.conId for d in details}))
 
     def _chain(self, ticker: str, exchange: str) -> _Chain:
         key = (ticker, exchange)
@@ -152,18 +289,20 @@ class Scanner:
             chain = self._chains.get(key)
         if chain is not None and self._clock() - chain.fetched_at < CHAIN_CACHE_S:
             return chain
-        con_id = self._underlying_con_id(ticker)
-        rows = self._conn.call("reqSecDefOptParams", self._conn.next_req_id(), ticker, "", "STK", con_id,
-                               rows=("securityDefinitionOptionParameter",),
+        underlying = self._underlying(ticker)
+        rows = self._conn.call("reqSecDefOptParams", self._conn.next_req_id(), ticker, "", underlying.sec_type,
+                               underlying.con_id, rows=("securityDefinitionOptionParameter",),
                                end="securityDefinitionOptionParameterEnd", timeout=self._timeout_s)
-        classes = tuple(
-            _OptionClass(trading_class, int(float(multiplier or DEFAULT_MULTIPLIER)),
-                         frozenset(expirations), frozenset(float(s) for s in strikes))
-            for row_exchange, _con_id, trading_class, multiplier, expirations, strikes in rows
-            if row_exchange == exchange)
+        classes = []
+        for row_exchange, _con_id, trading_class, multiplier, expirations, strikes in rows:
+            if row_exchange == exchange:
+                multiplier = int(float(multiplier or DEFAULT_MULTIPLIER))
+                classes.append(_OptionClass(trading_class, multiplier, frozenset(expirations),
+                                            frozenset(float(s) for s in strikes),
+                                            is_adjusted_class(ticker, trading_class, multiplier)))
         if not classes:
             raise AgentError(NO_SECURITY_DEFINITION, f"TWS lists no options for {ticker} on {exchange}")
-        chain = _Chain(ticker, exchange, con_id, classes, self._clock())
+        chain = _Chain(underlying, exchange, tuple(classes), self._clock())
         with self._lock:
             self._chains[key] = chain
         return chain
@@ -172,19 +311,88 @@ class Scanner:
         with self._lock:
             return self._chains.get((ticker, exchange))
 
-    def _option_instrument(self, contract: dict) -> Instrument:
+    def _listing(self, chain: _Chain, expiration: str, right: str,
+                 classes: Sequence[_OptionClass]) -> List[Instrument]:
+        """Exactly the contracts TWS lists for one expiration of these classes (and right, "" for
+        both): one reqContractDetails, or none when today's cache covers it."""
+        names = {c.name for c in classes}
+        class_filter = next(iter(names)) if len(names) == 1 else ""
+        cached = self._cached_listing(chain.ticker, chain.exchange, expiration, class_filter, right)
+        if cached is None:
+            contract = Contract()
+            contract.symbol, contract.secType, contract.currency = chain.ticker, "OPT", "USD"
+            contract.exchange, contract.lastTradeDateOrContractMonth = chain.exchange, expiration
+            contract.right, contract.tradingClass = right, class_filter
+            with self._lock:
+                self._counts["listing_requests"] += 1
+            try:
+                rows = self._conn.call("reqContractDetails", self._conn.next_req_id(), contract,
+                                       rows=("contractDetails",), end="contractDetailsEnd", timeout=self._timeout_s)
+            except AgentError as exc:
+                if exc.code != NO_SECURITY_DEFINITION:
+                    raise
+                rows = []       # nothing listed (any more) for that expiration
+            cached = tuple(sorted((self._listed(chain, row[0].contract) for row in rows),
+                                  key=lambda i: (i.trading_class, i.strike, i.right)))
+            with self._lock:
+                self._listings[(chain.ticker, chain.exchange, expiration, class_filter, right)] = \
+                    (self._today(), cached)
+        return [i for i in cached if i.trading_class in names and (not right or i.right == right)]
+
+    def _listed(self, chain: _Chain, c: Contract) -> Instrument:
+        multiplier = int(float(c.multiplier or DEFAULT_MULTIPLIER))
+        option_class = chain.class_named(c.tradingClass)
+        adjusted = option_class.adjusted if option_class else is_adjusted_class(chain.ticker, c.tradingClass, multiplier)
+        return Instrument(chain.ticker, "OPT", c.lastTradeDateOrContractMonth[:8], float(c.strike), _right(c.right),
+                          c.tradingClass, chain.exchange, multiplier, con_id=c.conId, adjusted=adjusted)
+
+    def _cached_listing(self, ticker: str, exchange: str, expiration: str, class_filter: str,
+                        right: str) -> Optional[Tuple[Instrument, ...]]:
+        """Today's listing that covers this class and right filter (a wider one does), else None."""
+        today = self._today()
+        with self._lock:
+            for key in {(class_filter, right), (class_filter, ""), ("", right), ("", "")}:
+                entry = self._listings.get((ticker, exchange, expiration) + key)
+                if entry is not None and entry[0] == today:
+                    self._counts["listing_hits"] += 1
+                    return entry[1]
+        return None
+
+    def _option_instrument(self, contract: dict):
+        """The Instrument to stream for a requested contract, or its OPTION already answered
+        (NO_SECURITY_DEFINITION) when a listing cached today shows it does not exist."""
         ticker = contract["ticker"].strip().upper()
         exchange = contract.get("exchange") or "SMART"
-        expiration, strike, right = str(contract["expiration"]), float(contract["strike"]), contract["right"].upper()
+        expiration, strike, right = str(contract["expiration"]), float(contract["strike"]), _right(contract["right"])
         trading_class = contract.get("trading_class") or ""
-        multiplier = DEFAULT_MULTIPLIER
+        multiplier, adjusted = DEFAULT_MULTIPLIER, False
         chain = self._cached_chain(ticker, exchange)     # used when known; never looked up per contract
         if chain is not None:
-            option_class = (next((c for c in chain.classes if c.name == trading_class), None)
-                            if trading_class else chain.class_for(expiration, strike))
+            option_class = chain.class_named(trading_class) if trading_class else chain.class_for(expiration, strike)
             if option_class is not None:
-                trading_class, multiplier = option_class.name, option_class.multiplier
-        return Instrument(ticker, "OPT", expiration, strike, right, trading_class, exchange, multiplier)
+                trading_class, multiplier, adjusted = option_class.name, option_class.multiplier, option_class.adjusted
+        instrument = Instrument(ticker, "OPT", expiration, strike, right, trading_class, exchange, multiplier,
+                                adjusted=adjusted)
+        listed = self._cached_listing(ticker, exchange, expiration, trading_class, right)
+        if listed is None:
+            return instrument
+        matches = [i for i in listed if abs(i.strike - strike) < 1e-9 and i.right == right
+                   and (not trading_class or i.trading_class == trading_class)]
+        if not matches:
+            with self._lock:
+                self._counts["unlisted_answered"] += 1
+            return _missing(instrument, f"TWS lists no {ticker} {expiration} {strike:g} {right}"
+                                        + (f" in class {trading_class}" if trading_class else ""))
+        return next((i for i in matches if i.trading_class == ticker), matches[0]) if len(matches) > 1 else matches[0]
+
+    def _underlying_instrument(self, ticker: str) -> Instrument:
+        """The underlying to quote; an unknown ticker is still asked as a stock (its error answers it)."""
+        try:
+            return self._underlying(ticker).instrument()
+        except AgentError as exc:
+            if exc.code != NO_SECURITY_DEFINITION:
+                raise
+            return Instrument(ticker)
 
     # --- public: the original names ------------------------------------------------------------------
 
@@ -196,95 +404,128 @@ class Scanner:
 
     def get_option_data_batch(self, contracts: Sequence[dict], want_open_interest: bool = False,
                               progress=None, cancel=None) -> List[dict]:
-        instruments = [self._option_instrument(c) for c in contracts]
-        return self.market.fetch(instruments, want_open_interest, progress, cancel)
+        return self._fetch_options([self._option_instrument(c) for c in contracts], [], want_open_interest,
+                                   progress, cancel)[0]
 
     def fetch_option_chain(self, ticker: str, filters: Optional[dict] = None, progress=None, cancel=None) -> dict:
         started = self._clock()
         ticker, filters = ticker.strip().upper(), filters or {}
         chain = self._chain(ticker, "SMART")
+        classes = chain.selected(bool(filters.get("include_adjusted")))
         today = self._today()
-        expirations = self._select_expirations(chain, filters, today)
+        expirations = self._select_expirations(classes, filters, today)
         underlying = None
-        allowed_strikes = set().union(*(c.strikes for c in chain.classes))
-        if filters.get("strike_min") is not None:
-            allowed_strikes = {s for s in allowed_strikes if s >= filters["strike_min"]}
-        if filters.get("strike_max") is not None:
-            allowed_strikes = {s for s in allowed_strikes if s <= filters["strike_max"]}
+        price = None
         if filters.get("strikes_around") is not None:
-            underlying = self._quote_one(ticker, cancel)
+            underlying = self._quote_one(chain.underlying.instrument(), cancel)
             price = self._require_price(ticker, underlying)
-            allowed_strikes = set(strikes_around(allowed_strikes, price, int(filters["strikes_around"])))
-        rights = [r.upper() for r in (filters.get("rights") or RIGHTS)]
-        instruments = [
-            Instrument(ticker, "OPT", expiration, strike, right, option_class.name, "SMART", option_class.multiplier)
-            for expiration in expirations
-            for option_class in chain.classes if expiration in option_class.expirations
-            for strike in sorted(option_class.strikes & allowed_strikes)
-            for right in rights]
-        if underlying is None:      # no price needed first: the underlying streams with the options
-            instruments.append(Instrument(ticker))
-        results = self.market.fetch(instruments, True, progress, cancel)
+        allowed = {}
+        for option_class in classes:
+            strikes = set(option_class.strikes)
+            if filters.get("strike_min") is not None:
+                strikes = {s for s in strikes if s >= filters["strike_min"]}
+            if filters.get("strike_max") is not None:
+                strikes = {s for s in strikes if s <= filters["strike_max"]}
+            if price is not None:
+                unit = unit_price(price, option_class.multiplier, option_class.adjusted)
+                strikes = set(strikes_around(strikes, unit, int(filters["strikes_around"])))
+            allowed[option_class.name] = strikes
+        rights = [_right(r) for r in (filters.get("rights") or RIGHTS)]
+        instruments = [i for expiration in expirations
+                       for i in self._listing(chain, expiration, rights[0] if len(rights) == 1 else "",
+                                              [c for c in classes if expiration in c.expirations])
+                       if i.strike in allowed[i.trading_class] and i.right in rights]
+        extra = [] if underlying is not None else [chain.underlying.instrument()]   # streams with the options
+        options, quotes = self._fetch_options(instruments, extra, True, progress, cancel)
         if underlying is None:
-            underlying = results.pop()
-        return {"ticker": ticker, "underlying": _public_quote(underlying), "expirations": expirations,
-                "options": [o for o in results if not _is_missing_contract(o)],
+            underlying = quotes[0]
+        return {"ticker": ticker, "underlying": _public_quote(underlying),
+                "underlying_contract": chain.underlying.describe(), "expirations": expirations,
+                "options": [o for o in options if not _is_missing_contract(o)],
                 "elapsed_ms": int((self._clock() - started) * 1000)}
 
     # --- public: the other actions ---------------------------------------------------------------------
 
     def quote(self, tickers: Sequence[str], cancel=None) -> dict:
-        """QUOTEs of stocks/ETFs. When every ticker failed, the first error is the answer."""
+        """QUOTEs of stocks, ETFs and indexes. When every ticker failed, the first error is the answer."""
         names = list(dict.fromkeys(t.strip().upper() for t in tickers))
-        results = self.market.fetch([Instrument(t) for t in names], cancel=cancel)
+        instruments = [self._underlying_instrument(t) for t in names]
+        results = self.market.fetch(instruments, cancel=cancel)
         errors = [r["error"] for r in results if r["error"]]
         if results and len(errors) == len(results):
             raise AgentError(errors[0]["code"], errors[0]["message"], errors[0]["ib_code"])
-        return {"quotes": {name: _public_quote(r) for name, r in zip(names, results)}}
+        with self._lock:
+            resolved = {t: self._underlyings[t].describe() for t in names if t in self._underlyings}
+        return {"quotes": {name: _public_quote(r) for name, r in zip(names, results)},
+                "underlying_contracts": resolved}
 
     def fetch_prices(self, contracts: Sequence[dict], progress=None, cancel=None) -> dict:
         started = self._clock()
-        instruments = [self._option_instrument(c) for c in contracts]
-        tickers = list(dict.fromkeys(i.ticker for i in instruments))
-        results = self.market.fetch(instruments + [Instrument(t) for t in tickers], False, progress, cancel)
-        quotes = results[len(instruments):]
-        return {"options": results[:len(instruments)],
+        wanted = [self._option_instrument(c) for c in contracts]
+        tickers = list(dict.fromkeys(c["ticker"].strip().upper() for c in contracts))
+        options, quotes = self._fetch_options(wanted, [self._underlying_instrument(t) for t in tickers], False,
+                                              progress, cancel)
+        return {"options": options,
                 "underlyings": {t: _public_quote(q) for t, q in zip(tickers, quotes)},
                 "elapsed_ms": int((self._clock() - started) * 1000)}
 
     def sell_scan(self, ticker: str, right: str, min_days: int = 0, max_days: int = 60,
-                  otm_min_pct: float = 0, otm_max_pct: float = 20, progress=None, cancel=None) -> dict:
-        ticker, right = ticker.strip().upper(), right.upper()
+                  otm_min_pct: float = 0, otm_max_pct: float = 20, progress=None, cancel=None,
+                  include_adjusted: bool = False) -> dict:
+        ticker, right = ticker.strip().upper(), _right(right)
         chain = self._chain(ticker, "SMART")
+        classes = chain.selected(include_adjusted)
         today = self._today()
-        underlying = self._quote_one(ticker, cancel)
+        underlying = self._quote_one(chain.underlying.instrument(), cancel)
         price = self._require_price(ticker, underlying)
-        expirations = self._select_expirations(chain, {"min_days": min_days, "max_days": max_days}, today)
+        expirations = self._select_expirations(classes, {"min_days": min_days, "max_days": max_days}, today)
         sign = -1 if right == "P" else 1    # OTM puts sit below the price, calls above
-        instruments = [
-            Instrument(ticker, "OPT", expiration, strike, right, option_class.name, "SMART", option_class.multiplier)
-            for expiration in expirations
-            for option_class in chain.classes if expiration in option_class.expirations
-            for strike in sorted(option_class.strikes)
-            if otm_min_pct <= sign * (strike - price) / price * 100 <= otm_max_pct]
-        options = self.market.fetch(instruments, False, progress, cancel)
+
+        def in_band(i: Instrument) -> bool:
+            unit = unit_price(price, i.multiplier, i.adjusted)
+            return otm_min_pct <= sign * (i.strike - unit) / unit * 100 <= otm_max_pct
+
+        instruments = [i for expiration in expirations
+                       for i in self._listing(chain, expiration, right,
+                                              [c for c in classes if expiration in c.expirations])
+                       if in_band(i)]
+        options, _ = self._fetch_options(instruments, [], False, progress, cancel)
         candidates = [dict(o, **sell_metrics(o, price, today)) for o in options
                       if o["error"] is None and o["bid"] is not None]
         candidates.sort(key=lambda c: c["annualized_pct"], reverse=True)
-        return {"underlying": _public_quote(underlying), "candidates": candidates}
+        return {"underlying": _public_quote(underlying), "underlying_contract": chain.underlying.describe(),
+                "candidates": candidates}
 
     def stats(self) -> dict:
         with self._lock:
             cached = len(self._chains)
-        return dict(self.market.stats(), chains_cached=cached)
+            counts = dict(self._counts, listings_cached=len(self._listings))
+        return dict(self.market.stats(), chains_cached=cached, **counts)
 
     def close(self) -> None:
         self.market.close()
 
     # --- helpers ------------------------------------------------------------------------------------------
 
-    def _quote_one(self, ticker: str, cancel) -> dict:
-        return self.market.fetch([Instrument(ticker)], cancel=cancel)[0]
+    def _fetch_options(self, wanted: Sequence, extra: Sequence[Instrument], want_open_interest: bool,
+                       progress, cancel) -> Tuple[List[dict], List[dict]]:
+        """Stream the wanted options (Instruments; an OPTION already answered stays as it is) and
+        the extra instruments after them: (OPTIONs in order, results of the extras)."""
+        streamed = [w for w in wanted if isinstance(w, Instrument)]
+        results = iter(self.market.fetch(streamed + list(extra), want_open_interest, progress, cancel))
+        options = []
+        for w in wanted:
+            if isinstance(w, Instrument):
+                option = next(results)
+                if w.con_id:            # a shared stream may have been started without the listing's facts
+                    option["con_id"], option["adjusted"] = w.con_id, w.adjusted
+                options.append(option)
+            else:
+                options.append(w)
+        return options, list(results)
+
+    def _quote_one(self, instrument: Instrument, cancel) -> dict:
+        return self.market.fetch([instrument], cancel=cancel)[0]
 
     @staticmethod
     def _require_price(ticker: str, quote: dict) -> float:
@@ -297,8 +538,8 @@ class Scanner:
         return price
 
     @staticmethod
-    def _select_expirations(chain: _Chain, filters: dict, today: dt.date) -> List[str]:
-        listed = set().union(*(c.expirations for c in chain.classes))
+    def _select_expirations(classes: Sequence[_OptionClass], filters: dict, today: dt.date) -> List[str]:
+        listed = set().union(*(c.expirations for c in classes))
         if filters.get("expirations"):
             listed &= {str(e) for e in filters["expirations"]}
         low, high = filters.get("min_days"), filters.get("max_days")

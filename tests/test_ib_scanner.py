@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import datetime as dt
 import unittest
+from unittest import mock
+from zoneinfo import ZoneInfo
 
 from ibapi.contract import ContractDetails
 
 from agent_errors import NO_SECURITY_DEFINITION, AgentError
-from ib_scanner import CHAIN_CACHE_S, Scanner, sell_metrics, strikes_around
+from ib_scanner import CHAIN_CACHE_S, Scanner, is_adjusted_class, new_york_date, sell_metrics, strikes_around
 from tests.test_ib_lines import StubConnection, StubTws, make_config
 from tests.test_ib_ticks import OPTION_KEYS, QUOTE_KEYS
 
@@ -34,12 +36,38 @@ def secdef_rows(_args):
             ("CBOE", AAPL_CON_ID, "AAPL", "100", {"20991231"}, [1.0])]
 
 
+UNLISTED = {(180.0, "P")}          # a hole in every expiration's listing
+
+
+def listed_aapl(expiration: str = "", right: str = "", trading_class: str = ""):
+    """What TWS lists for AAPL options (the rows reqContractDetails answers per expiration)."""
+    con_id = 700_000_000
+    for name, expirations, strikes in (("AAPL", MONTHLIES, STRIKES), ("AAPLW", WEEKLIES, STRIKES[2:-2])):
+        for expiry in sorted(expirations):
+            for strike in strikes:
+                for side in ("C", "P"):
+                    con_id += 1
+                    if (strike, side) in UNLISTED or (expiration and expiry != expiration) \
+                            or (right and side != right) or (trading_class and name != trading_class):
+                        continue
+                    details = ContractDetails()
+                    c = details.contract
+                    c.conId, c.symbol, c.secType, c.exchange, c.currency = con_id, "AAPL", "OPT", "SMART", "USD"
+                    c.lastTradeDateOrContractMonth, c.strike, c.right = expiry, strike, side
+                    c.multiplier, c.tradingClass = "100", name
+                    yield details
+
+
 def contract_details(args):
     contract = args[0]
-    if contract.symbol != "AAPL":
+    if contract.symbol != "AAPL" or contract.secType not in ("STK", "OPT"):
         return []
+    if contract.secType == "OPT":
+        return [(d,) for d in listed_aapl(contract.lastTradeDateOrContractMonth, contract.right,
+                                          contract.tradingClass)]
     details = ContractDetails()
     details.contract.conId = AAPL_CON_ID
+    details.contract.primaryExchange = "NASDAQ"
     return [(details,)]
 
 
@@ -58,8 +86,12 @@ class ExpirationsTest(ScannerTestCase):
         scanner = self.make()
         data = scanner.get_available_expirations("aapl")
         self.assertEqual(data, {"ticker": "AAPL", "underlying_con_id": AAPL_CON_ID, "multiplier": 100,
-                                "trading_classes": ["AAPL", "AAPLW"],
-                                "expirations": sorted(MONTHLIES | WEEKLIES), "strikes": STRIKES})
+                                "sec_type": "STK", "trading_classes": ["AAPL", "AAPLW"],
+                                "underlying_contract": {"con_id": AAPL_CON_ID, "sec_type": "STK",
+                                                        "exchange": "SMART", "primary_exchange": "NASDAQ",
+                                                        "ambiguous": False},
+                                "expirations": sorted(MONTHLIES | WEEKLIES), "strikes": STRIKES,
+                                "adjusted_classes": []})
         secdef = next(args for name, args in self.conn.sent if name == "reqSecDefOptParams")
         self.assertEqual(secdef[1:], ("AAPL", "", "STK", AAPL_CON_ID))
         details = next(args for name, args in self.conn.sent if name == "reqContractDetails")
@@ -83,8 +115,7 @@ class ExpirationsTest(ScannerTestCase):
 
 class ChainTest(ScannerTestCase):
     def test_filters_select_expirations_strikes_and_rights(self):
-        tws = StubTws({("AAPL", 180.0, "P"): ("error", 200, "No security definition has been found")})
-        scanner = self.make(tws, ib_max_mkt_lines=10)
+        scanner = self.make(ib_max_mkt_lines=10)
         progress = []
         data = scanner.fetch_option_chain("AAPL", {"min_days": 10, "max_days": 30, "strikes_around": 2,
                                                    "rights": ["P"]}, progress=lambda d, t: progress.append(d))
@@ -94,10 +125,16 @@ class ChainTest(ScannerTestCase):
         got = [(o["expiration"], o["strike"], o["right"], o["trading_class"]) for o in data["options"]]
         expected = [(e, s, "P", "AAPLW" if e in WEEKLIES else "AAPL")
                     for e in data["expirations"] for s in (180.0, 185.0, 190.0, 195.0)]
-        self.assertEqual(sorted(got), sorted(g for g in expected if g[1] != 180.0))   # 180 P does not exist
+        self.assertEqual(sorted(got), sorted(g for g in expected if g[1] != 180.0))   # 180 P is not listed
         self.assertTrue(all(o["complete"] and set(o) == OPTION_KEYS for o in data["options"]))
-        self.assertEqual(progress[-1], 12)
+        self.assertTrue(all(o["con_id"] and o["adjusted"] is False for o in data["options"]))
+        self.assertEqual(progress[-1], 9)            # 3 expirations x 4 strikes, 180 P not listed
         self.assertIsInstance(data["elapsed_ms"], int)
+        listings = [args[1] for name, args in self.conn.sent
+                    if name == "reqContractDetails" and args[1].secType == "OPT"]
+        self.assertEqual([(c.lastTradeDateOrContractMonth, c.right, c.tradingClass) for c in listings],
+                         [("20300111", "P", "AAPLW"), ("20300118", "P", "AAPL"), ("20300125", "P", "AAPLW")])
+        self.assertEqual(self.conn.count("reqMktData"), 1 + 9)   # never a contract that is not listed
 
     def test_without_strikes_around_the_underlying_streams_with_the_options(self):
         scanner = self.make(ib_max_mkt_lines=10)
@@ -178,6 +215,96 @@ class SellScanTest(ScannerTestCase):
     def test_strikes_around(self):
         self.assertEqual(strikes_around([170, 175, 180, 185, 190, 195], 185.2, 2), [180, 185, 190, 195])
         self.assertEqual(strikes_around([170, 175, 180, 185], 185.0, 1), [185])
+
+
+class ListingTest(ScannerTestCase):
+    def test_a_contract_missing_from_a_known_listing_costs_no_market_data(self):
+        scanner = self.make()
+        scanner.fetch_option_chain("AAPL", {"expirations": ["20300215"], "strike_min": 180, "strike_max": 180})
+        sent = self.conn.count("reqMktData")
+        options = scanner.fetch_prices([{"ticker": "AAPL", "expiration": "20300215", "strike": 180, "right": "P"},
+                                        {"ticker": "AAPL", "expiration": "20300215", "strike": 180, "right": "C"}])
+        missing, listed = options["options"]
+        self.assertEqual((missing["error"]["code"], missing["error"]["ib_code"], missing["con_id"]),
+                         (NO_SECURITY_DEFINITION, 200, None))
+        self.assertEqual(set(missing), OPTION_KEYS)
+        self.assertIsNone(listed["error"])
+        self.assertTrue(listed["con_id"])
+        self.assertEqual(self.conn.count("reqMktData"), sent + 2)     # the listed call and the underlying
+        self.assertEqual(scanner.stats()["unlisted_answered"], 1)
+
+    def test_listings_are_cached_for_the_new_york_day(self):
+        day = [TODAY]
+        self.clock = FakeClock()
+        self.conn = StubConnection(StubTws())
+        self.conn.answers = {"reqContractDetails": contract_details, "reqSecDefOptParams": secdef_rows}
+        scanner = Scanner(self.conn, make_config(), today=lambda: day[0], clock=self.clock)
+        self.addCleanup(scanner.close)
+
+        def listings() -> int:
+            return sum(1 for name, args in self.conn.sent if name == "reqContractDetails" and args[1].secType == "OPT")
+
+        scanner.sell_scan("AAPL", "P", max_days=30)
+        self.assertEqual(listings(), 3)
+        scanner.sell_scan("AAPL", "P", max_days=30)
+        scanner.fetch_option_chain("AAPL", {"max_days": 30, "rights": ["P"]})
+        self.assertEqual(listings(), 3)
+        day[0] = TODAY + dt.timedelta(days=1)                  # midnight in New York
+        scanner.sell_scan("AAPL", "P", max_days=30)
+        self.assertEqual(listings(), 6)
+
+
+class NewYorkDateTest(unittest.TestCase):
+    # 2030-01-02 03:30 UTC: already January 2 on a PC in UTC or Tokyo, still January 1 in New York
+    INSTANT = dt.datetime(2030, 1, 2, 3, 30, tzinfo=dt.timezone.utc).timestamp()
+
+    def test_days_count_on_the_new_york_date_not_the_pcs(self):
+        self.assertEqual(dt.datetime.fromtimestamp(self.INSTANT, ZoneInfo("Asia/Tokyo")).date(), dt.date(2030, 1, 2))
+        self.assertEqual(new_york_date(self.INSTANT), dt.date(2030, 1, 1))
+        conn = StubConnection(StubTws())
+        conn.answers = {"reqContractDetails": contract_details, "reqSecDefOptParams": secdef_rows}
+        scanner = Scanner(conn, make_config(ib_max_mkt_lines=20), wall_clock=lambda: self.INSTANT)
+        self.addCleanup(scanner.close)
+        data = scanner.sell_scan("AAPL", "P", min_days=10, max_days=10, otm_max_pct=30)
+        self.assertEqual({c["expiration"] for c in data["candidates"]}, {"20300111"})
+        self.assertEqual({c["days"] for c in data["candidates"]}, {10})
+
+    def test_without_a_tz_database_the_us_rule_gives_the_same_date(self):
+        zone = ZoneInfo("America/New_York")
+        for text in ("2030-03-10 06:59", "2030-03-10 07:00", "2030-11-03 05:59", "2030-11-03 06:00",
+                     "2030-07-01 03:59", "2030-07-01 04:00", "2030-12-31 04:59", "2030-12-31 05:00"):
+            instant = dt.datetime.fromisoformat(text).replace(tzinfo=dt.timezone.utc).timestamp()
+            with mock.patch("ib_scanner._NEW_YORK", None):
+                self.assertEqual(new_york_date(instant), dt.datetime.fromtimestamp(instant, zone).date(), text)
+
+
+class UnderlyingTest(unittest.TestCase):
+    @staticmethod
+    def details(con_id: int, primary: str) -> ContractDetails:
+        details = ContractDetails()
+        details.contract.conId, details.contract.primaryExchange = con_id, primary
+        details.contract.exchange = "SMART"
+        return details
+
+    def test_an_ambiguous_stock_resolves_to_its_us_primary_listing_and_says_so(self):
+        picked = Scanner._pick_listing("TWIN", "STK", [self.details(900004, "PINK"), self.details(900003, "NYSE")])
+        self.assertEqual(picked.describe(), {"con_id": 900003, "sec_type": "STK", "exchange": "SMART",
+                                             "primary_exchange": "NYSE", "ambiguous": True})
+        self.assertEqual(picked.instrument().con_id, 900003)
+
+    def test_adjusted_classes(self):
+        self.assertTrue(is_adjusted_class("XYZ", "XYZ1", 100))
+        self.assertTrue(is_adjusted_class("XYZ", "XYZ", 150))
+        self.assertFalse(is_adjusted_class("SPX", "SPXW", 100))
+        self.assertFalse(is_adjusted_class("AAPL", "AAPL", 100))
+
+    def test_an_adjusted_call_yields_on_its_deliverable(self):
+        call = {"expiration": "20300131", "strike": 100.0, "right": "C", "bid": 3.0, "multiplier": 150,
+                "adjusted": True}
+        metrics = sell_metrics(call, 64.0, TODAY)       # 150 shares of 64: 96 per unit of the deliverable
+        self.assertAlmostEqual(metrics["otm_pct"], (100 - 96) / 96 * 100, places=4)
+        self.assertAlmostEqual(metrics["yield_pct"], 3 / 96 * 100, places=4)
+        self.assertEqual(metrics["premium"], 450.0)
 
 
 class QuoteTest(ScannerTestCase):
