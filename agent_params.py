@@ -90,6 +90,13 @@ def number(lo: float, hi: Optional[float] = None, integer: bool = False, lo_open
     return check
 
 
+def boolean(value: Any, path: str) -> bool:
+    """true or false only (JSON booleans; 0/1 and "true" are refused, so a typo never flips a switch)."""
+    if not isinstance(value, bool):
+        raise _invalid(path, "must be true or false")
+    return value
+
+
 def date(value: Any, path: str) -> str:
     text = value.strip() if isinstance(value, str) else ""
     try:

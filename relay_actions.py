@@ -20,7 +20,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 
 import agent_log
 from agent_errors import BUSY, CANCELLED, IB_NOT_CONNECTED, INTERNAL, UNKNOWN_ACTION, AgentError
-from agent_params import (EXCHANGE, REQUIRED, RIGHT, STRIKE, TICKER, TRADING_CLASS, Rule, Schema, date,
+from agent_params import (EXCHANGE, REQUIRED, RIGHT, STRIKE, TICKER, TRADING_CLASS, Rule, Schema, boolean, date,
                           list_of, not_above, number, obj, validate)
 
 log = logging.getLogger("agent.requests")
@@ -71,7 +71,7 @@ def _fetch_prices(runner: "RequestRunner", job, p: dict) -> dict:
 def _sell_scan(runner: "RequestRunner", job, p: dict) -> dict:
     return runner.scanner.sell_scan(p["ticker"], p["right"], min_days=p["min_days"], max_days=p["max_days"],
                                     otm_min_pct=p["otm_min_pct"], otm_max_pct=p["otm_max_pct"],
-                                    progress=job.progress, cancel=job.cancel)
+                                    include_adjusted=p["include_adjusted"], progress=job.progress, cancel=job.cancel)
 
 
 @dataclass(frozen=True)
@@ -107,7 +107,7 @@ ACTIONS: Dict[str, Action] = {
          "min_days": (DAYS, None), "max_days": (DAYS, None),
          "strike_min": (STRIKE, None), "strike_max": (STRIKE, None),
          "strikes_around": (number(1, 500, integer=True), None),
-         "rights": (list_of(RIGHT, 2, unique=True), ("C", "P"))},
+         "rights": (list_of(RIGHT, 2, unique=True), ("C", "P")), "include_adjusted": (boolean, False)},
         rules=(not_above("min_days", "max_days"), not_above("strike_min", "strike_max")), lane=BULK,
         summary=lambda p, d: f"fetch-chain {p['ticker']}: {len(d.get('options', []))} contracts"),
     "fetch-prices": Action(
@@ -117,7 +117,8 @@ ACTIONS: Dict[str, Action] = {
     "sell-scan": Action(
         _sell_scan,
         {"ticker": (TICKER, REQUIRED), "right": (RIGHT, REQUIRED), "min_days": (DAYS, 0),
-         "max_days": (DAYS, 60), "otm_min_pct": (PERCENT, 0.0), "otm_max_pct": (PERCENT, 20.0)},
+         "max_days": (DAYS, 60), "otm_min_pct": (PERCENT, 0.0), "otm_max_pct": (PERCENT, 20.0),
+         "include_adjusted": (boolean, False)},
         rules=(not_above("min_days", "max_days"), not_above("otm_min_pct", "otm_max_pct")), lane=BULK,
         summary=lambda p, d: f"sell-scan {p['ticker']} {p['right']}: {len(d.get('candidates', []))} candidates"),
     "positions": Action(

@@ -197,6 +197,10 @@ class Validation(RunnerCase):
             ("sell-scan", {"ticker": "AAPL", "right": "P", "otm_min_pct": float("inf")},
              "params.otm_min_pct: must be a number from -100 to 1000"),
             ("sell-scan", {"ticker": "AAPL"}, "params.right: is required"),
+            ("sell-scan", {"ticker": "XYZ", "right": "P", "include_adjusted": 1},
+             "params.include_adjusted: must be true or false"),
+            ("fetch-chain", {"ticker": "XYZ", "include_adjusted": "true"},
+             "params.include_adjusted: must be true or false"),
         ]
         for action, params, message in cases:
             with self.subTest(action=action, params=params):
@@ -215,10 +219,11 @@ class Validation(RunnerCase):
             {"ticker": "aapl", "expiration": "20250117", "strike": 150, "right": "c"}]})
         self.run_action("quote", {"tickers": ["aapl", "AAPL", "msft"]})
         self.assertEqual(self.scanner.calls, [
-            ("sell_scan", ("AAPL", "P"), {"min_days": 0, "max_days": 60, "otm_min_pct": 0.0, "otm_max_pct": 20.0}),
+            ("sell_scan", ("AAPL", "P"), {"min_days": 0, "max_days": 60, "otm_min_pct": 0.0, "otm_max_pct": 20.0,
+                                          "include_adjusted": False}),
             ("fetch_option_chain", ("SPY", {"expirations": None, "min_days": 7, "max_days": None,
                                             "strike_min": None, "strike_max": None, "strikes_around": None,
-                                            "rights": ["P"]}), {}),
+                                            "rights": ["P"], "include_adjusted": False}), {}),
             ("expirations", ("BRK B",), {"exchange": "SMART"}),
             ("fetch_prices", ([{"ticker": "AAPL", "expiration": "20250117", "strike": 150.0, "right": "C",
                                 "trading_class": None, "exchange": "SMART"}],), {}),
