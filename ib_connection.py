@@ -14,7 +14,9 @@ Callback routing (callbacks arrive on the connection's reader thread and must no
 Listener-only events, called on the supervisor thread (which may send):
   "ready"() once connected and ready (also after every reconnect), "disconnected"() after the
   handlers got on_disconnect, "resubscribe"() when TWS restored its link to IB with market data
-  lost (1101); registered handlers also get on_event("resubscribe", ()).
+  lost (1101); registered handlers also get on_event("resubscribe", ()). On the reader thread:
+  "ib_link"(up, ib_code, text) when TWS lost (1100) or got back (1101/1102) its link to IB's servers.
+TWS moving its API port (1300) ends the connection; the next one goes to the port TWS named.
 Registrations survive a disconnect (their ids mean nothing on the next connection): the owner
 unregisters or re-sends after "ready". Closing the socket makes TWS drop every subscription
 of this client, so stop() needs no cancels.
@@ -24,6 +26,7 @@ from __future__ import annotations
 import json
 import logging
 import queue
+import re
 import socket
 import threading
 import time
@@ -63,8 +66,17 @@ STABLE_AFTER_S = 60.0         # a connection that lasted this long resets the ba
 READ_POLL_S = 0.5
 HEARTBEAT_S = 30.0            # a connection quiet this long is asked for the time ...
 HEARTBEAT_REPLY_S = 10.0      # ... and counts as lost when TWS does not answer within this
+# Back-pressure (DESIGN.md 5.2, a hung TWS): at most this many messages go out after the last bytes
+# TWS sent; then one reqCurrentTime asks it for a sign of life and sending waits for any answer. A
+# TWS that stopped reading so finds at most UNANSWERED_MAX + 1 messages waiting when it resumes, and
+# the limiter counts them in its window from then on (MessageLimiter.backlog): never a burst above
+# the pacing limit. The socket's own buffers cannot do this: on loopback they hold minutes of requests.
+UNANSWERED_MAX = 10
+BACKLOG_AFTER_S = 0.25        # a wait this long means TWS read the waiting messages late: re-count them
 
-MARKET_DATA_TYPES = {"auto": 1, "live": 1, "frozen": 2, "delayed": 3, "delayed-frozen": 4}
+# auto asks frozen: live while the market is open, the values recorded at the close after it;
+# ib_lines falls back to delayed-frozen per contract where TWS says it is not subscribed.
+MARKET_DATA_TYPES = {"auto": 2, "live": 1, "frozen": 2, "delayed": 3, "delayed-frozen": 4}
 MARKET_DATA_TYPE_NAMES = {1: "live", 2: "frozen", 3: "delayed", 4: "delayed-frozen"}
 
 # Warnings 2100-2199 (farm status etc.), 399 order warnings, 10167 "displaying delayed data".
@@ -72,6 +84,7 @@ NOTICE_CODES = frozenset(range(2100, 2200)) | {399, 10167}
 TROUBLE_NOTICES = frozenset({2103, 2105, 2110, 2157})  # farm or server link broken: worth a log line
 CLIENT_ID_IN_USE = 326
 IB_LINK_LOST, IB_LINK_RESTORED_DATA_LOST, IB_LINK_RESTORED = 1100, 1101, 1102
+SOCKET_PORT_MOVED = 1300      # "TWS socket port has been reset ... reconnect on the new port - N"
 READ_ONLY_CODE = 321
 _ERROR_CODES = {
     200: NO_SECURITY_DEFINITION,
@@ -183,6 +196,37 @@ class _TwsSocket:
         self._send_lock = threading.Lock()
         self._open = True
         self.last_received = time.monotonic()
+        self._drained = threading.Condition()    # guards _unanswered / _probe_asked
+        self._unanswered = 0                     # messages let out since TWS last sent anything
+        self._probe_asked = False
+
+    def wait_drained(self, ask_probe: Callable[[], None]) -> Optional[int]:
+        """Take a place among the messages TWS may have unread (back-pressure before the limiter).
+        Waits while UNANSWERED_MAX are out and nothing came back since; the first to wait calls
+        ask_probe() (a reqCurrentTime sent around this gate). Returns how many messages were out
+        when a wait of BACKLOG_AFTER_S or longer ended (TWS read them late), else None. Raises
+        OSError when the socket closes meanwhile."""
+        with self._drained:
+            if self._unanswered < UNANSWERED_MAX:
+                self._unanswered += 1
+                return None
+            started, backlog = time.monotonic(), self._unanswered
+            while self._unanswered >= UNANSWERED_MAX and self._open:
+                if not self._probe_asked:
+                    self._probe_asked = True
+                    backlog += 1
+                    ask_probe()
+                self._drained.wait(READ_POLL_S)
+            if not self._open:
+                raise OSError("TWS socket is closed")
+            self._unanswered += 1
+            return backlog if time.monotonic() - started >= BACKLOG_AFTER_S else None
+
+    def _answered(self) -> None:
+        with self._drained:
+            self._unanswered = 0
+            self._probe_asked = False
+            self._drained.notify_all()
 
     def isConnected(self) -> bool:
         return self._open
@@ -209,6 +253,7 @@ class _TwsSocket:
             self.disconnect()
         else:
             self.last_received = time.monotonic()
+            self._answered()
         return buf
 
     def disconnect(self) -> None:
@@ -220,6 +265,8 @@ class _TwsSocket:
         except OSError:
             pass
         self._sock.close()
+        with self._drained:
+            self._drained.notify_all()
         self._on_close()
 
 
@@ -242,6 +289,8 @@ class _TwsSession(EWrapper, EClient):
         self._open_lock = threading.Lock()
         self._run_thread: Optional[threading.Thread] = None
         self._request = threading.local()   # the request call() in progress on this thread
+        self._bypass = threading.local()    # the probe passes the back-pressure gate
+        self._ready_to_gate = False         # the gate starts after the handshake (TWS says little before)
 
     # -- requests: the only way out to the socket ------------------------------------------------
     def request(self, method: str, *args) -> None:
@@ -264,8 +313,26 @@ class _TwsSession(EWrapper, EClient):
         return failure
 
     def _pace(self) -> None:
+        conn = self.conn
+        if conn is not None and self._ready_to_gate and not getattr(self._bypass, "on", False):
+            try:
+                backlog = conn.wait_drained(lambda: self._owner._control.put(("probe", self)))
+            except OSError:
+                raise self._send_failed(AgentError(IB_NOT_CONNECTED, "The connection to TWS closed")) from None
+            if backlog:
+                log.warning("TWS read nothing for a while; %s messages were waiting for it", backlog)
+                self._owner.limiter.backlog(backlog)
         if self._owner.limiter.acquire(self.closed) is None:
             raise self._send_failed(AgentError(IB_NOT_CONNECTED, "The connection to TWS closed"))
+
+    def probe(self) -> None:
+        """Ask TWS for the time around the back-pressure gate (supervisor thread): any answer
+        proves TWS reads again, and opens the gate."""
+        self._bypass.on = True
+        try:
+            self.request("reqCurrentTime")
+        finally:
+            self._bypass.on = False
 
     def sendMsg(self, msgId, msg):
         self._pace()
@@ -325,6 +392,7 @@ class _TwsSession(EWrapper, EClient):
             pass
         self._settled.wait(max(0.0, deadline - time.monotonic()))
         if self.accounts and self.first_order_id is not None and not self.client_id_in_use:
+            self._ready_to_gate = True
             return None
         was_closed = self.closed.is_set()
         self.close()
@@ -495,6 +563,7 @@ class IBConnection:
         self._supervisor: Optional[threading.Thread] = None
         self._ever_connected = False
         self._logged_failure: Optional[str] = None
+        self._port_override: Optional[int] = None    # the port TWS moved to (1300)
 
     # -- lifecycle -------------------------------------------------------------------------------
     def start(self) -> None:
@@ -536,8 +605,9 @@ class IBConnection:
             session.request(method, *args)
         except OSError:
             raise AgentError(IB_NOT_CONNECTED, f"The connection to TWS broke while sending {method}") from None
-        if method == "reqMarketDataType":   # e.g. the scanner's fall-back to delayed: status says so
-            self._set_state(market_data_type=MARKET_DATA_TYPE_NAMES.get(args[0]))
+        # A reqMarketDataType from ib_lines (delayed-frozen for a contract that is not subscribed, in
+        # auto) leaves status.market_data_type alone: that says what the agent asks by default, and
+        # each quote's market_data_type what TWS gave it (its marketDataType callback).
 
     def _ready_session(self) -> _TwsSession:
         with self._lock:
@@ -644,12 +714,17 @@ class IBConnection:
         if code == IB_LINK_LOST:
             log.warning("TWS lost its connection to IB's servers (1100); waiting for TWS to restore it")
             self._set_state(error="TWS has lost its connection to IB's servers (1100)")
+            self._tell_listeners("ib_link", (False, code, text))   # market data fails fast meanwhile
             return
         if code in (IB_LINK_RESTORED, IB_LINK_RESTORED_DATA_LOST):
             log.info("TWS restored its connection to IB's servers (%s)", code)
             self._set_state(error=None)
+            self._tell_listeners("ib_link", (True, code, text))
             if code == IB_LINK_RESTORED_DATA_LOST:
                 self._control.put(("resubscribe", session))
+            return
+        if code == SOCKET_PORT_MOVED:
+            self._port_moved(session, text)
             return
         handler = self._registry.get(req_id)
         if handler is not None:
@@ -658,6 +733,21 @@ class IBConnection:
         if not read_only:
             log.log(logging.WARNING if req_id < 0 else logging.DEBUG, "TWS error %s (id %s): %s", code, req_id, text)
         self._tell_listeners("error", (req_id, code, text))
+
+    def _port_moved(self, session: _TwsSession, text: str) -> None:
+        """1300: the API port was changed in TWS's settings; TWS drops this connection and listens on
+        the port its text names ("... reconnect on the new port - 7499"). The agent reconnects there
+        (and stays with it for this run), however it found the old one."""
+        found = re.search(r"(\d+)\D*$", text or "")
+        port = int(found.group(1)) if found else None
+        if port is None or not 0 < port < 65536:
+            log.warning("TWS moved its API port but did not say where (1300: %s); reconnecting", text)
+        else:
+            log.warning("TWS moved its API port to %s (1300); reconnecting there. Set IB_PORT=%s in "
+                        "config.env to keep it", port, port)
+            with self._lock:
+                self._port_override = port
+        self._control.put(("moved", session))
 
     def _session_closed(self, session: _TwsSession) -> None:
         self._control.put(("closed", session))
@@ -721,7 +811,9 @@ class IBConnection:
             return PortProbe(port, accounts=session.accounts)
 
         cfg = self._config
-        decision = resolve_port(cfg.ib_port, cfg.ib_mode, cfg.ib_mode_explicit, probe, self._candidates)
+        with self._lock:
+            ib_port = self._port_override or cfg.ib_port     # where TWS said it moved (1300), if it did
+        decision = resolve_port(ib_port, cfg.ib_mode, cfg.ib_mode_explicit, probe, self._candidates)
         for port, session in opened.items():
             if port != decision.port:
                 session.close()
@@ -816,10 +908,15 @@ class IBConnection:
                 return
             if subject is not session:
                 continue  # left over from an earlier connection
-            if kind == "closed":
+            if kind in ("closed", "moved"):
                 return
             if kind == "resubscribe":
                 self._resubscribe()
+            elif kind == "probe":
+                try:
+                    session.probe()
+                except (OSError, AgentError):
+                    pass        # closed: the "closed" message follows
 
     def _tws_answers(self, session: _TwsSession) -> bool:
         """A TWS that hangs, or a laptop that slept, can leave the socket open with nobody behind
@@ -828,7 +925,7 @@ class IBConnection:
         if time.monotonic() - quiet_since < HEARTBEAT_S:
             return True
         try:
-            session.request("reqCurrentTime")
+            session.probe()     # around the back-pressure gate, which a hung TWS keeps shut
         except (OSError, AgentError):
             return False
         deadline = time.monotonic() + HEARTBEAT_REPLY_S

@@ -15,6 +15,12 @@ Lines of warm subscriptions are taken back, least recently used first, whenever 
 queued than the pool has room; unused ones expire after WARM_SECONDS. After a 1101 (TWS lost market
 data), every stream a request waits on is cancelled (TWS may still hold it) and asked for again at
 once; warm ones are forgotten (never served stale) but keep their lines until taken back like that.
+After a 1100 (TWS lost IB's servers) every waiting item fails at once with IB_ERROR 1100 and its
+line is cancelled, until a 1101/1102. Market data type: the configured one; auto asks frozen and
+re-asks a contract TWS says is not subscribed (354/10089/10168) as delayed-frozen, with the other
+contracts of its ticker and kind (one reqMarketDataType before the reqMktData that needs another
+type than the last). Each quote says what TWS answered in marketDataType. Notices 10090/10091 keep
+the stream (no model greeks to wait for); every line is cancelled unless TWS ended its stream.
 
 Threads: TWS callbacks (reader thread) only update books under the lock and notify; all sending
 happens on request threads (and the warm sweeper), never under the lock, because `conn.send`
@@ -29,25 +35,39 @@ from typing import Callable, Deque, Dict, List, Optional, Sequence, Tuple
 
 from ibapi.contract import Contract
 
-from agent_errors import CANCELLED, IB_NOT_CONNECTED, AgentError
+from agent_errors import CANCELLED, IB_ERROR, IB_NOT_CONNECTED, AgentError
 from ib_connection import error_for
 from ib_ticks import DATA_TYPE_IDS, DATA_TYPE_NAMES, Instrument, TickBook
 
-# Generic ticks per kind: option volume (100), open interest (101), implied vol (106). Options
-# always ask for all three, so one stream (shared or warm) serves requests with and without OI;
-# greeks (tickOptionComputation) come without any generic tick.
-GENERIC_TICKS = {"OPT": "100,101,106", "STK": "", "IND": ""}
+# Generic ticks per kind: option volume (100) and open interest (101). Options always ask for
+# both, so one stream (shared or warm) serves requests with and without OI. Greeks and the
+# option's implied volatility come from tickOptionComputation, without any generic tick (106
+# would add tick 24, the underlying's volatility). Delayed data (types 3 and 4) is asked without
+# generic ticks: TWS serves only the delayed default ticks there, so no stream waits for OI it
+# cannot get.
+GENERIC_TICKS = {"OPT": "100,101", "STK": "", "IND": ""}
 LINE_LIMIT_CODE = 101                        # "max number of tickers reached"
-NOT_SUBSCRIBED_CODES = (354, 10089, 10168)   # auto mode: fall back to delayed and ask again
-PARTIAL_DATA_CODES = (10090,)                # part of the data not subscribed: the rest still streams
-DELAYED = DATA_TYPE_IDS["delayed"]
-LIVE = DATA_TYPE_IDS["live"]
+# Errors that end a stream (no cancel is sent for it): not subscribed. In auto, the contract is
+# asked again as delayed-frozen.
+NOT_SUBSCRIBED_CODES = (354, 10089, 10168)
+# Notices that do not end a stream: part of the data (the underlying's, so the model greeks) is not
+# subscribed; the rest streams on, and the line must still be cancelled when done with.
+PARTIAL_DATA_CODES = (10090, 10091)
+LIVE, FROZEN = DATA_TYPE_IDS["live"], DATA_TYPE_IDS["frozen"]
+DELAYED, DELAYED_FROZEN = DATA_TYPE_IDS["delayed"], DATA_TYPE_IDS["delayed-frozen"]
+AUTO_TYPE = FROZEN            # auto asks frozen: live while the market is open, the close's values after
+DELAYED_TYPES = (DELAYED, DELAYED_FROZEN)
+GROW_QUIET_S = 1.0            # after a 101, the pool grows back one line per freed line once this quiet
 STARTS_PER_ROUND = 8          # bounds how long one round sends before cancel is checked again
 CANCEL_POLL_S = 0.1           # a threading.Event cannot wake a Condition: poll it this often
 IDLE_WAIT_S = 1.0
 SWEEPER_IDLE_S = 60.0         # the warm sweeper's nap while nothing is warm (a new one wakes it)
 
 QUEUED, ACTIVE, ENDING, ENDED = "queued", "active", "ending", "ended"
+
+
+def _fallback_key(instrument: Instrument) -> Tuple[str, str]:
+    return instrument.ticker, instrument.sec_type
 
 
 def contract_for(instrument: Instrument) -> Contract:
@@ -68,12 +88,18 @@ def contract_for(instrument: Instrument) -> Contract:
 
 
 class LinePool:
-    """Lines this client may hold on TWS at once. Guarded by the MarketData lock."""
+    """Lines this client may hold on TWS at once. Guarded by the MarketData lock.
 
-    def __init__(self, size: int):
+    A 101 shrinks it to what worked; it grows back one line for each line given back, once no 101
+    came for GROW_QUIET_S (the user closed TWS windows, or lines TWS still counted were freed): a
+    limit that is still there costs one more 101, answered by shrinking again."""
+
+    def __init__(self, size: int, clock: Callable[[], float] = time.monotonic):
         self.configured = size
         self.size = size
         self.in_use = 0
+        self._clock = clock
+        self._limited_at = float("-inf")
 
     def free(self) -> int:
         return max(0, self.size - self.in_use)
@@ -83,11 +109,14 @@ class LinePool:
 
     def give_back(self) -> None:
         self.in_use -= 1
+        if self.size < self.configured and self._clock() - self._limited_at >= GROW_QUIET_S:
+            self.size += 1
 
     def shrink_after_limit(self) -> bool:
         """TWS answered 101 for one of the lines in use: the others are at most what works (the
         user's own TWS windows hold the rest). False when already down to one line: then the 101
         is the request's answer, not a reason to retry."""
+        self._limited_at = self._clock()
         if self.size <= 1:
             return False
         self.size = max(1, min(self.size - 1, self.in_use - 1))
@@ -95,6 +124,7 @@ class LinePool:
 
     def reset(self) -> None:
         self.size = self.configured
+        self._limited_at = float("-inf")
 
 
 class _Line:
@@ -129,6 +159,7 @@ class _Subscription:
         self.streaming_since: Optional[float] = None
         self.error: Optional[dict] = None
         self.idle_since = 0.0
+        self.fallback = False      # auto: TWS said not subscribed, so it is asked as delayed-frozen
 
 
 class _Item:
@@ -162,8 +193,8 @@ class MarketData:
         self._mutex = threading.Lock()
         self._changed = threading.Condition(self._mutex)    # a request may have progress to make
         self._warm_changed = threading.Condition(self._mutex)
-        self._type_lock = threading.Lock()                  # serialises reqMarketDataType
-        self.pool = LinePool(config.ib_max_mkt_lines)
+        self._type_lock = threading.Lock()       # a reqMarketDataType and the reqMktData it is for
+        self.pool = LinePool(config.ib_max_mkt_lines, clock)
         self._subs: Dict[Instrument, _Subscription] = {}    # queued and streaming, by instrument
         # Idle streams holding a line, LRU first; those a 1101 made stale are no longer in _subs.
         self._warm: "OrderedDict[_Subscription, None]" = OrderedDict()
@@ -171,16 +202,17 @@ class MarketData:
         self._stale_ids: List[int] = []                     # dead req ids still to unregister
         self._lost_ids: List[int] = []                      # req ids a 1101 lost, still to cancel
         self._session = 0                                   # +1 for every TWS disconnect seen
-        self._type_wanted = self._type_sent = self._initial_type()   # ib_connection sends it on connect
+        self._base_type = AUTO_TYPE if self._configured_type == "auto" else DATA_TYPE_IDS[self._configured_type]
+        self._type_sent = (0, self._base_type)     # (session, type): ib_connection sends the base on connect
+        self._fallback_keys: set = set()           # auto: (ticker, sec_type) TWS said are not subscribed
+        self._link_error: Optional[dict] = None    # while TWS has lost IB's servers (1100)
         self._sweeper: Optional[threading.Thread] = None
         self._closed = False
         self._counts = {"requests": 0, "contracts": 0, "shared": 0, "warm_hits": 0,
-                        "line_limit_errors": 0, "delayed_fallbacks": 0}
+                        "line_limit_errors": 0, "delayed_fallbacks": 0, "partial_notices": 0}
         conn.add_listener("disconnected", self._connection_lost)
         conn.add_listener("resubscribe", self._data_lost)
-
-    def _initial_type(self) -> int:
-        return DATA_TYPE_IDS.get(self._configured_type, LIVE)   # auto starts live
+        conn.add_listener("ib_link", self._link_changed)
 
     # --- public ---------------------------------------------------------------------------------
 
@@ -208,12 +240,13 @@ class MarketData:
             streaming = sum(1 for s in self._subs.values() if s.state == ACTIVE)
             return dict(self._counts, lines_in_use=self.pool.in_use, lines_max=self.pool.size,
                         warm_lines=len(self._warm), streaming=streaming,
-                        market_data_type_requested=DATA_TYPE_NAMES[self._type_wanted])
+                        market_data_type_requested=DATA_TYPE_NAMES[self._base_type])
 
     def close(self) -> None:
         """Cancel the warm subscriptions and stop the sweeper."""
         self._conn.remove_listener("disconnected", self._connection_lost)
         self._conn.remove_listener("resubscribe", self._data_lost)
+        self._conn.remove_listener("ib_link", self._link_changed)
         with self._mutex:
             self._closed = True
             ends = self._evict_warm(len(self._warm))
@@ -272,6 +305,11 @@ class MarketData:
                 if item.result is None:
                     self._finish(item, False, lost.to_dict(), ends)
             return
+        if self._link_error is not None:    # 1100: nothing will come until TWS is back; fail fast
+            for item in request.items:
+                if item.result is None:
+                    self._finish(item, False, self._link_error, ends, keep_warm=False)
+            return
         now = self._clock()
         for item in list(request.waiting):
             sub = item.sub
@@ -285,12 +323,13 @@ class MarketData:
                 if now >= item.deadline:
                     self._finish(item, False, None, ends)
 
-    def _finish(self, item: _Item, complete: bool, error: Optional[dict], ends: List[_Subscription]) -> None:
+    def _finish(self, item: _Item, complete: bool, error: Optional[dict], ends: List[_Subscription],
+                keep_warm: bool = True) -> None:
         request, sub = item.request, item.sub
         item.result = sub.book.result(complete, error)
         request.done += 1
         request.waiting.pop(item, None)
-        self._drop_item(item, ends, keep_warm=True)
+        self._drop_item(item, ends, keep_warm=keep_warm)
 
     def _drop_item(self, item: _Item, ends: List[_Subscription], keep_warm: bool) -> None:
         sub = item.sub
@@ -391,16 +430,24 @@ class MarketData:
     # --- sending (never under the lock) ---------------------------------------------------------
 
     def _start_lines(self, starts: List[_Subscription]) -> None:
+        with self._mutex:
+            wanted = {sub: self._type_for(sub) for sub in starts}
+        sent = self._type_sent[1]
+        starts = sorted(starts, key=lambda sub: wanted[sub] != sent)   # the fewest reqMarketDataType
         for sub in starts:
             line = sub.line
             if line is None:    # the connection dropped while an earlier start waited on the limiter
                 continue
             try:
-                line.data_type = self._ensure_data_type()
-                line.req_id = self._conn.next_req_id()
-                self._conn.register(line.req_id, line)
-                self._conn.send("reqMktData", line.req_id, contract_for(sub.instrument),
-                                GENERIC_TICKS[sub.instrument.sec_type], False, False, [])
+                with self._type_lock:   # no other thread's reqMarketDataType between the two
+                    line.data_type = self._ensure_data_type(wanted[sub])
+                    generic = "" if line.data_type in DELAYED_TYPES else GENERIC_TICKS[sub.instrument.sec_type]
+                    with self._mutex:
+                        sub.book.no_open_interest = sub.instrument.is_option and not generic
+                    line.req_id = self._conn.next_req_id()
+                    self._conn.register(line.req_id, line)
+                    self._conn.send("reqMktData", line.req_id, contract_for(sub.instrument), generic,
+                                    False, False, [])
             except AgentError as exc:
                 with self._mutex:
                     self._fail(line, exc.to_dict())
@@ -438,16 +485,24 @@ class MarketData:
                 sub.state = ENDED
             self._changed.notify_all()
 
-    def _ensure_data_type(self) -> int:
-        """reqMarketDataType is global for the client: send it when the wanted type changed."""
-        with self._type_lock:
-            with self._mutex:
-                wanted, sent = self._type_wanted, self._type_sent
-            if wanted != sent:
-                self._conn.send("reqMarketDataType", wanted)
-                with self._mutex:
-                    self._type_sent = wanted
-            return wanted
+    def _type_for(self, sub: _Subscription) -> int:
+        """The market data type one stream is asked with (under the lock): the configured one; in
+        auto, delayed-frozen for a contract TWS said is not subscribed, and for the other contracts
+        of that ticker and kind once one was (saves a refused request each)."""
+        if self._configured_type == "auto" and (sub.fallback or _fallback_key(sub.instrument) in self._fallback_keys):
+            return DELAYED_FROZEN
+        return self._base_type
+
+    def _ensure_data_type(self, wanted: int) -> int:
+        """reqMarketDataType holds for the client's next requests: send it when the type the next
+        reqMktData needs differs from the last one sent on this connection (under _type_lock)."""
+        session, sent = self._type_sent
+        if session != self._session:
+            sent = self._base_type      # ib_connection sent the base type on connecting
+        if wanted != sent:
+            self._conn.send("reqMarketDataType", wanted)
+        self._type_sent = (self._session, wanted)
+        return wanted
 
     def _clear_dead_ids(self, dead: Tuple[List[int], List[int]]) -> None:
         """Before any new stream starts: forget ids TWS ended, cancel those a 1101 may have left on TWS."""
@@ -468,7 +523,12 @@ class MarketData:
                 self._changed.notify_all()
 
     def _on_error(self, line: _Line, ib_code: int, text: str) -> None:
-        if ib_code in PARTIAL_DATA_CODES:
+        if ib_code in PARTIAL_DATA_CODES:   # the stream goes on without model greeks; still cancelled at the end
+            with self._mutex:
+                if line.sub.line is line:
+                    self._counts["partial_notices"] += 1
+                    line.sub.book.no_model_greeks = True
+                    self._changed.notify_all()
             return
         with self._mutex:
             if line.sub.line is not line:
@@ -479,9 +539,10 @@ class MarketData:
                     self._requeue(line)
                     return
             elif ib_code in NOT_SUBSCRIBED_CODES and self._configured_type == "auto" \
-                    and line.data_type != DELAYED:
-                self._counts["delayed_fallbacks"] += 1
-                self._type_wanted = DELAYED     # still live where subscribed; see the report per quote
+                    and line.data_type != DELAYED_FROZEN:
+                self._counts["delayed_fallbacks"] += 1    # this contract (and its kind) asked again as
+                line.sub.fallback = True                  # delayed-frozen; each quote says what it got
+                self._fallback_keys.add(_fallback_key(line.sub.instrument))
                 self._requeue(line)
                 return
             self._fail(line, error_for(ib_code, text).to_dict())
@@ -489,10 +550,12 @@ class MarketData:
 
     def _connection_lost(self) -> None:
         """Every stream is gone on the TWS side; requests still running on the lost connection
-        fail their unfinished items. The next connection starts with the configured data type."""
+        fail their unfinished items. The next connection starts with the configured data type and
+        learns again which contracts need delayed data (the user may have subscribed meanwhile)."""
         with self._mutex:
             self._session += 1
-            self._type_wanted = self._type_sent = self._initial_type()
+            self._fallback_keys.clear()
+            self._link_error = None
             self.pool.reset()
             self._stale_ids += self._lost_ids       # TWS ended them with the connection
             self._lost_ids = []
@@ -500,6 +563,16 @@ class MarketData:
             for sub in list(self._subs.values()) + list(self._warm):
                 if sub.line is not None:
                     self._fail(sub.line, lost)
+            self._changed.notify_all()
+
+    def _link_changed(self, up: bool, ib_code: int, text: str) -> None:
+        """TWS lost its link to IB's servers (1100: no data comes until it is back, so every waiting
+        market-data item fails at once with IB_ERROR 1100 and its line is cancelled; new requests
+        fail the same way) or got it back (1101/1102: requests run again)."""
+        with self._mutex:
+            self._link_error = None if up else AgentError(
+                IB_ERROR, f"TWS has lost its connection to IB's servers, so no market data comes until it "
+                          f"is back (TWS said: {text})", ib_code).to_dict()
             self._changed.notify_all()
 
     def _data_lost(self) -> None:

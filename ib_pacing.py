@@ -41,6 +41,15 @@ class MessageLimiter:
             self._next_slot = slot + self._interval
             return slot
 
+    def backlog(self, count: int) -> None:
+        """`count` messages sent a while ago reach TWS only now (it stopped reading, and resumed):
+        they count in the 1 s window from now, so TWS never gets more than the rate in a second."""
+        with self._lock:
+            stamp = max([self._clock()] + list(self._recent)[-1:])    # keeps the window in order
+            for _ in range(min(count, self._recent.maxlen)):
+                self._recent.append(stamp)
+            self._next_slot = max(self._next_slot, stamp + self._interval)
+
     def acquire(self, interrupt: Optional[threading.Event] = None) -> Optional[float]:
         """Block until the caller's slot and return its time (on the limiter's clock).
 

@@ -146,7 +146,7 @@ class Replayed(unittest.TestCase):
         self.assertTrue(conn.wait_ready(0))
         self.assertEqual(conn.status(), {
             "connected": True, "host": "127.0.0.1", "port": 7497, "client_id": 17, "accounts": ["DU1234567"],
-            "account_type": "paper", "server_version": None, "market_data_type": "live", "read_only": None,
+            "account_type": "paper", "server_version": None, "market_data_type": "frozen", "read_only": None,
             "error": None})
         self.assertEqual(changes[-1], conn.status(), "on_change was told")
         self.assertEqual([conn.next_order_id(), conn.next_order_id()], [1, 2])
@@ -160,7 +160,7 @@ class Replayed(unittest.TestCase):
         self.assertEqual(conn.next_order_id(), 51, "never goes back")
 
     def test_market_data_type_setting(self):
-        for setting, name in [("auto", "live"), ("live", "live"), ("frozen", "frozen"),
+        for setting, name in [("auto", "frozen"), ("live", "live"), ("frozen", "frozen"),
                               ("delayed", "delayed"), ("delayed-frozen", "delayed-frozen")]:
             with self.subTest(setting):
                 conn, session, _ = connected(dataclasses.replace(CONFIG, market_data_type=setting))

@@ -34,16 +34,22 @@ class StubTws:
 
     `replies` maps (symbol, strike, right) to a recorded sequence name, "silent" (the test feeds
     it later) or ("error", code, text); anything else gets the live recording, with the bid set to
-    strike / 100 so results can be told apart. `tws_lines` is TWS's own limit (error 101 beyond).
-    `delayed_only`: 354 unless reqMarketDataType(3) is in effect, then the delayed recording."""
+    strike / 100 so results can be told apart; ("notice", code, recording) sends that notice and
+    streams the recording. `tws_lines` is TWS's own limit (error 101 beyond). `delayed_only`: 354
+    unless reqMarketDataType(3/4) is in effect, then the delayed recording with marketDataType saying
+    the type in effect; `not_subscribed`: the same, for these tickers only. `asked` records
+    (symbol, strike, right, data type, generic ticks) per reqMktData."""
 
-    def __init__(self, replies: Optional[dict] = None, tws_lines: int = 1000, delayed_only: bool = False):
+    def __init__(self, replies: Optional[dict] = None, tws_lines: int = 1000, delayed_only: bool = False,
+                 not_subscribed: tuple = ()):
         self.replies = dict(replies or {})
         self.tws_lines = tws_lines
         self.delayed_only = delayed_only
-        self.data_type = 1
+        self.not_subscribed = set(not_subscribed)
+        self.data_type = 2      # what ib_connection asks on connecting in auto
         self.open: Dict[int, tuple] = {}
         self.max_open = 0
+        self.asked: List[tuple] = []
 
     def __call__(self, conn: "StubConnection", name: str, args: tuple) -> None:
         if name == "reqMarketDataType":
@@ -51,6 +57,7 @@ class StubTws:
         elif name == "cancelMktData":
             self.open.pop(args[0], None)
         elif name == "reqMktData":
+            self.asked.append((args[1].symbol, args[1].strike, args[1].right, self.data_type, args[2]))
             self._market_data(conn, args[0], args[1])
 
     def _market_data(self, conn: "StubConnection", req_id: int, contract) -> None:
@@ -61,13 +68,18 @@ class StubTws:
         self.open[req_id] = key
         self.max_open = max(self.max_open, len(self.open))
         reply = self.replies.get(key)
-        if self.delayed_only and self.data_type not in (3, 4):
+        delayed_only = self.delayed_only or contract.symbol in self.not_subscribed
+        if delayed_only and self.data_type not in (3, 4):
             self.open.pop(req_id)
             conn.error(req_id, 354, "Requested market data is not subscribed.")
-        elif self.delayed_only:
-            conn.feed(req_id, "option_delayed" if contract.secType == "OPT" else "stock_live")
+        elif delayed_only:
+            conn.feed(req_id, "option_delayed" if contract.secType == "OPT" else "stock_live",
+                      data_type=self.data_type)
         elif reply == "silent":
             return
+        elif isinstance(reply, tuple) and reply[0] == "notice":
+            conn.error(req_id, reply[1], "Part of requested market data is not subscribed.")
+            conn.feed(req_id, reply[2])
         elif isinstance(reply, tuple):
             self.open.pop(req_id)
             conn.error(req_id, reply[1], reply[2])
@@ -126,10 +138,12 @@ class StubConnection:
         return self.answers[name](args)
 
     # playing TWS
-    def feed(self, req_id: int, recording: str, bid: Optional[float] = None) -> None:
+    def feed(self, req_id: int, recording: str, bid: Optional[float] = None, data_type: Optional[int] = None) -> None:
         for callback, args in recorded_events(recording, req_id):
             if bid is not None and callback == "tickPrice" and args[1] == 1:
                 args = (req_id, 1, bid, args[3])
+            if data_type is not None and callback == "marketDataType":
+                args = (req_id, data_type)
             self.event(req_id, callback, args)
 
     def event(self, req_id: int, callback: str, args: tuple) -> None:
@@ -141,6 +155,11 @@ class StubConnection:
         handler = self.handlers.get(req_id)
         if handler is not None:
             handler.on_error(code, text)
+
+    def ib_link(self, up: bool, code: int) -> None:
+        """What ib_connection does on TWS's 1100 / 1101 / 1102: the "ib_link" listeners are called."""
+        for fn in self.listeners.get("ib_link", []):
+            fn(up, code, "Connectivity between IB and Trader Workstation has been lost.")
 
     def data_lost(self) -> None:
         """What ib_connection does on TWS's 1101: every handler gets "resubscribe" (in registration
@@ -238,7 +257,7 @@ class SlidingWindowTest(LinesTestCase):
                           contract.right, contract.exchange, contract.currency, contract.multiplier,
                           contract.tradingClass),
                          ("AAPL", "OPT", "20300118", 190.0, "P", "SMART", "USD", "100", "AAPL"))
-        self.assertEqual((generic, snapshot), ("100,101,106", False))
+        self.assertEqual((generic, snapshot), ("100,101", False))   # no 106: IV comes from the model
 
     def test_deadline_returns_what_arrived_and_frees_the_line(self):
         market, conn, _ = self.make(StubTws({("AAPL", 200.0, "C"): "option_no_model"}), option_timeout_s=0.3)
@@ -524,13 +543,34 @@ class CancelAndDropTest(LinesTestCase):
 
 
 class MarketDataTypeTest(LinesTestCase):
-    def test_auto_falls_back_to_delayed_once_for_all(self):
-        market, conn, _ = self.make(StubTws(delayed_only=True), market_data_type="auto")
-        results = market.fetch([option(180, "P"), option(185, "P"), option(190, "P")])
-        self.assertTrue(all(r["complete"] and r["error"] is None for r in results))
-        self.assertEqual([r["market_data_type"] for r in results], ["delayed"] * 3)
-        self.assertEqual([args for name, args in conn.sent if name == "reqMarketDataType"], [(3,)])
-        self.assertEqual(market.stats()["market_data_type_requested"], "delayed")
+    def types_sent(self, conn: StubConnection) -> List[int]:
+        return [args[0] for name, args in conn.sent if name == "reqMarketDataType"]
+
+    def test_auto_asks_frozen_and_falls_back_to_delayed_frozen_per_contract(self):
+        market, conn, tws = self.make(StubTws(not_subscribed=("AAPL",)), market_data_type="auto")
+        results = market.fetch([option(180, "P"), option(300, "C", "MSFT"), option(185, "P"), option(310, "C", "MSFT")])
+        self.assertTrue(all(r["complete"] and r["error"] is None for r in results), results)
+        self.assertEqual([r["market_data_type"] for r in results], ["delayed-frozen", "live", "delayed-frozen", "live"])
+        asked = {(symbol, strike): (data_type, generic) for symbol, strike, _, data_type, generic in tws.asked}
+        self.assertEqual(asked[("MSFT", 300.0)], (2, "100,101"))            # frozen, where subscribed
+        self.assertEqual(asked[("AAPL", 180.0)], (4, ""))                   # the retry: no generic ticks
+        self.assertEqual(self.types_sent(conn), [4])                        # then no switch back needed
+        later, = market.fetch([option(190, "P")])                           # learnt: straight to delayed-frozen
+        self.assertEqual(later["market_data_type"], "delayed-frozen")
+        self.assertEqual(tws.asked[-1][3:], (4, ""))
+        then, = market.fetch([option(320, "C", "MSFT")])                    # and back to frozen for MSFT
+        self.assertEqual(tws.asked[-1][3:], (2, "100,101"))
+        self.assertEqual(self.types_sent(conn), [4, 2])
+        self.assertEqual(market.stats()["market_data_type_requested"], "frozen")
+        self.assertEqual(market.stats()["lines_in_use"], 0)
+
+    def test_delayed_data_with_open_interest_asked_does_not_wait_for_it(self):
+        market, conn, tws = self.make(StubTws(delayed_only=True), market_data_type="auto", option_timeout_s=5.0)
+        started = time.monotonic()
+        result, = market.fetch([option(180, "P")], want_open_interest=True)
+        self.assertLess(time.monotonic() - started, 1.0)
+        self.assertTrue(result["complete"], result)
+        self.assertEqual(tws.asked[-1][3:], (4, ""))
 
     def test_live_only_reports_not_subscribed(self):
         market, conn, _ = self.make(StubTws(delayed_only=True), market_data_type="live")
@@ -538,15 +578,73 @@ class MarketDataTypeTest(LinesTestCase):
         self.assertEqual((result["error"]["code"], result["error"]["ib_code"]), (MARKET_DATA_NOT_SUBSCRIBED, 354))
         self.assertEqual(conn.count("reqMarketDataType"), 0)
 
-    def test_auto_goes_back_to_live_after_a_reconnect(self):
+    def test_auto_learns_again_after_a_reconnect(self):
         market, conn, tws = self.make(StubTws(delayed_only=True), market_data_type="auto")
         market.fetch([option(180, "P")])
         conn.drop()
         conn.ready = True
-        tws.data_type = 1       # what ib_connection asks for on every new connection in auto
-        self.assertEqual(market.stats()["market_data_type_requested"], "live")
-        market.fetch([option(185, "P")])
-        self.assertEqual([args for name, args in conn.sent if name == "reqMarketDataType"], [(3,), (3,)])
+        tws.data_type = 2       # what ib_connection asks for on every new connection in auto
+        result, = market.fetch([option(185, "P")])
+        self.assertEqual(result["market_data_type"], "delayed-frozen")
+        self.assertEqual([a[3] for a in tws.asked], [2, 4, 2, 4])
+        self.assertEqual(self.types_sent(conn), [4, 4])
+
+
+class StreamNoticeTest(LinesTestCase):
+    def test_partial_data_notice_keeps_the_stream_and_its_line_is_cancelled(self):
+        for code in (10090, 10091):
+            with self.subTest(code):
+                market, conn, tws = self.make(StubTws({("AAPL", 200.0, "C"): ("notice", code, "option_no_model")}),
+                                              option_timeout_s=5.0)
+                started = time.monotonic()
+                result, = market.fetch([option(200)])
+                self.assertLess(time.monotonic() - started, 1.0, "no wait for model greeks that cannot come")
+                self.assertTrue(result["complete"], result)
+                self.assertIsNone(result["error"])
+                self.assertEqual((result["bid"], result["ask"]), (1.9, 2.0))
+                self.assertEqual(conn.req_ids("cancelMktData"), conn.req_ids())   # TWS still streams it
+                self.assertEqual(tws.open, {})
+                self.assertEqual(market.stats()["partial_notices"], 1)
+
+
+class IbLinkTest(LinesTestCase):
+    def test_1100_fails_waiting_market_data_fast_and_1102_resumes(self):
+        market, conn, tws = self.make(StubTws({("AAPL", 200.0, "C"): "silent"}), option_timeout_s=30.0)
+        waiting = Background(market.fetch, [option(200), option(205)])
+        conn.wait_for(lambda: len(conn.req_ids()) == 2, "both requested")
+        started = time.monotonic()
+        conn.ib_link(False, 1100)
+        results = waiting.join()
+        self.assertLess(time.monotonic() - started, 2.0)
+        self.assertEqual({(r["error"]["code"], r["error"]["ib_code"]) for r in results}, {("IB_ERROR", 1100)})
+        self.assertIn("lost its connection to IB's servers", results[0]["error"]["message"])
+        self.assertEqual(sorted(conn.req_ids("cancelMktData")), sorted(conn.req_ids()))   # lines freed at TWS
+        refused, = market.fetch([option(210)])                  # new requests fail at once meanwhile
+        self.assertEqual(refused["error"]["ib_code"], 1100)
+        conn.ib_link(True, 1102)
+        again, = market.fetch([option(215)])
+        self.assertTrue(again["complete"], again)
+        self.assertEqual(market.stats()["lines_in_use"], 0)
+
+
+class PoolGrowsBackTest(LinesTestCase):
+    def test_after_a_101_the_pool_grows_back_as_lines_free_up(self):
+        import ib_lines
+        original = ib_lines.GROW_QUIET_S
+        ib_lines.GROW_QUIET_S = 0.05
+        self.addCleanup(setattr, ib_lines, "GROW_QUIET_S", original)
+        market, conn, tws = self.make(StubTws(tws_lines=2), ib_max_mkt_lines=4)
+        market.fetch([option(s) for s in range(150, 200, 5)])
+        self.assertEqual(market.stats()["line_limit_errors"], 2)
+        self.assertLess(market.stats()["lines_max"], 4)
+        tws.tws_lines = 1000            # the user closed the TWS windows holding lines
+        time.sleep(0.1)
+        tws.max_open = 0
+        results = market.fetch([option(s) for s in range(200, 260, 5)])
+        self.assertTrue(all(r["complete"] for r in results))
+        self.assertEqual(market.stats()["lines_max"], 4)
+        self.assertEqual(tws.max_open, 4)
+        self.assertEqual(market.stats()["line_limit_errors"], 2)
 
 
 if __name__ == "__main__":

@@ -67,6 +67,24 @@ class LimiterWindows(unittest.TestCase):
         gaps = [b - a for a, b in zip(granted, granted[1:])]
         self.assertEqual(set(round(g, 9) for g in gaps), {0.2})
 
+    def test_a_backlog_counts_in_the_window_from_when_tws_reads_it(self):
+        """A TWS that stopped reading gets the messages sent before it stopped all at once when it
+        resumes: with those 11 counted from then, what follows keeps TWS's window at the rate."""
+        clock = FakeClock()
+        limiter = MessageLimiter(45, clock=clock, sleep=clock.sleep)
+        early = []
+        for _ in range(11):
+            limiter.acquire()
+            early.append(clock())
+        clock.sleep(20.0)                      # TWS stalled; it reads the 11 now
+        read_at = clock()
+        limiter.backlog(11)
+        later = []
+        for _ in range(100):
+            limiter.acquire()
+            later.append(clock())
+        self.assertEqual(max_in_any_window([read_at] * 11 + later), 45)
+
     def test_bad_rate(self):
         for rate in (0, -1, float("nan")):
             with self.assertRaises(ValueError):

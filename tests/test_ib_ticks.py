@@ -53,6 +53,16 @@ def book_from(name: str, instrument: Instrument) -> TickBook:
 
 
 class OptionNormalisationTest(unittest.TestCase):
+    def test_implied_vol_is_the_options_own_model_never_tick_24(self):
+        """Tick 24 (generic 106) on an option's stream is the underlying's 30-day volatility."""
+        book = TickBook(CALL_190)
+        book.apply("tickGeneric", (7, 24, 0.35))
+        self.assertIsNone(book.option(complete=False)["implied_vol"])
+        for callback, args in recorded_events("option_live", 7):
+            book.apply(callback, args)
+        book.apply("tickGeneric", (7, 24, 0.35))
+        self.assertEqual(book.option(complete=True)["implied_vol"], 0.2751)
+
     def test_live_call_prefers_model_greeks_and_takes_the_call_open_interest(self):
         option = book_from("option_live", CALL_190).option(complete=True)
         self.assertEqual(set(option), OPTION_KEYS)
