@@ -5,7 +5,8 @@ serves until SIGTERM/SIGINT (exit 0, stats file written). From tests:
 `FakeTWS(port=0, ...).start() -> port`, `stats()`, `drop_all()`, `restart(down_s)`,
 `broadcast_error(code, text)`, `stop()`.
 
-It speaks the TWS socket protocol at server versions 157 up to the pinned ibapi's MAX_CLIENT_VER
+It speaks the TWS socket protocol at server versions 100 (ibapi's MIN_CLIENT_VER) up to the pinned
+ibapi's MAX_CLIENT_VER, each field laid out as the ibapi decoder reads it at that version
 (default and what current TWS answers: that newest version): text up to 200, and from 201 the
 protobuf bodies of the message groups each version moves (`fake_tws_proto.py`). `API\\0` +
 version range, answered with min(client max, max_server_version), then after startApi:
@@ -27,7 +28,13 @@ It serves:
   reqExecutions (+ commission reports), reqCompletedOrders
 - placeOrder / cancelOrder / reqGlobalCancel, reqOpenOrders / reqAllOpenOrders / reqAutoOpenOrders:
   openOrder + orderStatus; marketable limits fill at once (execDetails); 110 off-tick price,
-  201 quantity > 1000 or unknown account, 202 on cancel, 10147/10148 for unknown/finished orders;
+  201 quantity > 1000 or unknown account. A cancel is answered as TWS does: openOrder and
+  orderStatus PendingCancel, orderStatus Cancelled, error 202; a filled or cancelled order gets 161
+  ("not in a cancellable state"), an unknown one 10147. A what-if order (order.whatIf) gets one
+  openOrder whose state carries margin before/change/after and commission, and is never booked.
+  --place-delay-ms MS: each (non-what-if) placeOrder is acted on only MS later, as behind TWS's
+  precaution dialog: no openOrder/orderStatus, not in open orders until then, other messages flow.
+  orders_placed counts orders booked (what-if excluded), once each;
   --read-only answers order actions and order information with 321.
 - pacing: more than --max-rate messages in any 1 s window per connection is a violation;
   reject: error 100, message dropped, disconnect on the 3rd; queue: processed late, counted.
@@ -161,7 +168,8 @@ class FakeTWS:
                  no_live_data: bool = False, busy_client_ids: Sequence[int] = (),
                  tick_delay_ms: Tuple[int, int] = (5, 30), snapshot_ms: Tuple[int, int] = (0, 0), seed: int = 1,
                  max_server_version: int = MAX_SERVER_VERSION, stats_file: Optional[str] = None,
-                 host: str = "127.0.0.1"):
+                 place_delay_ms: int = 0,
+                 host: str = "127.0.0.1", market_closed: bool = False, stream_notices: Sequence[int] = ()):
         if pacing not in ("reject", "queue"):
             raise ValueError("pacing must be 'reject' or 'queue'")
         if not MIN_SERVER_VERSION <= max_server_version <= MAX_SERVER_VERSION:
@@ -175,6 +183,14 @@ class FakeTWS:
         self.busy_client_ids = set(busy_client_ids)
         self.tick_delay_s = (tick_delay_ms[0] / 1000.0, tick_delay_ms[1] / 1000.0)
         self.snapshot_s = (snapshot_ms[0] / 1000.0, snapshot_ms[1] / 1000.0)
+        if place_delay_ms < 0:
+            raise ValueError("place_delay_ms must be >= 0")
+        self.place_delay_s = place_delay_ms / 1000.0   # placeOrder acted on this much later (0: at once)
+        self.market_closed = market_closed    # live/delayed: bid/ask -1, no greeks; frozen types: the close
+        unknown = set(stream_notices) - {10090, 10091}
+        if unknown:
+            raise ValueError(f"stream_notices: {sorted(unknown)} (known: 10090, 10091)")
+        self.stream_notices = tuple(stream_notices)   # sent on every option stream, which goes on
         self.max_server_version = max_server_version
         self.stats_file = stats_file
         self.market = Market(seed)
@@ -375,7 +391,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="from a snapshot request to its tickSnapshotEnd (TWS: 11 s), holding a line")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--stats-file")
-    p.add_argument("--max-server-version", type=int, default=MAX_SERVER_VERSION)
+    p.add_argument("--market-closed", action="store_true",
+                   help="live/delayed types get bid/ask -1 and no greeks; frozen/delayed-frozen the close's values")
+    p.add_argument("--stream-notice", type=_int_list, default=[], metavar="CODE[,CODE]",
+                   help="send these notices (10090, 10091) on every option stream, which goes on without greeks")
+    p.add_argument("--max-server-version", type=int, default=MAX_SERVER_VERSION,
+                   help=f"highest version answered, {MIN_SERVER_VERSION}..{MAX_SERVER_VERSION} (default: the "
+                        "newest, as current TWS)")
+    p.add_argument("--place-delay-ms", type=int, default=0, metavar="MS",
+                   help="act on each placeOrder only MS later, as TWS does behind a precaution dialog "
+                        "(what-if orders are answered at once)")
     return p
 
 
@@ -386,7 +411,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                   read_only=args.read_only, no_live_data=args.no_live_data,
                   busy_client_ids=args.busy_client_ids, tick_delay_ms=args.tick_delay_ms,
                   snapshot_ms=args.snapshot_ms, seed=args.seed,
-                  max_server_version=args.max_server_version, stats_file=args.stats_file, host=args.host)
+                  max_server_version=args.max_server_version, stats_file=args.stats_file, host=args.host,
+                  place_delay_ms=args.place_delay_ms, market_closed=args.market_closed,
+                  stream_notices=args.stream_notice)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())

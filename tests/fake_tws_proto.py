@@ -49,7 +49,7 @@ from ibapi.protobuf import (AccountDataEnd_pb2, AccountDataRequest_pb2, AccountS
 from google.protobuf.message import DecodeError
 
 from tests.fake_tws_wire import (Encoder, Execution, OrderRecord, ProtoMessage, ProtocolError,
-                                 parse_request, split_fields)
+                                 parse_request, split_fields, tick_attrib_mask)
 
 PROTOBUF = sv.MIN_SERVER_VER_PROTOBUF                          # 201
 ORDERS = sv.MIN_SERVER_VER_PROTOBUF_PLACE_ORDER                # 203
@@ -238,9 +238,13 @@ class ProtoEncoder(Encoder):
         return ProtoMessage(IN.ERR_MSG, proto)
 
     # -- market data --
-    def tick_price(self, req_id: int, tick_type: int, price: float, size: float, attrib_mask: int = 0):
+    def tick_price(self, req_id: int, tick_type: int, price: float, size: float,
+                   attrib_mask: Optional[int] = None):
+        """attrib_mask None: tick_attrib_mask(tick_type), TWS's rule, the same on both encodings."""
         if not self._proto(IN.TICK_PRICE):
             return super().tick_price(req_id, tick_type, price, size, attrib_mask)
+        if attrib_mask is None:
+            attrib_mask = tick_attrib_mask(tick_type)
         return ProtoMessage(IN.TICK_PRICE, TickPrice_pb2.TickPrice(reqId=req_id, tickType=tick_type, price=price,
                                                                    size=_qty(size), attrMask=attrib_mask))
 
@@ -442,9 +446,19 @@ class ProtoEncoder(Encoder):
     def open_order(self, o: OrderRecord):
         if not self._proto(IN.OPEN_ORDER):
             return super().open_order(o)
+        order, state = order_proto(o), OrderState_pb2.OrderState(status=o.status)
+        w = o.what_if
+        if w is not None:
+            # A what-if preview: the order flagged, its state carrying the margins before, change
+            # and after and the commission (min/max and the outside-RTH figures left unset).
+            order.whatIf = True
+            (state.initMarginBefore, state.maintMarginBefore, state.equityWithLoanBefore) = w.margins_before
+            (state.initMarginChange, state.maintMarginChange, state.equityWithLoanChange) = w.margins_change
+            (state.initMarginAfter, state.maintMarginAfter, state.equityWithLoanAfter) = w.margins_after
+            state.commissionAndFees, state.commissionAndFeesCurrency = w.commission, w.currency
+            state.marginCurrency = w.currency
         return ProtoMessage(IN.OPEN_ORDER, OpenOrder_pb2.OpenOrder(
-            orderId=o.order_id, contract=contract_proto(o.contract), order=order_proto(o),
-            orderState=OrderState_pb2.OrderState(status=o.status)))
+            orderId=o.order_id, contract=contract_proto(o.contract), order=order, orderState=state))
 
     def open_order_end(self):
         if not self._proto(IN.OPEN_ORDER_END):
@@ -523,7 +537,8 @@ def _place_order(p: PlaceOrderRequest_pb2.PlaceOrderRequest) -> Dict:
             "quantity": quantity, "order_type": o.orderType, "lmt_price": _optional(o, "lmtPrice"),
             "aux_price": _optional(o, "auxPrice"), "tif": o.tif, "oca_group": o.ocaGroup, "account": o.account,
             "open_close": o.openClose, "origin": o.origin, "order_ref": o.orderRef,
-            "transmit": o.transmit, "parent_id": o.parentId}      # EClient leaves transmit=False out
+            "transmit": o.transmit, "parent_id": o.parentId,      # EClient leaves transmit=False out
+            "what_if": o.whatIf}
 
 
 def _executions(p: ExecutionRequest_pb2.ExecutionRequest) -> Dict:

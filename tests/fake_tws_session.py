@@ -15,11 +15,13 @@ from collections import deque
 from dataclasses import dataclass, replace
 from typing import Deque, Dict, FrozenSet, List, Optional
 
+from ibapi.server_versions import MIN_SERVER_VER_COMPLETED_ORDERS
+
 from tests.fake_market import Instrument, Quote, on_tick
 from tests.fake_tws_proto import make_encoder, parse_payload
 from tests.fake_tws_wire import tick_attrib_mask, tws_time
 from tests.fake_tws_wire import (API_PREFIX, MIN_SERVER_VERSION, Encoder, FrameReader, OrderRecord,
-                                 ProtocolError, frame, parse_version_range)
+                                 ProtocolError, WhatIf, frame, parse_version_range)
 
 SOCKET_TIMEOUT_S = 5.0
 PACING_WINDOW_S = 1.0
@@ -506,9 +508,21 @@ class ClientSession:
     def _on_placeOrder(self, order_id: int, contract: Dict, action: str, quantity: float, order_type: str,
                        lmt_price: Optional[float], aux_price: Optional[float], tif: str, oca_group: str,
                        account: str, open_close: str, origin: int, order_ref: str, transmit: bool,
-                       parent_id: int) -> None:
+                       parent_id: int, what_if: bool = False) -> None:
         if self._refuse_read_only(order_id):
             return
+        place = lambda: self._place(order_id, contract, action, quantity, order_type, lmt_price, aux_price, tif,
+                                    account, order_ref, parent_id, what_if)
+        if self.server.place_delay_s > 0 and not what_if:
+            # Held behind TWS's precaution dialog: nothing about the order (no openOrder, no
+            # orderStatus, not in open orders) until it is accepted; other messages keep flowing.
+            self.server.call_later(self.server.place_delay_s, place)
+        else:
+            place()
+
+    def _place(self, order_id: int, contract: Dict, action: str, quantity: float, order_type: str,
+               lmt_price: Optional[float], aux_price: Optional[float], tif: str, account: str, order_ref: str,
+               parent_id: int, what_if: bool) -> None:
         instrument = self._resolve_one(order_id, contract)
         if instrument is None:
             return
@@ -525,6 +539,14 @@ class ClientSession:
                                            "this contract.")
             return
         price = lmt_price if order_type == "LMT" else None
+        if what_if:
+            # A what-if order is a preview: TWS answers with one openOrder whose state carries the
+            # margin and commission figures, books nothing and counts no order.
+            preview = OrderRecord(order_id, self.client_id, 0, instrument, action, quantity, order_type, price,
+                                  aux_price, tif or "DAY", account, order_ref, status="PreSubmitted",
+                                  parent_id=parent_id, what_if=self._what_if(instrument, account, quantity, price))
+            self.send(self.encoder.open_order(preview))
+            return
         with server.lock:
             order = server.orders.get(self.client_id, order_id)
             if order is not None and order.completed_status:
@@ -549,6 +571,21 @@ class ClientSession:
             self.send(self.encoder.exec_details(-1, execution))
             self.send(self.encoder.commission_report(execution))
 
+    def _what_if(self, instrument: Instrument, account: str, quantity: float, price: Optional[float]) -> WhatIf:
+        """The fake's margin model (portfolio: initial 30 %, maintenance 25 % of gross position
+        value) applied to the order's notional, and its commission (0.65 per option contract,
+        0.005 per share with a 1.00 minimum)."""
+        quote = self.market.quote(instrument)
+        unit = price if price is not None else (quote.last if quote.last > 0 else quote.close)
+        multiplier = float(instrument.multiplier or 1)
+        notional = abs(quantity) * max(unit, 0.0) * multiplier
+        commission = (0.65 * quantity if instrument.sec_type == "OPT" else max(1.0, 0.005 * quantity))
+        values = self.server.portfolio.account_values(account)
+        before = tuple(float(values[k]) for k in ("InitMarginReq", "MaintMarginReq", "EquityWithLoanValue"))
+        change = (round(0.3 * notional, 2), round(0.25 * notional, 2), round(-commission, 2))
+        after = tuple(round(b + c, 2) for b, c in zip(before, change))
+        return WhatIf(before, change, after, round(commission, 2))
+
     def _on_cancelOrder(self, order_id: int) -> None:
         if self._refuse_read_only(order_id):
             return
@@ -558,27 +595,34 @@ class ClientSession:
                 self.send_error(order_id, 10147, f"OrderId {order_id} that needs to be cancelled is not found.")
                 return
             if order.completed_status:
-                self.send_error(order_id, 10148, f"OrderId {order_id} that needs to be cancelled cannot be "
-                                                 f"cancelled, state: {order.status}.")
+                # Filled or cancelled already: TWS's 161 (recorded at 203), naming the permId.
+                self.send_error(order_id, 161, f"Cancel attempted when order is not in a cancellable state.  "
+                                               f"Order permId ={order.perm_id}")
                 return
+            pending = replace(order, status="PendingCancel")
             self.server.orders.record_cancel(order)
-        self._announce_cancel(order)
+        self._announce_cancel(pending, order)
 
-    def _announce_cancel(self, order: OrderRecord) -> None:
-        self.send(self.encoder.order_status(order))
-        self.send_error(order.order_id, 202, "Order Canceled - reason:")
+    def _announce_cancel(self, pending: OrderRecord, cancelled: OrderRecord) -> None:
+        """TWS's cancel burst (recorded at 203; the same messages as text below it): openOrder and
+        orderStatus PendingCancel, orderStatus Cancelled, error 202."""
+        self.send(self.encoder.open_order(pending))
+        self.send(self.encoder.order_status(pending))
+        self.send(self.encoder.order_status(cancelled))
+        self.send_error(cancelled.order_id, 202, "Order Canceled - reason:")
 
     def _on_reqGlobalCancel(self) -> None:
         if self._refuse_read_only(-1):
             return
         with self.server.lock:
-            cancelled = self.server.orders.open_orders()
-            for order in cancelled:
+            cancelled = []
+            for order in self.server.orders.open_orders():
+                cancelled.append((replace(order, status="PendingCancel"), order))
                 self.server.orders.record_cancel(order)
         for session in self.server.ready_sessions():
-            for order in cancelled:
+            for pending, order in cancelled:
                 if order.client_id == session.client_id:
-                    session._announce_cancel(order)
+                    session._announce_cancel(pending, order)
 
     def _send_open_orders(self, client_id: Optional[int]) -> None:
         if self._refuse_read_only(-1):
@@ -600,6 +644,8 @@ class ClientSession:
         self._refuse_read_only(-1)
 
     def _on_reqCompletedOrders(self, api_only: bool) -> None:
+        if self.encoder.v < MIN_SERVER_VER_COMPLETED_ORDERS:
+            return                        # no such request below 150 (EClient does not send it)
         with self.server.lock:
             orders = [] if self.server.read_only else self.server.orders.completed_orders()
         for order in orders:

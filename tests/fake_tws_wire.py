@@ -3,10 +3,13 @@ every message the fake sends, laid out for the negotiated server version exactly
 `ibapi/decoder.py` (and `ibapi/orderdecoder.py`) read it. A message one field off is silently
 dropped by the client, so each encoder here mirrors the decoder's version gates one for one.
 
-Server versions below MIN_SERVER_VERSION (ib_async's minimum) are not served, so gates at or below
-it are always open and are not spelled out. From 201 (MIN_SERVER_VER_PROTOBUF) message ids are 4-byte
-ints; the text layouts here are what TWS still sends as text there (the decoder gates no text
-field above 200), and `fake_tws_proto.py` builds the messages each version moves to protobuf.
+Every version from MIN_SERVER_VERSION (100, ibapi's MIN_CLIENT_VER: the lowest a client offers) up
+to MAX_SERVER_VERSION is served, and every gate the decoder applies in that range is spelled out,
+including the per-message version field TWS wrote before a layout was tied to the server version
+(openOrder below 145, execDetails below 136, orderStatus below 131, tickOptionComputation below 156,
+contractData below 164). From 201 (MIN_SERVER_VER_PROTOBUF) message ids are 4-byte ints; the text
+layouts here are what TWS still sends as text there (the decoder gates no text field above 200),
+and `fake_tws_proto.py` builds the messages each version moves to protobuf.
 """
 from __future__ import annotations
 
@@ -22,7 +25,7 @@ from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 from ibapi import server_versions as sv
 from ibapi.common import PROTOBUF_MSG_ID
 
-MIN_SERVER_VERSION = 157
+MIN_SERVER_VERSION = sv.MIN_CLIENT_VER                 # 100: the lowest version ibapi offers
 MAX_SERVER_VERSION = sv.MAX_CLIENT_VER                  # the newest version the pinned ibapi offers
 LAST_TEXT_VERSION = sv.MIN_SERVER_VER_PROTOBUF - 1      # 200: the last text-only version
 API_PREFIX = b"API\0"
@@ -69,6 +72,11 @@ UNSET_INTEGER = "2147483647"                  # Integer.MAX_VALUE
 UNSET_LONG = "9223372036854775807"            # Long.MAX_VALUE
 UNSET_LONG_MIN = "-9223372036854775808"       # Long.MIN_VALUE (orderState.suggestedSize)
 TWS_TIME_ZONE = "US/Eastern"
+# The message versions TWS wrote before these layouts were tied to the server version: the highest
+# each decoder tests (ibapi orderdecoder / decoder), so every per-message gate is open.
+OPEN_ORDER_MSG_VERSION = 34          # openOrder below MIN_SERVER_VER_ORDER_CONTAINER (145)
+EXEC_DETAILS_MSG_VERSION = 10        # execDetails below MIN_SERVER_VER_LAST_LIQUIDITY (136)
+CONTRACT_DATA_MSG_VERSION = 8        # contractData below MIN_SERVER_VER_SIZE_RULES (164)
 
 
 def java_double(value: Optional[float], unset: str = "") -> str:
@@ -246,17 +254,55 @@ def _req_mkt_data(c: FieldCursor, version: int) -> Dict:
         c.skip(4 * c.int())
     if c.bool():
         c.skip(3)
-    req.update(generic_ticks=c.str(), snapshot=c.bool(), regulatory_snapshot=c.bool())
+    req.update(generic_ticks=c.str(), snapshot=c.bool())
+    req["regulatory_snapshot"] = c.bool() if version >= sv.MIN_SERVER_VER_REQ_SMART_COMPONENTS else False
     return req
 
 
+def _skip_tag_values(c: FieldCursor) -> None:
+    c.skip(2 * c.int())
+
+
 def _place_order(c: FieldCursor, version: int) -> Dict:
-    # Only the fixed head of the (very long) placeOrder message matters to the fake.
+    """The order fields the fake acts on, read in EClient.placeOrder's order up to whatIf (the
+    rest of the very long message does not matter to the fake)."""
+    if version < sv.MIN_SERVER_VER_ORDER_CONTAINER:
+        c.skip()                                          # message version
     req = {"order_id": c.int(), "contract": _contract(c)}
+    bag = req["contract"]["sec_type"] == "BAG"
     c.skip(2)                                             # secIdType, secId
     req.update(action=c.str(), quantity=c.float() or 0.0, order_type=c.str(), lmt_price=c.float(),
                aux_price=c.float(), tif=c.str(), oca_group=c.str(), account=c.str(), open_close=c.str(),
                origin=c.int(), order_ref=c.str(), transmit=c.bool(), parent_id=c.int())
+    c.skip(6)                                             # blockOrder .. hidden
+    if bag:
+        c.skip(8 * c.int())                               # combo legs
+        c.skip(c.int())                                   # order combo leg prices
+        _skip_tag_values(c)                               # smartComboRoutingParams
+    c.skip(7)                                             # sharesAllocation .. faPercentage
+    if version < sv.MIN_SERVER_VER_FA_PROFILE_DESUPPORT:
+        c.skip()                                          # faProfile
+    if version >= sv.MIN_SERVER_VER_MODELS_SUPPORT:
+        c.skip()                                          # modelCode
+    c.skip(4 + 17)                                        # shortSaleSlot .. ocaType, rule80A .. volatilityType
+    delta_neutral = c.str()                               # deltaNeutralOrderType
+    c.skip()                                              # deltaNeutralAuxPrice
+    if delta_neutral:
+        c.skip(8)
+    c.skip(6)                                             # continuousUpdate .. trailingPercent, scale sizes
+    scale_increment = c.float()
+    if scale_increment is not None and 0 < scale_increment < 1.7e308:
+        c.skip(7)
+    c.skip(3)                                             # scaleTable, activeStartTime, activeStopTime
+    if c.str():                                           # hedgeType
+        c.skip()
+    c.skip(4)                                             # optOutSmartRouting, clearing x2, notHeld
+    if c.bool():                                          # deltaNeutralContract
+        c.skip(3)
+    if c.str():                                           # algoStrategy
+        _skip_tag_values(c)
+    c.skip()                                              # algoId
+    req["what_if"] = c.bool()
     return req
 
 
@@ -368,10 +414,22 @@ class OrderRecord:
     trail_stop_price: Optional[float] = None   # trailing orders only
     lmt_price_offset: Optional[float] = None
     submitter: str = ""          # completedOrder carries the TWS user name; openOrder leaves it empty
+    what_if: Optional["WhatIf"] = None   # a what-if preview: never booked, answered with openOrder only
 
     @property
     def remaining(self) -> float:
         return 0.0 if self.status in ("Cancelled", "ApiCancelled") else self.quantity - self.filled
+
+
+@dataclass
+class WhatIf:
+    """The preview TWS puts in a what-if order's state: (initMargin, maintMargin, equityWithLoan)
+    before, change and after, and the commission (its min/max left unset)."""
+    margins_before: Tuple[float, float, float]
+    margins_change: Tuple[float, float, float]
+    margins_after: Tuple[float, float, float]
+    commission: float
+    currency: str = "USD"
 
 
 @dataclass
@@ -461,9 +519,11 @@ class Encoder:
                                 delta: Optional[float], opt_price: Optional[float], pv_dividend: Optional[float],
                                 gamma: Optional[float], vega: Optional[float], theta: Optional[float],
                                 und_price: Optional[float], tick_attrib: int = 0) -> list:
-        # Version >= 156 has no version field but a tickAttrib; all served versions are >= 157.
-        return [21, req_id, tick_type, tick_attrib] + [greek(v) for v in (
-            implied_vol, delta, opt_price, pv_dividend, gamma, vega, theta, und_price)]
+        # Below MIN_SERVER_VER_PRICE_BASED_VOLATILITY (156): message version 6 (every value
+        # present) and no tickAttrib; from 156 the tickAttrib and no version.
+        head = ([21, req_id, tick_type, tick_attrib] if self.v >= sv.MIN_SERVER_VER_PRICE_BASED_VOLATILITY
+                else [21, 6, req_id, tick_type])
+        return head + [greek(v) for v in (implied_vol, delta, opt_price, pv_dividend, gamma, vega, theta, und_price)]
 
     def tick_option_not_computed(self, req_id: int, tick_type: int) -> list:
         """The row TWS sends when it cannot compute (e.g. the bid row of an option with no bid):
@@ -484,7 +544,7 @@ class Encoder:
     def contract_data(self, req_id: int, c) -> list:
         fields: list = [10]
         if self.v < sv.MIN_SERVER_VER_SIZE_RULES:
-            fields.append(8)
+            fields.append(CONTRACT_DATA_MSG_VERSION)
         fields += [req_id, c.symbol, c.sec_type, c.expiry]
         if self.v >= sv.MIN_SERVER_VER_LAST_TRADE_DATE:
             fields.append(c.expiry)
@@ -492,7 +552,7 @@ class Encoder:
         fields += [plain(c.strike), c.right, c.exchange, c.currency, c.local_symbol,
                    c.trading_class,                        # marketName
                    c.trading_class, c.con_id, java_double(c.min_tick)]
-        if self.v < sv.MIN_SERVER_VER_SIZE_RULES:
+        if sv.MIN_SERVER_VER_MD_SIZE_MULTIPLIER <= self.v < sv.MIN_SERVER_VER_SIZE_RULES:
             fields.append(1)                               # mdSizeMultiplier
         fields += [c.multiplier, c.order_types, c.valid_exchanges,
                    1, c.under_con_id, c.long_name,         # priceMagnifier, underConId, longName
@@ -503,12 +563,17 @@ class Encoder:
         fields.append(len(c.sec_ids))
         for tag, value in c.sec_ids:
             fields += [tag, value]
-        fields += [1 if stock else 2,                      # aggGroup
-                   c.symbol if option else "",
-                   (c.under_sec_type or "STK") if option else "",   # underSymbol, underSecType
-                   c.market_rule_ids,                      # one per valid exchange
-                   c.expiry,                               # realExpirationDate
-                   "COMMON" if stock else ""]              # stockType
+        if self.v >= sv.MIN_SERVER_VER_AGG_GROUP:
+            fields.append(1 if stock else 2)               # aggGroup
+        if self.v >= sv.MIN_SERVER_VER_UNDERLYING_INFO:
+            fields += [c.symbol if option else "",
+                       (c.under_sec_type or "STK") if option else ""]   # underSymbol, underSecType
+        if self.v >= sv.MIN_SERVER_VER_MARKET_RULES:
+            fields.append(c.market_rule_ids)               # one per valid exchange
+        if self.v >= sv.MIN_SERVER_VER_REAL_EXPIRATION_DATE:
+            fields.append(c.expiry)                        # realExpirationDate
+        if self.v >= sv.MIN_SERVER_VER_STOCK_TYPE:
+            fields.append("COMMON" if stock else "")       # stockType
         if sv.MIN_SERVER_VER_FRACTIONAL_SIZE_SUPPORT <= self.v < sv.MIN_SERVER_VER_SIZE_RULES:
             fields.append(plain(0.0001) if stock else 1)  # sizeMinTick
         if self.v >= sv.MIN_SERVER_VER_SIZE_RULES:
@@ -583,9 +648,13 @@ class Encoder:
 
     # -- orders --
     def order_status(self, o: OrderRecord, why_held: str = "") -> list:
-        return [3, o.order_id, o.status, plain(o.filled), plain(o.remaining), plain(o.avg_fill_price),
-                o.perm_id, o.parent_id, plain(o.last_fill_price), o.client_id, why_held,
-                plain(0.0)]                                # mktCapPrice
+        # Below MIN_SERVER_VER_MARKET_CAP_PRICE (131): message version 6, no mktCapPrice.
+        head = [3] if self.v >= sv.MIN_SERVER_VER_MARKET_CAP_PRICE else [3, 6]
+        fields = head + [o.order_id, o.status, plain(o.filled), plain(o.remaining), plain(o.avg_fill_price),
+                         o.perm_id, o.parent_id, plain(o.last_fill_price), o.client_id, why_held]
+        if self.v >= sv.MIN_SERVER_VER_MARKET_CAP_PRICE:
+            fields.append(plain(0.0))                      # mktCapPrice
+        return fields
 
     def _order_contract(self, c) -> list:
         # A contract without a right (a stock) is written with right "?" here, as recorded.
@@ -602,7 +671,9 @@ class Encoder:
         fields = ["", "", ""]                              # faGroup, faMethod, faPercentage
         if self.v < sv.MIN_SERVER_VER_FA_PROFILE_DESUPPORT:
             fields.append("")                              # faProfile
-        return fields + [""]                               # modelCode
+        if self.v >= sv.MIN_SERVER_VER_MODELS_SUPPORT:
+            fields.append("")                              # modelCode
+        return fields
 
     def _vol_order_params(self, open_order: bool) -> list:
         # volatility, volatilityType, deltaNeutralOrderType: TWS writes "None" (not empty), so the
@@ -630,9 +701,29 @@ class Encoder:
             fields.append(0)
         return fields
 
+    def _order_tail(self) -> list:
+        """softDollarTier .. usePriceMgmtAlgo (openOrder), each from the version that added it."""
+        v, fields = self.v, []
+        if v >= sv.MIN_SERVER_VER_SOFT_DOLLAR_TIER:
+            fields += ["", "", ""]                         # softDollarTier name, value, displayName
+        if v >= sv.MIN_SERVER_VER_CASH_QTY:
+            fields.append(plain(0.0))                      # cashQty
+        if v >= sv.MIN_SERVER_VER_AUTO_PRICE_FOR_HEDGE:
+            fields.append(1)                               # dontUseAutoPriceForHedge
+        if v >= sv.MIN_SERVER_VER_ORDER_CONTAINER:
+            fields.append(0)                               # isOmsContainer
+        if v >= sv.MIN_SERVER_VER_D_PEG_ORDERS:
+            fields.append(0)                               # discretionaryUpToLimitPrice
+        if v >= sv.MIN_SERVER_VER_PRICE_MGMT_ALGO:
+            fields.append(0)                               # usePriceMgmtAlgo
+        return fields
+
     def open_order(self, o: OrderRecord) -> list:
         v = self.v
-        fields = [5, o.order_id] + self._order_contract(o.contract) + self._order_head(o)
+        # Below MIN_SERVER_VER_ORDER_CONTAINER (145) the message carries its own version, 34 (the
+        # highest the decoder tests: every per-message gate open).
+        head = [5] if v >= sv.MIN_SERVER_VER_ORDER_CONTAINER else [5, OPEN_ORDER_MSG_VERSION]
+        fields = head + [o.order_id] + self._order_contract(o.contract) + self._order_head(o)
         fields += [o.client_id, o.perm_id, 0, 0, plain(0.0), "",  # outsideRth, hidden, discretionaryAmt, GAT
                    f"{o.perm_id}.1/{o.account}/100"]      # sharesAllocation (deprecated), as recorded
         fields += self._fa_params()
@@ -651,23 +742,27 @@ class Encoder:
         fields += ["",                                     # hedgeType
                    0, "", "IB", 0,                         # optOutSmartRouting, clearingAccount/Intent, notHeld
                    0, "", 0]                               # deltaNeutral, algoStrategy, solicited
-        fields += [0, o.status]                            # whatIf, status
-        if v >= sv.MIN_SERVER_VER_WHAT_IF_EXT_FIELDS:
-            fields += [UNSET_DOUBLE] * 6                   # margin before / change
-        fields += [UNSET_DOUBLE] * 3                       # margin after
-        fields += ["", "", "", ""]                         # commission, min, max, commission currency
+        w = o.what_if
+        fields += [1 if w else 0, o.status]                # whatIf, status
+        # A what-if order's state carries TWS's preview (margins as Java doubles, the commission, its
+        # min/max unset); a real order's leaves margins at Double.MAX_VALUE and commissions empty.
+        if v >= sv.MIN_SERVER_VER_WHAT_IF_EXT_FIELDS:      # margin before / change
+            fields += ([java_double(x) for x in w.margins_before + w.margins_change] if w else [UNSET_DOUBLE] * 6)
+        fields += [java_double(x) for x in w.margins_after] if w else [UNSET_DOUBLE] * 3   # margin after
+        fields += ([java_double(w.commission), UNSET_DOUBLE, UNSET_DOUBLE, w.currency] if w  # commission, min,
+                   else ["", "", "", ""])                  # max, commission currency
         if v >= sv.MIN_SERVER_VER_FULL_ORDER_PREVIEW_FIELDS:
-            fields += [""] + [UNSET_DOUBLE] * 9            # marginCurrency, outside-RTH margins
+            fields += [w.currency if w else ""] + [UNSET_DOUBLE] * 9   # marginCurrency, outside-RTH margins
             fields += [UNSET_LONG_MIN, "", 0]              # suggestedSize, rejectReason, allocations
         fields += [""]                                     # warningText
-        fields += [0, 0,                                   # randomizeSize, randomizePrice
-                   0,                                      # conditions
-                   "None", UNSET_DOUBLE,                   # adjustedOrderType, triggerPrice
-                   java_double(o.trail_stop_price, UNSET_DOUBLE), java_double(o.lmt_price_offset, UNSET_DOUBLE),
-                   UNSET_DOUBLE, UNSET_DOUBLE, UNSET_DOUBLE,  # adjustedStop, adjustedStopLimit, adjustedTrailing
-                   0,                                      # adjustableTrailingUnit
-                   "", "", "",                             # softDollarTier
-                   plain(0.0), 1, 0, 0, 0]                 # cashQty, dontUseAutoPrice, isOms, discrUpToLmt, usePriceMgmt
+        fields += [0, 0]                                   # randomizeSize, randomizePrice
+        if v >= sv.MIN_SERVER_VER_PEGGED_TO_BENCHMARK:
+            fields += [0,                                  # conditions
+                       "None", UNSET_DOUBLE,               # adjustedOrderType, triggerPrice
+                       java_double(o.trail_stop_price, UNSET_DOUBLE), java_double(o.lmt_price_offset, UNSET_DOUBLE),
+                       UNSET_DOUBLE, UNSET_DOUBLE, UNSET_DOUBLE,  # adjustedStop, adjustedStopLimit, adjustedTrailing
+                       0]                                  # adjustableTrailingUnit
+        fields += self._order_tail()
         if v >= sv.MIN_SERVER_VER_DURATION:
             fields.append("")
         if v >= sv.MIN_SERVER_VER_POST_TO_ATS:
@@ -691,6 +786,10 @@ class Encoder:
         return [53, 1]
 
     def completed_order(self, o: OrderRecord) -> list:
+        # completedOrder exists from MIN_SERVER_VER_COMPLETED_ORDERS (150); every gate of its
+        # decoder below that is open there.
+        if self.v < sv.MIN_SERVER_VER_COMPLETED_ORDERS:
+            raise ValueError(f"no completedOrder at server version {self.v}")
         fields = [101] + self._order_contract(o.contract) + self._order_head(o)
         fields += [o.perm_id, 0, 0, plain(0.0), ""]        # permId, outsideRth, hidden, discretionaryAmt, GAT
         fields += self._fa_params()
@@ -723,15 +822,19 @@ class Encoder:
 
     def exec_details(self, req_id: int, e: Execution) -> list:
         # The contract's exchange field is the execution's exchange, as recorded.
+        # Below MIN_SERVER_VER_LAST_LIQUIDITY (136) the message carries its own version (10).
         o, c = e.order, e.order.contract
-        fields = [11, req_id, o.order_id, c.con_id, c.symbol, c.sec_type, c.expiry, java_double(c.strike), c.right,
-                  c.multiplier, e.exchange, c.currency, c.local_symbol, c.trading_class,
-                  e.exec_id, e.time, o.account, e.exchange, "BOT" if o.action == "BUY" else "SLD",
-                  plain(e.shares), java_double(e.price), o.perm_id, o.client_id, 0,   # liquidation
-                  plain(e.shares), java_double(e.price), o.order_ref,                 # cumQty, avgPrice
-                  "", "",                                  # evRule, evMultiplier
-                  "",                                      # modelCode
-                  2]                                       # lastLiquidity (removed liquidity)
+        head = [11] if self.v >= sv.MIN_SERVER_VER_LAST_LIQUIDITY else [11, EXEC_DETAILS_MSG_VERSION]
+        fields = head + [req_id, o.order_id, c.con_id, c.symbol, c.sec_type, c.expiry, java_double(c.strike),
+                         c.right, c.multiplier, e.exchange, c.currency, c.local_symbol, c.trading_class,
+                         e.exec_id, e.time, o.account, e.exchange, "BOT" if o.action == "BUY" else "SLD",
+                         plain(e.shares), java_double(e.price), o.perm_id, o.client_id, 0,   # liquidation
+                         plain(e.shares), java_double(e.price), o.order_ref,                 # cumQty, avgPrice
+                         "", ""]                           # evRule, evMultiplier
+        if self.v >= sv.MIN_SERVER_VER_MODELS_SUPPORT:
+            fields.append("")                              # modelCode
+        if self.v >= sv.MIN_SERVER_VER_LAST_LIQUIDITY:
+            fields.append(2)                               # lastLiquidity (removed liquidity)
         if self.v >= sv.MIN_SERVER_VER_PENDING_PRICE_REVISION:
             fields.append(0)
         if self.v >= sv.MIN_SERVER_VER_SUBMITTER:

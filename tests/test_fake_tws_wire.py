@@ -16,6 +16,7 @@ from ibapi.execution import ExecutionFilter
 from ibapi.order import Order
 from ibapi.order_cancel import OrderCancel
 from ibapi.protobuf.NextValidId_pb2 import NextValidId
+from ibapi.common import UNSET_DECIMAL
 from ibapi.server_versions import MAX_CLIENT_VER
 from ibapi.wrapper import EWrapper
 
@@ -25,12 +26,12 @@ from tests.fake_tws_wire import (MAX_SERVER_VERSION, MIN_SERVER_VERSION, Encoder
                                  OrderRecord, ProtocolError, ProtoMessage, frame, parse_request,
                                  parse_version_range, split_fields)
 
-VERSIONS = (176, 200)
+VERSIONS = (100, 110, 120, 130, 140, 150, 156, 157, 176, 200)
 STOCK = Instrument(265598, "AAPL", "STK", primary_exchange="NASDAQ", local_symbol="AAPL",
                    trading_class="NMS", long_name="APPLE INC", industry="Technology")
 OPTION = Instrument(600000123, "AAPL", "OPT", "20270115", 190.0, "C", "100",
                     local_symbol="AAPL  270115C00190000", trading_class="AAPL", long_name="APPLE INC",
-                    under_con_id=265598, valid_exchanges="SMART,CBOE")
+                    under_con_id=265598, valid_exchanges="SMART,CBOE", market_rule_ids="26,26")
 
 
 class RecordingWrapper(EWrapper):
@@ -77,6 +78,19 @@ def _order(status="Submitted", **changes) -> OrderRecord:
     for key, value in changes.items():
         setattr(order, key, value)
     return order
+
+
+def per_version(test):
+    """Run the test body once per server version in VERSIONS, each as its own subTest, with the
+    version (and for encoder tests an Encoder at it)."""
+    wants_encoder = "enc" in inspect.signature(test).parameters
+
+    def run(self):
+        for version in VERSIONS:
+            with self.subTest(server_version=version):
+                test(self, version, Encoder(version)) if wants_encoder else test(self, version)
+    run.__name__, run.__doc__ = test.__name__, test.__doc__
+    return run
 
 
 class FramingTest(unittest.TestCase):
@@ -130,147 +144,154 @@ class FramingTest(unittest.TestCase):
 class EncoderDecodedByIbapiTest(unittest.TestCase):
     """Each encoder, decoded by the real ibapi Decoder at every tested server version."""
 
-    def each_version(self):
-        for version in VERSIONS:
-            with self.subTest(server_version=version):
-                yield version, Encoder(version)
+    @per_version
+    def test_connection_messages(self, v, enc):
+        self.assertEqual(decode(enc.managed_accounts(["DU1", "DU2"]), v), [("managedAccounts", ("DU1,DU2",))])
+        self.assertEqual(decode(enc.next_valid_id(17), v), [("nextValidId", (17,))])
+        self.assertEqual(decode(enc.current_time(1700000000), v), [("currentTime", (1700000000,))])
 
-    def test_connection_messages(self):
-        for v, enc in self.each_version():
-            self.assertEqual(decode(enc.managed_accounts(["DU1", "DU2"]), v), [("managedAccounts", ("DU1,DU2",))])
-            self.assertEqual(decode(enc.next_valid_id(17), v), [("nextValidId", (17,))])
-            self.assertEqual(decode(enc.current_time(1700000000), v), [("currentTime", (1700000000,))])
+    @per_version
+    def test_error(self, v, enc):
+        (name, args), = decode(enc.error(12, 200, "No security definition", 1700000000123), v)
+        self.assertEqual(name, "error")
+        req_id, error_time, code, text, advanced = args
+        self.assertEqual((req_id, code, text, advanced), (12, 200, "No security definition", ""))
+        self.assertEqual(error_time, 1700000000123 if v >= 194 else 0)
 
-    def test_error(self):
-        for v, enc in self.each_version():
-            (name, args), = decode(enc.error(12, 200, "No security definition", 1700000000123), v)
-            self.assertEqual(name, "error")
-            req_id, error_time, code, text, advanced = args
-            self.assertEqual((req_id, code, text, advanced), (12, 200, "No security definition", ""))
-            self.assertEqual(error_time, 1700000000123 if v >= 194 else 0)
+    @per_version
+    def test_tick_price_carries_size(self, v, enc):
+        calls = decode(enc.tick_price(5, 1, 2.35, 12), v)
+        self.assertEqual([c[0] for c in calls], ["tickPrice", "tickSize"])
+        self.assertEqual(calls[0][1][:3], (5, 1, 2.35))
+        self.assertEqual(calls[1][1], (5, 0, Decimal(12)))
 
-    def test_tick_price_carries_size(self):
-        for v, enc in self.each_version():
-            calls = decode(enc.tick_price(5, 1, 2.35, 12), v)
-            self.assertEqual([c[0] for c in calls], ["tickPrice", "tickSize"])
-            self.assertEqual(calls[0][1][:3], (5, 1, 2.35))
-            self.assertEqual(calls[1][1], (5, 0, Decimal(12)))
+    @per_version
+    def test_tick_size_generic_snapshot_end_market_data_type_req_params(self, v, enc):
+        self.assertEqual(decode(enc.tick_size(5, 27, 1234), v), [("tickSize", (5, 27, Decimal(1234)))])
+        self.assertEqual(decode(enc.tick_generic(5, 24, 0.31), v), [("tickGeneric", (5, 24, 0.31))])
+        self.assertEqual(decode(enc.tick_snapshot_end(5), v), [("tickSnapshotEnd", (5,))])
+        self.assertEqual(decode(enc.market_data_type(5, 3), v), [("marketDataType", (5, 3))])
+        self.assertEqual(decode(enc.tick_req_params(5, 0.01, "a60001", 3), v),
+                         [("tickReqParams", (5, 0.01, "a60001", 3))])
 
-    def test_tick_size_generic_snapshot_end_market_data_type_req_params(self):
-        for v, enc in self.each_version():
-            self.assertEqual(decode(enc.tick_size(5, 27, 1234), v), [("tickSize", (5, 27, Decimal(1234)))])
-            self.assertEqual(decode(enc.tick_generic(5, 24, 0.31), v), [("tickGeneric", (5, 24, 0.31))])
-            self.assertEqual(decode(enc.tick_snapshot_end(5), v), [("tickSnapshotEnd", (5,))])
-            self.assertEqual(decode(enc.market_data_type(5, 3), v), [("marketDataType", (5, 3))])
-            self.assertEqual(decode(enc.tick_req_params(5, 0.01, "a60001", 3), v),
-                             [("tickReqParams", (5, 0.01, "a60001", 3))])
+    @per_version
+    def test_tick_option_computation(self, v, enc):
+        attrib = 0 if v >= 156 else None                  # no tickAttrib before PRICE_BASED_VOLATILITY
+        calls = decode(enc.tick_option_computation(5, 13, 0.25, 0.55, 3.1, 0.0, 0.03, 0.19, -0.05, 190.5), v)
+        self.assertEqual(calls, [("tickOptionComputation",
+                                  (5, 13, attrib, 0.25, 0.55, 3.1, 0.0, 0.03, 0.19, -0.05, 190.5))])
+        sentinels = decode(enc.tick_option_computation(5, 10, -1.0, -2.0, -1.0, -1.0, -2.0, -2.0, -2.0, 190.5), v)
+        self.assertEqual(sentinels[0][1], (5, 10, attrib, None, None, None, None, None, None, None, 190.5))
+        (_, args), = decode(enc.tick_option_not_computed(5, 10), v)
+        self.assertEqual(args, (5, 10, attrib, None, None, None, 0.0, None, None, None, None))
 
-    def test_tick_option_computation(self):
-        for v, enc in self.each_version():
-            calls = decode(enc.tick_option_computation(5, 13, 0.25, 0.55, 3.1, 0.0, 0.03, 0.19, -0.05, 190.5), v)
-            self.assertEqual(calls, [("tickOptionComputation",
-                                      (5, 13, 0, 0.25, 0.55, 3.1, 0.0, 0.03, 0.19, -0.05, 190.5))])
-            sentinels = decode(enc.tick_option_computation(5, 10, -1.0, -2.0, -1.0, -1.0, -2.0, -2.0, -2.0, 190.5), v)
-            self.assertEqual(sentinels[0][1], (5, 10, 0, None, None, None, None, None, None, None, 190.5))
+    @per_version
+    def test_contract_data_stock_and_option(self, v, enc):
+        (name, (req_id, details)), = decode(enc.contract_data(4, STOCK), v)
+        self.assertEqual((name, req_id), ("contractDetails", 4))
+        c = details.contract
+        self.assertEqual((c.conId, c.symbol, c.secType, c.exchange, c.primaryExchange, c.currency),
+                         (265598, "AAPL", "STK", "SMART", "NASDAQ", "USD"))
+        # Each field from the version that added it (ibapi leaves the attribute at its default before).
+        self.assertEqual((details.longName, details.minTick, details.stockType, details.aggGroup),
+                         ("APPLE INC", 0.01, "COMMON" if v >= 152 else "", 1 if v >= 121 else 0))
+        (_, (_, details)), = decode(enc.contract_data(4, OPTION), v)
+        c = details.contract
+        self.assertEqual((c.conId, c.lastTradeDateOrContractMonth, c.strike, c.right, c.multiplier,
+                          c.tradingClass, c.localSymbol),
+                         (600000123, "20270115", 190.0, "C", "100", "AAPL", "AAPL  270115C00190000"))
+        self.assertEqual((details.underConId, details.validExchanges, details.timeZoneId), (265598, "SMART,CBOE",
+                                                                                             "US/Eastern"))
+        self.assertEqual((details.underSymbol, details.underSecType), ("AAPL", "STK") if v >= 122 else ("", ""))
+        self.assertEqual(details.marketRuleIds, "26,26" if v >= 126 else "")
+        self.assertEqual(details.realExpirationDate, "20270115" if v >= 134 else "")
+        self.assertEqual(details.minSize, Decimal(1) if v >= 164 else UNSET_DECIMAL)
+        if v >= 182:
+            self.assertEqual(c.lastTradeDate, "20270115")
+        self.assertEqual(decode(enc.contract_data_end(4), v), [("contractDetailsEnd", (4,))])
 
-    def test_contract_data_stock_and_option(self):
-        for v, enc in self.each_version():
-            (name, (req_id, details)), = decode(enc.contract_data(4, STOCK), v)
-            self.assertEqual((name, req_id), ("contractDetails", 4))
-            c = details.contract
-            self.assertEqual((c.conId, c.symbol, c.secType, c.exchange, c.primaryExchange, c.currency),
-                             (265598, "AAPL", "STK", "SMART", "NASDAQ", "USD"))
-            self.assertEqual((details.longName, details.minTick, details.stockType), ("APPLE INC", 0.01, "COMMON"))
-            (_, (_, details)), = decode(enc.contract_data(4, OPTION), v)
-            c = details.contract
-            self.assertEqual((c.conId, c.lastTradeDateOrContractMonth, c.strike, c.right, c.multiplier,
-                              c.tradingClass, c.localSymbol),
-                             (600000123, "20270115", 190.0, "C", "100", "AAPL", "AAPL  270115C00190000"))
-            self.assertEqual((details.underConId, details.underSymbol, details.underSecType,
-                              details.realExpirationDate, details.validExchanges),
-                             (265598, "AAPL", "STK", "20270115", "SMART,CBOE"))
-            self.assertEqual(details.minSize, Decimal(1))
-            if v >= 182:
-                self.assertEqual(c.lastTradeDate, "20270115")
-            self.assertEqual(decode(enc.contract_data_end(4), v), [("contractDetailsEnd", (4,))])
+    @per_version
+    def test_sec_def_opt_params(self, v, enc):
+        calls = decode(enc.sec_def_opt_params(8, "CBOE", 265598, "AAPL", "100", ["20270115", "20270219"],
+                                              [185.0, 187.5]), v)
+        self.assertEqual(calls, [("securityDefinitionOptionParameter",
+                                  (8, "CBOE", 265598, "AAPL", "100", {"20270115", "20270219"}, {185.0, 187.5}))])
+        self.assertEqual(decode(enc.sec_def_opt_params_end(8), v),
+                         [("securityDefinitionOptionParameterEnd", (8,))])
 
-    def test_sec_def_opt_params(self):
-        for v, enc in self.each_version():
-            calls = decode(enc.sec_def_opt_params(8, "CBOE", 265598, "AAPL", "100", ["20270115", "20270219"],
-                                                  [185.0, 187.5]), v)
-            self.assertEqual(calls, [("securityDefinitionOptionParameter",
-                                      (8, "CBOE", 265598, "AAPL", "100", {"20270115", "20270219"}, {185.0, 187.5}))])
-            self.assertEqual(decode(enc.sec_def_opt_params_end(8), v),
-                             [("securityDefinitionOptionParameterEnd", (8,))])
+    @per_version
+    def test_positions(self, v, enc):
+        (name, (account, contract, quantity, avg_cost)), = decode(enc.position("DU1", OPTION, -2.0, 310.5), v)
+        self.assertEqual((name, account, contract.conId, contract.right, contract.tradingClass, quantity, avg_cost),
+                         ("position", "DU1", 600000123, "C", "AAPL", Decimal(-2), 310.5))
+        self.assertEqual(decode(enc.position_end(), v), [("positionEnd", ())])
+        (name, args), = decode(enc.position_multi(3, "DU1", STOCK, 100.0, 180.0), v)
+        self.assertEqual((name, args[0], args[1], args[2], args[3].conId, args[4], args[5]),
+                         ("positionMulti", 3, "DU1", "", 265598, Decimal(100), 180.0))
+        self.assertEqual(decode(enc.position_multi_end(3), v), [("positionMultiEnd", (3,))])
 
-    def test_positions(self):
-        for v, enc in self.each_version():
-            (name, (account, contract, quantity, avg_cost)), = decode(enc.position("DU1", OPTION, -2.0, 310.5), v)
-            self.assertEqual((name, account, contract.conId, contract.right, contract.tradingClass, quantity, avg_cost),
-                             ("position", "DU1", 600000123, "C", "AAPL", Decimal(-2), 310.5))
-            self.assertEqual(decode(enc.position_end(), v), [("positionEnd", ())])
-            (name, args), = decode(enc.position_multi(3, "DU1", STOCK, 100.0, 180.0), v)
-            self.assertEqual((name, args[0], args[1], args[2], args[3].conId, args[4], args[5]),
-                             ("positionMulti", 3, "DU1", "", 265598, Decimal(100), 180.0))
-            self.assertEqual(decode(enc.position_multi_end(3), v), [("positionMultiEnd", (3,))])
+    @per_version
+    def test_account_messages(self, v, enc):
+        self.assertEqual(decode(enc.account_summary(9, "DU1", "NetLiquidation", "100.00", "USD"), v),
+                         [("accountSummary", (9, "DU1", "NetLiquidation", "100.00", "USD"))])
+        self.assertEqual(decode(enc.account_summary_end(9), v), [("accountSummaryEnd", (9,))])
+        self.assertEqual(decode(enc.account_value("NetLiquidation", "100.00", "USD", "DU1"), v),
+                         [("updateAccountValue", ("NetLiquidation", "100.00", "USD", "DU1"))])
+        self.assertEqual(decode(enc.account_time("13:05"), v), [("updateAccountTime", ("13:05",))])
+        self.assertEqual(decode(enc.account_download_end("DU1"), v), [("accountDownloadEnd", ("DU1",))])
+        self.assertEqual(decode(enc.account_update_multi(4, "DU1", "", "BuyingPower", "5.00", "USD"), v),
+                         [("accountUpdateMulti", (4, "DU1", "", "BuyingPower", "5.00", "USD"))])
+        self.assertEqual(decode(enc.account_update_multi_end(4), v), [("accountUpdateMultiEnd", (4,))])
+        (name, args), = decode(enc.portfolio_value(OPTION, -2.0, 3.1, -620.0, 310.5, -0.5, 0.0, "DU1"), v)
+        self.assertEqual(name, "updatePortfolio")
+        self.assertEqual((args[0].conId, args[0].multiplier, args[0].tradingClass) + args[1:],
+                         (600000123, "100", "AAPL", Decimal(-2), 3.1, -620.0, 310.5, -0.5, 0.0, "DU1"))
 
-    def test_account_messages(self):
-        for v, enc in self.each_version():
-            self.assertEqual(decode(enc.account_summary(9, "DU1", "NetLiquidation", "100.00", "USD"), v),
-                             [("accountSummary", (9, "DU1", "NetLiquidation", "100.00", "USD"))])
-            self.assertEqual(decode(enc.account_summary_end(9), v), [("accountSummaryEnd", (9,))])
-            self.assertEqual(decode(enc.account_value("NetLiquidation", "100.00", "USD", "DU1"), v),
-                             [("updateAccountValue", ("NetLiquidation", "100.00", "USD", "DU1"))])
-            self.assertEqual(decode(enc.account_time("13:05"), v), [("updateAccountTime", ("13:05",))])
-            self.assertEqual(decode(enc.account_download_end("DU1"), v), [("accountDownloadEnd", ("DU1",))])
-            self.assertEqual(decode(enc.account_update_multi(4, "DU1", "", "BuyingPower", "5.00", "USD"), v),
-                             [("accountUpdateMulti", (4, "DU1", "", "BuyingPower", "5.00", "USD"))])
-            self.assertEqual(decode(enc.account_update_multi_end(4), v), [("accountUpdateMultiEnd", (4,))])
-            (name, args), = decode(enc.portfolio_value(OPTION, -2.0, 3.1, -620.0, 310.5, -0.5, 0.0, "DU1"), v)
-            self.assertEqual(name, "updatePortfolio")
-            self.assertEqual((args[0].conId, args[0].multiplier, args[0].tradingClass) + args[1:],
-                             (600000123, "100", "AAPL", Decimal(-2), 3.1, -620.0, 310.5, -0.5, 0.0, "DU1"))
+    @per_version
+    def test_order_status(self, v, enc):
+        (name, args), = decode(enc.order_status(_order()), v)
+        self.assertEqual(name, "orderStatus")
+        self.assertEqual(args, (7, "Submitted", Decimal(0), Decimal(2), 0.0, 1001000, 0, 0.0, 3, "",
+                                0.0 if v >= 131 else None))          # mktCapPrice from MARKET_CAP_PRICE
 
-    def test_order_status(self):
-        for v, enc in self.each_version():
-            (name, args), = decode(enc.order_status(_order()), v)
-            self.assertEqual(name, "orderStatus")
-            self.assertEqual(args, (7, "Submitted", Decimal(0), Decimal(2), 0.0, 1001000, 0, 0.0, 3, "", 0.0))
+    @per_version
+    def test_open_order(self, v, enc):
+        calls = decode(enc.open_order(_order()), v)
+        (name, (order_id, contract, order, state)), = calls
+        self.assertEqual((name, order_id, contract.conId, contract.localSymbol, contract.multiplier),
+                         ("openOrder", 7, 600000123, "AAPL  270115C00190000", "100"))
+        self.assertEqual((order.action, order.totalQuantity, order.orderType, order.lmtPrice, order.tif,
+                          order.account, order.orderRef, order.clientId, order.permId),
+                         ("BUY", Decimal(2), "LMT", 1.25, "DAY", "DU1234567", "req-1", 3, 1001000))
+        self.assertEqual(state.status, "Submitted")
+        self.assertEqual(decode(enc.open_order_end(), v), [("openOrderEnd", ())])
 
-    def test_open_order(self):
-        for v, enc in self.each_version():
-            calls = decode(enc.open_order(_order()), v)
-            (name, (order_id, contract, order, state)), = calls
-            self.assertEqual((name, order_id, contract.conId, contract.localSymbol, contract.multiplier),
-                             ("openOrder", 7, 600000123, "AAPL  270115C00190000", "100"))
-            self.assertEqual((order.action, order.totalQuantity, order.orderType, order.lmtPrice, order.tif,
-                              order.account, order.orderRef, order.clientId, order.permId),
-                             ("BUY", Decimal(2), "LMT", 1.25, "DAY", "DU1234567", "req-1", 3, 1001000))
-            self.assertEqual(state.status, "Submitted")
-            self.assertEqual(decode(enc.open_order_end(), v), [("openOrderEnd", ())])
+    @per_version
+    def test_completed_order(self, v, enc):
+        order = _order("Cancelled", completed_time="20261124 10:00:00", completed_status="Cancelled by Trader")
+        if v < 150:                                       # MIN_SERVER_VER_COMPLETED_ORDERS
+            with self.assertRaises(ValueError):
+                enc.completed_order(order)
+            return
+        (name, (contract, decoded, state)), = decode(enc.completed_order(order), v)
+        self.assertEqual((name, contract.conId, decoded.action, decoded.lmtPrice, decoded.orderRef,
+                          decoded.permId), ("completedOrder", 600000123, "BUY", 1.25, "req-1", 1001000))
+        self.assertEqual((state.status, state.completedTime, state.completedStatus),
+                         ("Cancelled", "20261124 10:00:00", "Cancelled by Trader"))
+        self.assertEqual(decode(enc.completed_orders_end(), v), [("completedOrdersEnd", ())])
 
-    def test_completed_order(self):
-        for v, enc in self.each_version():
-            order = _order("Cancelled", completed_time="20261124 10:00:00", completed_status="Cancelled by Trader")
-            (name, (contract, decoded, state)), = decode(enc.completed_order(order), v)
-            self.assertEqual((name, contract.conId, decoded.action, decoded.lmtPrice, decoded.orderRef,
-                              decoded.permId), ("completedOrder", 600000123, "BUY", 1.25, "req-1", 1001000))
-            self.assertEqual((state.status, state.completedTime, state.completedStatus),
-                             ("Cancelled", "20261124 10:00:00", "Cancelled by Trader"))
-            self.assertEqual(decode(enc.completed_orders_end(), v), [("completedOrdersEnd", ())])
-
-    def test_executions_and_commission(self):
-        for v, enc in self.each_version():
-            execution = Execution("0001.01", "20261124  10:00:01", _order("Filled", filled=2.0), 2.0, 1.2)
-            (name, (req_id, contract, e)), = decode(enc.exec_details(11, execution), v)
-            self.assertEqual((name, req_id, contract.conId, e.execId, e.side, e.shares, e.price, e.permId,
-                              e.clientId, e.orderId, e.orderRef, e.acctNumber),
-                             ("execDetails", 11, 600000123, "0001.01", "BOT", Decimal(2), 1.2, 1001000, 3, 7,
-                              "req-1", "DU1234567"))
-            self.assertEqual(decode(enc.exec_details_end(11), v), [("execDetailsEnd", (11,))])
-            (name, (report,)), = decode(enc.commission_report(execution), v)
-            self.assertEqual((name, report.execId, report.commissionAndFees, report.currency),
-                             ("commissionAndFeesReport", "0001.01", 0.65, "USD"))
+    @per_version
+    def test_executions_and_commission(self, v, enc):
+        execution = Execution("0001.01", "20261124  10:00:01", _order("Filled", filled=2.0), 2.0, 1.2)
+        (name, (req_id, contract, e)), = decode(enc.exec_details(11, execution), v)
+        self.assertEqual((name, req_id, contract.conId, e.execId, e.side, e.shares, e.price, e.permId,
+                          e.clientId, e.orderId, e.orderRef, e.acctNumber),
+                         ("execDetails", 11, 600000123, "0001.01", "BOT", Decimal(2), 1.2, 1001000, 3, 7,
+                          "req-1", "DU1234567"))
+        self.assertEqual(decode(enc.exec_details_end(11), v), [("execDetailsEnd", (11,))])
+        (name, (report,)), = decode(enc.commission_report(execution), v)
+        self.assertEqual((name, report.execId, report.commissionAndFees, report.currency),
+                         ("commissionAndFeesReport", "0001.01", 0.65, "USD"))
 
     def test_versions_outside_the_served_range_are_refused(self):
         for version in (MIN_SERVER_VERSION - 1, MAX_SERVER_VERSION + 1):
@@ -303,6 +324,15 @@ def ibapi_request(version: int, call: str, *args):
     return parse_request(split_fields(payload), version)
 
 
+def _ibapi_order(version: int) -> Order:
+    """An ibapi Order that EClient sends at `version`: below MIN_SERVER_VER_CASH_QTY (111) ibapi
+    10.50 refuses any order whose cashQty is set, and its default (UNSET_DOUBLE) counts as set."""
+    order = Order()
+    if version < 111:
+        order.cashQty = 0
+    return order
+
+
 def _contract(**fields) -> Contract:
     contract = Contract()
     for key, value in fields.items():
@@ -314,74 +344,88 @@ class RequestsFromIbapiTest(unittest.TestCase):
     option = dict(symbol="AAPL", secType="OPT", lastTradeDateOrContractMonth="20270115", strike=190.0,
                   right="C", multiplier="100", exchange="SMART", currency="USD", tradingClass="AAPL")
 
-    def each_version(self):
-        for version in VERSIONS:
-            with self.subTest(server_version=version):
-                yield version
+    @per_version
+    def test_req_mkt_data(self, v):
+        name, req = ibapi_request(v, "reqMktData", 5, _contract(**self.option), "100,101,106", False, False, [])
+        self.assertEqual((name, req["req_id"], req["generic_ticks"], req["snapshot"]),
+                         ("reqMktData", 5, "100,101,106", False))
+        self.assertEqual({k: req["contract"][k] for k in ("symbol", "sec_type", "expiry", "strike", "right",
+                                                          "multiplier", "exchange", "trading_class")},
+                         {"symbol": "AAPL", "sec_type": "OPT", "expiry": "20270115", "strike": 190.0,
+                          "right": "C", "multiplier": "100", "exchange": "SMART", "trading_class": "AAPL"})
+        self.assertEqual(ibapi_request(v, "cancelMktData", 5), ("cancelMktData", {"req_id": 5}))
 
-    def test_req_mkt_data(self):
-        for v in self.each_version():
-            name, req = ibapi_request(v, "reqMktData", 5, _contract(**self.option), "100,101,106", False, False, [])
-            self.assertEqual((name, req["req_id"], req["generic_ticks"], req["snapshot"]),
-                             ("reqMktData", 5, "100,101,106", False))
-            self.assertEqual({k: req["contract"][k] for k in ("symbol", "sec_type", "expiry", "strike", "right",
-                                                              "multiplier", "exchange", "trading_class")},
-                             {"symbol": "AAPL", "sec_type": "OPT", "expiry": "20270115", "strike": 190.0,
-                              "right": "C", "multiplier": "100", "exchange": "SMART", "trading_class": "AAPL"})
-            self.assertEqual(ibapi_request(v, "cancelMktData", 5), ("cancelMktData", {"req_id": 5}))
-
-    def test_req_contract_details_and_sec_def(self):
-        for v in self.each_version():
-            name, req = ibapi_request(v, "reqContractDetails", 6, _contract(conId=265598, symbol="AAPL",
-                                                                             secType="STK", exchange="SMART"))
-            self.assertEqual((name, req["req_id"], req["contract"]["con_id"], req["contract"]["sec_type"]),
-                             ("reqContractDetails", 6, 265598, "STK"))
+    @per_version
+    def test_req_contract_details_and_sec_def(self, v):
+        name, req = ibapi_request(v, "reqContractDetails", 6, _contract(conId=265598, symbol="AAPL",
+                                                                         secType="STK", exchange="SMART"))
+        self.assertEqual((name, req["req_id"], req["contract"]["con_id"], req["contract"]["sec_type"]),
+                         ("reqContractDetails", 6, 265598, "STK"))
+        if v >= 104:                                      # MIN_SERVER_VER_SEC_DEF_OPT_PARAMS_REQ
             self.assertEqual(ibapi_request(v, "reqSecDefOptParams", 7, "AAPL", "", "STK", 265598),
                              ("reqSecDefOptParams", {"req_id": 7, "symbol": "AAPL", "exchange": "",
                                                      "sec_type": "STK", "con_id": 265598}))
 
-    def test_place_and_cancel_order(self):
-        order = Order()
+    @per_version
+    def test_place_and_cancel_order(self, v):
+        order = _ibapi_order(v)
         order.action, order.totalQuantity, order.orderType, order.lmtPrice = "SELL", 3, "LMT", 2.05
         order.tif, order.account, order.orderRef = "GTC", "DU1234567", "req-9"
-        for v in self.each_version():
-            name, req = ibapi_request(v, "placeOrder", 41, _contract(**self.option), order)
-            self.assertEqual(name, "placeOrder")
-            self.assertEqual({k: req[k] for k in ("order_id", "action", "quantity", "order_type", "lmt_price",
-                                                  "aux_price", "tif", "account", "order_ref")},
-                             {"order_id": 41, "action": "SELL", "quantity": 3.0, "order_type": "LMT",
-                              "lmt_price": 2.05, "aux_price": None, "tif": "GTC", "account": "DU1234567",
-                              "order_ref": "req-9"})
-            self.assertEqual(req["contract"]["strike"], 190.0)
-            self.assertEqual(ibapi_request(v, "cancelOrder", 41, OrderCancel()), ("cancelOrder", {"order_id": 41}))
+        name, req = ibapi_request(v, "placeOrder", 41, _contract(**self.option), order)
+        self.assertEqual(name, "placeOrder")
+        self.assertEqual({k: req[k] for k in ("order_id", "action", "quantity", "order_type", "lmt_price",
+                                              "aux_price", "tif", "account", "order_ref", "what_if")},
+                         {"order_id": 41, "action": "SELL", "quantity": 3.0, "order_type": "LMT",
+                          "lmt_price": 2.05, "aux_price": None, "tif": "GTC", "account": "DU1234567",
+                          "order_ref": "req-9", "what_if": False})
+        self.assertEqual(req["contract"]["strike"], 190.0)
+        self.assertEqual(ibapi_request(v, "cancelOrder", 41, OrderCancel()), ("cancelOrder", {"order_id": 41}))
 
-    def test_account_and_order_queries(self):
-        for v in self.each_version():
-            self.assertEqual(ibapi_request(v, "reqPositions"), ("reqPositions", {}))
-            self.assertEqual(ibapi_request(v, "reqAccountSummary", 3, "All", "NetLiquidation,BuyingPower"),
-                             ("reqAccountSummary", {"req_id": 3, "group": "All", "tags": "NetLiquidation,BuyingPower"}))
-            self.assertEqual(ibapi_request(v, "reqAccountUpdates", True, "DU1"),
-                             ("reqAccountUpdates", {"subscribe": True, "account": "DU1"}))
-            self.assertEqual(ibapi_request(v, "reqOpenOrders"), ("reqOpenOrders", {}))
-            self.assertEqual(ibapi_request(v, "reqAllOpenOrders"), ("reqAllOpenOrders", {}))
-            self.assertEqual(ibapi_request(v, "reqAutoOpenOrders", True), ("reqAutoOpenOrders", {"auto_bind": True}))
-            self.assertEqual(ibapi_request(v, "reqCompletedOrders", False), ("reqCompletedOrders", {"api_only": False}))
-            name, req = ibapi_request(v, "reqExecutions", 12, ExecutionFilter())
-            self.assertEqual((name, req["req_id"], req["client_id"]), ("reqExecutions", 12, 0))
-            self.assertEqual(ibapi_request(v, "reqIds", 1), ("reqIds", {"num_ids": 1}))
-            self.assertEqual(ibapi_request(v, "reqCurrentTime"), ("reqCurrentTime", {}))
-            self.assertEqual(ibapi_request(v, "reqMarketDataType", 3), ("reqMarketDataType", {"market_data_type": 3}))
+    @per_version
+    def test_what_if_is_read_past_every_optional_block(self, v):
+        """whatIf sits behind blocks whose length depends on the order: read through each."""
+        from ibapi.tag_value import TagValue
+        order = _ibapi_order(v)
+        order.action, order.totalQuantity, order.orderType, order.lmtPrice = "BUY", 1, "LMT", 2.05
+        order.whatIf, order.hedgeType, order.hedgeParam = True, "D", "0.5"
+        order.deltaNeutralOrderType, order.deltaNeutralAuxPrice = "LMT", 1.0
+        order.scalePriceIncrement, order.scaleInitLevelSize, order.scaleSubsLevelSize = 0.05, 1, 1
+        order.algoStrategy, order.algoParams = "Adaptive", [TagValue("adaptivePriority", "Normal")]
+        contract = _contract(**self.option)
+        for what_if in (True, False):
+            order.whatIf = what_if
+            name, req = ibapi_request(v, "placeOrder", 42, contract, order)
+            self.assertEqual((name, req["order_id"], req["what_if"]), ("placeOrder", 42, what_if))
 
-    def test_start_api(self):
-        for v in self.each_version():
-            client = EClient(RecordingWrapper())
-            client.conn, client.serverVersion_, client.clientId = _CapturingConnection(), v, 12
-            client.setConnState(EClient.CONNECTED)
-            client.startApi()
-            reader = FrameReader()
-            reader.feed(client.conn.sent[0])
-            self.assertEqual(parse_request(split_fields(reader.payloads()[0]), v),
-                             ("startApi", {"client_id": 12, "optional_capabilities": ""}))
+    @per_version
+    def test_account_and_order_queries(self, v):
+        self.assertEqual(ibapi_request(v, "reqPositions"), ("reqPositions", {}))
+        self.assertEqual(ibapi_request(v, "reqAccountSummary", 3, "All", "NetLiquidation,BuyingPower"),
+                         ("reqAccountSummary", {"req_id": 3, "group": "All", "tags": "NetLiquidation,BuyingPower"}))
+        self.assertEqual(ibapi_request(v, "reqAccountUpdates", True, "DU1"),
+                         ("reqAccountUpdates", {"subscribe": True, "account": "DU1"}))
+        self.assertEqual(ibapi_request(v, "reqOpenOrders"), ("reqOpenOrders", {}))
+        self.assertEqual(ibapi_request(v, "reqAllOpenOrders"), ("reqAllOpenOrders", {}))
+        self.assertEqual(ibapi_request(v, "reqAutoOpenOrders", True), ("reqAutoOpenOrders", {"auto_bind": True}))
+        if v >= 150:                                      # MIN_SERVER_VER_COMPLETED_ORDERS
+            self.assertEqual(ibapi_request(v, "reqCompletedOrders", False),
+                             ("reqCompletedOrders", {"api_only": False}))
+        name, req = ibapi_request(v, "reqExecutions", 12, ExecutionFilter())
+        self.assertEqual((name, req["req_id"], req["client_id"]), ("reqExecutions", 12, 0))
+        self.assertEqual(ibapi_request(v, "reqIds", 1), ("reqIds", {"num_ids": 1}))
+        self.assertEqual(ibapi_request(v, "reqCurrentTime"), ("reqCurrentTime", {}))
+        self.assertEqual(ibapi_request(v, "reqMarketDataType", 3), ("reqMarketDataType", {"market_data_type": 3}))
+
+    @per_version
+    def test_start_api(self, v):
+        client = EClient(RecordingWrapper())
+        client.conn, client.serverVersion_, client.clientId = _CapturingConnection(), v, 12
+        client.setConnState(EClient.CONNECTED)
+        client.startApi()
+        reader = FrameReader()
+        reader.feed(client.conn.sent[0])
+        self.assertEqual(parse_request(split_fields(reader.payloads()[0]), v),
+                         ("startApi", {"client_id": 12, "optional_capabilities": ""}))
 
     def test_unknown_and_short_messages(self):
         self.assertEqual(parse_request(["123", "1"], 200), ("msg123", {}))
