@@ -75,6 +75,11 @@ class UnderlyingSpec:
     adjusted_multiplier: str = "" # a stock with an adjusted class "<SYM>1" (monthlies only, strikes
                                   # around the pre-adjustment price) of this deliverable beside its own
     isin: str = ""
+    dailies: int = 0              # the next N weekdays that are not already listed expire too (SPY's
+                                  # daily expirations), each listing strikes within daily_pct only
+    daily_pct: float = 0.0
+    other_listings: Tuple[Tuple[int, str, str], ...] = ()   # (conId, primary exchange, long name) of
+                                  # further USD stocks with this symbol: ambiguous as a stock on SMART
 
 
 UNDERLYINGS: Tuple[UnderlyingSpec, ...] = (
@@ -83,7 +88,8 @@ UNDERLYINGS: Tuple[UnderlyingSpec, ...] = (
     UnderlyingSpec("MSFT", 272093, 415.0, 0.25, "NASDAQ", "MICROSOFT CORP", "Technology",
                    ("SMART", "CBOE", "ISE"), 3, 5, 1, 5.0, 10.0, 0.08, 0.12, 0.35),
     UnderlyingSpec("SPY", 756733, 520.0, 0.15, "ARCA", "SPDR S&P 500 ETF TRUST", "Funds",
-                   ("SMART", "CBOE", "AMEX", "ISE"), 6, 6, 1, 1.0, 5.0, 0.05, 0.10, 0.30),
+                   ("SMART", "CBOE", "AMEX", "ISE"), 6, 6, 1, 1.0, 5.0, 0.05, 0.10, 0.30,
+                   dailies=10, daily_pct=0.03),
     UnderlyingSpec("MRGT", 900001, 47.6, 0.06, "NYSE", "MERGER TARGET CORP", "Industrial",
                    ("SMART", "AMEX"), 0, 3, 0, 2.5, 2.5, 0.20, 0.20, 0.20, thin=True),
     # v1.1, appended so the options above keep their conIds: an index with two trading classes,
@@ -93,6 +99,22 @@ UNDERLYINGS: Tuple[UnderlyingSpec, ...] = (
                    weekly_class="SPXW"),
     UnderlyingSpec("XYZ", 900002, 64.0, 0.35, "NYSE", "XYZ HOLDINGS INC", "Consumer, Cyclical",
                    ("SMART", "CBOE", "AMEX"), 2, 3, 0, 1.0, 2.5, 0.10, 0.15, 0.30, adjusted_multiplier="150"),
+    # v1.1 (issue 17), appended likewise: a stock that is ambiguous on SMART (a second TWIN trades
+    # over the counter), and the other index option underlyings, kept small.
+    UnderlyingSpec("TWIN", 900003, 38.5, 0.30, "NYSE", "TWIN RIVERS INDUSTRIES", "Industrial",
+                   ("SMART", "CBOE"), 2, 2, 0, 1.0, 2.5, 0.10, 0.10, 0.20,
+                   other_listings=((900004, "PINK", "TWIN CAPITAL CORP"),)),
+    UnderlyingSpec("XSP", 241264, 520.0, 0.15, "CBOE", "Mini S&P 500 Index", "Indices",
+                   ("SMART", "CBOE"), 2, 2, 0, 1.0, 5.0, 0.03, 0.04, 0.08, sec_type="IND"),
+    UnderlyingSpec("NDX", 416843, 18200.0, 0.18, "NASDAQ", "NASDAQ 100 Stock Index", "Indices",
+                   ("SMART", "CBOE", "ISE"), 2, 2, 0, 100.0, 250.0, 0.03, 0.04, 0.08, sec_type="IND",
+                   weekly_class="NDXP"),
+    UnderlyingSpec("RUT", 416888, 2050.0, 0.20, "RUSSELL", "Russell 2000 Stock Index", "Indices",
+                   ("SMART", "CBOE"), 2, 2, 0, 10.0, 25.0, 0.03, 0.05, 0.10, sec_type="IND",
+                   weekly_class="RUTW"),
+    UnderlyingSpec("VIX", 13455763, 16.0, 0.80, "CBOE", "CBOE Volatility Index", "Indices",
+                   ("SMART", "CBOE"), 1, 3, 0, 1.0, 1.0, 0.50, 0.30, 0.60, sec_type="IND",
+                   weekly_class="VIXW"),
 )
 
 ISINS = {"AAPL": "US0378331005", "MSFT": "US5949181045", "SPY": "US78462F1030"}
@@ -278,6 +300,7 @@ class Market:
         self._by_con_id: Dict[int, Instrument] = {}
         next_con_id = OPTION_CON_ID_BASE
         self.indices: Dict[str, Instrument] = {}
+        self.other_listings: Dict[str, List[Instrument]] = {}   # same-symbol stocks beside self.stocks
         self._class_symbol: Dict[str, str] = {}          # trading class -> underlying symbol
         stock_hours = (_trading_hours(self.today, "0400", "2000"), _trading_hours(self.today, "0930", "1600"))
         option_hours = (_trading_hours(self.today, "0930", "1600"),) * 2
@@ -288,9 +311,9 @@ class Market:
             # NASDAQ-listed stocks trade under class "NMS" (as recorded for AAPL and AMZN)
             underlying = Instrument(
                 spec.con_id, spec.symbol, spec.sec_type,
-                exchange="CBOE" if index else "SMART", primary_exchange=spec.primary_exchange,
+                exchange=spec.primary_exchange if index else "SMART", primary_exchange=spec.primary_exchange,
                 local_symbol=spec.symbol,
-                trading_class="NMS" if spec.primary_exchange == "NASDAQ" else spec.symbol,
+                trading_class="NMS" if spec.primary_exchange == "NASDAQ" and not index else spec.symbol,
                 long_name=spec.long_name, industry=spec.industry, category=category, subcategory=subcategory,
                 valid_exchanges=spec.primary_exchange if index else "SMART,ARCA,NYSE,NASDAQ,ISLAND,BATS,IEX",
                 order_types="" if index else STOCK_ORDER_TYPES,
@@ -300,6 +323,11 @@ class Market:
             underlying = replace(underlying, market_rule_ids=_market_rule_ids(underlying.valid_exchanges, spec.sec_type))
             (self.indices if index else self.stocks)[spec.symbol] = underlying
             self._by_con_id[underlying.con_id] = underlying
+            for con_id, primary, long_name in spec.other_listings:
+                other = replace(underlying, con_id=con_id, primary_exchange=primary, long_name=long_name,
+                                valid_exchanges=f"SMART,{primary}", sec_ids=())
+                self.other_listings.setdefault(spec.symbol, []).append(other)
+                self._by_con_id[con_id] = other
             option_exchanges = ",".join(spec.option_exchanges)
             template = Instrument(0, spec.symbol, "OPT", multiplier=MULTIPLIER, long_name=spec.long_name,
                                   under_con_id=spec.con_id, valid_exchanges=option_exchanges,
@@ -346,6 +374,35 @@ class Market:
                         list_options(f"{spec.symbol}1", day.strftime("%Y%m%d"),
                                      _strike_grid(before, spec.monthly_pct / 2), spec.adjusted_multiplier)
             self._options[spec.symbol] = options
+        # Daily expirations last, so every option above keeps its conId: each lists only the
+        # strikes near the money (a part of the chain's strike union) with a hole or two.
+        for spec in UNDERLYINGS:
+            if not spec.dailies:
+                continue
+            options = self._options[spec.symbol]
+            listed = set(self._expirations[spec.symbol])
+            day, added = self.today, 0
+            while added < spec.dailies:
+                day += dt.timedelta(days=1)
+                if day.weekday() >= 5:
+                    continue
+                added += 1
+                expiry = day.strftime("%Y%m%d")
+                if expiry in listed:
+                    continue
+                strikes = _strike_grid(replace(spec, price=self._spot[spec.symbol]), spec.daily_pct)
+                for _ in range(2):
+                    strikes.remove(rng.choice(strikes[2:-2]))
+                template = replace(options[0], con_id=0)
+                for strike in strikes:
+                    for right in ("C", "P"):
+                        option = replace(template, con_id=next_con_id, expiry=expiry, strike=strike, right=right,
+                                         local_symbol=occ_local_symbol(spec.symbol, expiry, right, strike))
+                        options.append(option)
+                        self._by_con_id[next_con_id] = option
+                        next_con_id += 1
+                self._expirations[spec.symbol].append(expiry)
+            self._expirations[spec.symbol].sort()
 
     # ---- reference data -------------------------------------------------------------------
 
@@ -382,8 +439,11 @@ class Market:
 
     def find(self, con_id: int = 0, symbol: str = "", sec_type: str = "", expiry: str = "",
              strike: float = 0.0, right: str = "", trading_class: str = "",
-             multiplier: str = "", currency: str = "", local_symbol: str = "") -> List[Instrument]:
-        """Instruments matching a (possibly partial) contract the way TWS resolves one."""
+             multiplier: str = "", currency: str = "", local_symbol: str = "",
+             primary_exchange: str = "") -> List[Instrument]:
+        """Instruments matching a (possibly partial) contract the way TWS resolves one: every
+        match (reqContractDetails lists them all; a request that needs one contract gets error
+        200 "ambiguous" for more than one)."""
         if con_id:
             found = self._by_con_id.get(con_id)
             if found is None or (sec_type and sec_type != found.sec_type):
@@ -396,7 +456,10 @@ class Market:
             listed = self.stocks if sec_type == "STK" else self.indices
             found = listed.get(symbol) or next(
                 (s for s in listed.values() if local_symbol and s.local_symbol == local_symbol), None)
-            return [found] if found else []
+            if found is None:
+                return []
+            matches = [found] + (self.other_listings.get(found.symbol, []) if sec_type == "STK" else [])
+            return [m for m in matches if not primary_exchange or m.primary_exchange == primary_exchange]
         if sec_type != "OPT":
             return []
         right = {"CALL": "C", "PUT": "P"}.get(right.upper(), right.upper())

@@ -201,6 +201,7 @@ class FakeTWS:
         self._sessions: List[ClientSession] = []
         self._counters: Counter = Counter()
         self._requests: Counter = Counter()
+        self._errors: Counter = Counter()
         self.lines_in_use = 0
         self._listener: Optional[socket.socket] = None
         self._accept_thread: Optional[threading.Thread] = None
@@ -325,6 +326,10 @@ class FakeTWS:
         with self.lock:
             self._requests[name] += 1
 
+    def count_error(self, code: int) -> None:
+        with self.lock:
+            self._errors[str(code)] += 1
+
     def call_later(self, delay_s: float, fn: Callable[[], None]) -> None:
         if self._scheduler is not None:
             self._scheduler.call_later(delay_s, fn)
@@ -347,6 +352,7 @@ class FakeTWS:
         with self.lock:
             stats = {key: self._counters[key] for key in STAT_KEYS}
             stats["requests_by_type"] = dict(self._requests)
+            stats["errors_sent"] = dict(self._errors)        # error/notice code -> times sent
             stats["lines_in_use"] = self.lines_in_use
             stats["clients_connected"] = sum(1 for s in self._sessions if s.client_id is not None)
         return stats

@@ -97,6 +97,7 @@ class ClientSession:
 
     def send_error(self, req_id: int, code: int, text: str, advanced_reject_json: str = "") -> None:
         if self.encoder is not None:
+            self.server.count_error(code)
             self.send(self.encoder.error(req_id, code, text, int(time.time() * 1000), advanced_reject_json))
 
     def close(self, abort: bool = False) -> None:
@@ -265,11 +266,12 @@ class ClientSession:
 
     def _resolve(self, contract: Dict) -> List[Instrument]:
         exchange = contract["exchange"]
-        found = self.market.find(**{k: contract[k] for k in (
+        found = self.market.find(**{k: contract.get(k, "") for k in (
             "con_id", "symbol", "sec_type", "expiry", "strike", "right", "trading_class", "multiplier",
-            "currency", "local_symbol")})
-        return [i for i in found if not exchange or exchange == "SMART" or exchange == i.primary_exchange
-                or exchange in i.valid_exchanges.split(",")]
+            "currency", "local_symbol", "primary_exchange")})
+        # An index is not routed: it is found on its own exchange (CBOE, NASDAQ...), never on SMART.
+        return [i for i in found if not exchange or (exchange == "SMART" and i.sec_type != "IND")
+                or exchange == i.primary_exchange or exchange in i.valid_exchanges.split(",")]
 
     def _resolve_one(self, req_id: int, contract: Dict) -> Optional[Instrument]:
         found = self._resolve(contract)
@@ -284,8 +286,9 @@ class ClientSession:
         if not found:
             self.send_error(req_id, 200, NO_SECURITY_TEXT)
             return
-        exchange = contract["exchange"] or "SMART"
         for instrument in found:
+            # the exchange asked for; without one, SMART (an index: its own exchange)
+            exchange = contract["exchange"] or ("SMART" if instrument.sec_type != "IND" else instrument.exchange)
             self.send(self.encoder.contract_data(req_id, replace(instrument, exchange=exchange)))
         self.send(self.encoder.contract_data_end(req_id))
 

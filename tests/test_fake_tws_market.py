@@ -25,13 +25,34 @@ class MarketTest(unittest.TestCase):
 
     def test_expirations_are_weeklies_and_monthlies_within_about_a_year(self):
         for symbol in ("AAPL", "MSFT", "SPY"):
-            expirations = self.market.expirations(symbol)
+            expirations = [e for e in self.market.expirations(symbol)       # SPY: its dailies aside
+                           if dt.datetime.strptime(e, "%Y%m%d").weekday() == 4]
             self.assertTrue(8 <= len(expirations) <= 12, (symbol, expirations))
             days = [(dt.datetime.strptime(e, "%Y%m%d").date() - TODAY).days for e in expirations]
             self.assertTrue(0 < days[0] <= 7 and days[-1] <= 400, days)
             self.assertTrue(all(dt.datetime.strptime(e, "%Y%m%d").weekday() == 4 for e in expirations))
             self.assertIn("20260320", expirations)                        # March's third Friday
         self.assertLessEqual(len(self.market.expirations("MRGT")), 4)
+
+    def test_spy_expires_daily_and_each_expiration_lists_part_of_the_strikes(self):
+        expirations = self.market.expirations("SPY")
+        weekdays = [TODAY + dt.timedelta(days=d) for d in range(1, 15) if (TODAY + dt.timedelta(days=d)).weekday() < 5]
+        self.assertTrue({d.strftime("%Y%m%d") for d in weekdays[:10]} <= set(expirations))
+        self.assertEqual(expirations, sorted(expirations))
+        union = set(self.market.strikes("SPY"))
+        near = [e for e in expirations if (dt.datetime.strptime(e, "%Y%m%d").date() - TODAY).days <= 30]
+        partial = [e for e in near            # the dailies and weeklies; a monthly lists the wide grid
+                   if {o.strike for o in self.market.find(symbol="SPY", sec_type="OPT", expiry=e)} < union]
+        self.assertGreaterEqual(len(partial), len(near) - 1)
+        old = Market(seed=5, today=TODAY).options("AAPL")
+        self.assertEqual([o.con_id for o in old][:3], [o.con_id for o in self.market.options("AAPL")][:3])
+
+    def test_a_symbol_ambiguous_as_a_stock(self):
+        both = self.market.find(symbol="TWIN", sec_type="STK")
+        self.assertEqual(sorted(s.primary_exchange for s in both), ["NYSE", "PINK"])
+        self.assertEqual([s.con_id for s in self.market.find(symbol="TWIN", sec_type="STK", primary_exchange="NYSE")],
+                         [self.market.stocks["TWIN"].con_id])
+        self.assertEqual(len(self.market.find(con_id=both[1].con_id)), 1)
 
     def test_the_grid_is_a_superset_of_what_is_listed(self):
         for symbol in self.market.specs:
