@@ -1,16 +1,20 @@
 """Account and order actions (DESIGN.md 4) behind the local order policy (DESIGN.md 5.3).
 
-Every place/cancel request passes, in this order: params shape -> policy rules that need no TWS
-(ALLOW_ORDERS=off, quantity cap, notional cap with the standard multiplier) -> TWS connected ->
-account rules (paper/live, account of this session) -> contract qualification -> notional cap with
-the qualified multiplier -> placeOrder. Nothing reaches TWS before the policy said yes, and every
-request ends with one audit line whose `decision` is one of:
+Every place/cancel request passes, in this order: the audit log can be written -> params shape ->
+the request-id record (a finished one answers) -> policy rules that need no TWS (ALLOW_ORDERS=off,
+quantity cap, notional cap with the standard multiplier) -> TWS connected -> account rules
+(paper/live, account of this session) -> TWS looked up for the id's orderRef (open orders, today's
+completed orders, executions of the last 7 days) -> contract qualification -> notional cap with
+the qualified multiplier -> the record written -> placeOrder. Nothing reaches TWS before the policy
+said yes, and every request ends with one audit line whose `decision` is one of:
   "allowed"            the order (or cancel) was sent to TWS; `outcome` says what TWS answered
   "refused: <rule>"    the local policy said no (ORDER_BLOCKED)
   "not sent: <code>"   stopped before the policy could finish (bad params, TWS not connected,
                        no such contract, ...)
   "duplicate..."       a request id seen before: answered from the request-id store, or from the
-                       order TWS has with orderRef == request id; never placed again.
+                       order TWS has with the id's orderRef (order_guard.order_ref_for); never
+                       placed again. An id whose order may have reached TWS and that TWS does not
+                       show is refused (TIMEOUT, then ORDER_BLOCKED "cannot tell"), never re-placed.
 
 An unexpected exception anywhere in a place/cancel request is caught in one place (OrderDesk._audited):
 its audit line says outcome INTERNAL and the exception's class, the request-id record becomes
