@@ -19,9 +19,13 @@ from pathlib import Path
 import struct
 
 from ibapi import comm
+from ibapi.client import EClient
+from ibapi.contract import Contract
+from ibapi.order import Order
 from ibapi.protobuf.ManagedAccounts_pb2 import ManagedAccounts
 from ibapi.protobuf.StartApiRequest_pb2 import StartApiRequest
 from ibapi.server_versions import MAX_CLIENT_VER
+from ibapi.wrapper import EWrapper
 
 from tests.fake_tws_wire import FrameReader, frame, split_fields
 
@@ -49,6 +53,27 @@ def next_payload(sock: socket.socket, reader: FrameReader) -> bytes:
 
 def next_message(sock: socket.socket, reader: FrameReader) -> list:
     return split_fields(next_payload(sock, reader))
+
+
+class _Capture:
+    def __init__(self):
+        self.sent = []
+
+    def isConnected(self):
+        return True
+
+    def sendMsg(self, data):
+        self.sent.append(data)
+
+
+def eclient_bytes(version: int, call: str, *args) -> bytes:
+    """The framed bytes ibapi's EClient sends for call(*args) at `version`."""
+    client = EClient(EWrapper())
+    client.conn, client.serverVersion_ = _Capture(), version
+    client.setConnState(EClient.CONNECTED)
+    getattr(client, call)(*args)
+    (data,) = client.conn.sent
+    return data
 
 
 @unittest.skipUnless(hasattr(signal, "SIGTERM") and os.name == "posix", "needs POSIX signals")
@@ -117,6 +142,52 @@ class CliTest(unittest.TestCase):
         accounts = ManagedAccounts()
         accounts.ParseFromString(payload[4:])
         self.assertEqual(accounts.accountsList, "DU1234567")
+
+    def test_help_names_the_options(self):
+        out = subprocess.run([sys.executable, "-m", "tests.fake_tws", "--help"], cwd=str(ROOT), capture_output=True,
+                             text=True, timeout=TIMEOUT_S).stdout
+        for option in ("--max-server-version", "--place-delay-ms", "--stats-file", "--read-only"):
+            self.assertIn(option, out)
+
+    def test_oldest_version_place_delay_and_what_if_in_the_stats_file(self):
+        """--max-server-version 100 (ibapi's oldest) and --place-delay-ms: a what-if is answered at
+        once and not counted, the real order appears after the delay; the stats file counts 1."""
+        with tempfile.TemporaryDirectory() as tmp:
+            stats_file = os.path.join(tmp, "stats.json")
+            proc = subprocess.Popen([sys.executable, "-m", "tests.fake_tws", "--port", "0", "--max-server-version",
+                                     "100", "--place-delay-ms", "400", "--stats-file", stats_file],
+                                    cwd=str(ROOT), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            self.addCleanup(proc.stderr.close)
+            self.addCleanup(proc.stdout.close)
+            self.addCleanup(proc.kill)
+            port = int(re.fullmatch(r"fake_tws listening on 127\.0\.0\.1:(\d+)\n", read_line(proc.stdout)).group(1))
+            sock, reader, version = self.handshake(port, f"v100..{MAX_CLIENT_VER}")
+            self.assertEqual(version, "100")
+            sock.sendall(frame([71, 2, 3, ""]))                          # startApi, client id 3
+            self.assertEqual(next_message(sock, reader)[0], "15")
+            stock = Contract()
+            stock.symbol, stock.secType, stock.exchange, stock.currency = "AAPL", "STK", "SMART", "USD"
+            for order_id, what_if in ((5, False), (6, True)):
+                order = Order()
+                order.action, order.totalQuantity, order.orderType, order.lmtPrice = "BUY", 1, "LMT", 1.0
+                order.cashQty, order.whatIf = 0, what_if                # ibapi refuses a set cashQty below 111
+                sock.sendall(eclient_bytes(100, "placeOrder", order_id, stock, order))
+            sent = time.monotonic()
+            # At 100 openOrder is [5, msg version 34, orderId, ...], orderStatus [3, 6, orderId, status, ...]
+            seen = []
+            while ("orderStatus", "5") not in seen:
+                fields = next_message(sock, reader)
+                if fields[0] in ("5", "3"):
+                    seen.append(("openOrder" if fields[0] == "5" else "orderStatus", fields[2]))
+            self.assertGreaterEqual(time.monotonic() - sent, 0.4)
+            # the preview at once (no status), the held order after the delay
+            self.assertEqual(seen, [("openOrder", "6"), ("openOrder", "5"), ("orderStatus", "5")])
+            time.sleep(0.6)                                              # the stats file is rewritten
+            proc.send_signal(signal.SIGTERM)
+            self.assertEqual(proc.wait(timeout=TIMEOUT_S), 0)
+            with open(stats_file, encoding="utf-8") as f:
+                stats = json.load(f)
+            self.assertEqual((stats["orders_placed"], stats["requests_by_type"]["placeOrder"]), (1, 2))
 
     def test_max_server_version_option_caps_the_answer_and_frames_raw_int_ids(self):
         sock, reader, version = self.handshake(self.serve("--max-server-version", "203"), f"v100..{MAX_CLIENT_VER}")

@@ -383,6 +383,76 @@ class OrdersTest(FakeTwsCase):
         self.assertEqual(client.named("orderStatus", lambda a: a[0] == 60 and a[1] != "Filled"), [])
 
 
+class PlaceDelayTest(FakeTwsCase):
+    """--place-delay-ms: an order held as behind TWS's precaution dialog."""
+    fake_options = {"place_delay_ms": 1500}
+
+    def test_the_order_appears_only_after_the_delay_and_messages_flow_meanwhile(self):
+        client = self.connect()
+        option = self.option_contract(self.atm_call())
+        sent = time.monotonic()
+        client.placeOrder(70, option, limit_order("BUY", 1, 0.05, orderRef="slow-1"))
+        client.reqCurrentTime()
+        client.wait("currentTime")
+        client.reqOpenOrders()
+        client.wait("openOrderEnd")
+        # a what-if is a preview, not held: answered at once
+        client.placeOrder(71, option, limit_order("BUY", 1, 0.05, whatIf=True))
+        client.wait("openOrder", lambda a: a[0] == 71)
+        self.assertEqual(client.named("openOrder", lambda a: a[0] == 70), [])
+        self.assertEqual(client.named("orderStatus"), [])
+        self.assertEqual(self.tws.stats()["orders_placed"], 0)
+        (_, _, order, state), = client.wait("openOrder", lambda a: a[0] == 70)
+        self.assertGreaterEqual(time.monotonic() - sent, 1.5)
+        self.assertEqual((order.orderRef, state.status), ("slow-1", "Submitted"))
+        client.wait("orderStatus", lambda a: a[0] == 70 and a[1] == "Submitted")
+        client.reqOpenOrders()
+        client.wait("openOrderEnd", count=2)
+        self.assertEqual(len(client.named("openOrder", lambda a: a[0] == 70)), 2)
+        self.assertEqual(self.tws.stats()["orders_placed"], 1)
+
+
+class WhatIfTest(FakeTwsCase):
+    """A what-if placeOrder (order.whatIf): one openOrder with the margin and commission preview in
+    its state, no orderStatus, nothing booked, not counted in orders_placed."""
+    version = 0
+
+    def setUp(self):
+        self.fake_options = {"max_server_version": self.version}
+        super().setUp()
+
+    def test_a_what_if_order_gets_its_preview_and_is_never_booked(self):
+        v = self.version
+        client = self.connect()
+        call = self.atm_call()
+        client.placeOrder(72, self.option_contract(call), limit_order("BUY", 2, 1.0, whatIf=True))
+        (_, placed, order, state), = client.wait("openOrder", lambda a: a[0] == 72)
+        self.assertEqual((placed.conId, order.whatIf, state.status), (call.con_id, True, "PreSubmitted"))
+        # the fake's margin model: initial 30 % of the notional (2 x 1.00 x 100)
+        self.assertGreater(float(state.initMarginAfter), 60.0)
+        if v >= 142:                                   # before/change from MIN_SERVER_VER_WHAT_IF_EXT_FIELDS
+            self.assertEqual((float(state.initMarginChange), float(state.equityWithLoanChange)), (60.0, -1.3))
+            self.assertAlmostEqual(float(state.initMarginAfter) - float(state.initMarginBefore), 60.0, places=6)
+        self.assertEqual((state.commissionAndFees, state.commissionAndFeesCurrency), (1.3, "USD"))
+        client.placeOrder(73, self.option_contract(call), limit_order("BUY", 2, 500.0, whatIf=True))  # marketable
+        client.wait("openOrder", lambda a: a[0] == 73)
+        client.reqOpenOrders()
+        client.wait("openOrderEnd")
+        client.reqPositions()
+        client.wait("positionEnd")
+        self.assertEqual([a[0] for a in client.named("openOrder")], [72, 73])       # none listed
+        self.assertEqual(client.named("orderStatus") + client.named("execDetails"), [])
+        self.assertFalse([p for p in client.named("position") if p[1].conId == call.con_id])
+        client.cancelOrder(72, OrderCancel())
+        client.wait_error(10147, 72)
+        self.assertEqual(self.tws.stats()["orders_placed"], 0)
+
+
+for _version in (130, 200, MAX_CLIENT_VER):
+    globals()[f"WhatIf{_version}Test"] = type(f"WhatIf{_version}Test", (WhatIfTest,), {"version": _version})
+del WhatIfTest
+
+
 class AccountTest(FakeTwsCase):
     def test_positions_summary_and_account_updates(self):
         client = self.connect()

@@ -29,11 +29,13 @@ from ibapi.message import IN, OUT
 from ibapi.order import Order
 from ibapi.order_cancel import OrderCancel
 from ibapi.protobuf import ErrorMessage_pb2, ExecutionDetailsEnd_pb2, OpenOrder_pb2, OrderStatus_pb2
+from ibapi.const import UNSET_DOUBLE
 from ibapi.server_versions import MAX_CLIENT_VER, MIN_SERVER_VER_PROTOBUF
 
 from tests.fake_market import Instrument
 from tests.fake_tws_proto import PROTO_REQUESTS, PROTOBUF_FROM, ProtoEncoder, parse_payload
-from tests.fake_tws_wire import Execution, FrameReader, OrderRecord, ProtoMessage, ProtocolError
+from tests.fake_tws_wire import (Execution, FrameReader, OrderRecord, ProtoMessage, ProtocolError, WhatIf,
+                                 tick_attrib_mask)
 from tests.test_fake_tws_wire import OPTION, STOCK, RecordingWrapper, _CapturingConnection, _contract, _order
 
 CAPTURES = Path(__file__).resolve().parent.parent.parent / "shared" / "tws-captures" / "server_frames.jsonl"
@@ -85,6 +87,23 @@ def _filled_order() -> OrderRecord:
 EXECUTION = Execution("0001.01", "20261124 10:00:01 US/Eastern", _order("Filled", filled=2.0), 2.0, 1.2)
 CLOSING = Execution("0002.01", "20261124 10:05:00 US/Eastern", _order("Filled", filled=2.0, action="SELL"), 2.0, 1.19,
                     realized_pnl=-2.02)
+
+WHAT_IF_ORDER = _order("PreSubmitted", perm_id=0, what_if=WhatIf((1500.0, 1250.0, 250000.5), (37.5, 31.25, -0.65),
+                                                                (1537.5, 1281.25, 249999.85), 0.65))
+
+
+def _check_what_if(t: unittest.TestCase, calls) -> None:
+    """A what-if openOrder: the order flagged, the preview in its state, as ibapi hands it over
+    (margins as strings, commission as a float, min/max unset) on both encodings."""
+    (name, (order_id, _, order, state)), = calls
+    t.assertEqual((name, order_id, order.whatIf, state.status), ("openOrder", 7, True, "PreSubmitted"))
+    t.assertEqual([float(x) for x in (state.initMarginBefore, state.maintMarginBefore, state.equityWithLoanBefore,
+                                      state.initMarginChange, state.maintMarginChange, state.equityWithLoanChange,
+                                      state.initMarginAfter, state.maintMarginAfter, state.equityWithLoanAfter)],
+                  [1500.0, 1250.0, 250000.5, 37.5, 31.25, -0.65, 1537.5, 1281.25, 249999.85])
+    t.assertEqual((state.commissionAndFees, state.commissionAndFeesCurrency), (0.65, "USD"))
+    t.assertEqual((state.minCommissionAndFees, state.maxCommissionAndFees), (UNSET_DOUBLE, UNSET_DOUBLE))
+
 
 def exactly(*calls):
     """A check that the classic callbacks are exactly these (name, args)."""
@@ -165,6 +184,7 @@ CASES = [
     ("order_status", (_order(),), IN.ORDER_STATUS,
      lambda t, calls: t.assertEqual(calls, [("orderStatus", (7, "Submitted", Decimal(0), Decimal(2), 0.0, 1001000,
                                                              0, 0.0, 3, "", 0.0))])),
+    ("open_order", (WHAT_IF_ORDER,), IN.OPEN_ORDER, lambda t, calls: _check_what_if(t, calls)),
     ("open_order", (_order(),), IN.OPEN_ORDER,
      lambda t, calls: t.assertEqual(
          (calls[0][0], calls[0][1][0], calls[0][1][1].conId, calls[0][1][1].strike, calls[0][1][2].action,
@@ -213,6 +233,17 @@ class ProtoEncoderDecodedByIbapiTest(unittest.TestCase):
         self.assertLessEqual(set(PROTOBUF_FROM) - {case[2] for case in CASES}, {IN.TICK_STRING})
         for msg_id, version in PROTOBUF_FROM.items():
             self.assertTrue(MIN_SERVER_VER_PROTOBUF <= version <= MAX_CLIENT_VER, msg_id)
+
+    def test_tick_price_attribute_mask_is_one_rule_on_both_encodings(self):
+        """Without an explicit mask both encodings apply TWS's rule (tick_attrib_mask): canAutoExecute
+        on live bid and ask, even a bid of -1, never on last, close or delayed ticks."""
+        for version in (PROTOBUF_FROM[IN.TICK_PRICE] - 1, MAX_CLIENT_VER):
+            for tick_type, price in ((1, -1.0), (2, 1.25), (4, 1.2), (9, 1.1), (66, 1.2), (67, 1.3)):
+                with self.subTest(server_version=version, tick_type=tick_type):
+                    message = ProtoEncoder(version).tick_price(5, tick_type, price, 0.0)
+                    _, calls, _ = decode_payload(ProtoEncoder(version).payload(message), version)
+                    self.assertEqual(calls[0][1][3].canAutoExecute, bool(tick_attrib_mask(tick_type)))
+                    self.assertEqual(calls[0][1][3].canAutoExecute, tick_type in (1, 2))
 
     def test_protobuf_is_refused_below_201(self):
         with self.assertRaises(ValueError):

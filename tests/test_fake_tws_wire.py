@@ -1,6 +1,9 @@
 """The fake TWS's byte layouts, checked against the real ibapi: every message the fake sends is
-decoded by ibapi's Decoder at server versions 176 and 200 (one field off and the client drops it),
-and every request the fake reads is produced by ibapi's EClient at those versions."""
+decoded by ibapi's Decoder with no field left over (one field off and the client drops it), and
+every request the fake reads is produced by ibapi's EClient, at server versions across the whole
+served range: 100 (ibapi's MIN_CLIENT_VER) and every ten up to 150, 156 (the last before
+tickOptionComputation lost its version field), 157, 176 and 200 (the last text-only). Each callback's
+arguments are checked, including the fields a version adds or drops."""
 from __future__ import annotations
 
 import inspect
@@ -17,14 +20,15 @@ from ibapi.order import Order
 from ibapi.order_cancel import OrderCancel
 from ibapi.protobuf.NextValidId_pb2 import NextValidId
 from ibapi.common import UNSET_DECIMAL
+from ibapi.const import UNSET_DOUBLE
 from ibapi.server_versions import MAX_CLIENT_VER
 from ibapi.wrapper import EWrapper
 
 from tests.fake_market import Instrument
 from tests.fake_tws import FakeTWS
-from tests.fake_tws_wire import (MAX_SERVER_VERSION, MIN_SERVER_VERSION, Encoder, Execution, FrameReader,
-                                 OrderRecord, ProtocolError, ProtoMessage, frame, parse_request,
-                                 parse_version_range, split_fields)
+from tests.fake_tws_wire import (MAX_SERVER_VERSION, MIN_SERVER_VERSION, UNSET_DOUBLE as UNSET_DOUBLE_TEXT, Encoder,
+                                 Execution, FrameReader, OrderRecord, ProtocolError, ProtoMessage, WhatIf, frame,
+                                 parse_request, parse_version_range, split_fields)
 
 VERSIONS = (100, 110, 120, 130, 140, 150, 156, 157, 176, 200)
 STOCK = Instrument(265598, "AAPL", "STK", primary_exchange="NASDAQ", local_symbol="AAPL",
@@ -264,7 +268,29 @@ class EncoderDecodedByIbapiTest(unittest.TestCase):
                           order.account, order.orderRef, order.clientId, order.permId),
                          ("BUY", Decimal(2), "LMT", 1.25, "DAY", "DU1234567", "req-1", 3, 1001000))
         self.assertEqual(state.status, "Submitted")
+        # the fields each version added, at their TWS values; unset ones at ibapi's defaults before
+        self.assertEqual((order.trailStopPrice, order.lmtPriceOffset, order.adjustedOrderType),
+                         (UNSET_DOUBLE, UNSET_DOUBLE, "None" if v >= 102 else ""))
+        self.assertEqual((order.cashQty, order.dontUseAutoPriceForHedge, order.usePriceMgmtAlgo),
+                         (0.0 if v >= 111 else UNSET_DOUBLE, v >= 141, False if v >= 151 else None))
+        self.assertEqual((state.initMarginBefore, state.initMarginAfter),
+                         (UNSET_DOUBLE_TEXT if v >= 142 else "", UNSET_DOUBLE_TEXT))
         self.assertEqual(decode(enc.open_order_end(), v), [("openOrderEnd", ())])
+
+    @per_version
+    def test_what_if_open_order_carries_the_preview(self, v, enc):
+        preview = WhatIf((1500.0, 1250.0, 250000.5), (37.5, 31.25, -0.65), (1537.5, 1281.25, 249999.85), 0.65)
+        (_, (_, _, order, state)), = decode(enc.open_order(_order("PreSubmitted", perm_id=0, what_if=preview)), v)
+        self.assertEqual((order.whatIf, state.status), (True, "PreSubmitted"))
+        before_and_change = [state.initMarginBefore, state.maintMarginBefore, state.equityWithLoanBefore,
+                             state.initMarginChange, state.maintMarginChange, state.equityWithLoanChange]
+        # before/change exist from MIN_SERVER_VER_WHAT_IF_EXT_FIELDS (142)
+        self.assertEqual(before_and_change, ["1500.0", "1250.0", "250000.5", "37.5", "31.25", "-0.65"]
+                         if v >= 142 else [""] * 6)
+        self.assertEqual([state.initMarginAfter, state.maintMarginAfter, state.equityWithLoanAfter],
+                         ["1537.5", "1281.25", "249999.85"])
+        self.assertEqual((state.commissionAndFees, state.minCommissionAndFees, state.maxCommissionAndFees,
+                          state.commissionAndFeesCurrency), (0.65, UNSET_DOUBLE, UNSET_DOUBLE, "USD"))
 
     @per_version
     def test_completed_order(self, v, enc):
