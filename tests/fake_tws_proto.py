@@ -436,7 +436,7 @@ class ProtoEncoder(Encoder):
             return super().order_status(o, why_held)
         # The 203 recording of a Cancelled status keeps remaining at the unfilled quantity ("1").
         proto = OrderStatus_pb2.OrderStatus(
-            orderId=o.order_id, status=o.status, filled=_qty(o.filled), remaining=_qty(o.quantity - o.filled),
+            orderId=o.order_id, status=o.status, filled=_qty(o.filled), remaining=_qty(o.remaining),
             avgFillPrice=o.avg_fill_price, permId=o.perm_id, parentId=o.parent_id, lastFillPrice=o.last_fill_price,
             clientId=o.client_id, mktCapPrice=0.0)
         if why_held:

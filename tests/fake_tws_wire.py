@@ -418,7 +418,9 @@ class OrderRecord:
 
     @property
     def remaining(self) -> float:
-        return 0.0 if self.status in ("Cancelled", "ApiCancelled") else self.quantity - self.filled
+        # What is left unfilled, also once cancelled: the 203 recording of orderStatus Cancelled
+        # keeps remaining at the unfilled quantity (TWS writes the same value as text).
+        return self.quantity - self.filled
 
 
 @dataclass

@@ -257,6 +257,9 @@ class EncoderDecodedByIbapiTest(unittest.TestCase):
         self.assertEqual(name, "orderStatus")
         self.assertEqual(args, (7, "Submitted", Decimal(0), Decimal(2), 0.0, 1001000, 0, 0.0, 3, "",
                                 0.0 if v >= 131 else None))          # mktCapPrice from MARKET_CAP_PRICE
+        # Cancelled keeps remaining at the unfilled quantity, as recorded at 203
+        (_, args), = decode(enc.order_status(_order("Cancelled")), v)
+        self.assertEqual(args[1:4], ("Cancelled", Decimal(0), Decimal(2)))
 
     @per_version
     def test_open_order(self, v, enc):
