@@ -51,7 +51,9 @@ SUMMARY_TAGS = {"NetLiquidation": "net_liquidation", "TotalCashValue": "total_ca
 # Order warnings that do not stop the order, beyond ib_connection.NOTICE_CODES (which never reach
 # a handler): 10349 "Order TIF was set to DAY based on order preset".
 ORDER_NOTICE_CODES = frozenset((10349,))
-CANCEL_STATUSES = frozenset(("PendingCancel", "Cancelled", "ApiCancelled"))
+# The answer a cancel waits for: final. PendingCancel (TWS sends it first, from 203 on) is not one:
+# the order may still fill before the exchange confirms.
+CANCEL_STATUSES = frozenset(("Cancelled", "ApiCancelled"))
 # A new order answered with one of these is dead on arrival; TWS sends the reason (201 rejected,
 # 202 cancelled by a price check, ...) right after the status, so wait this long for it.
 DEAD_ON_ARRIVAL = frozenset(("Cancelled", "ApiCancelled", "Inactive"))

@@ -2,6 +2,7 @@
 placement across a repeat, an agent restart and a TWS reconnect, Read-Only API, IB's rejections."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import tempfile
 import time
@@ -12,7 +13,7 @@ import ib_connection
 import ib_orders
 import order_guard
 from agent_config import Config
-from agent_errors import IB_ERROR, ORDER_BLOCKED, READ_ONLY_API, AgentError
+from agent_errors import IB_ERROR, ORDER_BLOCKED, READ_ONLY_API, TIMEOUT, AgentError
 from tests.fake_market import on_tick
 from tests.fake_tws import FakeTWS
 from tests.tws_versions import AtTwsVersion, at_tws_versions
@@ -183,8 +184,28 @@ class PaperAccountTest(OrdersOnFakeTws):
         filled = self.desk.place_order("fill", self.order(marketable=True))
         self.assertEqual(filled["status"], "Filled")
         error = self.fails(IB_ERROR, self.desk.cancel_order, "c2", {"order_id": filled["order_id"]})
-        self.assertEqual(error.ib_code, 10148)
-        self.assertEqual([line["outcome"].get("ib_code") for line in self.audit()], [110, 10147, None, 10148])
+        self.assertEqual(error.ib_code, 161)  # "not in a cancellable state", as recorded at 203
+        self.assertEqual([line["outcome"].get("ib_code") for line in self.audit()], [110, 10147, None, 161])
+
+
+class SlowTwsTest(OrdersOnFakeTws):
+    """TWS holds the order behind a precaution dialog (--place-delay-ms) past the agent's timeout: the
+    first request answers TIMEOUT, a retry before TWS shows the order says so and sends nothing, a
+    retry after finds it by orderRef; one placeOrder ever reaches TWS (issue 16)."""
+    tws_options = {"place_delay_ms": 2500}
+
+    def test_a_retry_after_a_timeout_never_places_a_second_order(self):
+        self.desk = ib_orders.OrderDesk(self.conn, dataclasses.replace(self.config, request_timeout_s=1.0))
+        params = self.order()
+        self.fails(TIMEOUT, self.desk.place_order, "slow", params)
+        error = self.fails(TIMEOUT, self.desk.place_order, "slow", params)
+        self.assertIn("TWS does not show it yet", error.message)
+        wait_until(lambda: self.placed() == 1, what="the held order accepted")
+        again = self.desk.place_order("slow", params)
+        self.assertEqual(again["order_id"], self.desk.request_ids.get("slow")["order_id"])
+        self.assertEqual((self.placed(), self.sent("placeOrder")), (1, 1))
+        self.assertEqual([line["decision"] for line in self.audit()],
+                         ["allowed", "not sent: TIMEOUT", "duplicate: found in TWS by orderRef"])
 
 
 class IbRejectsTest(OrdersOnFakeTws):
