@@ -4,6 +4,7 @@ from __future__ import annotations
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 from bench.common import TWS_MAX_RATE, median
+from bench.listed import targets as listed_targets
 
 AGENT = "agent"
 LABELS = {"agent": "agent {rate:g}/s", "readme": "README chunks", "ib_async": "ib_async reqTickers",
@@ -145,6 +146,7 @@ def targets(results: dict, agent_rate: float) -> List[dict]:
               _lt(foot["cpu_idle_pct"], IDLE_CPU_PCT))
         check("start to ready (median)", f"< {READY_S:g} s", foot["ready_median_s"],
               _lt(foot["ready_median_s"], READY_S))
+    listed_targets(results.get("listed"), results.get("listed_chain"), check)
     scaling = results.get("scaling") or []
     if len(scaling) > 1:
         # per message, not per contract: the first WARM_LINES contracts of a batch need no cancel
@@ -255,6 +257,33 @@ def render(results: dict) -> str:
                            [(foot["ready_median_s"], " ".join(f"{t:.3f}" for t in foot["ready_s"]),
                              foot["rss_idle_mb"], foot["cpu_idle_pct"], foot["batch_contracts"], foot["batch_s"],
                              foot["rss_after_batch_mb"], foot["peak_rss_mb"])]))
+    listed = results.get("listed")
+    if listed:
+        a = listed["agent"]
+        parts.append(table(
+            f"Listed SPY options, cold through the relay (fetch-chain of {a['expirations']} expirations; floor = "
+            f"2 msgs per option at {TWS_MAX_RATE}/s)",
+            ("options", "wall s", "floor s", "ratio", "quoted", "msgs", "msgs/quoted", "target msgs/quoted",
+             "reqMktData", "reqContractDetails", "errors 200", "violations", "line errs", "max lines"),
+            [(a["options"], a["wall_s"], a["floor_s"], a["ratio"], a["quoted_share"], a["messages"],
+              a["msgs_per_quoted"], a["target_msgs_per_quoted"], a["reqMktData"], a["listing_requests"],
+              a["errors_sent"].get("200", 0), a["pacing_violations"], a["line_limit_errors"], a["max_lines_in_use"])]))
+        if listed["peers"]:
+            parts.append(table("The same work by the peers (peer wall time / agent's)",
+                               ("method", "contracts asked", "wall s", "msgs", "quoted", "of listed", "errors 200",
+                                "violations", "line errs", "peer/agent", "failed"),
+                               [(LABELS[p["method"]] + (" (grid)" if p["pool"] == "spy-grid" else ""), p["contracts"],
+                                 p["wall_s"], p["messages"], p["quoted"], p["quoted_share_of_listed"],
+                                 p["tws_errors_200"], p["pacing_violations"], p["line_limit_errors"],
+                                 p["peer_over_agent"], p["error"] or "") for p in listed["peers"]]))
+    chain = results.get("listed_chain")
+    if chain:
+        parts.append(table(f"fetch-chain {chain['params']} (cold, through the relay)",
+                           ("expirations", "options", "reqMktData", "reqMktData - options", "reqContractDetails",
+                            "errors 200", "wall s", "violations"),
+                           [(chain["expirations"], chain["options"], chain["reqMktData"],
+                             chain["requests_over_options"], chain["listing_requests"], chain["errors_200"],
+                             chain["wall_s"], chain["pacing_violations"])]))
     parts.append(table("Targets", ("check", "target", "value", "met"),
                        [(t["name"], t["target"], t["value"], t["met"]) for t in results["targets"]]))
     parts.append(f"suite took {results['elapsed_s']:.0f} s")

@@ -1,7 +1,8 @@
 """The whole benchmark suite in one command; prints tables, `--json PATH` writes every figure.
 
     python -m bench.run            # full: 200/1,000/2,000 cold, scaling to 5,000 (about 45 min)
-    python -m bench.run --quick    # under a minute: 100 cold (agent, README), scaling 100/200, 5 s idle
+    python -m bench.run --quick    # about a minute: 100 cold (agent, README), scaling 100/200, 5 s idle,
+                                   # 100 listed SPY options (agent, README on their grid)
 
 Everything runs against `python -m tests.fake_tws --pacing reject --max-rate 50 --max-lines 100
 --snapshot-ms 11000`, a fresh fake process per measurement; the snapshot section varies
@@ -25,12 +26,14 @@ from agent_config import DEFAULT_WARM_LINES, Config
 from bench import report
 from bench.common import TWS_SNAPSHOT_MS, FakeTwsProcess, fake_tws_args, machine, median
 from bench.footprint import agent_under_test, batch_figures, idle_figures, ready_times
+from bench.listed import agent_fetch_chain, chain_summary, listed_plan
+from bench.listed import summarize as listed_summary
 from bench.peers import LINE_CHUNK, PEER_RATE, README_CHUNK, README_WAIT_S
 from bench.relay_latency import relay_overhead, warm_refresh
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_RATE = next(f.default for f in dataclasses.fields(Config) if f.name == "ib_max_msg_rate")
-SECTIONS = ("cold", "scaling", "process", "snapshots")
+SECTIONS = ("cold", "scaling", "process", "snapshots", "listed")
 
 
 @dataclass(frozen=True)
@@ -53,6 +56,10 @@ class Settings:
     sweep_snapshot_ms: Tuple[int, ...] = ()   # the snapshot section: one run per duration
     sweep_count: int = 1000
     sweep_peers: Tuple[str, ...] = ("ib_async_smooth", "ib_async_chunked")
+    listed_count: int = 1000                 # the listed section: SPY options of the nearest expirations
+    listed_peers: Tuple[str, ...] = ("readme", "ib_async_chunked")
+    chain_max_days: Optional[int] = 30       # ... and fetch-chain SPY max_days N (None: skip)
+    chain_strikes_around: Optional[int] = None
 
 
 FULL = Settings(cold_sizes=(200, 1000, 2000), scaling_sizes=(200, 1000, 2000, 5000),
@@ -61,7 +68,8 @@ FULL = Settings(cold_sizes=(200, 1000, 2000), scaling_sizes=(200, 1000, 2000, 50
                 sweep_snapshot_ms=(0, 2000, 5000, 11000))
 QUICK = Settings(cold_sizes=(100,), scaling_sizes=(100, 200), peers=("readme",),
                  agent_rates=(DEFAULT_RATE,), repeats=1, relay_requests=200, warm_repeats=10, ready_starts=2,
-                 idle_s=5.0, footprint_batch=100, sections=("cold", "scaling", "process"))
+                 idle_s=5.0, footprint_batch=100, sections=("cold", "scaling", "process", "listed"),
+                 listed_count=100, listed_peers=("readme",), chain_max_days=None)
 
 
 def log(text: str) -> None:
@@ -76,16 +84,18 @@ def worker_timeout_s(method: str, count: int, rate: float, readme_wait_s: float,
     return 2 * (2 * count / min(rate, PEER_RATE)) + waits.get(method, 0.0) + 90
 
 
-def run_worker(method: str, rate: float, count: int, settings: Settings, snapshot_ms: Optional[int] = None) -> dict:
-    """One measurement: a fresh fake TWS process, the method in a process of its own."""
+def run_worker(method: str, rate: float, count: int, settings: Settings, snapshot_ms: Optional[int] = None,
+               pool: str = "mixed", contracts: Optional[int] = None) -> dict:
+    """One measurement: a fresh fake TWS process, the method in a process of its own. `contracts`:
+    how many the pool holds for `count` (a SPY pool's size), for the timeout."""
     snapshot_ms = settings.snapshot_ms if snapshot_ms is None else snapshot_ms
     with FakeTwsProcess(snapshot_ms) as tws:
         command = [sys.executable, "-m", "bench.worker", method, "--port", str(tws.port),
                    "--stats-file", str(tws.stats_file), "--count", str(count), "--rate", str(rate),
-                   "--readme-wait-s", str(settings.readme_wait_s)]
+                   "--readme-wait-s", str(settings.readme_wait_s), "--pool", pool]
         try:
             done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True,
-                                  timeout=worker_timeout_s(method, count, rate, settings.readme_wait_s,
+                                  timeout=worker_timeout_s(method, contracts or count, rate, settings.readme_wait_s,
                                                            snapshot_ms))
             lines = done.stdout.strip().splitlines()
             result = json.loads(lines[-1]) if lines else {"error": f"no result (exit {done.returncode})"}
@@ -147,6 +157,33 @@ def snapshot_suite(settings: Settings) -> List[dict]:
     return runs
 
 
+def listed_suite(settings: Settings) -> dict:
+    """Listed SPY quotes cold through the relay, the peers on the same work, fetch-chain SPY max_days."""
+    plan = listed_plan(settings.listed_count)
+    budget_s = 2 * 2 * len(plan.listed) / DEFAULT_RATE + 90
+    agent = agent_fetch_chain(plan.params, budget_s)
+    log(f"listed {agent['options']} SPY options: {agent['wall_s']} s, {agent['messages']} msgs, "
+        f"{agent['pacing_violations']} violations, errors {agent['errors_sent']}"
+        + (f" FAILED {agent['error']}" if "error" in agent else ""))
+    peers = []
+    for method in settings.listed_peers:
+        pool = "spy-grid" if method == "readme" else "spy-listed"     # the README built chains from the grid
+        size = len(plan.grid if pool == "spy-grid" else plan.listed)
+        result = run_worker(method, PEER_RATE, settings.listed_count, settings, pool=pool, contracts=size)
+        peers.append(result)
+        log(f"listed {report.label(method, PEER_RATE)} on {size} ({pool}): {outcome(result)}")
+    results = {"listed": listed_summary(agent, peers)}
+    if settings.chain_max_days is not None:
+        params = {"ticker": "SPY", "max_days": settings.chain_max_days}
+        if settings.chain_strikes_around:
+            params["strikes_around"] = settings.chain_strikes_around
+        chain = chain_summary(agent_fetch_chain(params, budget_s * 3))
+        log(f"chain {params}: {chain['options']} options, {chain['reqMktData']} reqMktData, "
+            f"{chain['errors_200']} error 200, {chain['wall_s']} s")
+        results["listed_chain"] = chain
+    return results
+
+
 def process_suite(settings: Settings) -> dict:
     warm = []
     with agent_under_test() as session:
@@ -205,6 +242,8 @@ def run_suite(settings: Settings, mode: str) -> dict:
         results.update(process_suite(settings))
     if "snapshots" in settings.sections and settings.sweep_snapshot_ms:
         results["snapshot_sweep"] = report.summarize_cold(snapshot_suite(settings))
+    if "listed" in settings.sections:
+        results.update(listed_suite(settings))
     results["targets"] = report.targets(results, settings.agent_rates[0])
     results["load_average_end"] = machine()["load_average"]
     results["elapsed_s"] = round(time.monotonic() - started, 1)
@@ -229,11 +268,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--sections", type=lambda t: tuple(t.split(",")), help=f"subset of {','.join(SECTIONS)}")
     parser.add_argument("--snapshot-ms", type=int, help=f"the fake's snapshot duration (default {TWS_SNAPSHOT_MS})")
     parser.add_argument("--sweep-snapshot-ms", type=_numbers, help="snapshot section durations, e.g. 0,2000,11000")
+    parser.add_argument("--listed-count", type=int, help="listed section: SPY options to quote (full 1000)")
+    parser.add_argument("--listed-peers", type=lambda t: tuple(p for p in t.split(",") if p),
+                        help="listed section peers (default readme,ib_async_chunked; empty: none)")
+    parser.add_argument("--chain-max-days", type=int, help="listed section: fetch-chain SPY max_days (full 30)")
     args = parser.parse_args(argv)
     settings = QUICK if args.quick else FULL
     overrides = {"repeats": args.repeats, "cold_sizes": args.sizes, "scaling_sizes": args.scaling_sizes,
                  "agent_rates": args.agent_rates, "sections": args.sections, "peers": args.peers,
-                 "snapshot_ms": args.snapshot_ms, "sweep_snapshot_ms": args.sweep_snapshot_ms}
+                 "snapshot_ms": args.snapshot_ms, "sweep_snapshot_ms": args.sweep_snapshot_ms,
+                 "listed_count": args.listed_count, "listed_peers": args.listed_peers,
+                 "chain_max_days": args.chain_max_days}
     settings = replace(settings, **{k: v for k, v in overrides.items() if v is not None})
     unknown = set(settings.sections) - set(SECTIONS)
     if unknown:

@@ -1,6 +1,6 @@
 """One cold bulk measurement in a process of its own, so its memory and CPU are its own:
 
-    python -m bench.worker METHOD --port P --stats-file F --count N [--rate R] [--seed S]
+    python -m bench.worker METHOD --port P --stats-file F --count N [--rate R] [--seed S] [--pool P]
 
 METHOD is `agent` (the agent's IB half in this process: a real IBConnection and Scanner with the
 default config, IB_MAX_MSG_RATE=R, calling get_option_data_batch), `readme` (throttled at R),
@@ -22,6 +22,7 @@ from typing import List, Optional, Sequence
 from agent_config import Config
 from bench.common import (SEED, BenchContract, PeakRss, completeness, fresh_stats, option_contracts, rss_mb,
                           stats_delta)
+from bench.listed import POOLS, pool_contracts
 from bench.peers import LINE_CHUNK, PEER_RATE, README_WAIT_S, IbAsyncTickers, ReadmeChunked
 from tests.fake_tws_session import PACING_STRIKES     # the fake hangs up on this many violations
 
@@ -95,10 +96,11 @@ def batch_for(method: str, rate: float, readme_wait_s: float):
 
 
 def measure(method: str, port: int, stats_file: Path, count: int, rate: float, seed: int = SEED,
-            readme_wait_s: float = README_WAIT_S) -> dict:
+            readme_wait_s: float = README_WAIT_S, pool: str = "mixed") -> dict:
     """The figures of one fetch; a fetch that fails (e.g. the fake dropped the client for pacing)
-    still reports what the fake saw, with `error`."""
-    contracts = option_contracts(count, seed)
+    still reports what the fake saw, with `error`. pool: `mixed` (bench.common.option_contracts) or
+    one of bench.listed's SPY pools (the listed contracts of the nearest expirations, or their grid)."""
+    contracts = option_contracts(count, seed) if pool == "mixed" else pool_contracts(pool, count, seed)
     batch = batch_for(method, rate, readme_wait_s)
     failure, rows = None, []
     try:
@@ -125,6 +127,8 @@ def measure(method: str, port: int, stats_file: Path, count: int, rate: float, s
                                or delta["pacing_violations"] >= PACING_STRIKES),
                    "max_lines_in_use": delta["max_lines_in_use"],
                    "completeness": round(completeness(contracts, rows), 4) if rows else 0.0,
+                   "quoted": sum(1 for bid, ask, delta in rows if ask is not None and delta is not None),
+                   "pool": pool, "contracts": len(contracts),
                    "rss_before_mb": round(rss_before, 1), "peak_rss_mb": round(peak.peak_mb, 1)}, **extra)
     if failure:
         result["error"] = failure
@@ -140,11 +144,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--rate", type=float, default=PEER_RATE)
     parser.add_argument("--seed", type=int, default=SEED)
     parser.add_argument("--readme-wait-s", type=float, default=README_WAIT_S)
+    parser.add_argument("--pool", choices=("mixed",) + POOLS, default="mixed",
+                        help="the contracts: the mixed stock chains, or SPY's listed contracts / their grid")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(name)s: %(message)s")
     try:
         result = measure(args.method, args.port, args.stats_file, args.count, args.rate, args.seed,
-                         args.readme_wait_s)
+                         args.readme_wait_s, args.pool)
     except Exception as exc:
         traceback.print_exc()
         print(json.dumps({"method": args.method, "rate": args.rate, "count": args.count,

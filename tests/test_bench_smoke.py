@@ -24,7 +24,8 @@ except Exception:           # Python 3.9: ib_async needs 3.10+
 TINY = Settings(cold_sizes=(6,), scaling_sizes=(6, 12), peers=PEERS, agent_rates=(45.0,), repeats=1,
                 relay_requests=16, warm_repeats=2, ready_starts=1, idle_s=0.2, footprint_batch=6,
                 warm_contracts=4, warm_lines_variant=3, readme_wait_s=0.1, snapshot_ms=300,
-                sweep_snapshot_ms=(0, 300) if SWEEP_PEERS else (), sweep_count=6, sweep_peers=SWEEP_PEERS)
+                sweep_snapshot_ms=(0, 300) if SWEEP_PEERS else (), sweep_count=6, sweep_peers=SWEEP_PEERS,
+                listed_count=6, listed_peers=("readme",) + SWEEP_PEERS, chain_max_days=3, chain_strikes_around=1)
 
 
 class BenchSmokeTest(unittest.TestCase):
@@ -75,9 +76,29 @@ class BenchSmokeTest(unittest.TestCase):
         slow = next(r for r in rows if r["snapshot_ms"] == 300)
         self.assertGreaterEqual(slow["wall_s"], 0.3)      # reqTickers waits for every tickSnapshotEnd
 
+    def test_listed_spy_options_and_the_peers_on_the_same_work(self):
+        agent = self.results["listed"]["agent"]
+        self.assertNotIn("error", agent)
+        self.assertGreaterEqual(agent["options"], 4)
+        self.assertEqual(agent["with_con_id"], agent["options"])
+        self.assertEqual((agent["pacing_violations"], agent["line_limit_errors"]), (0, 0))
+        self.assertEqual(agent["errors_sent"].get("200", 0), 0)
+        self.assertLessEqual(agent["reqMktData"], agent["options"] + 1)
+        self.assertEqual(agent["listing_requests"], 1 + agent["expirations"])
+        peers = self.results["listed"]["peers"]
+        self.assertEqual([p["method"] for p in peers], ["readme"] + list(SWEEP_PEERS))
+        grid = next(p for p in peers if p["method"] == "readme")
+        self.assertEqual(grid["pool"], "spy-grid")
+        self.assertGreaterEqual(grid["contracts"], agent["options"])
+        self.assertTrue(all(p["peer_over_agent"] for p in peers), peers)
+        chain = self.results["listed_chain"]
+        self.assertEqual(chain["errors_200"], 0)
+        self.assertLessEqual(chain["requests_over_options"], 3)
+
     def test_table_and_json(self):
         text = report.render(self.results)
-        for title in ("Cold bulk quotes", "Scaling", "Warm refresh", "Relay overhead", "Footprint", "Targets") + \
+        for title in ("Cold bulk quotes", "Scaling", "Warm refresh", "Relay overhead", "Footprint", "Targets",
+                      "Listed SPY options", "The same work by the peers", "fetch-chain") + \
                 (("Snapshot peers",) if SWEEP_PEERS else ()):
             self.assertIn(title, text)
         names = [t["name"] for t in self.results["targets"]]
