@@ -386,12 +386,11 @@ class Scanner:
         return next((i for i in matches if i.trading_class == ticker), matches[0]) if len(matches) > 1 else matches[0]
 
     def _underlying_instrument(self, ticker: str) -> Instrument:
-        """The underlying to quote; an unknown ticker is still asked as a stock (its error answers it)."""
+        """The underlying to quote. One that could not be looked up (unknown, or the lookup failed)
+        is still asked as a stock: its own error then answers it, and a batch never fails for it."""
         try:
             return self._underlying(ticker).instrument()
-        except AgentError as exc:
-            if exc.code != NO_SECURITY_DEFINITION:
-                raise
+        except AgentError:
             return Instrument(ticker)
 
     # --- public: the original names ------------------------------------------------------------------
