@@ -57,7 +57,8 @@ LIVE, FROZEN = DATA_TYPE_IDS["live"], DATA_TYPE_IDS["frozen"]
 DELAYED, DELAYED_FROZEN = DATA_TYPE_IDS["delayed"], DATA_TYPE_IDS["delayed-frozen"]
 AUTO_TYPE = FROZEN            # auto asks frozen: live while the market is open, the close's values after
 DELAYED_TYPES = (DELAYED, DELAYED_FROZEN)
-GROW_QUIET_S = 1.0            # after a 101, the pool grows back one line per freed line once this quiet
+GROW_AFTER_LIMIT_S = 2.0      # after a 101, the pool starts growing back once no 101 came for this long,
+GROW_STEP_S = 0.1             # ... by one line per freed line, at most one per this
 STARTS_PER_ROUND = 8          # bounds how long one round sends before cancel is checked again
 CANCEL_POLL_S = 0.1           # a threading.Event cannot wake a Condition: poll it this often
 IDLE_WAIT_S = 1.0
@@ -90,16 +91,17 @@ def contract_for(instrument: Instrument) -> Contract:
 class LinePool:
     """Lines this client may hold on TWS at once. Guarded by the MarketData lock.
 
-    A 101 shrinks it to what worked; it grows back one line for each line given back, once no 101
-    came for GROW_QUIET_S (the user closed TWS windows, or lines TWS still counted were freed): a
-    limit that is still there costs one more 101, answered by shrinking again."""
+    A 101 shrinks it to what worked; it grows back as lines are given back, one line at a time
+    (GROW_STEP_S apart) once no 101 came for GROW_AFTER_LIMIT_S (the user closed TWS windows, or
+    lines TWS still counted were freed): a limit that is still there costs one 101 per
+    GROW_AFTER_LIMIT_S, answered by shrinking again."""
 
     def __init__(self, size: int, clock: Callable[[], float] = time.monotonic):
         self.configured = size
         self.size = size
         self.in_use = 0
         self._clock = clock
-        self._limited_at = float("-inf")
+        self._limited_at = self._grown_at = float("-inf")
 
     def free(self) -> int:
         return max(0, self.size - self.in_use)
@@ -109,17 +111,21 @@ class LinePool:
 
     def give_back(self) -> None:
         self.in_use -= 1
-        if self.size < self.configured and self._clock() - self._limited_at >= GROW_QUIET_S:
+        now = self._clock()
+        if self.size < self.configured and now - self._limited_at >= GROW_AFTER_LIMIT_S \
+                and now - self._grown_at >= GROW_STEP_S:
             self.size += 1
+            self._grown_at = now
 
-    def shrink_after_limit(self) -> bool:
-        """TWS answered 101 for one of the lines in use: the others are at most what works (the
-        user's own TWS windows hold the rest). False when already down to one line: then the 101
-        is the request's answer, not a reason to retry."""
+    def shrink_after_limit(self, started_later: int = 0) -> bool:
+        """TWS answered 101 for one of the lines in use: the lines asked for before it are at most
+        what works (the user's own TWS windows hold the rest); `started_later` were taken after it.
+        False when already down to one line: then the 101 is the request's answer, not a reason
+        to retry."""
         self._limited_at = self._clock()
         if self.size <= 1:
             return False
-        self.size = max(1, min(self.size - 1, self.in_use - 1))
+        self.size = max(1, min(self.size - 1, self.in_use - 1 - started_later))
         return True
 
     def reset(self) -> None:
@@ -438,6 +444,10 @@ class MarketData:
             line = sub.line
             if line is None:    # the connection dropped while an earlier start waited on the limiter
                 continue
+            with self._mutex:
+                if self.pool.in_use > self.pool.size and sub.line is line:
+                    self._unstart(sub)  # a 101 shrank the pool meanwhile: the rest of this round waits
+                    continue
             try:
                 with self._type_lock:   # no other thread's reqMarketDataType between the two
                     line.data_type = self._ensure_data_type(wanted[sub])
@@ -463,6 +473,15 @@ class MarketData:
                     sub.streaming_since = self._clock()
             if orphan:      # it may have reached the next connection: make sure it does not stay
                 self._cancel_stream(line.req_id)
+
+    def _unstart(self, sub: _Subscription) -> None:
+        """Give back the line of a stream never asked for, and queue it again first (under the lock)."""
+        self._release(sub)
+        sub.state = QUEUED
+        for item in sub.items:
+            item.request.waiting.pop(item, None)
+            item.request.queue.appendleft(item)
+        self._changed.notify_all()
 
     def _cancel_stream(self, req_id: int) -> None:
         try:
@@ -535,7 +554,7 @@ class MarketData:
                 return
             if ib_code == LINE_LIMIT_CODE:
                 self._counts["line_limit_errors"] += 1
-                if self.pool.shrink_after_limit():
+                if self.pool.shrink_after_limit(self._started_after(line)):
                     self._requeue(line)
                     return
             elif ib_code in NOT_SUBSCRIBED_CODES and self._configured_type == "auto" \
@@ -547,6 +566,12 @@ class MarketData:
                 return
             self._fail(line, error_for(ib_code, text).to_dict())
             self._changed.notify_all()
+
+    def _started_after(self, line: _Line) -> int:
+        """Lines taken after this one (asked later, or not asked yet), under the lock."""
+        return sum(1 for sub in self._subs.values()
+                   if sub.state == ACTIVE and sub.line is not None and sub.line is not line
+                   and (sub.line.req_id is None or sub.line.req_id > (line.req_id or 0)))
 
     def _connection_lost(self) -> None:
         """Every stream is gone on the TWS side; requests still running on the lost connection

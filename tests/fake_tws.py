@@ -21,9 +21,14 @@ It serves:
   -> option volume 29/30, 101 -> open interest 27/28, 106 -> implied vol 24, option computations
   10-13) after --tick-delay-ms, then small updates every 0.25-1 s; snapshots (default ticks, then
   tickSnapshotEnd --snapshot-ms after the request: at once by default, TWS takes 11 s);
-  tickReqParams; marketDataType once reqMarketDataType was called. One line per live subscription
-  or pending snapshot (until its tickSnapshotEnd): past --max-lines, error 101. --no-live-data: 354, or
-  10167 plus delayed ticks (66-75, 80-83) when market data type 3/4 was asked.
+  tickReqParams; marketDataType once reqMarketDataType was called, saying per request what TWS
+  serves: 1 live, 2 frozen (market closed, type 2/4 asked), 3 delayed, 4 delayed-frozen (closed, 4
+  asked). One line per live subscription or pending snapshot (until its tickSnapshotEnd): past
+  --max-lines, error 101. --no-live-data: 354 for types 1/2, else 10167 plus delayed ticks (66-75,
+  80-83) and no generic ticks. --market-closed: types 1/3 get bid/ask -1 (size 0) and no greeks,
+  types 2/4 the values recorded at the close; nothing moves after the first ticks. --stream-notice
+  10090,10091: those notices on every option stream, which goes on without greeks (the
+  underlying's data is what is missing). move_port(): 1300 naming a new port, then the drop.
 - reqPositions, reqPositionsMulti, reqAccountSummary, reqAccountUpdates, reqAccountUpdatesMulti,
   reqExecutions (+ commission reports), reqCompletedOrders
 - placeOrder / cancelOrder / reqGlobalCancel, reqOpenOrders / reqAllOpenOrders / reqAutoOpenOrders:
@@ -280,6 +285,23 @@ class FakeTWS:
         time.sleep(down_s)
         if not self._stopping.is_set():
             self._listen()
+
+    def move_port(self, new_port: int = 0) -> int:
+        """What changing the API port in TWS's settings does: listen on the new port, send 1300 naming
+        it to every client, and drop them (after the error, like TWS). Returns the new port."""
+        old_listener, old_thread = self._listener, self._accept_thread
+        self._listener = None
+        if old_listener is not None:
+            old_listener.close()
+        if old_thread is not None:
+            old_thread.join(timeout=2.0)
+        self.port = new_port
+        self._listen()
+        for session in self.ready_sessions():
+            session.send_error(-1, 1300, "TWS socket port has been reset and this connection is being dropped. "
+                                         f"Please reconnect on the new port - {self.port}")
+            session.hang_up()
+        return self.port
 
     def broadcast_error(self, code: int, text: str, req_id: int = -1) -> None:
         for session in self.ready_sessions():

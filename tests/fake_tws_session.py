@@ -43,6 +43,13 @@ BID, ASK, LAST, CLOSE, VOLUME = 1, 2, 4, 9, 8
 BID_SIZE, ASK_SIZE, LAST_SIZE = 0, 3, 5
 CALL_OI, PUT_OI, CALL_VOLUME, PUT_VOLUME, IMPLIED_VOL = 27, 28, 29, 30, 24
 BID_COMP, ASK_COMP, LAST_COMP, MODEL_COMP = 10, 11, 12, 13
+# --stream-notice codes: TWS's text, then "<symbol> <exchange>/TOP/ALL" of the data not subscribed.
+STREAM_NOTICES = {
+    10090: "Part of requested market data is not subscribed. Subscription-independent ticks are still "
+           "active.Delayed market data is not available.",
+    10091: "Part of requested market data requires additional subscription for API. See link in 'Market "
+           "Data Connections' dialog for more details.Delayed market data is available.",
+}
 ACCOUNT_SUMMARY_TAGS = ("AccountType", "NetLiquidation", "TotalCashValue", "SettledCash",
                         "EquityWithLoanValue", "GrossPositionValue", "InitMarginReq", "MaintMarginReq",
                         "AvailableFunds", "ExcessLiquidity", "BuyingPower")
@@ -56,6 +63,9 @@ class Subscription:
     snapshot: bool
     delayed: bool
     snapshot_end: float = 0.0     # monotonic time of tickSnapshotEnd; the line is held until then
+    data_type: int = 1            # what marketDataType said: 1 live, 2 frozen, 3 delayed, 4 delayed-frozen
+    no_quote: bool = False        # market closed, live/delayed type: bid/ask -1, no greeks, nothing moves
+    no_greeks: bool = False       # a --stream-notice: the underlying's data is not subscribed
 
 
 class ClientSession:
@@ -215,6 +225,10 @@ class ClientSession:
             self._hang_up_after_error()
         return False
 
+    def hang_up(self) -> None:
+        """End the connection after what was sent (TWS dropping a client after its last error)."""
+        self._hang_up_after_error()
+
     def _hang_up_after_error(self) -> None:
         """Like TWS: the error arrives, then the connection ends. Closing at once with the client's
         burst still unread would reset the connection, and the client could lose the error: so
@@ -326,20 +340,30 @@ class ClientSession:
             self.send_error(req_id, 321, "Error validating request.-'bW' : cause - Snapshot market data "
                                          "subscription is not applicable to generic ticks")
             return
+        # The type TWS serves this request (its marketDataType callback): live where subscribed, or
+        # with the market closed and frozen / delayed-frozen asked the values recorded at the close;
+        # without a subscription 354 unless delayed (3/4) was asked, then delayed data after 10167.
+        asked, closed = self.market_data_type or 1, server.market_closed
         delayed = False
         if server.no_live_data:
-            if self.market_data_type not in (3, 4):
+            if asked not in (3, 4):
                 self.send_error(req_id, 354, "Requested market data is not subscribed.Delayed market data "
                                              "is available.")
                 return
             self.send_error(req_id, 10167, "Requested market data is not subscribed. Displaying delayed "
                                            "market data.")
             delayed = True
+            data_type = 4 if closed and asked == 4 else 3
+            generic = frozenset()   # delayed data: its default ticks only (the agent asks none there)
+        else:
+            data_type = 2 if closed and asked in (2, 4) else 1
         if not server.acquire_line():
             self.send_error(req_id, 101, "Max number of tickers has been reached")
             return
+        notices = server.stream_notices if instrument.sec_type == "OPT" else ()
         sub = Subscription(req_id, instrument, generic, snapshot, delayed,
-                           time.monotonic() + server.snapshot_duration() if snapshot else 0.0)
+                           time.monotonic() + server.snapshot_duration() if snapshot else 0.0,
+                           data_type=data_type, no_quote=closed and data_type in (1, 3), no_greeks=bool(notices))
         with self._state_lock:
             if self._closed:
                 server.release_line()
@@ -347,8 +371,16 @@ class ClientSession:
             self._subs[req_id] = sub
         self.send(enc.tick_req_params(req_id, instrument.min_tick, "9c0001", 4))   # as recorded
         if self.market_data_type is not None or delayed:
-            self.send(enc.market_data_type(req_id, self.market_data_type if delayed else 1))
+            self.send(enc.market_data_type(req_id, data_type))
+        for code in notices:        # the stream goes on: without the underlying's data, no greeks
+            self.send_error(req_id, code, f"{STREAM_NOTICES[code]}{instrument.symbol} "
+                                          f"{self._underlying_exchange(instrument)}/TOP/ALL")
         server.call_later(server.tick_delay(), lambda: self._emit(sub, first=True))
+
+    def _underlying_exchange(self, instrument: Instrument) -> str:
+        underlying = self.market.underlying(instrument.symbol)
+        primary = underlying.primary_exchange if underlying is not None else ""
+        return "NASDAQ.NMS" if primary == "NASDAQ" else primary or "SMART"
 
     def _on_cancelMktData(self, req_id: int) -> None:
         self._end_subscription(req_id)
@@ -371,10 +403,16 @@ class ClientSession:
         if not first:
             self.market.drift(instrument.symbol)
         quote = self.market.quote(instrument)
+        if sub.no_quote:            # market closed: no current bid/ask, nothing to compute greeks from
+            quote = replace(quote, bid=-1.0, ask=-1.0, bid_size=0, ask_size=0, greeks=None)
+        elif sub.no_greeks:
+            quote = replace(quote, greeks=None)
         for fields in (self._full_ticks(sub, quote) if first else self._update_ticks(sub, quote)):
             self.send(fields)
         if sub.snapshot:
             self.server.call_later(max(0.0, sub.snapshot_end - time.monotonic()), lambda: self._end_snapshot(sub))
+            return
+        if self.server.market_closed:   # nothing moves: the stream holds its line, silent, until cancelled
             return
         with self.server.lock:
             delay = self.server.rng.uniform(*UPDATE_INTERVAL_S)
@@ -415,8 +453,9 @@ class ClientSession:
             ticks += [enc.tick_size(r, tick, size) for tick, size in volumes]
         if 101 in sub.generic_ticks:
             ticks += [enc.tick_size(r, tick, size) for tick, size in interests]
-        if 106 in sub.generic_ticks:
-            ticks.append(enc.tick_generic(r, IMPLIED_VOL, q.implied_vol))
+        if 106 in sub.generic_ticks:    # tick 24 is the underlying's implied vol, on an option's stream too
+            ticks.append(enc.tick_generic(r, IMPLIED_VOL, self.market.specs[sub.instrument.symbol].vol
+                                          if sub.instrument.sec_type == "OPT" else q.implied_vol))
         if q.greeks is not None:
             ticks += [self._computation(sub, q, tick, price) for tick, price in
                       ((BID_COMP, q.bid), (ASK_COMP, q.ask), (LAST_COMP, q.last), (MODEL_COMP, None))]

@@ -162,8 +162,8 @@ class DelayedTest(ScannerOnFakeTws):
         results = scanner.get_option_data_batch(contracts)
         self.assertEqual([r for r in results if r["error"] or not r["complete"]], [])
         self.assertEqual({r["market_data_type"] for r in results}, {"delayed"})
-        self.assertEqual(self.requests("reqMarketDataType"), 2)   # the connection's live, then delayed
-        self.assertEqual(self.conn.status()["market_data_type"], "delayed")
+        self.assertEqual(self.requests("reqMarketDataType"), 2)   # the connection's frozen, then delayed-frozen
+        self.assertEqual(self.conn.status()["market_data_type"], "frozen")   # what the agent asks by default
 
 
 load_tests = at_tws_versions()
