@@ -544,7 +544,7 @@ def _place_order(p: PlaceOrderRequest_pb2.PlaceOrderRequest) -> Dict:
 def _executions(p: ExecutionRequest_pb2.ExecutionRequest) -> Dict:
     f = p.executionFilter
     return {"req_id": p.reqId, "client_id": f.clientId, "account": f.acctCode, "since": f.time, "symbol": f.symbol,
-            "sec_type": f.secType, "exchange": f.exchange, "side": f.side}
+            "sec_type": f.secType, "exchange": f.exchange, "side": f.side, "last_n_days": _optional(f, "lastNDays")}
 
 
 def _fields(*names: Tuple[str, str]) -> Callable:

@@ -319,8 +319,13 @@ def _req_contract_details(c: FieldCursor, version: int) -> Dict:
 
 def _req_executions(c: FieldCursor, version: int) -> Dict:
     c.skip()
-    return {"req_id": c.int(), "client_id": c.int(), "account": c.str(), "since": c.str(),
-            "symbol": c.str(), "sec_type": c.str(), "exchange": c.str(), "side": c.str()}
+    req = {"req_id": c.int(), "client_id": c.int(), "account": c.str(), "since": c.str(),
+           "symbol": c.str(), "sec_type": c.str(), "exchange": c.str(), "side": c.str(), "last_n_days": None}
+    if version >= sv.MIN_SERVER_VER_PARAMETRIZED_DAYS_OF_EXECUTIONS:
+        days = c.int()                                    # Integer.MAX_VALUE: not given
+        req["last_n_days"] = None if days == int(UNSET_INTEGER) else days
+        c.skip(c.int())                                   # specificDates (not modelled)
+    return req
 
 
 def _versioned(*names_and_readers: Tuple[str, str]) -> Callable[[FieldCursor, int], Dict]:

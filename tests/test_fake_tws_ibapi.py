@@ -371,6 +371,11 @@ class OrdersTest(FakeTwsCase):
         client.reqExecutions(61, ExecutionFilter())
         client.wait("execDetailsEnd", lambda a: a[0] == 61)
         self.assertEqual([a[2].orderId for a in client.named("execDetails", lambda a: a[0] == 61)], [60])
+        today = ExecutionFilter()
+        today.lastNDays = 1                               # from server version 200
+        client.reqExecutions(62, today)
+        client.wait("execDetailsEnd", lambda a: a[0] == 62)
+        self.assertEqual([a[2].orderId for a in client.named("execDetails", lambda a: a[0] == 62)], [60])
         client.reqCompletedOrders(False)
         client.wait("completedOrdersEnd")
         self.assertEqual(client.named("completedOrder")[0][2].status, "Filled")

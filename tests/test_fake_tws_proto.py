@@ -18,6 +18,7 @@ import struct
 import unittest
 from decimal import Decimal
 from pathlib import Path
+from typing import Optional
 
 from google.protobuf.message import Message
 from ibapi import comm
@@ -276,9 +277,11 @@ def _limit(action="SELL", quantity=3, price=2.05, transmit=True) -> Order:
     return order
 
 
-def _filter() -> ExecutionFilter:
+def _filter(last_n_days: Optional[int] = None) -> ExecutionFilter:
     f = ExecutionFilter()
     f.clientId, f.acctCode, f.symbol, f.secType, f.side = 12, "DU1234567", "AAPL", "OPT", "BUY"
+    if last_n_days is not None:
+        f.lastNDays = last_n_days
     return f
 
 
@@ -308,6 +311,7 @@ REQUESTS = [
     ("reqAutoOpenOrders", (True,), OUT.REQ_AUTO_OPEN_ORDERS),
     ("reqCompletedOrders", (False,), OUT.REQ_COMPLETED_ORDERS),
     ("reqExecutions", (12, _filter()), OUT.REQ_EXECUTIONS),
+    ("reqExecutions", (14, _filter(last_n_days=7)), OUT.REQ_EXECUTIONS),
     ("reqPositions", (), OUT.REQ_POSITIONS),
     ("cancelPositions", (), OUT.CANCEL_POSITIONS),
     ("reqAccountSummary", (3, "All", "NetLiquidation,BuyingPower"), OUT.REQ_ACCOUNT_SUMMARY),
@@ -355,8 +359,9 @@ class RequestsFromIbapiTest(unittest.TestCase):
         self.assertEqual(parse_payload(eclient_payload(v, "startApi"), v),
                          ("startApi", {"client_id": 12, "optional_capabilities": ""}))
         name, req = parse_payload(eclient_payload(v, "reqExecutions", 12, _filter()), v)
-        self.assertEqual((req["client_id"], req["account"], req["symbol"], req["side"]),
-                         (12, "DU1234567", "AAPL", "BUY"))
+        self.assertEqual((req["client_id"], req["account"], req["symbol"], req["side"], req["last_n_days"]),
+                         (12, "DU1234567", "AAPL", "BUY", None))
+        self.assertEqual(parse_payload(eclient_payload(v, "reqExecutions", 13, _filter(7)), v)[1]["last_n_days"], 7)
 
     def test_unknown_and_broken_protobuf_requests(self):
         v = MAX_CLIENT_VER

@@ -440,7 +440,11 @@ class RequestsFromIbapiTest(unittest.TestCase):
             self.assertEqual(ibapi_request(v, "reqCompletedOrders", False),
                              ("reqCompletedOrders", {"api_only": False}))
         name, req = ibapi_request(v, "reqExecutions", 12, ExecutionFilter())
-        self.assertEqual((name, req["req_id"], req["client_id"]), ("reqExecutions", 12, 0))
+        self.assertEqual((name, req["req_id"], req["client_id"], req["last_n_days"]), ("reqExecutions", 12, 0, None))
+        if v >= 200:                                      # MIN_SERVER_VER_PARAMETRIZED_DAYS_OF_EXECUTIONS
+            week = ExecutionFilter()
+            week.lastNDays, week.specificDates = 7, ["20261201", "20261202"]
+            self.assertEqual(ibapi_request(v, "reqExecutions", 13, week)[1]["last_n_days"], 7)
         self.assertEqual(ibapi_request(v, "reqIds", 1), ("reqIds", {"num_ids": 1}))
         self.assertEqual(ibapi_request(v, "reqCurrentTime"), ("reqCurrentTime", {}))
         self.assertEqual(ibapi_request(v, "reqMarketDataType", 3), ("reqMarketDataType", {"market_data_type": 3}))
