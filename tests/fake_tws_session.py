@@ -697,7 +697,7 @@ class ClientSession:
     def _on_reqExecutions(self, req_id: int, client_id: int, account: str, since: str, symbol: str,
                           sec_type: str, exchange: str, side: str, last_n_days: Optional[int] = None) -> None:
         # lastNDays (server version >= 200): executions of that many days back (TWS: of today only
-        # without it). The request readers do not pass it yet; until they do, every day is given.
+        # without it; the fake then gives every day it holds, a simplification).
         oldest = tws_time(time.time() - (last_n_days - 1) * 86400)[:8] if last_n_days and last_n_days > 0 else ""
         with self.server.lock:
             executions = [e for e in self.server.orders.executions
