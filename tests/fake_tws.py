@@ -6,9 +6,9 @@ serves until SIGTERM/SIGINT (exit 0, stats file written). From tests:
 `broadcast_error(code, text)`, `stop()`.
 
 It speaks the TWS socket protocol at server versions 100 (ibapi's MIN_CLIENT_VER) up to the pinned
-ibapi's MAX_CLIENT_VER, each field laid out as the ibapi decoder reads it at that version
-(default and what current TWS answers: that newest version): text up to 200, and from 201 the
-protobuf bodies of the message groups each version moves (`fake_tws_proto.py`). `API\\0` +
+ibapi's MAX_CLIENT_VER (default, and what current TWS answers: that newest version), each field laid
+out as the ibapi decoder reads it at that version: text up to 200, and from 201 the protobuf bodies
+of the message groups each version moves (`fake_tws_proto.py`). `API\\0` +
 version range, answered with min(client max, max_server_version), then after startApi:
 managedAccounts, nextValidId, notices 2104/2106/2158 (a busy client id gets 326 and is closed).
 It serves:
