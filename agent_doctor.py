@@ -28,6 +28,7 @@ from typing import Dict, List, Mapping, Optional, Sequence, TextIO, Tuple
 
 import websocket
 
+import agent_log
 from agent_config import DEFAULT_CONFIG_FILE, Config, ConfigError, configured_key, load_config
 from agent_errors import MARKET_DATA_NOT_SUBSCRIBED, AgentError
 from agent_log import Masker
@@ -377,7 +378,10 @@ def check_relay(config: Config, checklist: Checklist, agent_version: str) -> Non
                           f"HTTP {exc.status_code}", fix=FIX_RELAY)
         return
     except (OSError, websocket.WebSocketException) as exc:
-        reason = (str(exc).splitlines() or [""])[0][:200] or exc.__class__.__name__
+        # masked before the cut: a cut through the key would leave a fragment no masking recognises
+        masker = Masker([config.key])
+        reason = (agent_log.mask(str(exc), masker).splitlines() or [""])[0]
+        reason = agent_log.clip(reason, 200, masker) or exc.__class__.__name__
         checklist.add(FAIL, RELAY, f"WebSocket connection failed: {config.relay_url} ({reason})", fix=FIX_RELAY)
         return
     with contextlib.suppress(OSError, websocket.WebSocketException):

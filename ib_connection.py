@@ -38,6 +38,7 @@ from ibapi.client import EClient
 from ibapi.server_versions import MIN_CLIENT_VER
 from ibapi.wrapper import EWrapper
 
+import agent_log
 from agent_config import Config
 from agent_errors import (IB_ERROR, IB_NOT_CONNECTED, MARKET_DATA_NOT_SUBSCRIBED, NO_SECURITY_DEFINITION,
                           READ_ONLY_API, TIMEOUT, AgentError)
@@ -147,8 +148,7 @@ def with_reject_details(text: str, advanced_reject_json: str) -> str:
         detail = "; ".join(dict.fromkeys(found)) or raw
     except ValueError:
         detail = raw
-    if len(detail) > REJECT_DETAIL_MAX:
-        detail = detail[:REJECT_DETAIL_MAX - 3] + "..."
+    detail = agent_log.clip(detail, REJECT_DETAIL_MAX, ellipsis="...")  # masked before the cut
     return f"{text} (TWS details: {detail})" if text else f"TWS details: {detail}"
 
 

@@ -212,6 +212,26 @@ class RelayAndConfigProblems(DoctorCase):
         self.assertIn("IB_MODE='****' is not one of", text)
 
 
+class KeyAcrossTheCut(unittest.TestCase):
+    """The relay check cuts the network's error text to 200 characters: the key is masked before
+    the cut, so no cut leaves a fragment of it (issue 16)."""
+
+    def test_an_error_text_with_the_key_at_each_cut_point(self):
+        from unittest import mock
+        from agent_config import Config
+        config = Config(key=KEY, relay_url="ws://127.0.0.1:9/ws/agent")
+        for before in range(200 - len(KEY), 201):
+            out = io.StringIO()
+            checklist = agent_doctor.Checklist(out, agent_doctor.Masker([KEY]))
+            error = OSError("x" * before + KEY + "y" * 100)
+            with mock.patch.object(agent_doctor.websocket, "create_connection", side_effect=error):
+                agent_doctor.check_relay(config, checklist, "test")
+            text = out.getvalue()
+            self.assertIn("WebSocket connection failed", text)
+            self.assertFalse(any(KEY[:n] in text or KEY[-n:] in text for n in range(4, len(KEY) + 1)),
+                             (before, text))
+
+
 class PythonVersion(unittest.TestCase):
     def lines(self, version_info, executable="/usr/bin/python3"):
         out = io.StringIO()
