@@ -419,6 +419,8 @@ class OrderDesk:
                                      "space, permissions) and ask again") from None
             result = work()
         except AgentError as error:
+            if error.code == CANCELLED:
+                self._remember_cancelled(attempt.action, attempt.request_id, error)
             raise self._audit(attempt, error=error) from None
         except Exception as exc:  # a bug, or ibapi raising: still an audited, recoverable outcome
             error = self._unexpected(attempt, exc)
@@ -446,7 +448,19 @@ class OrderDesk:
         """The audit line of an order request answered before the desk saw it (BUSY when its lane is
         full, CANCELLED before it started, the agent shutting down): the error to answer."""
         attempt = _Attempt(action, request_id, params)
+        if error.code == CANCELLED:
+            self._remember_cancelled(action, request_id, error)
         return self._audit(attempt, error=error)
+
+    def _remember_cancelled(self, action: str, request_id: str, error: AgentError) -> None:
+        """A request the cloud cancelled before anything was sent keeps that answer: a repeat of its id
+        gets CANCELLED again, never a late order the user had stopped. A record an earlier attempt
+        left (an order that may be in TWS) is never replaced."""
+        record = self.request_ids.get(request_id)
+        if record and (record["state"] not in order_guard.UNFINISHED or record["state"] == order_guard.SENDING
+                       or record.get("maybe_sent", True)):
+            return
+        self._remember(request_id, order_guard.FAILED, action=action, error=error.to_dict())
 
     def _unexpected(self, attempt: _Attempt, exc: Exception) -> AgentError:
         """Make an unexpected exception safe to retry, say it on the console in one line (the

@@ -24,15 +24,21 @@ import time
 import urllib.parse
 import uuid
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
 import certifi
 import websocket
 
+import agent_log
 from agent_config import is_loopback_host
 from agent_errors import INTERNAL, INVALID_REQUEST, AgentError
 
 PROTOCOL_VERSION = 1
+# Order actions are idempotent like a payment API's keys (DESIGN.md 4, Delivery): a repeat of an
+# answered id goes to the order desk, which answers it from its request-id store (35 days, across
+# restarts) or from TWS. The link never answers it "already answered": that advice once made the
+# cloud place the order again under a new id.
+ORDER_ACTIONS = frozenset(("place-order", "cancel-order"))
 MAX_ID_LENGTH = 128
 MAX_ACTION_LENGTH = 64
 LOGGED_FRAME_CHARS = 120
@@ -200,21 +206,22 @@ def _usable_id(value: Any) -> bool:
     return isinstance(value, str) and 1 <= len(value) <= MAX_ID_LENGTH
 
 
-def _preview(text: str, limit: int = LOGGED_FRAME_CHARS) -> str:
+def _preview(text: str, limit: int = LOGGED_FRAME_CHARS, masker: Optional[agent_log.Masker] = None) -> str:
     """The start of a frame (or an id) for a log line, with control characters escaped: what the
-    cloud sends must not be able to move the cursor or recolour the user's console."""
-    return "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in text[:limit])
+    cloud sends must not be able to move the cursor or recolour the user's console. The key is
+    masked before the cut (agent_log.clip): a cut through it would leave a fragment."""
+    return "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in agent_log.clip(text, limit, masker))
 
 
-def _describe(exc: Optional[BaseException]) -> str:
+def _describe(exc: Optional[BaseException], masker: Optional[agent_log.Masker] = None) -> str:
     if exc is None:
         return "closed by the server"
     if isinstance(exc, websocket.WebSocketBadStatusException):
         return f"HTTP {exc.status_code}"
     if isinstance(exc, ssl.SSLCertVerificationError):
         return f"the server's certificate could not be verified: {exc.verify_message}"
-    text = str(exc) or exc.__class__.__name__
-    return text.splitlines()[0][:200]
+    text = agent_log.mask(str(exc), masker) or exc.__class__.__name__
+    return agent_log.clip(text.splitlines()[0], 200, masker)
 
 
 SYSTEM_ROOTS = "the system's certificate store"
@@ -285,7 +292,9 @@ class BoundedFrameReader(websocket.frame_buffer):
     takes effect.
     """
 
-    PREVIEW_BYTES = LOGGED_FRAME_CHARS
+    # What is kept of a refused message for its log line: more than the line shows, so the key is
+    # masked before the line is cut (a key starting within the shown part ends within the kept one).
+    PREVIEW_BYTES = LOGGED_FRAME_CHARS + 512
     SKIP_BYTES = 64 * 1024
     CONTROL_MAX_BYTES = 125   # RFC 6455 5.5
 
@@ -418,11 +427,17 @@ class RelayLink:
 
     executor(job) is called on the reader thread for each new request and must return at once; it
     answers later (or at once) with job.finish(). ib_status() gives the IB object for hello/status.
+
+    A repeated id: still running -> its one response follows; answered and held (not acked) -> the
+    held response is sent again; answered and forgotten (acked, or dropped from the outbox) -> an
+    `order_actions` id goes to the executor again (the order desk answers it with the original
+    outcome, from its store or TWS), any other id is INVALID_REQUEST "already answered".
     """
 
     def __init__(self, url: str, key: str, agent_version: str, actions: List[str],
                  ib_status: Callable[[], dict], executor: Callable[[Job], None],
-                 timings: LinkTimings = LinkTimings(), limits: OutboxLimits = OutboxLimits()):
+                 timings: LinkTimings = LinkTimings(), limits: OutboxLimits = OutboxLimits(),
+                 order_actions: Iterable[str] = ORDER_ACTIONS):
         parsed = urllib.parse.urlsplit(url)
         if parsed.scheme not in ("wss", "ws") or not parsed.hostname:
             raise ValueError("relay URL must be wss://")
@@ -431,10 +446,12 @@ class RelayLink:
         self.url = url
         self.session = str(uuid.uuid4())
         self._key = key
+        self._masker = agent_log.Masker([key])   # for text cut short before logging masks it
         self._agent_version = agent_version
         self._actions = list(actions)
         self._ib_status = ib_status
         self._executor = executor
+        self._order_actions = frozenset(order_actions)
         self._timings = timings
         self._outbox = Outbox(limits)
         self._running: Dict[str, Job] = {}
@@ -504,7 +521,7 @@ class RelayLink:
             app.send(text)
             return True
         except (websocket.WebSocketException, OSError) as exc:
-            log.debug("send failed: %s", _describe(exc))
+            log.debug("send failed: %s", _describe(exc, self._masker))
             self._open_app = None  # the reader thread notices the broken socket and reconnects
             return False
 
@@ -557,7 +574,7 @@ class RelayLink:
         if isinstance(text, bytes):  # a RefusedMessage from BoundedFrameReader (plain bytes cannot get here)
             reason = getattr(text, "reason", f"binary frame, {len(text):,} bytes")
             log.warning("Ignored a frame from the cloud (%s): %s", reason,
-                        _preview(bytes(text).decode("utf-8", "replace")))
+                        _preview(bytes(text).decode("utf-8", "replace"), masker=self._masker))
             return
         try:
             parsed = _Parsed(text)
@@ -567,12 +584,12 @@ class RelayLink:
         if not isinstance(frame, dict) or parsed.repeated_id or not _usable_id(frame.get("id")):
             problem = ("not a JSON object" if not isinstance(frame, dict)
                        else "the key id is repeated" if parsed.repeated_id else "no usable id")
-            log.warning("Ignored a frame from the cloud (%s): %s", problem, _preview(str(text)))
+            log.warning("Ignored a frame from the cloud (%s): %s", problem, _preview(str(text), masker=self._masker))
             return
         request_id, kind = frame["id"], frame.get("type")
         if parsed.repeated_path is not None:
-            path = parsed.repeated_path  # keys are the cloud's: a path is cut short rather than echoed whole
-            path = path if len(path) <= MAX_PATH_CHARS else path[:MAX_PATH_CHARS - 3] + "..."
+            # keys are the cloud's: a path is cut short rather than echoed whole (masked first)
+            path = agent_log.clip(parsed.repeated_path, MAX_PATH_CHARS, self._masker, ellipsis="...")
             self._reject(request_id, frame.get("action"),
                          f"{path}: repeated key; each key may appear once in a JSON object")
         elif kind == "ack":
@@ -609,7 +626,8 @@ class RelayLink:
                     error=AgentError(INVALID_REQUEST, message))
                 return
         log.warning("Ignored a frame from the cloud for request %s, which %s (%s)",
-                    _preview(request_id, MAX_ID_LENGTH), known, _preview(message, 2 * LOGGED_FRAME_CHARS))
+                    _preview(request_id, MAX_ID_LENGTH, self._masker), known,
+                    _preview(message, 2 * LOGGED_FRAME_CHARS, self._masker))
 
     def _accept(self, request_id: str, frame: dict) -> None:
         with self._lock:
@@ -621,14 +639,17 @@ class RelayLink:
                 log.info("request %s arrived again; sending its response again", request_id)
                 self._send_locked(stored)
                 return
-            answered = self._outbox.was_answered(request_id)
             action, params = frame.get("action"), frame.get("params", {})
             valid_action = isinstance(action, str) and 1 <= len(action) <= MAX_ACTION_LENGTH
+            # An order action's repeat goes to the desk, which answers it with the original outcome.
+            answered = self._outbox.was_answered(request_id) and action not in self._order_actions
             job = Job(self, request_id, action if valid_action else "?", params)
             self._running[request_id] = job
         if answered:
-            job.finish(error=AgentError(INVALID_REQUEST, f"id: request {request_id} was already answered "
-                                                         "and acknowledged; use a new id to run it again"))
+            log.info("request %s arrived again after its response was acknowledged; not run again", request_id)
+            job.finish(error=AgentError(INVALID_REQUEST, f"id: request {request_id} was already answered and "
+                                                         "its response acknowledged; a request id is never run "
+                                                         "twice, and that response is no longer held"))
         elif not valid_action:
             job.finish(error=AgentError(INVALID_REQUEST, f"action: must be a string of 1 to {MAX_ACTION_LENGTH} characters"))
         elif not isinstance(params, dict):
@@ -701,7 +722,7 @@ class RelayLink:
         if self._stopping.is_set():
             return 0.0
         error = self._last_error
-        reason = _describe(error)
+        reason = _describe(error, self._masker)
         if opened:
             log.warning("Relay connection lost (%s); reconnecting", reason)
             self._offline_since = time.monotonic()

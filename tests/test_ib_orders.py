@@ -892,5 +892,22 @@ class AuditTest(DeskTestCase):
         self.assertNotIn(KEY, (Path(self.dir.name) / "order_audit.jsonl").read_text())
 
 
+
+class RejectDetailsKeyAcrossTheCut(unittest.TestCase):
+    """An order rejection's advancedOrderRejectJson is cut to REJECT_DETAIL_MAX characters for the
+    answer and the log: the running agent's masker runs before the cut (issue 16)."""
+
+    def test_the_key_at_each_cut_point(self):
+        import agent_log
+        limit = ib_connection.REJECT_DETAIL_MAX
+        with mock.patch.object(agent_log, "_masker", agent_log.Masker([KEY])):
+            for before in range(limit - 3 - len(KEY), limit + 1):
+                text = ib_connection.with_reject_details(
+                    "Order rejected - reason:", json.dumps({"rejectReason": "x" * before + KEY + "y" * 50}))
+                self.assertTrue(text.startswith("Order rejected - reason: (TWS details: xxx"), text)
+                self.assertFalse(any(KEY[:n] in text or KEY[-n:] in text for n in range(4, len(KEY) + 1)),
+                                 (before, text))
+
+
 if __name__ == "__main__":
     unittest.main()

@@ -99,6 +99,21 @@ class TwsSocket:
             self._answers.put(("orderStatus", (request.orderId, "Submitted", Decimal(0),
                                                Decimal(request.order.totalQuantity), 0.0, 1888000448, 0, 0.0,
                                                17, "", 0.0)))
+        elif msg_id in (OUT.REQ_OPEN_ORDERS, OUT.REQ_ALL_OPEN_ORDERS):
+            # the Read-Only probe after ready, and the desk's look for an earlier order of a request
+            # id: a fresh account has none
+            self._answers.put(("openOrderEnd", ()))
+        elif msg_id == OUT.REQ_COMPLETED_ORDERS:
+            self._answers.put(("completedOrdersEnd", ()))
+        elif msg_id == OUT.REQ_EXECUTIONS:
+            if protobuf:  # from server version 201 on
+                from ibapi.protobuf.ExecutionRequest_pb2 import ExecutionRequest
+                request = ExecutionRequest()
+                request.ParseFromString(body)
+                req_id = request.reqId
+            else:
+                req_id = int(body.split(b"\0")[1])
+            self._answers.put(("execDetailsEnd", (req_id,)))
         elif msg_id == OUT.CANCEL_ORDER and protobuf:
             request = CancelOrderRequest()
             request.ParseFromString(body)
@@ -169,8 +184,14 @@ class OrdersOnTheWire(unittest.TestCase):
                                  (FIRST_ORDER_ID, 265598, "AAPL", "STK", "SMART", "NASDAQ", "USD"))
                 self.assertEqual((order.action, order.totalQuantity, order.orderType, order.lmtPrice, order.tif,
                                   order.orderRef, order.account, order.transmit),
-                                 ("BUY", "5", "LMT", 190.5, "DAY", request_id, ACCOUNT, True))
+                                 ("BUY", "5", "LMT", 190.5, "DAY", order_guard.order_ref_for(request_id), ACCOUNT,
+                                  True))
                 self.assertEqual(desk.request_ids.get(request_id)["state"], order_guard.PLACED)
+                # looked for an earlier order of this id first (a fresh account: none), in the
+                # form this version wants
+                self.assertEqual([len(tws.sent(m)) for m in (OUT.REQ_ALL_OPEN_ORDERS, OUT.REQ_COMPLETED_ORDERS,
+                                                             OUT.REQ_EXECUTIONS)], [1, 1, 1])
+                self.assertEqual(tws.sent(OUT.REQ_EXECUTIONS)[0][0], True)
 
                 cancelled = desk.cancel_order(f"pin-cancel-{version}", {"order_id": FIRST_ORDER_ID})
                 self.assertEqual(cancelled, {"order_id": FIRST_ORDER_ID, "status": "Cancelled"})

@@ -75,15 +75,26 @@ class OrdersEndToEnd(AtTwsVersion, unittest.TestCase):
 
 
 class PaperEndToEndTest(OrdersEndToEnd):
-    def assert_repeat_answered(self, first: dict) -> None:
-        """Within one agent process the relay link answers a repeated id itself: with the stored
-        response, or (once the cloud acked it) by refusing the id; either way no second order."""
-        response = self.request("place-order", self.order(), id="e2e-dup")
-        if response["ok"]:
-            self.assertEqual(response["data"], first)
-        else:
-            self.assertEqual(response["error"]["code"], "INVALID_REQUEST", response)
-            self.assertIn("already answered", response["error"]["message"])
+    def assert_repeat_answered(self, first: dict, request_id: str = "e2e-dup") -> None:
+        """A repeated order id gets the original outcome (the same order, its status now), acked or
+        not: the fake relay acks every response, so the repeat goes to the order desk (issue 16)."""
+        response = self.request("place-order", self.order(), id=request_id)
+        self.assertTrue(response["ok"], response)
+        self.assertEqual(response["data"], first)
+        self.assertEqual(self.audit()[-1]["request_id"], request_id)
+        self.assertEqual(self.audit()[-1]["decision"], "duplicate")  # the desk answered, not the link
+
+    def test_a_repeat_after_the_ack_gets_the_same_order_and_a_repeated_cancel_its_answer(self):
+        first = self.ok("place-order", self.order(), id="e2e-acked")
+        self.assertTrue(self.ok("status"))  # frames are read in order: the ack before this, before the repeat
+        self.assert_repeat_answered(first, "e2e-acked")
+        cancelled = self.ok("cancel-order", {"order_id": first["order_id"]}, id="e2e-cancel")
+        self.assertEqual(cancelled, {"order_id": first["order_id"], "status": "Cancelled"})
+        self.assertEqual(self.ok("cancel-order", {"order_id": first["order_id"]}, id="e2e-cancel"), cancelled)
+        self.assertEqual(self.ok("place-order", self.order(), id="e2e-acked"),
+                         {"order_id": first["order_id"], "status": "Cancelled"})  # its status now
+        self.assertEqual(self.placed(), 1)
+        self.assertEqual(self.tws.stats()["requests_by_type"].get("cancelOrder"), 1)
 
     def test_each_action_through_the_relay(self):
         self.assertTrue(self.ok("positions")["positions"])
@@ -136,6 +147,45 @@ class PaperEndToEndTest(OrdersEndToEnd):
         self.assertEqual(self.ok("place-order", self.order(), id="e2e-dup"), first)
         self.assertEqual(self.placed(), 1)
         self.assertIn("duplicate", self.audit(data_dir)[-1]["decision"])
+
+
+class CancelFrameRacesPlaceOrder(OrdersEndToEnd):
+    """A `cancel` frame for a place-order, in both orders of arrival against the order going out
+    (DESIGN.md 4, issue 16): before anything reached TWS it stops it (CANCELLED, audited, and a
+    repeat of the id gets CANCELLED again, never a late order); once placeOrder was sent it is too
+    late, and the answer is the order's real outcome. TWS holds each order 1.5 s (a precaution
+    dialog), so the second case has time to cancel while the order is on its way."""
+    tws_options = {"place_delay_ms": 1500}
+
+    def sent(self, request: str) -> int:
+        return self.tws.stats()["requests_by_type"].get(request, 0)
+
+    def test_a_cancel_arriving_before_the_order_is_sent_stops_it(self):
+        # The request and its cancel back to back: the desk looks in TWS for the id (three round
+        # trips) before it would send, so the cancel is there first.
+        pending = self.relay.submit("place-order", self.order(), id="race-early", timeout_s=WAIT_S)
+        self.relay.cancel("race-early")
+        response = pending.result(WAIT_S)
+        self.assertEqual(response["error"]["code"], "CANCELLED", response)
+        self.assertIn("nothing reached TWS", response["error"]["message"])
+        again = self.request("place-order", self.order(), id="race-early")
+        self.assertEqual(again["error"], response["error"])
+        self.assertEqual((self.placed(), self.sent("placeOrder")), (0, 0))
+        self.assertEqual([(line["request_id"], line["decision"], line["outcome"].get("error")) for line in self.audit()],
+                         [("race-early", "not sent: CANCELLED", "CANCELLED"), ("race-early", "duplicate", "CANCELLED")])
+
+    def test_a_cancel_arriving_after_the_order_was_sent_gets_its_real_outcome(self):
+        pending = self.relay.submit("place-order", self.order(), id="race-late", timeout_s=WAIT_S)
+        self.relay.wait_until(lambda: self.sent("placeOrder") == 1, WAIT_S, "placeOrder at TWS")
+        self.relay.cancel("race-late")
+        response = pending.result(WAIT_S)
+        self.assertTrue(response["ok"], response)
+        self.assertEqual(response["data"]["status"], "Submitted")
+        order_ids = [o["order_id"] for o in self.ok("open-orders")["orders"] if o["order_ref"] == order_ref_for("race-late")]
+        self.assertEqual(order_ids, [response["data"]["order_id"]])  # live at TWS, and said so
+        self.assertEqual(self.placed(), 1)
+        self.assertEqual([(line["request_id"], line["decision"], line["outcome"]) for line in self.audit()],
+                         [("race-late", "allowed", {"status": "Submitted"})])
 
 
 class LiveEndToEndTest(OrdersEndToEnd):

@@ -36,18 +36,27 @@ class StandInActions:
         self.executed = []
         self.gate = threading.Event()
 
+        self.orders = {}     # request id -> its answer: the order desk's request-id store, in small
+
     def names(self):
-        return ["echo", "slow", "gated", "nan"]
+        return ["echo", "slow", "gated", "nan", "place-order", "cancel-order"]
 
     def __call__(self, job):
         self.executed.append(job.id)
         if job.action not in self.names():
             job.finish(error=AgentError("UNKNOWN_ACTION", job.action))
             return
-        threading.Thread(target=getattr(self, job.action), args=(job,), daemon=True).start()
+        threading.Thread(target=getattr(self, job.action.replace("-", "_")), args=(job,), daemon=True).start()
 
     def echo(self, job):
         job.finish(data={"params": job.params})
+
+    def place_order(self, job):
+        """The desk's promise: the first answer of an id, every time it is asked."""
+        answer = self.orders.setdefault(job.id, {"order_id": 100 + len(self.orders), "status": "Submitted"})
+        job.finish(data=answer)
+
+    cancel_order = place_order
 
     def nan(self, job):
         job.finish(data={"value": float("nan")})
@@ -99,7 +108,7 @@ class HelloAndRequests(LinkCase):
         self.assertEqual(hello["protocol"], 1)
         self.assertEqual(hello["agent_version"], "9.9.9-test")
         self.assertEqual(str(uuid.UUID(hello["session"])), hello["session"])
-        self.assertEqual(hello["actions"], ["echo", "slow", "gated", "nan"])
+        self.assertEqual(hello["actions"], ["echo", "slow", "gated", "nan", "place-order", "cancel-order"])
         self.assertEqual(hello["ib"], IB)
         self.assertEqual(self.relay.agent_headers.get("X-Agent-Version"), "9.9.9-test")
 
@@ -162,6 +171,47 @@ class BadFrames(LinkCase):
         self.assertEqual(response["data"], {"params": {}})
 
 
+class KeyAcrossACut(LinkCase):
+    """Text from the cloud or the network is cut short for log lines and answers; the key is masked
+    before every cut (agent_log.clip), so no cut can leave a fragment of it (issue 16)."""
+
+    @staticmethod
+    def leaks(text: str) -> bool:
+        return any(KEY[:n] in text or KEY[-n:] in text for n in range(4, len(KEY) + 1))
+
+    def test_previews_and_errors_cut_after_masking(self):
+        masker = relay_link.agent_log.Masker([KEY])
+        for limit, cut in ((relay_link.LOGGED_FRAME_CHARS, relay_link._preview),
+                           (200, lambda text, limit, m: relay_link._describe(OSError(text), m))):
+            for before in range(limit - len(KEY), limit + 1):
+                text = "x" * before + KEY + "y" * 300
+                shown = cut(text, limit, masker)
+                self.assertFalse(self.leaks(shown), (before, shown))
+                self.assertLessEqual(len(shown), limit)
+
+    def test_a_refused_binary_frame_with_the_key_at_its_preview_cut(self):
+        self.start()
+        cuts = range(relay_link.LOGGED_FRAME_CHARS - len(KEY), relay_link.LOGGED_FRAME_CHARS + 1, 3)
+        with self.assertLogs("agent.relay", "WARNING") as logs:
+            for before in cuts:
+                self.relay.send_binary(("x" * before + KEY + "y" * 200).encode("utf-8"))
+            self.assertTrue(self.relay.request("echo", id="after-binary")["ok"])
+        self.assertEqual(sum("Ignored a frame" in line for line in logs.output), len(cuts))
+        self.assertFalse(any(self.leaks(line) for line in logs.output), logs.output)
+
+    def test_a_repeated_key_path_with_the_key_at_the_cut(self):
+        self.start()
+        for before in range(relay_link.MAX_PATH_CHARS - len(KEY) - 10, relay_link.MAX_PATH_CHARS, 2):
+            request_id = f"rk-{before}"
+            key = "k" * (before - len("params.")) + KEY + "z" * 50
+            self.relay.send_raw('{"type":"request","id":"%s","action":"echo","params":{"%s":{"a":1,"a":2}}}'
+                                % (request_id, key))
+            response = self.relay.wait_until(lambda: self.relay.responses.get(request_id), what=request_id)
+            message = response["error"]["message"]
+            self.assertTrue(message.startswith("params.k"), message)
+            self.assertFalse(self.leaks(message), message)
+
+
 class ProgressAndCancel(LinkCase):
     def test_long_work_sends_throttled_progress_frames(self):
         self.start()
@@ -213,7 +263,31 @@ class Duplicates(LinkCase):
         again = self.relay.request("echo", id="d2")
         self.assertEqual(again["error"]["code"], INVALID_REQUEST)
         self.assertIn("already answered", again["error"]["message"])
+        self.assertNotIn("new id", again["error"]["message"])  # the advice that once placed a second order
         self.assertEqual(self.actions.executed, ["d2"])
+
+    def test_an_order_action_repeated_after_the_ack_goes_to_the_desk_for_its_original_answer(self):
+        """Issue 16: the link must not answer an acked order id itself; the desk knows its outcome."""
+        self.start()
+        for action in ("place-order", "cancel-order"):
+            with self.subTest(action=action):
+                request_id = f"o-{action}"
+                first = self.relay.request(action, {"n": 1}, id=request_id)
+                self.assertTrue(first["ok"], first)
+                self.relay.wait_until(lambda: self.link.unacked == 0, what="ack processed")
+                again = self.relay.request(action, {"n": 1}, id=request_id)
+                self.assertEqual(again, first)
+                self.assertEqual(self.actions.executed.count(request_id), 2)
+
+    def test_an_order_action_dropped_from_the_outbox_also_goes_to_the_desk(self):
+        self.link = self.make_link(self.relay.url, KEY, limits=OutboxLimits(max_count=1))
+        self.relay.auto_ack = False
+        self.start()
+        first = self.relay.request("place-order", {}, id="o-dropped")
+        self.relay.request("echo", id="pushes-it-out")
+        self.assertEqual(self.link.unacked, 1)
+        self.assertEqual(self.relay.request("place-order", {}, id="o-dropped"), first)
+        self.assertEqual(self.actions.executed, ["o-dropped", "pushes-it-out", "o-dropped"])
 
 
 class UnackedResponses(LinkCase):
