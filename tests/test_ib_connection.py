@@ -748,6 +748,44 @@ class DropsAndRestarts(WithFakeTWS):
         self.assertTrue(conn.ready)
 
 
+class BackPressure(unittest.TestCase):
+    """The gate before the limiter (a TWS that stops reading): at most UNANSWERED_MAX messages after
+    the last bytes TWS sent, then one probe is asked for and sending waits for any answer."""
+
+    def test_the_gate_shuts_after_unanswered_messages_and_opens_on_any_bytes(self):
+        import socket as socket_module
+        ours, theirs = socket_module.socketpair()
+        self.addCleanup(theirs.close)
+        tws_socket = ib_connection._TwsSocket(ours, on_close=lambda: None)
+        self.addCleanup(tws_socket.disconnect)
+        probes = []
+        for _ in range(ib_connection.UNANSWERED_MAX):
+            self.assertIsNone(tws_socket.wait_drained(lambda: probes.append(1)))
+        outcome = []
+        waiter = threading.Thread(target=lambda: outcome.append(tws_socket.wait_drained(lambda: probes.append(1))))
+        with mock.patch.object(ib_connection, "BACKLOG_AFTER_S", 0.2):
+            waiter.start()
+            time.sleep(0.4)
+            self.assertTrue(waiter.is_alive(), "the 11th message waits")
+            self.assertEqual(probes, [1], "one probe asked for")
+            theirs.sendall(b"\x00\x00\x00\x02" + b"49")     # TWS answers something
+            self.assertEqual(tws_socket.recvMsg()[-2:], b"49")
+            waiter.join(WAIT_S)
+        self.assertEqual(outcome, [ib_connection.UNANSWERED_MAX + 1], "the backlog TWS found when it read again")
+        self.assertIsNone(tws_socket.wait_drained(lambda: probes.append(1)))
+
+    def test_a_closed_socket_opens_the_gate_with_an_error(self):
+        import socket as socket_module
+        ours, theirs = socket_module.socketpair()
+        self.addCleanup(theirs.close)
+        tws_socket = ib_connection._TwsSocket(ours, on_close=lambda: None)
+        for _ in range(ib_connection.UNANSWERED_MAX):
+            tws_socket.wait_drained(lambda: None)
+        threading.Timer(0.2, tws_socket.disconnect).start()
+        with self.assertRaises(OSError):
+            tws_socket.wait_drained(lambda: None)
+
+
 class Heartbeat(WithFakeTWS):
     """A TWS that stops answering without closing the socket (hung, or the laptop slept)."""
 
