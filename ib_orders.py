@@ -25,23 +25,22 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import threading
 import time
 from decimal import Decimal
 from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
 from ibapi.contract import Contract
-from ibapi.execution import ExecutionFilter
 from ibapi.order import Order
 from ibapi.order_cancel import OrderCancel
-from ibapi.server_versions import MIN_SERVER_VER_PARAMETRIZED_DAYS_OF_EXECUTIONS
 
 import ib_connection
 import order_guard
 from agent_errors import (CANCELLED, IB_NOT_CONNECTED, INTERNAL, INVALID_REQUEST, NO_SECURITY_DEFINITION, ORDER_BLOCKED,
                           TIMEOUT, AgentError)
 from agent_log import Masker
+from ib_order_book import FINAL_STATUSES, OrderBook, contract_dict, refs_of  # contract_dict: for callers
+from ib_order_book import number as _number, quantity as _quantity
 
 log = logging.getLogger(__name__)
 
@@ -68,63 +67,7 @@ POSITION_CONTRACT_FIELDS = ("con_id", "ticker", "sec_type", "expiration", "strik
 SWEEP_EVENTS = {"position": "positions", "positionEnd": "positions",
                 "openOrder": "orders", "orderStatus": "orders", "openOrderEnd": "orders",
                 "completedOrder": "orders", "completedOrdersEnd": "orders"}
-_UNSET_DOUBLE = 1.7976931348623157e308
-LOOKBACK_DAYS = 7         # executions asked for when looking for a request's order in TWS
 RECENTLY_SENT_S = 600.0   # an order sent this recently and not shown by TWS may still be on its way
-
-
-# --- IB values -> relay values (sentinels -> None) ---------------------------------------------
-
-def _number(value: Any) -> Optional[float]:
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return None
-    if not math.isfinite(number) or abs(number) >= _UNSET_DOUBLE:
-        return None
-    return number
-
-
-def _quantity(value: Any) -> Optional[float]:
-    number = _number(value)
-    if number is None or abs(number) >= 2**63 - 1:
-        return None
-    return int(number) if number == int(number) else number
-
-
-def _expiration(contract: Contract) -> Optional[str]:
-    """The expiration of anything that expires (options, futures, futures options) as TWS gives it:
-    YYYYMMDD, or YYYYMM for a contract month; a time TWS may append is dropped."""
-    value = ((contract.lastTradeDateOrContractMonth or "").strip()
-             or (getattr(contract, "lastTradeDate", "") or "").strip())
-    return value.split()[0] if value else None
-
-
-def contract_dict(contract: Contract) -> dict:
-    is_option = contract.secType in ("OPT", "FOP")
-    multiplier = _quantity(contract.multiplier) if contract.multiplier else None
-    return {
-        "con_id": contract.conId or None,
-        "ticker": contract.symbol,
-        "sec_type": contract.secType,
-        "expiration": _expiration(contract),
-        "strike": _number(contract.strike) if is_option else None,
-        "right": ({"CALL": "C", "PUT": "P"}.get(contract.right, contract.right) or None) if is_option else None,
-        "multiplier": 1 if multiplier is None and contract.secType == "STK" else multiplier,
-        "currency": contract.currency or None,
-        "trading_class": contract.tradingClass or None,
-    }
-
-
-def _order_row(order_id: int, contract: Contract, order: Order, state) -> dict:
-    return {
-        "order_id": order_id, "perm_id": order.permId or None, "client_id": order.clientId,
-        "account": order.account or None, "contract": contract_dict(contract),
-        "action": order.action, "quantity": _quantity(order.totalQuantity),
-        "order_type": order.orderType, "limit_price": _number(order.lmtPrice) or None,  # 0: no limit
-        "tif": order.tif or None, "status": state.status or None, "filled": None, "remaining": None,
-        "avg_fill_price": None, "order_ref": order.orderRef or None,
-    }
 
 
 # --- waiting on TWS ----------------------------------------------------------------------------
@@ -259,6 +202,7 @@ class OrderDesk:
         self._sweep_locks = {"positions": threading.Lock(), "orders": threading.Lock(),
                              "summary": threading.Lock()}
         self._sweeps: Dict[str, _Pending] = {}
+        self.book = OrderBook(conn, self._sweep, lambda: self._timeout)
         for name in SWEEP_EVENTS:
             conn.add_listener(name, lambda *args, _name=name: self._on_unrouted(_name, args))
         conn.add_listener("disconnected", self._on_disconnected)
@@ -336,64 +280,24 @@ class OrderDesk:
 
     # --- orders: reading ---
 
-    def _order_book(self, completed: bool = False) -> List[dict]:
-        """Orders of all clients (reqAllOpenOrders), or today's completed ones (reqCompletedOrders)."""
-        request, end = ("reqCompletedOrders", "completedOrdersEnd") if completed else ("reqAllOpenOrders", "openOrderEnd")
-        with self._sweep("orders", end) as sweep:
-            self.conn.send(request, *((False,) if completed else ()))
-            events = sweep.wait(self._timeout, request)
-        orders: Dict[Any, dict] = {}
-        statuses: Dict[Any, tuple] = {}
-        for name, args in events:
-            if name == "openOrder":
-                order_id, contract, order, state = args
-                row = _order_row(order_id, contract, order, state)
-                orders[order.permId or (order.clientId, order_id)] = row
-            elif name == "completedOrder":
-                contract, order, state = args
-                orders[order.permId or id(order)] = _order_row(order.orderId or None, contract, order, state)
-            elif name == "orderStatus":
-                order_id, status, filled, remaining, avg_price, perm_id, _parent, _last, client_id = args[:9]
-                statuses[perm_id or (client_id, order_id)] = (status, filled, remaining, avg_price)
-        for key, (status, filled, remaining, avg_price) in statuses.items():
-            row = orders.get(key)
-            if row is not None:
-                row.update(status=status, filled=_quantity(filled), remaining=_quantity(remaining),
-                           avg_fill_price=_number(avg_price) or None)
-        return list(orders.values())
-
     def open_orders(self) -> dict:
-        return {"orders": self._order_book()}
-
-    def _executions(self) -> List[Tuple[Contract, Any]]:
-        """Executions of the last LOOKBACK_DAYS days (reqExecutions' lastNDays, server version >= 200;
-        an older TWS can only give today's)."""
-        execution_filter = ExecutionFilter()
-        if (self.conn.status().get("server_version") or 0) >= MIN_SERVER_VER_PARAMETRIZED_DAYS_OF_EXECUTIONS:
-            execution_filter.lastNDays = LOOKBACK_DAYS
-        return self.conn.call("reqExecutions", self.conn.next_req_id(), execution_filter, rows=("execDetails",),
-                              end="execDetailsEnd", timeout=self._timeout)
+        """Orders of all clients; `cancellable` marks those this agent can cancel (placed under its
+        client id, not final yet), and an order of this agent's requests carries what TWS told it
+        after the answer (a warning, or a rejection's reason)."""
+        client_id = self.conn.status().get("client_id")
+        notes = self.request_ids.notes_by_order_ref()
+        orders = self.book.rows()
+        for row in orders:
+            row["cancellable"] = row["client_id"] == client_id and row["status"] not in FINAL_STATUSES
+            row.update(notes.get(row["order_ref"]) or {"warning": None, "reason": None})
+        return {"orders": orders}
 
     def _find_in_tws(self, request_id: str, order_id: Optional[int] = None,
                      quantity: Optional[float] = None) -> Optional[dict]:
-        """The order TWS holds for this request id, by orderRef: among open orders, today's completed
-        orders, then the executions of the last 7 days (an order filled on an earlier day). Raises
-        AgentError when TWS cannot be asked; None when it has no such order."""
-        refs = {order_guard.order_ref_for(request_id), request_id}  # the id itself: orders of agents before 1.1
-        for completed in (False, True):
-            for row in self._order_book(completed):
-                if row["order_ref"] in refs:
-                    return {"order_id": row["order_id"] or order_id, "status": row["status"]}
-        filled: Dict[str, float] = {}
-        for _contract, execution in self._executions():
-            if execution.orderRef in refs:
-                order_id = execution.orderId or order_id
-                filled[execution.execId] = _number(execution.shares) or 0.0
-        if not filled:
-            return None
-        # Not open, not completed today, but filled on an earlier day: done, fully or in part.
-        done = quantity is None or sum(filled.values()) >= quantity
-        return {"order_id": order_id, "status": "Filled" if done else "Cancelled"}
+        """The order TWS holds for this request id, by orderRef ({"order_id", "status"}), or None;
+        raises AgentError when TWS cannot be asked (ib_order_book.OrderBook.find)."""
+        found = self.book.find(refs_of(request_id), order_id, quantity)
+        return None if found is None else {"order_id": found["order_id"], "status": found["status"]}
 
     # --- orders: placing and cancelling ---
 

@@ -337,6 +337,14 @@ class RequestIdStore:
             record = self._records.get(request_id)
             return dict(record) if record else None
 
+    def notes_by_order_ref(self) -> Dict[str, dict]:
+        """orderRef -> {"warning", "reason"}: what TWS told about the orders of these requests after
+        (or with) their answer (a 399/404 warning, a rejection), for open-orders. Every order of a
+        request has both keys, null when TWS said nothing."""
+        with self._lock:
+            return {record["order_ref"]: {"warning": record.get("warning"), "reason": record.get("reason")}
+                    for record in self._records.values() if record.get("order_ref")}
+
     def put(self, request_id: str, state: str, **fields) -> None:
         """Record a state; raises OSError (and changes nothing) when it cannot be written."""
         with self._lock:

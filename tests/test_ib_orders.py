@@ -268,7 +268,7 @@ class AccountTest(DeskTestCase):
         self.assertEqual(conn.sent[1], ("cancelAccountSummary", (args[0],)))
 
     def test_open_orders_of_all_clients_say_which_client_placed_each(self):
-        desk, conn = self.desk(answers=self.account["open_orders"])
+        desk, conn = self.desk(answers=self.account["open_orders"], status=dict(PAPER, client_id=17))
         orders = desk.open_orders()["orders"]
         self.assertEqual(conn.methods(), ["reqAllOpenOrders"])
         mine, manual = orders
@@ -278,10 +278,12 @@ class AccountTest(DeskTestCase):
                          "strike": 150.0, "right": "C", "multiplier": 100, "currency": "USD",
                          "trading_class": "AAPL"},
             "action": "SELL", "quantity": 1, "order_type": "LMT", "limit_price": 2.5, "tif": "DAY",
-            "status": "Submitted", "filled": 0, "remaining": 1, "avg_fill_price": None, "order_ref": "req-abc"})
+            "status": "Submitted", "filled": 0, "remaining": 1, "avg_fill_price": None, "order_ref": "req-abc",
+            "cancellable": True, "warning": None, "reason": None})  # placed under this agent's client id 17
         self.assertEqual((manual["client_id"], manual["order_type"], manual["limit_price"], manual["status"],
                           manual["filled"], manual["avg_fill_price"], manual["order_ref"]),
                          (0, "STP", None, "PreSubmitted", 40, 151.25, None))
+        self.assertFalse(manual["cancellable"])  # placed in TWS (client 0): not this agent's to cancel
 
     def test_open_orders_in_read_only_mode(self):
         desk, _ = self.desk(answers={"reqAllOpenOrders": [
