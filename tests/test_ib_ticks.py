@@ -53,6 +53,17 @@ def book_from(name: str, instrument: Instrument) -> TickBook:
 
 
 class OptionNormalisationTest(unittest.TestCase):
+    def test_market_data_type_is_what_tws_said_for_the_request(self):
+        """Frozen data comes in the live tick types and delayed-frozen in the delayed ones: only the
+        marketDataType callback tells them apart, so the label is its value, never a guess."""
+        for recording, said, label in (("option_live", 2, "frozen"), ("option_live", 1, "live"),
+                                       ("option_delayed", 4, "delayed-frozen"), ("option_delayed", 3, "delayed")):
+            with self.subTest(said=said):
+                book = TickBook(CALL_190)
+                for callback, args in recorded_events(recording, 7):
+                    book.apply(callback, (7, said) if callback == "marketDataType" else args)
+                self.assertEqual(book.option(complete=True)["market_data_type"], label)
+
     def test_implied_vol_is_the_options_own_model_never_tick_24(self):
         """Tick 24 (generic 106) on an option's stream is the underlying's 30-day volatility."""
         book = TickBook(CALL_190)
