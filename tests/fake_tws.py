@@ -47,11 +47,18 @@ It serves:
   request.
 
 Underlyings: AAPL, MSFT, SPY (8-12 weekly/monthly/LEAPS expirations each, one trading class named
-after the symbol), MRGT, a thinly traded merger target (3 monthlies, most options without a bid),
-SPX, an index (IND on CBOE, last/close only) with trading classes SPX (monthlies) and SPXW
-(weeklies and the PM-settled monthlies), and XYZ with an adjusted class XYZ1 (multiplier 150,
-monthlies, strikes around the pre-adjustment price) beside its standard class. Frames match the
-real ones in ../shared/tws-captures/ field for field (tests/test_fake_tws_captures.py).
+after the symbol; SPY also expires on each of the next 10 weekdays, each of its dailies and
+weeklies listing only part of the strike union reqSecDefOptParams gives), MRGT, a thinly traded
+merger target (3 monthlies, most options without a bid), SPX, an index (IND on CBOE, last/close
+only) with trading classes SPX (monthlies) and SPXW (weeklies and the PM-settled monthlies), and
+XYZ with an adjusted class XYZ1 (multiplier 150, monthlies, strikes around the pre-adjustment
+price) beside its standard class; TWIN, listed twice as a USD stock (NYSE, and PINK over the
+counter): reqContractDetails lists both, market data or an order for it without a primary exchange
+or conId gets error 200 "The contract description specified for TWIN is ambiguous."; the indexes
+XSP (CBOE), NDX (NASDAQ, weekly class NDXP), RUT (RUSSELL, RUTW), VIX (CBOE, VIXW). An index is found
+on its own exchange (or none), never on SMART. Frames match the real ones in
+../shared/tws-captures/ field for field (tests/test_fake_tws_captures.py). Stats also count every
+error code sent (`errors_sent`).
 
 Instruments, conIds and first quotes depend only on --seed and today's date. Modules: this one
 (server, shared lines/orders/stats, CLI), `fake_tws_session.py` (one connection: handshake, pacing,
