@@ -50,6 +50,8 @@ CHAIN_CACHE_S = 300.0
 DEFAULT_MULTIPLIER = 100
 RIGHTS = ("C", "P")
 KNOWN_INDEXES = frozenset(("SPX", "XSP", "NDX", "RUT", "VIX", "DJX", "OEX", "XEO"))
+# Index option classes traders name like tickers: that class of the index's chain only.
+CLASS_TICKERS = {"SPXW": "SPX", "NDXP": "NDX", "RUTW": "RUT", "VIXW": "VIX"}
 # Where a US stock or ETF has its primary listing (an ambiguous symbol resolves to the one listed there)
 US_PRIMARY_EXCHANGES = ("NYSE", "NASDAQ", "ARCA", "AMEX", "BATS", "IEX")
 MISSING_TEXT = "No security definition has been found for the request"
@@ -135,12 +137,13 @@ class _Chain:
     def selected(self, include_adjusted: bool) -> Tuple[_OptionClass, ...]:
         return tuple(c for c in self.classes if include_adjusted or not c.adjusted)
 
-    def data(self) -> dict:
-        """The `expirations` action's data: the standard classes; adjusted ones only named."""
-        standard = self.selected(False) or self.classes
+    def data(self, only: Optional[Sequence[_OptionClass]] = None) -> dict:
+        """The `expirations` action's data: the standard classes (or `only` those); adjusted ones
+        only named."""
+        standard = tuple(only or ()) or self.selected(False) or self.classes
         return {"ticker": self.ticker, "underlying_con_id": self.underlying.con_id,
                 "sec_type": self.underlying.sec_type, "underlying_contract": self.underlying.describe(),
-                "multiplier": self.main_class().multiplier,
+                "multiplier": self.main_class(only).multiplier,
                 "trading_classes": sorted(c.name for c in standard),
                 "expirations": sorted(set().union(*(c.expirations for c in standard))),
                 "strikes": sorted(set().union(*(c.strikes for c in standard))),
@@ -148,8 +151,8 @@ class _Chain:
                                       "expirations": sorted(c.expirations)}
                                      for c in self.classes if c.adjusted and c not in standard]}
 
-    def main_class(self) -> _OptionClass:
-        standard = self.selected(False) or self.classes
+    def main_class(self, only: Optional[Sequence[_OptionClass]] = None) -> _OptionClass:
+        standard = tuple(only or ()) or self.selected(False) or self.classes
         return next((c for c in standard if c.name == self.ticker), standard[0])
 
     def class_named(self, name: str) -> Optional[_OptionClass]:
@@ -307,6 +310,17 @@ class Scanner:
             self._chains[key] = chain
         return chain
 
+    def _chain_for(self, ticker: str, exchange: str, include_adjusted: bool) -> Tuple[_Chain, Tuple[_OptionClass, ...]]:
+        """The chain a ticker names and its classes to use: SPXW is SPX's chain, class SPXW only."""
+        root = CLASS_TICKERS.get(ticker, ticker)
+        chain = self._chain(root, exchange)
+        if root == ticker:
+            return chain, chain.selected(include_adjusted)
+        classes = tuple(c for c in chain.classes if c.name == ticker)
+        if not classes:
+            raise AgentError(NO_SECURITY_DEFINITION, f"TWS lists no {ticker} options for {root} on {exchange}")
+        return chain, classes
+
     def _cached_chain(self, ticker: str, exchange: str) -> Optional[_Chain]:
         with self._lock:
             return self._chains.get((ticker, exchange))
@@ -365,6 +379,8 @@ class Scanner:
         exchange = contract.get("exchange") or "SMART"
         expiration, strike, right = str(contract["expiration"]), float(contract["strike"]), _right(contract["right"])
         trading_class = contract.get("trading_class") or ""
+        if ticker in CLASS_TICKERS:         # SPXW 20300118 5000 P: SPX's option of class SPXW
+            ticker, trading_class = CLASS_TICKERS[ticker], trading_class or ticker
         multiplier, adjusted = DEFAULT_MULTIPLIER, False
         chain = self._cached_chain(ticker, exchange)     # used when known; never looked up per contract
         if chain is not None:
@@ -396,7 +412,9 @@ class Scanner:
     # --- public: the original names ------------------------------------------------------------------
 
     def get_available_expirations(self, ticker: str, exchange: str = "SMART") -> dict:
-        return self._chain(ticker.strip().upper(), exchange).data()
+        ticker = ticker.strip().upper()
+        chain, classes = self._chain_for(ticker, exchange, False)
+        return chain.data(classes if ticker in CLASS_TICKERS else None)
 
     def get_option_data(self, contract: dict) -> dict:
         return self.get_option_data_batch([contract])[0]
@@ -409,8 +427,7 @@ class Scanner:
     def fetch_option_chain(self, ticker: str, filters: Optional[dict] = None, progress=None, cancel=None) -> dict:
         started = self._clock()
         ticker, filters = ticker.strip().upper(), filters or {}
-        chain = self._chain(ticker, "SMART")
-        classes = chain.selected(bool(filters.get("include_adjusted")))
+        chain, classes = self._chain_for(ticker, "SMART", bool(filters.get("include_adjusted")))
         today = self._today()
         expirations = self._select_expirations(classes, filters, today)
         underlying = None
@@ -461,7 +478,7 @@ class Scanner:
     def fetch_prices(self, contracts: Sequence[dict], progress=None, cancel=None) -> dict:
         started = self._clock()
         wanted = [self._option_instrument(c) for c in contracts]
-        tickers = list(dict.fromkeys(c["ticker"].strip().upper() for c in contracts))
+        tickers = list(dict.fromkeys(CLASS_TICKERS.get(t, t) for t in (c["ticker"].strip().upper() for c in contracts)))
         options, quotes = self._fetch_options(wanted, [self._underlying_instrument(t) for t in tickers], False,
                                               progress, cancel)
         return {"options": options,
@@ -472,8 +489,7 @@ class Scanner:
                   otm_min_pct: float = 0, otm_max_pct: float = 20, progress=None, cancel=None,
                   include_adjusted: bool = False) -> dict:
         ticker, right = ticker.strip().upper(), _right(right)
-        chain = self._chain(ticker, "SMART")
-        classes = chain.selected(include_adjusted)
+        chain, classes = self._chain_for(ticker, "SMART", include_adjusted)
         today = self._today()
         underlying = self._quote_one(chain.underlying.instrument(), cancel)
         price = self._require_price(ticker, underlying)

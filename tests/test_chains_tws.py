@@ -109,6 +109,26 @@ class IndexTest(ChainsTestCase):
         self.assertTrue(all(o["complete"] and o["error"] is None for o in data["options"]))
         self.assertEqual(self.errors_sent(200), 0)
 
+    def test_spxw_names_the_weekly_class_of_spx(self):
+        scanner = self.start()
+        market = self.tws.market
+        expirations = scanner.get_available_expirations("SPXW")
+        self.assertEqual((expirations["sec_type"], expirations["trading_classes"]), ("IND", ["SPXW"]))
+        weekly = next(e for e in market.expirations("SPX")
+                      if {o.trading_class for o in market.find(symbol="SPX", sec_type="OPT", expiry=e)} == {"SPXW"})
+        self.assertEqual(expirations["expirations"], sorted({o.expiry for o in market.options("SPX")
+                                                             if o.trading_class == "SPXW"}))
+        data = scanner.fetch_option_chain("SPXW", {"strikes_around": 1, "max_days": 60})
+        self.assertTrue(data["options"])
+        self.assertEqual({(o["ticker"], o["trading_class"]) for o in data["options"]}, {("SPX", "SPXW")})
+        self.assertIn(weekly, data["expirations"])
+        option = data["options"][0]
+        prices = scanner.fetch_prices([{"ticker": "SPXW", "expiration": option["expiration"],
+                                        "strike": option["strike"], "right": option["right"]}])
+        self.assertEqual((prices["options"][0]["con_id"], prices["options"][0]["error"]), (option["con_id"], None))
+        self.assertEqual(prices["underlyings"]["SPX"]["sec_type"], "IND")
+        self.assertEqual(self.errors_sent(200), 0)
+
     def test_other_index_underlyings(self):
         scanner = self.start()
         for index, exchange in (("XSP", "CBOE"), ("NDX", "NASDAQ"), ("RUT", "RUSSELL"), ("VIX", "CBOE")):
