@@ -3,14 +3,16 @@ daily expirations (each lists part of the strike union), SPX as an index with tw
 XYZ with an adjusted class, and TWIN, a symbol ambiguous as a stock."""
 from __future__ import annotations
 
+import datetime as dt
 import threading
 import time
 import unittest
 
 from ibapi.contract import Contract
 
+from agent_config import Config
 from agent_errors import NO_SECURITY_DEFINITION
-from ib_scanner import days_to, new_york_date
+from ib_scanner import Scanner, days_to, new_york_date
 from tests.test_ib_scanner_tws import ScannerOnFakeTws
 from tests.tws_versions import at_tws_versions
 
@@ -80,6 +82,24 @@ class ListedChainTest(ChainsTestCase):
         self.assertTrue(known[1]["con_id"])
         self.assertEqual(self.requests("reqMktData"), before + 2)      # the listed one and SPY, not the hole
         self.assertEqual(self.errors_sent(200), 1)
+
+
+class NewYorkDateTest(ChainsTestCase):
+    def test_days_count_on_the_new_york_date_while_the_pc_is_already_on_the_next_day(self):
+        self.start()
+        market = self.tws.market
+        # 02:00 UTC on the fake's today: a PC in UTC (or east of it) is on that date, New York is
+        # still on the day before. The clock source is patched, not the machine.
+        instant = dt.datetime.combine(market.today, dt.time(2), dt.timezone.utc).timestamp()
+        scanner = Scanner(self.conn, Config(key="test-key-123456", ib_port=self.tws.port, ib_max_msg_rate=1000,
+                                            request_timeout_s=10.0, option_timeout_s=5.0),
+                          wall_clock=lambda: instant)
+        self.addCleanup(scanner.close)
+        first = market.expirations("SPY")[0]
+        new_york_days = (dt.datetime.strptime(first, "%Y%m%d").date() - market.today).days + 1
+        data = scanner.sell_scan("SPY", "P", min_days=new_york_days, max_days=new_york_days, otm_max_pct=2)
+        self.assertTrue(data["candidates"])
+        self.assertEqual({(c["expiration"], c["days"]) for c in data["candidates"]}, {(first, new_york_days)})
 
 
 class IndexTest(ChainsTestCase):
