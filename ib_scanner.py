@@ -32,7 +32,8 @@ import datetime as dt
 import re
 import threading
 import time
-from dataclasses import dataclass, replace
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 from ibapi.contract import Contract
@@ -55,6 +56,7 @@ CLASS_TICKERS = {"SPXW": "SPX", "NDXP": "NDX", "RUTW": "RUT", "VIXW": "VIX"}
 # Where a US stock or ETF has its primary listing (an ambiguous symbol resolves to the one listed there)
 US_PRIMARY_EXCHANGES = ("NYSE", "NASDAQ", "ARCA", "AMEX", "BATS", "IEX")
 MISSING_TEXT = "No security definition has been found for the request"
+LOOKUP_THREADS = 4            # contract lookups (underlyings, listings) of one request in flight at once
 
 
 def _new_york_zone():
@@ -226,6 +228,14 @@ def _missing(instrument: Instrument, why: str) -> dict:
     return TickBook(instrument).option(False, error.to_dict())
 
 
+def _in_parallel(fn: Callable, items: Sequence) -> list:
+    """[fn(item) ...] in order, up to LOOKUP_THREADS at a time; the first exception is raised."""
+    if len(items) <= 1:
+        return [fn(item) for item in items]
+    with ThreadPoolExecutor(max_workers=min(LOOKUP_THREADS, len(items)), thread_name_prefix="lookup") as pool:
+        return list(pool.map(fn, items))
+
+
 def _right(value: str) -> str:
     return {"CALL": "C", "PUT": "P"}.get(value.upper(), value.upper())
 
@@ -353,6 +363,13 @@ class Scanner:
                     (self._today(), cached)
         return [i for i in cached if i.trading_class in names and (not right or i.right == right)]
 
+    def _listings_of(self, chain: _Chain, expirations: Sequence[str], right: str,
+                     classes: Sequence[_OptionClass]) -> List[List[Instrument]]:
+        """The listing of each expiration, in order; the lookups run side by side (each is one
+        paced message, but TWS takes a moment to answer one for a big expiration)."""
+        return _in_parallel(lambda e: self._listing(chain, e, right, [c for c in classes if e in c.expirations]),
+                            expirations)
+
     def _listed(self, chain: _Chain, c: Contract) -> Instrument:
         multiplier = int(float(c.multiplier or DEFAULT_MULTIPLIER))
         option_class = chain.class_named(c.tradingClass)
@@ -447,10 +464,9 @@ class Scanner:
                 strikes = set(strikes_around(strikes, unit, int(filters["strikes_around"])))
             allowed[option_class.name] = strikes
         rights = [_right(r) for r in (filters.get("rights") or RIGHTS)]
-        instruments = [i for expiration in expirations
-                       for i in self._listing(chain, expiration, rights[0] if len(rights) == 1 else "",
-                                              [c for c in classes if expiration in c.expirations])
-                       if i.strike in allowed[i.trading_class] and i.right in rights]
+        instruments = [i for listing in self._listings_of(chain, expirations, rights[0] if len(rights) == 1 else "",
+                                                          classes)
+                       for i in listing if i.strike in allowed[i.trading_class] and i.right in rights]
         extra = [] if underlying is not None else [chain.underlying.instrument()]   # streams with the options
         options, quotes = self._fetch_options(instruments, extra, True, progress, cancel)
         if underlying is None:
@@ -465,7 +481,7 @@ class Scanner:
     def quote(self, tickers: Sequence[str], cancel=None) -> dict:
         """QUOTEs of stocks, ETFs and indexes. When every ticker failed, the first error is the answer."""
         names = list(dict.fromkeys(t.strip().upper() for t in tickers))
-        instruments = [self._underlying_instrument(t) for t in names]
+        instruments = _in_parallel(self._underlying_instrument, names)
         results = self.market.fetch(instruments, cancel=cancel)
         errors = [r["error"] for r in results if r["error"]]
         if results and len(errors) == len(results):
@@ -479,7 +495,7 @@ class Scanner:
         started = self._clock()
         wanted = [self._option_instrument(c) for c in contracts]
         tickers = list(dict.fromkeys(CLASS_TICKERS.get(t, t) for t in (c["ticker"].strip().upper() for c in contracts)))
-        options, quotes = self._fetch_options(wanted, [self._underlying_instrument(t) for t in tickers], False,
+        options, quotes = self._fetch_options(wanted, _in_parallel(self._underlying_instrument, tickers), False,
                                               progress, cancel)
         return {"options": options,
                 "underlyings": {t: _public_quote(q) for t, q in zip(tickers, quotes)},
@@ -500,10 +516,8 @@ class Scanner:
             unit = unit_price(price, i.multiplier, i.adjusted)
             return otm_min_pct <= sign * (i.strike - unit) / unit * 100 <= otm_max_pct
 
-        instruments = [i for expiration in expirations
-                       for i in self._listing(chain, expiration, right,
-                                              [c for c in classes if expiration in c.expirations])
-                       if in_band(i)]
+        instruments = [i for listing in self._listings_of(chain, expirations, right, classes)
+                       for i in listing if in_band(i)]
         options, _ = self._fetch_options(instruments, [], False, progress, cancel)
         candidates = [dict(o, **sell_metrics(o, price, today)) for o in options
                       if o["error"] is None and o["bid"] is not None]

@@ -132,7 +132,7 @@ class ChainTest(ScannerTestCase):
         self.assertIsInstance(data["elapsed_ms"], int)
         listings = [args[1] for name, args in self.conn.sent
                     if name == "reqContractDetails" and args[1].secType == "OPT"]
-        self.assertEqual([(c.lastTradeDateOrContractMonth, c.right, c.tradingClass) for c in listings],
+        self.assertEqual(sorted((c.lastTradeDateOrContractMonth, c.right, c.tradingClass) for c in listings),
                          [("20300111", "P", "AAPLW"), ("20300118", "P", "AAPL"), ("20300125", "P", "AAPLW")])
         self.assertEqual(self.conn.count("reqMktData"), 1 + 9)   # never a contract that is not listed
 
