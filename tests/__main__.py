@@ -22,6 +22,7 @@ FULL_ONLY = frozenset({
     "test_reliability_orders", "test_reliability_input", "test_reliability_secrets", "test_reliability_config",
     "test_bench_smoke", "test_agent_e2e", "test_agent_demo", "test_relay_frames",
     "test_ib_scanner_tws.BulkTest", "test_ib_scanner_tws.DropTest",
+    "test_market_data.StallTest", "test_market_data.LinePoolTest",
 })
 
 
