@@ -20,8 +20,9 @@ import order_guard
 
 _UNSET_DOUBLE = 1.7976931348623157e308
 LOOKBACK_DAYS = 7         # executions asked for when looking for a request's order in TWS
-# Statuses after which an order can no longer be cancelled (TWS answers a cancel with 161).
-FINAL_STATUSES = frozenset(("Filled", "Cancelled", "ApiCancelled", "Inactive"))
+# Statuses after which an order can no longer be cancelled (TWS answers a cancel with 161). An
+# Inactive order (rejected after it was accepted) is still listed and can still be cancelled.
+FINAL_STATUSES = frozenset(("Filled", "Cancelled", "ApiCancelled"))
 
 
 # --- IB values -> relay values (sentinels -> None) ---------------------------------------------

@@ -50,6 +50,14 @@ SUMMARY_TAGS = {"NetLiquidation": "net_liquidation", "TotalCashValue": "total_ca
 # Order warnings that do not stop the order, beyond ib_connection.NOTICE_CODES (which never reach
 # a handler): 10349 "Order TIF was set to DAY based on order preset".
 ORDER_NOTICE_CODES = frozenset((10349,))
+# Warnings about an order that stays live (DESIGN.md 3): 399 "Order Message: ... Warning: your order
+# will not be placed at the exchange until ..." (ib_connection routes it as a notice), 404 "Order
+# held while securities are located." (a short sale waiting for a borrow). The answer carries the
+# text as `warning`; never a failure.
+ORDER_WARNING_CODES = frozenset((399, 404))
+# TWS rejecting an order it had accepted (PreSubmitted, then 201): the order's outcome, kept as
+# `reason` for the next open-orders and a repeat of its request id.
+LATE_REJECTION_CODES = frozenset((201,))
 # The answer a cancel waits for: final. PendingCancel (TWS sends it first, from 203 on) is not one:
 # the order may still fill before the exchange confirms.
 CANCEL_STATUSES = frozenset(("Cancelled", "ApiCancelled"))
@@ -102,6 +110,8 @@ class _Pending:
     def on_error(self, ib_code: int, text: str) -> None:
         if ib_code in self._success_codes:
             self.on_event("error", (ib_code, text))
+        elif ib_code in ORDER_WARNING_CODES:
+            self.on_event("warning", (ib_code, text))
         elif ib_code not in ORDER_NOTICE_CODES:
             with self._lock:
                 self.error = self.error or (ib_code, text)
@@ -120,6 +130,12 @@ class _Pending:
             raise AgentError(IB_NOT_CONNECTED, f"the connection to TWS was lost during {what}")
         with self._lock:
             return list(self.events)
+
+    def warning(self) -> Optional[str]:
+        """The text of the warnings TWS sent about this order (399, 404), if any."""
+        with self._lock:
+            texts = [args[1] for name, args in self.events if name == "warning"]
+        return "\n".join(dict.fromkeys(texts)) or None
 
     def later_error(self, timeout: float) -> Optional[AgentError]:
         """The error that followed the answer within timeout (e.g. 202 after status Cancelled), if any."""
@@ -177,6 +193,7 @@ class _Attempt:
         self.order_id: Optional[int] = None
         self.stage = NOT_SENT
         self.checked = False            # params passed order_guard's checks (safe to print)
+        self.warning: Optional[str] = None  # what TWS warned about the order (399, 404) with its answer
 
     def refuse(self, rule: str) -> AgentError:
         self.decision = f"refused: {rule}"
@@ -207,6 +224,8 @@ class OrderDesk:
             conn.add_listener(name, lambda *args, _name=name: self._on_unrouted(_name, args))
         conn.add_listener("disconnected", self._on_disconnected)
         conn.add_listener("error", self._on_unrouted_error)
+        conn.add_listener("notice", self._on_notice)
+        self._in_flight: Dict[int, _Pending] = {}   # order id -> the wait for TWS's answer to it
 
     @property
     def _timeout(self) -> float:
@@ -222,10 +241,41 @@ class OrderDesk:
             sweep.on_disconnect()
 
     def _on_unrouted_error(self, req_id: int, ib_code: int, text: str) -> None:
-        """Read-Only API answers the id-less order requests with an error of id -1."""
+        """Read-Only API answers the id-less order requests with an error of id -1; a warning or a
+        rejection of an order after its answer is noted for its request."""
         sweep = self._sweeps.get("orders")
         if sweep is not None and ib_connection.is_read_only_error(ib_code, text):
             sweep.on_error(ib_code, text)
+        elif ib_code in ORDER_WARNING_CODES or ib_code in LATE_REJECTION_CODES:
+            self._order_note(req_id, ib_code, text)
+
+    def _on_notice(self, req_id: int, ib_code: int, text: str) -> None:
+        if ib_code in ORDER_WARNING_CODES:  # 399 arrives as a notice, never at the order's handler
+            self._order_note(req_id, ib_code, text)
+
+    def _order_note(self, order_id: int, ib_code: int, text: str) -> None:
+        """What TWS says about an order outside the wait for its answer (reader thread: no waiting).
+        While the order is being placed, its wait takes the warning; after, the request's record
+        keeps it (a warning, or a rejection's reason) for open-orders and a repeat of the id."""
+        pending = self._in_flight.get(order_id)
+        if pending is not None and ib_code in ORDER_WARNING_CODES:
+            pending.on_event("warning", (ib_code, text))
+            return
+        request_id = self.request_ids.request_for_order(order_id, self.conn.status().get("client_id"))
+        if request_id is None:
+            return
+        rejected = ib_code in LATE_REJECTION_CODES
+        if rejected:
+            log.warning("TWS rejected order %s (request %s) after accepting it: %s", order_id, request_id, text)
+        note = {"reason": text, "ib_code": ib_code} if rejected else {"warning": text}
+
+        def write() -> None:  # on a thread of its own: the reader thread never waits on the disk
+            try:
+                self.request_ids.annotate(request_id, **note)
+            except OSError as exc:
+                log.error("Cannot write %s (%s): what TWS said about order %s is only in this log",
+                          self.request_ids.path, exc.strerror or exc, order_id)
+        threading.Thread(target=write, name="order-note", daemon=True).start()
 
     @contextlib.contextmanager
     def _sweep(self, kind: str, end: str):
@@ -445,7 +495,9 @@ class OrderDesk:
             attempt.decision, attempt.order_id = "duplicate", record.get("order_id")
             if record["state"] == order_guard.FAILED:
                 raise AgentError(**record["error"])
-            return {"order_id": record["order_id"], "status": self._status_now(request_id, record, order)}
+            notes = {k: record[k] for k in ("warning", "reason") if record.get(k)}  # what TWS said since
+            return dict({"order_id": record["order_id"], "status": self._status_now(request_id, record, order)},
+                        **notes)
         contract = order["contract"]
         rule = order_guard.order_refusal(self.config, order, order_guard.STANDARD_MULTIPLIER[contract["sec_type"]])
         if rule:
@@ -478,7 +530,7 @@ class OrderDesk:
         order_ref = order_guard.order_ref_for(request_id)
         try:
             self.request_ids.put(request_id, order_guard.SENDING, action="place-order", order_id=order_id,
-                                 order_ref=order_ref)
+                                 order_ref=order_ref, client_id=self.conn.status().get("client_id"))
         except OSError as exc:  # without the record, exactly-once cannot be promised: do not send
             raise AgentError(INTERNAL, f"cannot write {self.request_ids.path.name} ({exc.strerror or exc}); "
                                        "the order was not sent") from None
@@ -492,11 +544,13 @@ class OrderDesk:
                 self._remember(request_id, order_guard.FAILED, error=error.to_dict())
                 attempt.stage = ANSWERED
             raise
-        self._remember(request_id, order_guard.PLACED, status=status_text)
+        notes = {"warning": attempt.warning} if attempt.warning else {}
+        self._remember(request_id, order_guard.PLACED, status=status_text, **notes)
         attempt.stage = ANSWERED
-        log.info("order %s placed for request %s: %s %s %s @ %s (%s)", order_id, request_id, order["action"],
-                 order["quantity"], contract["ticker"], order["limit_price"], status_text)
-        return {"order_id": order_id, "status": status_text}
+        log.info("order %s placed for request %s: %s %s %s @ %s (%s)%s", order_id, request_id, order["action"],
+                 order["quantity"], contract["ticker"], order["limit_price"], status_text,
+                 f"; TWS warns: {attempt.warning}" if attempt.warning else "")
+        return dict({"order_id": order_id, "status": status_text}, **notes)
 
     def _look_in_tws(self, request_id: str, record: Optional[dict], order: dict) -> Optional[dict]:
         """_find_in_tws, or a refusal that says what to check when TWS cannot be asked."""
@@ -607,6 +661,7 @@ class OrderDesk:
         except ValueError:
             raise AgentError(INVALID_REQUEST, f"order {order_id} is being placed or cancelled right now; "
                                               "ask again when that has finished") from None
+        self._in_flight[order_id] = pending   # a 399 comes as a notice, not through the handler
         try:
             attempt.stage = SENDING
             self.conn.send(request, order_id, *args)
@@ -618,8 +673,10 @@ class OrderDesk:
             raise
         finally:
             self.conn.unregister(order_id)
+            self._in_flight.pop(order_id, None)
         if reason is not None:
             raise reason
+        attempt.warning = pending.warning()
         return status
 
     def cancel_order(self, request_id: str, params: dict, cancel: Optional[threading.Event] = None) -> dict:
@@ -656,6 +713,7 @@ class OrderDesk:
         rule = order_guard.account_refusal(self.config, status, None)
         if rule:
             raise attempt.refuse(rule)
+        self._check_cancellable(order_id, status.get("client_id"))
         if cancel is not None and cancel.is_set():
             raise AgentError(CANCELLED, "cancelled before the cancel was sent: nothing reached TWS")
         attempt.decision = "allowed"
@@ -677,6 +735,22 @@ class OrderDesk:
         attempt.stage = ANSWERED
         log.info("order %s: cancel %s", order_id, status_text)
         return {"order_id": order_id, "status": status_text}
+
+    def _check_cancellable(self, order_id: int, client_id: Optional[int]) -> None:
+        """Order ids are unique per client id, and TWS cancels only orders of the client that asks:
+        an order id open under other clients only is refused here, naming who placed it. One not
+        open at all is sent, and TWS answers (161 not cancellable, 10147 not found)."""
+        try:
+            rows = [row for row in self.book.rows() if row["order_id"] == order_id]
+        except AgentError as error:
+            raise AgentError(error.code, f"could not look in TWS for order {order_id} ({error.message}); "
+                                         "the cancel was not sent", error.ib_code) from None
+        if rows and all(row["client_id"] != client_id for row in rows):
+            placed_by = " and ".join(sorted({str(row["client_id"]) for row in rows}))
+            raise AgentError(INVALID_REQUEST, f"params.order_id: order {order_id} was placed by client id {placed_by}, "
+                                              f"and this agent (client id {client_id}) can only cancel orders placed "
+                                              "under its own client id; cancel it in TWS or from the program that "
+                                              "placed it. The cancel was not sent")
 
     @staticmethod
     def _cancel_status(events: List[Tuple[str, tuple]]) -> Optional[str]:

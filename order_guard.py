@@ -337,6 +337,27 @@ class RequestIdStore:
             record = self._records.get(request_id)
             return dict(record) if record else None
 
+    def request_for_order(self, order_id: int, client_id: Optional[int]) -> Optional[str]:
+        """The place-order request whose order has this id under this client id (a record without a
+        client id, written before it was kept, matches any), the newest if several."""
+        with self._lock:
+            found = [(record["time"], request_id) for request_id, record in self._records.items()
+                     if record.get("action", "place-order") == "place-order" and record.get("order_id") == order_id
+                     and record.get("client_id", client_id) == client_id]
+        return max(found)[1] if found else None
+
+    def annotate(self, request_id: str, **fields) -> None:
+        """Add fields to a record, its state unchanged (written like put); raises OSError."""
+        with self._lock:
+            if self._broken:
+                raise OSError(0, self._broken)
+            if request_id not in self._records:
+                return
+            records = dict(self._records)
+            records[request_id] = dict(records[request_id], **fields)
+            self._save(records)
+            self._records = records
+
     def notes_by_order_ref(self) -> Dict[str, dict]:
         """orderRef -> {"warning", "reason"}: what TWS told about the orders of these requests after
         (or with) their answer (a 399/404 warning, a rejection), for open-orders. Every order of a

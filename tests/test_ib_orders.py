@@ -854,8 +854,9 @@ class CancelOrderTest(DeskTestCase):
         for scenario in ("cancelled", "confirmed_by_202_only"):
             desk, conn = self.desk(answers=self.cancel[scenario])
             self.assertEqual(desk.cancel_order(f"c-{scenario}", {"order_id": 31}), {"order_id": 31, "status": "Cancelled"})
-            (method, (order_id, _order_cancel)), = conn.sent
-            self.assertEqual((method, order_id), ("cancelOrder", 31))
+            # open orders first (whose order is 31?): TWS lists none, so the cancel goes out
+            (lookup, _), (method, (order_id, _order_cancel)) = conn.sent
+            self.assertEqual((lookup, method, order_id), ("reqAllOpenOrders", "cancelOrder", 31))
         self.assertEqual([(line["action"], line["decision"], line["order_id"]) for line in self.audit_lines()],
                          [("cancel-order", "allowed", 31)] * 2)
 

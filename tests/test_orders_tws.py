@@ -13,9 +13,12 @@ import ib_connection
 import ib_orders
 import order_guard
 from agent_config import Config
-from agent_errors import IB_ERROR, ORDER_BLOCKED, READ_ONLY_API, TIMEOUT, AgentError
+from ibapi.order_cancel import OrderCancel
+
+from agent_errors import IB_ERROR, INVALID_REQUEST, ORDER_BLOCKED, READ_ONLY_API, TIMEOUT, AgentError
 from tests.fake_market import on_tick
 from tests.fake_tws import FakeTWS
+from tests.fake_tws_session import LOCATE_TEXT
 from tests.tws_versions import AtTwsVersion, at_tws_versions
 
 WAIT_S = 20.0
@@ -217,6 +220,100 @@ class IbRejectsTest(OrdersOnFakeTws):
         self.assertTrue(error.message.startswith("Order rejected"), error.message)
         self.assertEqual(self.placed(), 0)
         self.assertEqual(self.desk.request_ids.get("big")["state"], order_guard.FAILED)
+
+
+class WarningsAndLateRejections(OrdersOnFakeTws):
+    """IB's 404 (a short sale held while the shares are located) is a warning: the order is live,
+    and the answer says so with TWS's text. A rejection (201) after PreSubmitted is the order's
+    outcome: the next open-orders and a repeat of the id both show it (issue 16)."""
+
+    def short_sale(self, **changes) -> dict:
+        params = {"contract": {"ticker": "MRGT", "sec_type": "STK"}, "action": "SELL", "quantity": 10,
+                  "order_type": "LMT", "limit_price": 60.0}
+        params.update(changes)
+        return params
+
+    def row(self, order_id: int) -> dict:
+        row, = [o for o in self.desk.open_orders()["orders"] if o["order_id"] == order_id]
+        return row
+
+    def test_a_short_sale_held_for_a_locate_is_live_with_the_warning(self):
+        placed = self.desk.place_order("short", self.short_sale())
+        self.assertEqual(placed, {"order_id": placed["order_id"], "status": "PreSubmitted", "warning": LOCATE_TEXT})
+        row = self.row(placed["order_id"])
+        self.assertEqual((row["status"], row["warning"], row["reason"], row["cancellable"]),
+                         ("PreSubmitted", LOCATE_TEXT, None, True))
+        self.assertEqual(self.desk.place_order("short", self.short_sale()), placed)  # the repeat: the same
+        self.assertEqual(self.placed(), 1)
+        self.assertEqual([(a["decision"], a["outcome"]) for a in self.audit()],
+                         [("allowed", {"status": "PreSubmitted"}), ("duplicate", {"status": "PreSubmitted"})])
+
+    def test_a_rejection_after_presubmitted_shows_in_open_orders_and_on_a_repeat(self):
+        self.tws.reject_after_accept("Your account has insufficient funds", after_s=0.2)
+        placed = self.desk.place_order("late", self.order())
+        self.assertEqual(placed["status"], "PreSubmitted")
+        wait_until(lambda: self.desk.request_ids.get("late").get("reason"), what="the rejection noted")
+        row = self.row(placed["order_id"])
+        self.assertEqual(row["status"], "Inactive")
+        self.assertEqual(row["reason"], "Order rejected - reason:Your account has insufficient funds "
+                                        "(TWS details: Your account has insufficient funds)")
+        again = self.desk.place_order("late", self.order())
+        self.assertEqual(again, {"order_id": placed["order_id"], "status": "Inactive", "reason": row["reason"]})
+        self.assertEqual(self.placed(), 1)
+
+
+class MarketClosedTest(OrdersOnFakeTws):
+    tws_options = {"market_closed": True}
+
+    def test_an_order_for_the_next_session_is_live_with_tws_warning_399(self):
+        placed = self.desk.place_order("closed", self.order())
+        self.assertEqual(placed["status"], "PreSubmitted")
+        self.assertTrue(placed["warning"].startswith("Order Message:\nSELL 1 "), placed)
+        self.assertIn("Warning: your order will not be placed at the exchange until ", placed["warning"])
+        self.assertEqual(self.placed(), 1)
+
+
+class AnotherClientsOrder(OrdersOnFakeTws):
+    """Order ids are unique per client id and TWS cancels only the asking client's orders: open-orders
+    marks which ones this agent can cancel, and cancel-order refuses another client's order, naming
+    it, before anything is sent (issue 16)."""
+
+    def other_client(self) -> ib_orders.OrderDesk:
+        """Another program on the same TWS, client id 29 (its own data folder)."""
+        config = dataclasses.replace(self.config, ib_client_id=29, data_dir=self.config.data_dir / "29")
+        config.data_dir.mkdir()
+        other = ib_connection.IBConnection(config, backoff=(0.05, 0.2))
+        other.start()
+        self.addCleanup(other.stop)
+        self.assertTrue(other.wait_ready(WAIT_S))
+        return ib_orders.OrderDesk(other, config)
+
+    def test_only_orders_of_this_client_id_are_cancellable(self):
+        theirs = self.other_client().place_order("theirs", self.order())
+        rows = self.desk.open_orders()["orders"]
+        self.assertEqual([(o["client_id"], o["cancellable"]) for o in rows], [(29, False)])
+        if theirs["order_id"] not in [o["order_id"] for o in rows if o["client_id"] == 17]:
+            error = self.fails(INVALID_REQUEST, self.desk.cancel_order, "c-theirs", {"order_id": theirs["order_id"]})
+            self.assertIn(f"order {theirs['order_id']} was placed by client id 29", error.message)
+            self.assertIn("client id 17", error.message)
+        self.assertEqual(self.sent("cancelOrder"), 0)
+        self.assertEqual(self.audit()[-1]["decision"], "not sent: INVALID_REQUEST")
+
+        mine = self.desk.place_order("mine", self.order())
+        rows = {(o["client_id"], o["order_id"]): o["cancellable"] for o in self.desk.open_orders()["orders"]}
+        self.assertEqual(rows, {(29, theirs["order_id"]): False, (17, mine["order_id"]): True})
+
+    def test_tws_answers_a_cancel_of_another_clients_order_not_found(self):
+        """What TWS does (the fake models it): the id is looked up among the asking client's orders."""
+        placed = self.other_client().place_order("theirs", self.order())  # this client has no order of that id
+        pending = ib_orders._Pending(lambda name, args: False)
+        self.conn.register(placed["order_id"], pending)
+        self.addCleanup(self.conn.unregister, placed["order_id"])
+        self.conn.send("cancelOrder", placed["order_id"], OrderCancel())
+        with self.assertRaises(AgentError) as caught:
+            pending.wait(WAIT_S, "the cancel")
+        self.assertEqual(caught.exception.ib_code, 10147)
+        self.assertEqual([o.status for o in self.tws.orders.open_orders()], ["Submitted"])
 
 
 class LiveAccountTest(OrdersOnFakeTws):
