@@ -30,12 +30,18 @@ It serves:
   10090,10091: those notices on every option stream, which goes on without greeks (the
   underlying's data is what is missing). move_port(): 1300 naming a new port, then the drop.
 - reqPositions, reqPositionsMulti, reqAccountSummary, reqAccountUpdates, reqAccountUpdatesMulti,
-  reqExecutions (+ commission reports), reqCompletedOrders
+  reqExecutions (+ commission reports; lastNDays days back from server version 200, today's
+  only without it, as TWS), reqCompletedOrders
 - placeOrder / cancelOrder / reqGlobalCancel, reqOpenOrders / reqAllOpenOrders / reqAutoOpenOrders:
   openOrder + orderStatus; marketable limits fill at once (execDetails); 110 off-tick price,
   201 quantity > 1000 or unknown account. A cancel is answered as TWS does: openOrder and
   orderStatus PendingCancel, orderStatus Cancelled, error 202; a filled or cancelled order gets 161
-  ("not in a cancellable state"), an unknown one 10147. A what-if order (order.whatIf) gets one
+  ("not in a cancellable state"), an unknown one 10147 (also another client's: TWS looks the id
+  up among the asking client's orders). Warnings that leave the order live, PreSubmitted, sent
+  before its messages: 399 "Order Message: ... Warning: your order will not be placed at the
+  exchange until <next open> US/Eastern" with --market-closed; 404 "Order held while securities
+  are located." for a short sale of MRGT (hard to borrow). reject_after_accept(reason): the next
+  order is accepted (PreSubmitted), then turns Inactive with error 201. A what-if order (order.whatIf) gets one
   openOrder whose state carries margin before/change/after and commission, and is never booked.
   --place-delay-ms MS: each (non-what-if) placeOrder is acted on only MS later, as behind TWS's
   precaution dialog: no openOrder/orderStatus, not in open orders until then, other messages flow.
@@ -208,6 +214,7 @@ class FakeTWS:
         self.market = Market(seed)
         self.portfolio = Portfolio(self.market, self.accounts)
         self.orders = OrderBook(seed)
+        self.late_rejections: List[Tuple[str, float]] = []   # reject_after_accept(): (reason, after s)
         self.rng = random.Random(seed)
         self.lock = threading.RLock()
         self._sessions: List[ClientSession] = []
@@ -358,6 +365,12 @@ class FakeTWS:
     def count_error(self, code: int) -> None:
         with self.lock:
             self._errors[str(code)] += 1
+
+    def reject_after_accept(self, reason: str, after_s: float = 0.2) -> None:
+        """Test hook: the next order placed is accepted (PreSubmitted) and rejected after_s later, as
+        IB's checks or an exchange can after acceptance: Inactive, then error 201 with the reason."""
+        with self.lock:
+            self.late_rejections.append((reason, after_s))
 
     def call_later(self, delay_s: float, fn: Callable[[], None]) -> None:
         if self._scheduler is not None:

@@ -6,6 +6,7 @@ Shared state (lines, orders, market, stats) lives on the server.
 """
 from __future__ import annotations
 
+import datetime as dt
 import json
 import socket
 import struct
@@ -28,6 +29,10 @@ PACING_WINDOW_S = 1.0
 PACING_STRIKES = 3                 # reject mode: disconnect on this many violations
 HANG_UP_DRAIN_S = 0.5              # input drained between the last error 100 and the close
 MAX_ORDER_QUANTITY = 1000
+# Shares hard to borrow: a short sale is held while they are located (TWS's 404, a warning: the
+# order is live, PreSubmitted). A merger target's shares are the classic case.
+HARD_TO_BORROW = frozenset(("MRGT",))
+LOCATE_TEXT = "Order held while securities are located."
 UPDATE_INTERVAL_S = (0.25, 1.0)
 
 FARM_NOTICES = ((2104, "Market data farm connection is OK:usfarm"),
@@ -594,6 +599,7 @@ class ClientSession:
             if order is not None and order.completed_status:
                 self.send_error(order_id, 103, "Duplicate order id")
                 return
+            warning = self._order_warning(instrument, account, action, quantity)
             if order is None:
                 order = OrderRecord(order_id, self.client_id, server.orders.new_perm_id(), instrument, action,
                                     quantity, order_type, price, aux_price, tif or "DAY", account, order_ref,
@@ -602,8 +608,16 @@ class ClientSession:
             else:
                 order.quantity, order.lmt_price, order.tif = quantity, price, tif or order.tif
             server.count("orders_placed")
-            fill_at = self.market.fill_price(instrument, action, price)
+            late = server.late_rejections.pop(0) if server.late_rejections else None
+            if warning or late:  # held (not at the exchange yet), or accepted and rejected a moment later
+                order.status, fill_at = "PreSubmitted", None
+            else:
+                fill_at = self.market.fill_price(instrument, action, price)
             execution = server.orders.record_fill(order, fill_at) if fill_at is not None else None
+        if warning:  # before the order's messages, as TWS sends them
+            self.send_error(order_id, *warning)
+        if late:
+            server.call_later(late[1], lambda: self._reject_late(order, late[0]))
         if execution is not None:
             signed = quantity if action == "BUY" else -quantity
             server.portfolio.apply_fill(account, instrument, signed, execution.price)
@@ -612,6 +626,40 @@ class ClientSession:
         if execution is not None:
             self.send(self.encoder.exec_details(-1, execution))
             self.send(self.encoder.commission_report(execution))
+
+    def _order_warning(self, instrument: Instrument, account: str, action: str, quantity: float):
+        """(code, text) of the warning TWS sends with an order that stays live, or None: 399 when the
+        market is closed (the order waits for the next session), 404 for a short sale of shares that
+        must be located first. Under server.lock."""
+        if self.server.market_closed:
+            now = dt.datetime.strptime(tws_time()[:17], "%Y%m%d %H:%M:%S")   # New York time
+            opens = now.replace(hour=9, minute=30, second=0)
+            if now >= opens:
+                opens += dt.timedelta(days=1)
+            while opens.weekday() >= 5:
+                opens += dt.timedelta(days=1)
+            where = f"{instrument.local_symbol or instrument.symbol} {instrument.exchange}"
+            return 399, (f"Order Message:\n{action} {quantity:g} {where}\nWarning: your order will not be placed at "
+                         f"the exchange until {opens:%Y-%m-%d %H:%M:%S} US/Eastern")
+        if instrument.sec_type == "STK" and action == "SELL" and instrument.symbol in HARD_TO_BORROW:
+            held = sum(p.quantity for p in self.server.portfolio.positions(account)
+                       if p.instrument.con_id == instrument.con_id)
+            if quantity > held:
+                return 404, LOCATE_TEXT
+        return None
+
+    def _reject_late(self, order: OrderRecord, reason: str) -> None:
+        """An accepted order rejected afterwards (server.reject_after_accept): its status becomes
+        Inactive (it stays among the open orders, as TWS lists an inactive order) and error 201
+        gives the reason."""
+        with self.server.lock:
+            if order.status not in ("PreSubmitted", "Submitted") or order.completed_status:
+                return                    # cancelled or filled meanwhile
+            order.status = "Inactive"
+        self.send(self.encoder.open_order(order))
+        self.send(self.encoder.order_status(order))
+        self.send_error(order.order_id, 201, f"Order rejected - reason:{reason}",
+                        json.dumps({"rejectReason": reason}, separators=(",", ":")))
 
     def _what_if(self, instrument: Instrument, account: str, quantity: float, price: Optional[float]) -> WhatIf:
         """The fake's margin model (portfolio: initial 30 %, maintenance 25 % of gross position
@@ -696,9 +744,10 @@ class ClientSession:
 
     def _on_reqExecutions(self, req_id: int, client_id: int, account: str, since: str, symbol: str,
                           sec_type: str, exchange: str, side: str, last_n_days: Optional[int] = None) -> None:
-        # lastNDays (server version >= 200): executions of that many days back (TWS: of today only
-        # without it; the fake then gives every day it holds, a simplification).
-        oldest = tws_time(time.time() - (last_n_days - 1) * 86400)[:8] if last_n_days and last_n_days > 0 else ""
+        # lastNDays (server version >= 200, read from the text or protobuf filter): executions of that
+        # many days back, today included; without it (or below 200) today's only, as TWS.
+        days = last_n_days if last_n_days and last_n_days > 0 else 1
+        oldest = tws_time(time.time() - (days - 1) * 86400)[:8]
         with self.server.lock:
             executions = [e for e in self.server.orders.executions
                           if e.time[:8] >= oldest
