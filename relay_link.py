@@ -642,11 +642,13 @@ class RelayLink:
             action, params = frame.get("action"), frame.get("params", {})
             valid_action = isinstance(action, str) and 1 <= len(action) <= MAX_ACTION_LENGTH
             # An order action's repeat goes to the desk, which answers it with the original outcome.
-            answered = self._outbox.was_answered(request_id) and action not in self._order_actions
+            order_action = valid_action and action in self._order_actions
+            answered = self._outbox.was_answered(request_id) and not order_action
             job = Job(self, request_id, action if valid_action else "?", params)
             self._running[request_id] = job
         if answered:
-            log.info("request %s arrived again after its response was acknowledged; not run again", request_id)
+            log.info("request %s arrived again after its response was acknowledged; not run again",
+                     _preview(request_id, MAX_ID_LENGTH, self._masker))
             job.finish(error=AgentError(INVALID_REQUEST, f"id: request {request_id} was already answered and "
                                                          "its response acknowledged; a request id is never run "
                                                          "twice, and that response is no longer held"))

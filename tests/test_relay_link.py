@@ -279,6 +279,15 @@ class Duplicates(LinkCase):
                 self.assertEqual(again, first)
                 self.assertEqual(self.actions.executed.count(request_id), 2)
 
+    def test_an_answered_id_repeated_with_an_action_that_is_not_a_string_is_refused_not_dropped(self):
+        self.start()
+        self.relay.request("echo", id="d3")
+        self.relay.wait_until(lambda: self.link.unacked == 0, what="ack processed")
+        self.relay.send({"type": "request", "id": "d3", "action": ["place-order"], "params": {}})
+        self.relay.wait_until(lambda: self.relay.response_counts["d3"] == 2, what="the repeat answered")
+        self.assertIn("already answered", self.relay.responses["d3"]["error"]["message"])
+        self.assertEqual(self.actions.executed, ["d3"])
+
     def test_an_order_action_dropped_from_the_outbox_also_goes_to_the_desk(self):
         self.link = self.make_link(self.relay.url, KEY, limits=OutboxLimits(max_count=1))
         self.relay.auto_ack = False
