@@ -330,6 +330,8 @@ class Storm(AgentOnAFolder):
         self.assertEqual({i for i, _ in desk_answers} - audited, set())  # every id the desk answered is audited
         self.assertEqual(self.relay.violations, [])
         codes = collections.Counter("ok" if r.get("ok") else r["error"]["code"] for rs in answers.values() for r in rs)
+        # every repeat, acked or not, got its id's outcome from the desk: never "already answered"
+        self.assertEqual(set(codes) - {"ok", "ORDER_BLOCKED", "IB_NOT_CONNECTED", "TIMEOUT"}, set(), codes)
         figures("order storm", frames=STORM_FRAMES + STORM_IDS, ids=STORM_IDS, refused_ids=len(refused),
                 relay_cuts=drops, kills=1, orders_placed=self.tws.stats()["orders_placed"], allowed_ids=len(allowed),
                 duplicates=sum(n - 1 for n in per_id.values()), answers=dict(codes), audit_lines=len(audit),
