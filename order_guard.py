@@ -299,7 +299,7 @@ class RequestIdStore:
         for request_id, record in records.items():
             if not (isinstance(record, dict) and record.get("state") in STATES
                     and isinstance(record.get("time"), (int, float))):
-                raise StoreUnreadable(f"a record that is not whole ({str(request_id)[:40]!r})")
+                raise StoreUnreadable(f"a record that is not whole ({agent_log.clip(str(request_id), 40)!r})")
         return records
 
     def _load(self) -> Dict[str, dict]:
