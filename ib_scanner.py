@@ -35,17 +35,13 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+from zoneinfo import ZoneInfo
 
 from ibapi.contract import Contract
 
 from agent_errors import IB_ERROR, NO_SECURITY_DEFINITION, AgentError
 from ib_lines import MarketData
 from ib_ticks import Instrument, TickBook
-
-try:
-    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
-except ImportError:     # pragma: no cover - Python < 3.9
-    ZoneInfo, ZoneInfoNotFoundError = None, Exception
 
 CHAIN_CACHE_S = 300.0
 DEFAULT_MULTIPLIER = 100
@@ -59,36 +55,14 @@ MISSING_TEXT = "No security definition has been found for the request"
 LOOKUP_THREADS = 4            # contract lookups (underlyings, listings) of one request in flight at once
 
 
-def _new_york_zone():
-    try:
-        return ZoneInfo("America/New_York") if ZoneInfo else None
-    except (ZoneInfoNotFoundError, ValueError, OSError):
-        return None     # no tz database (Windows without the tzdata package): the rule below
+# The exchange's calendar. tzdata (a pinned requirement) supplies the zone where the OS has no
+# time zone database (Windows, the bundled Python).
+NEW_YORK = ZoneInfo("America/New_York")
 
 
-_NEW_YORK = _new_york_zone()
-
-
-def _nth_sunday(year: int, month: int, n: int) -> dt.date:
-    first = dt.date(year, month, 1)
-    return first + dt.timedelta(days=(6 - first.weekday()) % 7 + 7 * (n - 1))
-
-
-def _us_eastern_offset(utc: dt.datetime) -> dt.timedelta:
-    """UTC-4 from the second Sunday of March 2:00 EST to the first Sunday of November 2:00 EDT
-    (the US rule since 2007), else UTC-5."""
-    start = dt.datetime.combine(_nth_sunday(utc.year, 3, 2), dt.time(7))
-    end = dt.datetime.combine(_nth_sunday(utc.year, 11, 1), dt.time(6))
-    return dt.timedelta(hours=-4 if start <= utc.replace(tzinfo=None) < end else -5)
-
-
-def new_york_date(now: float, zone=None) -> dt.date:
+def new_york_date(now: float) -> dt.date:
     """The calendar date in New York at epoch second `now` (the exchange's date, not the PC's)."""
-    zone = _NEW_YORK if zone is None else zone
-    if zone:
-        return dt.datetime.fromtimestamp(now, zone).date()
-    utc = dt.datetime.fromtimestamp(now, dt.timezone.utc)
-    return (utc + _us_eastern_offset(utc)).date()
+    return dt.datetime.fromtimestamp(now, NEW_YORK).date()
 
 
 @dataclass(frozen=True)

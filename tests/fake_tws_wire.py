@@ -21,6 +21,7 @@ import time
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+from zoneinfo import ZoneInfo
 
 from ibapi import server_versions as sv
 from ibapi.common import PROTOBUF_MSG_ID
@@ -72,6 +73,7 @@ UNSET_INTEGER = "2147483647"                  # Integer.MAX_VALUE
 UNSET_LONG = "9223372036854775807"            # Long.MAX_VALUE
 UNSET_LONG_MIN = "-9223372036854775808"       # Long.MIN_VALUE (orderState.suggestedSize)
 TWS_TIME_ZONE = "US/Eastern"
+NEW_YORK = ZoneInfo("America/New_York")
 # The message versions TWS wrote before these layouts were tied to the server version: the highest
 # each decoder tests (ibapi orderdecoder / decoder), so every per-message gate is open.
 OPEN_ORDER_MSG_VERSION = 34          # openOrder below MIN_SERVER_VER_ORDER_CONTAINER (145)
@@ -128,21 +130,9 @@ def greek(value: Optional[float]) -> str:
     return java_double(value)
 
 
-def _us_eastern_offset_hours(utc: dt.datetime) -> int:
-    """-4 from the second Sunday of March 02:00 EST to the first Sunday of November 02:00 EDT, else -5
-    (the US rule since 2007; no tz database needed, so it works on any test machine)."""
-    def sunday(month: int, nth: int) -> dt.datetime:
-        first = dt.datetime(utc.year, month, 1)
-        return first + dt.timedelta(days=(6 - first.weekday()) % 7 + 7 * (nth - 1))
-    starts = sunday(3, 2) + dt.timedelta(hours=7)      # 02:00 EST = 07:00 UTC
-    ends = sunday(11, 1) + dt.timedelta(hours=6)       # 02:00 EDT = 06:00 UTC
-    return -4 if starts <= utc.replace(tzinfo=None) < ends else -5
-
-
 def tws_time(epoch_s: Optional[float] = None) -> str:
     """An execution or completed-order time as TWS writes it: "20260413 15:27:04 US/Eastern"."""
-    utc = dt.datetime.fromtimestamp(time.time() if epoch_s is None else epoch_s, dt.timezone.utc)
-    local = utc + dt.timedelta(hours=_us_eastern_offset_hours(utc))
+    local = dt.datetime.fromtimestamp(time.time() if epoch_s is None else epoch_s, NEW_YORK)
     return local.strftime("%Y%m%d %H:%M:%S ") + TWS_TIME_ZONE
 
 

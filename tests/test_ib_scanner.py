@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime as dt
 import unittest
-from unittest import mock
 from zoneinfo import ZoneInfo
 
 from ibapi.contract import ContractDetails
@@ -268,14 +267,6 @@ class NewYorkDateTest(unittest.TestCase):
         data = scanner.sell_scan("AAPL", "P", min_days=10, max_days=10, otm_max_pct=30)
         self.assertEqual({c["expiration"] for c in data["candidates"]}, {"20300111"})
         self.assertEqual({c["days"] for c in data["candidates"]}, {10})
-
-    def test_without_a_tz_database_the_us_rule_gives_the_same_date(self):
-        zone = ZoneInfo("America/New_York")
-        for text in ("2030-03-10 06:59", "2030-03-10 07:00", "2030-11-03 05:59", "2030-11-03 06:00",
-                     "2030-07-01 03:59", "2030-07-01 04:00", "2030-12-31 04:59", "2030-12-31 05:00"):
-            instant = dt.datetime.fromisoformat(text).replace(tzinfo=dt.timezone.utc).timestamp()
-            with mock.patch("ib_scanner._NEW_YORK", None):
-                self.assertEqual(new_york_date(instant), dt.datetime.fromtimestamp(instant, zone).date(), text)
 
 
 class UnderlyingTest(unittest.TestCase):
