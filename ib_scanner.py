@@ -52,6 +52,7 @@ CLASS_TICKERS = {"SPXW": "SPX", "NDXP": "NDX", "RUTW": "RUT", "VIXW": "VIX"}
 # Where a US stock or ETF has its primary listing (an ambiguous symbol resolves to the one listed there)
 US_PRIMARY_EXCHANGES = ("NYSE", "NASDAQ", "ARCA", "AMEX", "BATS", "IEX")
 MISSING_TEXT = "No security definition has been found for the request"
+PRICE_FIELDS = ("bid", "ask", "last", "close")   # a quote with none of these and an error failed
 LOOKUP_THREADS = 4            # contract lookups (underlyings, listings) of one request in flight at once
 
 
@@ -254,7 +255,7 @@ class Scanner:
                 found = self._pick_listing(ticker, sec_type, [row[0] for row in rows])
                 break
         if found is None:
-            raise AgentError(NO_SECURITY_DEFINITION, f"TWS knows no stock, ETF or index {ticker} (USD)")
+            raise AgentError(NO_SECURITY_DEFINITION, f"TWS knows no stock, ETF or index {ticker} (USD)", 200)
         with self._lock:
             self._underlyings[ticker] = found
         return found
@@ -395,10 +396,14 @@ class Scanner:
     def _underlying_instrument(self, ticker: str) -> Instrument:
         """The underlying to quote. One that could not be looked up (unknown, or the lookup failed)
         is still asked as a stock: its own error then answers it, and a batch never fails for it."""
+        return self._looked_up(ticker)[0]
+
+    def _looked_up(self, ticker: str) -> Tuple[Instrument, Optional[AgentError]]:
+        """_underlying_instrument, with the lookup's error when it failed (it names the ticker)."""
         try:
-            return self._underlying(ticker).instrument()
-        except AgentError:
-            return Instrument(ticker)
+            return self._underlying(ticker).instrument(), None
+        except AgentError as exc:
+            return Instrument(ticker), exc
 
     # --- public: the original names ------------------------------------------------------------------
 
@@ -453,17 +458,27 @@ class Scanner:
     # --- public: the other actions ---------------------------------------------------------------------
 
     def quote(self, tickers: Sequence[str], cancel=None) -> dict:
-        """QUOTEs of stocks, ETFs and indexes. When every ticker failed, the first error is the answer."""
+        """QUOTEs of stocks, ETFs and indexes. A ticker that failed with no price at all (unknown:
+        NO_SECURITY_DEFINITION naming it) is in `errors`, never an all-null quote; the others still
+        answer. When every ticker failed, the first error is the answer."""
         names = list(dict.fromkeys(t.strip().upper() for t in tickers))
-        instruments = _in_parallel(self._underlying_instrument, names)
-        results = self.market.fetch(instruments, cancel=cancel)
-        errors = [r["error"] for r in results if r["error"]]
-        if results and len(errors) == len(results):
-            raise AgentError(errors[0]["code"], errors[0]["message"], errors[0]["ib_code"])
+        looked_up = _in_parallel(self._looked_up, names)
+        results = self.market.fetch([instrument for instrument, _ in looked_up], cancel=cancel)
+        quotes, errors = {}, {}
+        for name, (_, lookup_error), result in zip(names, looked_up, results):
+            if result["error"] and not any(result.get(k) is not None for k in PRICE_FIELDS):
+                error = dict(result["error"])
+                if lookup_error is not None and lookup_error.code == error["code"]:
+                    error["message"] = lookup_error.message     # it says which ticker
+                errors[name] = error
+            else:
+                quotes[name] = _public_quote(result)
+        if errors and not quotes:
+            first = next(iter(errors.values()))
+            raise AgentError(first["code"], first["message"], first["ib_code"])
         with self._lock:
             resolved = {t: self._underlyings[t].describe() for t in names if t in self._underlyings}
-        return {"quotes": {name: _public_quote(r) for name, r in zip(names, results)},
-                "underlying_contracts": resolved}
+        return {"quotes": quotes, "errors": errors, "underlying_contracts": resolved}
 
     def fetch_prices(self, contracts: Sequence[dict], progress=None, cancel=None) -> dict:
         started = self._clock()

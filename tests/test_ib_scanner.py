@@ -311,6 +311,24 @@ class QuoteTest(ScannerTestCase):
         with self.assertRaises(AgentError) as caught:
             scanner.quote(["NOPE"])
         self.assertEqual(caught.exception.code, NO_SECURITY_DEFINITION)
+        self.assertEqual((caught.exception.message, caught.exception.ib_code),
+                         ("TWS knows no stock, ETF or index NOPE (USD)", 200))   # names the ticker
+
+    def test_an_unknown_ticker_among_others_is_its_own_error_never_an_all_null_quote(self):
+        scanner = self.make(StubTws({"NOPE": ("error", 200, "No security definition has been found")}))
+        data = scanner.quote(["AAPL", "NOPE"])
+        self.assertEqual(list(data["quotes"]), ["AAPL"])
+        self.assertIsNotNone(data["quotes"]["AAPL"]["bid"])
+        self.assertEqual(data["errors"], {"NOPE": {"code": NO_SECURITY_DEFINITION, "ib_code": 200,
+                                                   "message": "TWS knows no stock, ETF or index NOPE (USD)"}})
+        self.assertEqual(scanner.quote(["AAPL"])["errors"], {})
+
+    def test_fetch_chain_of_an_unknown_ticker_names_it(self):
+        scanner = self.make()
+        with self.assertRaises(AgentError) as caught:
+            scanner.fetch_option_chain("NOPE")
+        self.assertEqual((caught.exception.code, caught.exception.message, caught.exception.ib_code),
+                         (NO_SECURITY_DEFINITION, "TWS knows no stock, ETF or index NOPE (USD)", 200))
 
 
 if __name__ == "__main__":
