@@ -17,7 +17,6 @@ import contextlib
 import datetime as dt
 import logging
 import socket
-import ssl
 import sys
 import threading
 import time
@@ -35,6 +34,7 @@ from agent_log import Masker
 from ib_connection import CLIENT_ID_IN_USE, IBConnection, is_read_only_error
 from ib_ports import PortProbe, account_type, candidate_ports, resolve_port
 from ib_scanner import Scanner, days_to
+from relay_link import tls_context
 
 MIN_PYTHON = (3, 10)      # IB's ibapi 10.50 needs it; start_unix.sh and start_windows.ps1 refuse older
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
@@ -366,9 +366,10 @@ def check_market_data(conn: IBConnection, config: Config, checklist: Checklist) 
 def check_relay(config: Config, checklist: Checklist, agent_version: str) -> None:
     """Check 7: one WebSocket upgrade with the key, closed at once (no hello, nothing served)."""
     headers = [f"Authorization: Bearer {config.key}", f"X-Agent-Version: {agent_version}"]
+    context, _roots = tls_context()  # the agent's own: certifi's roots when this Python build has none
     try:
         ws = websocket.create_connection(config.relay_url, timeout=RELAY_TIMEOUT_S, header=headers,
-                                         sslopt={"context": ssl.create_default_context()})
+                                         sslopt={"context": context})
     except websocket.WebSocketBadStatusException as exc:
         if exc.status_code in (401, 403):
             checklist.add(FAIL, RELAY, f"Authentication failed: {config.relay_url} rejected the API key "

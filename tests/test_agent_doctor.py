@@ -293,5 +293,51 @@ class CommandLine(DoctorCase):
         self.assertRegex(result.stdout, r"FAIL\s+TWS / IB Gateway: nothing answers on 127\.0\.0\.1 port \d+")
 
 
+@unittest.skipUnless(shutil.which("openssl"), "openssl is needed to make a self-signed certificate")
+class RelayTls(unittest.TestCase):
+    """--check verifies the cloud's certificate with the agent's own TLS context (relay_link.tls_context):
+    on a Python build without roots (python.org macOS before its certificate step) it uses certifi's,
+    as the agent does, instead of failing where the agent would connect (issue 18)."""
+
+    def setUp(self):
+        import ssl
+        folder = Path(tempfile.mkdtemp())
+        self.addCleanup(shutil.rmtree, folder)
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                        "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+                        "-keyout", str(folder / "key.pem"), "-out", str(folder / "cert.pem")],
+                       check=True, capture_output=True, timeout=30)
+        self.cert = str(folder / "cert.pem")
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(folder / "cert.pem", folder / "key.pem")
+        self.relay = FakeRelay(key=KEY, ssl_context=context)
+        self.relay.start()
+        self.addCleanup(self.relay.stop)
+
+    def relay_line(self) -> str:
+        from agent_config import Config
+        out = io.StringIO()
+        checklist = agent_doctor.Checklist(out, agent_doctor.Masker([KEY]))
+        agent_doctor.check_relay(Config(key=KEY, relay_url=self.relay.url), checklist, "test")
+        return out.getvalue()
+
+    def test_certifi_roots_when_this_python_has_none(self):
+        import os
+        from unittest import mock
+        no_roots = {"SSL_CERT_FILE": "/nonexistent/cert.pem", "SSL_CERT_DIR": "/nonexistent/certs"}
+        # certifi's bundle stands in as the one that trusts the test certificate
+        with mock.patch.dict(os.environ, no_roots), mock.patch("certifi.where", return_value=self.cert):
+            text = self.relay_line()
+        self.assertTrue(text.startswith("OK"), text)
+        self.assertIn("API key accepted", text)
+
+    def test_the_system_roots_when_there_are_some_and_a_certificate_they_refuse_fails(self):
+        from unittest import mock
+        with mock.patch("certifi.where", return_value=self.cert):  # not consulted: the system has roots
+            text = self.relay_line()
+        self.assertTrue(text.startswith("FAIL"), text)
+        self.assertIn("WebSocket connection failed", text)
+
+
 if __name__ == "__main__":
     unittest.main()
