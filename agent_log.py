@@ -54,6 +54,17 @@ def mask(text: str, masker: Optional[Masker] = None) -> str:
     return (masker or _masker)(text)
 
 
+def plural(count: int, word: str, many: Optional[str] = None) -> str:
+    """"1 account", "3 accounts", "0 candidates": a count as a trader writes it."""
+    return f"{count:,} {word if count == 1 else (many or word + 's')}"
+
+
+def printable(text: str) -> str:
+    """Text from the cloud for a console line, with control characters escaped (`\\x1b`, `\\n`): it must
+    not be able to move the cursor or recolour the user's console."""
+    return "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in text)
+
+
 def clip(text: str, limit: int, masker: Optional[Masker] = None, ellipsis: str = "") -> str:
     """Text cut to `limit` characters, masked before it is cut: a cut through the key would
     otherwise leave a part of it that no masking can recognise afterwards."""

@@ -320,7 +320,8 @@ class _TwsSession(EWrapper, EClient):
             except OSError:
                 raise self._send_failed(AgentError(IB_NOT_CONNECTED, "The connection to TWS closed")) from None
             if backlog:
-                log.warning("TWS read nothing for a while; %s messages were waiting for it", backlog)
+                log.warning("TWS read nothing for a while; %s %s waiting for it",
+                            agent_log.plural(backlog, "message"), "was" if backlog == 1 else "were")
                 self._owner.limiter.backlog(backlog)
         if self._owner.limiter.acquire(self.closed) is None:
             raise self._send_failed(AgentError(IB_NOT_CONNECTED, "The connection to TWS closed"))
@@ -423,7 +424,7 @@ class _TwsSession(EWrapper, EClient):
         try:
             self.run()  # ibapi's loop: decodes messages and calls the wrapper, until the socket closes
         except Exception:
-            log.exception("TWS message loop stopped")
+            log.exception("The connection to TWS stopped on an unexpected error; reconnecting")
         finally:
             self._socket_closed()
             self._owner._session_closed(self)
@@ -778,7 +779,7 @@ class IBConnection:
             except _Unavailable:
                 break  # stopping
             except Exception:
-                log.exception("TWS connection supervisor failed; retrying")
+                log.exception("Connecting to TWS failed on an unexpected error; retrying")
                 self._stopping.wait(self._backoff.max)
 
     def _retry_wait(self, state: tenacity.RetryCallState) -> float:
@@ -845,10 +846,11 @@ class IBConnection:
 
     def _report_failure(self, message: str, mismatch: bool) -> None:
         text = f"No usable TWS: {message}"
+        # The console says it in the original README's words (its Troubleshooting entry has the fixes).
         if text != self._logged_failure and (mismatch or not self._ever_connected):
-            log.warning("%s; retrying", text)
+            log.warning("Failed to connect to IB TWS: %s; retrying", message)
         else:
-            log.debug("%s; retrying", text)
+            log.debug("Failed to connect to IB TWS: %s; retrying", message)
         self._logged_failure = text
         self._set_state(error=text)
 

@@ -23,6 +23,7 @@ import agent_log
 from agent_config import Config, ConfigError, configured_key, load_config
 from ib_connection import IBConnection
 from ib_orders import OrderDesk
+from ib_ports import candidate_ports
 from ib_scanner import Scanner
 from relay_actions import RequestRunner
 from relay_link import RelayLink
@@ -52,9 +53,12 @@ class Agent:
                               self.conn.status, self.runner.submit)
 
     def run(self) -> int:
-        where = f"port {self.config.ib_port}" if self.config.ib_port else f"the {self.config.ib_mode} ports"
-        log.info("Connecting to TWS / IB Gateway on %s %s and to the MA Tracker cloud",
-                 self.config.ib_host, where)
+        if self.config.ib_port:
+            where = f"port {self.config.ib_port}"
+        else:  # "(a paper account on port 7497, 4002, 7496 or 4001)"
+            ports = [str(p) for p in candidate_ports(None, self.config.ib_mode)]
+            where = f"(a {self.config.ib_mode} account on port {', '.join(ports[:-1])} or {ports[-1]})"
+        log.info("Connecting to TWS / IB Gateway on %s %s and to the MA Tracker cloud", self.config.ib_host, where)
         self.runner.start()
         self.link.start()
         self.conn.start()

@@ -194,6 +194,8 @@ class _Attempt:
         self.stage = NOT_SENT
         self.checked = False            # params passed order_guard's checks (safe to print)
         self.warning: Optional[str] = None  # what TWS warned about the order (399, 404) with its answer
+        self.target: Optional[dict] = None  # a cancel's order as TWS lists it (open-orders row), when known
+        self.told = False                   # its console line is written (OrderDesk._tell)
 
     def refuse(self, rule: str) -> AgentError:
         self.decision = f"refused: {rule}"
@@ -305,9 +307,14 @@ class OrderDesk:
             if name == "position":
                 account, contract, quantity, avg_cost = args
                 fields = contract_dict(contract)
+                # TWS's avgCost is per contract (an option's includes its multiplier: 412.37 for
+                # 4.1237 a share); DESIGN.md 4 answers per share / unit of the underlying.
+                avg_cost, multiplier = _number(avg_cost), fields["multiplier"]
+                if avg_cost is not None and multiplier:
+                    avg_cost = round(avg_cost / multiplier, 10)
                 latest[(account, contract.conId)] = dict(
                     {k: fields[k] for k in POSITION_CONTRACT_FIELDS}, account=account,
-                    quantity=_quantity(quantity), avg_cost=_number(avg_cost))
+                    quantity=_quantity(quantity), avg_cost=avg_cost)
         return {"positions": [row for row in latest.values() if row["quantity"]]}  # 0 = closed today
 
     def account_summary(self) -> dict:
@@ -375,12 +382,58 @@ class OrderDesk:
         except AgentError as error:
             if error.code == CANCELLED:
                 self._remember_cancelled(attempt.action, attempt.request_id, error)
-            raise self._audit(attempt, error=error) from None
+            raise self._tell(attempt, self._audit(attempt, error=error)) from None
         except Exception as exc:  # a bug, or ibapi raising: still an audited, recoverable outcome
             error = self._unexpected(attempt, exc)
-            raise self._audit(attempt, error=error, exception=exc.__class__.__name__) from exc
+            raise self._tell(attempt, self._audit(attempt, error=error, exception=exc.__class__.__name__)) from exc
         self._audit(attempt, status=result["status"])
+        if not attempt.told:  # answered without sending (a repeat, found in TWS)
+            self._tell(attempt, None, result)
         return result
+
+    def _tell(self, attempt: _Attempt, error: Optional[AgentError], result: Optional[dict] = None
+              ) -> Optional[AgentError]:
+        """The one console line of an order request: the whole order, the decision and the outcome
+        (`Order SELL 1 AAPL 20270115 200 C @ 1.25 LMT DAY allowed: order 7 Submitted`). Returns the
+        error, marked as told so relay_actions does not say it again."""
+        if error is not None and getattr(error, "logged", False):
+            return error
+        order = attempt.params if attempt.checked else None
+        if order is None:
+            with contextlib.suppress(Exception):  # a request answered before the desk checked it
+                order = order_guard.parse_order_params(attempt.action, attempt.params)
+        if attempt.action == "place-order":
+            what = f"Order {describe_order(order)}" if order else "Order (params not valid)"
+        else:
+            order_id = attempt.order_id or (order or {}).get("order_id")
+            what = f"Cancel of order {order_id}" if order_id else "Cancel of an order (params not valid)"
+            what += f" ({describe_order(attempt.target)})" if attempt.target else ""
+        decision = attempt.decided(error)
+        if decision.startswith("duplicate"):
+            decision = ("found in TWS by its orderRef, not placed again" if "orderRef" in decision
+                        else "repeated request id, answered from the first")
+        elif decision.startswith("refused"):
+            decision = "refused"
+        elif decision.startswith("not sent"):
+            decision = "not sent"
+        elif error is not None:
+            decision = "allowed, then failed"
+        level = logging.INFO
+        if error is None:
+            outcome = (f"order {result['order_id']} {result['status']}" if attempt.action == "place-order"
+                       else str(result["status"]))
+            outcome += "".join(f"; TWS {word}: {result[key]}" for key, word in (("warning", "warns"),
+                                                                                ("reason", "rejected it"))
+                               if result.get(key))
+        else:
+            ib = f", IB error {error.ib_code}" if error.ib_code is not None else ""
+            outcome = f"{error.message} ({error.code}{ib})"
+            if error.code not in (CANCELLED, "BUSY"):
+                level = logging.WARNING
+            error.logged = True  # relay_actions: this is the request's console line
+        attempt.told = True
+        (log.info if level == logging.INFO else log.warning)("%s %s: %s", what, decision, outcome)
+        return error
 
     def _audit(self, attempt: _Attempt, error: Optional[AgentError] = None, status: Optional[str] = None,
                exception: Optional[str] = None) -> Optional[AgentError]:
@@ -404,7 +457,7 @@ class OrderDesk:
         attempt = _Attempt(action, request_id, params)
         if error.code == CANCELLED:
             self._remember_cancelled(action, request_id, error)
-        return self._audit(attempt, error=error)
+        return self._tell(attempt, self._audit(attempt, error=error))
 
     def _remember_cancelled(self, action: str, request_id: str, error: AgentError) -> None:
         """A request the cloud cancelled before anything was sent keeps that answer: a repeat of its id
@@ -479,8 +532,7 @@ class OrderDesk:
         order = attempt.params if attempt.checked else {}
         what = "order" if attempt.order_id is None else f"order {attempt.order_id}"
         with contextlib.suppress(Exception):  # e.g. an error before the params were checked
-            what += (f" {order['action']} {order['quantity']} {describe_contract(order['contract'])}"
-                     f" @ {order['limit_price']}")
+            what += f" {describe_order(order)}"
         where = f"orderRef {order_guard.order_ref_for(attempt.request_id)}"
         if attempt.order_id is not None:
             where = f"order {attempt.order_id} with {where}"
@@ -547,10 +599,9 @@ class OrderDesk:
         notes = {"warning": attempt.warning} if attempt.warning else {}
         self._remember(request_id, order_guard.PLACED, status=status_text, **notes)
         attempt.stage = ANSWERED
-        log.info("order %s placed for request %s: %s %s %s @ %s (%s)%s", order_id, request_id, order["action"],
-                 order["quantity"], contract["ticker"], order["limit_price"], status_text,
-                 f"; TWS warns: {attempt.warning}" if attempt.warning else "")
-        return dict({"order_id": order_id, "status": status_text}, **notes)
+        result = dict({"order_id": order_id, "status": status_text}, **notes)
+        self._tell(attempt, None, result)  # here, as the order's answer is in: a failure after it keeps it
+        return result
 
     def _look_in_tws(self, request_id: str, record: Optional[dict], order: dict) -> Optional[dict]:
         """_find_in_tws, or a refusal that says what to check when TWS cannot be asked."""
@@ -713,7 +764,7 @@ class OrderDesk:
         rule = order_guard.account_refusal(self.config, status, None)
         if rule:
             raise attempt.refuse(rule)
-        self._check_cancellable(order_id, status.get("client_id"))
+        attempt.target = self._check_cancellable(order_id, status.get("client_id"))
         if cancel is not None and cancel.is_set():
             raise AgentError(CANCELLED, "cancelled before the cancel was sent: nothing reached TWS")
         attempt.decision = "allowed"
@@ -733,10 +784,11 @@ class OrderDesk:
             raise
         self._remember(request_id, order_guard.PLACED, status=status_text)
         attempt.stage = ANSWERED
-        log.info("order %s: cancel %s", order_id, status_text)
-        return {"order_id": order_id, "status": status_text}
+        result = {"order_id": order_id, "status": status_text}
+        self._tell(attempt, None, result)
+        return result
 
-    def _check_cancellable(self, order_id: int, client_id: Optional[int]) -> None:
+    def _check_cancellable(self, order_id: int, client_id: Optional[int]) -> Optional[dict]:
         """Order ids are unique per client id, and TWS cancels only orders of the client that asks:
         an order id open under other clients only is refused here, naming who placed it. One not
         open at all is sent, and TWS answers (161 not cancellable, 10147 not found)."""
@@ -751,6 +803,7 @@ class OrderDesk:
                                               f"and this agent (client id {client_id}) can only cancel orders placed "
                                               "under its own client id; cancel it in TWS or from the program that "
                                               "placed it. The cancel was not sent")
+        return next((row for row in rows if row["client_id"] == client_id), None)  # for the console line
 
     @staticmethod
     def _cancel_status(events: List[Tuple[str, tuple]]) -> Optional[str]:
@@ -784,4 +837,18 @@ class _Forwarding:
 def describe_contract(spec: dict) -> str:
     if spec["sec_type"] == "OPT":
         return f"{spec['ticker']} {spec['expiration']} {spec['strike']:g} {spec['right']}"
-    return f"{spec['ticker']} (stock)"
+    return f"{spec['ticker']} ({'stock' if spec['sec_type'] == 'STK' else spec['sec_type']})"
+
+
+def _price_text(price: Any) -> str:
+    """1.25 -> "1.25", 100.0 -> "100": a price as a trader writes it."""
+    return f"{float(price):f}".rstrip("0").rstrip(".")
+
+
+def describe_order(order: dict) -> str:
+    """The one console description of an order: `SELL 1 AAPL 20270115 200 C @ 1.25 LMT DAY` (checked
+    place-order params, or an open-orders row)."""
+    price = order.get("limit_price")
+    text = f"{order['action']} {order['quantity']:g} {describe_contract(order['contract'])}"
+    text += f" @ {_price_text(price)}" if price is not None else ""
+    return text + " ".join(["", *(str(order[k]) for k in ("order_type", "tif") if order.get(k))])

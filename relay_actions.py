@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 
 import agent_log
+from agent_log import plural
 from agent_errors import BUSY, CANCELLED, IB_NOT_CONNECTED, INTERNAL, UNKNOWN_ACTION, AgentError
 from agent_params import (EXCHANGE, REQUIRED, RIGHT, STRIKE, TICKER, TRADING_CLASS, Rule, Schema, boolean, date,
                           list_of, not_above, number, obj, validate)
@@ -74,6 +75,22 @@ def _sell_scan(runner: "RequestRunner", job, p: dict) -> dict:
                                     include_adjusted=p["include_adjusted"], progress=job.progress, cancel=job.cancel)
 
 
+def _subject(action: str, params: Any) -> str:
+    """The request as its console lines name it: `fetch-chain AAPL`, `quote AAPL MSFT`,
+    `fetch-prices AAPL SPY (40 contracts)` (params checked or not: a failed request names them too)."""
+    words = [action]
+    if isinstance(params, dict):
+        tickers = params.get("tickers") if isinstance(params.get("tickers"), list) else [params.get("ticker")]
+        contracts = params.get("contracts") if isinstance(params.get("contracts"), list) else None
+        if contracts is not None:
+            tickers = [c.get("ticker") for c in contracts if isinstance(c, dict)]
+        names = list(dict.fromkeys(t.strip().upper() for t in tickers if isinstance(t, str)))
+        words += names[:5] + (["..."] if len(names) > 5 else [])
+        if contracts is not None:
+            words.append(f"({plural(len(contracts), 'contract')})")
+    return agent_log.printable(agent_log.clip(" ".join(words), 160, ellipsis="..."))
+
+
 @dataclass(frozen=True)
 class Action:
     run: Callable[["RequestRunner", Any, dict], dict]
@@ -96,10 +113,10 @@ ACTIONS: Dict[str, Action] = {
     "status": Action(_status, needs_ib=False, inline=True),
     "expirations": Action(
         _expirations, {"ticker": (TICKER, REQUIRED), "exchange": (EXCHANGE, "SMART")},
-        summary=lambda p, d: f"expirations {p['ticker']}: {len(d.get('expirations', []))} expirations"),
+        summary=lambda p, d: f"expirations {p['ticker']}: {plural(len(d.get('expirations', [])), 'expiration')}"),
     "quote": Action(
         _quote, {"tickers": (list_of(TICKER, MAX_QUOTE_TICKERS, unique=True), REQUIRED)},
-        summary=lambda p, d: "quote " + " ".join(p["tickers"][:5]) + (" ..." if len(p["tickers"]) > 5 else "")),
+        summary=lambda p, d: f"{_subject('quote', p)}: {plural(len(d.get('quotes', {})), 'quote')}"),
     "fetch-chain": Action(
         _fetch_chain,
         {"ticker": (TICKER, REQUIRED),
@@ -109,36 +126,34 @@ ACTIONS: Dict[str, Action] = {
          "strikes_around": (number(1, 500, integer=True), None),
          "rights": (list_of(RIGHT, 2, unique=True), ("C", "P")), "include_adjusted": (boolean, False)},
         rules=(not_above("min_days", "max_days"), not_above("strike_min", "strike_max")), lane=BULK,
-        summary=lambda p, d: f"fetch-chain {p['ticker']}: {len(d.get('options', []))} contracts"),
+        summary=lambda p, d: f"fetch-chain {p['ticker']}: {plural(len(d.get('options', [])), 'contract')}"),
     "fetch-prices": Action(
         _fetch_prices, {"contracts": (list_of(obj(OPTION_CONTRACT), MAX_PRICE_CONTRACTS), REQUIRED)},
         lane=lambda p: BULK if len(p["contracts"]) > BULK_PRICE_CONTRACTS else QUICK,
-        summary=lambda p, d: f"fetch-prices: {len(d.get('options', []))} contracts"),
+        summary=lambda p, d: f"fetch-prices: {plural(len(d.get('options', [])), 'contract')}"),
     "sell-scan": Action(
         _sell_scan,
         {"ticker": (TICKER, REQUIRED), "right": (RIGHT, REQUIRED), "min_days": (DAYS, 0),
          "max_days": (DAYS, 60), "otm_min_pct": (PERCENT, 0.0), "otm_max_pct": (PERCENT, 20.0),
          "include_adjusted": (boolean, False)},
         rules=(not_above("min_days", "max_days"), not_above("otm_min_pct", "otm_max_pct")), lane=BULK,
-        summary=lambda p, d: f"sell-scan {p['ticker']} {p['right']}: {len(d.get('candidates', []))} candidates"),
+        summary=lambda p, d: f"sell-scan {p['ticker']} {p['right']}: {plural(len(d.get('candidates', [])), 'candidate')}"),
     "positions": Action(
         lambda runner, job, p: runner.desk.positions(), needs_desk=True,
-        summary=lambda p, d: f"positions: {len(d.get('positions', []))} positions"),
+        summary=lambda p, d: f"positions: {plural(len(d.get('positions', [])), 'position')}"),
     "account-summary": Action(
         lambda runner, job, p: runner.desk.account_summary(), needs_desk=True,
-        summary=lambda p, d: f"account-summary: {len(d.get('accounts', {}))} accounts"),
+        summary=lambda p, d: f"account-summary: {plural(len(d.get('accounts', {})), 'account')}"),
     "open-orders": Action(
         lambda runner, job, p: runner.desk.open_orders(), needs_desk=True,
-        summary=lambda p, d: f"open-orders: {len(d.get('orders', []))} orders"),
+        summary=lambda p, d: f"open-orders: {plural(len(d.get('orders', [])), 'open order')}"),
     # The desk checks these params itself (order_guard) and audits every attempt, refused or not.
     "place-order": Action(
         lambda runner, job, p: runner.desk.place_order(job.id, p, cancel=job.cancel), schema=None, needs_ib=False,
-        needs_desk=True, order=True,
-        summary=lambda p, d: f"place-order: order {d.get('order_id')} {d.get('status')}"),
+        needs_desk=True, order=True),  # the desk writes each order request's one console line (ib_orders)
     "cancel-order": Action(
         lambda runner, job, p: runner.desk.cancel_order(job.id, p, cancel=job.cancel), schema=None, needs_ib=False,
-        needs_desk=True, order=True,
-        summary=lambda p, d: f"cancel-order: order {d.get('order_id')} {d.get('status')}"),
+        needs_desk=True, order=True),
 }
 
 
@@ -220,7 +235,7 @@ class RequestRunner:
                 pass
             left = len(self._jobs)
         if left:
-            log.warning("%d requests did not finish in time during shutdown", left)
+            log.warning("%s did not finish in time during shutdown", plural(left, "request"))
         for lane, _ in self._workers:  # one stop sign per worker, in its own lane
             try:
                 lane.put_nowait(None)
@@ -283,9 +298,14 @@ class RequestRunner:
             level = logging.INFO if error.code in expected else logging.WARNING
             if getattr(error, "logged", False):  # the order desk's one console line already said it
                 level = logging.DEBUG
-            log.log(level, "request %s %s failed: %s: %s", job.action if action else agent_log.clip(repr(job.action), 40),
-                    job.id, error.code, error.message)
+            name = job.action if action else agent_log.clip(repr(job.action), 40)
+            ib = f", IB error {error.ib_code}" if error.ib_code is not None else ""
+            log.log(level, "request %s failed: %s (%s%s)", _subject(name, job.params if action else None),
+                    agent_log.printable(error.message), error.code, ib)
+            log.debug("request %s failed: its id was %s", name, agent_log.printable(agent_log.clip(str(job.id), 130)))
         elif action is not None and action.summary is not None:
-            log.info("request %s in %.1f s", action.summary(params, data), elapsed)
+            failed = "".join(f"; {t} failed: {e['message']} ({e['code']})"   # per ticker (quote)
+                             for t, e in list((data.get("errors") or {}).items())[:5])
+            log.info("request %s in %.1f s%s", action.summary(params, data), elapsed, agent_log.printable(failed))
         else:
             log.debug("request %s %s answered in %.3f s", job.action, job.id, elapsed)

@@ -82,6 +82,7 @@ class LinkTimings:
     status_interval_s: float = 30.0
     progress_after_s: float = 1.0     # progress frames only for work running longer than this
     progress_interval_s: float = 0.25  # and at most this often per request (4 a second)
+    console_progress_s: float = 10.0  # a request running longer than this says how far it is, this often
 
 
 @dataclass(frozen=True)
@@ -193,6 +194,7 @@ class Job:
         self.cancel = threading.Event()
         self.received = time.monotonic()
         self.last_progress = 0.0
+        self.console_progress_at = 0.0   # seconds after `received` of the next console progress line
         self._link = link
 
     def progress(self, done: int, total: int) -> None:
@@ -536,6 +538,7 @@ class RelayLink:
 
     def _progress(self, job: Job, done: int, total: int) -> None:
         now = time.monotonic()
+        self._console_progress(job, now - job.received, done, total)
         with self._lock:
             if (now - job.received < self._timings.progress_after_s
                     or now - job.last_progress < self._timings.progress_interval_s
@@ -544,6 +547,21 @@ class RelayLink:
             job.last_progress = now
             self._send_locked(json.dumps({"type": "progress", "id": job.id, "done": int(done),
                                           "total": int(total)}, separators=(",", ":")))
+
+    def _console_progress(self, job: Job, elapsed: float, done: int, total: int) -> None:
+        """One console line per console_progress_s (10 s) of a long request, as far as its progress
+        frames say: `fetch-chain SPY: 412/1046 contracts after 20 s`."""
+        every = self._timings.console_progress_s
+        with self._lock:
+            if not job.console_progress_at:
+                job.console_progress_at = every
+            if elapsed < job.console_progress_at:
+                return
+            after = int(elapsed // every) * every
+            job.console_progress_at = after + every
+        ticker = job.params.get("ticker") if isinstance(job.params, dict) else None
+        subject = job.action + (f" {ticker.strip().upper()}" if isinstance(ticker, str) else "")
+        log.info("%s: %d/%d contracts after %g s", _preview(subject, 80, self._masker), done, total, after)
 
     def _finish(self, job: Job, data: Optional[dict], error: Optional[AgentError]) -> None:
         if error is None:

@@ -741,7 +741,7 @@ class UnexpectedErrorTest(DeskTestCase):
         self.desk_, conn = self.desk("placed")
         with mock.patch.object(self.desk_, "_qualify", side_effect=Boom()):
             error, record = self.internal(self.desk_.place_order, "req-1", option_order())
-        self.assertIn("placing order SELL 1 AAPL 20300118 150 C @ 2.5 before the order was sent: nothing "
+        self.assertIn("placing order SELL 1 AAPL 20300118 150 C @ 2.5 LMT DAY before the order was sent: nothing "
                       "reached TWS", error.message)
         self.assertEqual(conn.methods(), LOOKUP)
         self.last_audit("not sent: INTERNAL")

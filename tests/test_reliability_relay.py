@@ -97,7 +97,7 @@ class RelayFaults(unittest.TestCase):
             self.assertTrue(result.response["ok"], result.response)
         executed = served_after - served_before - 1   # the first status call counts itself afterwards
         self.assertEqual(executed, REQUESTS, "requests_served: some request ran twice, or never")
-        fetch_lines = self.agent.output.count("request fetch-prices: 1 contracts in")
+        fetch_lines = self.agent.output.count("request fetch-prices: 1 contract in")
         self.assertEqual(fetch_lines, REQUESTS // 2)
         self.assertGreaterEqual(dropper.drops, 5, "the relay was hardly ever cut: the test proved nothing")
         deliveries = collections.Counter(self.relay.response_counts[i] for i in results)
