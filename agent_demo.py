@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 from typing import Dict, List, Optional, TextIO, Tuple
 
+from agent_log import plural
 from ib_scanner import days_to, underlying_price
 
 AGENT_DIR = Path(__file__).resolve().parent
@@ -79,14 +80,14 @@ def chain_table(data: dict, today: Optional[dt.date] = None) -> str:
     lines = [f"{data['ticker']} underlying {_cell(price, 0, '{:.2f}').strip()} "
              f"(bid {_cell(underlying.get('bid'), 0, '{:.2f}').strip()} / "
              f"ask {_cell(underlying.get('ask'), 0, '{:.2f}').strip()}, {kind} data), "
-             f"{len(data['options'])} options in {data.get('elapsed_ms', 0) / 1000:.1f} s"]
+             f"{plural(len(data['options']), 'option')} in {data.get('elapsed_ms', 0) / 1000:.1f} s"]
     for expiration in data["expirations"]:
         rows: Dict[float, Dict[str, dict]] = {}
         for option in data["options"]:
             if option["expiration"] == expiration:
                 rows.setdefault(option["strike"], {})[option["right"]] = option
         lines += ["", f"Expiration {expiration[:4]}-{expiration[4:6]}-{expiration[6:]} "
-                      f"({days_to(expiration, today)} days)",
+                      f"({plural(days_to(expiration, today), 'day')})",
                   "CALLS".center(side_width) + " " * STRIKE_WIDTH + "PUTS".center(side_width),
                   heading + "STRIKE".rjust(STRIKE_WIDTH - 1) + " " + heading]
         decimals = max((len(f"{strike:g}".partition(".")[2]) for strike in rows), default=0)

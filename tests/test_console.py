@@ -58,6 +58,18 @@ class Counts(unittest.TestCase):
             "fetch-chain": "fetch-chain SPY: 1,046 contracts", "expirations": "expirations SPY: 1 expiration",
             "sell-scan": "sell-scan SPY P: 0 candidates", "quote": "quote AAPL: 1 quote"})
 
+    def test_the_demo_table_counts_one_day_and_one_option(self):
+        import datetime
+        import agent_demo
+        option = {"ticker": "AAPL", "expiration": "20260613", "strike": 190.0, "right": "C", "bid": 1.0,
+                  "ask": 1.1, "delta": 0.5, "market_data_type": "delayed"}
+        data = {"ticker": "AAPL", "expirations": ["20260613"], "elapsed_ms": 800, "options": [option],
+                "underlying": {"ticker": "AAPL", "bid": 187.5, "ask": 187.7, "last": 187.6, "mid": 187.6,
+                               "close": 186.0, "market_data_type": "delayed"}}
+        lines = agent_demo.chain_table(data, today=datetime.date(2026, 6, 12)).splitlines()
+        self.assertTrue(lines[0].endswith(", 1 option in 0.8 s"), lines[0])
+        self.assertIn("Expiration 2026-06-13 (1 day)", lines)
+
     def test_order_requests_have_no_summary_of_their_own(self):
         """The order desk writes their one line; a second one from the runner would repeat it."""
         self.assertIsNone(ACTIONS["place-order"].summary)
