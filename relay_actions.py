@@ -300,8 +300,13 @@ class RequestRunner:
                 level = logging.DEBUG
             name = job.action if action else agent_log.clip(repr(job.action), 40)
             ib = f", IB error {error.ib_code}" if error.ib_code is not None else ""
-            log.log(level, "request %s failed: %s (%s%s)", _subject(name, job.params if action else None),
-                    agent_log.printable(error.message), error.code, ib)
+            subject = _subject(name, job.params if action else None)
+            if error.code == CANCELLED:  # by the web app (a cancel frame) or the agent stopping: not a failure
+                detail = "" if error.message in ("cancelled", "request cancelled") else f": {error.message}"
+                log.log(level, "request %s cancelled%s", subject, agent_log.printable(detail))
+            else:
+                log.log(level, "request %s failed: %s (%s%s)", subject, agent_log.printable(error.message),
+                        error.code, ib)
             log.debug("request %s failed: its id was %s", name, agent_log.printable(agent_log.clip(str(job.id), 130)))
         elif action is not None and action.summary is not None:
             failed = "".join(f"; {t} failed: {e['message']} ({e['code']})"   # per ticker (quote)

@@ -626,7 +626,8 @@ class RelayLink:
         if job is None:
             log.debug("cancel for %s, which is not running", request_id)
             return
-        log.info("request %s %s: cancelled by the web app", job.action, request_id)
+        # the request's own line says it ended cancelled (relay_actions): one console line per cancel
+        log.debug("request %s %s: cancelled by the web app", job.action, request_id)
         job.cancel.set()
 
     def _reject(self, request_id: str, action: Any, message: str) -> None:

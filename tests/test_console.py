@@ -94,6 +94,14 @@ class FailedRequestLine(unittest.TestCase):
         line = self.line("fetch-prices", {"contracts": contracts}, AgentError("TIMEOUT", "TWS did not\x1b[2J answer"))
         self.assertIn("request fetch-prices AAPL SPY (3 contracts) failed: TWS did not\\x1b[2J answer (TIMEOUT)", line)
 
+    def test_a_cancelled_request_is_not_called_failed(self):
+        self.assertEqual(self.line("fetch-chain", {"ticker": "SPY"}, AgentError("CANCELLED", "cancelled")),
+                         "INFO:agent.requests:request fetch-chain SPY cancelled")
+        self.assertEqual(self.line("sell-scan", {"ticker": "SPY", "right": "P"},
+                                   AgentError("CANCELLED", "cancelled before it started: nothing was sent to TWS")),
+                         "INFO:agent.requests:request sell-scan SPY cancelled: cancelled before it started: nothing "
+                         "was sent to TWS")
+
     def test_a_quote_that_answered_says_which_tickers_failed(self):
         job = types.SimpleNamespace(action="quote", id="q", params={"tickers": ["AAPL", "ZZZZQ"]})
         data = {"quotes": {"AAPL": {}}, "errors": {"ZZZZQ": {"code": NO_SECURITY_DEFINITION, "ib_code": 200,
@@ -235,6 +243,8 @@ class ConsoleEndToEnd(unittest.TestCase):
         frames = relay.progress.get("slow-chain") or []
         self.assertTrue(frames and frames[-1]["total"] == total_20, frames[-1:])  # the frames' done/total
         self.assertEqual(len(re.findall(r"fetch-chain SPY: \d+/\d+ contracts after", agent.output)), 2)
+        agent.wait_for_output(r"request fetch-chain SPY cancelled\n", timeout=10)   # one line for the cancel
+        self.assertEqual(agent.output.count("cancelled"), 1, agent.output[-2000:])
 
 
 if __name__ == "__main__":
