@@ -228,6 +228,7 @@ class OrderDesk:
         conn.add_listener("error", self._on_unrouted_error)
         conn.add_listener("notice", self._on_notice)
         self._in_flight: Dict[int, _Pending] = {}   # order id -> the wait for TWS's answer to it
+        self._described: Dict[int, str] = {}        # order id -> describe_order, for later console lines
 
     @property
     def _timeout(self) -> float:
@@ -268,7 +269,9 @@ class OrderDesk:
             return
         rejected = ib_code in LATE_REJECTION_CODES
         if rejected:
-            log.warning("TWS rejected order %s (request %s) after accepting it: %s", order_id, request_id, text)
+            described = self._described.get(order_id)
+            log.warning("TWS rejected order %s (%s) after accepting it: %s", order_id,
+                        described or f"request {request_id}", text)
         note = {"reason": text, "ib_code": ib_code} if rejected else {"warning": text}
 
         def write() -> None:  # on a thread of its own: the reader thread never waits on the disk
@@ -579,6 +582,7 @@ class OrderDesk:
             raise AgentError(CANCELLED, "cancelled before the order was sent: nothing reached TWS")
         attempt.decision = "allowed"
         attempt.order_id = order_id = self.conn.next_order_id()
+        self._described[order_id] = describe_order(order)
         order_ref = order_guard.order_ref_for(request_id)
         try:
             self.request_ids.put(request_id, order_guard.SENDING, action="place-order", order_id=order_id,

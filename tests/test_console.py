@@ -176,6 +176,15 @@ class ConsoleEndToEnd(unittest.TestCase):
         self.assertIn(f"Warning: Order SELL 100 AAPL {option['expiration']} {option['strike']:g} C @ 1.25 LMT DAY "
                       "refused: MAX_ORDER_QUANTITY=10: quantity 100 is over the limit (ORDER_BLOCKED)", text)
 
+    def test_a_rejection_after_acceptance_names_the_order(self):
+        self.stack.tws.reject_after_accept("Your account has insufficient funds", after_s=0.2)
+        order = {"contract": {"ticker": "MSFT", "sec_type": "STK"}, "action": "BUY", "quantity": 2,
+                 "order_type": "LMT", "limit_price": 300.5}
+        order_id = self.ok("place-order", order)["order_id"]
+        line = self.stack.agent.wait_for_output(rf"Warning: TWS rejected order {order_id} .*\n", timeout=10)[0]
+        self.assertIn(f"TWS rejected order {order_id} (BUY 2 MSFT (stock) @ 300.5 LMT DAY) after accepting it: "
+                      "Order rejected - reason:Your account has insufficient funds", line)
+
     def test_a_cancel_line_names_the_order_it_cancels(self):
         order = {"contract": {"ticker": "AAPL", "sec_type": "STK"}, "action": "BUY", "quantity": 1,
                  "order_type": "LMT", "limit_price": 100, "tif": "GTC"}
