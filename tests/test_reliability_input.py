@@ -19,6 +19,7 @@ from typing import List, Optional, Tuple
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
+from relay_link import MAX_MESSAGE_BYTES
 from tests.agent_process import AgentStack
 from tools.soak import Gauge, figures, status, wait_status
 
@@ -148,9 +149,12 @@ class BadInput(unittest.TestCase):
 
             def send(text: str, answered_id: Optional[str]) -> None:
                 relay.send_raw(text)
+                size = len(text.encode("utf-8", "surrogatepass"))
                 sent["frames"] += 1
-                sent["bytes"] += len(text.encode("utf-8", "surrogatepass"))
-                if answered_id is not None:
+                sent["bytes"] += size
+                if size > MAX_MESSAGE_BYTES:
+                    sent["over_limit"] += 1     # DESIGN.md 4: dropped unread, never answered
+                elif answered_id is not None:
                     expected.append(answered_id)
 
             problems = generate(WARM_UP_FAMILIES, send)
@@ -179,7 +183,7 @@ class BadInput(unittest.TestCase):
             "ok" if relay.responses[i]["ok"] else relay.responses[i]["error"]["code"] for i in expected)
         self.assertLess(rss_after - rss_before, RSS_GROWTH_LIMIT_MB)
         self.assertLessEqual(threads_after, threads_before)
-        figures("bad input", frames=frames, megabytes=round(sent["bytes"] / 2**20, 1),
+        figures("bad input", frames=frames, megabytes=round(sent["bytes"] / 2**20, 1), over_1_mib=sent["over_limit"],
                 answered=len(expected) - warm_up_expected, answers_by_code=dict(codes.most_common()),
                 rss_before_mb=round(rss_before, 1), rss_after_mb=round(rss_after, 1),
                 rss_growth_mb=round(rss_after - rss_before, 1), threads=f"{threads_before}->{threads_after}",
