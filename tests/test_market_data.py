@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import List
 
 import ib_lines
+from ib_connection import TESTED_MAX_SERVER_VERSION
 from agent_config import Config
 from ib_connection import IBConnection
 from ib_scanner import Scanner
@@ -118,6 +119,8 @@ class StreamNoticeTest(OnFakeTws):
 
 
 class LinePoolTest(OnFakeTws):
+    tws_versions = (TESTED_MAX_SERVER_VERSION,)   # the line pool does not depend on the version; 14 s
+
     def test_after_a_101_the_pool_shrinks_and_grows_back_as_lines_free_up(self):
         for name, value in (("GROW_AFTER_LIMIT_S", 1.0), ("GROW_STEP_S", 0.02)):
             self.addCleanup(setattr, ib_lines, name, getattr(ib_lines, name))
@@ -194,7 +197,7 @@ class StallTest(OnFakeTws):
     """A TWS that stops reading (SIGSTOP) in the middle of a batch: the agent stops sending, and when
     TWS resumes it never gets more than its pacing limit in a second (--pacing reject disconnects
     after 3 violations)."""
-    tws_versions = None
+    tws_versions = (TESTED_MAX_SERVER_VERSION,)   # pacing does not depend on the version; 11 s
 
     def test_a_stalled_tws_mid_batch_gets_no_burst_and_the_batch_is_answered(self):
         stats_file = Path(tempfile.mkdtemp(prefix="stall-")) / "stats.json"
