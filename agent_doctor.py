@@ -205,7 +205,7 @@ def _open_api(config: Config, port: int) -> _Port:
         return _Port(port, conn=conn, accounts=tuple(status["accounts"]), client_id=status["client_id"])
     conn.stop()
     error = status["error"] or f"TWS did not complete the API connection within {API_TIMEOUT_S:g} s"
-    return _Port(port, error.split(f"port {port}: ", 1)[-1])  # "No usable TWS: port N: why": describe() names it
+    return _Port(port, error.split(f"port {port}: ", 1)[-1])  # "Failed to connect to IB TWS: port N: why": describe() names it
 
 
 def check_tws(config: Config, checklist: Checklist,

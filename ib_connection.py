@@ -845,12 +845,12 @@ class IBConnection:
         return None, f"client ids {first} to {first + CLIENT_ID_SPARES} are all in use in TWS (error 326)"
 
     def _report_failure(self, message: str, mismatch: bool) -> None:
-        text = f"No usable TWS: {message}"
-        # The console says it in the original README's words (its Troubleshooting entry has the fixes).
+        # In the original README's words: its Troubleshooting entry of that name has the fixes.
+        text = f"Failed to connect to IB TWS: {message}"
         if text != self._logged_failure and (mismatch or not self._ever_connected):
-            log.warning("Failed to connect to IB TWS: %s; retrying", message)
+            log.warning("%s; retrying", text)
         else:
-            log.debug("Failed to connect to IB TWS: %s; retrying", message)
+            log.debug("%s; retrying", text)
         self._logged_failure = text
         self._set_state(error=text)
 
