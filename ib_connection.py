@@ -709,7 +709,7 @@ class IBConnection:
             self._set_state(read_only=True)
             self._read_only_probe.set()
         if code in NOTICE_CODES:
-            log.log(logging.WARNING if code in TROUBLE_NOTICES else logging.DEBUG, "TWS: %s (%s)", text, code)
+            log.log(logging.WARNING if code in TROUBLE_NOTICES else logging.DEBUG, "TWS says: %s (notice %s)", text, code)
             self._tell_listeners("notice", (req_id, code, text))
             return
         if code == IB_LINK_LOST:
@@ -732,7 +732,8 @@ class IBConnection:
             self._deliver(handler.on_error, code, text)
             return
         if not read_only:
-            log.log(logging.WARNING if req_id < 0 else logging.DEBUG, "TWS error %s (id %s): %s", code, req_id, text)
+            log.log(logging.WARNING if req_id < 0 else logging.DEBUG, "TWS says: %s (error %s%s)", text, code,
+                    "" if req_id < 0 else f", request {req_id}")
         self._tell_listeners("error", (req_id, code, text))
 
     def _port_moved(self, session: _TwsSession, text: str) -> None:
