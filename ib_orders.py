@@ -34,6 +34,7 @@ from ibapi.contract import Contract
 from ibapi.order import Order
 from ibapi.order_cancel import OrderCancel
 
+import agent_log
 import ib_connection
 import order_guard
 from agent_errors import (CANCELLED, IB_NOT_CONNECTED, INTERNAL, INVALID_REQUEST, NO_SECURITY_DEFINITION, ORDER_BLOCKED,
@@ -406,7 +407,9 @@ class OrderDesk:
             with contextlib.suppress(Exception):  # a request answered before the desk checked it
                 order = order_guard.parse_order_params(attempt.action, attempt.params)
         if attempt.action == "place-order":
-            what = f"Order {describe_order(order)}" if order else "Order (params not valid)"
+            what = "Order (params not valid)"
+            with contextlib.suppress(Exception):  # as asked, as far as it reads as an order (the cloud's text)
+                what = "Order " + agent_log.printable(agent_log.clip(describe_order(order or attempt.params), 200))
         else:
             order_id = attempt.order_id or (order or {}).get("order_id")
             what = f"Cancel of order {order_id}" if order_id else "Cancel of an order (params not valid)"

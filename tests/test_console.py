@@ -188,6 +188,10 @@ class ConsoleEndToEnd(unittest.TestCase):
     def test_a_cancel_line_names_the_order_it_cancels(self):
         order = {"contract": {"ticker": "AAPL", "sec_type": "STK"}, "action": "BUY", "quantity": 1,
                  "order_type": "LMT", "limit_price": 100, "tif": "GTC"}
+        text = self.new_lines(lambda: self.request("place-order", dict(order, quantity=-1)))
+        self.assertEqual(text.count("\n"), 1, text)       # an order the params refuse: as asked, and why
+        self.assertIn("Warning: Order BUY -1 AAPL (stock) @ 100 LMT GTC not sent: params.quantity: must be a whole "
+                      "number greater than 0 (INVALID_REQUEST)", text)
         order_id = self.ok("place-order", order)["order_id"]
         text = self.new_lines(lambda: self.ok("cancel-order", {"order_id": order_id}))
         self.assertEqual(text.count("\n"), 1, text)
