@@ -15,7 +15,7 @@ from agent_errors import NO_SECURITY_DEFINITION, AgentError
 from agent_log import plural
 from ib_orders import describe_order
 from relay_actions import ACTIONS, RequestRunner
-from tests.agent_process import AgentStack
+from tests.agent_process import DEFAULT_KEY, AgentStack
 
 OPTION = {"ticker": "AAPL", "sec_type": "OPT", "expiration": "20270115", "strike": 200.0, "right": "C"}
 # A machine count: "1 accounts", "1 contracts"... anywhere in the output.
@@ -137,6 +137,9 @@ class ConsoleEndToEnd(unittest.TestCase):
     @classmethod
     def tearDownClass(cls):
         cls.stack.stop()
+
+    def tearDown(self):
+        self.assertNotIn(DEFAULT_KEY, self.stack.agent.everything())
 
     def request(self, action: str, params=None, **kwargs) -> dict:
         return self.stack.relay.request(action, params or {}, **kwargs)
