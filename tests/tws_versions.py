@@ -10,7 +10,7 @@ The order, market-data and account suites run at DEFAULT_VERSIONS in the default
 A suite opts in with `load_tests = at_tws_versions()`: each of its test classes built on
 `AtTwsVersion` runs once per selected version, named `<Class>_v<version>`; a class that sets
 `tws_versions = (...)` runs at exactly those (the quick end-to-end check runs the whole MATRIX in
-every run; the 1,000-contract batch only at the newest).
+every run; the 1,000-contract batch only at the newest), narrowed by an explicit TWS_VERSIONS.
 """
 from __future__ import annotations
 
@@ -58,13 +58,25 @@ def at_tws_versions():
             if not issubclass(test_class, AtTwsVersion):
                 suite.addTests(loader.loadTestsFromTestCase(test_class))
                 continue
-            for version in test_class.tws_versions or selected_versions():
+            for version in _versions_for(test_class):
                 name = f"{test_class.__name__}_v{version}"
                 per_version = type(name, (test_class,), {"tws_version": version, "__qualname__": name,
                                                          "__module__": test_class.__module__})
                 suite.addTests(loader.loadTestsFromTestCase(per_version))
         return suite
     return load_tests
+
+
+def _versions_for(test_class) -> Tuple[int, ...]:
+    """A class's own `tws_versions`, narrowed by an explicit TWS_VERSIONS (the fast tier sets the newest):
+    those of its versions that were asked for, else its newest."""
+    own = test_class.tws_versions
+    if own is None:
+        return selected_versions()
+    if not os.environ.get("TWS_VERSIONS", "").strip():
+        return own
+    asked = selected_versions()
+    return tuple(v for v in own if v in asked) or own[-1:]
 
 
 def _test_classes(tests) -> list:
