@@ -34,9 +34,9 @@ from agent_log import Masker
 from ib_connection import CLIENT_ID_IN_USE, IBConnection, is_read_only_error
 from ib_ports import PortProbe, account_type, candidate_ports, resolve_port
 from ib_scanner import Scanner, days_to
+from ib_data_agent import MIN_PYTHON
 from relay_link import tls_context
 
-MIN_PYTHON = (3, 10)      # IB's ibapi 10.50 needs it; start_unix.sh and start_windows.ps1 refuse older
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
 OK, WARN, FAIL, SKIP = "OK", "WARN", "FAIL", "SKIP"
 

@@ -17,16 +17,21 @@ import threading
 from pathlib import Path
 from typing import List, Optional, Tuple
 
-import filelock
+MIN_PYTHON = (3, 10)      # IB's ibapi 10.50 needs it; start_unix.sh and start_windows.ps1 refuse older
+if sys.version_info < MIN_PYTHON:   # run directly, not through the start scripts that check it
+    sys.exit("IB Data Agent needs Python %d.%d or newer (this is Python %d.%d): start it with "
+             "./start_unix.sh or start_windows.bat, which say how to get one" % (MIN_PYTHON + sys.version_info[:2]))
 
-import agent_log
-from agent_config import Config, ConfigError, configured_key, load_config
-from ib_connection import IBConnection
-from ib_orders import OrderDesk
-from ib_ports import candidate_ports
-from ib_scanner import Scanner
-from relay_actions import RequestRunner
-from relay_link import RelayLink
+import filelock  # noqa: E402  (what follows needs MIN_PYTHON: ibapi uses `match`)
+
+import agent_log  # noqa: E402
+from agent_config import Config, ConfigError, configured_key, load_config  # noqa: E402
+from ib_connection import IBConnection  # noqa: E402
+from ib_orders import OrderDesk  # noqa: E402
+from ib_ports import candidate_ports  # noqa: E402
+from ib_scanner import Scanner  # noqa: E402
+from relay_actions import RequestRunner  # noqa: E402
+from relay_link import RelayLink  # noqa: E402
 
 __version__ = "1.0.0"
 

@@ -334,5 +334,17 @@ class ScriptText(unittest.TestCase):
         self.assertIn("`aiohttp`", table)
 
 
+class AgentRunDirectly(unittest.TestCase):
+    def test_an_old_python_is_told_what_it_needs_before_any_import_fails(self):
+        probe = ("import runpy, sys; sys.version_info = (3, 9, 18, 'final', 0); "
+                 f"runpy.run_path({str(ROOT / 'ib_data_agent.py')!r}, run_name='__main__')")
+        run = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
+        self.assertEqual(run.returncode, 1)
+        self.assertEqual(run.stdout, "")
+        self.assertEqual(run.stderr.strip(), "IB Data Agent needs Python 3.10 or newer (this is Python 3.9): "
+                                             "start it with ./start_unix.sh or start_windows.bat, which say how "
+                                             "to get one")
+
+
 if __name__ == "__main__":
     unittest.main()
