@@ -234,6 +234,16 @@ class Scanner:
 
     # --- contract lookups -------------------------------------------------------------------------
 
+    def _contract_details(self, contract: Contract) -> list:
+        """TWS's contract details rows for `contract`; none when it has no such contract (error 200)."""
+        try:
+            return self._conn.call("reqContractDetails", self._conn.next_req_id(), contract,
+                                   rows=("contractDetails",), end="contractDetailsEnd", timeout=self._timeout_s)
+        except AgentError as exc:
+            if exc.code != NO_SECURITY_DEFINITION:
+                raise
+            return []
+
     def _underlying(self, ticker: str) -> _Underlying:
         """The stock, ETF or index a ticker names (cached for the session: a conId never changes)."""
         with self._lock:
@@ -244,13 +254,7 @@ class Scanner:
             contract = Contract()
             contract.symbol, contract.secType, contract.currency = ticker, sec_type, "USD"
             contract.exchange = "SMART" if sec_type == "STK" else ""
-            try:
-                rows = self._conn.call("reqContractDetails", self._conn.next_req_id(), contract,
-                                       rows=("contractDetails",), end="contractDetailsEnd", timeout=self._timeout_s)
-            except AgentError as exc:
-                if exc.code != NO_SECURITY_DEFINITION:
-                    raise
-                rows = []
+            rows = self._contract_details(contract)
             if rows:
                 found = self._pick_listing(ticker, sec_type, [row[0] for row in rows])
                 break
@@ -324,13 +328,7 @@ class Scanner:
             contract.right, contract.tradingClass = right, class_filter
             with self._lock:
                 self._counts["listing_requests"] += 1
-            try:
-                rows = self._conn.call("reqContractDetails", self._conn.next_req_id(), contract,
-                                       rows=("contractDetails",), end="contractDetailsEnd", timeout=self._timeout_s)
-            except AgentError as exc:
-                if exc.code != NO_SECURITY_DEFINITION:
-                    raise
-                rows = []       # nothing listed (any more) for that expiration
+            rows = self._contract_details(contract)   # none: nothing listed (any more) for that expiration
             cached = tuple(sorted((self._listed(chain, row[0].contract) for row in rows),
                                   key=lambda i: (i.trading_class, i.strike, i.right)))
             with self._lock:

@@ -37,6 +37,26 @@ MAX_FRAME_BYTES = 256 * 1024 * 1024
 PROGRESS_PER_SECOND = 4
 
 
+def make_certificate(folder, name: str = "relay") -> tuple:
+    """A self-signed certificate for 127.0.0.1 made with openssl: (cert.pem, key.pem) paths."""
+    import subprocess
+    from pathlib import Path
+    cert, private = Path(folder) / f"{name}-cert.pem", Path(folder) / f"{name}-key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                    "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+                    "-keyout", str(private), "-out", str(cert)], check=True, capture_output=True, timeout=60)
+    return cert, private
+
+
+def tls_relay(cert, private, key: str, port: int = 0) -> "FakeRelay":
+    """A started FakeRelay on wss:// with that certificate."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, private)
+    relay = FakeRelay(port=port, key=key, ssl_context=context)
+    relay.start()
+    return relay
+
+
 class FakeRelayError(Exception):
     """A request the relay could not complete; http_status is what POST /api/request answers."""
     http_status = 500

@@ -16,7 +16,7 @@ from pathlib import Path
 import agent_doctor
 from agent_doctor import ACCOUNT, API, CONFIG, MARKET_DATA, PYTHON_CHECK, READ_ONLY, RELAY, TWS
 from tests.agent_process import PYTHON, ROOT, agent_env, free_port
-from tests.fake_relay import FakeRelay
+from tests.fake_relay import FakeRelay, make_certificate, tls_relay
 from tests.fake_tws import FakeTWS
 
 KEY = "doctor-KEY-5e7a91c3d2"
@@ -300,18 +300,11 @@ class RelayTls(unittest.TestCase):
     as the agent does, instead of failing where the agent would connect (issue 18)."""
 
     def setUp(self):
-        import ssl
         folder = Path(tempfile.mkdtemp())
         self.addCleanup(shutil.rmtree, folder)
-        subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-                        "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
-                        "-keyout", str(folder / "key.pem"), "-out", str(folder / "cert.pem")],
-                       check=True, capture_output=True, timeout=30)
-        self.cert = str(folder / "cert.pem")
-        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        context.load_cert_chain(folder / "cert.pem", folder / "key.pem")
-        self.relay = FakeRelay(key=KEY, ssl_context=context)
-        self.relay.start()
+        cert, private = make_certificate(folder)
+        self.cert = str(cert)
+        self.relay = tls_relay(cert, private, key=KEY)
         self.addCleanup(self.relay.stop)
 
     def relay_line(self) -> str:

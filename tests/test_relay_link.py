@@ -5,7 +5,6 @@ import json
 import os
 import shutil
 import ssl
-import subprocess
 import tempfile
 import threading
 import time
@@ -17,7 +16,7 @@ from unittest import mock
 from agent_errors import CANCELLED, INTERNAL, INVALID_REQUEST, AgentError
 import relay_link
 from relay_link import LinkTimings, Outbox, OutboxLimits, ReconnectBackoff, RelayLink
-from tests.fake_relay import FakeRelay
+from tests.fake_relay import FakeRelay, make_certificate, tls_relay
 from tests.agent_process import free_port
 
 KEY = "link-test-key-7f3a9c"
@@ -425,15 +424,9 @@ class Certificates(unittest.TestCase):
     def setUp(self):
         folder = Path(tempfile.mkdtemp())
         self.addCleanup(shutil.rmtree, folder)
-        subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-                        "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
-                        "-keyout", str(folder / "key.pem"), "-out", str(folder / "cert.pem")],
-                       check=True, capture_output=True, timeout=30)
-        self.cert = str(folder / "cert.pem")
-        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        context.load_cert_chain(folder / "cert.pem", folder / "key.pem")
-        self.relay = FakeRelay(key=KEY, ssl_context=context)
-        self.relay.start()
+        cert, private = make_certificate(folder)
+        self.cert = str(cert)
+        self.relay = tls_relay(cert, private, key=KEY)
         self.addCleanup(self.relay.stop)
 
     def link(self) -> RelayLink:

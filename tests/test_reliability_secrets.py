@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import ssl
 import subprocess
 import tempfile
 import unittest
@@ -19,7 +18,7 @@ from typing import List
 
 from agent_config import ConfigError, load_config
 from tests.agent_process import PYTHON, ROOT, AgentProcess, AgentStack, agent_env, free_port
-from tests.fake_relay import FakeRelay
+from tests.fake_relay import FakeRelay, make_certificate, tls_relay
 from tools.soak import figures, order_params, option_contracts, wait_status
 
 KEY = "SECRET-KEY-4c0ffee-UNIQUE"
@@ -63,23 +62,6 @@ def crashing_agent(key: str, relay_url: str, ib_port: int, data_dir: Path, *args
     config.write_text("")
     command = [PYTHON, "-u", "-c", CRASHING_AGENT, "--config", str(config), *args]
     return AgentProcess(key, relay_url, ib_port, env, command=command, data_dir=data_dir)
-
-
-def make_certificate(folder: Path, name: str) -> tuple:
-    """A self-signed certificate for 127.0.0.1: (cert.pem, key.pem)."""
-    cert, private = folder / f"{name}-cert.pem", folder / f"{name}-key.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-                    "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
-                    "-keyout", str(private), "-out", str(cert)], check=True, capture_output=True, timeout=60)
-    return cert, private
-
-
-def tls_relay(cert: Path, private: Path, port: int = 0) -> FakeRelay:
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(cert, private)
-    relay = FakeRelay(port=port, key=KEY, ssl_context=context)
-    relay.start()
-    return relay
 
 
 class SecretsCase(unittest.TestCase):
@@ -199,7 +181,7 @@ class TlsStaysOn(SecretsCase):
     def test_frames_from_the_cloud_cannot_turn_verification_off(self):
         trusted = make_certificate(self.folder, "trusted")
         untrusted = make_certificate(self.folder, "untrusted")
-        relay = tls_relay(*trusted)
+        relay = tls_relay(*trusted, key=KEY)
         self.addCleanup(lambda: relay.stop())
         port = relay.port
         # The agent trusts the first certificate the way a user's system trusts a real CA. DEBUG:
@@ -218,7 +200,7 @@ class TlsStaysOn(SecretsCase):
         # Same port, a certificate the agent does not trust: after a drop it must refuse it.
         relay.drop()
         relay.stop()
-        relay = tls_relay(*untrusted, port=port)
+        relay = tls_relay(*untrusted, key=KEY, port=port)
         agent.wait_for_output("certificate could not be verified", WAIT_S)
         self.assertEqual(relay.connections, 0)
         self.assertEqual(agent.stop(), 0)
