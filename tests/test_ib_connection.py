@@ -18,6 +18,7 @@ from ibapi.execution import Execution
 from ibapi.wrapper import EWrapper
 
 import ib_connection
+import ib_session
 from agent_config import Config
 from agent_errors import (IB_ERROR, IB_NOT_CONNECTED, MARKET_DATA_NOT_SUBSCRIBED, NO_SECURITY_DEFINITION,
                           READ_ONLY_API, TIMEOUT, AgentError)
@@ -756,14 +757,14 @@ class BackPressure(unittest.TestCase):
         import socket as socket_module
         ours, theirs = socket_module.socketpair()
         self.addCleanup(theirs.close)
-        tws_socket = ib_connection._TwsSocket(ours, on_close=lambda: None)
+        tws_socket = ib_session._TwsSocket(ours, on_close=lambda: None)
         self.addCleanup(tws_socket.disconnect)
         probes = []
-        for _ in range(ib_connection.UNANSWERED_MAX):
+        for _ in range(ib_session.UNANSWERED_MAX):
             self.assertIsNone(tws_socket.wait_drained(lambda: probes.append(1)))
         outcome = []
         waiter = threading.Thread(target=lambda: outcome.append(tws_socket.wait_drained(lambda: probes.append(1))))
-        with mock.patch.object(ib_connection, "BACKLOG_AFTER_S", 0.2):
+        with mock.patch.object(ib_session, "BACKLOG_AFTER_S", 0.2):
             waiter.start()
             time.sleep(0.4)
             self.assertTrue(waiter.is_alive(), "the 11th message waits")
@@ -771,15 +772,15 @@ class BackPressure(unittest.TestCase):
             theirs.sendall(b"\x00\x00\x00\x02" + b"49")     # TWS answers something
             self.assertEqual(tws_socket.recvMsg()[-2:], b"49")
             waiter.join(WAIT_S)
-        self.assertEqual(outcome, [ib_connection.UNANSWERED_MAX + 1], "the backlog TWS found when it read again")
+        self.assertEqual(outcome, [ib_session.UNANSWERED_MAX + 1], "the backlog TWS found when it read again")
         self.assertIsNone(tws_socket.wait_drained(lambda: probes.append(1)))
 
     def test_a_closed_socket_opens_the_gate_with_an_error(self):
         import socket as socket_module
         ours, theirs = socket_module.socketpair()
         self.addCleanup(theirs.close)
-        tws_socket = ib_connection._TwsSocket(ours, on_close=lambda: None)
-        for _ in range(ib_connection.UNANSWERED_MAX):
+        tws_socket = ib_session._TwsSocket(ours, on_close=lambda: None)
+        for _ in range(ib_session.UNANSWERED_MAX):
             tws_socket.wait_drained(lambda: None)
         threading.Timer(0.2, tws_socket.disconnect).start()
         with self.assertRaises(OSError):
