@@ -20,6 +20,9 @@ An unexpected exception anywhere in a place/cancel request is caught in one plac
 its audit line says outcome INTERNAL and the exception's class, the request-id record becomes
 "unknown" when anything may have reached TWS (so a repeat of the id looks in TWS before placing),
 and the console gets one line saying what failed and what to check in TWS.
+
+What TWS shows of orders is ib_order_book's; the waits on TWS's answers and the per-id locks are
+ib_order_wait's.
 """
 from __future__ import annotations
 
@@ -42,20 +45,13 @@ from agent_errors import (CANCELLED, IB_NOT_CONNECTED, INTERNAL, INVALID_REQUEST
 from agent_log import Masker
 from ib_order_book import FINAL_STATUSES, OrderBook, contract_dict, refs_of  # contract_dict: for callers
 from ib_order_book import number as _number, quantity as _quantity
+from ib_order_wait import ORDER_WARNING_CODES, SWEEP_EVENTS, _Forwarding, _KeyedLocks, _Pending
 
 log = logging.getLogger(__name__)
 
 SUMMARY_TAGS = {"NetLiquidation": "net_liquidation", "TotalCashValue": "total_cash",
                 "BuyingPower": "buying_power", "AvailableFunds": "available_funds",
                 "ExcessLiquidity": "excess_liquidity"}
-# Order warnings that do not stop the order, beyond ib_connection.NOTICE_CODES (which never reach
-# a handler): 10349 "Order TIF was set to DAY based on order preset".
-ORDER_NOTICE_CODES = frozenset((10349,))
-# Warnings about an order that stays live (DESIGN.md 3): 399 "Order Message: ... Warning: your order
-# will not be placed at the exchange until ..." (ib_connection routes it as a notice), 404 "Order
-# held while securities are located." (a short sale waiting for a borrow). The answer carries the
-# text as `warning`; never a failure.
-ORDER_WARNING_CODES = frozenset((399, 404))
 # TWS rejecting an order it had accepted (PreSubmitted, then 201): the order's outcome, kept as
 # `reason` for the next open-orders and a repeat of its request id.
 LATE_REJECTION_CODES = frozenset((201,))
@@ -72,103 +68,7 @@ CANCEL_CONFIRMED = 202  # "Order Canceled - reason:": the answer a cancel asks f
 # instead of raising): TWS did not answer, and whether the message reached it is unknown.
 IBAPI_SEND_FAILURES = frozenset((512, 515))
 POSITION_CONTRACT_FIELDS = ("con_id", "ticker", "sec_type", "expiration", "strike", "right", "multiplier")
-# Id-less callbacks and which sweep they feed.
-SWEEP_EVENTS = {"position": "positions", "positionEnd": "positions",
-                "openOrder": "orders", "orderStatus": "orders", "openOrderEnd": "orders",
-                "completedOrder": "orders", "completedOrdersEnd": "orders"}
 RECENTLY_SENT_S = 600.0   # an order sent this recently and not shown by TWS may still be on its way
-
-
-# --- waiting on TWS ----------------------------------------------------------------------------
-
-class _Pending:
-    """Handler (see ib_connection) for one exchange with TWS: collects events until `finished` says so.
-
-    What ended the wait first decides it: an answer, an error (raised) or the connection's loss.
-    """
-
-    def __init__(self, finished: Callable[[str, tuple], bool], success_codes: Iterable[int] = ()):
-        self._finished = finished
-        self._success_codes = frozenset(success_codes)
-        self._lock = threading.Lock()
-        self._done = threading.Event()
-        self._error_seen = threading.Event()
-        self._ended_by: Optional[str] = None  # "answer", "error" or "lost"
-        self.events: List[Tuple[str, tuple]] = []
-        self.error: Optional[Tuple[int, str]] = None
-
-    def _end(self, how: str) -> None:
-        with self._lock:
-            self._ended_by = self._ended_by or how
-        self._done.set()
-
-    def on_event(self, name: str, args: tuple) -> None:
-        with self._lock:
-            self.events.append((name, args))
-        if self._finished(name, args):
-            self._end("answer")
-
-    def on_error(self, ib_code: int, text: str) -> None:
-        if ib_code in self._success_codes:
-            self.on_event("error", (ib_code, text))
-        elif ib_code in ORDER_WARNING_CODES:
-            self.on_event("warning", (ib_code, text))
-        elif ib_code not in ORDER_NOTICE_CODES:
-            with self._lock:
-                self.error = self.error or (ib_code, text)
-            self._error_seen.set()
-            self._end("error")
-
-    def on_disconnect(self) -> None:
-        self._end("lost")
-
-    def wait(self, timeout: float, what: str) -> List[Tuple[str, tuple]]:
-        if not self._done.wait(timeout):
-            raise AgentError(TIMEOUT, f"TWS did not answer {what} within {timeout:g} s")
-        if self._ended_by == "error":
-            raise ib_connection.error_for(*self.error)
-        if self._ended_by == "lost":
-            raise AgentError(IB_NOT_CONNECTED, f"the connection to TWS was lost during {what}")
-        with self._lock:
-            return list(self.events)
-
-    def warning(self) -> Optional[str]:
-        """The text of the warnings TWS sent about this order (399, 404), if any."""
-        with self._lock:
-            texts = [args[1] for name, args in self.events if name == "warning"]
-        return "\n".join(dict.fromkeys(texts)) or None
-
-    def later_error(self, timeout: float) -> Optional[AgentError]:
-        """The error that followed the answer within timeout (e.g. 202 after status Cancelled), if any."""
-        if self._error_seen.wait(timeout):
-            return ib_connection.error_for(*self.error)
-        return None
-
-
-class _KeyedLocks:
-    """One lock per request id, so a repeated id waits for the first attempt instead of racing it."""
-
-    def __init__(self):
-        self._lock = threading.Lock()
-        self._held: Dict[str, list] = {}
-
-    @contextlib.contextmanager
-    def hold(self, key: str, timeout: float):
-        with self._lock:
-            entry = self._held.setdefault(key, [threading.Lock(), 0])
-            entry[1] += 1
-        try:
-            if not entry[0].acquire(timeout=timeout):
-                raise AgentError(TIMEOUT, f"request {key} is still being worked on; ask again later")
-            try:
-                yield
-            finally:
-                entry[0].release()
-        finally:
-            with self._lock:
-                entry[1] -= 1
-                if not entry[1]:
-                    del self._held[key]
 
 
 # How far a place/cancel request got; an unexpected exception is reported by it.
@@ -820,25 +720,6 @@ class OrderDesk:
             if name == "error" and args[0] == CANCEL_CONFIRMED:
                 return "Cancelled"
         return None
-
-
-class _Forwarding:
-    """An order id's handler: answers its waiter and lets a concurrent open-orders sweep see the order."""
-
-    def __init__(self, pending: _Pending, unrouted: Callable[[str, tuple], None]):
-        self._pending = pending
-        self._unrouted = unrouted
-
-    def on_event(self, name: str, args: tuple) -> None:
-        self._pending.on_event(name, args)
-        if name in SWEEP_EVENTS:
-            self._unrouted(name, args)
-
-    def on_error(self, ib_code: int, text: str) -> None:
-        self._pending.on_error(ib_code, text)
-
-    def on_disconnect(self) -> None:
-        self._pending.on_disconnect()
 
 
 def describe_contract(spec: dict) -> str:
