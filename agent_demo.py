@@ -31,7 +31,8 @@ AGENT_LINE_WAIT_S = 2.0
 EXIT_OK, EXIT_FAILED, EXIT_INTERRUPTED = 0, 1, 130
 # What the demo runs besides the agent; tools/build_release.py ships these in every zip.
 DEMO_FILES = ("tests/__init__.py", "tests/agent_process.py", "tests/fake_relay.py", "tests/fake_tws.py",
-              "tests/fake_tws_session.py", "tests/fake_tws_wire.py", "tests/fake_market.py")
+              "tests/fake_tws_session.py", "tests/fake_tws_wire.py", "tests/fake_tws_formats.py",
+              "tests/fake_tws_requests.py", "tests/fake_tws_proto.py", "tests/fake_market.py")
 NO_AIOHTTP = ("The demo needs aiohttp (the fake MA Tracker cloud is built on it); the agent itself does "
               "not, so a normal install leaves it out. Start the demo with ./start_unix.sh --demo, which "
               "installs it, or install it into the Python that runs the agent:  python -m pip install aiohttp")

@@ -68,7 +68,8 @@ error code sent (`errors_sent`).
 
 Instruments, conIds and first quotes depend only on --seed and today's date. Modules: this one
 (server, shared lines/orders/stats, CLI), `fake_tws_session.py` (one connection: handshake, pacing,
-request handlers), `fake_tws_wire.py` (framing, request parsing, version-gated text encoders),
+request handlers), `fake_tws_wire.py` (framing, version-gated text encoders), `fake_tws_requests.py`
+(request parsing), `fake_tws_formats.py` (how TWS writes each number),
 `fake_tws_proto.py` (the protobuf messages of versions >= 201 and their version table),
 `fake_market.py` (instruments, chains, Black-Scholes quotes, portfolios).
 """

@@ -1,5 +1,5 @@
-"""The TWS socket protocol as the fake speaks it: framing, reading client requests, and writing
-every message the fake sends, laid out for the negotiated server version exactly as
+"""The TWS socket protocol as the fake speaks it: framing, and writing every message the fake
+sends, laid out for the negotiated server version exactly as
 `ibapi/decoder.py` (and `ibapi/orderdecoder.py`) read it. A message one field off is silently
 dropped by the client, so each encoder here mirrors the decoder's version gates one for one.
 
@@ -9,32 +9,35 @@ including the per-message version field TWS wrote before a layout was tied to th
 (openOrder below 145, execDetails below 136, orderStatus below 131, tickOptionComputation below 156,
 contractData below 164). From 201 (MIN_SERVER_VER_PROTOBUF) message ids are 4-byte ints; the text
 layouts here are what TWS still sends as text there (the decoder gates no text field above 200),
-and `fake_tws_proto.py` builds the messages each version moves to protobuf.
+and `fake_tws_proto.py` builds the messages each version moves to protobuf. How each number is
+written is `fake_tws_formats.py`'s; reading client requests is `fake_tws_requests.py`'s.
 """
 from __future__ import annotations
 
-import datetime as dt
-import math
 import re
 import struct
-import time
 from dataclasses import dataclass
-from decimal import Decimal
-from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
-from zoneinfo import ZoneInfo
+from typing import Iterable, List, Optional, Sequence, Tuple
 
 from ibapi import server_versions as sv
 from ibapi.common import PROTOBUF_MSG_ID
+
+# Number formats and request reading live in their own modules; every name other files import
+# from here stays importable from here.
+from tests.fake_tws_formats import (NEW_YORK, TWS_TIME_ZONE, UNSET_DOUBLE, UNSET_INTEGER, UNSET_LONG,  # noqa: F401
+                                    UNSET_LONG_MIN, greek, java_double, plain, tick_attrib_mask, tick_price, tws_time)
+from tests.fake_tws_requests import REQUESTS, FieldCursor, ProtocolError, parse_request  # noqa: F401
 
 MIN_SERVER_VERSION = sv.MIN_CLIENT_VER                 # 100: the lowest version ibapi offers
 MAX_SERVER_VERSION = sv.MAX_CLIENT_VER                  # the newest version the pinned ibapi offers
 LAST_TEXT_VERSION = sv.MIN_SERVER_VER_PROTOBUF - 1      # 200: the last text-only version
 API_PREFIX = b"API\0"
 _VERSION_RANGE = re.compile(r"v(\d+)(?:\.\.(\d+))?")
-
-
-class ProtocolError(Exception):
-    """A client message the fake cannot read (TWS answers these with error 320)."""
+# The message versions TWS wrote before these layouts were tied to the server version: the highest
+# each decoder tests (ibapi orderdecoder / decoder), so every per-message gate is open.
+OPEN_ORDER_MSG_VERSION = 34          # openOrder below MIN_SERVER_VER_ORDER_CONTAINER (145)
+EXEC_DETAILS_MSG_VERSION = 10        # execDetails below MIN_SERVER_VER_LAST_LIQUIDITY (136)
+CONTRACT_DATA_MSG_VERSION = 8        # contractData below MIN_SERVER_VER_SIZE_RULES (164)
 
 
 @dataclass
@@ -55,85 +58,6 @@ def field_text(value) -> str:
     if isinstance(value, float) and value.is_integer() and abs(value) < 1e15:
         return str(int(value))                 # sizes and quantities read as ints or Decimals
     return str(value)
-
-
-# ---- how TWS writes values: every format and unset text, in one place --------------------------
-# Read off frames recorded from real TWS (../shared/tws-captures/). TWS is a Java program; which
-# writer a field goes through is per field, not per type, so each encoder names the rule for each
-# numeric field it writes:
-#   java_double  Java's Double.toString: "5.0", "0.05", "257.95", "1.0E7" (most double fields:
-#                secdef strikes, order prices, execution prices, P&L, generic ticks, greeks)
-#   tick_price   two decimals: "-1.00", "315.50" (tickPrice)
-#   plain        no decimal point when whole: "15", "0.0001", "100" (Decimal sizes and quantities,
-#                and the doubles TWS writes that way: contract strikes, orderStatus prices, cashQty)
-#   greek        the -1 / -2 "not computed" sentinels as "-1" / "-2", other values java_double
-# Unset values have their own texts per field: empty, or the Java limits below.
-UNSET_DOUBLE = "1.7976931348623157E308"       # Double.MAX_VALUE
-UNSET_INTEGER = "2147483647"                  # Integer.MAX_VALUE
-UNSET_LONG = "9223372036854775807"            # Long.MAX_VALUE
-UNSET_LONG_MIN = "-9223372036854775808"       # Long.MIN_VALUE (orderState.suggestedSize)
-TWS_TIME_ZONE = "US/Eastern"
-NEW_YORK = ZoneInfo("America/New_York")
-# The message versions TWS wrote before these layouts were tied to the server version: the highest
-# each decoder tests (ibapi orderdecoder / decoder), so every per-message gate is open.
-OPEN_ORDER_MSG_VERSION = 34          # openOrder below MIN_SERVER_VER_ORDER_CONTAINER (145)
-EXEC_DETAILS_MSG_VERSION = 10        # execDetails below MIN_SERVER_VER_LAST_LIQUIDITY (136)
-CONTRACT_DATA_MSG_VERSION = 8        # contractData below MIN_SERVER_VER_SIZE_RULES (164)
-
-
-def java_double(value: Optional[float], unset: str = "") -> str:
-    """Java's Double.toString: shortest round-trip digits; plain from 1e-3 to below 1e7 (always with
-    a fraction: "5.0"), else scientific as "1.0E7"; `unset` for None."""
-    if value is None:
-        return unset
-    value = float(value)
-    if value != value:
-        return "NaN"
-    if value in (float("inf"), float("-inf")):
-        return "Infinity" if value > 0 else "-Infinity"
-    if value == 0.0:
-        return "-0.0" if math.copysign(1.0, value) < 0 else "0.0"
-    sign, magnitude = ("-" if value < 0 else ""), abs(value)
-    if 1e-3 <= magnitude < 1e7:
-        text = format(Decimal(repr(magnitude)), "f")
-        return sign + (text if "." in text else text + ".0")
-    digits = Decimal(repr(magnitude)).normalize().as_tuple()
-    numerals = "".join(str(d) for d in digits.digits)
-    exponent = len(numerals) - 1 + digits.exponent
-    return f"{sign}{numerals[0]}.{numerals[1:] or '0'}E{exponent}"
-
-
-def tick_price(value: float) -> str:
-    return f"{value:.2f}"
-
-
-def tick_attrib_mask(tick_type: int) -> int:
-    """tickPrice's attribute mask as TWS sets it: live bid and ask (1, 2) carry canAutoExecute
-    (bit 0), even a bid of -1 ("no bid"), as recorded; other ticks (last, close, mark, delayed) 0."""
-    return 1 if tick_type in (1, 2) else 0
-
-
-def plain(value: Optional[float], unset: str = "") -> str:
-    """A number without a decimal point when whole ("15", "-100", "0"), else its shortest decimal
-    digits ("0.0001", "257.5"); `unset` for None."""
-    if value is None:
-        return unset
-    if float(value).is_integer():
-        return str(int(value))
-    return format(Decimal(repr(float(value))), "f")
-
-
-def greek(value: Optional[float]) -> str:
-    """tickOptionComputation values: the "not computed" sentinels -1 / -2 (None: -1) as integers."""
-    if value is None or value in (-1.0, -2.0):
-        return str(int(value if value is not None else -1))
-    return java_double(value)
-
-
-def tws_time(epoch_s: Optional[float] = None) -> str:
-    """An execution or completed-order time as TWS writes it: "20260413 15:27:04 US/Eastern"."""
-    local = dt.datetime.fromtimestamp(time.time() if epoch_s is None else epoch_s, NEW_YORK)
-    return local.strftime("%Y%m%d %H:%M:%S ") + TWS_TIME_ZONE
 
 
 def _fields_payload(fields: Iterable) -> bytes:
@@ -189,196 +113,6 @@ def parse_version_range(text: str) -> Tuple[int, int, str]:
         raise ProtocolError(f"bad version range {text!r}")
     low = int(match.group(1))
     return low, int(match.group(2) or low), options
-
-
-# ---- requests -----------------------------------------------------------------------------
-
-class FieldCursor:
-    def __init__(self, fields: Sequence[str]):
-        self._fields = fields
-        self._pos = 0
-
-    def str(self) -> str:
-        if self._pos >= len(self._fields):
-            raise ProtocolError("message too short")
-        value = self._fields[self._pos]
-        self._pos += 1
-        return value
-
-    def int(self) -> int:
-        text = self.str()
-        try:
-            return int(text) if text else 0
-        except ValueError:
-            raise ProtocolError(f"not an integer: {text!r}") from None
-
-    def float(self) -> Optional[float]:
-        """None for an empty (unset) field."""
-        text = self.str()
-        try:
-            return float(text) if text else None
-        except ValueError:
-            raise ProtocolError(f"not a number: {text!r}") from None
-
-    def bool(self) -> bool:
-        return self.int() != 0
-
-    def skip(self, count: int = 1) -> None:
-        for _ in range(count):
-            self.str()
-
-
-def _contract(c: FieldCursor, primary_exchange: bool = True) -> Dict:
-    """conId .. localSymbol, tradingClass: the block every contract-bearing request sends."""
-    contract = {"con_id": c.int(), "symbol": c.str(), "sec_type": c.str(), "expiry": c.str(),
-                "strike": c.float() or 0.0, "right": c.str(), "multiplier": c.str(), "exchange": c.str()}
-    contract["primary_exchange"] = c.str() if primary_exchange else ""
-    contract.update(currency=c.str(), local_symbol=c.str(), trading_class=c.str())
-    return contract
-
-
-def _req_mkt_data(c: FieldCursor, version: int) -> Dict:
-    c.skip()
-    req = {"req_id": c.int(), "contract": _contract(c)}
-    if req["contract"]["sec_type"] == "BAG":
-        c.skip(4 * c.int())
-    if c.bool():
-        c.skip(3)
-    req.update(generic_ticks=c.str(), snapshot=c.bool())
-    req["regulatory_snapshot"] = c.bool() if version >= sv.MIN_SERVER_VER_REQ_SMART_COMPONENTS else False
-    return req
-
-
-def _skip_tag_values(c: FieldCursor) -> None:
-    c.skip(2 * c.int())
-
-
-def _place_order(c: FieldCursor, version: int) -> Dict:
-    """The order fields the fake acts on, read in EClient.placeOrder's order up to whatIf (the
-    rest of the very long message does not matter to the fake)."""
-    if version < sv.MIN_SERVER_VER_ORDER_CONTAINER:
-        c.skip()                                          # message version
-    req = {"order_id": c.int(), "contract": _contract(c)}
-    bag = req["contract"]["sec_type"] == "BAG"
-    c.skip(2)                                             # secIdType, secId
-    req.update(action=c.str(), quantity=c.float() or 0.0, order_type=c.str(), lmt_price=c.float(),
-               aux_price=c.float(), tif=c.str(), oca_group=c.str(), account=c.str(), open_close=c.str(),
-               origin=c.int(), order_ref=c.str(), transmit=c.bool(), parent_id=c.int())
-    c.skip(6)                                             # blockOrder .. hidden
-    if bag:
-        c.skip(8 * c.int())                               # combo legs
-        c.skip(c.int())                                   # order combo leg prices
-        _skip_tag_values(c)                               # smartComboRoutingParams
-    c.skip(7)                                             # sharesAllocation .. faPercentage
-    if version < sv.MIN_SERVER_VER_FA_PROFILE_DESUPPORT:
-        c.skip()                                          # faProfile
-    if version >= sv.MIN_SERVER_VER_MODELS_SUPPORT:
-        c.skip()                                          # modelCode
-    c.skip(4 + 17)                                        # shortSaleSlot .. ocaType, rule80A .. volatilityType
-    delta_neutral = c.str()                               # deltaNeutralOrderType
-    c.skip()                                              # deltaNeutralAuxPrice
-    if delta_neutral:
-        c.skip(8)
-    c.skip(6)                                             # continuousUpdate .. trailingPercent, scale sizes
-    scale_increment = c.float()
-    if scale_increment is not None and 0 < scale_increment < 1.7e308:
-        c.skip(7)
-    c.skip(3)                                             # scaleTable, activeStartTime, activeStopTime
-    if c.str():                                           # hedgeType
-        c.skip()
-    c.skip(4)                                             # optOutSmartRouting, clearing x2, notHeld
-    if c.bool():                                          # deltaNeutralContract
-        c.skip(3)
-    if c.str():                                           # algoStrategy
-        _skip_tag_values(c)
-    c.skip()                                              # algoId
-    req["what_if"] = c.bool()
-    return req
-
-
-def _cancel_order(c: FieldCursor, version: int) -> Dict:
-    if version < sv.MIN_SERVER_VER_CME_TAGGING_FIELDS:
-        c.skip()
-    return {"order_id": c.int()}
-
-
-def _req_contract_details(c: FieldCursor, version: int) -> Dict:
-    c.skip()
-    return {"req_id": c.int(), "contract": _contract(c), "include_expired": c.bool()}
-
-
-def _req_executions(c: FieldCursor, version: int) -> Dict:
-    c.skip()
-    req = {"req_id": c.int(), "client_id": c.int(), "account": c.str(), "since": c.str(),
-           "symbol": c.str(), "sec_type": c.str(), "exchange": c.str(), "side": c.str(), "last_n_days": None}
-    if version >= sv.MIN_SERVER_VER_PARAMETRIZED_DAYS_OF_EXECUTIONS:
-        days = c.int()                                    # Integer.MAX_VALUE: not given
-        req["last_n_days"] = None if days == int(UNSET_INTEGER) else days
-        c.skip(c.int())                                   # specificDates (not modelled)
-    return req
-
-
-def _versioned(*names_and_readers: Tuple[str, str]) -> Callable[[FieldCursor, int], Dict]:
-    """A request that is a version field followed by simple fields."""
-    def read(c: FieldCursor, version: int) -> Dict:
-        c.skip()
-        return {name: getattr(c, kind)() for name, kind in names_and_readers}
-    return read
-
-
-def _plain(*names_and_readers: Tuple[str, str]) -> Callable[[FieldCursor, int], Dict]:
-    """A request without a version field."""
-    def read(c: FieldCursor, version: int) -> Dict:
-        return {name: getattr(c, kind)() for name, kind in names_and_readers}
-    return read
-
-
-# msg id -> (request name, reader); names are the EClient method names.
-REQUESTS: Dict[int, Tuple[str, Callable[[FieldCursor, int], Dict]]] = {
-    1: ("reqMktData", _req_mkt_data),
-    2: ("cancelMktData", _versioned(("req_id", "int"))),
-    3: ("placeOrder", _place_order),
-    4: ("cancelOrder", _cancel_order),
-    5: ("reqOpenOrders", _versioned()),
-    6: ("reqAccountUpdates", _versioned(("subscribe", "bool"), ("account", "str"))),
-    7: ("reqExecutions", _req_executions),
-    8: ("reqIds", _versioned(("num_ids", "int"))),
-    9: ("reqContractDetails", _req_contract_details),
-    15: ("reqAutoOpenOrders", _versioned(("auto_bind", "bool"))),
-    16: ("reqAllOpenOrders", _versioned()),
-    17: ("reqManagedAccts", _versioned()),
-    49: ("reqCurrentTime", _versioned()),
-    58: ("reqGlobalCancel", _plain()),
-    59: ("reqMarketDataType", _versioned(("market_data_type", "int"))),
-    61: ("reqPositions", _versioned()),
-    62: ("reqAccountSummary", _versioned(("req_id", "int"), ("group", "str"), ("tags", "str"))),
-    63: ("cancelAccountSummary", _versioned(("req_id", "int"))),
-    64: ("cancelPositions", _versioned()),
-    71: ("startApi", _versioned(("client_id", "int"), ("optional_capabilities", "str"))),
-    74: ("reqPositionsMulti", _versioned(("req_id", "int"), ("account", "str"), ("model_code", "str"))),
-    75: ("cancelPositionsMulti", _versioned(("req_id", "int"))),
-    76: ("reqAccountUpdatesMulti", _versioned(("req_id", "int"), ("account", "str"), ("model_code", "str"),
-                                              ("ledger_and_nlv", "bool"))),
-    77: ("cancelAccountUpdatesMulti", _versioned(("req_id", "int"))),
-    78: ("reqSecDefOptParams", _plain(("req_id", "int"), ("symbol", "str"), ("exchange", "str"),
-                                      ("sec_type", "str"), ("con_id", "int"))),
-    99: ("reqCompletedOrders", _plain(("api_only", "bool"))),
-}
-
-
-def parse_request(fields: Sequence[str], server_version: int) -> Tuple[str, Dict]:
-    """(request name, params) for one client message; unknown ids come back as ('msg<id>', {})."""
-    if not fields:
-        raise ProtocolError("empty message")
-    try:
-        msg_id = int(fields[0])
-    except ValueError:
-        raise ProtocolError(f"bad message id {fields[0]!r}") from None
-    known = REQUESTS.get(msg_id)
-    if known is None:
-        return f"msg{msg_id}", {}
-    name, read = known
-    return name, read(FieldCursor(fields[1:]), server_version)
 
 
 # ---- outgoing messages ----------------------------------------------------------------------
