@@ -37,7 +37,8 @@ from tests.fake_market import Instrument
 from tests.fake_tws_proto import PROTO_REQUESTS, PROTOBUF_FROM, ProtoEncoder, parse_payload
 from tests.fake_tws_wire import (Execution, FrameReader, OrderRecord, ProtoMessage, ProtocolError, WhatIf,
                                  tick_attrib_mask)
-from tests.test_fake_tws_wire import OPTION, STOCK, RecordingWrapper, _CapturingConnection, _contract, _order
+from tests.test_fake_tws_wire import (OPTION, STOCK, RecordingWrapper, _CapturingConnection, _contract, _order,
+                                     interpret_text)
 
 CAPTURES = Path(__file__).resolve().parent.parent.parent / "shared" / "tws-captures" / "server_frames.jsonl"
 PROTOBUF_CLASSES = {IN.OPEN_ORDER: OpenOrder_pb2.OpenOrder, IN.ORDER_STATUS: OrderStatus_pb2.OrderStatus,
@@ -60,15 +61,7 @@ def decode_payload(payload: bytes, version: int):
         kind = "proto"
     else:
         kind = "text"
-        fields = comm.read_fields(body)
-        handle = decoder.msgId2handleInfo[msg_id]
-        if handle.processMeth is not None:
-            remaining = iter(fields)
-            handle.processMeth(decoder, remaining)
-            leftover = list(remaining)
-            assert not leftover, f"{len(leftover)} fields left over: {leftover}"
-        else:
-            decoder.interpretWithSignature(fields, handle)
+        interpret_text(decoder, msg_id, comm.read_fields(body))
     classic = [c for c in wrapper.calls if not c[0].endswith("ProtoBuf")]
     proto = [c[0] for c in wrapper.calls if c[0].endswith("ProtoBuf")]
     return kind, classic, proto

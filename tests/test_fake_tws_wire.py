@@ -62,18 +62,21 @@ def decode(fields: list, version: int) -> list:
     size, text, rest = comm.read_msg(frame(fields))
     assert size and rest == b"", "not exactly one frame"
     msg_id, _, body = text.partition(b"\0")
-    body_fields = comm.read_fields(body)
     wrapper = RecordingWrapper()
-    decoder = Decoder(wrapper, version)
-    handle = decoder.msgId2handleInfo[int(msg_id)]
+    interpret_text(Decoder(wrapper, version), int(msg_id), comm.read_fields(body))
+    return wrapper.calls
+
+
+def interpret_text(decoder: Decoder, msg_id: int, fields) -> None:
+    """Hand one text message's fields to ibapi's Decoder as its reader loop does; fails on leftovers."""
+    handle = decoder.msgId2handleInfo[msg_id]
     if handle.processMeth is not None:
-        remaining = iter(body_fields)
+        remaining = iter(fields)
         handle.processMeth(decoder, remaining)
         leftover = list(remaining)
         assert not leftover, f"{len(leftover)} fields left over: {leftover}"
     else:
-        decoder.interpretWithSignature(body_fields, handle)
-    return wrapper.calls
+        decoder.interpretWithSignature(fields, handle)
 
 
 def _order(status="Submitted", **changes) -> OrderRecord:

@@ -36,6 +36,7 @@ import relay_actions
 from agent_config import Config
 from agent_errors import (IB_ERROR, IB_NOT_CONNECTED, INTERNAL, INVALID_REQUEST, NO_SECURITY_DEFINITION,
                           ORDER_BLOCKED, READ_ONLY_API, TIMEOUT, AgentError)
+from tests.test_relay_actions import StandInJob
 
 RECORDED = Path(__file__).resolve().parent / "recorded"
 PAPER = {"connected": True, "accounts": ["DU1234567"], "account_type": "paper", "read_only": None,
@@ -828,21 +829,6 @@ class UnexpectedErrorTest(DeskTestCase):
         shown = [r for r in logs.records if r.levelno >= logging.INFO]
         self.assertEqual(len(shown), 1, [r.getMessage() for r in shown])
         self.assertIn("may have reached TWS", shown[0].getMessage())
-
-
-class StandInJob:
-    def __init__(self, action, params, request_id):
-        self.id, self.action, self.params = request_id, action, params
-        self.cancel = threading.Event()
-        self.done = threading.Event()
-        self.data = self.error = None
-
-    def progress(self, done, total):
-        pass
-
-    def finish(self, data=None, error=None):
-        self.data, self.error = data, error
-        self.done.set()
 
 
 class CancelOrderTest(DeskTestCase):
