@@ -35,6 +35,7 @@ import tenacity
 from ibapi.client import EClient
 from ibapi.server_versions import MIN_CLIENT_VER  # noqa: F401  (re-exported: the handshake's lowest version)
 
+from agent_backoff import ReconnectPolicy
 from agent_config import Config
 from agent_errors import IB_NOT_CONNECTED, TIMEOUT, AgentError
 # IB's codes live in ib_codes and the socket session in ib_session; the names below stay importable
@@ -140,7 +141,7 @@ class IBConnection:
         self._candidates = candidate_ports  # None: ib_ports.CANDIDATE_PORTS (tests pass ephemeral ports)
         self._connect_timeout = connect_timeout
         self._handshake_timeout = handshake_timeout
-        self._backoff = tenacity.wait_random_exponential(multiplier=backoff[0], max=backoff[1])
+        self._reconnect = ReconnectPolicy(backoff[0], backoff[1], STABLE_AFTER_S)
         self._mismatch_retry_s = mismatch_retry_s
         self.limiter = MessageLimiter(config.ib_max_msg_rate)
         self._lock = threading.RLock()
@@ -379,12 +380,12 @@ class IBConnection:
                 break  # stopping
             except Exception:
                 log.exception("Connecting to TWS failed on an unexpected error; retrying")
-                self._stopping.wait(self._backoff.max)
+                self._stopping.wait(self._reconnect.cap_s)
 
     def _retry_wait(self, state: tenacity.RetryCallState) -> float:
         if getattr(state.outcome.exception(), "slow", False):
             return self._mismatch_retry_s
-        return self._backoff(state)
+        return self._reconnect(state)
 
     def _connect_and_serve(self) -> None:
         """One connection's life. Returns after a stable connection ended (so the backoff starts
@@ -394,10 +395,10 @@ class IBConnection:
         session, account_type = self._resolve()
         if not self._go_ready(session, account_type):
             raise _Unavailable()
-        connected_at = time.monotonic()
+        self._reconnect.connected()
         self._serve(session)
         self._go_lost(session)
-        if not self._stopping.is_set() and time.monotonic() - connected_at < STABLE_AFTER_S:
+        if not self._reconnect.disconnected() and not self._stopping.is_set():
             raise _Unavailable()
 
     def _resolve(self) -> Tuple[_TwsSession, Optional[str]]:

@@ -1,6 +1,6 @@
 """The WebSocket to the MA Tracker cloud (relay protocol v1, DESIGN.md 4; docs/PROTOCOL.md).
 
-RelayLink owns the connection (its own thread, redialled after the wait ReconnectBackoff decides),
+RelayLink owns the connection (its own thread, redialled after the wait ReconnectPolicy decides),
 the frames the agent sends (hello, status, progress, response: all through one lock), the outbox of
 unacknowledged responses, and each request's life from arrival to response: duplicates, cancels and
 acks are settled here, and the work itself is handed to an executor that must never block the
@@ -16,7 +16,6 @@ import collections
 import json
 import logging
 import os
-import random
 import socket
 import ssl
 import threading
@@ -30,6 +29,7 @@ import certifi
 import websocket
 
 import agent_log
+from agent_backoff import ReconnectPolicy
 from agent_config import is_loopback_host
 from agent_errors import INTERNAL, INVALID_REQUEST, AgentError
 
@@ -98,31 +98,6 @@ def _seconds_text(seconds: float) -> str:
         minutes = int(seconds // 60)
         return f"{minutes} minute" + ("s" if minutes != 1 else "")
     return f"{seconds:g} s"
-
-
-class ReconnectBackoff:
-    """The wait before dialling the cloud again: a random point in a window (full jitter, so a fleet
-    the cloud dropped at once does not come back at once) that starts at backoff_min_s, doubles with
-    every failed dial and every connection that dropped before stable_s, and is capped at
-    backoff_max_s. A connection that stayed up stable_s starts the window over.
-
-    A short connection counts as a failure, so a cloud that accepts and drops at once is not dialled
-    in a tight loop; the cap is what keeps a flapping link from staying offline long. A dial that
-    failed never resets, however long it took (a timeout lasts io_timeout_s).
-    """
-
-    def __init__(self, timings: LinkTimings, rand: Callable[[], float] = random.random):
-        self._timings = timings
-        self._rand = rand
-        self._failures = 0          # failed dials and short connections since the last stable one
-
-    def after(self, opened: bool, lasted_s: float) -> float:
-        """Seconds to wait after a connection attempt ended (opened: the hello went out)."""
-        if opened and lasted_s >= self._timings.stable_s:
-            self._failures = 0
-        window = min(self._timings.backoff_max_s, self._timings.backoff_min_s * 2.0 ** min(self._failures, 64))
-        self._failures += 1
-        return self._rand() * window
 
 
 class Outbox:
@@ -468,7 +443,7 @@ class RelayLink:
         self._offline_since: Optional[float] = None   # set while the link is down, after it first failed
         self._reasons_reported: set = set()            # why dials failed in this outage, each said once
         self._ssl_context, self._tls_roots = tls_context()  # CERT_REQUIRED + hostname check, always
-        self._backoff = ReconnectBackoff(timings)
+        self._backoff = ReconnectPolicy(timings.backoff_min_s, timings.backoff_max_s, timings.stable_s)
 
     # ----- public -----
 
@@ -700,6 +675,7 @@ class RelayLink:
             self._hang_up(app)
             return
         self._opened_at = time.monotonic()
+        self._backoff.connected()
         self._reasons_reported.clear()
         if self._offline_since is None:
             log.info("Relay connected")
@@ -733,11 +709,9 @@ class RelayLink:
             with self._lock:
                 self._open_app = None
                 self._app = None
-        opened_at = self._opened_at
-        return self._after_connection(opened_at is not None,
-                                      0.0 if opened_at is None else time.monotonic() - opened_at)
+        return self._after_connection(self._opened_at is not None)
 
-    def _after_connection(self, opened: bool, lasted_s: float) -> float:
+    def _after_connection(self, opened: bool) -> float:
         """Says why the link is down, each reason once per outage (the console shows why it cannot
         come back, without a line per attempt), and returns the wait before the next dial."""
         if self._stopping.is_set():
@@ -747,7 +721,8 @@ class RelayLink:
         if opened:
             log.warning("Relay connection lost (%s); reconnecting", reason)
             self._offline_since = time.monotonic()
-            return self._backoff.after(opened, lasted_s)
+            self._backoff.disconnected()
+            return self._backoff.next_wait()
         if self._offline_since is None:
             self._offline_since = time.monotonic()
         refused_key = isinstance(error, websocket.WebSocketBadStatusException) and error.status_code in (401, 403)
@@ -761,7 +736,7 @@ class RelayLink:
         else:
             log.warning(CONNECT_FAILED_HELP.format(reason=reason))
         self._reasons_reported.add(reason)
-        return self._timings.auth_retry_s if refused_key else self._backoff.after(opened, lasted_s)
+        return self._timings.auth_retry_s if refused_key else self._backoff.next_wait()
 
     def _connect_forever(self) -> None:
         while not self._stopping.is_set():

@@ -19,6 +19,7 @@ from ibapi.wrapper import EWrapper
 
 import ib_connection
 import ib_session
+from agent_backoff import ReconnectPolicy
 from agent_config import Config
 from agent_errors import (IB_ERROR, IB_NOT_CONNECTED, MARKET_DATA_NOT_SUBSCRIBED, NO_SECURITY_DEFINITION,
                           READ_ONLY_API, TIMEOUT, AgentError)
@@ -393,6 +394,11 @@ class Backoff(unittest.TestCase):
             self.assertGreater(max(waits), high / 2, "jitter spreads over the whole window")
         self.assertEqual(conn._retry_wait(self.attempt_state(1, ib_connection._Unavailable(slow=True))), 30.0)
 
+    def test_the_supervisor_uses_the_shared_policy_with_its_own_figures(self):
+        policy = IBConnection(CONFIG)._reconnect
+        self.assertIsInstance(policy, ReconnectPolicy)
+        self.assertEqual((policy.first_s, policy.cap_s, policy.stable_after_s), (0.5, 4.0, 60.0))
+
     def test_only_a_stable_connection_resets_the_backoff(self):
         conn, session, _ = connected()
         conn._resolve = lambda: (session, "paper")
@@ -400,7 +406,7 @@ class Backoff(unittest.TestCase):
         conn._serve = lambda s: None   # the connection drops at once
         with self.assertLogs("ib_data_agent.ib", "WARNING"), self.assertRaises(ib_connection._Unavailable):
             conn._connect_and_serve()
-        with self.assertLogs("ib_data_agent.ib", "WARNING"), mock.patch.object(ib_connection, "STABLE_AFTER_S", 0):
+        with self.assertLogs("ib_data_agent.ib", "WARNING"), mock.patch.object(conn._reconnect, "stable_after_s", 0):
             self.assertIsNone(conn._connect_and_serve())
 
 

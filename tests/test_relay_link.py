@@ -13,9 +13,10 @@ import uuid
 from pathlib import Path
 from unittest import mock
 
+from agent_backoff import ReconnectPolicy
 from agent_errors import CANCELLED, INTERNAL, INVALID_REQUEST, AgentError
 import relay_link
-from relay_link import LinkTimings, Outbox, OutboxLimits, ReconnectBackoff, RelayLink
+from relay_link import LinkTimings, Outbox, OutboxLimits, RelayLink
 from tests.fake_relay import FakeRelay, make_certificate, tls_relay
 from tests.agent_process import free_port
 
@@ -492,11 +493,29 @@ class CertificateHelp(unittest.TestCase):
         self.assertIn("contact MA Tracker support", self.help_for(999, "something new"))
 
 
+class _RelayBackoff:
+    """The relay's ReconnectPolicy (its LinkTimings) driven the way RelayLink drives it, on a pinned
+    clock: after(opened, lasted_s) is one connection attempt that ended, and the wait it returns."""
+
+    def __init__(self, timings, rand):
+        self.now = 0.0
+        self.policy = ReconnectPolicy(timings.backoff_min_s, timings.backoff_max_s, timings.stable_s,
+                                      rand=rand, clock=lambda: self.now)
+
+    def after(self, opened, lasted_s):
+        if opened:
+            self.now = 0.0
+            self.policy.connected()
+            self.now = lasted_s
+            self.policy.disconnected()
+        return self.policy.next_wait()
+
+
 class ReconnectTiming(unittest.TestCase):
     """The wait before a redial, as pure logic: `rand` pinned to 1.0 gives the whole jitter window."""
 
     def backoff(self, timings=LinkTimings(), rand=lambda: 1.0):
-        return ReconnectBackoff(timings, rand)
+        return _RelayBackoff(timings, rand)
 
     def test_each_failed_dial_doubles_the_window_up_to_the_cap(self):
         backoff = self.backoff(LinkTimings(backoff_min_s=1, backoff_max_s=15))
@@ -524,6 +543,12 @@ class ReconnectTiming(unittest.TestCase):
         self.assertEqual(backoff.after(False, 3600.0), timings.backoff_max_s)  # a slow failed dial: no reset
         self.assertEqual(backoff.after(True, timings.stable_s), timings.backoff_min_s)
         self.assertEqual(backoff.after(False, 0.0), 2 * timings.backoff_min_s)
+
+    def test_the_link_uses_the_shared_policy_with_its_own_figures(self):
+        link = RelayLink("ws://127.0.0.1:9/ws/agent", KEY, "1", ["fetch-chain"], dict, lambda job: None)
+        self.assertIsInstance(link._backoff, ReconnectPolicy)
+        self.assertEqual((link._backoff.first_s, link._backoff.cap_s, link._backoff.stable_after_s),
+                         (1.0, 15.0, 10.0))
 
 
 class OutboxLimitsTest(unittest.TestCase):
