@@ -167,12 +167,12 @@ class CliTest(unittest.TestCase):
             self.assertEqual(next_message(sock, reader)[0], "15")
             stock = Contract()
             stock.symbol, stock.secType, stock.exchange, stock.currency = "AAPL", "STK", "SMART", "USD"
+            sent = time.monotonic()         # before order 5 leaves: the fake may start its delay at once
             for order_id, what_if in ((5, False), (6, True)):
                 order = Order()
                 order.action, order.totalQuantity, order.orderType, order.lmtPrice = "BUY", 1, "LMT", 1.0
                 order.cashQty, order.whatIf = 0, what_if                # ibapi refuses a set cashQty below 111
                 sock.sendall(eclient_bytes(100, "placeOrder", order_id, stock, order))
-            sent = time.monotonic()
             # At 100 openOrder is [5, msg version 34, orderId, ...], orderStatus [3, 6, orderId, status, ...]
             seen = []
             while ("orderStatus", "5") not in seen:
