@@ -216,16 +216,16 @@ class _TwsSession(EWrapper, EClient):
             self._bypass.on = False
 
     def sendMsg(self, msgId, msg):
-        self._pace()
-        try:
-            super().sendMsg(msgId, msg)
-        except OSError:
-            raise self._send_failed(AgentError(IB_NOT_CONNECTED, "The connection to TWS broke while sending"))
+        self._paced_send(super().sendMsg, msgId, msg)
 
     def sendMsgProtoBuf(self, msgId, msg):
+        self._paced_send(super().sendMsgProtoBuf, msgId, msg)
+
+    def _paced_send(self, send, msgId, msg) -> None:
+        """The one way out to the socket, text or protobuf: a limiter token, then the bytes."""
         self._pace()
         try:
-            super().sendMsgProtoBuf(msgId, msg)
+            send(msgId, msg)
         except OSError:
             raise self._send_failed(AgentError(IB_NOT_CONNECTED, "The connection to TWS broke while sending"))
 

@@ -57,6 +57,19 @@ def tls_relay(cert, private, key: str, port: int = 0) -> "FakeRelay":
     return relay
 
 
+def self_signed_relay(test, key: str) -> tuple:
+    """For a unittest.TestCase: a started wss:// FakeRelay with a new self-signed certificate, both
+    cleaned up after the test; (relay, path of cert.pem) so the test can trust or withhold it."""
+    import shutil
+    import tempfile
+    folder = tempfile.mkdtemp()
+    test.addCleanup(shutil.rmtree, folder, True)
+    cert, private = make_certificate(folder)
+    relay = tls_relay(cert, private, key=key)
+    test.addCleanup(relay.stop)
+    return relay, str(cert)
+
+
 class FakeRelayError(Exception):
     """A request the relay could not complete; http_status is what POST /api/request answers."""
     http_status = 500

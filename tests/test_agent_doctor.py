@@ -16,7 +16,7 @@ from pathlib import Path
 import agent_doctor
 from agent_doctor import ACCOUNT, API, CONFIG, MARKET_DATA, PYTHON_CHECK, READ_ONLY, RELAY, TWS
 from tests.agent_process import PYTHON, ROOT, agent_env, free_port
-from tests.fake_relay import FakeRelay, make_certificate, tls_relay
+from tests.fake_relay import FakeRelay, self_signed_relay
 from tests.fake_tws import FakeTWS
 
 KEY = "doctor-KEY-5e7a91c3d2"
@@ -300,12 +300,7 @@ class RelayTls(unittest.TestCase):
     as the agent does, instead of failing where the agent would connect (issue 18)."""
 
     def setUp(self):
-        folder = Path(tempfile.mkdtemp())
-        self.addCleanup(shutil.rmtree, folder)
-        cert, private = make_certificate(folder)
-        self.cert = str(cert)
-        self.relay = tls_relay(cert, private, key=KEY)
-        self.addCleanup(self.relay.stop)
+        self.relay, self.cert = self_signed_relay(self, KEY)
 
     def relay_line(self) -> str:
         from agent_config import Config

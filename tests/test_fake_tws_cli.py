@@ -19,15 +19,14 @@ from pathlib import Path
 import struct
 
 from ibapi import comm
-from ibapi.client import EClient
 from ibapi.contract import Contract
 from ibapi.order import Order
 from ibapi.protobuf.ManagedAccounts_pb2 import ManagedAccounts
 from ibapi.protobuf.StartApiRequest_pb2 import StartApiRequest
 from ibapi.server_versions import MAX_CLIENT_VER
-from ibapi.wrapper import EWrapper
 
 from tests.fake_tws_wire import FrameReader, frame, split_fields
+from tests.test_fake_tws_wire import eclient_bytes
 
 ROOT = Path(__file__).resolve().parent.parent
 TIMEOUT_S = 10.0
@@ -53,27 +52,6 @@ def next_payload(sock: socket.socket, reader: FrameReader) -> bytes:
 
 def next_message(sock: socket.socket, reader: FrameReader) -> list:
     return split_fields(next_payload(sock, reader))
-
-
-class _Capture:
-    def __init__(self):
-        self.sent = []
-
-    def isConnected(self):
-        return True
-
-    def sendMsg(self, data):
-        self.sent.append(data)
-
-
-def eclient_bytes(version: int, call: str, *args) -> bytes:
-    """The framed bytes ibapi's EClient sends for call(*args) at `version`."""
-    client = EClient(EWrapper())
-    client.conn, client.serverVersion_ = _Capture(), version
-    client.setConnState(EClient.CONNECTED)
-    getattr(client, call)(*args)
-    (data,) = client.conn.sent
-    return data
 
 
 @unittest.skipUnless(hasattr(signal, "SIGTERM") and os.name == "posix", "needs POSIX signals")

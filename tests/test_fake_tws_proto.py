@@ -22,7 +22,6 @@ from typing import Optional
 
 from google.protobuf.message import Message
 from ibapi import comm
-from ibapi.client import EClient
 from ibapi.common import PROTOBUF_MSG_ID, getServerVersionForMessage
 from ibapi.decoder import Decoder
 from ibapi.execution import ExecutionFilter
@@ -35,9 +34,9 @@ from ibapi.server_versions import MAX_CLIENT_VER, MIN_SERVER_VER_PROTOBUF
 
 from tests.fake_market import Instrument
 from tests.fake_tws_proto import PROTO_REQUESTS, PROTOBUF_FROM, ProtoEncoder, parse_payload
-from tests.fake_tws_wire import (Execution, FrameReader, OrderRecord, ProtoMessage, ProtocolError, WhatIf,
+from tests.fake_tws_wire import (Execution, OrderRecord, ProtoMessage, ProtocolError, WhatIf,
                                  tick_attrib_mask)
-from tests.test_fake_tws_wire import (OPTION, STOCK, RecordingWrapper, _CapturingConnection, _contract, _order,
+from tests.test_fake_tws_wire import (OPTION, STOCK, RecordingWrapper, _contract, _order, eclient_payload,
                                      interpret_text)
 
 CAPTURES = Path(__file__).resolve().parent.parent.parent / "shared" / "tws-captures" / "server_frames.jsonl"
@@ -245,18 +244,6 @@ class ProtoEncoderDecodedByIbapiTest(unittest.TestCase):
 
 
 # ---- requests --------------------------------------------------------------------------------
-
-def eclient_payload(version: int, call: str, *args) -> bytes:
-    client = EClient(RecordingWrapper())
-    client.conn = _CapturingConnection()
-    client.serverVersion_, client.clientId = version, 12
-    client.setConnState(EClient.CONNECTED)
-    getattr(client, call)(*args)
-    (data,) = client.conn.sent
-    reader = FrameReader()
-    reader.feed(data)
-    (payload,) = reader.payloads()
-    return payload
 
 
 OPTION_CONTRACT = dict(symbol="AAPL", secType="OPT", lastTradeDateOrContractMonth="20270115", strike=190.0,

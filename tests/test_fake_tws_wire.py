@@ -342,18 +342,28 @@ class _CapturingConnection:
         self.sent.append(data)
 
 
-def ibapi_request(version: int, call: str, *args):
-    """(name, params) the fake reads from what ibapi's EClient sends for call(*args)."""
+def eclient_bytes(version: int, call: str, *args) -> bytes:
+    """The one framed message ibapi's EClient (client id 12) sends for call(*args) at `version`."""
     client = EClient(RecordingWrapper())
     client.conn = _CapturingConnection()
-    client.serverVersion_ = version
+    client.serverVersion_, client.clientId = version, 12
     client.setConnState(EClient.CONNECTED)
     getattr(client, call)(*args)
     (data,) = client.conn.sent
+    return data
+
+
+def eclient_payload(version: int, call: str, *args) -> bytes:
+    """The same message without its length prefix."""
     reader = FrameReader()
-    reader.feed(data)
+    reader.feed(eclient_bytes(version, call, *args))
     (payload,) = reader.payloads()
-    return parse_request(split_fields(payload), version)
+    return payload
+
+
+def ibapi_request(version: int, call: str, *args):
+    """(name, params) the fake reads from what ibapi's EClient sends for call(*args)."""
+    return parse_request(split_fields(eclient_payload(version, call, *args)), version)
 
 
 def _ibapi_order(version: int) -> Order:

@@ -5,19 +5,17 @@ import json
 import os
 import shutil
 import ssl
-import tempfile
 import threading
 import time
 import unittest
 import uuid
-from pathlib import Path
 from unittest import mock
 
 from agent_backoff import ReconnectPolicy
 from agent_errors import CANCELLED, INTERNAL, INVALID_REQUEST, AgentError
 import relay_link
 from relay_link import LinkTimings, Outbox, OutboxLimits, RelayLink
-from tests.fake_relay import FakeRelay, make_certificate, tls_relay
+from tests.fake_relay import FakeRelay, self_signed_relay
 from tests.agent_process import free_port
 
 KEY = "link-test-key-7f3a9c"
@@ -423,12 +421,7 @@ NO_SYSTEM_ROOTS = {"SSL_CERT_FILE": "/nonexistent/cert.pem", "SSL_CERT_DIR": "/n
 @unittest.skipUnless(shutil.which("openssl"), "openssl is needed to make a self-signed certificate")
 class Certificates(unittest.TestCase):
     def setUp(self):
-        folder = Path(tempfile.mkdtemp())
-        self.addCleanup(shutil.rmtree, folder)
-        cert, private = make_certificate(folder)
-        self.cert = str(cert)
-        self.relay = tls_relay(cert, private, key=KEY)
-        self.addCleanup(self.relay.stop)
+        self.relay, self.cert = self_signed_relay(self, KEY)
 
     def link(self) -> RelayLink:
         link = RelayLink(self.relay.url, KEY, "1", ["echo"], lambda: dict(IB),
