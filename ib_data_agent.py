@@ -17,25 +17,26 @@ import threading
 from pathlib import Path
 from typing import List, Optional, Tuple
 
-MIN_PYTHON = (3, 10)      # IB's ibapi 10.50 needs it; start_unix.sh and start_windows.ps1 refuse older
+from agent import MIN_PYTHON  # noqa: E402  (importable by any Python 3)
+
 if sys.version_info < MIN_PYTHON:   # run directly, not through the start scripts that check it
     sys.exit("IB Data Agent needs Python %d.%d or newer (this is Python %d.%d): start it with "
              "./start_unix.sh or start_windows.bat, which say how to get one" % (MIN_PYTHON + sys.version_info[:2]))
 
 import filelock  # noqa: E402  (what follows needs MIN_PYTHON: ibapi uses `match`)
 
-import agent_log  # noqa: E402
-from agent_config import Config, ConfigError, configured_key, load_config  # noqa: E402
-from ib_connection import IBConnection  # noqa: E402
-from ib_orders import OrderDesk  # noqa: E402
-from ib_ports import candidate_ports  # noqa: E402
+from agent import log as agent_log  # noqa: E402
+from agent.config import Config, ConfigError, configured_key, load_config  # noqa: E402
+from agent.ib.connection import IBConnection  # noqa: E402
+from agent.orders.desk import OrderDesk  # noqa: E402
+from agent.ib.ports import candidate_ports  # noqa: E402
 from ib_scanner import Scanner  # noqa: E402
-from relay_actions import RequestRunner  # noqa: E402
-from relay_link import RelayLink  # noqa: E402
+from agent.relay.actions import RequestRunner  # noqa: E402
+from agent.relay.link import RelayLink  # noqa: E402
 
 __version__ = "1.0.0"
 
-log = logging.getLogger("agent")
+log = agent_log.logger()
 
 EXIT_OK, EXIT_CONFIG, EXIT_INTERRUPTED = 0, 2, 130
 REQUEST_DRAIN_S = 3.0
@@ -159,10 +160,10 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
 def main(argv: Optional[List[str]] = None) -> int:
     args = parse_args(argv)
     if args.check:
-        import agent_doctor
+        from agent import doctor as agent_doctor
         return agent_doctor.run(args.config, agent_version=__version__)
     if args.demo:
-        import agent_demo
+        from agent import demo as agent_demo
         return agent_demo.run()
     try:
         config = load_config(args.config)

@@ -8,7 +8,7 @@
 if [ -z "${BASH_VERSION:-}" ]; then exec bash "$0" "$@"; fi
 
 AGENT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-# The oldest Python the agent runs on: IB's ibapi 10.50 needs 3.10 (agent_doctor.MIN_PYTHON).
+# The oldest Python the agent runs on: IB's ibapi 10.50 needs 3.10 (agent/__init__.py MIN_PYTHON).
 PYTHON_FLOOR_CHECK='import sys; sys.exit(0 if sys.version_info >= (3, 10) else 1)'
 STAMP_NAME=".requirements.sha256"
 VENV_PROBLEM=""

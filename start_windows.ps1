@@ -17,7 +17,7 @@ if ($args.Count -gt 0 -and $args[0] -eq '--demo') {
 }
 $Wheels = Join-Path $AgentDir 'wheels'
 $BundledPython = Join-Path $AgentDir 'python_bundle\python.exe'
-# The oldest Python the agent runs on: IB's ibapi 10.50 needs 3.10 (agent_doctor.MIN_PYTHON).
+# The oldest Python the agent runs on: IB's ibapi 10.50 needs 3.10 (agent/__init__.py MIN_PYTHON).
 $FloorCheck = 'import sys; sys.exit(0 if sys.version_info >= (3, 10) else 1)'
 $StampName = '.requirements.sha256'
 $SystemPython = $null

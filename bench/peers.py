@@ -28,7 +28,7 @@ from ibapi.contract import Contract
 from ibapi.wrapper import EWrapper
 
 from bench.common import BenchContract
-from ib_pacing import MessageLimiter
+from agent.ib.pacing import MessageLimiter
 
 README_CHUNK = 50
 README_WAIT_S = 2.5

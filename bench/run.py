@@ -22,7 +22,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
 
-from agent_config import DEFAULT_WARM_LINES, Config
+from agent.config import DEFAULT_WARM_LINES, Config
 from bench import report
 from bench.common import TWS_SNAPSHOT_MS, FakeTwsProcess, fake_tws_args, machine, median
 from bench.footprint import agent_under_test, batch_figures, idle_figures, ready_times

@@ -19,7 +19,7 @@ import traceback
 from pathlib import Path
 from typing import List, Optional, Sequence
 
-from agent_config import Config
+from agent.config import Config
 from bench.common import (SEED, BenchContract, PeakRss, completeness, fresh_stats, option_contracts, rss_mb,
                           stats_delta)
 from bench.listed import POOLS, pool_contracts
@@ -41,7 +41,7 @@ class AgentBatch:
         self.incomplete_flags = 0
 
     def open(self, port: int) -> None:
-        from ib_connection import IBConnection
+        from agent.ib.connection import IBConnection
         from ib_scanner import Scanner
         config = Config(key=BENCH_KEY, ib_port=port, ib_max_msg_rate=self.rate)
         self.conn = IBConnection(config)

@@ -29,7 +29,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Sequence
 
-from agent_config import VARIABLES
+from agent.config import VARIABLES
 
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable

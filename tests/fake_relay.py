@@ -29,7 +29,7 @@ from typing import Any, Callable, Dict, List, Optional
 
 from aiohttp import WSMsgType, web
 
-from agent_errors import ALL_CODES
+from agent.errors import ALL_CODES
 
 IB_KEYS = {"connected", "host", "port", "client_id", "accounts", "account_type", "server_version",
            "market_data_type", "read_only", "error"}

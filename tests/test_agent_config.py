@@ -6,8 +6,8 @@ import tempfile
 import unittest
 from pathlib import Path
 
-import agent_config
-from agent_config import PLACEHOLDER_KEY, VARIABLES, ConfigError, load_config
+from agent import config as agent_config
+from agent.config import PLACEHOLDER_KEY, VARIABLES, ConfigError, load_config
 from tests.agent_process import PYTHON, ROOT, ManagedProcess, agent_env
 
 KEY = "cfg-KEY-3b7e91"

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import psutil
 
-import agent_demo
+from agent import demo as agent_demo
 from tests.agent_process import PYTHON, ROOT, OutputCapture
 
 RUN_TIMEOUT_S = 120

@@ -13,8 +13,8 @@ import time
 import unittest
 from pathlib import Path
 
-import agent_doctor
-from agent_doctor import ACCOUNT, API, CONFIG, MARKET_DATA, PYTHON_CHECK, READ_ONLY, RELAY, TWS
+from agent import doctor as agent_doctor
+from agent.doctor import ACCOUNT, API, CONFIG, MARKET_DATA, PYTHON_CHECK, READ_ONLY, RELAY, TWS
 from tests.agent_process import PYTHON, ROOT, agent_env, free_port
 from tests.fake_relay import FakeRelay, self_signed_relay
 from tests.fake_tws import FakeTWS
@@ -218,7 +218,7 @@ class KeyAcrossTheCut(unittest.TestCase):
 
     def test_an_error_text_with_the_key_at_each_cut_point(self):
         from unittest import mock
-        from agent_config import Config
+        from agent.config import Config
         config = Config(key=KEY, relay_url="ws://127.0.0.1:9/ws/agent")
         for before in range(200 - len(KEY), 201):
             out = io.StringIO()
@@ -303,7 +303,7 @@ class RelayTls(unittest.TestCase):
         self.relay, self.cert = self_signed_relay(self, KEY)
 
     def relay_line(self) -> str:
-        from agent_config import Config
+        from agent.config import Config
         out = io.StringIO()
         checklist = agent_doctor.Checklist(out, agent_doctor.Masker([KEY]))
         agent_doctor.check_relay(Config(key=KEY, relay_url=self.relay.url), checklist, "test")

@@ -219,7 +219,9 @@ class Signals(unittest.TestCase):
     def test_a_second_ctrl_c_quits_at_once(self):
         """The shutdown is made to hang, so only the second Ctrl-C can end the process."""
         command = [PYTHON, "-c", textwrap.dedent("""
-            import sys, time, ib_data_agent
+            import sys
+            import time
+            import ib_data_agent
             ib_data_agent.Agent._shutdown = lambda self: time.sleep(600)
             sys.exit(ib_data_agent.main(sys.argv[1:]))
         """)]

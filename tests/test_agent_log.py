@@ -12,7 +12,7 @@ import threading
 import unittest
 from pathlib import Path
 
-import agent_log
+from agent import log as agent_log
 from tests.agent_process import PYTHON, ROOT, AgentProcess, ManagedProcess, free_port
 
 KEY = "sk_live_Zq9+/RECOGNISABLE=="
@@ -57,7 +57,7 @@ class Setup(unittest.TestCase):
         return (self.folder / "agent.log").read_text(encoding="utf-8")
 
     def test_key_in_message_arguments_traceback_and_library_lines_is_masked(self):
-        log = logging.getLogger("agent.test")
+        log = logging.getLogger("ib_data_agent.test")
         log.info("Bearer %s", KEY)
         log.warning(f"header Authorization: Bearer {KEY}")
         try:
@@ -70,7 +70,7 @@ class Setup(unittest.TestCase):
             self.assertGreaterEqual(text.count("****"), 4)
 
     def test_console_is_short_and_the_file_has_the_details(self):
-        log = logging.getLogger("agent.test")
+        log = logging.getLogger("ib_data_agent.test")
         log.warning("TWS is slow")
         try:
             {}["missing"]
@@ -81,7 +81,7 @@ class Setup(unittest.TestCase):
         self.assertIn("KeyError: 'missing'  (details in the log file)", console)
         self.assertNotIn("Traceback", console)
         self.assertIn("Traceback (most recent call last)", file_text)
-        self.assertIn("WARNING agent.test [MainThread] TWS is slow", file_text)
+        self.assertIn("WARNING ib_data_agent.test [MainThread] TWS is slow", file_text)
 
     def test_the_log_file_rotates(self):
         handler = next(h for h in self.logging.handlers if isinstance(h, logging.handlers.RotatingFileHandler))
@@ -111,7 +111,7 @@ class UnencodableText(unittest.TestCase):
         errors = io.StringIO()
         real_stderr, sys.stderr = sys.stderr, errors
         try:
-            logging.getLogger("agent.test").warning("request %s for %s", "x\ud800 \u2713", "SECRET-KEY-123456")
+            logging.getLogger("ib_data_agent.test").warning("request %s for %s", "x\ud800 \u2713", "SECRET-KEY-123456")
         finally:
             sys.stderr = real_stderr
         text = raw.getvalue().decode("cp1252")
@@ -135,9 +135,10 @@ class Crashes(unittest.TestCase):
         folder = Path(tempfile.mkdtemp())
         self.addCleanup(shutil.rmtree, folder)
         script = textwrap.dedent(f"""
-            import sys, threading
+            import sys
+            import threading
             sys.path.insert(0, {str(ROOT)!r})
-            import agent_log
+            from agent import log as agent_log
             KEY = {KEY!r}
             agent_log.setup([KEY], "INFO", __import__("pathlib").Path({str(folder)!r}) / "agent.log")
         """) + textwrap.dedent(body)
@@ -168,8 +169,10 @@ class Crashes(unittest.TestCase):
     def test_the_agent_crashing_at_start_never_shows_the_key(self):
         """ib_data_agent.main() with the relay link made to blow up with the key in its message."""
         command = [PYTHON, "-c", textwrap.dedent("""
-            import os, sys
-            import relay_link, ib_data_agent
+            import os
+            import sys
+            from agent.relay import link as relay_link
+            import ib_data_agent
             def explode(self):
                 raise RuntimeError("cannot start: " + os.environ["IB_PROVIDER_KEY"])
             relay_link.RelayLink.start = explode

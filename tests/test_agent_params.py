@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import unittest
 
-from agent_errors import INVALID_REQUEST, AgentError
-from agent_params import (REQUIRED, RIGHT, STRIKE, TICKER, choice, date, list_of, not_above, number, obj,
+from agent.errors import INVALID_REQUEST, AgentError
+from agent.relay.params import (REQUIRED, RIGHT, STRIKE, TICKER, choice, date, list_of, not_above, number, obj,
                           only_for, pattern, validate)
 
 

@@ -10,8 +10,8 @@ import unittest
 
 from ibapi.contract import Contract
 
-from agent_config import Config
-from agent_errors import NO_SECURITY_DEFINITION
+from agent.config import Config
+from agent.errors import NO_SECURITY_DEFINITION
 from ib_scanner import Scanner, days_to, new_york_date
 from tests.test_ib_scanner_tws import ScannerOnFakeTws
 from tests.tws_versions import at_tws_versions

@@ -10,11 +10,11 @@ import time
 import types
 import unittest
 
-import relay_link
-from agent_errors import NO_SECURITY_DEFINITION, AgentError
-from agent_log import plural
-from ib_orders import describe_order
-from relay_actions import ACTIONS, RequestRunner
+from agent.relay import link as relay_link
+from agent.errors import NO_SECURITY_DEFINITION, AgentError
+from agent.log import plural
+from agent.orders.desk import describe_order
+from agent.relay.actions import ACTIONS, RequestRunner
 from tests.agent_process import DEFAULT_KEY, AgentStack
 
 OPTION = {"ticker": "AAPL", "sec_type": "OPT", "expiration": "20270115", "strike": 200.0, "right": "C"}
@@ -60,7 +60,7 @@ class Counts(unittest.TestCase):
 
     def test_the_demo_table_counts_one_day_and_one_option(self):
         import datetime
-        import agent_demo
+        from agent import demo as agent_demo
         option = {"ticker": "AAPL", "expiration": "20260613", "strike": 190.0, "right": "C", "bid": 1.0,
                   "ask": 1.1, "delta": 0.5, "market_data_type": "delayed"}
         data = {"ticker": "AAPL", "expirations": ["20260613"], "elapsed_ms": 800, "options": [option],
@@ -79,7 +79,7 @@ class Counts(unittest.TestCase):
 class FailedRequestLine(unittest.TestCase):
     def line(self, action: str, params, error: AgentError) -> str:
         job = types.SimpleNamespace(action=action, id="req-7", params=params)
-        with self.assertLogs("agent.requests", "INFO") as logs:
+        with self.assertLogs("ib_data_agent.requests", "INFO") as logs:
             RequestRunner._log_outcome(job, ACTIONS.get(action), params, error, None, 0.1)
         return logs.output[0]
 
@@ -106,7 +106,7 @@ class FailedRequestLine(unittest.TestCase):
         job = types.SimpleNamespace(action="quote", id="q", params={"tickers": ["AAPL", "ZZZZQ"]})
         data = {"quotes": {"AAPL": {}}, "errors": {"ZZZZQ": {"code": NO_SECURITY_DEFINITION, "ib_code": 200,
                                                              "message": "TWS knows no stock, ETF or index ZZZZQ (USD)"}}}
-        with self.assertLogs("agent.requests", "INFO") as logs:
+        with self.assertLogs("ib_data_agent.requests", "INFO") as logs:
             RequestRunner._log_outcome(job, ACTIONS["quote"], job.params, None, data, 0.2)
         self.assertEqual(logs.output, ["INFO:agent.requests:request quote AAPL ZZZZQ: 1 quote in 0.2 s; ZZZZQ failed: "
                                        "TWS knows no stock, ETF or index ZZZZQ (USD) (NO_SECURITY_DEFINITION)"])
@@ -116,7 +116,7 @@ class ProgressLine(unittest.TestCase):
     def test_one_line_per_ten_seconds_as_far_as_the_progress_frames_say(self):
         link = relay_link.RelayLink("ws://127.0.0.1:9/ws/agent", "k", "1", ["fetch-chain"], dict, lambda job: None)
         job = relay_link.Job(link, "r1", "fetch-chain", {"ticker": "spy"})
-        with self.assertLogs("agent.relay", "INFO") as logs:
+        with self.assertLogs("ib_data_agent.relay", "INFO") as logs:
             for elapsed, done in ((0.5, 1), (9.9, 40), (10.2, 41), (15.0, 300), (19.9, 400), (20.0, 412),
                                   (20.1, 413), (34.0, 900)):
                 link._console_progress(job, elapsed, done, 1046)

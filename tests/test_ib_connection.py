@@ -17,13 +17,13 @@ from ibapi.contract import Contract, ContractDetails
 from ibapi.execution import Execution
 from ibapi.wrapper import EWrapper
 
-import ib_connection
-import ib_session
-from agent_backoff import ReconnectPolicy
-from agent_config import Config
-from agent_errors import (IB_ERROR, IB_NOT_CONNECTED, MARKET_DATA_NOT_SUBSCRIBED, NO_SECURITY_DEFINITION,
+from agent.ib import connection as ib_connection
+from agent.ib import session as ib_session
+from agent.backoff import ReconnectPolicy
+from agent.config import Config
+from agent.errors import (IB_ERROR, IB_NOT_CONNECTED, MARKET_DATA_NOT_SUBSCRIBED, NO_SECURITY_DEFINITION,
                           READ_ONLY_API, TIMEOUT, AgentError)
-from ib_connection import (ID_CALLBACKS, NOTICE_CODES, PLAIN_CALLBACKS, REQ_ID_FIRST, TESTED_MAX_SERVER_VERSION,
+from agent.ib.connection import (ID_CALLBACKS, NOTICE_CODES, PLAIN_CALLBACKS, REQ_ID_FIRST, TESTED_MAX_SERVER_VERSION,
                            IBConnection, _TwsSession, error_for, with_reject_details)
 
 RECORDED = json.loads((Path(__file__).parent / "recorded" / "connection_callbacks.json").read_text())

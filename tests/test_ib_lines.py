@@ -8,11 +8,11 @@ import time
 import unittest
 from typing import Callable, Dict, List, Optional, Tuple
 
-from agent_config import Config
-from agent_errors import (CANCELLED, IB_NOT_CONNECTED, MARKET_DATA_NOT_SUBSCRIBED, NO_SECURITY_DEFINITION,
+from agent.config import Config
+from agent.errors import (CANCELLED, IB_NOT_CONNECTED, MARKET_DATA_NOT_SUBSCRIBED, NO_SECURITY_DEFINITION,
                           AgentError)
-from ib_lines import MarketData
-from ib_ticks import Instrument
+from agent.ib.lines import MarketData
+from agent.ib.ticks import Instrument
 from tests.test_ib_ticks import recorded_events
 
 WAIT_S = 10.0
@@ -630,7 +630,7 @@ class IbLinkTest(LinesTestCase):
 
 class PoolGrowsBackTest(LinesTestCase):
     def test_after_a_101_the_pool_grows_back_as_lines_free_up(self):
-        import ib_lines
+        from agent.ib import lines as ib_lines
         for name, value in (("GROW_AFTER_LIMIT_S", 0.05), ("GROW_STEP_S", 0.0)):
             self.addCleanup(setattr, ib_lines, name, getattr(ib_lines, name))
             setattr(ib_lines, name, value)

@@ -29,12 +29,12 @@ from ibapi.protobuf.Position_pb2 import Position as PositionProto
 from ibapi.server_versions import MIN_SERVER_VER_PROTOBUF_ACCOUNTS_POSITIONS
 from ibapi.wrapper import EWrapper
 
-import ib_connection
-import ib_orders
-import order_guard
-import relay_actions
-from agent_config import Config
-from agent_errors import (IB_ERROR, IB_NOT_CONNECTED, INTERNAL, INVALID_REQUEST, NO_SECURITY_DEFINITION,
+from agent.ib import connection as ib_connection
+from agent.orders import desk as ib_orders
+from agent.orders import guard as order_guard
+from agent.relay import actions as relay_actions
+from agent.config import Config
+from agent.errors import (IB_ERROR, IB_NOT_CONNECTED, INTERNAL, INVALID_REQUEST, NO_SECURITY_DEFINITION,
                           ORDER_BLOCKED, READ_ONLY_API, TIMEOUT, AgentError)
 from tests.test_relay_actions import StandInJob
 
@@ -603,7 +603,7 @@ class StoreFailureTest(DeskTestCase):
                 raise OSError(28, "No space left on device")
             real_put(request_id, state, **fields)
         desk.request_ids.put = put
-        with self.assertLogs("ib_orders", "ERROR"):
+        with self.assertLogs("ib_data_agent.orders", "ERROR"):
             self.assertEqual(desk.place_order("req-1", option_order())["order_id"], 32)
         self.assertEqual(desk.request_ids.get("req-1")["state"], order_guard.SENDING)
 
@@ -645,7 +645,7 @@ class UnexpectedErrorTest(DeskTestCase):
         self.never_reached = self.place["scenarios"]["not_found_then_placed"]
 
     def internal(self, fn, *args) -> Tuple[AgentError, logging.LogRecord]:
-        with self.assertLogs("ib_orders", "WARNING") as logs:
+        with self.assertLogs("ib_data_agent.orders", "WARNING") as logs:
             error = self.fails(INTERNAL, fn, *args)
         record, = logs.records  # one console line
         self.assertEqual(record.levelno, logging.ERROR)
@@ -788,7 +788,7 @@ class UnexpectedErrorTest(DeskTestCase):
                 raise OSError(28, "No space left on device")
             real_put(request_id, state, **fields)
         self.desk_.request_ids.put = put
-        with self.assertLogs("ib_orders", "ERROR") as logs:
+        with self.assertLogs("ib_data_agent.orders", "ERROR") as logs:
             self.fails(INTERNAL, self.desk_.place_order, "req-1", option_order())
         self.assertEqual(len(logs.records), 2)
         self.assertEqual(self.state(), order_guard.SENDING)
@@ -887,7 +887,7 @@ class RejectDetailsKeyAcrossTheCut(unittest.TestCase):
     answer and the log: the running agent's masker runs before the cut (issue 16)."""
 
     def test_the_key_at_each_cut_point(self):
-        import agent_log
+        from agent import log as agent_log
         limit = ib_connection.REJECT_DETAIL_MAX
         with mock.patch.object(agent_log, "_masker", agent_log.Masker([KEY])):
             for before in range(limit - 3 - len(KEY), limit + 1):

@@ -2,7 +2,7 @@
 import threading
 import unittest
 
-from ib_pacing import MessageLimiter
+from agent.ib.pacing import MessageLimiter
 
 
 class FakeClock:

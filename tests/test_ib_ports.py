@@ -1,7 +1,7 @@
 """Port and mode resolution (DESIGN.md 5.1) as tables: what each port answers -> which port is used."""
 import unittest
 
-from ib_ports import CANDIDATE_PORTS, PortProbe, account_type, candidate_ports, resolve_port
+from agent.ib.ports import CANDIDATE_PORTS, PortProbe, account_type, candidate_ports, resolve_port
 
 PAPER = ("DU1234567",)
 LIVE = ("U7654321",)

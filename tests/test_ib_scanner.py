@@ -8,7 +8,7 @@ from zoneinfo import ZoneInfo
 
 from ibapi.contract import ContractDetails
 
-from agent_errors import NO_SECURITY_DEFINITION, AgentError
+from agent.errors import NO_SECURITY_DEFINITION, AgentError
 from ib_scanner import CHAIN_CACHE_S, Scanner, is_adjusted_class, new_york_date, sell_metrics, strikes_around
 from tests.test_ib_lines import StubConnection, StubTws, make_config
 from tests.test_ib_ticks import OPTION_KEYS, QUOTE_KEYS

@@ -7,9 +7,9 @@ import threading
 import unittest
 from typing import List
 
-from agent_config import Config
-from agent_errors import IB_NOT_CONNECTED
-from ib_connection import TESTED_MAX_SERVER_VERSION, IBConnection
+from agent.config import Config
+from agent.errors import IB_NOT_CONNECTED
+from agent.ib.connection import TESTED_MAX_SERVER_VERSION, IBConnection
 from ib_scanner import Scanner
 from tests.fake_tws import FakeTWS
 from tests.test_ib_lines import Background

@@ -10,7 +10,7 @@ from typing import List, Tuple
 
 from ibapi.common import TickAttrib
 
-from ib_ticks import COMPLETION_RULES, Instrument, TickBook, clean_price, clean_size
+from agent.ib.ticks import COMPLETION_RULES, Instrument, TickBook, clean_price, clean_size
 
 RECORDED = Path(__file__).resolve().parent / "recorded"
 

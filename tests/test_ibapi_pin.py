@@ -29,10 +29,10 @@ from ibapi.protobuf.CancelOrderRequest_pb2 import CancelOrderRequest
 from ibapi.protobuf.PlaceOrderRequest_pb2 import PlaceOrderRequest
 from ibapi.server_versions import MIN_SERVER_VER_PROTOBUF_PLACE_ORDER
 
-import ib_connection
-import ib_orders
-import order_guard
-from agent_config import Config
+from agent.ib import connection as ib_connection
+from agent.orders import desk as ib_orders
+from agent.orders import guard as order_guard
+from agent.config import Config
 
 PROTOBUF_MSG_ID = 200   # a protobuf body's message id is the text id + 200 (ibapi.common.PROTOBUF_MSG_ID)
 FIRST_ORDER_ID = 448

@@ -13,10 +13,10 @@ import unittest
 from pathlib import Path
 from typing import List
 
-import ib_lines
-from ib_connection import TESTED_MAX_SERVER_VERSION
-from agent_config import Config
-from ib_connection import IBConnection
+from agent.ib import lines as ib_lines
+from agent.ib.connection import TESTED_MAX_SERVER_VERSION
+from agent.config import Config
+from agent.ib.connection import IBConnection
 from ib_scanner import Scanner
 from tests.agent_process import ServerProcess
 from tests.fake_tws import FakeTWS

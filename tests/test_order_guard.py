@@ -11,10 +11,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from unittest import mock
 
-import order_guard
-from agent_config import Config
-from agent_errors import INVALID_REQUEST, AgentError
-from agent_log import Masker
+from agent.orders import guard as order_guard
+from agent.config import Config
+from agent.errors import INVALID_REQUEST, AgentError
+from agent.log import Masker
 
 PAPER = {"connected": True, "accounts": ["DU1234567"], "account_type": "paper"}
 LIVE = {"connected": True, "accounts": ["U1234567"], "account_type": "live"}
@@ -197,7 +197,7 @@ class AuditLogTest(unittest.TestCase):
     def test_a_failed_write_is_logged_and_raised(self):
         """Fails closed (issue 16): the caller must know; the log file keeps the line."""
         audit = order_guard.AuditLog(Path(self.dir.name) / "missing-folder" / "audit.jsonl")
-        with self.assertLogs("order_guard", "ERROR") as logs, self.assertRaises(order_guard.AuditError):
+        with self.assertLogs("ib_data_agent.orders", "ERROR") as logs, self.assertRaises(order_guard.AuditError):
             audit.write("place-order", "r1", {}, "allowed", 5, {"status": "Submitted"})
         self.assertIn('"request_id":"r1"', logs.output[0])
 
@@ -304,7 +304,7 @@ class RequestIdStoreTest(unittest.TestCase):
         for what, content in damaged.items():
             with self.subTest(what):
                 self.path.write_bytes(content)
-                with self.assertLogs("order_guard", "ERROR") as logs:
+                with self.assertLogs("ib_data_agent.orders", "ERROR") as logs:
                     store = self.store()
                 aside = self.path.with_name(f"order_ids.json.unreadable-{int(self.now)}")
                 self.assertEqual(aside.read_bytes(), content)  # kept for the user, as it was
@@ -321,7 +321,7 @@ class RequestIdStoreTest(unittest.TestCase):
     def test_a_damaged_file_that_cannot_be_moved_aside_is_never_written_over(self):
         self.path.write_text("{not json", encoding="utf-8")
         with mock.patch("os.replace", side_effect=PermissionError(13, "Permission denied")), \
-                self.assertLogs("order_guard", "ERROR"):
+                self.assertLogs("ib_data_agent.orders", "ERROR"):
             store = self.store()
         with self.assertRaises(OSError):
             store.put("r1", order_guard.SENDING, order_id=7)

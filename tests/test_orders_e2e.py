@@ -11,7 +11,7 @@ import tempfile
 import unittest
 from pathlib import Path
 
-from order_guard import order_ref_for
+from agent.orders.guard import order_ref_for
 from tests.agent_process import AgentProcess, AgentStack
 from tests.fake_market import on_tick
 from tests.tws_versions import AtTwsVersion, at_tws_versions

@@ -9,13 +9,13 @@ import time
 import unittest
 from pathlib import Path
 
-import ib_connection
-import ib_orders
-import order_guard
-from agent_config import Config
+from agent.ib import connection as ib_connection
+from agent.orders import desk as ib_orders
+from agent.orders import guard as order_guard
+from agent.config import Config
 from ibapi.order_cancel import OrderCancel
 
-from agent_errors import IB_ERROR, INVALID_REQUEST, ORDER_BLOCKED, READ_ONLY_API, TIMEOUT, AgentError
+from agent.errors import IB_ERROR, INVALID_REQUEST, ORDER_BLOCKED, READ_ONLY_API, TIMEOUT, AgentError
 from tests.fake_market import on_tick
 from tests.fake_tws import FakeTWS
 from tests.fake_tws_session import LOCATE_TEXT

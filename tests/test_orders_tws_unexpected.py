@@ -14,9 +14,9 @@ from unittest import mock
 
 from ibapi.client import EClient
 
-import ib_connection
-import order_guard
-from agent_errors import INTERNAL, TIMEOUT
+from agent.ib import connection as ib_connection
+from agent.orders import guard as order_guard
+from agent.errors import INTERNAL, TIMEOUT
 from tests.test_orders_tws import OrdersOnFakeTws
 from tests.tws_versions import at_tws_versions
 
@@ -69,7 +69,7 @@ class UnexpectedErrorOnFakeTws(OrdersOnFakeTws):
     def test_an_exception_after_the_order_went_out_is_found_by_order_ref(self):
         """ibapi 10.4x catches it inside placeOrder and reports error 512: unknown, never "rejected"."""
         params = self.order()
-        with self.assertLogs("ib_orders", "ERROR"), self.socket_fault(after_sending=True):
+        with self.assertLogs("ib_data_agent.orders", "ERROR"), self.socket_fault(after_sending=True):
             line = self.fails_internal("boom-after", params, "IbapiSendError")
         self.assertIn("may have reached TWS", line["outcome"]["message"])
         order_id = line["order_id"]
@@ -86,7 +86,7 @@ class UnexpectedErrorOnFakeTws(OrdersOnFakeTws):
         """The socket failed before writing, but the agent cannot tell where ibapi failed: TWS shows
         no such order, so the repeat says so and places nothing (issue 16: when unsure, refuse)."""
         params = self.order()
-        with self.assertLogs("ib_orders", "ERROR"), self.socket_fault(after_sending=False):
+        with self.assertLogs("ib_data_agent.orders", "ERROR"), self.socket_fault(after_sending=False):
             self.fails_internal("boom-before", params, "IbapiSendError")
         self.assertEqual(self.placed(), 0)
         self.sent.clear()
@@ -102,7 +102,7 @@ class UnexpectedErrorOnFakeTws(OrdersOnFakeTws):
             EClient.placeOrder(session, *args)
             raise KeyError("injected after placeOrder")
         params = self.order(marketable=True)  # fills at once: found among today's completed orders
-        with self.assertLogs("ib_orders", "ERROR"), \
+        with self.assertLogs("ib_data_agent.orders", "ERROR"), \
                 mock.patch.object(ib_connection._TwsSession, "placeOrder", place_then_raise):
             line = self.fails_internal("boom-filled", params, "KeyError")
         self.assertEqual(self.placed(), 1)

@@ -10,9 +10,9 @@ import unittest
 
 from ibapi.server_versions import MAX_CLIENT_VER, MIN_CLIENT_VER
 
-import ib_connection
-from agent_config import Config
-from ib_connection import TESTED_MAX_SERVER_VERSION, IBConnection, _TwsSession
+from agent.ib import connection as ib_connection
+from agent.config import Config
+from agent.ib.connection import TESTED_MAX_SERVER_VERSION, IBConnection, _TwsSession
 from tests.test_orders_e2e import OrdersEndToEnd
 from tests.tws_versions import MATRIX, at_tws_versions
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 import threading
 import unittest
 
-from agent_errors import (BUSY, CANCELLED, IB_NOT_CONNECTED, INTERNAL, INVALID_REQUEST, UNKNOWN_ACTION,
+from agent.errors import (BUSY, CANCELLED, IB_NOT_CONNECTED, INTERNAL, INVALID_REQUEST, UNKNOWN_ACTION,
                           AgentError)
-from relay_actions import ACTIONS, BULK_PRICE_CONTRACTS, QUICK_WORKERS, RequestRunner
+from agent.relay.actions import ACTIONS, BULK_PRICE_CONTRACTS, QUICK_WORKERS, RequestRunner
 
 ORDER_ACTIONS = {"positions", "account-summary", "open-orders", "place-order", "cancel-order"}
 HOLD_S = 30  # a held scanner call gives up after this: longer than StandInJob.result() waits
@@ -272,7 +272,7 @@ class Dispatch(RunnerCase):
 
     def test_an_unexpected_exception_is_internal_with_a_short_message_and_a_logged_traceback(self):
         self.scanner.fail_with = KeyError("strike_grid")
-        with self.assertLogs("agent.requests", "ERROR") as logs:
+        with self.assertLogs("ib_data_agent.requests", "ERROR") as logs:
             data, error = self.run_action("quote", {"tickers": ["AAPL"]})
         self.assertEqual(error.code, INTERNAL)
         self.assertNotIn("Traceback", error.message)

@@ -15,8 +15,8 @@ import unittest
 
 import psutil
 
-from agent_errors import INVALID_REQUEST
-from relay_link import MAX_MESSAGE_BYTES, BoundedFrameReader
+from agent.errors import INVALID_REQUEST
+from agent.relay.link import MAX_MESSAGE_BYTES, BoundedFrameReader
 from tests.agent_process import AgentStack, RelayClient
 from tests.test_relay_link import LinkCase
 
@@ -66,7 +66,7 @@ class LinkFrames(LinkCase):
 
     def test_a_binary_frame_is_logged_and_dropped_never_executed(self):
         self.start()
-        with self.assertLogs("agent.relay", "WARNING") as logs:
+        with self.assertLogs("ib_data_agent.relay", "WARNING") as logs:
             data = json.dumps({"type": "request", "id": "bin", "action": "echo"}).encode()
             self.relay.send_binary(data)
             self.assert_link_up_and_answering()
@@ -77,7 +77,7 @@ class LinkFrames(LinkCase):
 
     def test_text_that_is_not_utf8_is_logged_and_dropped_never_executed(self):
         self.start()
-        with self.assertLogs("agent.relay", "WARNING") as logs:
+        with self.assertLogs("ib_data_agent.relay", "WARNING") as logs:
             self.relay.send_frames([(TEXT, b'{"type":"request","id":"bad-utf8","action":"echo","params":{"x":"\xff"}}',
                                      True)])
             self.relay.send_frames([(TEXT, b'{"type":"request","id":"cut-utf8",', False),
@@ -91,7 +91,7 @@ class LinkFrames(LinkCase):
 
     def test_control_characters_of_a_refused_frame_are_escaped_in_its_log_line(self):
         self.start()
-        with self.assertLogs("agent.relay", "WARNING") as logs:
+        with self.assertLogs("ib_data_agent.relay", "WARNING") as logs:
             self.relay.send_raw("\x1b[2J\x1b[31mnot json\r\n")
             self.relay.send_binary(b"\x1b]0;title\x07\x00")
             self.assert_link_up_and_answering()
@@ -122,7 +122,7 @@ class LinkFrames(LinkCase):
 
     def test_over_1_mib_in_one_frame_or_in_fragments_is_skipped_and_the_link_stays_up(self):
         self.start()
-        with self.assertLogs("agent.relay", "WARNING") as logs:
+        with self.assertLogs("ib_data_agent.relay", "WARNING") as logs:
             self.relay.send_frames([(TEXT, request_bytes("two-mib", 2 * MiB), True)])
             self.relay.send_frames(fragments(request_bytes("frag-1.5", 3 * MiB // 2), 3))
             self.relay.send_frames([(TEXT, request_bytes("just-over", MAX_MESSAGE_BYTES + 1), True)])
@@ -161,7 +161,7 @@ class LinkFrames(LinkCase):
 
     def test_a_repeated_id_has_no_usable_id_and_is_only_logged(self):
         self.start()
-        with self.assertLogs("agent.relay", "WARNING") as logs:
+        with self.assertLogs("ib_data_agent.relay", "WARNING") as logs:
             self.relay.send_raw('{"type":"request","id":"first","id":"second","action":"echo"}')
             self.assert_link_up_and_answering()
         self.assertIn("(the key id is repeated)", self.ignored(logs)[0])
@@ -177,7 +177,7 @@ class LinkFrames(LinkCase):
                     '{"type":"request","id":"run-1","action":"echo","params":{"a":1,"a":2}}',
                     '{"type":"cancel","id":"run-1","id2":0,"id2":1}',
                     '{"type":"request","id":"run-1","action":"echo","params":[1]}']
-        with self.assertLogs("agent.relay", "INFO") as logs:
+        with self.assertLogs("ib_data_agent.relay", "INFO") as logs:
             for text in bad_text:
                 self.relay.send_raw(text)
             self.relay.send_binary(b'{"type":"request","id":"run-1","action":"echo"}')
@@ -196,7 +196,7 @@ class LinkFrames(LinkCase):
 
     def test_a_control_frame_over_125_bytes_reconnects_at_once_with_one_line(self):
         self.start()
-        with self.assertLogs("agent.relay", "WARNING") as logs:
+        with self.assertLogs("ib_data_agent.relay", "WARNING") as logs:
             self.relay.send_frames([(PING, b"p" * 200, True)])
             self.relay.wait_hello(connections=2)
         self.assertEqual(len(logs.output), 1, logs.output)
@@ -209,7 +209,7 @@ class StoredResponses(LinkCase):
     def test_a_bad_frame_does_not_replace_a_response_the_cloud_may_ask_for_again(self):
         self.start()
         first = self.relay.request("echo", {"n": 1}, id="kept")
-        with self.assertLogs("agent.relay", "WARNING") as logs:
+        with self.assertLogs("ib_data_agent.relay", "WARNING") as logs:
             self.relay.send_raw('{"type":"bogus","id":"kept"}')
             self.relay.send_raw('{"type":"request","id":"kept","action":"echo","x":1,"x":2}')
             self.relay.send({"type": "request", "id": "kept", "action": "echo", "params": {"n": 2}})

@@ -11,10 +11,10 @@ import unittest
 import uuid
 from unittest import mock
 
-from agent_backoff import ReconnectPolicy
-from agent_errors import CANCELLED, INTERNAL, INVALID_REQUEST, AgentError
-import relay_link
-from relay_link import LinkTimings, Outbox, OutboxLimits, RelayLink
+from agent.backoff import ReconnectPolicy
+from agent.errors import CANCELLED, INTERNAL, INVALID_REQUEST, AgentError
+from agent.relay import link as relay_link
+from agent.relay.link import LinkTimings, Outbox, OutboxLimits, RelayLink
 from tests.fake_relay import FakeRelay, self_signed_relay
 from tests.agent_process import free_port
 
@@ -125,7 +125,7 @@ class HelloAndRequests(LinkCase):
 
     def test_a_response_that_is_not_valid_json_becomes_internal(self):
         self.start()
-        with self.assertLogs("agent.relay", "ERROR"):
+        with self.assertLogs("ib_data_agent.relay", "ERROR"):
             response = self.relay.request("nan", id="n1")
         self.assertEqual(response["error"]["code"], INTERNAL)
 
@@ -133,7 +133,7 @@ class HelloAndRequests(LinkCase):
 class BadFrames(LinkCase):
     def test_frames_without_json_or_usable_id_are_dropped_and_the_link_stays_up(self):
         self.start()
-        with self.assertLogs("agent.relay", "WARNING") as logs:
+        with self.assertLogs("ib_data_agent.relay", "WARNING") as logs:
             for text in ("this is not json {", "[1, 2]", json.dumps({"type": "request", "action": "echo"}),
                          json.dumps({"type": "request", "id": 7, "action": "echo"}),
                          json.dumps({"type": "request", "id": "x" * 129, "action": "echo"}),
@@ -190,7 +190,7 @@ class KeyAcrossACut(LinkCase):
     def test_a_refused_binary_frame_with_the_key_at_its_preview_cut(self):
         self.start()
         cuts = range(relay_link.LOGGED_FRAME_CHARS - len(KEY), relay_link.LOGGED_FRAME_CHARS + 1, 3)
-        with self.assertLogs("agent.relay", "WARNING") as logs:
+        with self.assertLogs("ib_data_agent.relay", "WARNING") as logs:
             for before in cuts:
                 self.relay.send_binary(("x" * before + KEY + "y" * 200).encode("utf-8"))
             self.assertTrue(self.relay.request("echo", id="after-binary")["ok"])
@@ -324,7 +324,7 @@ class Reconnect(LinkCase):
         hello = self.start()
         future = self.relay.submit("gated", id="g1", timeout_s=20)
         self.relay.wait_until(lambda: "g1" in self.actions.executed, what="job started")
-        with self.assertLogs("agent.relay", "INFO") as logs:
+        with self.assertLogs("ib_data_agent.relay", "INFO") as logs:
             self.assertTrue(self.relay.drop())
             self.relay.wait_until(lambda: not self.relay.connected, what="drop")
             self.actions.gate.set()
@@ -339,7 +339,7 @@ class Reconnect(LinkCase):
     def test_relay_not_running_is_reported_once_then_connects_when_it_comes_up(self):
         port = free_port()
         link = self.make_link(f"ws://127.0.0.1:{port}/ws/agent", KEY)
-        with self.assertLogs("agent.relay", "INFO") as logs:
+        with self.assertLogs("ib_data_agent.relay", "INFO") as logs:
             link.start()
             self.relay.wait_until(lambda: any("WebSocket connection failed" in line for line in logs.output),
                                   what="failure line")
@@ -359,7 +359,7 @@ class Reconnect(LinkCase):
         first = FakeRelay(port=port, key=KEY)
         first.start()
         link = self.make_link(first.url, KEY)
-        with self.assertLogs("agent.relay", "DEBUG") as logs:
+        with self.assertLogs("ib_data_agent.relay", "DEBUG") as logs:
             link.start()
             first.wait_hello()
             first.stop()
@@ -390,14 +390,14 @@ class Reconnect(LinkCase):
         self.addCleanup(silent.stop)
         timings = LinkTimings(backoff_min_s=0.05, backoff_max_s=0.2, ping_interval_s=0.6, ping_timeout_s=0.3)
         link = self.make_link(silent.url, KEY, timings=timings)
-        with self.assertLogs("agent.relay", "WARNING") as logs:
+        with self.assertLogs("ib_data_agent.relay", "WARNING") as logs:
             link.start()
             silent.wait_hello(connections=2, timeout=10)
         self.assertIn("Relay connection lost (ping/pong timed out)", logs.output[0])
 
     def test_wrong_key_is_retried_slowly_and_says_why(self):
         link = self.make_link(self.relay.url, "wrong-" + KEY)
-        with self.assertLogs("agent", "INFO") as logs:
+        with self.assertLogs("ib_data_agent", "INFO") as logs:
             link.start()
             self.relay.wait_until(lambda: self.relay.auth_failures >= 3, timeout=10, what="3 attempts")
         times = self.relay.auth_failure_times
@@ -431,7 +431,7 @@ class Certificates(unittest.TestCase):
 
     def test_a_certificate_that_does_not_verify_is_never_accepted_and_the_line_says_what_to_do(self):
         link = self.link()
-        with self.assertLogs("agent.relay", "WARNING") as logs:
+        with self.assertLogs("ib_data_agent.relay", "WARNING") as logs:
             link.start()
             self.relay.wait_until(lambda: logs.output, what="failure line")
             time.sleep(0.5)  # more attempts, none of which may get through
@@ -450,7 +450,7 @@ class Certificates(unittest.TestCase):
         self.relay.wait_hello()
         # over TLS too, a message over the limit is skipped and the link stays up
         big = b'{"type":"request","id":"big","action":"echo","params":{"pad":"' + b"x" * (2 << 20) + b'"}}'
-        with self.assertLogs("agent.relay", "WARNING") as logs:
+        with self.assertLogs("ib_data_agent.relay", "WARNING") as logs:
             self.relay.send_frames([(0x1, big, True)])
             self.assertTrue(self.relay.request("echo", {"n": 1}, id="after-big")["ok"])
         self.assertIn("over the 1 MiB limit", logs.output[0])
@@ -464,7 +464,7 @@ class Certificates(unittest.TestCase):
         self.assertEqual(roots, relay_link.SYSTEM_ROOTS)
         self.assertEqual(context.verify_mode, ssl.CERT_REQUIRED)
         self.assertTrue(context.check_hostname)
-        with self.assertLogs("agent.relay", "WARNING"):
+        with self.assertLogs("ib_data_agent.relay", "WARNING"):
             link.start()
             self.relay.wait_until(lambda: link._last_error is not None, what="refused")
         self.assertEqual(self.relay.connections, 0)
@@ -547,7 +547,7 @@ class ReconnectTiming(unittest.TestCase):
 class OutboxLimitsTest(unittest.TestCase):
     def test_count_bytes_and_age_are_bounded_oldest_first(self):
         outbox = Outbox(OutboxLimits(max_age_s=0.2, max_count=3, max_bytes=100))
-        with self.assertLogs("agent.relay", "WARNING") as logs:
+        with self.assertLogs("ib_data_agent.relay", "WARNING") as logs:
             for n in range(4):
                 outbox.put(f"id{n}", "x" * 10)
             self.assertEqual(outbox.get("id0"), None)

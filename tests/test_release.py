@@ -19,7 +19,7 @@ import unittest
 import zipfile
 from pathlib import Path, PurePosixPath
 
-from agent_config import VARIABLES, read_raw
+from agent.config import VARIABLES, read_raw
 
 ROOT = Path(__file__).resolve().parent.parent
 BUILD_SCRIPT = ROOT / "tools" / "build_release.py"
@@ -144,7 +144,9 @@ class ReleaseZipsTest(unittest.TestCase):
                                                          "ibapi/client.py", "ibapi/wrapper.py"):
                     self.assertIn(name, names)
                 top_modules = {n for n in names if "/" not in n and n.endswith(".py")}
-                self.assertEqual(top_modules, {p.name for p in ROOT.glob("*.py")})
+                self.assertEqual(top_modules, {"ib_data_agent.py", "ib_scanner.py"})
+                package = {n for n in names if n.startswith("agent/") and n.endswith(".py")}
+                self.assertEqual(package, {p.relative_to(ROOT).as_posix() for p in (ROOT / "agent").rglob("*.py")})
                 for name in names:
                     parts = PurePosixPath(name).parts
                     self.assertNotIn("__pycache__", parts)
@@ -157,9 +159,9 @@ class ReleaseZipsTest(unittest.TestCase):
                                  stderr=subprocess.DEVNULL, text=True)
         if tracked.returncode != 0:
             self.skipTest("not a git checkout")
-        top_level = {name for name in tracked.stdout.split() if "/" not in name}
-        self.assertIn("agent_config.py", top_level)
-        self.assertLessEqual(top_level, self.names(self.unix))
+        agent_code = {name for name in tracked.stdout.split() if "/" not in name or name.startswith("agent/")}
+        self.assertIn("agent/config.py", agent_code)
+        self.assertLessEqual(agent_code, self.names(self.unix))
 
     def test_windows_zip_adds_python_bundle_and_wheels_only(self):
         unix, windows = self.names(self.unix), self.names(self.windows)

@@ -18,7 +18,7 @@ from typing import Dict, Optional
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from agent_config import VARIABLES, ConfigError, load_config
+from agent.config import VARIABLES, ConfigError, load_config
 from tests.agent_process import PYTHON, ROOT, agent_env
 from tools.soak import figures
 

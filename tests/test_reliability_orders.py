@@ -21,7 +21,7 @@ import time
 import unittest
 from pathlib import Path
 
-from order_guard import order_ref_for
+from agent.orders.guard import order_ref_for
 from tests.agent_process import AgentProcess, AgentStack
 from tests.fake_tws_wire import tws_time
 from tools.soak import FAST_RELAY_BACKOFF, CloudCaller, Dropper, figures, order_params, start_agent, wait_status

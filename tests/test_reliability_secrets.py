@@ -16,7 +16,7 @@ import unittest
 from pathlib import Path
 from typing import List
 
-from agent_config import ConfigError, load_config
+from agent.config import ConfigError, load_config
 from tests.agent_process import PYTHON, ROOT, AgentProcess, AgentStack, agent_env, free_port
 from tests.fake_relay import FakeRelay, make_certificate, tls_relay
 from tools.soak import figures, order_params, option_contracts, wait_status
@@ -27,8 +27,11 @@ WAIT_S = 60.0
 # The agent plus two crash paths: an action that raises (and starts a thread that raises), with
 # the key in both exceptions' messages; and, with --crash-main, a main thread that raises.
 CRASHING_AGENT = """
-import os, sys, threading
-import ib_data_agent, relay_actions
+import os
+import sys
+import threading
+import ib_data_agent
+from agent.relay import actions as relay_actions
 key = os.environ["IB_PROVIDER_KEY"]
 
 def thread_crash():

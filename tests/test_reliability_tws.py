@@ -14,7 +14,7 @@ import threading
 import time
 import unittest
 
-from agent_config import DEFAULT_WARM_LINES
+from agent.config import DEFAULT_WARM_LINES
 from tests.agent_process import AgentStack
 from tools.soak import chain_requests, figures, option_contracts, status, wait_status
 

@@ -37,7 +37,9 @@ print(" ".join(["AGENT RAN", tinyagent.VERSION, sys.prefix] + sys.argv[1:]))
 """
 STAND_IN_TESTS = """\
 import sys
-import tinyagent, tinydemo, tinydev
+import tinyagent
+import tinydemo
+import tinydev
 print(" ".join(["TESTS RAN", sys.prefix] + sys.argv[1:]))
 """
 # A Debian/Ubuntu Python without python3-venv: `-m venv` leaves a venv without pip and fails.
@@ -317,7 +319,7 @@ class ScriptText(unittest.TestCase):
         check = re.search(r"^PYTHON_FLOOR_CHECK='([^']*)'", text, re.MULTILINE).group(1)
         self.assertIn("(3, 10)", check)
         self.assertNotIn("python3.9", text)
-        import agent_doctor
+        from agent import doctor as agent_doctor
         self.assertEqual(agent_doctor.MIN_PYTHON, (3, 10))
 
     def test_readme_states_the_floor_and_names_every_runtime_dependency_with_its_reason(self):

@@ -150,7 +150,7 @@ class PowerShellScriptTest(unittest.TestCase):
                                                                                          exit=sys.exit)})
             self.assertEqual(exited.exception.code, code)
         self.assertNotRegex(self.text, r"3\.9\b")
-        import agent_doctor
+        from agent import doctor as agent_doctor
         self.assertIn(f"(3, {agent_doctor.MIN_PYTHON[1]})", floor)
 
     def test_tries_the_bundled_python_then_py_3_then_python(self):

@@ -28,14 +28,16 @@ from typing import Dict, Iterator, List, Optional, Tuple
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from agent_config import PLACEHOLDER_KEY, VARIABLES, ConfigError  # noqa: E402  (the one key check)
-from agent_demo import DEMO_FILES  # noqa: E402
+from agent.config import PLACEHOLDER_KEY, VARIABLES, ConfigError  # noqa: E402  (the one key check)
+from agent import MIN_PYTHON  # noqa: E402  (the agent's floor)
+from agent.demo import DEMO_FILES  # noqa: E402
 from dotenv import dotenv_values  # noqa: E402
 
 TOP_FOLDER = "ib-data-agent"
 IBAPI_DISTRIBUTION = "ibapi-stable"
 WINDOWS_PLATFORM = "win_amd64"
-# Next to the agent's top-level *.py modules (every one of them ships; see agent_modules).
+AGENT_PACKAGE = "agent"
+# Next to the agent's Python modules (every one of them ships; see agent_modules).
 AGENT_FILES = ("config.env", "requirements.txt", "requirements-demo.txt", "README.md",
                "start_unix.sh", "start_windows.bat", "start_windows.ps1")
 # Files from outside the top level that users need as well: the test doubles --demo starts.
@@ -44,7 +46,6 @@ EXECUTABLE_FILES = ("start_unix.sh",)
 LINE_ENDINGS = {".bat": b"\r\n", ".ps1": b"\r\n", ".sh": b"\n"}  # whatever git checked out
 KEY_LINE = re.compile(rf"^IB_PROVIDER_KEY={PLACEHOLDER_KEY}[ \t]*\r?$", re.MULTILINE)
 PTH_NAME = re.compile(r"^python(\d+)\._pth$")
-MIN_PYTHON = (3, 10)  # the agent's floor (agent_doctor.MIN_PYTHON): IB's ibapi 10.50 needs 3.10
 
 
 class ReleaseError(Exception):
@@ -71,8 +72,9 @@ def stamped_config(key: str) -> bytes:
 
 
 def agent_modules() -> List[str]:
-    """Every top-level module: the architecture keeps the whole agent there, one sibling per job."""
-    return sorted(path.name for path in ROOT.glob("*.py"))
+    """The two top-level faces (ib_data_agent.py, ib_scanner.py) and every module of the agent/ package."""
+    paths = list(ROOT.glob("*.py")) + list((ROOT / AGENT_PACKAGE).rglob("*.py"))
+    return sorted(path.relative_to(ROOT).as_posix() for path in paths)
 
 
 def pinned_version(distribution: str) -> str:

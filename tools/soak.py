@@ -55,8 +55,10 @@ from tests.fake_relay import AgentNotConnected, FakeRelay, RequestTimedOut  # no
 # nothing about exactly-once delivery and makes the run several times longer. RELIABILITY.md has
 # the product's reconnect figures.
 _FAST_RELAY_RETRY = """
-import functools, sys
-import ib_data_agent, relay_link
+import functools
+import sys
+import ib_data_agent
+from agent.relay import link as relay_link
 low, high = float(sys.argv[1]), float(sys.argv[2])
 timings = relay_link.LinkTimings(backoff_min_s=low, backoff_max_s=high)
 ib_data_agent.RelayLink = functools.partial(relay_link.RelayLink, timings=timings)

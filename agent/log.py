@@ -24,7 +24,15 @@ FILE_FORMAT = "%(asctime)s %(levelname)-7s %(name)s [%(threadName)s] %(message)s
 # Libraries that narrate their own connection handling; the agent says it in its own words.
 LIBRARY_LEVELS = {"websocket": logging.CRITICAL, "ibapi": logging.WARNING, "asyncio": logging.WARNING}
 
-log = logging.getLogger("agent")
+ROOT_LOGGER = "ib_data_agent"
+
+
+def logger(part: str = "") -> logging.Logger:
+    """The agent's logger tree: `ib_data_agent` and one child per part (ib, relay, requests, orders, doctor)."""
+    return logging.getLogger(f"{ROOT_LOGGER}.{part}" if part else ROOT_LOGGER)
+
+
+log = logger()
 
 
 class Masker:

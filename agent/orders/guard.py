@@ -21,12 +21,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Dict, Mapping, Optional
 
-import agent_log
-from agent_errors import AgentError
-from agent_params import (REQUIRED, RIGHT, STRIKE, TICKER, TRADING_CLASS, Checker, choice, date, number, obj,
+from agent import log as agent_log
+from agent.errors import AgentError
+from agent.relay.params import (REQUIRED, RIGHT, STRIKE, TICKER, TRADING_CLASS, Checker, choice, date, number, obj,
                           only_for, pattern)
 
-log = logging.getLogger(__name__)
+log = agent_log.logger("orders")
 
 PAPER_ACCOUNT_PREFIXES = ("DU", "DF")
 

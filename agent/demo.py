@@ -17,10 +17,10 @@ import time
 from pathlib import Path
 from typing import Dict, List, Optional, TextIO, Tuple
 
-from agent_log import plural
-from ib_scanner import days_to, underlying_price
+from agent.config import AGENT_DIR
+from agent.log import plural
+from agent.ib.scanner import days_to, underlying_price
 
-AGENT_DIR = Path(__file__).resolve().parent
 DEMO_KEY = "demo-key-not-a-secret"
 DEMO_TICKER = "AAPL"
 STRIKES_AROUND = 6

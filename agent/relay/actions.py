@@ -18,13 +18,13 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 
-import agent_log
-from agent_log import plural
-from agent_errors import BUSY, CANCELLED, IB_NOT_CONNECTED, INTERNAL, UNKNOWN_ACTION, AgentError
-from agent_params import (EXCHANGE, REQUIRED, RIGHT, STRIKE, TICKER, TRADING_CLASS, Rule, Schema, boolean, date,
+from agent import log as agent_log
+from agent.log import plural
+from agent.errors import BUSY, CANCELLED, IB_NOT_CONNECTED, INTERNAL, UNKNOWN_ACTION, AgentError
+from agent.relay.params import (EXCHANGE, REQUIRED, RIGHT, STRIKE, TICKER, TRADING_CLASS, Rule, Schema, boolean, date,
                           list_of, not_above, number, obj, validate)
 
-log = logging.getLogger("agent.requests")
+log = agent_log.logger("requests")
 
 MAX_QUOTE_TICKERS = 200
 MAX_PRICE_CONTRACTS = 2000

@@ -16,7 +16,7 @@ from ibapi.execution import ExecutionFilter
 from ibapi.order import Order
 from ibapi.server_versions import MIN_SERVER_VER_PARAMETRIZED_DAYS_OF_EXECUTIONS
 
-import order_guard
+from agent.orders import guard as order_guard
 
 _UNSET_DOUBLE = 1.7976931348623157e308
 LOOKBACK_DAYS = 7         # executions asked for when looking for a request's order in TWS

@@ -28,10 +28,10 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 import certifi
 import websocket
 
-import agent_log
-from agent_backoff import ReconnectPolicy
-from agent_config import is_loopback_host
-from agent_errors import INTERNAL, INVALID_REQUEST, AgentError
+from agent import log as agent_log
+from agent.backoff import ReconnectPolicy
+from agent.config import is_loopback_host
+from agent.errors import INTERNAL, INVALID_REQUEST, AgentError
 
 PROTOCOL_VERSION = 1
 # Order actions are idempotent like a payment API's keys (DESIGN.md 4, Delivery): a repeat of an
@@ -66,7 +66,7 @@ TLS_FIXES = {9: TLS_FIX_CLOCK, 10: TLS_FIX_CLOCK, 18: TLS_FIX_INTERCEPTED, 19: T
              2: TLS_FIX_UNKNOWN_ISSUER, 20: TLS_FIX_UNKNOWN_ISSUER, 21: TLS_FIX_UNKNOWN_ISSUER,
              62: TLS_FIX_WRONG_NAME}
 
-log = logging.getLogger("agent.relay")
+log = agent_log.logger("relay")
 
 
 @dataclass(frozen=True)

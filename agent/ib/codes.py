@@ -11,8 +11,8 @@ from typing import List
 
 from ibapi import errors as ibapi_errors
 
-import agent_log
-from agent_errors import (IB_ERROR, IB_NOT_CONNECTED, MARKET_DATA_NOT_SUBSCRIBED, NO_SECURITY_DEFINITION,
+from agent import log as agent_log
+from agent.errors import (IB_ERROR, IB_NOT_CONNECTED, MARKET_DATA_NOT_SUBSCRIBED, NO_SECURITY_DEFINITION,
                           READ_ONLY_API, AgentError)
 
 # auto asks frozen: live while the market is open, the values recorded at the close after it;

@@ -35,9 +35,9 @@ from typing import Callable, Deque, Dict, List, Optional, Sequence, Tuple
 
 from ibapi.contract import Contract
 
-from agent_errors import CANCELLED, IB_ERROR, IB_NOT_CONNECTED, AgentError
-from ib_connection import error_for
-from ib_ticks import DATA_TYPE_IDS, DATA_TYPE_NAMES, Instrument, TickBook
+from agent.errors import CANCELLED, IB_ERROR, IB_NOT_CONNECTED, AgentError
+from agent.ib.connection import error_for
+from agent.ib.ticks import DATA_TYPE_IDS, DATA_TYPE_NAMES, Instrument, TickBook
 
 # Generic ticks per kind: option volume (100) and open interest (101). Options always ask for
 # both, so one stream (shared or warm) serves requests with and without OI. Greeks and the

@@ -17,7 +17,7 @@ from typing import Callable, Dict, List, Mapping, Optional
 
 from dotenv.parser import Binding, parse_stream
 
-AGENT_DIR = Path(__file__).resolve().parent
+AGENT_DIR = Path(__file__).resolve().parent.parent   # the folder a user unzipped: config.env, the scripts
 DEFAULT_CONFIG_FILE = AGENT_DIR / "config.env"
 PLACEHOLDER_KEY = "YOUR_API_KEY_HERE"
 DEFAULT_RELAY_URL = "wss://relay.ma-tracker.com/ws/agent"

@@ -16,14 +16,14 @@ from ibapi.client import EClient
 from ibapi.server_versions import MIN_CLIENT_VER
 from ibapi.wrapper import EWrapper
 
-import agent_log
-from agent_errors import IB_NOT_CONNECTED, AgentError
-from ib_codes import CLIENT_ERROR_CODES, CLIENT_ID_IN_USE, error_for, with_reject_details
+from agent import log as agent_log
+from agent.errors import IB_NOT_CONNECTED, AgentError
+from agent.ib.codes import CLIENT_ERROR_CODES, CLIENT_ID_IN_USE, error_for, with_reject_details
 
 if TYPE_CHECKING:
-    from ib_connection import IBConnection
+    from agent.ib.connection import IBConnection
 
-log = logging.getLogger("ib_data_agent.ib")
+log = agent_log.logger("ib")
 
 # The highest TWS server version the agent's tests cover (tests/test_protocol_versions.py runs the
 # order, market-data and account suites against the fake TWS at it). The handshake offers

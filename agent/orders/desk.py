@@ -37,17 +37,17 @@ from ibapi.contract import Contract
 from ibapi.order import Order
 from ibapi.order_cancel import OrderCancel
 
-import agent_log
-import ib_connection
-import order_guard
-from agent_errors import (CANCELLED, IB_NOT_CONNECTED, INTERNAL, INVALID_REQUEST, NO_SECURITY_DEFINITION, ORDER_BLOCKED,
+from agent import log as agent_log
+from agent.ib import connection as ib_connection
+from agent.orders import guard as order_guard
+from agent.errors import (CANCELLED, IB_NOT_CONNECTED, INTERNAL, INVALID_REQUEST, NO_SECURITY_DEFINITION, ORDER_BLOCKED,
                           TIMEOUT, AgentError)
-from agent_log import Masker
-from ib_order_book import FINAL_STATUSES, OrderBook, contract_dict, refs_of  # contract_dict: for callers
-from ib_order_book import number as _number, quantity as _quantity
-from ib_order_wait import ORDER_WARNING_CODES, SWEEP_EVENTS, _Forwarding, _KeyedLocks, _Pending
+from agent.log import Masker
+from agent.orders.book import FINAL_STATUSES, OrderBook, contract_dict, refs_of  # contract_dict: for callers
+from agent.orders.book import number as _number, quantity as _quantity
+from agent.orders.wait import ORDER_WARNING_CODES, SWEEP_EVENTS, _Forwarding, _KeyedLocks, _Pending
 
-log = logging.getLogger(__name__)
+log = agent_log.logger("orders")
 
 SUMMARY_TAGS = {"NetLiquidation": "net_liquidation", "TotalCashValue": "total_cash",
                 "BuyingPower": "buying_power", "AvailableFunds": "available_funds",

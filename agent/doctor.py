@@ -27,15 +27,15 @@ from typing import Dict, List, Mapping, Optional, Sequence, TextIO, Tuple
 
 import websocket
 
-import agent_log
-from agent_config import DEFAULT_CONFIG_FILE, Config, ConfigError, configured_key, load_config
-from agent_errors import MARKET_DATA_NOT_SUBSCRIBED, AgentError
-from agent_log import Masker
-from ib_connection import CLIENT_ID_IN_USE, IBConnection, is_read_only_error
-from ib_ports import PortProbe, account_type, candidate_ports, resolve_port
-from ib_scanner import Scanner, days_to
-from ib_data_agent import MIN_PYTHON
-from relay_link import tls_context
+from agent import log as agent_log
+from agent.config import DEFAULT_CONFIG_FILE, Config, ConfigError, configured_key, load_config
+from agent.errors import MARKET_DATA_NOT_SUBSCRIBED, AgentError
+from agent.log import Masker
+from agent.ib.connection import CLIENT_ID_IN_USE, IBConnection, is_read_only_error
+from agent.ib.ports import PortProbe, account_type, candidate_ports, resolve_port
+from agent.ib.scanner import Scanner, days_to
+from agent import MIN_PYTHON
+from agent.relay.link import tls_context
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
 OK, WARN, FAIL, SKIP = "OK", "WARN", "FAIL", "SKIP"

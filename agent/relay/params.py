@@ -13,7 +13,7 @@ import math
 import re
 from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple
 
-from agent_errors import INVALID_REQUEST, AgentError
+from agent.errors import INVALID_REQUEST, AgentError
 
 REQUIRED = object()
 Checker = Callable[[Any, str], Any]

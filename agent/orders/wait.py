@@ -9,8 +9,8 @@ import contextlib
 import threading
 from typing import Callable, Dict, Iterable, List, Optional, Tuple
 
-from agent_errors import IB_NOT_CONNECTED, TIMEOUT, AgentError
-from ib_codes import error_for
+from agent.errors import IB_NOT_CONNECTED, TIMEOUT, AgentError
+from agent.ib.codes import error_for
 
 # Order warnings that do not stop the order, beyond ib_connection.NOTICE_CODES (which never reach
 # a handler): 10349 "Order TIF was set to DAY based on order preset".

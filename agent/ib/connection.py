@@ -35,22 +35,22 @@ import tenacity
 from ibapi.client import EClient
 from ibapi.server_versions import MIN_CLIENT_VER  # noqa: F401  (re-exported: the handshake's lowest version)
 
-from agent_backoff import ReconnectPolicy
-from agent_config import Config
-from agent_errors import IB_NOT_CONNECTED, TIMEOUT, AgentError
+from agent import log as agent_log
+from agent.backoff import ReconnectPolicy
+from agent.config import Config
+from agent.errors import IB_NOT_CONNECTED, TIMEOUT, AgentError
 # IB's codes live in ib_codes and the socket session in ib_session; the names below stay importable
 # from here, where the agent and the tests have always found them.
-from ib_codes import (CLIENT_ERROR_CODES, CLIENT_ID_IN_USE, IB_LINK_LOST, IB_LINK_RESTORED,  # noqa: F401
+from agent.ib.codes import (CLIENT_ERROR_CODES, CLIENT_ID_IN_USE, IB_LINK_LOST, IB_LINK_RESTORED,  # noqa: F401
                       IB_LINK_RESTORED_DATA_LOST, MARKET_DATA_TYPE_NAMES, MARKET_DATA_TYPES, NOTICE_CODES,
                       READ_ONLY_CODE, READ_ONLY_FIX, REJECT_DETAIL_MAX, SOCKET_PORT_MOVED, TROUBLE_NOTICES,
                       error_for, is_read_only_error, with_reject_details)
-from ib_pacing import MessageLimiter
-from ib_ports import PortProbe, resolve_port
-from ib_session import (_CLIENT_ID_TAKEN, ID_CALLBACKS, PLAIN_CALLBACKS, TESTED_MAX_SERVER_VERSION,  # noqa: F401
+from agent.ib.pacing import MessageLimiter
+from agent.ib.ports import PortProbe, resolve_port
+from agent.ib.session import (_CLIENT_ID_TAKEN, ID_CALLBACKS, PLAIN_CALLBACKS, TESTED_MAX_SERVER_VERSION,  # noqa: F401
                         _TwsSession, _TwsSocket)
 
-log = logging.getLogger("ib_data_agent.ib")
-logging.getLogger("ibapi").setLevel(logging.WARNING)  # ibapi logs every message sent and received at INFO
+log = agent_log.logger("ib")
 
 # Request ids start far above any order id TWS hands out, so errors (which share one id field)
 # can always be told apart.

@@ -1,0 +1,18 @@
+"""The agent behind `ib_data_agent.py` (the relay wiring) and `ib_scanner.py` (the public scanner),
+cut by responsibility (docs/ARCHITECTURE.md draws it):
+
+- `agent.ib`: the IB half. One TWS session (`session`: handshake, the one paced send path, request
+  futures), the connection that keeps it up (`connection`), IB's codes and tick tables (`codes`,
+  `ticks`), the market-data line pool (`lines`), pacing (`pacing`), ports (`ports`), the scanner.
+- `agent.relay`: the relay half. The WebSocket link to the cloud (`link`), the action table and its
+  worker lanes (`actions`), request parameter checks (`params`).
+- `agent.orders`: the order desk (`desk`), its local policy, audit log and id store (`guard`), order
+  lookups in TWS (`book`) and waiting for TWS's answers (`wait`).
+- config and logging (`config`, `log`, `errors`, `backoff`), and the two helpers a user runs:
+  `doctor` (`--check`) and `demo` (`--demo`).
+
+This file must stay importable by any Python 3: `ib_data_agent.py` reads MIN_PYTHON from it before
+anything else, to say plainly when the Python is too old.
+"""
+
+MIN_PYTHON = (3, 10)  # IB's ibapi 10.50 needs it; start_unix.sh and start_windows.ps1 refuse older

@@ -1,0 +1,1 @@
+"""The IB half: everything that talks to TWS / IB Gateway through ibapi."""
