@@ -5,11 +5,11 @@ This file is the wiring: config, logging, the TWS connection, the scanner, the w
 relay link, plus signals and exit codes (0 after Ctrl-C / SIGTERM, 2 for a bad config or another
 agent already running on the same data folder).
 """
+
 from __future__ import annotations
 
 import argparse
 import contextlib
-import logging
 import os
 import signal
 import sys
@@ -19,20 +19,22 @@ from typing import List, Optional, Tuple
 
 from agent import MIN_PYTHON  # noqa: E402  (importable by any Python 3)
 
-if sys.version_info < MIN_PYTHON:   # run directly, not through the start scripts that check it
-    sys.exit("IB Data Agent needs Python %d.%d or newer (this is Python %d.%d): start it with "
-             "./start_unix.sh or start_windows.bat, which say how to get one" % (MIN_PYTHON + sys.version_info[:2]))
+if sys.version_info < MIN_PYTHON:  # run directly, not through the start scripts that check it
+    sys.exit(
+        "IB Data Agent needs Python %d.%d or newer (this is Python %d.%d): start it with "
+        "./start_unix.sh or start_windows.bat, which say how to get one" % (MIN_PYTHON + sys.version_info[:2])
+    )
 
 import filelock  # noqa: E402  (what follows needs MIN_PYTHON: ibapi uses `match`)
 
 from agent import log as agent_log  # noqa: E402
 from agent.config import Config, ConfigError, configured_key, load_config  # noqa: E402
 from agent.ib.connection import IBConnection  # noqa: E402
-from agent.orders.desk import OrderDesk  # noqa: E402
 from agent.ib.ports import candidate_ports  # noqa: E402
-from ib_scanner import Scanner  # noqa: E402
+from agent.orders.desk import OrderDesk  # noqa: E402
 from agent.relay.actions import RequestRunner  # noqa: E402
 from agent.relay.link import RelayLink  # noqa: E402
+from ib_scanner import Scanner  # noqa: E402
 
 __version__ = "1.0.0"
 
@@ -53,10 +55,12 @@ class Agent:
         self.conn = IBConnection(config, on_change=self._ib_changed)
         self.scanner = Scanner(self.conn, config)
         self.desk = OrderDesk(self.conn, config)
-        self.runner = RequestRunner(self.conn, self.scanner, self.desk,
-                                    workers=config.agent_workers, queue_size=config.agent_queue_size)
-        self.link = RelayLink(config.relay_url, config.key, __version__, self.runner.names,
-                              self.conn.status, self.runner.submit)
+        self.runner = RequestRunner(
+            self.conn, self.scanner, self.desk, workers=config.agent_workers, queue_size=config.agent_queue_size
+        )
+        self.link = RelayLink(
+            config.relay_url, config.key, __version__, self.runner.names, self.conn.status, self.runner.submit
+        )
 
     def run(self) -> int:
         if self.config.ib_port:
@@ -111,8 +115,8 @@ def config_error_line(exc: ConfigError, config_path: Optional[Path]) -> str:
     return agent_log.Masker([configured_key(config_path)])(f"Configuration error: {exc}")
 
 
-LOCK_FILE = "ib_data_agent.lock"   # held (an OS file lock) while the agent runs: one agent per data folder
-PID_FILE = "ib_data_agent.pid"     # beside it: who holds it, for the second agent's message
+LOCK_FILE = "ib_data_agent.lock"  # held (an OS file lock) while the agent runs: one agent per data folder
+PID_FILE = "ib_data_agent.pid"  # beside it: who holds it, for the second agent's message
 
 
 def lock_data_folder(data_dir: Path) -> Tuple[Optional[filelock.FileLock], Optional[str]]:
@@ -123,8 +127,9 @@ def lock_data_folder(data_dir: Path) -> Tuple[Optional[filelock.FileLock], Optio
     process: a crash or kill -9 leaves no stale lock behind. A file system without such locks is
     refused too (fail closed) rather than run unguarded.
     """
-    lock = filelock.FileLock(str(data_dir / LOCK_FILE), timeout=0, thread_local=False,
-                             fallback_to_soft=False, preserve_lock_file=True)
+    lock = filelock.FileLock(
+        str(data_dir / LOCK_FILE), timeout=0, thread_local=False, fallback_to_soft=False, preserve_lock_file=True
+    )
     try:
         lock.acquire()
     except filelock.Timeout:
@@ -132,12 +137,16 @@ def lock_data_folder(data_dir: Path) -> Tuple[Optional[filelock.FileLock], Optio
         with contextlib.suppress(OSError, ValueError):
             pid = int((data_dir / PID_FILE).read_text(encoding="ascii").split()[0])
             holder = f"another IB Data Agent (pid {pid})"
-        return None, (f"{holder} is already running with the data folder {data_dir}. Stop that one first "
-                      "(close its window, or end that process), or give this one its own AGENT_DATA_DIR. "
-                      "This one exits without doing anything.")
+        return None, (
+            f"{holder} is already running with the data folder {data_dir}. Stop that one first "
+            "(close its window, or end that process), or give this one its own AGENT_DATA_DIR. "
+            "This one exits without doing anything."
+        )
     except OSError as exc:
-        return None, (f"cannot lock the data folder {data_dir} ({exc.strerror or exc}); the agent needs a "
-                      "folder on a local disk it can write (AGENT_DATA_DIR)")
+        return None, (
+            f"cannot lock the data folder {data_dir} ({exc.strerror or exc}); the agent needs a "
+            "folder on a local disk it can write (AGENT_DATA_DIR)"
+        )
     try:
         tmp = data_dir / (PID_FILE + ".tmp")
         tmp.write_text(f"{os.getpid()}\n", encoding="ascii")
@@ -149,10 +158,19 @@ def lock_data_folder(data_dir: Path) -> Tuple[Optional[filelock.FileLock], Optio
 
 def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="ib_data_agent.py", description=__doc__.splitlines()[0])
-    parser.add_argument("--config", metavar="PATH", type=Path,
-                        help="config file to read instead of config.env next to this script")
-    parser.add_argument("--check", action="store_true", help="check the set-up (TWS, account, market data, cloud), print a checklist and exit")
-    parser.add_argument("--demo", action="store_true", help="try the agent without Interactive Brokers: fake TWS and cloud on this computer")
+    parser.add_argument(
+        "--config", metavar="PATH", type=Path, help="config file to read instead of config.env next to this script"
+    )
+    parser.add_argument(
+        "--check",
+        action="store_true",
+        help="check the set-up (TWS, account, market data, cloud), print a checklist and exit",
+    )
+    parser.add_argument(
+        "--demo",
+        action="store_true",
+        help="try the agent without Interactive Brokers: fake TWS and cloud on this computer",
+    )
     parser.add_argument("--version", action="version", version=f"IB Data Agent {__version__}")
     return parser.parse_args(argv)
 
@@ -161,9 +179,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parse_args(argv)
     if args.check:
         from agent import doctor as agent_doctor
+
         return agent_doctor.run(args.config, agent_version=__version__)
     if args.demo:
         from agent import demo as agent_demo
+
         return agent_demo.run()
     try:
         config = load_config(args.config)

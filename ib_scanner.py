@@ -5,8 +5,25 @@
 The code lives in `agent/ib/scanner.py` (the IB half, docs/ARCHITECTURE.md); this file only keeps
 the names where users and scripts import them from.
 """
-from agent.ib.scanner import (CHAIN_CACHE_S, Scanner, days_to, is_adjusted_class, new_york_date, sell_metrics,
-                              strikes_around, underlying_price)
 
-__all__ = ["CHAIN_CACHE_S", "Scanner", "days_to", "is_adjusted_class", "new_york_date", "sell_metrics",
-           "strikes_around", "underlying_price"]
+from agent.ib.scanner import (
+    CHAIN_CACHE_S,
+    Scanner,
+    days_to,
+    is_adjusted_class,
+    new_york_date,
+    sell_metrics,
+    strikes_around,
+    underlying_price,
+)
+
+__all__ = [
+    "CHAIN_CACHE_S",
+    "Scanner",
+    "days_to",
+    "is_adjusted_class",
+    "new_york_date",
+    "sell_metrics",
+    "strikes_around",
+    "underlying_price",
+]

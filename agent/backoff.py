@@ -2,6 +2,7 @@
 tenacity. The TWS supervisor (ib_connection) and the relay link (relay_link) each build one with
 their own figures and keep their own logging; the policy only says how long to wait.
 """
+
 from __future__ import annotations
 
 import random
@@ -11,7 +12,7 @@ from typing import Callable, Optional
 
 import tenacity
 
-MAX_FAILURES = 64   # counted no further: the window reached its cap long before
+MAX_FAILURES = 64  # counted no further: the window reached its cap long before
 
 
 class ReconnectPolicy(tenacity.wait_random_exponential):
@@ -29,15 +30,22 @@ class ReconnectPolicy(tenacity.wait_random_exponential):
     `rand` (uniform in [0, 1)) and `clock` are injectable so tests can pin the jitter and the time.
     """
 
-    def __init__(self, first_s: float, cap_s: float, stable_after_s: float, *,
-                 rand: Callable[[], float] = random.random, clock: Callable[[], float] = time.monotonic):
+    def __init__(
+        self,
+        first_s: float,
+        cap_s: float,
+        stable_after_s: float,
+        *,
+        rand: Callable[[], float] = random.random,
+        clock: Callable[[], float] = time.monotonic,
+    ):
         super().__init__(multiplier=first_s, max=cap_s)
         self.first_s = first_s
         self.cap_s = cap_s
         self.stable_after_s = stable_after_s
         self._rand = rand
         self._clock = clock
-        self._failures = 0                          # failures since the last stable connection
+        self._failures = 0  # failures since the last stable connection
         self._connected_at: Optional[float] = None
 
     def __call__(self, retry_state: tenacity.RetryCallState) -> float:

@@ -3,6 +3,7 @@
 Every variable is validated once at start; a bad one raises ConfigError with one line that names
 it (the agent prints that line and exits 2). The key itself never appears in a message.
 """
+
 from __future__ import annotations
 
 import difflib
@@ -17,7 +18,7 @@ from typing import Callable, Dict, List, Mapping, Optional
 
 from dotenv.parser import Binding, parse_stream
 
-AGENT_DIR = Path(__file__).resolve().parent.parent   # the folder a user unzipped: config.env, the scripts
+AGENT_DIR = Path(__file__).resolve().parent.parent  # the folder a user unzipped: config.env, the scripts
 DEFAULT_CONFIG_FILE = AGENT_DIR / "config.env"
 PLACEHOLDER_KEY = "YOUR_API_KEY_HERE"
 DEFAULT_RELAY_URL = "wss://relay.ma-tracker.com/ws/agent"
@@ -80,6 +81,7 @@ def _int(lo: int, hi: int) -> Callable[[str, str], int]:
         if not lo <= value <= hi:
             raise ConfigError(f"{name}={value} is out of range ({lo} to {hi})")
         return value
+
     return parse
 
 
@@ -92,6 +94,7 @@ def _float(lo: float, hi: float) -> Callable[[str, str], float]:
         if not lo <= value <= hi:  # also rejects nan
             raise ConfigError(f"{name}={raw} is out of range ({lo:g} to {hi:g})")
         return value
+
     return parse
 
 
@@ -101,6 +104,7 @@ def _choice(choices) -> Callable[[str, str], str]:
         if value not in choices:
             raise ConfigError(f"{name}={raw!r} is not one of: {', '.join(choices)}")
         return value
+
     return parse
 
 
@@ -116,7 +120,8 @@ def _key(name: str, raw: str) -> str:
     if not value or value == PLACEHOLDER_KEY:
         raise ConfigError(
             f"{name} is not configured: put the API key from the MA Tracker web app in config.env "
-            "(or download a fresh copy of the agent, which has it filled in)")
+            "(or download a fresh copy of the agent, which has it filled in)"
+        )
     if len(value) > 512 or any(ord(c) < 33 or ord(c) > 126 for c in value):
         raise ConfigError(f"{name} contains spaces or characters an API key cannot have")
     return value
@@ -141,9 +146,10 @@ def _relay_url(name: str, raw: str) -> str:
     if parsed.scheme == "ws" and not is_loopback_host(parsed.hostname):
         raise ConfigError(
             f"{name} uses unencrypted ws:// to {parsed.hostname}; only wss:// is allowed "
-            "(ws:// is accepted for a loopback host only)")
+            "(ws:// is accepted for a loopback host only)"
+        )
     try:
-        parsed.port
+        _port = parsed.port  # urllib checks the port only when it is read
     except ValueError:
         raise ConfigError(f"{name}={raw!r} has an invalid port") from None
     return value
@@ -203,7 +209,7 @@ def _shown(name: str) -> str:
 
 
 def _unknown_name(name: str) -> str:
-    """"MAX_NOTIONAL: unknown setting; did you mean MAX_ORDER_NOTIONAL?" (names are case-sensitive)."""
+    """ "MAX_NOTIONAL: unknown setting; did you mean MAX_ORDER_NOTIONAL?" (names are case-sensitive)."""
     same = [known for known in VARIABLES if known.lower() == name.lower()]
     close = same or difflib.get_close_matches(name.upper(), VARIABLES, n=1, cutoff=0.6)
     name = _shown(name)
@@ -227,9 +233,11 @@ def _file_values(path: Path) -> Dict[str, str]:
             first = binding.original.string.splitlines()[0] if binding.original.string else ""
             named = _LINE_NAME.match(first)
             name = _shown(named.group(1)) if named else "a setting"
-            raise ConfigError(f"{name} ({where}): cannot be read (an unclosed quote, or text after the "
-                              f"closing quote?); write it as {name}=value")
-        if binding.key is None:      # a comment or a blank line
+            raise ConfigError(
+                f"{name} ({where}): cannot be read (an unclosed quote, or text after the "
+                f"closing quote?); write it as {name}=value"
+            )
+        if binding.key is None:  # a comment or a blank line
             continue
         name = binding.key
         if name not in VARIABLES:
@@ -244,8 +252,7 @@ def _file_values(path: Path) -> Dict[str, str]:
     return values
 
 
-def read_raw(config_path: Optional[Path] = None,
-             environ: Optional[Mapping[str, str]] = None) -> Dict[str, str]:
+def read_raw(config_path: Optional[Path] = None, environ: Optional[Mapping[str, str]] = None) -> Dict[str, str]:
     """The merged raw values: the file first, then the environment on top (empty values count as unset).
     The environment is read only for the names in VARIABLES."""
     path = Path(config_path) if config_path else DEFAULT_CONFIG_FILE
@@ -258,8 +265,7 @@ def read_raw(config_path: Optional[Path] = None,
     return raw
 
 
-def configured_key(config_path: Optional[Path] = None,
-                   environ: Optional[Mapping[str, str]] = None) -> str:
+def configured_key(config_path: Optional[Path] = None, environ: Optional[Mapping[str, str]] = None) -> str:
     """The key as written, even in a config that does not validate, so its errors can be masked."""
     env = os.environ if environ is None else environ
     if env.get("IB_PROVIDER_KEY", "").strip():
@@ -274,8 +280,7 @@ def configured_key(config_path: Optional[Path] = None,
     return ""
 
 
-def load_config(config_path: Optional[Path] = None,
-                environ: Optional[Mapping[str, str]] = None) -> Config:
+def load_config(config_path: Optional[Path] = None, environ: Optional[Mapping[str, str]] = None) -> Config:
     raw = read_raw(config_path, environ)
     values = {}
     for name, (attr, parse) in VARIABLES.items():
@@ -284,11 +289,12 @@ def load_config(config_path: Optional[Path] = None,
     if "key" not in values:
         _key("IB_PROVIDER_KEY", "")
     values["ib_mode_explicit"] = "IB_MODE" in raw
-    if "WARM_LINES" not in raw:     # the default leaves at least a third of the lines to cold requests
+    if "WARM_LINES" not in raw:  # the default leaves at least a third of the lines to cold requests
         max_lines = values.get("ib_max_mkt_lines", Config.ib_max_mkt_lines)
         values["warm_lines"] = min(DEFAULT_WARM_LINES, max_lines * 2 // 3)
     config = Config(**values)
     if config.warm_lines >= config.ib_max_mkt_lines:
         raise ConfigError(
-            f"WARM_LINES={config.warm_lines} must be smaller than IB_MAX_MKT_LINES={config.ib_max_mkt_lines}")
+            f"WARM_LINES={config.warm_lines} must be smaller than IB_MAX_MKT_LINES={config.ib_max_mkt_lines}"
+        )
     return config

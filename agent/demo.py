@@ -5,6 +5,7 @@ Tracker cloud (tests/fake_relay.py), then the agent itself as a user runs it, po
 the agent for an option chain the way the web app does, prints the chain as a table, and stops all
 three. Everything stays on 127.0.0.1 and the user's config.env is not read: the demo uses its own key.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -14,28 +15,38 @@ import signal
 import sys
 import threading
 import time
-from pathlib import Path
 from typing import Dict, List, Optional, TextIO, Tuple
 
 from agent.config import AGENT_DIR
-from agent.log import plural
 from agent.ib.scanner import days_to, underlying_price
+from agent.log import plural
 
 DEMO_KEY = "demo-key-not-a-secret"
 DEMO_TICKER = "AAPL"
 STRIKES_AROUND = 6
-START_TIMEOUT_S = 30.0      # each process until it is listening / connected
+START_TIMEOUT_S = 30.0  # each process until it is listening / connected
 REQUEST_TIMEOUT_S = 60.0
 POLL_S = 0.2
 AGENT_LINE_WAIT_S = 2.0
 EXIT_OK, EXIT_FAILED, EXIT_INTERRUPTED = 0, 1, 130
 # What the demo runs besides the agent; tools/build_release.py ships these in every zip.
-DEMO_FILES = ("tests/__init__.py", "tests/agent_process.py", "tests/fake_relay.py", "tests/fake_tws.py",
-              "tests/fake_tws_session.py", "tests/fake_tws_wire.py", "tests/fake_tws_formats.py",
-              "tests/fake_tws_requests.py", "tests/fake_tws_proto.py", "tests/fake_market.py")
-NO_AIOHTTP = ("The demo needs aiohttp (the fake MA Tracker cloud is built on it); the agent itself does "
-              "not, so a normal install leaves it out. Start the demo with ./start_unix.sh --demo, which "
-              "installs it, or install it into the Python that runs the agent:  python -m pip install aiohttp")
+DEMO_FILES = (
+    "tests/__init__.py",
+    "tests/agent_process.py",
+    "tests/fake_relay.py",
+    "tests/fake_tws.py",
+    "tests/fake_tws_session.py",
+    "tests/fake_tws_wire.py",
+    "tests/fake_tws_formats.py",
+    "tests/fake_tws_requests.py",
+    "tests/fake_tws_proto.py",
+    "tests/fake_market.py",
+)
+NO_AIOHTTP = (
+    "The demo needs aiohttp (the fake MA Tracker cloud is built on it); the agent itself does "
+    "not, so a normal install leaves it out. Start the demo with ./start_unix.sh --demo, which "
+    "installs it, or install it into the Python that runs the agent:  python -m pip install aiohttp"
+)
 
 # The chain table: a column per figure, calls left of the strike and puts right of it.
 SIDE_COLUMNS = (("bid", 8, "{:.2f}"), ("ask", 8, "{:.2f}"), ("delta", 8, "{:+.3f}"))
@@ -50,8 +61,10 @@ def missing_requirement() -> Optional[str]:
     """Why the demo cannot run in this copy of the agent, or None."""
     absent = [name for name in DEMO_FILES if not (AGENT_DIR / name).is_file()]
     if absent:
-        return (f"This copy of the agent has no demo files ({', '.join(absent)}). "
-                "Download the agent again from the MA Tracker web app.")
+        return (
+            f"This copy of the agent has no demo files ({', '.join(absent)}). "
+            "Download the agent again from the MA Tracker web app."
+        )
     try:
         import aiohttp  # noqa: F401  (only checked for: the fake relay process imports it)
     except ImportError:
@@ -60,6 +73,7 @@ def missing_requirement() -> Optional[str]:
 
 
 # --- the table -------------------------------------------------------------------------------------
+
 
 def _cell(value, width: int, form: str) -> str:
     return ("-" if value is None else form.format(value)).rjust(width)
@@ -78,31 +92,41 @@ def chain_table(data: dict, today: Optional[dt.date] = None) -> str:
     side_width = sum(width for _, width, _ in SIDE_COLUMNS)
     heading = "".join(name.rjust(width) for name, width, _ in SIDE_COLUMNS)
     kind = underlying.get("market_data_type") or "no"
-    lines = [f"{data['ticker']} underlying {_cell(price, 0, '{:.2f}').strip()} "
-             f"(bid {_cell(underlying.get('bid'), 0, '{:.2f}').strip()} / "
-             f"ask {_cell(underlying.get('ask'), 0, '{:.2f}').strip()}, {kind} data), "
-             f"{plural(len(data['options']), 'option')} in {data.get('elapsed_ms', 0) / 1000:.1f} s"]
+    lines = [
+        f"{data['ticker']} underlying {_cell(price, 0, '{:.2f}').strip()} "
+        f"(bid {_cell(underlying.get('bid'), 0, '{:.2f}').strip()} / "
+        f"ask {_cell(underlying.get('ask'), 0, '{:.2f}').strip()}, {kind} data), "
+        f"{plural(len(data['options']), 'option')} in {data.get('elapsed_ms', 0) / 1000:.1f} s"
+    ]
     for expiration in data["expirations"]:
         rows: Dict[float, Dict[str, dict]] = {}
         for option in data["options"]:
             if option["expiration"] == expiration:
                 rows.setdefault(option["strike"], {})[option["right"]] = option
-        lines += ["", f"Expiration {expiration[:4]}-{expiration[4:6]}-{expiration[6:]} "
-                      f"({plural(days_to(expiration, today), 'day')})",
-                  "CALLS".center(side_width) + " " * STRIKE_WIDTH + "PUTS".center(side_width),
-                  heading + "STRIKE".rjust(STRIKE_WIDTH - 1) + " " + heading]
+        lines += [
+            "",
+            f"Expiration {expiration[:4]}-{expiration[4:6]}-{expiration[6:]} "
+            f"({plural(days_to(expiration, today), 'day')})",
+            "CALLS".center(side_width) + " " * STRIKE_WIDTH + "PUTS".center(side_width),
+            heading + "STRIKE".rjust(STRIKE_WIDTH - 1) + " " + heading,
+        ]
         decimals = max((len(f"{strike:g}".partition(".")[2]) for strike in rows), default=0)
         marked = price is None
         for strike in sorted(rows):
             if not marked and strike > price:
                 lines.append(f" {data['ticker']} {price:.2f} ".center(2 * side_width + STRIKE_WIDTH, "-"))
                 marked = True
-            lines.append(_side(rows[strike].get("C")) + f"{strike:.{decimals}f}".rjust(STRIKE_WIDTH - 1) + " "
-                         + _side(rows[strike].get("P")))
+            lines.append(
+                _side(rows[strike].get("C"))
+                + f"{strike:.{decimals}f}".rjust(STRIKE_WIDTH - 1)
+                + " "
+                + _side(rows[strike].get("P"))
+            )
     return "\n".join(line.rstrip() for line in lines)
 
 
 # --- the run ---------------------------------------------------------------------------------------
+
 
 def _ib_connected(relay_status: dict) -> bool:
     latest = relay_status.get("status") or relay_status.get("hello") or {}
@@ -214,8 +238,9 @@ def _demo(out: TextIO, processes: _Processes) -> None:
     tws_port = processes.start("the fake TWS", ServerProcess("tests.fake_tws", cwd=AGENT_DIR), START_TIMEOUT_S)
     _say(out, f"port {tws_port}, paper account DU1234567")
     _say(out, "Starting the fake MA Tracker cloud .. ", end="")
-    relay_port = processes.start("the fake cloud", ServerProcess("tests.fake_relay", ["--key", DEMO_KEY],
-                                                                 cwd=AGENT_DIR), START_TIMEOUT_S)
+    relay_port = processes.start(
+        "the fake cloud", ServerProcess("tests.fake_relay", ["--key", DEMO_KEY], cwd=AGENT_DIR), START_TIMEOUT_S
+    )
     relay = RelayClient(relay_port, DEMO_KEY)
     _say(out, relay.url)
     _say(out, "Starting the agent .................. ", end="")
@@ -225,13 +250,17 @@ def _demo(out: TextIO, processes: _Processes) -> None:
     _say(out, "connected to both. The agent says:")
     shown = _show_agent_lines(out, agent, 0)
 
-    _say(out, f"\nThe web app asks the agent for the {DEMO_TICKER} option chain (nearest expiration, "
-              f"{STRIKES_AROUND} strikes each side of the price):")
+    _say(
+        out,
+        f"\nThe web app asks the agent for the {DEMO_TICKER} option chain (nearest expiration, "
+        f"{STRIKES_AROUND} strikes each side of the price):",
+    )
     expirations = _ask(relay, "expirations", {"ticker": DEMO_TICKER})["expirations"]
     if not expirations:
         raise DemoError(f"the fake TWS lists no {DEMO_TICKER} expirations")
-    chain = _ask(relay, "fetch-chain", {"ticker": DEMO_TICKER, "expirations": expirations[:1],
-                                        "strikes_around": STRIKES_AROUND})
+    chain = _ask(
+        relay, "fetch-chain", {"ticker": DEMO_TICKER, "expirations": expirations[:1], "strikes_around": STRIKES_AROUND}
+    )
     with contextlib.suppress(TimeoutError):  # the agent writes its line about a request just after answering
         agent.wait_for_output(r"request fetch-chain", timeout=AGENT_LINE_WAIT_S)
     _show_agent_lines(out, agent, shown)
@@ -244,8 +273,11 @@ def run(out: Optional[TextIO] = None) -> int:
     if problem:
         print(problem, file=sys.stderr)
         return EXIT_FAILED
-    _say(out, "IB Data Agent demo: a fake TWS with a made-up market, a fake MA Tracker cloud and the agent, "
-              "all on this computer (no Interactive Brokers account needed).\n")
+    _say(
+        out,
+        "IB Data Agent demo: a fake TWS with a made-up market, a fake MA Tracker cloud and the agent, "
+        "all on this computer (no Interactive Brokers account needed).\n",
+    )
     processes = _Processes()
     code = EXIT_OK
     with processes.stop_signals():

@@ -1,4 +1,5 @@
 """The one error type both halves raise, carrying a relay protocol error code (DESIGN.md 4)."""
+
 from __future__ import annotations
 
 from typing import Optional
@@ -17,8 +18,18 @@ BUSY = "BUSY"
 INTERNAL = "INTERNAL"
 
 ALL_CODES = (
-    INVALID_REQUEST, UNKNOWN_ACTION, IB_NOT_CONNECTED, IB_ERROR, NO_SECURITY_DEFINITION,
-    MARKET_DATA_NOT_SUBSCRIBED, READ_ONLY_API, ORDER_BLOCKED, TIMEOUT, CANCELLED, BUSY, INTERNAL,
+    INVALID_REQUEST,
+    UNKNOWN_ACTION,
+    IB_NOT_CONNECTED,
+    IB_ERROR,
+    NO_SECURITY_DEFINITION,
+    MARKET_DATA_NOT_SUBSCRIBED,
+    READ_ONLY_API,
+    ORDER_BLOCKED,
+    TIMEOUT,
+    CANCELLED,
+    BUSY,
+    INTERNAL,
 )
 
 

@@ -5,6 +5,7 @@ Every handler gets a MaskingFormatter, so whatever reaches logging (our lines, l
 tracebacks) has the key replaced before it is written. Uncaught exceptions on any thread are sent
 through logging too (sys.excepthook, threading.excepthook), so a crash report is masked the same way.
 """
+
 from __future__ import annotations
 
 import logging
@@ -63,7 +64,7 @@ def mask(text: str, masker: Optional[Masker] = None) -> str:
 
 
 def plural(count: int, word: str, many: Optional[str] = None) -> str:
-    """"1 account", "3 accounts", "0 candidates": a count as a trader writes it."""
+    """ "1 account", "3 accounts", "0 candidates": a count as a trader writes it."""
     return f"{count:,} {word if count == 1 else (many or word + 's')}"
 
 
@@ -79,14 +80,15 @@ def clip(text: str, limit: int, masker: Optional[Masker] = None, ellipsis: str =
     text = mask(text, masker)
     if len(text) <= limit:
         return text
-    return text[:max(0, limit - len(ellipsis))] + ellipsis
+    return text[: max(0, limit - len(ellipsis))] + ellipsis
 
 
 class MaskingFormatter(logging.Formatter):
     """Formats as usual, then masks the whole result (message, arguments, traceback, stack)."""
 
-    def __init__(self, masker: Masker, fmt: str, datefmt: Optional[str] = None, brief: bool = False,
-                 encoding: str = "utf-8"):
+    def __init__(
+        self, masker: Masker, fmt: str, datefmt: Optional[str] = None, brief: bool = False, encoding: str = "utf-8"
+    ):
         super().__init__(fmt, datefmt)
         self._masker = masker
         self._brief = brief
@@ -136,34 +138,45 @@ def _log_uncaught(exc_type, exc, tb, thread_name: Optional[str] = None) -> None:
     if issubclass(exc_type, KeyboardInterrupt):
         return
     where = f" in thread {thread_name}" if thread_name else ""
-    log.critical("Unexpected error%s: the agent hit a bug. Please send the log file to MA Tracker support.",
-                 where, exc_info=(exc_type, exc, tb))
+    log.critical(
+        "Unexpected error%s: the agent hit a bug. Please send the log file to MA Tracker support.",
+        where,
+        exc_info=(exc_type, exc, tb),
+    )
 
 
 def _thread_hook(args) -> None:
     if args.exc_type is SystemExit:
         return
-    _log_uncaught(args.exc_type, args.exc_value, args.exc_traceback,
-                  args.thread.name if args.thread else "?")
+    _log_uncaught(args.exc_type, args.exc_value, args.exc_traceback, args.thread.name if args.thread else "?")
 
 
-def setup(secrets: Iterable[str], level: str = "INFO", log_file: Optional[Path] = None,
-          console: Optional[TextIO] = None) -> AgentLogging:
+def setup(
+    secrets: Iterable[str], level: str = "INFO", log_file: Optional[Path] = None, console: Optional[TextIO] = None
+) -> AgentLogging:
     """Route all logging to the console (short lines) and the rotating log file, key masked in both."""
     global _masker
     masker = _masker = Masker(secrets)
-    logging.raiseExceptions = False   # a handler that fails must not print the record's unmasked arguments
+    logging.raiseExceptions = False  # a handler that fails must not print the record's unmasked arguments
     stream = console or sys.stdout
     console_handler = logging.StreamHandler(stream)
-    console_handler.setFormatter(MaskingFormatter(masker, CONSOLE_FORMAT, CONSOLE_DATE_FORMAT, brief=True,
-                                                  encoding=getattr(stream, "encoding", None) or "utf-8"))
+    console_handler.setFormatter(
+        MaskingFormatter(
+            masker,
+            CONSOLE_FORMAT,
+            CONSOLE_DATE_FORMAT,
+            brief=True,
+            encoding=getattr(stream, "encoding", None) or "utf-8",
+        )
+    )
     console_handler.setLevel(level)
     handlers: List[logging.Handler] = [console_handler]
     file_problem = None
     if log_file is not None:
         try:
             file_handler = logging.handlers.RotatingFileHandler(
-                log_file, maxBytes=LOG_FILE_BYTES, backupCount=LOG_FILE_BACKUPS, encoding="utf-8")
+                log_file, maxBytes=LOG_FILE_BYTES, backupCount=LOG_FILE_BACKUPS, encoding="utf-8"
+            )
         except OSError as exc:
             file_problem = f"Cannot write the log file {log_file} ({exc.strerror}); logging to the console only"
             log_file = None

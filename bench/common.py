@@ -4,6 +4,7 @@ fake's stats, memory readings, and small statistics.
 The fake runs as a separate process so its CPU (it streams ticks for up to 100 lines) never counts
 against the process being measured; its figures come from the stats file it rewrites every 0.5 s.
 """
+
 from __future__ import annotations
 
 import json
@@ -23,7 +24,7 @@ import psutil
 from tests.agent_process import ServerProcess
 from tests.fake_market import Market
 
-TWS_MAX_RATE = 50            # the fake's pacing limit: what the pacing floor is measured against
+TWS_MAX_RATE = 50  # the fake's pacing limit: what the pacing floor is measured against
 # IB: a snapshot's tickSnapshotEnd "is sent 11 seconds later" (TWS API docs, md_request); the fake
 # holds the snapshot's line until then, as TWS counts it against the 100 lines.
 TWS_SNAPSHOT_MS = 11000
@@ -47,13 +48,18 @@ class BenchContract:
     strike: float
     right: str
     exchange: str
-    con_id: int              # the fake's conId (ib_async needs one; the agent does not send it)
-    has_bid: bool            # the fake quotes a bid for it (about 8 % of options have none)
+    con_id: int  # the fake's conId (ib_async needs one; the agent does not send it)
+    has_bid: bool  # the fake quotes a bid for it (about 8 % of options have none)
 
     def params(self) -> dict:
         """The contract as the agent's scanner and the relay's fetch-prices take it."""
-        return {"ticker": self.ticker, "expiration": self.expiration, "strike": self.strike,
-                "right": self.right, "exchange": self.exchange}
+        return {
+            "ticker": self.ticker,
+            "expiration": self.expiration,
+            "strike": self.strike,
+            "right": self.right,
+            "exchange": self.exchange,
+        }
 
 
 def option_contracts(count: int, seed: int = SEED) -> List[BenchContract]:
@@ -67,8 +73,17 @@ def option_contracts(count: int, seed: int = SEED) -> List[BenchContract]:
             if len(found) == count:
                 return found
             if exchange == "SMART" or exchange in option.valid_exchanges.split(","):
-                found.append(BenchContract(option.symbol, option.expiry, option.strike, option.right, exchange,
-                                           option.con_id, market.quote(option).bid > 0))
+                found.append(
+                    BenchContract(
+                        option.symbol,
+                        option.expiry,
+                        option.strike,
+                        option.right,
+                        exchange,
+                        option.con_id,
+                        market.quote(option).bid > 0,
+                    )
+                )
     if len(found) < count:
         raise ValueError(f"the fake lists only {len(found)} option contracts")
     return found
@@ -79,12 +94,16 @@ def completeness(contracts: Sequence[BenchContract], rows: Sequence[tuple]) -> f
     rows: (bid, ask, delta) per contract, None for what did not arrive."""
     if not contracts:
         return 1.0
-    done = sum(1 for c, (bid, ask, delta) in zip(contracts, rows)
-               if ask is not None and delta is not None and (bid is not None or not c.has_bid))
+    done = sum(
+        1
+        for c, (bid, ask, delta) in zip(contracts, rows)
+        if ask is not None and delta is not None and (bid is not None or not c.has_bid)
+    )
     return done / len(contracts)
 
 
 # ---- the fake TWS --------------------------------------------------------------------------
+
 
 def fake_tws_args(snapshot_ms: int = TWS_SNAPSHOT_MS, seed: int = SEED) -> List[str]:
     return [*FAKE_TWS_ARGS, "--snapshot-ms", str(snapshot_ms), "--seed", str(seed)]
@@ -96,8 +115,9 @@ class FakeTwsProcess:
     def __init__(self, snapshot_ms: int = TWS_SNAPSHOT_MS, seed: int = SEED):
         self._dir = tempfile.mkdtemp(prefix="bench-tws-")
         self.stats_file = Path(self._dir) / "stats.json"
-        self.server = ServerProcess("tests.fake_tws", [*fake_tws_args(snapshot_ms, seed),
-                                                       "--stats-file", str(self.stats_file)])
+        self.server = ServerProcess(
+            "tests.fake_tws", [*fake_tws_args(snapshot_ms, seed), "--stats-file", str(self.stats_file)]
+        )
         self.port: Optional[int] = None
 
     def __enter__(self) -> "FakeTwsProcess":
@@ -118,7 +138,7 @@ def fresh_stats(stats_file: Path, timeout: float = 5.0) -> dict:
             if os.stat(stats_file).st_mtime > since:
                 with open(stats_file, encoding="utf-8") as stats:
                     return json.load(stats)
-        except (OSError, ValueError):   # not written yet, or caught between write and rename
+        except (OSError, ValueError):  # not written yet, or caught between write and rename
             pass
         time.sleep(0.05)
     raise TimeoutError(f"the fake TWS did not rewrite {stats_file} within {timeout:g} s")
@@ -128,13 +148,17 @@ def stats_delta(before: dict, after: dict) -> dict:
     """What happened at the fake between two readings."""
     delta = {key: after[key] - before[key] for key in COUNTERS}
     requests = after["requests_by_type"]
-    delta["requests_by_type"] = {name: requests[name] - before["requests_by_type"].get(name, 0)
-                                 for name in requests if requests[name] != before["requests_by_type"].get(name, 0)}
-    delta["max_lines_in_use"] = after["max_lines_in_use"]     # since the fake started
+    delta["requests_by_type"] = {
+        name: requests[name] - before["requests_by_type"].get(name, 0)
+        for name in requests
+        if requests[name] != before["requests_by_type"].get(name, 0)
+    }
+    delta["max_lines_in_use"] = after["max_lines_in_use"]  # since the fake started
     return delta
 
 
 # ---- memory --------------------------------------------------------------------------------
+
 
 def rss_mb(pid: Optional[int] = None) -> float:
     return psutil.Process(pid).memory_info().rss / MB
@@ -183,6 +207,7 @@ def high_water_mb(pid: str = "self") -> Optional[float]:
 
 # ---- statistics and the machine ------------------------------------------------------------
 
+
 def median(values: Sequence[float]) -> Optional[float]:
     ordered = sorted(v for v in values if v is not None)
     if not ordered:
@@ -207,6 +232,11 @@ def machine() -> Dict[str, object]:
     except OSError:
         pass
     load = os.getloadavg() if hasattr(os, "getloadavg") else None
-    return {"nproc": os.cpu_count(), "cpu": model, "python": platform.python_version(),
-            "platform": platform.platform(), "memory_gb": round(psutil.virtual_memory().total / 1024 ** 3, 1),
-            "load_average": [round(x, 2) for x in load] if load else None}
+    return {
+        "nproc": os.cpu_count(),
+        "cpu": model,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "memory_gb": round(psutil.virtual_memory().total / 1024**3, 1),
+        "load_average": [round(x, 2) for x in load] if load else None,
+    }

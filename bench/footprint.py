@@ -5,6 +5,7 @@ ready, resident memory and CPU while idle, memory after a big batch.
 "Ready" is the moment the relay holds a hello or status frame whose `ib.connected` is true, counted
 from just before the process is spawned (interpreter start and imports included).
 """
+
 from __future__ import annotations
 
 import time
@@ -18,7 +19,7 @@ from tests.agent_process import DEFAULT_KEY, AgentProcess
 from tests.fake_relay import FakeRelay
 
 READY_TIMEOUT_S = 30.0
-SETTLE_S = 1.0            # after ready, before idle figures: the start-up burst is over
+SETTLE_S = 1.0  # after ready, before idle figures: the start-up burst is over
 FIRST_CLIENT_ID = 17
 
 
@@ -41,8 +42,11 @@ class AgentUnderTest:
         started = time.monotonic()
         self.agent.start()
         try:
-            self.relay.wait_until(lambda: _connected(self.relay.frames[first_frame:]), READY_TIMEOUT_S,
-                                  "a hello or status with ib.connected true")
+            self.relay.wait_until(
+                lambda: _connected(self.relay.frames[first_frame:]),
+                READY_TIMEOUT_S,
+                "a hello or status with ib.connected true",
+            )
         except TimeoutError as exc:
             raise TimeoutError(f"{exc}; agent output:\n{self.agent.output[-3000:]}") from None
         return time.monotonic() - started
@@ -65,8 +69,10 @@ class AgentUnderTest:
 
 
 def _connected(frames: List) -> bool:
-    return any(isinstance(f, dict) and f.get("type") in ("hello", "status") and (f.get("ib") or {}).get("connected")
-               for f in frames)
+    return any(
+        isinstance(f, dict) and f.get("type") in ("hello", "status") and (f.get("ib") or {}).get("connected")
+        for f in frames
+    )
 
 
 @contextmanager
@@ -96,8 +102,7 @@ def idle_figures(session: AgentUnderTest, idle_s: float) -> dict:
     time.sleep(idle_s)
     after, elapsed = process.cpu_times(), time.monotonic() - started
     busy = (after.user - before.user) + (after.system - before.system)
-    return {"rss_idle_mb": round(rss, 1), "cpu_idle_pct": round(100.0 * busy / elapsed, 3),
-            "idle_s": round(elapsed, 1)}
+    return {"rss_idle_mb": round(rss, 1), "cpu_idle_pct": round(100.0 * busy / elapsed, 3), "idle_s": round(elapsed, 1)}
 
 
 def batch_figures(session: AgentUnderTest, count: int) -> dict:
@@ -107,7 +112,10 @@ def batch_figures(session: AgentUnderTest, count: int) -> dict:
     data = session.request("fetch-prices", {"contracts": contracts}, timeout_s=count / 10 + 120)
     elapsed = time.monotonic() - started
     peak = high_water_mb(str(session.pid))
-    return {"batch_contracts": count, "batch_s": round(elapsed, 2),
-            "batch_complete": sum(1 for o in data["options"] if o["complete"]),
-            "rss_after_batch_mb": round(rss_mb(session.pid), 1),
-            "peak_rss_mb": round(peak, 1) if peak is not None else None}
+    return {
+        "batch_contracts": count,
+        "batch_s": round(elapsed, 2),
+        "batch_complete": sum(1 for o in data["options"] if o["complete"]),
+        "rss_after_batch_mb": round(rss_mb(session.pid), 1),
+        "peak_rss_mb": round(peak, 1) if peak is not None else None,
+    }

@@ -14,6 +14,7 @@
 
 Each has open(port) / fetch(contracts) -> [(bid, ask, delta)] / close(); only fetch is timed.
 """
+
 from __future__ import annotations
 
 import logging
@@ -27,14 +28,14 @@ from ibapi.client import EClient
 from ibapi.contract import Contract
 from ibapi.wrapper import EWrapper
 
-from bench.common import BenchContract
 from agent.ib.pacing import MessageLimiter
+from bench.common import BenchContract
 
 README_CHUNK = 50
 README_WAIT_S = 2.5
-README_GENERIC_TICKS = "100,101,106"       # what the agent asks for: option volume, open interest, IV
-PEER_RATE = 45.0                           # ib_async's own throttle; the agent's default too
-LINE_CHUNK = 90                            # the agent's IB_MAX_MKT_LINES default
+README_GENERIC_TICKS = "100,101,106"  # what the agent asks for: option volume, open interest, IV
+PEER_RATE = 45.0  # ib_async's own throttle; the agent's default too
+LINE_CHUNK = 90  # the agent's IB_MAX_MKT_LINES default
 PRICE_FIELDS = {1: "bid", 2: "ask", 66: "bid", 67: "ask"}
 MODEL_COMPUTATIONS = (13, 83)
 FIRST_REQ_ID = 1000
@@ -75,8 +76,8 @@ class ReadmeChunked(EWrapper, EClient):
     def fetch(self, contracts: Sequence[BenchContract]) -> List[tuple]:
         rows: List[tuple] = []
         for start in range(0, len(contracts), self.chunk):
-            req_ids = range(FIRST_REQ_ID + start, FIRST_REQ_ID + start + len(contracts[start:start + self.chunk]))
-            for req_id, contract in zip(req_ids, contracts[start:start + self.chunk]):
+            req_ids = range(FIRST_REQ_ID + start, FIRST_REQ_ID + start + len(contracts[start : start + self.chunk]))
+            for req_id, contract in zip(req_ids, contracts[start : start + self.chunk]):
                 self._paced("reqMktData", req_id, _ibapi_contract(contract), README_GENERIC_TICKS, False, False, [])
             time.sleep(self.wait_s)
             with self._lock:
@@ -102,8 +103,9 @@ class ReadmeChunked(EWrapper, EClient):
         if tickType in PRICE_FIELDS:
             self._store(reqId, PRICE_FIELDS[tickType], _positive(price))
 
-    def tickOptionComputation(self, reqId, tickType, tickAttrib, impliedVol, delta, optPrice, pvDividend,
-                              gamma, vega, theta, undPrice):
+    def tickOptionComputation(
+        self, reqId, tickType, tickAttrib, impliedVol, delta, optPrice, pvDividend, gamma, vega, theta, undPrice
+    ):
         if tickType in MODEL_COMPUTATIONS and delta is not None and -1 <= delta <= 1:
             self._store(reqId, "delta", delta)
 
@@ -123,8 +125,9 @@ class IbAsyncTickers:
     """ib_async's one-call bulk snapshot."""
 
     def __init__(self, smooth: bool = False, chunk: Optional[int] = None):
-        from ib_async import IB     # Python 3.10+ only: imported when this peer runs
-        logging.getLogger("ib_async").setLevel(logging.CRITICAL)   # it logs every notice it gets
+        from ib_async import IB  # Python 3.10+ only: imported when this peer runs
+
+        logging.getLogger("ib_async").setLevel(logging.CRITICAL)  # it logs every notice it gets
         self.ib = IB()
         if smooth:
             self.ib.client.MaxRequests, self.ib.client.RequestsInterval = 1, 1 / PEER_RATE
@@ -142,11 +145,15 @@ class IbAsyncTickers:
         """A request TWS dropped for pacing (error 100 without a disconnect) never ends its snapshot,
         and reqTickers would wait for it forever: hence a timeout of twice the throttled time."""
         from ib_async import Option
+
         chunk = self.chunk or len(contracts)
         self.ib.RequestTimeout = SNAPSHOT_SLACK_S + 2 * chunk / PEER_RATE
         tickers = []
         for start in range(0, len(contracts), chunk):
-            tickers += self.ib.reqTickers(*(Option(c.ticker, c.expiration, c.strike, c.right, c.exchange, "100",
-                                                   "USD", conId=c.con_id) for c in contracts[start:start + chunk]))
-        return [(_positive(t.bid), _positive(t.ask), t.modelGreeks.delta if t.modelGreeks else None)
-                for t in tickers]
+            tickers += self.ib.reqTickers(
+                *(
+                    Option(c.ticker, c.expiration, c.strike, c.right, c.exchange, "100", "USD", conId=c.con_id)
+                    for c in contracts[start : start + chunk]
+                )
+            )
+        return [(_positive(t.bid), _positive(t.ask), t.modelGreeks.delta if t.modelGreeks else None) for t in tickers]

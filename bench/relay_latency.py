@@ -6,6 +6,7 @@ Python API from this process (no HTTP in the path):
 - warm refresh: `fetch-prices` for contracts fetched a moment before, and the reqMktData messages
   the fake TWS received meanwhile (a warm refresh needs none).
 """
+
 from __future__ import annotations
 
 import threading
@@ -16,7 +17,7 @@ from bench.common import fresh_stats, median, option_contracts, percentile, stat
 from bench.footprint import AgentUnderTest
 
 CONCURRENT_CALLERS = 8
-WARM_PAUSE_S = 0.1        # "a moment before": between one refresh and the next
+WARM_PAUSE_S = 0.1  # "a moment before": between one refresh and the next
 
 
 def _ms(seconds: float) -> float:
@@ -33,7 +34,7 @@ def status_round_trips(session: AgentUnderTest, count: int) -> List[float]:
 
 
 def relay_overhead(session: AgentUnderTest, count: int) -> dict:
-    status_round_trips(session, min(50, count))            # warm-up: connection buffers, code paths
+    status_round_trips(session, min(50, count))  # warm-up: connection buffers, code paths
     times = status_round_trips(session, count)
     concurrent: List[float] = []
     lock = threading.Lock()
@@ -51,10 +52,16 @@ def relay_overhead(session: AgentUnderTest, count: int) -> dict:
     for thread in threads:
         thread.join(timeout=120)
     elapsed = time.perf_counter() - started
-    return {"requests": count, "median_ms": _ms(median(times)), "p99_ms": _ms(percentile(times, 99)),
-            "max_ms": _ms(max(times)), "callers": CONCURRENT_CALLERS,
-            "concurrent_requests": len(concurrent), "concurrent_req_per_s": round(len(concurrent) / elapsed, 1),
-            "concurrent_median_ms": _ms(median(concurrent))}
+    return {
+        "requests": count,
+        "median_ms": _ms(median(times)),
+        "p99_ms": _ms(percentile(times, 99)),
+        "max_ms": _ms(max(times)),
+        "callers": CONCURRENT_CALLERS,
+        "concurrent_requests": len(concurrent),
+        "concurrent_req_per_s": round(len(concurrent) / elapsed, 1),
+        "concurrent_median_ms": _ms(median(concurrent)),
+    }
 
 
 def warm_refresh(session: AgentUnderTest, contracts: int, repeats: int) -> dict:
@@ -71,8 +78,15 @@ def warm_refresh(session: AgentUnderTest, contracts: int, repeats: int) -> dict:
         times.append(time.perf_counter() - started)
         incomplete += sum(1 for o in data["options"] if not o["complete"])
     delta = stats_delta(before, fresh_stats(session.tws.stats_file))
-    return {"contracts": contracts, "underlyings": len(cold["underlyings"]), "repeats": repeats,
-            "cold_ms": _ms(cold_s), "median_ms": _ms(median(times)), "p90_ms": _ms(percentile(times, 90)),
-            "max_ms": _ms(max(times)), "incomplete": incomplete,
-            "new_reqMktData": delta["requests_by_type"].get("reqMktData", 0),
-            "new_cancelMktData": delta["requests_by_type"].get("cancelMktData", 0)}
+    return {
+        "contracts": contracts,
+        "underlyings": len(cold["underlyings"]),
+        "repeats": repeats,
+        "cold_ms": _ms(cold_s),
+        "median_ms": _ms(median(times)),
+        "p90_ms": _ms(percentile(times, 90)),
+        "max_ms": _ms(max(times)),
+        "incomplete": incomplete,
+        "new_reqMktData": delta["requests_by_type"].get("reqMktData", 0),
+        "new_cancelMktData": delta["requests_by_type"].get("cancelMktData", 0),
+    }

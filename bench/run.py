@@ -6,10 +6,12 @@
 
 Everything runs against `python -m tests.fake_tws --pacing reject --max-rate 50 --max-lines 100
 --snapshot-ms 11000`, a fresh fake process per measurement; the snapshot section varies
---snapshot-ms to show where snapshots would beat the agent's streams. Cold bulk measurements run each method in its own process
+--snapshot-ms to show where snapshots would beat the agent's streams. Cold bulk measurements run each method
+in its own process
 (bench.worker), interleaved per repeat so machine noise falls on all of them alike; the agent
 process figures (ready, idle, relay, warm refresh, memory after a batch) use bench.footprint.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -39,9 +41,9 @@ SECTIONS = ("cold", "scaling", "process", "snapshots", "listed")
 @dataclass(frozen=True)
 class Settings:
     cold_sizes: Tuple[int, ...]
-    scaling_sizes: Tuple[int, ...]       # sizes not in cold_sizes run once, agent only
+    scaling_sizes: Tuple[int, ...]  # sizes not in cold_sizes run once, agent only
     peers: Tuple[str, ...]
-    agent_rates: Tuple[float, ...]       # the first is the one the targets are checked on
+    agent_rates: Tuple[float, ...]  # the first is the one the targets are checked on
     repeats: int
     relay_requests: int
     warm_repeats: int
@@ -49,27 +51,48 @@ class Settings:
     idle_s: float
     footprint_batch: int
     warm_contracts: int = 40
-    warm_lines_variant: Optional[int] = 40    # a second warm run with this WARM_LINES (None: skip)
+    warm_lines_variant: Optional[int] = 40  # a second warm run with this WARM_LINES (None: skip)
     readme_wait_s: float = README_WAIT_S
     sections: Tuple[str, ...] = SECTIONS
-    snapshot_ms: int = TWS_SNAPSHOT_MS        # the fake's snapshot duration everywhere but the sweep
-    sweep_snapshot_ms: Tuple[int, ...] = ()   # the snapshot section: one run per duration
+    snapshot_ms: int = TWS_SNAPSHOT_MS  # the fake's snapshot duration everywhere but the sweep
+    sweep_snapshot_ms: Tuple[int, ...] = ()  # the snapshot section: one run per duration
     sweep_count: int = 1000
     sweep_peers: Tuple[str, ...] = ("ib_async_smooth", "ib_async_chunked")
-    listed_count: int = 1000                 # the listed section: SPY options of the nearest expirations
+    listed_count: int = 1000  # the listed section: SPY options of the nearest expirations
     listed_peers: Tuple[str, ...] = ("readme", "ib_async_chunked")
-    chain_max_days: Optional[int] = 30       # ... and fetch-chain SPY max_days N (None: skip)
+    chain_max_days: Optional[int] = 30  # ... and fetch-chain SPY max_days N (None: skip)
     chain_strikes_around: Optional[int] = None
 
 
-FULL = Settings(cold_sizes=(200, 1000, 2000), scaling_sizes=(200, 1000, 2000, 5000),
-                peers=("readme", "ib_async", "ib_async_smooth"), agent_rates=(DEFAULT_RATE,), repeats=3,
-                relay_requests=1000, warm_repeats=20, ready_starts=5, idle_s=60.0, footprint_batch=2000,
-                sweep_snapshot_ms=(0, 2000, 5000, 11000))
-QUICK = Settings(cold_sizes=(100,), scaling_sizes=(100, 200), peers=("readme",),
-                 agent_rates=(DEFAULT_RATE,), repeats=1, relay_requests=200, warm_repeats=10, ready_starts=2,
-                 idle_s=5.0, footprint_batch=100, sections=("cold", "scaling", "process", "listed"),
-                 listed_count=100, listed_peers=("readme",), chain_max_days=None)
+FULL = Settings(
+    cold_sizes=(200, 1000, 2000),
+    scaling_sizes=(200, 1000, 2000, 5000),
+    peers=("readme", "ib_async", "ib_async_smooth"),
+    agent_rates=(DEFAULT_RATE,),
+    repeats=3,
+    relay_requests=1000,
+    warm_repeats=20,
+    ready_starts=5,
+    idle_s=60.0,
+    footprint_batch=2000,
+    sweep_snapshot_ms=(0, 2000, 5000, 11000),
+)
+QUICK = Settings(
+    cold_sizes=(100,),
+    scaling_sizes=(100, 200),
+    peers=("readme",),
+    agent_rates=(DEFAULT_RATE,),
+    repeats=1,
+    relay_requests=200,
+    warm_repeats=10,
+    ready_starts=2,
+    idle_s=5.0,
+    footprint_batch=100,
+    sections=("cold", "scaling", "process", "listed"),
+    listed_count=100,
+    listed_peers=("readme",),
+    chain_max_days=None,
+)
 
 
 def log(text: str) -> None:
@@ -78,25 +101,54 @@ def log(text: str) -> None:
 
 def worker_timeout_s(method: str, count: int, rate: float, readme_wait_s: float, snapshot_ms: int) -> float:
     """Generous: twice the pacing-bound time plus the README's waits or the snapshots' ends, plus start-up."""
-    waits = {"readme": -(-count // README_CHUNK) * readme_wait_s,
-             "ib_async_chunked": -(-count // LINE_CHUNK) * snapshot_ms / 1000,
-             "ib_async": snapshot_ms / 1000, "ib_async_smooth": snapshot_ms / 1000}
+    waits = {
+        "readme": -(-count // README_CHUNK) * readme_wait_s,
+        "ib_async_chunked": -(-count // LINE_CHUNK) * snapshot_ms / 1000,
+        "ib_async": snapshot_ms / 1000,
+        "ib_async_smooth": snapshot_ms / 1000,
+    }
     return 2 * (2 * count / min(rate, PEER_RATE)) + waits.get(method, 0.0) + 90
 
 
-def run_worker(method: str, rate: float, count: int, settings: Settings, snapshot_ms: Optional[int] = None,
-               pool: str = "mixed", contracts: Optional[int] = None) -> dict:
+def run_worker(
+    method: str,
+    rate: float,
+    count: int,
+    settings: Settings,
+    snapshot_ms: Optional[int] = None,
+    pool: str = "mixed",
+    contracts: Optional[int] = None,
+) -> dict:
     """One measurement: a fresh fake TWS process, the method in a process of its own. `contracts`:
     how many the pool holds for `count` (a SPY pool's size), for the timeout."""
     snapshot_ms = settings.snapshot_ms if snapshot_ms is None else snapshot_ms
     with FakeTwsProcess(snapshot_ms) as tws:
-        command = [sys.executable, "-m", "bench.worker", method, "--port", str(tws.port),
-                   "--stats-file", str(tws.stats_file), "--count", str(count), "--rate", str(rate),
-                   "--readme-wait-s", str(settings.readme_wait_s), "--pool", pool]
+        command = [
+            sys.executable,
+            "-m",
+            "bench.worker",
+            method,
+            "--port",
+            str(tws.port),
+            "--stats-file",
+            str(tws.stats_file),
+            "--count",
+            str(count),
+            "--rate",
+            str(rate),
+            "--readme-wait-s",
+            str(settings.readme_wait_s),
+            "--pool",
+            pool,
+        ]
         try:
-            done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True,
-                                  timeout=worker_timeout_s(method, contracts or count, rate, settings.readme_wait_s,
-                                                           snapshot_ms))
+            done = subprocess.run(
+                command,
+                cwd=ROOT,
+                capture_output=True,
+                text=True,
+                timeout=worker_timeout_s(method, contracts or count, rate, settings.readme_wait_s, snapshot_ms),
+            )
             lines = done.stdout.strip().splitlines()
             result = json.loads(lines[-1]) if lines else {"error": f"no result (exit {done.returncode})"}
             if "error" in result:
@@ -113,8 +165,10 @@ def run_worker(method: str, rate: float, count: int, settings: Settings, snapsho
 def outcome(result: dict) -> str:
     text = ""
     if "wall_s" in result:
-        text = (f"{result['wall_s']:.2f} s, {result['messages']} msgs, {result['pacing_violations']} violations, "
-                f"peak {result['peak_rss_mb']} MB")
+        text = (
+            f"{result['wall_s']:.2f} s, {result['messages']} msgs, {result['pacing_violations']} violations, "
+            f"peak {result['peak_rss_mb']} MB"
+        )
     return text + (f" FAILED {result['error']}" if "error" in result else "")
 
 
@@ -138,7 +192,7 @@ def scaling_suite(settings: Settings, cold_sizes: Sequence[int]) -> List[dict]:
     runs = []
     for count in settings.scaling_sizes:
         if count in cold_sizes:
-            continue        # the cold bulk runs of the agent are its figures
+            continue  # the cold bulk runs of the agent are its figures
         result = run_worker("agent", settings.agent_rates[0], count, settings)
         result["repeat"] = 0
         runs.append(result)
@@ -162,12 +216,14 @@ def listed_suite(settings: Settings) -> dict:
     plan = listed_plan(settings.listed_count)
     budget_s = 2 * 2 * len(plan.listed) / DEFAULT_RATE + 90
     agent = agent_fetch_chain(plan.params, budget_s)
-    log(f"listed {agent['options']} SPY options: {agent['wall_s']} s, {agent['messages']} msgs, "
+    log(
+        f"listed {agent['options']} SPY options: {agent['wall_s']} s, {agent['messages']} msgs, "
         f"{agent['pacing_violations']} violations, errors {agent['errors_sent']}"
-        + (f" FAILED {agent['error']}" if "error" in agent else ""))
+        + (f" FAILED {agent['error']}" if "error" in agent else "")
+    )
     peers = []
     for method in settings.listed_peers:
-        pool = "spy-grid" if method == "readme" else "spy-listed"     # the README built chains from the grid
+        pool = "spy-grid" if method == "readme" else "spy-listed"  # the README built chains from the grid
         size = len(plan.grid if pool == "spy-grid" else plan.listed)
         result = run_worker(method, PEER_RATE, settings.listed_count, settings, pool=pool, contracts=size)
         peers.append(result)
@@ -178,8 +234,10 @@ def listed_suite(settings: Settings) -> dict:
         if settings.chain_strikes_around:
             params["strikes_around"] = settings.chain_strikes_around
         chain = chain_summary(agent_fetch_chain(params, budget_s * 3))
-        log(f"chain {params}: {chain['options']} options, {chain['reqMktData']} reqMktData, "
-            f"{chain['errors_200']} error 200, {chain['wall_s']} s")
+        log(
+            f"chain {params}: {chain['options']} options, {chain['reqMktData']} reqMktData, "
+            f"{chain['errors_200']} error 200, {chain['wall_s']} s"
+        )
         results["listed_chain"] = chain
     return results
 
@@ -193,8 +251,12 @@ def process_suite(settings: Settings) -> dict:
         log(f"idle: {footprint}")
         relay = relay_overhead(session, settings.relay_requests)
         log(f"relay: {relay}")
-        warm.append(dict(config=f"default WARM_LINES={DEFAULT_WARM_LINES}",
-                         **warm_refresh(session, settings.warm_contracts, settings.warm_repeats)))
+        warm.append(
+            dict(
+                config=f"default WARM_LINES={DEFAULT_WARM_LINES}",
+                **warm_refresh(session, settings.warm_contracts, settings.warm_repeats),
+            )
+        )
         log(f"warm: {warm[-1]}")
         footprint.update(batch_figures(session, settings.footprint_batch))
         log(f"batch: {footprint}")
@@ -202,8 +264,12 @@ def process_suite(settings: Settings) -> dict:
     if settings.warm_lines_variant:
         with agent_under_test({"WARM_LINES": str(settings.warm_lines_variant)}) as session:
             session.start()
-            warm.append(dict(config=f"WARM_LINES={settings.warm_lines_variant}",
-                             **warm_refresh(session, settings.warm_contracts, settings.warm_repeats)))
+            warm.append(
+                dict(
+                    config=f"WARM_LINES={settings.warm_lines_variant}",
+                    **warm_refresh(session, settings.warm_contracts, settings.warm_repeats),
+                )
+            )
             log(f"warm: {warm[-1]}")
     return {"footprint": footprint, "relay_overhead": relay, "warm_refresh": warm}
 
@@ -211,10 +277,16 @@ def process_suite(settings: Settings) -> dict:
 def source_commit() -> Optional[str]:
     """The commit the figures were measured on, with "+changes" when the tree differs from it."""
     try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                                text=True, timeout=10).stdout.strip()
-        changed = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
-                                 capture_output=True, text=True, timeout=10).stdout.strip()
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, timeout=10
+        ).stdout.strip()
+        changed = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return None
     return (commit + ("+changes" if changed else "")) or None
@@ -222,22 +294,30 @@ def source_commit() -> Optional[str]:
 
 def run_suite(settings: Settings, mode: str) -> dict:
     started = time.monotonic()
-    results: dict = {"mode": mode, "settings": dataclasses.asdict(settings), "machine": machine(),
-                     "commit": source_commit(),
-                     "started_at": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-                     "fake_tws": " ".join(["python -m tests.fake_tws", *fake_tws_args(settings.snapshot_ms)])}
+    results: dict = {
+        "mode": mode,
+        "settings": dataclasses.asdict(settings),
+        "machine": machine(),
+        "commit": source_commit(),
+        "started_at": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "fake_tws": " ".join(["python -m tests.fake_tws", *fake_tws_args(settings.snapshot_ms)]),
+    }
     cold_runs: List[dict] = []
     if "cold" in settings.sections:
         cold_runs = cold_suite(settings)
         summary = report.summarize_cold(cold_runs)
-        results["cold_bulk"] = {"runs": cold_runs, "summary": summary,
-                                "side_by_side": report.side_by_side(cold_runs, settings.agent_rates[0])}
+        results["cold_bulk"] = {
+            "runs": cold_runs,
+            "summary": summary,
+            "side_by_side": report.side_by_side(cold_runs, settings.agent_rates[0]),
+        }
     if "scaling" in settings.sections:
         cold_sizes = settings.cold_sizes if cold_runs else ()
         extra = scaling_suite(settings, cold_sizes)
         results["scaling_runs"] = extra
-        results["scaling"] = report.scaling_rows(results.get("cold_bulk", {}).get("summary", []), extra,
-                                                 settings.agent_rates[0])
+        results["scaling"] = report.scaling_rows(
+            results.get("cold_bulk", {}).get("summary", []), extra, settings.agent_rates[0]
+        )
     if "process" in settings.sections:
         results.update(process_suite(settings))
     if "snapshots" in settings.sections and settings.sweep_snapshot_ms:
@@ -261,24 +341,41 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--repeats", type=int, help="cold bulk repeats (full 3, quick 1)")
     parser.add_argument("--sizes", type=_numbers, help="cold bulk sizes, e.g. 200,1000")
     parser.add_argument("--scaling-sizes", type=_numbers, help="scaling sizes, e.g. 200,1000,2000,5000")
-    parser.add_argument("--agent-rates", type=lambda t: _numbers(t, float),
-                        help=f"IB_MAX_MSG_RATE values for the agent, first = checked (default {DEFAULT_RATE:g}[,48])")
-    parser.add_argument("--peers", type=lambda t: tuple(p for p in t.split(",") if p),
-                        help="peers beside the agent: readme,ib_async,ib_async_smooth,ib_async_chunked (empty: none)")
+    parser.add_argument(
+        "--agent-rates",
+        type=lambda t: _numbers(t, float),
+        help=f"IB_MAX_MSG_RATE values for the agent, first = checked (default {DEFAULT_RATE:g}[,48])",
+    )
+    parser.add_argument(
+        "--peers",
+        type=lambda t: tuple(p for p in t.split(",") if p),
+        help="peers beside the agent: readme,ib_async,ib_async_smooth,ib_async_chunked (empty: none)",
+    )
     parser.add_argument("--sections", type=lambda t: tuple(t.split(",")), help=f"subset of {','.join(SECTIONS)}")
     parser.add_argument("--snapshot-ms", type=int, help=f"the fake's snapshot duration (default {TWS_SNAPSHOT_MS})")
     parser.add_argument("--sweep-snapshot-ms", type=_numbers, help="snapshot section durations, e.g. 0,2000,11000")
     parser.add_argument("--listed-count", type=int, help="listed section: SPY options to quote (full 1000)")
-    parser.add_argument("--listed-peers", type=lambda t: tuple(p for p in t.split(",") if p),
-                        help="listed section peers (default readme,ib_async_chunked; empty: none)")
+    parser.add_argument(
+        "--listed-peers",
+        type=lambda t: tuple(p for p in t.split(",") if p),
+        help="listed section peers (default readme,ib_async_chunked; empty: none)",
+    )
     parser.add_argument("--chain-max-days", type=int, help="listed section: fetch-chain SPY max_days (full 30)")
     args = parser.parse_args(argv)
     settings = QUICK if args.quick else FULL
-    overrides = {"repeats": args.repeats, "cold_sizes": args.sizes, "scaling_sizes": args.scaling_sizes,
-                 "agent_rates": args.agent_rates, "sections": args.sections, "peers": args.peers,
-                 "snapshot_ms": args.snapshot_ms, "sweep_snapshot_ms": args.sweep_snapshot_ms,
-                 "listed_count": args.listed_count, "listed_peers": args.listed_peers,
-                 "chain_max_days": args.chain_max_days}
+    overrides = {
+        "repeats": args.repeats,
+        "cold_sizes": args.sizes,
+        "scaling_sizes": args.scaling_sizes,
+        "agent_rates": args.agent_rates,
+        "sections": args.sections,
+        "peers": args.peers,
+        "snapshot_ms": args.snapshot_ms,
+        "sweep_snapshot_ms": args.sweep_snapshot_ms,
+        "listed_count": args.listed_count,
+        "listed_peers": args.listed_peers,
+        "chain_max_days": args.chain_max_days,
+    }
     settings = replace(settings, **{k: v for k, v in overrides.items() if v is not None})
     unknown = set(settings.sections) - set(SECTIONS)
     if unknown:

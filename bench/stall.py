@@ -15,6 +15,7 @@ Figures: the batch's time, how many options came back complete / with an error, 
 and connections at the fake, messages the fake received, and the agent's log line that names the
 messages TWS found waiting when it resumed.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -58,8 +59,11 @@ def stall_figures(contracts: int, stall_s: float, at_s: float) -> dict:
         options = response["data"]["options"] if response.get("ok") else []
         waiting = [line for line in session.agent.output.splitlines() if "messages were waiting for it" in line]
         return {
-            "contracts": contracts, "stall_s": stall_s, "stall_at_s": at_s,
-            "answered": bool(response.get("ok")), "error": None if response.get("ok") else response.get("error"),
+            "contracts": contracts,
+            "stall_s": stall_s,
+            "stall_at_s": at_s,
+            "answered": bool(response.get("ok")),
+            "error": None if response.get("ok") else response.get("error"),
             "batch_s": round(outcome["batch_s"], 1),
             "complete": sum(1 for o in options if o["complete"]),
             "with_error": sum(1 for o in options if o["error"]),

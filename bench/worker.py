@@ -8,6 +8,7 @@ default config, IB_MAX_MSG_RATE=R, calling get_option_data_batch), `readme` (thr
 the fake's stats are read just before the fetch and once everything sent during it has reached
 the fake. Prints one JSON line.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -20,11 +21,10 @@ from pathlib import Path
 from typing import List, Optional, Sequence
 
 from agent.config import Config
-from bench.common import (SEED, BenchContract, PeakRss, completeness, fresh_stats, option_contracts, rss_mb,
-                          stats_delta)
+from bench.common import SEED, BenchContract, PeakRss, completeness, fresh_stats, option_contracts, rss_mb, stats_delta
 from bench.listed import POOLS, pool_contracts
 from bench.peers import LINE_CHUNK, PEER_RATE, README_WAIT_S, IbAsyncTickers, ReadmeChunked
-from tests.fake_tws_session import PACING_STRIKES     # the fake hangs up on this many violations
+from tests.fake_tws_session import PACING_STRIKES  # the fake hangs up on this many violations
 
 METHODS = ("agent", "readme", "ib_async", "ib_async_smooth", "ib_async_chunked")
 CONNECT_TIMEOUT_S = 20.0
@@ -43,12 +43,14 @@ class AgentBatch:
     def open(self, port: int) -> None:
         from agent.ib.connection import IBConnection
         from ib_scanner import Scanner
+
         config = Config(key=BENCH_KEY, ib_port=port, ib_max_msg_rate=self.rate)
         self.conn = IBConnection(config)
         self.conn.start()
         if not self.conn.wait_ready(CONNECT_TIMEOUT_S):
-            raise TimeoutError(f"the agent's connection was not ready within {CONNECT_TIMEOUT_S:g} s: "
-                               f"{self.conn.status()}")
+            raise TimeoutError(
+                f"the agent's connection was not ready within {CONNECT_TIMEOUT_S:g} s: {self.conn.status()}"
+            )
         self.scanner = Scanner(self.conn, config)
 
     def fetch(self, contracts: Sequence[BenchContract]) -> List[tuple]:
@@ -82,8 +84,9 @@ class PeerBatch:
         self.peer.close()
 
     def extra(self) -> dict:
-        return {"tws_errors": {str(code): n for code, n in sorted(self.peer.errors.items())
-                               if code not in NOTICE_CODES}}
+        return {
+            "tws_errors": {str(code): n for code, n in sorted(self.peer.errors.items()) if code not in NOTICE_CODES}
+        }
 
 
 def batch_for(method: str, rate: float, readme_wait_s: float):
@@ -95,8 +98,16 @@ def batch_for(method: str, rate: float, readme_wait_s: float):
     return PeerBatch(IbAsyncTickers(smooth=method != "ib_async", chunk=LINE_CHUNK if chunked else None))
 
 
-def measure(method: str, port: int, stats_file: Path, count: int, rate: float, seed: int = SEED,
-            readme_wait_s: float = README_WAIT_S, pool: str = "mixed") -> dict:
+def measure(
+    method: str,
+    port: int,
+    stats_file: Path,
+    count: int,
+    rate: float,
+    seed: int = SEED,
+    readme_wait_s: float = README_WAIT_S,
+    pool: str = "mixed",
+) -> dict:
     """The figures of one fetch; a fetch that fails (e.g. the fake dropped the client for pacing)
     still reports what the fake saw, with `error`. pool: `mixed` (bench.common.option_contracts) or
     one of bench.listed's SPY pools (the listed contracts of the nearest expirations, or their grid)."""
@@ -120,16 +131,31 @@ def measure(method: str, port: int, stats_file: Path, count: int, rate: float, s
     finally:
         batch.close()
     delta = stats_delta(before, after)
-    result = dict({"method": method, "rate": rate, "count": count, "wall_s": round(wall, 3),
-                   "messages": delta["messages_in"], "requests_by_type": delta["requests_by_type"],
-                   "pacing_violations": delta["pacing_violations"], "line_limit_errors": delta["line_limit_errors"],
-                   "dropped": (delta["connections"] > 0 or after["clients_connected"] == 0
-                               or delta["pacing_violations"] >= PACING_STRIKES),
-                   "max_lines_in_use": delta["max_lines_in_use"],
-                   "completeness": round(completeness(contracts, rows), 4) if rows else 0.0,
-                   "quoted": sum(1 for bid, ask, delta in rows if ask is not None and delta is not None),
-                   "pool": pool, "contracts": len(contracts),
-                   "rss_before_mb": round(rss_before, 1), "peak_rss_mb": round(peak.peak_mb, 1)}, **extra)
+    result = dict(
+        {
+            "method": method,
+            "rate": rate,
+            "count": count,
+            "wall_s": round(wall, 3),
+            "messages": delta["messages_in"],
+            "requests_by_type": delta["requests_by_type"],
+            "pacing_violations": delta["pacing_violations"],
+            "line_limit_errors": delta["line_limit_errors"],
+            "dropped": (
+                delta["connections"] > 0
+                or after["clients_connected"] == 0
+                or delta["pacing_violations"] >= PACING_STRIKES
+            ),
+            "max_lines_in_use": delta["max_lines_in_use"],
+            "completeness": round(completeness(contracts, rows), 4) if rows else 0.0,
+            "quoted": sum(1 for bid, ask, delta in rows if ask is not None and delta is not None),
+            "pool": pool,
+            "contracts": len(contracts),
+            "rss_before_mb": round(rss_before, 1),
+            "peak_rss_mb": round(peak.peak_mb, 1),
+        },
+        **extra,
+    )
     if failure:
         result["error"] = failure
     return result
@@ -144,17 +170,31 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--rate", type=float, default=PEER_RATE)
     parser.add_argument("--seed", type=int, default=SEED)
     parser.add_argument("--readme-wait-s", type=float, default=README_WAIT_S)
-    parser.add_argument("--pool", choices=("mixed",) + POOLS, default="mixed",
-                        help="the contracts: the mixed stock chains, or SPY's listed contracts / their grid")
+    parser.add_argument(
+        "--pool",
+        choices=("mixed",) + POOLS,
+        default="mixed",
+        help="the contracts: the mixed stock chains, or SPY's listed contracts / their grid",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(name)s: %(message)s")
     try:
-        result = measure(args.method, args.port, args.stats_file, args.count, args.rate, args.seed,
-                         args.readme_wait_s, args.pool)
+        result = measure(
+            args.method, args.port, args.stats_file, args.count, args.rate, args.seed, args.readme_wait_s, args.pool
+        )
     except Exception as exc:
         traceback.print_exc()
-        print(json.dumps({"method": args.method, "rate": args.rate, "count": args.count,
-                          "error": f"{exc.__class__.__name__}: {exc}"}), flush=True)
+        print(
+            json.dumps(
+                {
+                    "method": args.method,
+                    "rate": args.rate,
+                    "count": args.count,
+                    "error": f"{exc.__class__.__name__}: {exc}",
+                }
+            ),
+            flush=True,
+        )
         return 1
     print(json.dumps(result), flush=True)
     return 0

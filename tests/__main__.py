@@ -8,6 +8,7 @@ the TWS suites at the newest version only. The modules and classes it leaves out
 and reconnects, not on the CPU); each process's output is printed whole when it ends. The whole
 suite runs in WHOLE_SUITE_JOBS processes by default; with patterns, one.
 """
+
 import os
 import re
 import subprocess
@@ -21,37 +22,83 @@ ROOT = Path(__file__).resolve().parent.parent
 
 # What the fast tier leaves out: modules (test_x) and classes (test_x.Class) that wait on real time
 # (pacing at 45 msg/s, timeouts, reconnects, processes, venvs). `--durations` shows the figures.
-FULL_ONLY = frozenset({
-    # processes, venvs, long batches and fault runs
-    "test_start_scripts", "test_release", "test_reliability_relay", "test_reliability_tws",
-    "test_reliability_orders", "test_reliability_input", "test_reliability_secrets", "test_reliability_config",
-    "test_bench_smoke", "test_agent_e2e", "test_agent_demo", "test_relay_frames", "test_console",
-    "test_agent_doctor",
-    # suites against a running fake TWS: the fast tier keeps EveryOfferedVersion (orders, prices and
-    # account reads end to end at the newest version) and the chain test as their witnesses
-    "test_fake_tws_ibapi", "test_fake_tws_ib_async", "test_orders_tws", "test_orders_e2e", "test_orders_fake_tws",
-    "test_orders_tws_unexpected", "test_chains_tws", "test_market_data",
-    "test_ib_scanner_tws.BulkTest", "test_ib_scanner_tws.DropTest", "test_ib_scanner_tws.WarmTest",
-    "test_ib_scanner_tws.DelayedTest", "test_ib_connection.ConnectAndCall", "test_ib_connection.Heartbeat",
-    "test_ib_connection.DropsAndRestarts", "test_ib_connection.PortsAndModes", "test_relay_link.Reconnect",
-    "test_relay_link.Certificates",
-})
+FULL_ONLY = frozenset(
+    {
+        # processes, venvs, long batches and fault runs
+        "test_start_scripts",
+        "test_release",
+        "test_reliability_relay",
+        "test_reliability_tws",
+        "test_reliability_orders",
+        "test_reliability_input",
+        "test_reliability_secrets",
+        "test_reliability_config",
+        "test_bench_smoke",
+        "test_agent_e2e",
+        "test_agent_demo",
+        "test_relay_frames",
+        "test_console",
+        "test_agent_doctor",
+        # suites against a running fake TWS: the fast tier keeps EveryOfferedVersion (orders, prices and
+        # account reads end to end at the newest version) and the chain test as their witnesses
+        "test_fake_tws_ibapi",
+        "test_fake_tws_ib_async",
+        "test_orders_tws",
+        "test_orders_e2e",
+        "test_orders_fake_tws",
+        "test_orders_tws_unexpected",
+        "test_chains_tws",
+        "test_market_data",
+        "test_ib_scanner_tws.BulkTest",
+        "test_ib_scanner_tws.DropTest",
+        "test_ib_scanner_tws.WarmTest",
+        "test_ib_scanner_tws.DelayedTest",
+        "test_ib_connection.ConnectAndCall",
+        "test_ib_connection.Heartbeat",
+        "test_ib_connection.DropsAndRestarts",
+        "test_ib_connection.PortsAndModes",
+        "test_relay_link.Reconnect",
+        "test_relay_link.Certificates",
+    }
+)
 
 
 # Rough seconds per module (from `--durations`), to balance --jobs; unnamed modules count DEFAULT_SECONDS.
 MODULE_SECONDS = {
-    "test_start_scripts": 110, "test_ib_scanner_tws": 70, "test_reliability_orders": 55,
-    "test_reliability_tws": 55, "test_market_data": 45, "test_bench_smoke": 35, "test_agent_e2e": 30,
-    "test_reliability_input": 30, "test_reliability_relay": 28, "test_orders_tws": 25, "test_release": 20,
-    "test_orders_e2e": 20, "test_chains_tws": 20, "test_agent_doctor": 15, "test_relay_link": 15,
-    "test_ib_connection": 15, "test_fake_tws_ibapi": 15, "test_relay_frames": 10,
+    "test_start_scripts": 110,
+    "test_ib_scanner_tws": 70,
+    "test_reliability_orders": 55,
+    "test_reliability_tws": 55,
+    "test_market_data": 45,
+    "test_bench_smoke": 35,
+    "test_agent_e2e": 30,
+    "test_reliability_input": 30,
+    "test_reliability_relay": 28,
+    "test_orders_tws": 25,
+    "test_release": 20,
+    "test_orders_e2e": 20,
+    "test_chains_tws": 20,
+    "test_agent_doctor": 15,
+    "test_relay_link": 15,
+    "test_ib_connection": 15,
+    "test_fake_tws_ibapi": 15,
+    "test_relay_frames": 10,
 }
 DEFAULT_SECONDS = 3
 # The same for the fast tier (what is left of each module there); unnamed modules count 1.
-FAST_MODULE_SECONDS = {"test_ib_connection": 4, "test_relay_link": 5, "test_ib_orders": 5, "test_fake_tws_wire": 3,
-                       "test_fake_tws_cli": 3, "test_ib_scanner_tws": 3, "test_fake_tws_market": 3,
-                       "test_fake_relay": 3, "test_protocol_versions": 2, "test_agent_config": 2}
-WHOLE_SUITE_JOBS = 2    # the whole suite (no pattern) runs in 2 processes unless --jobs says otherwise
+FAST_MODULE_SECONDS = {
+    "test_ib_connection": 4,
+    "test_relay_link": 5,
+    "test_ib_orders": 5,
+    "test_fake_tws_wire": 3,
+    "test_fake_tws_cli": 3,
+    "test_ib_scanner_tws": 3,
+    "test_fake_tws_market": 3,
+    "test_fake_relay": 3,
+    "test_protocol_versions": 2,
+    "test_agent_config": 2,
+}
+WHOLE_SUITE_JOBS = 2  # the whole suite (no pattern) runs in 2 processes unless --jobs says otherwise
 LAST_LINE = re.compile(r"^(\d+) passed, (\d+) failed(?:, (\d+) skipped)?$", re.M)
 
 
@@ -59,7 +106,7 @@ class CountingResult(unittest.TextTestResult):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.passed = 0
-        self.seconds = defaultdict(float)   # test class -> wall time
+        self.seconds = defaultdict(float)  # test class -> wall time
         self._started = 0.0
 
     def startTest(self, test):
@@ -96,7 +143,7 @@ def _option(argv, name: str, default: int):
     if name not in argv:
         return default, argv
     at = argv.index(name)
-    return int(argv[at + 1]), argv[:at] + argv[at + 2:]
+    return int(argv[at + 1]), argv[:at] + argv[at + 2 :]
 
 
 def _modules(patterns, fast: bool) -> list:
@@ -114,9 +161,16 @@ def run_in_processes(jobs: int, patterns, flags) -> int:
         bucket[0] += weight(module)
         bucket[1].append(module)
     started = time.monotonic()
-    workers = [subprocess.Popen([sys.executable, "-m", "tests", "--exact", *flags, *names], cwd=ROOT,
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-               for _, names in buckets if names]
+    workers = [
+        subprocess.Popen(
+            [sys.executable, "-m", "tests", "--exact", *flags, *names],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
+        for _, names in buckets
+        if names
+    ]
     totals, broken = [0, 0, 0], 0
     for worker in workers:
         output = worker.communicate()[0].decode("utf-8", "replace")
@@ -138,7 +192,7 @@ def run_in_processes(jobs: int, patterns, flags) -> int:
 
 def main(argv):
     fast = "--fast" in argv
-    exact = "--exact" in argv     # patterns are whole module names (the --jobs workers)
+    exact = "--exact" in argv  # patterns are whole module names (the --jobs workers)
     durations, argv = _option(argv, "--durations", 0)
     jobs, argv = _option(argv, "--jobs", 0)
     patterns = [a for a in argv if not a.startswith("-")]
@@ -149,13 +203,16 @@ def main(argv):
     verbosity = 2 if "-v" in argv else 1
     if fast:
         from agent.ib.connection import TESTED_MAX_SERVER_VERSION
+
         os.environ.setdefault("TWS_VERSIONS", str(TESTED_MAX_SERVER_VERSION))
     loader = unittest.TestLoader()
     if patterns:
         suite = unittest.TestSuite(
-            loader.discover(str(ROOT / "tests"), pattern=f"{p}.py" if exact else f"test*{p}*.py",
-                            top_level_dir=str(ROOT))
-            for p in patterns)
+            loader.discover(
+                str(ROOT / "tests"), pattern=f"{p}.py" if exact else f"test*{p}*.py", top_level_dir=str(ROOT)
+            )
+            for p in patterns
+        )
     else:
         suite = loader.discover(str(ROOT / "tests"), top_level_dir=str(ROOT))
     if fast:

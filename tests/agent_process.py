@@ -11,6 +11,7 @@ Pieces can also be used alone: AgentProcess (any command line, env, working dire
 ServerProcess (a fake started with `python -m tests.fake_tws|fake_relay`), RelayClient (the fake
 relay's HTTP API, for a relay running as a process).
 """
+
 from __future__ import annotations
 
 import json
@@ -88,8 +89,7 @@ class OutputCapture:
 class ManagedProcess:
     """A child process with stdout and stderr captured separately; stop() sends SIGTERM, then kills."""
 
-    def __init__(self, command: Sequence[str], env: Optional[Dict[str, str]] = None,
-                 cwd: Optional[Path] = None):
+    def __init__(self, command: Sequence[str], env: Optional[Dict[str, str]] = None, cwd: Optional[Path] = None):
         self.command = [str(c) for c in command]
         self.env = env
         self.cwd = cwd
@@ -98,9 +98,17 @@ class ManagedProcess:
         self.stderr: Optional[OutputCapture] = None
 
     def start(self) -> "ManagedProcess":
-        self.process = subprocess.Popen(self.command, env=self.env, cwd=self.cwd, stdin=subprocess.DEVNULL,
-                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                        encoding="utf-8", errors="replace")
+        self.process = subprocess.Popen(
+            self.command,
+            env=self.env,
+            cwd=self.cwd,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            encoding="utf-8",
+            errors="replace",
+        )
         self.stdout = OutputCapture(self.process.stdout, "stdout")
         self.stderr = OutputCapture(self.process.stderr, "stderr")
         return self
@@ -167,8 +175,9 @@ class RelayClient:
         self.key = key
         self.url = f"ws://{host}:{port}/ws/agent"
 
-    def _call(self, method: str, path: str, body: Optional[bytes] = None, timeout: float = 30.0,
-              auth: bool = False) -> Any:
+    def _call(
+        self, method: str, path: str, body: Optional[bytes] = None, timeout: float = 30.0, auth: bool = False
+    ) -> Any:
         request = urllib.request.Request(self.base + path, data=body, method=method)
         if auth:
             request.add_header("Authorization", f"Bearer {self.key}")
@@ -180,8 +189,9 @@ class RelayClient:
         except urllib.error.HTTPError as exc:
             raise self.Error(exc.code, exc.read().decode("utf-8", "replace")) from None
 
-    def request(self, action: str, params: Optional[dict] = None, id: Optional[str] = None,
-                timeout_s: float = 30) -> dict:
+    def request(
+        self, action: str, params: Optional[dict] = None, id: Optional[str] = None, timeout_s: float = 30
+    ) -> dict:
         body = {"action": action, "params": params or {}, "timeout_s": timeout_s}
         if id:
             body["id"] = id
@@ -212,12 +222,19 @@ class RelayClient:
         raise TimeoutError(f"no hello within {timeout:g} s")
 
 
-def agent_env(key: str, relay_url: str, ib_port: Optional[int], data_dir: Path,
-              extra: Optional[Dict[str, str]] = None) -> Dict[str, str]:
+def agent_env(
+    key: str, relay_url: str, ib_port: Optional[int], data_dir: Path, extra: Optional[Dict[str, str]] = None
+) -> Dict[str, str]:
     """The process environment minus every agent variable the caller may have exported, plus ours."""
     env = {k: v for k, v in os.environ.items() if k not in VARIABLES}
-    env.update(IB_PROVIDER_KEY=key, RELAY_URL=relay_url, IB_HOST="127.0.0.1", AGENT_DATA_DIR=str(data_dir),
-               PYTHONUNBUFFERED="1", PYTHONDONTWRITEBYTECODE="1")
+    env.update(
+        IB_PROVIDER_KEY=key,
+        RELAY_URL=relay_url,
+        IB_HOST="127.0.0.1",
+        AGENT_DATA_DIR=str(data_dir),
+        PYTHONUNBUFFERED="1",
+        PYTHONDONTWRITEBYTECODE="1",
+    )
     if ib_port is not None:
         env["IB_PORT"] = str(ib_port)
     env.update(extra or {})
@@ -228,10 +245,18 @@ class AgentProcess(ManagedProcess):
     """`python ib_data_agent.py` in its own process, with its own data folder (log file) and an empty
     config file (so a developer's config.env never leaks in; `config_file=None` reads the default)."""
 
-    def __init__(self, key: str, relay_url: str, ib_port: Optional[int] = None,
-                 env: Optional[Dict[str, str]] = None, args: Iterable[str] = (),
-                 command: Optional[Sequence[str]] = None, cwd: Optional[Path] = None,
-                 data_dir: Optional[Path] = None, isolated_config: bool = True):
+    def __init__(
+        self,
+        key: str,
+        relay_url: str,
+        ib_port: Optional[int] = None,
+        env: Optional[Dict[str, str]] = None,
+        args: Iterable[str] = (),
+        command: Optional[Sequence[str]] = None,
+        cwd: Optional[Path] = None,
+        data_dir: Optional[Path] = None,
+        isolated_config: bool = True,
+    ):
         self.data_dir = Path(data_dir or tempfile.mkdtemp(prefix="agent-data-"))
         self._own_data_dir = data_dir is None
         args = list(args)
@@ -269,12 +294,21 @@ class AgentStack:
     (agent_exit_code keeps its exit code), then the fakes.
     """
 
-    def __init__(self, key: str = DEFAULT_KEY, agent_key: Optional[str] = None, tws: bool = True,
-                 tws_options: Optional[dict] = None,
-                 tws_args: Sequence[str] = (), relay_options: Optional[dict] = None,
-                 agent_env: Optional[Dict[str, str]] = None, agent_args: Sequence[str] = (),
-                 ib_port: Optional[int] = None, fakes_as_processes: bool = False, wait_hello: float = 30.0,
-                 agent: bool = True):
+    def __init__(
+        self,
+        key: str = DEFAULT_KEY,
+        agent_key: Optional[str] = None,
+        tws: bool = True,
+        tws_options: Optional[dict] = None,
+        tws_args: Sequence[str] = (),
+        relay_options: Optional[dict] = None,
+        agent_env: Optional[Dict[str, str]] = None,
+        agent_args: Sequence[str] = (),
+        ib_port: Optional[int] = None,
+        fakes_as_processes: bool = False,
+        wait_hello: float = 30.0,
+        agent: bool = True,
+    ):
         self.key = key
         self.agent_key = agent_key or key  # a different one: the relay refuses the agent (401)
         self._start_tws = tws
@@ -314,6 +348,7 @@ class AgentStack:
             self.relay = RelayClient(self.relay_process.start(), self.key)
         else:
             from tests.fake_relay import FakeRelay
+
             self.relay = FakeRelay(key=self.key, **self._relay_options)
             self.relay.start()
         if not self._start_agent:
@@ -343,6 +378,7 @@ class AgentStack:
             self.tws = ServerProcess("tests.fake_tws", self._tws_args, port)
             return self.tws.start()
         from tests.fake_tws import FakeTWS
+
         self.tws = FakeTWS(port=port, **self._tws_options)
         return self.tws.start()
 

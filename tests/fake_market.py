@@ -5,6 +5,7 @@ Everything a client can see is derived from `seed` and today's date, so two fake
 same seed on the same day serve the same instruments, conIds and first quotes. Only the streaming
 drift (`Market.drift`) moves afterwards.
 """
+
 from __future__ import annotations
 
 import calendar
@@ -22,12 +23,13 @@ MULTIPLIER = "100"
 @dataclass(frozen=True)
 class Instrument:
     """One tradable contract, with the attribute names the wire encoders read."""
+
     con_id: int
     symbol: str
-    sec_type: str                 # "STK" | "OPT"
-    expiry: str = ""              # YYYYMMDD for options
+    sec_type: str  # "STK" | "OPT"
+    expiry: str = ""  # YYYYMMDD for options
     strike: float = 0.0
-    right: str = ""               # "C" | "P"
+    right: str = ""  # "C" | "P"
     multiplier: str = ""
     exchange: str = "SMART"
     primary_exchange: str = ""
@@ -41,17 +43,18 @@ class Instrument:
     industry: str = ""
     category: str = ""
     subcategory: str = ""
-    order_types: str = ""         # contractDetails.orderTypes (comma list)
-    market_rule_ids: str = ""     # one rule id per valid exchange, in the same order
-    trading_hours: str = ""       # "YYYYMMDD:HHMM-YYYYMMDD:HHMM;YYYYMMDD:CLOSED;..." (US/Eastern)
+    order_types: str = ""  # contractDetails.orderTypes (comma list)
+    market_rule_ids: str = ""  # one rule id per valid exchange, in the same order
+    trading_hours: str = ""  # "YYYYMMDD:HHMM-YYYYMMDD:HHMM;YYYYMMDD:CLOSED;..." (US/Eastern)
     liquid_hours: str = ""
-    sec_ids: Tuple[Tuple[str, str], ...] = ()   # e.g. (("ISIN", "US0378331005"),)
-    under_sec_type: str = ""      # options: the underlying's type ("STK", "IND")
+    sec_ids: Tuple[Tuple[str, str], ...] = ()  # e.g. (("ISIN", "US0378331005"),)
+    under_sec_type: str = ""  # options: the underlying's type ("STK", "IND")
 
 
 @dataclass(frozen=True)
 class UnderlyingSpec:
     """How one underlying's chain is listed (the knobs that make it liquid or thin)."""
+
     symbol: str
     con_id: int
     price: float
@@ -60,61 +63,245 @@ class UnderlyingSpec:
     long_name: str
     industry: str
     option_exchanges: Tuple[str, ...]
-    weeklies: int                 # Friday expirations
-    monthlies: int                # third-Friday expirations
-    leaps: int                    # January expirations in following years
-    strike_step: float            # near-the-money step
-    wide_step: float              # step further out (monthlies and leaps only)
-    near_pct: float               # near-the-money band where strike_step applies
-    weekly_pct: float             # weeklies list strikes within this band of the price
-    monthly_pct: float            # monthlies and leaps list strikes within this band
-    thin: bool = False            # merger target: wide spreads, most options without a bid
-    sec_type: str = "STK"         # "IND": an index (quotes last/close, never bid/ask)
-    weekly_class: str = ""        # index: weeklies (and PM-settled third Fridays) list under this
-                                  # trading class (SPXW) beside the monthly class named like the symbol
-    adjusted_multiplier: str = "" # a stock with an adjusted class "<SYM>1" (monthlies only, strikes
-                                  # around the pre-adjustment price) of this deliverable beside its own
+    weeklies: int  # Friday expirations
+    monthlies: int  # third-Friday expirations
+    leaps: int  # January expirations in following years
+    strike_step: float  # near-the-money step
+    wide_step: float  # step further out (monthlies and leaps only)
+    near_pct: float  # near-the-money band where strike_step applies
+    weekly_pct: float  # weeklies list strikes within this band of the price
+    monthly_pct: float  # monthlies and leaps list strikes within this band
+    thin: bool = False  # merger target: wide spreads, most options without a bid
+    sec_type: str = "STK"  # "IND": an index (quotes last/close, never bid/ask)
+    weekly_class: str = ""  # index: weeklies (and PM-settled third Fridays) list under this
+    # trading class (SPXW) beside the monthly class named like the symbol
+    adjusted_multiplier: str = ""  # a stock with an adjusted class "<SYM>1" (monthlies only, strikes
+    # around the pre-adjustment price) of this deliverable beside its own
     isin: str = ""
-    dailies: int = 0              # the next N weekdays that are not already listed expire too (SPY's
-                                  # daily expirations), each listing strikes within daily_pct only
+    dailies: int = 0  # the next N weekdays that are not already listed expire too (SPY's
+    # daily expirations), each listing strikes within daily_pct only
     daily_pct: float = 0.0
-    other_listings: Tuple[Tuple[int, str, str], ...] = ()   # (conId, primary exchange, long name) of
-                                  # further USD stocks with this symbol: ambiguous as a stock on SMART
+    other_listings: Tuple[Tuple[int, str, str], ...] = ()  # (conId, primary exchange, long name) of
+    # further USD stocks with this symbol: ambiguous as a stock on SMART
 
 
 UNDERLYINGS: Tuple[UnderlyingSpec, ...] = (
-    UnderlyingSpec("AAPL", 265598, 190.0, 0.27, "NASDAQ", "APPLE INC", "Technology",
-                   ("SMART", "CBOE", "ISE", "AMEX"), 4, 6, 1, 2.5, 5.0, 0.10, 0.15, 0.40),
-    UnderlyingSpec("MSFT", 272093, 415.0, 0.25, "NASDAQ", "MICROSOFT CORP", "Technology",
-                   ("SMART", "CBOE", "ISE"), 3, 5, 1, 5.0, 10.0, 0.08, 0.12, 0.35),
-    UnderlyingSpec("SPY", 756733, 520.0, 0.15, "ARCA", "SPDR S&P 500 ETF TRUST", "Funds",
-                   ("SMART", "CBOE", "AMEX", "ISE"), 6, 6, 1, 1.0, 5.0, 0.05, 0.10, 0.30,
-                   dailies=10, daily_pct=0.03),
-    UnderlyingSpec("MRGT", 900001, 47.6, 0.06, "NYSE", "MERGER TARGET CORP", "Industrial",
-                   ("SMART", "AMEX"), 0, 3, 0, 2.5, 2.5, 0.20, 0.20, 0.20, thin=True),
+    UnderlyingSpec(
+        "AAPL",
+        265598,
+        190.0,
+        0.27,
+        "NASDAQ",
+        "APPLE INC",
+        "Technology",
+        ("SMART", "CBOE", "ISE", "AMEX"),
+        4,
+        6,
+        1,
+        2.5,
+        5.0,
+        0.10,
+        0.15,
+        0.40,
+    ),
+    UnderlyingSpec(
+        "MSFT",
+        272093,
+        415.0,
+        0.25,
+        "NASDAQ",
+        "MICROSOFT CORP",
+        "Technology",
+        ("SMART", "CBOE", "ISE"),
+        3,
+        5,
+        1,
+        5.0,
+        10.0,
+        0.08,
+        0.12,
+        0.35,
+    ),
+    UnderlyingSpec(
+        "SPY",
+        756733,
+        520.0,
+        0.15,
+        "ARCA",
+        "SPDR S&P 500 ETF TRUST",
+        "Funds",
+        ("SMART", "CBOE", "AMEX", "ISE"),
+        6,
+        6,
+        1,
+        1.0,
+        5.0,
+        0.05,
+        0.10,
+        0.30,
+        dailies=10,
+        daily_pct=0.03,
+    ),
+    UnderlyingSpec(
+        "MRGT",
+        900001,
+        47.6,
+        0.06,
+        "NYSE",
+        "MERGER TARGET CORP",
+        "Industrial",
+        ("SMART", "AMEX"),
+        0,
+        3,
+        0,
+        2.5,
+        2.5,
+        0.20,
+        0.20,
+        0.20,
+        thin=True,
+    ),
     # v1.1, appended so the options above keep their conIds: an index with two trading classes,
     # and a stock whose chain has an adjusted class beside the standard one.
-    UnderlyingSpec("SPX", 416904, 5200.0, 0.15, "CBOE", "S&P 500 Stock Index", "Indices",
-                   ("SMART", "CBOE"), 4, 4, 0, 25.0, 50.0, 0.04, 0.06, 0.15, sec_type="IND",
-                   weekly_class="SPXW"),
-    UnderlyingSpec("XYZ", 900002, 64.0, 0.35, "NYSE", "XYZ HOLDINGS INC", "Consumer, Cyclical",
-                   ("SMART", "CBOE", "AMEX"), 2, 3, 0, 1.0, 2.5, 0.10, 0.15, 0.30, adjusted_multiplier="150"),
+    UnderlyingSpec(
+        "SPX",
+        416904,
+        5200.0,
+        0.15,
+        "CBOE",
+        "S&P 500 Stock Index",
+        "Indices",
+        ("SMART", "CBOE"),
+        4,
+        4,
+        0,
+        25.0,
+        50.0,
+        0.04,
+        0.06,
+        0.15,
+        sec_type="IND",
+        weekly_class="SPXW",
+    ),
+    UnderlyingSpec(
+        "XYZ",
+        900002,
+        64.0,
+        0.35,
+        "NYSE",
+        "XYZ HOLDINGS INC",
+        "Consumer, Cyclical",
+        ("SMART", "CBOE", "AMEX"),
+        2,
+        3,
+        0,
+        1.0,
+        2.5,
+        0.10,
+        0.15,
+        0.30,
+        adjusted_multiplier="150",
+    ),
     # v1.1 (issue 17), appended likewise: a stock that is ambiguous on SMART (a second TWIN trades
     # over the counter), and the other index option underlyings, kept small.
-    UnderlyingSpec("TWIN", 900003, 38.5, 0.30, "NYSE", "TWIN RIVERS INDUSTRIES", "Industrial",
-                   ("SMART", "CBOE"), 2, 2, 0, 1.0, 2.5, 0.10, 0.10, 0.20,
-                   other_listings=((900004, "PINK", "TWIN CAPITAL CORP"),)),
-    UnderlyingSpec("XSP", 241264, 520.0, 0.15, "CBOE", "Mini S&P 500 Index", "Indices",
-                   ("SMART", "CBOE"), 2, 2, 0, 1.0, 5.0, 0.03, 0.04, 0.08, sec_type="IND"),
-    UnderlyingSpec("NDX", 416843, 18200.0, 0.18, "NASDAQ", "NASDAQ 100 Stock Index", "Indices",
-                   ("SMART", "CBOE", "ISE"), 2, 2, 0, 100.0, 250.0, 0.03, 0.04, 0.08, sec_type="IND",
-                   weekly_class="NDXP"),
-    UnderlyingSpec("RUT", 416888, 2050.0, 0.20, "RUSSELL", "Russell 2000 Stock Index", "Indices",
-                   ("SMART", "CBOE"), 2, 2, 0, 10.0, 25.0, 0.03, 0.05, 0.10, sec_type="IND",
-                   weekly_class="RUTW"),
-    UnderlyingSpec("VIX", 13455763, 16.0, 0.80, "CBOE", "CBOE Volatility Index", "Indices",
-                   ("SMART", "CBOE"), 1, 3, 0, 1.0, 1.0, 0.50, 0.30, 0.60, sec_type="IND",
-                   weekly_class="VIXW"),
+    UnderlyingSpec(
+        "TWIN",
+        900003,
+        38.5,
+        0.30,
+        "NYSE",
+        "TWIN RIVERS INDUSTRIES",
+        "Industrial",
+        ("SMART", "CBOE"),
+        2,
+        2,
+        0,
+        1.0,
+        2.5,
+        0.10,
+        0.10,
+        0.20,
+        other_listings=((900004, "PINK", "TWIN CAPITAL CORP"),),
+    ),
+    UnderlyingSpec(
+        "XSP",
+        241264,
+        520.0,
+        0.15,
+        "CBOE",
+        "Mini S&P 500 Index",
+        "Indices",
+        ("SMART", "CBOE"),
+        2,
+        2,
+        0,
+        1.0,
+        5.0,
+        0.03,
+        0.04,
+        0.08,
+        sec_type="IND",
+    ),
+    UnderlyingSpec(
+        "NDX",
+        416843,
+        18200.0,
+        0.18,
+        "NASDAQ",
+        "NASDAQ 100 Stock Index",
+        "Indices",
+        ("SMART", "CBOE", "ISE"),
+        2,
+        2,
+        0,
+        100.0,
+        250.0,
+        0.03,
+        0.04,
+        0.08,
+        sec_type="IND",
+        weekly_class="NDXP",
+    ),
+    UnderlyingSpec(
+        "RUT",
+        416888,
+        2050.0,
+        0.20,
+        "RUSSELL",
+        "Russell 2000 Stock Index",
+        "Indices",
+        ("SMART", "CBOE"),
+        2,
+        2,
+        0,
+        10.0,
+        25.0,
+        0.03,
+        0.05,
+        0.10,
+        sec_type="IND",
+        weekly_class="RUTW",
+    ),
+    UnderlyingSpec(
+        "VIX",
+        13455763,
+        16.0,
+        0.80,
+        "CBOE",
+        "CBOE Volatility Index",
+        "Indices",
+        ("SMART", "CBOE"),
+        1,
+        3,
+        0,
+        1.0,
+        1.0,
+        0.50,
+        0.30,
+        0.60,
+        sec_type="IND",
+        weekly_class="VIXW",
+    ),
 )
 
 ISINS = {"AAPL": "US0378331005", "MSFT": "US5949181045", "SPY": "US78462F1030"}
@@ -125,16 +312,21 @@ STOCK_ORDER_TYPES = (
     "DARKPOLL,DAY,DEACT,DEACTDIS,DEACTEOD,DIS,DUR,GAT,GTC,GTD,GTT,HID,IBKRATS,ICE,IMB,IOC,LIT,LMT,LOC,MIDPX,"
     "MIT,MKT,MOC,MTL,NGCOMB,NODARK,NONALGO,OCA,OPG,OPGREROUT,PEGBENCH,PEGMID,POSTATS,POSTONLY,PREOPGRTH,"
     "PRICECHK,REL,REL2MID,RELPCTOFS,RPI,RTH,SCALE,SCALEODD,SCALERST,SIZECHK,SNAPMID,SNAPMKT,SNAPREL,STP,"
-    "STPLMT,SWEEP,TRAIL,TRAILLIT,TRAILLMT,TRAILMIT,WHATIF")
+    "STPLMT,SWEEP,TRAIL,TRAILLIT,TRAILLMT,TRAILMIT,WHATIF"
+)
 OPTION_ORDER_TYPES = (
     "ACTIVETIM,AD,ADJUST,ALERT,ALGO,ALLOC,AON,AVGCOST,BASKET,COND,CONDORDER,DAY,DEACT,DEACTDIS,DEACTEOD,DIS,"
     "FOK,GAT,GTC,GTD,GTT,HID,ICE,IOC,LIT,LMT,MIT,MKT,MTL,NGCOMB,NONALGO,OCA,OPENCLOSE,PAON,PEGMIDVOL,"
     "PEGMKTVOL,PEGPRMVOL,PEGSRFVOL,POSTONLY,PRICECHK,REL,RELPCTOFS,RELSTK,SCALE,SCALERST,SIZECHK,SMARTSTG,"
-    "SNAPMID,SNAPMKT,SNAPREL,STP,STPLMT,TRAIL,TRAILLIT,TRAILLMT,TRAILMIT,VOLAT,WHATIF")
+    "SNAPMID,SNAPMKT,SNAPREL,STP,STPLMT,TRAIL,TRAILLIT,TRAILLMT,TRAILMIT,VOLAT,WHATIF"
+)
 STOCK_MARKET_RULE, SMART_OPTION_MARKET_RULE, OPTION_MARKET_RULE = "26", "32", "109"
-STOCK_CATEGORY = {"Technology": ("Computers", "Computers"), "Funds": ("Equity Fund", "Growth-Large Cap"),
-                  "Industrial": ("Miscellaneous Manufactur", "Diversified Manufact Op"),
-                  "Consumer, Cyclical": ("Retail", "Retail-Apparel/Shoe")}
+STOCK_CATEGORY = {
+    "Technology": ("Computers", "Computers"),
+    "Funds": ("Equity Fund", "Growth-Large Cap"),
+    "Industrial": ("Miscellaneous Manufactur", "Diversified Manufact Op"),
+    "Consumer, Cyclical": ("Retail", "Retail-Apparel/Shoe"),
+}
 
 
 def _trading_hours(today: dt.date, open_hhmm: str, close_hhmm: str, days: int = 6) -> str:
@@ -152,11 +344,14 @@ def _trading_hours(today: dt.date, open_hhmm: str, close_hhmm: str, days: int = 
 def _market_rule_ids(valid_exchanges: str, sec_type: str) -> str:
     """One rule id per valid exchange, in order (26 for every stock venue; options: 32 on SMART,
     109 on the exchanges)."""
+
     def rule(exchange: str) -> str:
         if sec_type != "OPT":
             return STOCK_MARKET_RULE
         return SMART_OPTION_MARKET_RULE if exchange == "SMART" else OPTION_MARKET_RULE
+
     return ",".join(rule(e) for e in valid_exchanges.split(","))
+
 
 OPTION_CON_ID_BASE = 600_000_000
 
@@ -164,6 +359,7 @@ OPTION_CON_ID_BASE = 600_000_000
 @dataclass(frozen=True)
 class Quote:
     """Top of book for one instrument; bid -1 / size 0 means "no bid"."""
+
     bid: float
     ask: float
     last: float
@@ -184,6 +380,7 @@ class Quote:
 @dataclass(frozen=True)
 class Greeks:
     """A tickOptionComputation row (vega per vol point, theta per calendar day)."""
+
     implied_vol: float
     delta: float
     opt_price: float
@@ -198,7 +395,7 @@ class Position:
     account: str
     instrument: Instrument
     quantity: float
-    avg_cost: float               # per contract, multiplier included (as TWS reports it)
+    avg_cost: float  # per contract, multiplier included (as TWS reports it)
 
 
 def _third_friday(year: int, month: int) -> dt.date:
@@ -253,8 +450,9 @@ def _norm_pdf(x: float) -> float:
     return math.exp(-0.5 * x * x) / math.sqrt(2.0 * math.pi)
 
 
-def black_scholes(spot: float, strike: float, years: float, vol: float, right: str,
-                  rate: float = RISK_FREE_RATE) -> Tuple[float, float, float, float, float]:
+def black_scholes(
+    spot: float, strike: float, years: float, vol: float, right: str, rate: float = RISK_FREE_RATE
+) -> Tuple[float, float, float, float, float]:
     """(price, delta, gamma, vega per 1.00 of vol, theta per year)."""
     sqrt_t = math.sqrt(years)
     d1 = (math.log(spot / strike) + (rate + 0.5 * vol * vol) * years) / (vol * sqrt_t)
@@ -300,8 +498,8 @@ class Market:
         self._by_con_id: Dict[int, Instrument] = {}
         next_con_id = OPTION_CON_ID_BASE
         self.indices: Dict[str, Instrument] = {}
-        self.other_listings: Dict[str, List[Instrument]] = {}   # same-symbol stocks beside self.stocks
-        self._class_symbol: Dict[str, str] = {}          # trading class -> underlying symbol
+        self.other_listings: Dict[str, List[Instrument]] = {}  # same-symbol stocks beside self.stocks
+        self._class_symbol: Dict[str, str] = {}  # trading class -> underlying symbol
         stock_hours = (_trading_hours(self.today, "0400", "2000"), _trading_hours(self.today, "0930", "1600"))
         option_hours = (_trading_hours(self.today, "0930", "1600"),) * 2
         for spec in UNDERLYINGS:
@@ -310,30 +508,54 @@ class Market:
             category, subcategory = STOCK_CATEGORY.get(spec.industry, ("", ""))
             # NASDAQ-listed stocks trade under class "NMS" (as recorded for AAPL and AMZN)
             underlying = Instrument(
-                spec.con_id, spec.symbol, spec.sec_type,
-                exchange=spec.primary_exchange if index else "SMART", primary_exchange=spec.primary_exchange,
+                spec.con_id,
+                spec.symbol,
+                spec.sec_type,
+                exchange=spec.primary_exchange if index else "SMART",
+                primary_exchange=spec.primary_exchange,
                 local_symbol=spec.symbol,
                 trading_class="NMS" if spec.primary_exchange == "NASDAQ" and not index else spec.symbol,
-                long_name=spec.long_name, industry=spec.industry, category=category, subcategory=subcategory,
+                long_name=spec.long_name,
+                industry=spec.industry,
+                category=category,
+                subcategory=subcategory,
                 valid_exchanges=spec.primary_exchange if index else "SMART,ARCA,NYSE,NASDAQ,ISLAND,BATS,IEX",
                 order_types="" if index else STOCK_ORDER_TYPES,
                 trading_hours=option_hours[0] if index else stock_hours[0],
                 liquid_hours=option_hours[1] if index else stock_hours[1],
-                sec_ids=(("ISIN", ISINS[spec.symbol]),) if spec.symbol in ISINS else ())
-            underlying = replace(underlying, market_rule_ids=_market_rule_ids(underlying.valid_exchanges, spec.sec_type))
+                sec_ids=(("ISIN", ISINS[spec.symbol]),) if spec.symbol in ISINS else (),
+            )
+            underlying = replace(
+                underlying, market_rule_ids=_market_rule_ids(underlying.valid_exchanges, spec.sec_type)
+            )
             (self.indices if index else self.stocks)[spec.symbol] = underlying
             self._by_con_id[underlying.con_id] = underlying
             for con_id, primary, long_name in spec.other_listings:
-                other = replace(underlying, con_id=con_id, primary_exchange=primary, long_name=long_name,
-                                valid_exchanges=f"SMART,{primary}", sec_ids=())
+                other = replace(
+                    underlying,
+                    con_id=con_id,
+                    primary_exchange=primary,
+                    long_name=long_name,
+                    valid_exchanges=f"SMART,{primary}",
+                    sec_ids=(),
+                )
                 self.other_listings.setdefault(spec.symbol, []).append(other)
                 self._by_con_id[con_id] = other
             option_exchanges = ",".join(spec.option_exchanges)
-            template = Instrument(0, spec.symbol, "OPT", multiplier=MULTIPLIER, long_name=spec.long_name,
-                                  under_con_id=spec.con_id, valid_exchanges=option_exchanges,
-                                  order_types=OPTION_ORDER_TYPES, market_rule_ids=_market_rule_ids(option_exchanges, "OPT"),
-                                  trading_hours=option_hours[0], liquid_hours=option_hours[1],
-                                  under_sec_type=spec.sec_type)
+            template = Instrument(
+                0,
+                spec.symbol,
+                "OPT",
+                multiplier=MULTIPLIER,
+                long_name=spec.long_name,
+                under_con_id=spec.con_id,
+                valid_exchanges=option_exchanges,
+                order_types=OPTION_ORDER_TYPES,
+                market_rule_ids=_market_rule_ids(option_exchanges, "OPT"),
+                trading_hours=option_hours[0],
+                liquid_hours=option_hours[1],
+                under_sec_type=spec.sec_type,
+            )
             options = []
 
             def list_options(trading_class: str, expiry: str, strikes: Sequence[float], multiplier: str) -> None:
@@ -341,9 +563,16 @@ class Market:
                 self._class_symbol[trading_class] = spec.symbol
                 for strike in strikes:
                     for right in ("C", "P"):
-                        option = replace(template, con_id=next_con_id, expiry=expiry, strike=strike, right=right,
-                                         multiplier=multiplier, trading_class=trading_class,
-                                         local_symbol=occ_local_symbol(trading_class, expiry, right, strike))
+                        option = replace(
+                            template,
+                            con_id=next_con_id,
+                            expiry=expiry,
+                            strike=strike,
+                            right=right,
+                            multiplier=multiplier,
+                            trading_class=trading_class,
+                            local_symbol=occ_local_symbol(trading_class, expiry, right, strike),
+                        )
                         options.append(option)
                         self._by_con_id[next_con_id] = option
                         next_con_id += 1
@@ -371,8 +600,12 @@ class Market:
                 before = replace(spec, price=spec.price * factor, strike_step=spec.wide_step)
                 for day, kind in listed:
                     if kind != "weekly":
-                        list_options(f"{spec.symbol}1", day.strftime("%Y%m%d"),
-                                     _strike_grid(before, spec.monthly_pct / 2), spec.adjusted_multiplier)
+                        list_options(
+                            f"{spec.symbol}1",
+                            day.strftime("%Y%m%d"),
+                            _strike_grid(before, spec.monthly_pct / 2),
+                            spec.adjusted_multiplier,
+                        )
             self._options[spec.symbol] = options
         # Daily expirations last, so every option above keeps its conId: each lists only the
         # strikes near the money (a part of the chain's strike union) with a hole or two.
@@ -396,8 +629,14 @@ class Market:
                 template = replace(options[0], con_id=0)
                 for strike in strikes:
                     for right in ("C", "P"):
-                        option = replace(template, con_id=next_con_id, expiry=expiry, strike=strike, right=right,
-                                         local_symbol=occ_local_symbol(spec.symbol, expiry, right, strike))
+                        option = replace(
+                            template,
+                            con_id=next_con_id,
+                            expiry=expiry,
+                            strike=strike,
+                            right=right,
+                            local_symbol=occ_local_symbol(spec.symbol, expiry, right, strike),
+                        )
                         options.append(option)
                         self._by_con_id[next_con_id] = option
                         next_con_id += 1
@@ -426,21 +665,35 @@ class Market:
         over that class's expirations (most (expiration, strike) pairs of the grid may not exist)."""
         classes: Dict[str, Tuple[str, set, set]] = {}
         for option in self._options.get(symbol, ()):
-            multiplier, expirations, strikes = classes.setdefault(option.trading_class,
-                                                                  (option.multiplier, set(), set()))
+            multiplier, expirations, strikes = classes.setdefault(
+                option.trading_class, (option.multiplier, set(), set())
+            )
             expirations.add(option.expiry)
             strikes.add(option.strike)
-        return [(name, multiplier, sorted(expirations), sorted(strikes))
-                for name, (multiplier, expirations, strikes) in sorted(classes.items(),
-                                                                       key=lambda item: (item[0] != symbol, item[0]))]
+        return [
+            (name, multiplier, sorted(expirations), sorted(strikes))
+            for name, (multiplier, expirations, strikes) in sorted(
+                classes.items(), key=lambda item: (item[0] != symbol, item[0])
+            )
+        ]
 
     def options(self, symbol: str) -> List[Instrument]:
         return list(self._options.get(symbol, ()))
 
-    def find(self, con_id: int = 0, symbol: str = "", sec_type: str = "", expiry: str = "",
-             strike: float = 0.0, right: str = "", trading_class: str = "",
-             multiplier: str = "", currency: str = "", local_symbol: str = "",
-             primary_exchange: str = "") -> List[Instrument]:
+    def find(
+        self,
+        con_id: int = 0,
+        symbol: str = "",
+        sec_type: str = "",
+        expiry: str = "",
+        strike: float = 0.0,
+        right: str = "",
+        trading_class: str = "",
+        multiplier: str = "",
+        currency: str = "",
+        local_symbol: str = "",
+        primary_exchange: str = "",
+    ) -> List[Instrument]:
         """Instruments matching a (possibly partial) contract the way TWS resolves one: every
         match (reqContractDetails lists them all; a request that needs one contract gets error
         200 "ambiguous" for more than one)."""
@@ -455,7 +708,8 @@ class Market:
         if sec_type in ("STK", "IND"):
             listed = self.stocks if sec_type == "STK" else self.indices
             found = listed.get(symbol) or next(
-                (s for s in listed.values() if local_symbol and s.local_symbol == local_symbol), None)
+                (s for s in listed.values() if local_symbol and s.local_symbol == local_symbol), None
+            )
             if found is None:
                 return []
             matches = [found] + (self.other_listings.get(found.symbol, []) if sec_type == "STK" else [])
@@ -464,16 +718,19 @@ class Market:
             return []
         right = {"CALL": "C", "PUT": "P"}.get(right.upper(), right.upper())
         candidates = self._options.get(symbol)
-        if candidates is None and local_symbol:     # the OCC root is the trading class (SPXW, XYZ1)
+        if candidates is None and local_symbol:  # the OCC root is the trading class (SPXW, XYZ1)
             root = local_symbol[:6].strip()
             candidates = self._options.get(self._class_symbol.get(root, root), [])
-        return [o for o in candidates or () if
-                (not expiry or o.expiry.startswith(expiry))
-                and (not strike or abs(o.strike - strike) < 1e-6)
-                and (not right or o.right == right)
-                and (not trading_class or o.trading_class == trading_class)
-                and (not multiplier or o.multiplier == multiplier)
-                and (not local_symbol or o.local_symbol == local_symbol)]
+        return [
+            o
+            for o in candidates or ()
+            if (not expiry or o.expiry.startswith(expiry))
+            and (not strike or abs(o.strike - strike) < 1e-6)
+            and (not right or o.right == right)
+            and (not trading_class or o.trading_class == trading_class)
+            and (not multiplier or o.multiplier == multiplier)
+            and (not local_symbol or o.local_symbol == local_symbol)
+        ]
 
     # ---- prices ---------------------------------------------------------------------------
 
@@ -502,9 +759,17 @@ class Market:
         """An index has a value (last) and a close, never a bid or an ask."""
         rng = self._contract_rng(index)
         spot = self.spot(index.symbol)
-        return Quote(bid=-1.0, ask=-1.0, last=spot, close=round(spot * (1 - rng.uniform(-0.01, 0.01)), 2),
-                     bid_size=0, ask_size=0, last_size=0, volume=0,
-                     implied_vol=self.specs[index.symbol].vol)
+        return Quote(
+            bid=-1.0,
+            ask=-1.0,
+            last=spot,
+            close=round(spot * (1 - rng.uniform(-0.01, 0.01)), 2),
+            bid_size=0,
+            ask_size=0,
+            last_size=0,
+            volume=0,
+            implied_vol=self.specs[index.symbol].vol,
+        )
 
     def _stock_quote(self, stock: Instrument) -> Quote:
         spec = self.specs[stock.symbol]
@@ -512,12 +777,21 @@ class Market:
         spot = self.spot(stock.symbol)
         half = 0.01 if not spec.thin else 0.03
         volume = int(rng.uniform(0.5, 3.0) * (2_000_000 if not spec.thin else 150_000))
-        return Quote(bid=round(spot - half, 2), ask=round(spot + half, 2), last=spot,
-                     close=round(spot * (1 - rng.uniform(-0.01, 0.01)), 2),
-                     bid_size=rng.randrange(1, 20) * 100, ask_size=rng.randrange(1, 20) * 100,
-                     last_size=rng.randrange(1, 5) * 100, volume=volume, implied_vol=spec.vol,
-                     call_volume=volume // 40, put_volume=volume // 55,
-                     call_open_interest=volume // 3, put_open_interest=volume // 4)
+        return Quote(
+            bid=round(spot - half, 2),
+            ask=round(spot + half, 2),
+            last=spot,
+            close=round(spot * (1 - rng.uniform(-0.01, 0.01)), 2),
+            bid_size=rng.randrange(1, 20) * 100,
+            ask_size=rng.randrange(1, 20) * 100,
+            last_size=rng.randrange(1, 5) * 100,
+            volume=volume,
+            implied_vol=spec.vol,
+            call_volume=volume // 40,
+            put_volume=volume // 55,
+            call_open_interest=volume // 3,
+            put_open_interest=volume // 4,
+        )
 
     def years_to_expiry(self, expiry: str) -> float:
         day = dt.datetime.strptime(expiry, "%Y%m%d").date()
@@ -549,11 +823,19 @@ class Market:
         volume = int(rng.uniform(0, 4000) * liquidity)
         close = round_to_tick(max(price * (1 + rng.uniform(-0.05, 0.05)), 0.01))
         greeks = Greeks(vol, delta, price, gamma, vega / 100.0, theta / 365.0, und_price)
-        return Quote(bid=-1.0 if no_bid else bid, ask=ask, last=close if volume else -1.0, close=close,
-                     bid_size=0 if no_bid else rng.randrange(1, 60), ask_size=rng.randrange(1, 60),
-                     last_size=rng.randrange(1, 10) if volume else 0, volume=volume,
-                     open_interest=int(rng.uniform(10, 20000) * liquidity), implied_vol=vol,
-                     greeks=greeks)
+        return Quote(
+            bid=-1.0 if no_bid else bid,
+            ask=ask,
+            last=close if volume else -1.0,
+            close=close,
+            bid_size=0 if no_bid else rng.randrange(1, 60),
+            ask_size=rng.randrange(1, 60),
+            last_size=rng.randrange(1, 10) if volume else 0,
+            volume=volume,
+            open_interest=int(rng.uniform(10, 20000) * liquidity),
+            implied_vol=vol,
+            greeks=greeks,
+        )
 
     def side_greeks(self, option: Instrument, quote: Quote, price: float) -> Optional[Greeks]:
         """The computation TWS attaches to a bid/ask/last price: the model's greeks at the vol
@@ -591,8 +873,7 @@ class Portfolio:
             for instrument, quantity in self._opening_positions(index):
                 price = self._mark(instrument)
                 cost = price * 0.97 * (float(instrument.multiplier) if instrument.multiplier else 1.0)
-                self._positions[(account, instrument.con_id)] = Position(account, instrument, quantity,
-                                                                         round(cost, 4))
+                self._positions[(account, instrument.con_id)] = Position(account, instrument, quantity, round(cost, 4))
 
     def _opening_positions(self, index: int) -> List[Tuple[Instrument, float]]:
         market = self.market
@@ -601,11 +882,14 @@ class Portfolio:
             aapl_expiries = market.expirations("AAPL")
             expiry = aapl_expiries[min(len(aapl_expiries) - 1, 5)]
             spot = market.spot("AAPL")
-            put = min((o for o in market.find(symbol="AAPL", sec_type="OPT", expiry=expiry, right="P")),
-                      key=lambda o: abs(o.strike - spot * 0.9))
-            msft_call = min(market.find(symbol="MSFT", sec_type="OPT",
-                                        expiry=market.expirations("MSFT")[-2], right="C"),
-                            key=lambda o: abs(o.strike - market.spot("MSFT") * 1.05))
+            put = min(
+                (o for o in market.find(symbol="AAPL", sec_type="OPT", expiry=expiry, right="P")),
+                key=lambda o: abs(o.strike - spot * 0.9),
+            )
+            msft_call = min(
+                market.find(symbol="MSFT", sec_type="OPT", expiry=market.expirations("MSFT")[-2], right="C"),
+                key=lambda o: abs(o.strike - market.spot("MSFT") * 1.05),
+            )
             held += [(put, -2.0), (msft_call, 1.0)]
         return held
 

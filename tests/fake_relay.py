@@ -7,6 +7,7 @@ against the protocol and records what is wrong in `violations`, so tests notice 
 when they do not look at it. Like the real cloud, it sends every request still waiting for its
 response again when the agent says hello on a new connection.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,8 +32,18 @@ from aiohttp import WSMsgType, web
 
 from agent.errors import ALL_CODES
 
-IB_KEYS = {"connected", "host", "port", "client_id", "accounts", "account_type", "server_version",
-           "market_data_type", "read_only", "error"}
+IB_KEYS = {
+    "connected",
+    "host",
+    "port",
+    "client_id",
+    "accounts",
+    "account_type",
+    "server_version",
+    "market_data_type",
+    "read_only",
+    "error",
+}
 MAX_FRAME_BYTES = 256 * 1024 * 1024
 PROGRESS_PER_SECOND = 4
 
@@ -41,10 +52,31 @@ def make_certificate(folder, name: str = "relay") -> tuple:
     """A self-signed certificate for 127.0.0.1 made with openssl: (cert.pem, key.pem) paths."""
     import subprocess
     from pathlib import Path
+
     cert, private = Path(folder) / f"{name}-cert.pem", Path(folder) / f"{name}-key.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-                    "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
-                    "-keyout", str(private), "-out", str(cert)], check=True, capture_output=True, timeout=60)
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+            "-keyout",
+            str(private),
+            "-out",
+            str(cert),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
     return cert, private
 
 
@@ -62,6 +94,7 @@ def self_signed_relay(test, key: str) -> tuple:
     cleaned up after the test; (relay, path of cert.pem) so the test can trust or withhold it."""
     import shutil
     import tempfile
+
     folder = tempfile.mkdtemp()
     test.addCleanup(shutil.rmtree, folder, True)
     cert, private = make_certificate(folder)
@@ -72,6 +105,7 @@ def self_signed_relay(test, key: str) -> tuple:
 
 class FakeRelayError(Exception):
     """A request the relay could not complete; http_status is what POST /api/request answers."""
+
     http_status = 500
 
 
@@ -87,10 +121,11 @@ class RequestTimedOut(FakeRelayError):
 class _Pending:
     """A request callers are waiting on (FakeRelay.submit, POST /api/request): its frame, sent again
     on every new connection until the response resolves `future`."""
+
     text: str
     future: asyncio.Future
     callers: int = 0
-    sent_on: Optional[web.WebSocketResponse] = None   # the connection it last went out on
+    sent_on: Optional[web.WebSocketResponse] = None  # the connection it last went out on
 
 
 def _frame_problems(frame: Any, ib_keys=IB_KEYS) -> List[str]:
@@ -110,8 +145,11 @@ def _frame_problems(frame: Any, ib_keys=IB_KEYS) -> List[str]:
         ib = frame.get("ib")
         return [] if isinstance(ib, dict) and set(ib) == ib_keys else ["status.ib is not the IB object"]
     if kind == "progress":
-        ok = (isinstance(frame.get("id"), str) and isinstance(frame.get("done"), int)
-              and isinstance(frame.get("total"), int))
+        ok = (
+            isinstance(frame.get("id"), str)
+            and isinstance(frame.get("done"), int)
+            and isinstance(frame.get("total"), int)
+        )
         return [] if ok else [f"progress frame malformed: {frame}"]
     if kind == "response":
         if not isinstance(frame.get("id"), str) or not isinstance(frame.get("ok"), bool):
@@ -119,9 +157,12 @@ def _frame_problems(frame: Any, ib_keys=IB_KEYS) -> List[str]:
         if frame["ok"]:
             return [] if isinstance(frame.get("data"), dict) else ["response.data is not an object"]
         error = frame.get("error")
-        if (not isinstance(error, dict) or error.get("code") not in ALL_CODES
-                or not isinstance(error.get("message"), str)
-                or not (error.get("ib_code") is None or isinstance(error.get("ib_code"), int))):
+        if (
+            not isinstance(error, dict)
+            or error.get("code") not in ALL_CODES
+            or not isinstance(error.get("message"), str)
+            or not (error.get("ib_code") is None or isinstance(error.get("ib_code"), int))
+        ):
             return [f"response.error malformed: {error}"]
         return []
     return [f"unknown frame type {kind!r}"]
@@ -130,27 +171,33 @@ def _frame_problems(frame: Any, ib_keys=IB_KEYS) -> List[str]:
 class FakeRelay:
     """The cloud double. Start it, point the agent at `url`, then drive the agent through request()."""
 
-    def __init__(self, port: int = 0, key: str = "test-key", host: str = "127.0.0.1",
-                 auto_ack: bool = True, ssl_context: Optional[ssl.SSLContext] = None,
-                 answer_pings: bool = True):
+    def __init__(
+        self,
+        port: int = 0,
+        key: str = "test-key",
+        host: str = "127.0.0.1",
+        auto_ack: bool = True,
+        ssl_context: Optional[ssl.SSLContext] = None,
+        answer_pings: bool = True,
+    ):
         self.host = host
         self.answer_pings = answer_pings  # False: a link that looks open but is dead
         self.ssl_context = ssl_context
         self.port = port
         self.key = key
         self.auto_ack = auto_ack
-        self.frames: List[Any] = []                      # every frame received, parsed (str if not JSON)
+        self.frames: List[Any] = []  # every frame received, parsed (str if not JSON)
         self.progress: Dict[str, List[dict]] = collections.defaultdict(list)
-        self.responses: Dict[str, dict] = {}             # id -> last response frame
+        self.responses: Dict[str, dict] = {}  # id -> last response frame
         self.response_counts: collections.Counter = collections.Counter()
         self.violations: List[str] = []
         self.hello: Optional[dict] = None
         self.last_status: Optional[dict] = None
-        self.connections = 0                             # accepted WebSocket connections
-        self.auth_failures = 0                           # upgrades refused with 401
-        self.auth_failure_times: List[float] = []        # time.monotonic() of each refusal
-        self.agent_headers: Dict[str, str] = {}          # of the last accepted connection, minus Authorization
-        self.resent_requests = 0                         # pending requests sent again after a hello
+        self.connections = 0  # accepted WebSocket connections
+        self.auth_failures = 0  # upgrades refused with 401
+        self.auth_failure_times: List[float] = []  # time.monotonic() of each refusal
+        self.agent_headers: Dict[str, str] = {}  # of the last accepted connection, minus Authorization
+        self.resent_requests = 0  # pending requests sent again after a hello
         self._changed = threading.Condition()
         self._loop: Optional[asyncio.AbstractEventLoop] = None
         self._thread: Optional[threading.Thread] = None
@@ -159,7 +206,7 @@ class FakeRelay:
         self._ws_request: Optional[web.Request] = None
         self._frames_this_connection = 0
         self._progress_times: Dict[str, collections.deque] = collections.defaultdict(collections.deque)
-        self._pending: Dict[str, _Pending] = {}         # id -> a request with callers still waiting
+        self._pending: Dict[str, _Pending] = {}  # id -> a request with callers still waiting
         self._ids = itertools.count(1)
 
     # ----- lifecycle -----
@@ -202,20 +249,21 @@ class FakeRelay:
 
     async def _listen(self) -> None:
         app = web.Application(client_max_size=MAX_FRAME_BYTES)
-        app.add_routes([
-            web.get("/ws/agent", self._agent_socket),
-            web.post("/api/request", self._http_request),
-            web.get("/api/status", self._http_status),
-            web.post("/api/raw", self._http_raw),
-            web.post("/api/drop", self._http_drop),
-            web.post("/api/cancel/{id}", self._http_cancel),
-            web.get("/api/progress/{id}", self._http_progress),
-            web.get("/api/frames", self._http_frames),
-        ])
+        app.add_routes(
+            [
+                web.get("/ws/agent", self._agent_socket),
+                web.post("/api/request", self._http_request),
+                web.get("/api/status", self._http_status),
+                web.post("/api/raw", self._http_raw),
+                web.post("/api/drop", self._http_drop),
+                web.post("/api/cancel/{id}", self._http_cancel),
+                web.get("/api/progress/{id}", self._http_progress),
+                web.get("/api/frames", self._http_frames),
+            ]
+        )
         self._runner = web.AppRunner(app, handle_signals=False, access_log=None)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host, self.port, shutdown_timeout=1,
-                           ssl_context=self.ssl_context)
+        site = web.TCPSite(self._runner, self.host, self.port, shutdown_timeout=1, ssl_context=self.ssl_context)
         await site.start()
         self.port = site._server.sockets[0].getsockname()[1]
 
@@ -343,8 +391,9 @@ class FakeRelay:
             raise AgentNotConnected("no agent is connected")
         transport = request.transport
         for opcode, payload, fin in frames:
-            pieces = [p if isinstance(p, tuple) else (p, 1)
-                      for p in (payload if isinstance(payload, list) else [payload])]
+            pieces = [
+                p if isinstance(p, tuple) else (p, 1) for p in (payload if isinstance(payload, list) else [payload])
+            ]
             length = sum(len(chunk) * count for chunk, count in pieces)
             first = (0x80 if fin else 0) | opcode
             if length < 126:
@@ -413,14 +462,16 @@ class FakeRelay:
     def new_id(self) -> str:
         return f"req-{next(self._ids)}-{uuid.uuid4().hex[:8]}"
 
-    def submit(self, action: str, params: Optional[dict] = None, id: Optional[str] = None,
-               timeout_s: float = 30) -> concurrent.futures.Future:
+    def submit(
+        self, action: str, params: Optional[dict] = None, id: Optional[str] = None, timeout_s: float = 30
+    ) -> concurrent.futures.Future:
         """Send a request; the future resolves to the response frame (or AgentNotConnected/RequestTimedOut)."""
         frame = {"type": "request", "id": id or self.new_id(), "action": action, "params": params or {}}
         return asyncio.run_coroutine_threadsafe(self._request(frame, timeout_s), self._loop)
 
-    def request(self, action: str, params: Optional[dict] = None, id: Optional[str] = None,
-                timeout_s: float = 30) -> dict:
+    def request(
+        self, action: str, params: Optional[dict] = None, id: Optional[str] = None, timeout_s: float = 30
+    ) -> dict:
         return self.submit(action, params, id, timeout_s).result(timeout=timeout_s + 10)
 
     def send(self, frame: dict) -> None:
@@ -456,8 +507,13 @@ class FakeRelay:
         return self._ws is not None and not self._ws.closed
 
     def status(self) -> dict:
-        return {"connected": self.connected, "hello": self.hello, "status": self.last_status,
-                "connections": self.connections, "auth_failures": self.auth_failures}
+        return {
+            "connected": self.connected,
+            "hello": self.hello,
+            "status": self.last_status,
+            "connections": self.connections,
+            "auth_failures": self.auth_failures,
+        }
 
     def wait_until(self, predicate: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
         """Wait until predicate() is truthy (re-checked on every frame and connection change)."""
@@ -474,8 +530,9 @@ class FakeRelay:
 
     def wait_hello(self, timeout: float = 15.0, connections: int = 1) -> dict:
         """The hello of the given connection number (1 = first ever)."""
-        return self.wait_until(lambda: self.connections >= connections and self.hello, timeout,
-                               f"hello on connection {connections}")
+        return self.wait_until(
+            lambda: self.connections >= connections and self.hello, timeout, f"hello on connection {connections}"
+        )
 
     def frames_of(self, kind: str) -> List[dict]:
         with self._changed:
@@ -496,8 +553,8 @@ class FakeRelay:
                 raise ValueError
         except (ValueError, KeyError, TypeError, AttributeError):
             return web.json_response(
-                {"error": 'body must be {"action": str, "params": {}, "id"?: str, "timeout_s"?: number}'},
-                status=400)
+                {"error": 'body must be {"action": str, "params": {}, "id"?: str, "timeout_s"?: number}'}, status=400
+            )
         frame = {"type": "request", "id": request_id, "action": action, "params": params}
         try:
             return web.json_response(await self._request(frame, timeout_s))

@@ -73,6 +73,7 @@ request handlers), `fake_tws_wire.py` (framing, version-gated text encoders), `f
 `fake_tws_proto.py` (the protobuf messages of versions >= 201 and their version table),
 `fake_market.py` (instruments, chains, Black-Scholes quotes, portfolios).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -91,12 +92,18 @@ from collections import Counter
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from tests.fake_market import Market, Portfolio
+from tests.fake_tws_formats import tws_time
 from tests.fake_tws_session import ClientSession
 from tests.fake_tws_wire import MAX_SERVER_VERSION, MIN_SERVER_VERSION, Execution, OrderRecord
-from tests.fake_tws_wire import tws_time
 
-STAT_KEYS = ("connections", "messages_in", "pacing_violations", "line_limit_errors",
-             "max_lines_in_use", "orders_placed")
+STAT_KEYS = (
+    "connections",
+    "messages_in",
+    "pacing_violations",
+    "line_limit_errors",
+    "max_lines_in_use",
+    "orders_placed",
+)
 STATS_INTERVAL_S = 0.5
 
 
@@ -126,7 +133,7 @@ class Scheduler:
                 _, _, fn = heapq.heappop(self._heap)
             try:
                 fn()
-            except Exception:               # one bad emission must not stop every stream
+            except Exception:  # one bad emission must not stop every stream
                 traceback.print_exc()
 
     def stop(self) -> None:
@@ -157,14 +164,17 @@ class OrderBook:
         return next(self._perm_ids)
 
     def open_orders(self, client_id: Optional[int] = None) -> List[OrderRecord]:
-        return [o for o in self._orders.values()
-                if not o.completed_status and (client_id is None or o.client_id == client_id)]
+        return [
+            o
+            for o in self._orders.values()
+            if not o.completed_status and (client_id is None or o.client_id == client_id)
+        ]
 
     def completed_orders(self) -> List[OrderRecord]:
         return [o for o in self._orders.values() if o.completed_status]
 
     def record_fill(self, order: OrderRecord, price: float) -> Execution:
-        now = tws_time()                  # "YYYYMMDD HH:MM:SS US/Eastern", as TWS writes times
+        now = tws_time()  # "YYYYMMDD HH:MM:SS US/Eastern", as TWS writes times
         order.status, order.filled = "Filled", order.quantity
         order.avg_fill_price = order.last_fill_price = price
         order.completed_time = now
@@ -182,13 +192,26 @@ class OrderBook:
 class FakeTWS:
     """The server: listening socket, client sessions, shared lines/orders/stats."""
 
-    def __init__(self, port: int = 0, accounts: Sequence[str] = ("DU1234567",), max_rate: int = 50,
-                 pacing: str = "queue", max_lines: int = 100, read_only: bool = False,
-                 no_live_data: bool = False, busy_client_ids: Sequence[int] = (),
-                 tick_delay_ms: Tuple[int, int] = (5, 30), snapshot_ms: Tuple[int, int] = (0, 0), seed: int = 1,
-                 max_server_version: int = MAX_SERVER_VERSION, stats_file: Optional[str] = None,
-                 place_delay_ms: int = 0,
-                 host: str = "127.0.0.1", market_closed: bool = False, stream_notices: Sequence[int] = ()):
+    def __init__(
+        self,
+        port: int = 0,
+        accounts: Sequence[str] = ("DU1234567",),
+        max_rate: int = 50,
+        pacing: str = "queue",
+        max_lines: int = 100,
+        read_only: bool = False,
+        no_live_data: bool = False,
+        busy_client_ids: Sequence[int] = (),
+        tick_delay_ms: Tuple[int, int] = (5, 30),
+        snapshot_ms: Tuple[int, int] = (0, 0),
+        seed: int = 1,
+        max_server_version: int = MAX_SERVER_VERSION,
+        stats_file: Optional[str] = None,
+        place_delay_ms: int = 0,
+        host: str = "127.0.0.1",
+        market_closed: bool = False,
+        stream_notices: Sequence[int] = (),
+    ):
         if pacing not in ("reject", "queue"):
             raise ValueError("pacing must be 'reject' or 'queue'")
         if not MIN_SERVER_VERSION <= max_server_version <= MAX_SERVER_VERSION:
@@ -204,18 +227,18 @@ class FakeTWS:
         self.snapshot_s = (snapshot_ms[0] / 1000.0, snapshot_ms[1] / 1000.0)
         if place_delay_ms < 0:
             raise ValueError("place_delay_ms must be >= 0")
-        self.place_delay_s = place_delay_ms / 1000.0   # placeOrder acted on this much later (0: at once)
-        self.market_closed = market_closed    # live/delayed: bid/ask -1, no greeks; frozen types: the close
+        self.place_delay_s = place_delay_ms / 1000.0  # placeOrder acted on this much later (0: at once)
+        self.market_closed = market_closed  # live/delayed: bid/ask -1, no greeks; frozen types: the close
         unknown = set(stream_notices) - {10090, 10091}
         if unknown:
             raise ValueError(f"stream_notices: {sorted(unknown)} (known: 10090, 10091)")
-        self.stream_notices = tuple(stream_notices)   # sent on every option stream, which goes on
+        self.stream_notices = tuple(stream_notices)  # sent on every option stream, which goes on
         self.max_server_version = max_server_version
         self.stats_file = stats_file
         self.market = Market(seed)
         self.portfolio = Portfolio(self.market, self.accounts)
         self.orders = OrderBook(seed)
-        self.late_rejections: List[Tuple[str, float]] = []   # reject_after_accept(): (reason, after s)
+        self.late_rejections: List[Tuple[str, float]] = []  # reject_after_accept(): (reason, after s)
         self.rng = random.Random(seed)
         self.lock = threading.RLock()
         self._sessions: List[ClientSession] = []
@@ -235,8 +258,7 @@ class FakeTWS:
         self._scheduler = Scheduler()
         self._listen()
         if self.stats_file:
-            self._stats_thread = threading.Thread(target=self._write_stats_forever, name="fake-tws-stats",
-                                                  daemon=True)
+            self._stats_thread = threading.Thread(target=self._write_stats_forever, name="fake-tws-stats", daemon=True)
             self._stats_thread.start()
         return self.port
 
@@ -259,8 +281,9 @@ class FakeTWS:
         listener.settimeout(0.1)
         self.port = listener.getsockname()[1]
         self._listener = listener
-        self._accept_thread = threading.Thread(target=self._accept_loop, args=(listener,),
-                                               name="fake-tws-accept", daemon=True)
+        self._accept_thread = threading.Thread(
+            target=self._accept_loop, args=(listener,), name="fake-tws-accept", daemon=True
+        )
         self._accept_thread.start()
 
     def _close_listener(self) -> None:
@@ -313,8 +336,12 @@ class FakeTWS:
         self.port = new_port
         self._listen()
         for session in self.ready_sessions():
-            session.send_error(-1, 1300, "TWS socket port has been reset and this connection is being dropped. "
-                                         f"Please reconnect on the new port - {self.port}")
+            session.send_error(
+                -1,
+                1300,
+                "TWS socket port has been reset and this connection is being dropped. "
+                f"Please reconnect on the new port - {self.port}",
+            )
             session.hang_up()
         return self.port
 
@@ -395,7 +422,7 @@ class FakeTWS:
         with self.lock:
             stats = {key: self._counters[key] for key in STAT_KEYS}
             stats["requests_by_type"] = dict(self._requests)
-            stats["errors_sent"] = dict(self._errors)        # error/notice code -> times sent
+            stats["errors_sent"] = dict(self._errors)  # error/notice code -> times sent
             stats["lines_in_use"] = self.lines_in_use
             stats["clients_connected"] = sum(1 for s in self._sessions if s.client_id is not None)
         return stats
@@ -414,6 +441,7 @@ class FakeTWS:
 
 
 # ---- CLI ------------------------------------------------------------------------------------
+
 
 def _int_list(text: str) -> List[int]:
     return [int(x) for x in text.split(",") if x.strip()]
@@ -436,33 +464,66 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-live-data", action="store_true")
     p.add_argument("--busy-client-ids", type=_int_list, default=[])
     p.add_argument("--tick-delay-ms", type=_delay_range, default=(5, 30), metavar="LO,HI")
-    p.add_argument("--snapshot-ms", type=_delay_range, default=(0, 0), metavar="LO,HI",
-                   help="from a snapshot request to its tickSnapshotEnd (TWS: 11 s), holding a line")
+    p.add_argument(
+        "--snapshot-ms",
+        type=_delay_range,
+        default=(0, 0),
+        metavar="LO,HI",
+        help="from a snapshot request to its tickSnapshotEnd (TWS: 11 s), holding a line",
+    )
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--stats-file")
-    p.add_argument("--market-closed", action="store_true",
-                   help="live/delayed types get bid/ask -1 and no greeks; frozen/delayed-frozen the close's values")
-    p.add_argument("--stream-notice", type=_int_list, default=[], metavar="CODE[,CODE]",
-                   help="send these notices (10090, 10091) on every option stream, which goes on without greeks")
-    p.add_argument("--max-server-version", type=int, default=MAX_SERVER_VERSION,
-                   help=f"highest version answered, {MIN_SERVER_VERSION}..{MAX_SERVER_VERSION} (default: the "
-                        "newest, as current TWS)")
-    p.add_argument("--place-delay-ms", type=int, default=0, metavar="MS",
-                   help="act on each placeOrder only MS later, as TWS does behind a precaution dialog "
-                        "(what-if orders are answered at once)")
+    p.add_argument(
+        "--market-closed",
+        action="store_true",
+        help="live/delayed types get bid/ask -1 and no greeks; frozen/delayed-frozen the close's values",
+    )
+    p.add_argument(
+        "--stream-notice",
+        type=_int_list,
+        default=[],
+        metavar="CODE[,CODE]",
+        help="send these notices (10090, 10091) on every option stream, which goes on without greeks",
+    )
+    p.add_argument(
+        "--max-server-version",
+        type=int,
+        default=MAX_SERVER_VERSION,
+        help=f"highest version answered, {MIN_SERVER_VERSION}..{MAX_SERVER_VERSION} (default: the "
+        "newest, as current TWS)",
+    )
+    p.add_argument(
+        "--place-delay-ms",
+        type=int,
+        default=0,
+        metavar="MS",
+        help="act on each placeOrder only MS later, as TWS does behind a precaution dialog "
+        "(what-if orders are answered at once)",
+    )
     return p
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    tws = FakeTWS(port=args.port, accounts=[a.strip() for a in args.accounts.split(",") if a.strip()],
-                  max_rate=args.max_rate, pacing=args.pacing, max_lines=args.max_lines,
-                  read_only=args.read_only, no_live_data=args.no_live_data,
-                  busy_client_ids=args.busy_client_ids, tick_delay_ms=args.tick_delay_ms,
-                  snapshot_ms=args.snapshot_ms, seed=args.seed,
-                  max_server_version=args.max_server_version, stats_file=args.stats_file, host=args.host,
-                  place_delay_ms=args.place_delay_ms, market_closed=args.market_closed,
-                  stream_notices=args.stream_notice)
+    tws = FakeTWS(
+        port=args.port,
+        accounts=[a.strip() for a in args.accounts.split(",") if a.strip()],
+        max_rate=args.max_rate,
+        pacing=args.pacing,
+        max_lines=args.max_lines,
+        read_only=args.read_only,
+        no_live_data=args.no_live_data,
+        busy_client_ids=args.busy_client_ids,
+        tick_delay_ms=args.tick_delay_ms,
+        snapshot_ms=args.snapshot_ms,
+        seed=args.seed,
+        max_server_version=args.max_server_version,
+        stats_file=args.stats_file,
+        host=args.host,
+        place_delay_ms=args.place_delay_ms,
+        market_closed=args.market_closed,
+        stream_notices=args.stream_notice,
+    )
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())

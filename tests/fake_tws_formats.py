@@ -12,6 +12,7 @@ numeric field it writes:
   greek        the -1 / -2 "not computed" sentinels as "-1" / "-2", other values java_double
 Unset values have their own texts per field: empty, or the Java limits below.
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -21,10 +22,10 @@ from decimal import Decimal
 from typing import Optional
 from zoneinfo import ZoneInfo
 
-UNSET_DOUBLE = "1.7976931348623157E308"       # Double.MAX_VALUE
-UNSET_INTEGER = "2147483647"                  # Integer.MAX_VALUE
-UNSET_LONG = "9223372036854775807"            # Long.MAX_VALUE
-UNSET_LONG_MIN = "-9223372036854775808"       # Long.MIN_VALUE (orderState.suggestedSize)
+UNSET_DOUBLE = "1.7976931348623157E308"  # Double.MAX_VALUE
+UNSET_INTEGER = "2147483647"  # Integer.MAX_VALUE
+UNSET_LONG = "9223372036854775807"  # Long.MAX_VALUE
+UNSET_LONG_MIN = "-9223372036854775808"  # Long.MIN_VALUE (orderState.suggestedSize)
 TWS_TIME_ZONE = "US/Eastern"
 NEW_YORK = ZoneInfo("America/New_York")
 

@@ -17,48 +17,104 @@ Field presence follows the real frames: proto3 `optional` fields are set the way
 the recorded bodies (`../shared/tws-captures/` at 201 and 203, and the public live transcripts at
 201, 202, 204, 205 and 225 named below); unknown fields are left unset rather than guessed.
 """
+
 from __future__ import annotations
 
 import struct
 from typing import Callable, Dict, Optional, Sequence, Tuple
 
+from google.protobuf.message import DecodeError
 from ibapi import server_versions as sv
 from ibapi.common import PROTOBUF_MSG_ID
 from ibapi.message import IN, OUT
-from ibapi.protobuf import (AccountDataEnd_pb2, AccountDataRequest_pb2, AccountSummaryEnd_pb2,
-                            AccountSummaryRequest_pb2, AccountSummary_pb2, AccountUpdateMultiEnd_pb2,
-                            AccountUpdateMulti_pb2, AccountUpdatesMultiRequest_pb2, AccountUpdateTime_pb2,
-                            AccountValue_pb2, AllOpenOrdersRequest_pb2, AutoOpenOrdersRequest_pb2,
-                            CancelAccountSummary_pb2, CancelAccountUpdatesMulti_pb2, CancelMarketData_pb2,
-                            CancelOrderRequest_pb2, CancelPositionsMulti_pb2, CancelPositions_pb2,
-                            CommissionAndFeesReport_pb2, CompletedOrder_pb2, CompletedOrdersEnd_pb2,
-                            CompletedOrdersRequest_pb2, ContractDataEnd_pb2, ContractDataRequest_pb2,
-                            ContractData_pb2, ContractDetails_pb2, Contract_pb2, CurrentTimeRequest_pb2,
-                            CurrentTime_pb2,
-                            ErrorMessage_pb2, ExecutionDetailsEnd_pb2, ExecutionDetails_pb2, Execution_pb2,
-                            ExecutionRequest_pb2, GlobalCancelRequest_pb2, IdsRequest_pb2,
-                            ManagedAccountsRequest_pb2, ManagedAccounts_pb2, MarketDataRequest_pb2,
-                            MarketDataTypeRequest_pb2, MarketDataType_pb2, NextValidId_pb2, OpenOrder_pb2,
-                            OpenOrdersEnd_pb2, OpenOrdersRequest_pb2, OrderState_pb2, OrderStatus_pb2,
-                            Order_pb2, PlaceOrderRequest_pb2, PortfolioValue_pb2, PositionEnd_pb2,
-                            PositionMultiEnd_pb2, PositionMulti_pb2, Position_pb2, PositionsMultiRequest_pb2,
-                            PositionsRequest_pb2, SecDefOptParameterEnd_pb2, SecDefOptParameter_pb2,
-                            SecDefOptParamsRequest_pb2, StartApiRequest_pb2, TickGeneric_pb2,
-                            TickOptionComputation_pb2, TickPrice_pb2, TickReqParams_pb2, TickSize_pb2,
-                            TickSnapshotEnd_pb2)
-from google.protobuf.message import DecodeError
+from ibapi.protobuf import (
+    AccountDataEnd_pb2,
+    AccountDataRequest_pb2,
+    AccountSummary_pb2,
+    AccountSummaryEnd_pb2,
+    AccountSummaryRequest_pb2,
+    AccountUpdateMulti_pb2,
+    AccountUpdateMultiEnd_pb2,
+    AccountUpdatesMultiRequest_pb2,
+    AccountUpdateTime_pb2,
+    AccountValue_pb2,
+    AllOpenOrdersRequest_pb2,
+    AutoOpenOrdersRequest_pb2,
+    CancelAccountSummary_pb2,
+    CancelAccountUpdatesMulti_pb2,
+    CancelMarketData_pb2,
+    CancelOrderRequest_pb2,
+    CancelPositions_pb2,
+    CancelPositionsMulti_pb2,
+    CommissionAndFeesReport_pb2,
+    CompletedOrder_pb2,
+    CompletedOrdersEnd_pb2,
+    CompletedOrdersRequest_pb2,
+    Contract_pb2,
+    ContractData_pb2,
+    ContractDataEnd_pb2,
+    ContractDataRequest_pb2,
+    ContractDetails_pb2,
+    CurrentTime_pb2,
+    CurrentTimeRequest_pb2,
+    ErrorMessage_pb2,
+    Execution_pb2,
+    ExecutionDetails_pb2,
+    ExecutionDetailsEnd_pb2,
+    ExecutionRequest_pb2,
+    GlobalCancelRequest_pb2,
+    IdsRequest_pb2,
+    ManagedAccounts_pb2,
+    ManagedAccountsRequest_pb2,
+    MarketDataRequest_pb2,
+    MarketDataType_pb2,
+    MarketDataTypeRequest_pb2,
+    NextValidId_pb2,
+    OpenOrder_pb2,
+    OpenOrdersEnd_pb2,
+    OpenOrdersRequest_pb2,
+    Order_pb2,
+    OrderState_pb2,
+    OrderStatus_pb2,
+    PlaceOrderRequest_pb2,
+    PortfolioValue_pb2,
+    Position_pb2,
+    PositionEnd_pb2,
+    PositionMulti_pb2,
+    PositionMultiEnd_pb2,
+    PositionsMultiRequest_pb2,
+    PositionsRequest_pb2,
+    SecDefOptParameter_pb2,
+    SecDefOptParameterEnd_pb2,
+    SecDefOptParamsRequest_pb2,
+    StartApiRequest_pb2,
+    TickGeneric_pb2,
+    TickOptionComputation_pb2,
+    TickPrice_pb2,
+    TickReqParams_pb2,
+    TickSize_pb2,
+    TickSnapshotEnd_pb2,
+)
 
-from tests.fake_tws_wire import (Encoder, Execution, OrderRecord, ProtoMessage, ProtocolError,
-                                 parse_request, split_fields, tick_attrib_mask)
+from tests.fake_tws_wire import (
+    Encoder,
+    Execution,
+    OrderRecord,
+    ProtocolError,
+    ProtoMessage,
+    parse_request,
+    split_fields,
+    tick_attrib_mask,
+)
 
-PROTOBUF = sv.MIN_SERVER_VER_PROTOBUF                          # 201
-ORDERS = sv.MIN_SERVER_VER_PROTOBUF_PLACE_ORDER                # 203
-COMPLETED = sv.MIN_SERVER_VER_PROTOBUF_COMPLETED_ORDER         # 204
-CONTRACTS = sv.MIN_SERVER_VER_PROTOBUF_CONTRACT_DATA           # 205
-MARKET_DATA = sv.MIN_SERVER_VER_PROTOBUF_MARKET_DATA           # 206
-ACCOUNTS = sv.MIN_SERVER_VER_PROTOBUF_ACCOUNTS_POSITIONS       # 207
-REST_2 = sv.MIN_SERVER_VER_PROTOBUF_REST_MESSAGES_2            # 212
-REST_3 = sv.MIN_SERVER_VER_PROTOBUF_REST_MESSAGES_3            # 213
+PROTOBUF = sv.MIN_SERVER_VER_PROTOBUF  # 201
+ORDERS = sv.MIN_SERVER_VER_PROTOBUF_PLACE_ORDER  # 203
+COMPLETED = sv.MIN_SERVER_VER_PROTOBUF_COMPLETED_ORDER  # 204
+CONTRACTS = sv.MIN_SERVER_VER_PROTOBUF_CONTRACT_DATA  # 205
+MARKET_DATA = sv.MIN_SERVER_VER_PROTOBUF_MARKET_DATA  # 206
+ACCOUNTS = sv.MIN_SERVER_VER_PROTOBUF_ACCOUNTS_POSITIONS  # 207
+REST_2 = sv.MIN_SERVER_VER_PROTOBUF_REST_MESSAGES_2  # 212
+REST_3 = sv.MIN_SERVER_VER_PROTOBUF_REST_MESSAGES_3  # 213
 
 # Server -> client: message id -> first server version at which TWS sends it as protobuf.
 # Evidence ("captures" = ../shared/tws-captures/server_frames.jsonl; "ibkr-go" = the public repo
@@ -128,7 +184,7 @@ PROTOBUF_FROM: Dict[int, int] = {
     IN.COMMISSION_AND_FEES_REPORT: REST_3,
 }
 
-SUBMITTER = "fakeuser01"            # TWS fills Order.submitter with the logged-in user name
+SUBMITTER = "fakeuser01"  # TWS fills Order.submitter with the logged-in user name
 SHAREHOLDER = "Not an insider or substantial shareholder"
 
 
@@ -155,8 +211,9 @@ def _multiplier(text: str) -> Optional[float]:
 def contract_proto(c, exchange: Optional[str] = None, primary: bool = False) -> Contract_pb2.Contract:
     """The Contract body as TWS fills it: strike always present (0.0 for a stock), unset strings
     absent, primaryExch only where TWS sends it (contract data)."""
-    proto = Contract_pb2.Contract(conId=c.con_id, symbol=c.symbol, secType=c.sec_type, strike=float(c.strike),
-                                  currency=c.currency)
+    proto = Contract_pb2.Contract(
+        conId=c.con_id, symbol=c.symbol, secType=c.sec_type, strike=float(c.strike), currency=c.currency
+    )
     exchange = c.exchange if exchange is None else exchange
     if exchange:
         proto.exchange = exchange
@@ -181,15 +238,37 @@ def order_proto(o: OrderRecord, completed: bool = False) -> Order_pb2.Order:
     carry: TWS's defaults (ocaType 3, exemptCode -1, "None" strings, ...) present, lmtPrice and
     auxPrice 0 when unset, trailStopPrice lmtPrice + 1 on limit orders (as recorded)."""
     proto = Order_pb2.Order(
-        clientId=o.client_id, orderId=o.order_id, permId=o.perm_id, parentId=o.parent_id, action=o.action,
+        clientId=o.client_id,
+        orderId=o.order_id,
+        permId=o.perm_id,
+        parentId=o.parent_id,
+        action=o.action,
         totalQuantity=_qty(0 if completed and o.status == "Filled" else o.quantity),
-        orderType=o.order_type, lmtPrice=o.lmt_price or 0.0, auxPrice=o.aux_price or 0.0, tif=o.tif,
-        account=o.account, clearingIntent="IB", ocaType=3, triggerMethod=0, volatilityType=0,
-        referencePriceType=0, deltaNeutralOrderType="None", deltaNeutralShortSaleSlot=0, origin=0,
-        shortSaleSlot=0, exemptCode=-1, adjustedOrderType="None", adjustableTrailingUnit=0,
-        dontUseAutoPriceForHedge=True, filledQuantity=_qty(o.filled), shareholder=SHAREHOLDER,
-        routeMarketableToBbo=0, usePriceMgmtAlgo=0, submitter=getattr(o, "submitter", "") or SUBMITTER,
-        seekPriceImprovement=0)
+        orderType=o.order_type,
+        lmtPrice=o.lmt_price or 0.0,
+        auxPrice=o.aux_price or 0.0,
+        tif=o.tif,
+        account=o.account,
+        clearingIntent="IB",
+        ocaType=3,
+        triggerMethod=0,
+        volatilityType=0,
+        referencePriceType=0,
+        deltaNeutralOrderType="None",
+        deltaNeutralShortSaleSlot=0,
+        origin=0,
+        shortSaleSlot=0,
+        exemptCode=-1,
+        adjustedOrderType="None",
+        adjustableTrailingUnit=0,
+        dontUseAutoPriceForHedge=True,
+        filledQuantity=_qty(o.filled),
+        shareholder=SHAREHOLDER,
+        routeMarketableToBbo=0,
+        usePriceMgmtAlgo=0,
+        submitter=getattr(o, "submitter", "") or SUBMITTER,
+        seekPriceImprovement=0,
+    )
     if o.order_ref:
         proto.orderRef = o.order_ref
     trail_stop = getattr(o, "trail_stop_price", None)
@@ -238,15 +317,18 @@ class ProtoEncoder(Encoder):
         return ProtoMessage(IN.ERR_MSG, proto)
 
     # -- market data --
-    def tick_price(self, req_id: int, tick_type: int, price: float, size: float,
-                   attrib_mask: Optional[int] = None):
+    def tick_price(self, req_id: int, tick_type: int, price: float, size: float, attrib_mask: Optional[int] = None):
         """attrib_mask None: tick_attrib_mask(tick_type), TWS's rule, the same on both encodings."""
         if not self._proto(IN.TICK_PRICE):
             return super().tick_price(req_id, tick_type, price, size, attrib_mask)
         if attrib_mask is None:
             attrib_mask = tick_attrib_mask(tick_type)
-        return ProtoMessage(IN.TICK_PRICE, TickPrice_pb2.TickPrice(reqId=req_id, tickType=tick_type, price=price,
-                                                                   size=_qty(size), attrMask=attrib_mask))
+        return ProtoMessage(
+            IN.TICK_PRICE,
+            TickPrice_pb2.TickPrice(
+                reqId=req_id, tickType=tick_type, price=price, size=_qty(size), attrMask=attrib_mask
+            ),
+        )
 
     def tick_size(self, req_id: int, tick_type: int, size: float):
         if not self._proto(IN.TICK_SIZE):
@@ -256,20 +338,54 @@ class ProtoEncoder(Encoder):
     def tick_generic(self, req_id: int, tick_type: int, value: float):
         if not self._proto(IN.TICK_GENERIC):
             return super().tick_generic(req_id, tick_type, value)
-        return ProtoMessage(IN.TICK_GENERIC, TickGeneric_pb2.TickGeneric(reqId=req_id, tickType=tick_type,
-                                                                         value=value))
+        return ProtoMessage(IN.TICK_GENERIC, TickGeneric_pb2.TickGeneric(reqId=req_id, tickType=tick_type, value=value))
 
-    def tick_option_computation(self, req_id: int, tick_type: int, implied_vol: float, delta: float,
-                                opt_price: float, pv_dividend: float, gamma: float, vega: float,
-                                theta: float, und_price: float, tick_attrib: int = 0):
+    def tick_option_computation(
+        self,
+        req_id: int,
+        tick_type: int,
+        implied_vol: float,
+        delta: float,
+        opt_price: float,
+        pv_dividend: float,
+        gamma: float,
+        vega: float,
+        theta: float,
+        und_price: float,
+        tick_attrib: int = 0,
+    ):
         if not self._proto(IN.TICK_OPTION_COMPUTATION):
-            return super().tick_option_computation(req_id, tick_type, implied_vol, delta, opt_price, pv_dividend,
-                                                   gamma, vega, theta, und_price, tick_attrib)
+            return super().tick_option_computation(
+                req_id,
+                tick_type,
+                implied_vol,
+                delta,
+                opt_price,
+                pv_dividend,
+                gamma,
+                vega,
+                theta,
+                und_price,
+                tick_attrib,
+            )
         # The "not computed" sentinels (-1, -2) travel as values, as in the text layout: the
         # decoder maps them to None on both paths.
-        return ProtoMessage(IN.TICK_OPTION_COMPUTATION, TickOptionComputation_pb2.TickOptionComputation(
-            reqId=req_id, tickType=tick_type, tickAttrib=tick_attrib, impliedVol=implied_vol, delta=delta,
-            optPrice=opt_price, pvDividend=pv_dividend, gamma=gamma, vega=vega, theta=theta, undPrice=und_price))
+        return ProtoMessage(
+            IN.TICK_OPTION_COMPUTATION,
+            TickOptionComputation_pb2.TickOptionComputation(
+                reqId=req_id,
+                tickType=tick_type,
+                tickAttrib=tick_attrib,
+                impliedVol=implied_vol,
+                delta=delta,
+                optPrice=opt_price,
+                pvDividend=pv_dividend,
+                gamma=gamma,
+                vega=vega,
+                theta=theta,
+                undPrice=und_price,
+            ),
+        )
 
     def tick_snapshot_end(self, req_id: int):
         if not self._proto(IN.TICK_SNAPSHOT_END):
@@ -279,16 +395,25 @@ class ProtoEncoder(Encoder):
     def market_data_type(self, req_id: int, market_data_type: int):
         if not self._proto(IN.MARKET_DATA_TYPE):
             return super().market_data_type(req_id, market_data_type)
-        return ProtoMessage(IN.MARKET_DATA_TYPE, MarketDataType_pb2.MarketDataType(
-            reqId=req_id, marketDataType=market_data_type))
+        return ProtoMessage(
+            IN.MARKET_DATA_TYPE, MarketDataType_pb2.MarketDataType(reqId=req_id, marketDataType=market_data_type)
+        )
 
     def tick_req_params(self, req_id: int, min_tick: float, bbo_exchange: str, snapshot_permissions: int):
         if not self._proto(IN.TICK_REQ_PARAMS):
             return super().tick_req_params(req_id, min_tick, bbo_exchange, snapshot_permissions)
         # The sv225 recording also carries lastPricePrecision / lastSizePrecision "0.000001".
-        return ProtoMessage(IN.TICK_REQ_PARAMS, TickReqParams_pb2.TickReqParams(
-            reqId=req_id, minTick=_tick_str(min_tick), bboExchange=bbo_exchange,
-            snapshotPermissions=snapshot_permissions, lastPricePrecision="0.000001", lastSizePrecision="0.000001"))
+        return ProtoMessage(
+            IN.TICK_REQ_PARAMS,
+            TickReqParams_pb2.TickReqParams(
+                reqId=req_id,
+                minTick=_tick_str(min_tick),
+                bboExchange=bbo_exchange,
+                snapshotPermissions=snapshot_permissions,
+                lastPricePrecision="0.000001",
+                lastSizePrecision="0.000001",
+            ),
+        )
 
     # -- reference data --
     def contract_data(self, req_id: int, c):
@@ -298,17 +423,29 @@ class ProtoEncoder(Encoder):
         # shows for a stock: unset strings and zero ids absent, contractMonth only on derivatives.
         stock, option = c.sec_type == "STK", c.sec_type == "OPT"
         details = ContractDetails_pb2.ContractDetails(
-            marketName=c.trading_class, minTick=_tick_str(c.min_tick), validExchanges=c.valid_exchanges,
-            priceMagnifier=1, timeZoneId="US/Eastern", aggGroup=1 if stock else 2,
-            minSize="0.0001" if stock else "1", sizeIncrement="0.0001" if stock else "1",
-            suggestedSizeIncrement="100" if stock else "1", minAlgoSize="0",
-            lastPricePrecision="0.000001", lastSizePrecision="0.000001")
-        for name, value in (("orderTypes", getattr(c, "order_types", "")), ("longName", c.long_name),
-                            ("industry", c.industry), ("category", getattr(c, "category", "")),
-                            ("subcategory", getattr(c, "subcategory", "")),
-                            ("tradingHours", getattr(c, "trading_hours", "")),
-                            ("liquidHours", getattr(c, "liquid_hours", "")),
-                            ("marketRuleIds", getattr(c, "market_rule_ids", ""))):
+            marketName=c.trading_class,
+            minTick=_tick_str(c.min_tick),
+            validExchanges=c.valid_exchanges,
+            priceMagnifier=1,
+            timeZoneId="US/Eastern",
+            aggGroup=1 if stock else 2,
+            minSize="0.0001" if stock else "1",
+            sizeIncrement="0.0001" if stock else "1",
+            suggestedSizeIncrement="100" if stock else "1",
+            minAlgoSize="0",
+            lastPricePrecision="0.000001",
+            lastSizePrecision="0.000001",
+        )
+        for name, value in (
+            ("orderTypes", getattr(c, "order_types", "")),
+            ("longName", c.long_name),
+            ("industry", c.industry),
+            ("category", getattr(c, "category", "")),
+            ("subcategory", getattr(c, "subcategory", "")),
+            ("tradingHours", getattr(c, "trading_hours", "")),
+            ("liquidHours", getattr(c, "liquid_hours", "")),
+            ("marketRuleIds", getattr(c, "market_rule_ids", "")),
+        ):
             if value:
                 setattr(details, name, value)
         for tag, value in getattr(c, "sec_ids", ()):
@@ -320,37 +457,66 @@ class ProtoEncoder(Encoder):
             details.underSymbol, details.underSecType = c.symbol, getattr(c, "under_sec_type", "") or "STK"
         if stock:
             details.stockType = "COMMON"
-        return ProtoMessage(IN.CONTRACT_DATA, ContractData_pb2.ContractData(
-            reqId=req_id, contract=contract_proto(c, primary=True), contractDetails=details))
+        return ProtoMessage(
+            IN.CONTRACT_DATA,
+            ContractData_pb2.ContractData(
+                reqId=req_id, contract=contract_proto(c, primary=True), contractDetails=details
+            ),
+        )
 
     def contract_data_end(self, req_id: int):
         if not self._proto(IN.CONTRACT_DATA_END):
             return super().contract_data_end(req_id)
         return ProtoMessage(IN.CONTRACT_DATA_END, ContractDataEnd_pb2.ContractDataEnd(reqId=req_id))
 
-    def sec_def_opt_params(self, req_id: int, exchange: str, underlying_con_id: int, trading_class: str,
-                           multiplier: str, expirations: Sequence[str], strikes: Sequence[float]):
+    def sec_def_opt_params(
+        self,
+        req_id: int,
+        exchange: str,
+        underlying_con_id: int,
+        trading_class: str,
+        multiplier: str,
+        expirations: Sequence[str],
+        strikes: Sequence[float],
+    ):
         if not self._proto(IN.SECURITY_DEFINITION_OPTION_PARAMETER):
-            return super().sec_def_opt_params(req_id, exchange, underlying_con_id, trading_class, multiplier,
-                                              expirations, strikes)
-        return ProtoMessage(IN.SECURITY_DEFINITION_OPTION_PARAMETER, SecDefOptParameter_pb2.SecDefOptParameter(
-            reqId=req_id, exchange=exchange, underlyingConId=underlying_con_id, tradingClass=trading_class,
-            multiplier=multiplier, expirations=list(expirations), strikes=[float(s) for s in strikes]))
+            return super().sec_def_opt_params(
+                req_id, exchange, underlying_con_id, trading_class, multiplier, expirations, strikes
+            )
+        return ProtoMessage(
+            IN.SECURITY_DEFINITION_OPTION_PARAMETER,
+            SecDefOptParameter_pb2.SecDefOptParameter(
+                reqId=req_id,
+                exchange=exchange,
+                underlyingConId=underlying_con_id,
+                tradingClass=trading_class,
+                multiplier=multiplier,
+                expirations=list(expirations),
+                strikes=[float(s) for s in strikes],
+            ),
+        )
 
     def sec_def_opt_params_end(self, req_id: int):
         if not self._proto(IN.SECURITY_DEFINITION_OPTION_PARAMETER_END):
             return super().sec_def_opt_params_end(req_id)
-        return ProtoMessage(IN.SECURITY_DEFINITION_OPTION_PARAMETER_END,
-                            SecDefOptParameterEnd_pb2.SecDefOptParameterEnd(reqId=req_id))
+        return ProtoMessage(
+            IN.SECURITY_DEFINITION_OPTION_PARAMETER_END, SecDefOptParameterEnd_pb2.SecDefOptParameterEnd(reqId=req_id)
+        )
 
     # -- account --
     def position(self, account: str, c, quantity: float, avg_cost: float):
         if not self._proto(IN.POSITION_DATA):
             return super().position(account, c, quantity, avg_cost)
         # The contract's exchange is the listing exchange, as in the text layout (none for options).
-        return ProtoMessage(IN.POSITION_DATA, Position_pb2.Position(
-            account=account, contract=contract_proto(c, exchange=c.primary_exchange), position=_qty(quantity),
-            avgCost=avg_cost))
+        return ProtoMessage(
+            IN.POSITION_DATA,
+            Position_pb2.Position(
+                account=account,
+                contract=contract_proto(c, exchange=c.primary_exchange),
+                position=_qty(quantity),
+                avgCost=avg_cost,
+            ),
+        )
 
     def position_end(self):
         if not self._proto(IN.POSITION_END):
@@ -378,15 +544,34 @@ class ProtoEncoder(Encoder):
             proto.currency = currency
         return ProtoMessage(IN.ACCT_VALUE, proto)
 
-    def portfolio_value(self, c, quantity: float, market_price: float, market_value: float,
-                        avg_cost: float, unrealized_pnl: float, realized_pnl: float, account: str):
+    def portfolio_value(
+        self,
+        c,
+        quantity: float,
+        market_price: float,
+        market_value: float,
+        avg_cost: float,
+        unrealized_pnl: float,
+        realized_pnl: float,
+        account: str,
+    ):
         if not self._proto(IN.PORTFOLIO_VALUE):
-            return super().portfolio_value(c, quantity, market_price, market_value, avg_cost, unrealized_pnl,
-                                           realized_pnl, account)
-        return ProtoMessage(IN.PORTFOLIO_VALUE, PortfolioValue_pb2.PortfolioValue(
-            contract=contract_proto(c, exchange=c.primary_exchange), position=_qty(quantity),
-            marketPrice=market_price, marketValue=market_value, averageCost=avg_cost,
-            unrealizedPNL=unrealized_pnl, realizedPNL=realized_pnl, accountName=account))
+            return super().portfolio_value(
+                c, quantity, market_price, market_value, avg_cost, unrealized_pnl, realized_pnl, account
+            )
+        return ProtoMessage(
+            IN.PORTFOLIO_VALUE,
+            PortfolioValue_pb2.PortfolioValue(
+                contract=contract_proto(c, exchange=c.primary_exchange),
+                position=_qty(quantity),
+                marketPrice=market_price,
+                marketValue=market_value,
+                averageCost=avg_cost,
+                unrealizedPNL=unrealized_pnl,
+                realizedPNL=realized_pnl,
+                accountName=account,
+            ),
+        )
 
     def account_time(self, hh_mm: str):
         if not self._proto(IN.ACCT_UPDATE_TIME):
@@ -398,8 +583,7 @@ class ProtoEncoder(Encoder):
             return super().account_download_end(account)
         return ProtoMessage(IN.ACCT_DOWNLOAD_END, AccountDataEnd_pb2.AccountDataEnd(accountName=account))
 
-    def account_update_multi(self, req_id: int, account: str, model_code: str, key: str, value: str,
-                             currency: str):
+    def account_update_multi(self, req_id: int, account: str, model_code: str, key: str, value: str, currency: str):
         if not self._proto(IN.ACCOUNT_UPDATE_MULTI):
             return super().account_update_multi(req_id, account, model_code, key, value, currency)
         proto = AccountUpdateMulti_pb2.AccountUpdateMulti(reqId=req_id, account=account, key=key, value=value)
@@ -414,13 +598,16 @@ class ProtoEncoder(Encoder):
             return super().account_update_multi_end(req_id)
         return ProtoMessage(IN.ACCOUNT_UPDATE_MULTI_END, AccountUpdateMultiEnd_pb2.AccountUpdateMultiEnd(reqId=req_id))
 
-    def position_multi(self, req_id: int, account: str, c, quantity: float, avg_cost: float,
-                       model_code: str = ""):
+    def position_multi(self, req_id: int, account: str, c, quantity: float, avg_cost: float, model_code: str = ""):
         if not self._proto(IN.POSITION_MULTI):
             return super().position_multi(req_id, account, c, quantity, avg_cost, model_code)
-        proto = PositionMulti_pb2.PositionMulti(reqId=req_id, account=account,
-                                                contract=contract_proto(c, exchange=c.primary_exchange),
-                                                position=_qty(quantity), avgCost=avg_cost)
+        proto = PositionMulti_pb2.PositionMulti(
+            reqId=req_id,
+            account=account,
+            contract=contract_proto(c, exchange=c.primary_exchange),
+            position=_qty(quantity),
+            avgCost=avg_cost,
+        )
         if model_code:
             proto.modelCode = model_code
         return ProtoMessage(IN.POSITION_MULTI, proto)
@@ -436,9 +623,17 @@ class ProtoEncoder(Encoder):
             return super().order_status(o, why_held)
         # The 203 recording of a Cancelled status keeps remaining at the unfilled quantity ("1").
         proto = OrderStatus_pb2.OrderStatus(
-            orderId=o.order_id, status=o.status, filled=_qty(o.filled), remaining=_qty(o.remaining),
-            avgFillPrice=o.avg_fill_price, permId=o.perm_id, parentId=o.parent_id, lastFillPrice=o.last_fill_price,
-            clientId=o.client_id, mktCapPrice=0.0)
+            orderId=o.order_id,
+            status=o.status,
+            filled=_qty(o.filled),
+            remaining=_qty(o.remaining),
+            avgFillPrice=o.avg_fill_price,
+            permId=o.perm_id,
+            parentId=o.parent_id,
+            lastFillPrice=o.last_fill_price,
+            clientId=o.client_id,
+            mktCapPrice=0.0,
+        )
         if why_held:
             proto.whyHeld = why_held
         return ProtoMessage(IN.ORDER_STATUS, proto)
@@ -457,8 +652,12 @@ class ProtoEncoder(Encoder):
             (state.initMarginAfter, state.maintMarginAfter, state.equityWithLoanAfter) = w.margins_after
             state.commissionAndFees, state.commissionAndFeesCurrency = w.commission, w.currency
             state.marginCurrency = w.currency
-        return ProtoMessage(IN.OPEN_ORDER, OpenOrder_pb2.OpenOrder(
-            orderId=o.order_id, contract=contract_proto(o.contract), order=order, orderState=state))
+        return ProtoMessage(
+            IN.OPEN_ORDER,
+            OpenOrder_pb2.OpenOrder(
+                orderId=o.order_id, contract=contract_proto(o.contract), order=order, orderState=state
+            ),
+        )
 
     def open_order_end(self):
         if not self._proto(IN.OPEN_ORDER_END):
@@ -468,12 +667,17 @@ class ProtoEncoder(Encoder):
     def completed_order(self, o: OrderRecord):
         if not self._proto(IN.COMPLETED_ORDER):
             return super().completed_order(o)
-        state = OrderState_pb2.OrderState(status=o.status, completedTime=_exec_time(o.completed_time),
-                                          completedStatus=o.completed_status)
-        if o.status == "Filled":         # as recorded at 204; the fake charges one 0.65 per execution
+        state = OrderState_pb2.OrderState(
+            status=o.status, completedTime=_exec_time(o.completed_time), completedStatus=o.completed_status
+        )
+        if o.status == "Filled":  # as recorded at 204; the fake charges one 0.65 per execution
             state.commissionAndFees, state.commissionAndFeesCurrency = Execution.commission, "USD"
-        return ProtoMessage(IN.COMPLETED_ORDER, CompletedOrder_pb2.CompletedOrder(
-            contract=contract_proto(o.contract), order=order_proto(o, completed=True), orderState=state))
+        return ProtoMessage(
+            IN.COMPLETED_ORDER,
+            CompletedOrder_pb2.CompletedOrder(
+                contract=contract_proto(o.contract), order=order_proto(o, completed=True), orderState=state
+            ),
+        )
 
     def completed_orders_end(self):
         if not self._proto(IN.COMPLETED_ORDERS_END):
@@ -485,14 +689,29 @@ class ProtoEncoder(Encoder):
             return super().exec_details(req_id, e)
         o = e.order
         execution = Execution_pb2.Execution(
-            orderId=o.order_id, execId=e.exec_id, time=_exec_time(e.time), acctNumber=o.account,
-            exchange=e.exchange, side="BOT" if o.action == "BUY" else "SLD", shares=_qty(e.shares), price=e.price,
-            permId=o.perm_id, clientId=o.client_id, cumQty=_qty(e.shares), avgPrice=e.price, lastLiquidity=2,
-            optExerciseOrLapseType=-1)
+            orderId=o.order_id,
+            execId=e.exec_id,
+            time=_exec_time(e.time),
+            acctNumber=o.account,
+            exchange=e.exchange,
+            side="BOT" if o.action == "BUY" else "SLD",
+            shares=_qty(e.shares),
+            price=e.price,
+            permId=o.perm_id,
+            clientId=o.client_id,
+            cumQty=_qty(e.shares),
+            avgPrice=e.price,
+            lastLiquidity=2,
+            optExerciseOrLapseType=-1,
+        )
         if o.order_ref:
             execution.orderRef = o.order_ref
-        return ProtoMessage(IN.EXECUTION_DATA, ExecutionDetails_pb2.ExecutionDetails(
-            reqId=req_id, contract=contract_proto(o.contract, exchange=e.exchange), execution=execution))
+        return ProtoMessage(
+            IN.EXECUTION_DATA,
+            ExecutionDetails_pb2.ExecutionDetails(
+                reqId=req_id, contract=contract_proto(o.contract, exchange=e.exchange), execution=execution
+            ),
+        )
 
     def exec_details_end(self, req_id: int):
         if not self._proto(IN.EXECUTION_DATA_END):
@@ -502,9 +721,10 @@ class ProtoEncoder(Encoder):
     def commission_report(self, e: Execution):
         if not self._proto(IN.COMMISSION_AND_FEES_REPORT):
             return super().commission_report(e)
-        proto = CommissionAndFeesReport_pb2.CommissionAndFeesReport(execId=e.exec_id, commissionAndFees=e.commission,
-                                                                    currency="USD")
-        realized = getattr(e, "realized_pnl", None)      # None on an opening trade: field absent
+        proto = CommissionAndFeesReport_pb2.CommissionAndFeesReport(
+            execId=e.exec_id, commissionAndFees=e.commission, currency="USD"
+        )
+        realized = getattr(e, "realized_pnl", None)  # None on an opening trade: field absent
         if realized is not None:
             proto.realizedPNL = realized
         return ProtoMessage(IN.COMMISSION_AND_FEES_REPORT, proto)
@@ -517,13 +737,24 @@ def make_encoder(server_version: int) -> Encoder:
 
 # ---- requests (client -> server) -----------------------------------------------------------
 
+
 def _contract_params(p: Contract_pb2.Contract) -> Dict:
     """The same dict fake_tws_wire's text reader makes of a contract."""
     multiplier = p.multiplier if p.HasField("multiplier") else None
-    return {"con_id": p.conId, "symbol": p.symbol, "sec_type": p.secType, "expiry": p.lastTradeDateOrContractMonth,
-            "strike": p.strike, "right": p.right, "multiplier": "" if multiplier is None else f"{multiplier:g}",
-            "exchange": p.exchange, "primary_exchange": p.primaryExch, "currency": p.currency,
-            "local_symbol": p.localSymbol, "trading_class": p.tradingClass}
+    return {
+        "con_id": p.conId,
+        "symbol": p.symbol,
+        "sec_type": p.secType,
+        "expiry": p.lastTradeDateOrContractMonth,
+        "strike": p.strike,
+        "right": p.right,
+        "multiplier": "" if multiplier is None else f"{multiplier:g}",
+        "exchange": p.exchange,
+        "primary_exchange": p.primaryExch,
+        "currency": p.currency,
+        "local_symbol": p.localSymbol,
+        "trading_class": p.tradingClass,
+    }
 
 
 def _optional(p, name: str):
@@ -533,24 +764,47 @@ def _optional(p, name: str):
 def _place_order(p: PlaceOrderRequest_pb2.PlaceOrderRequest) -> Dict:
     o = p.order
     quantity = float(o.totalQuantity) if o.totalQuantity else 0.0
-    return {"order_id": p.orderId, "contract": _contract_params(p.contract), "action": o.action,
-            "quantity": quantity, "order_type": o.orderType, "lmt_price": _optional(o, "lmtPrice"),
-            "aux_price": _optional(o, "auxPrice"), "tif": o.tif, "oca_group": o.ocaGroup, "account": o.account,
-            "open_close": o.openClose, "origin": o.origin, "order_ref": o.orderRef,
-            "transmit": o.transmit, "parent_id": o.parentId,      # EClient leaves transmit=False out
-            "what_if": o.whatIf}
+    return {
+        "order_id": p.orderId,
+        "contract": _contract_params(p.contract),
+        "action": o.action,
+        "quantity": quantity,
+        "order_type": o.orderType,
+        "lmt_price": _optional(o, "lmtPrice"),
+        "aux_price": _optional(o, "auxPrice"),
+        "tif": o.tif,
+        "oca_group": o.ocaGroup,
+        "account": o.account,
+        "open_close": o.openClose,
+        "origin": o.origin,
+        "order_ref": o.orderRef,
+        "transmit": o.transmit,
+        "parent_id": o.parentId,  # EClient leaves transmit=False out
+        "what_if": o.whatIf,
+    }
 
 
 def _executions(p: ExecutionRequest_pb2.ExecutionRequest) -> Dict:
     f = p.executionFilter
-    return {"req_id": p.reqId, "client_id": f.clientId, "account": f.acctCode, "since": f.time, "symbol": f.symbol,
-            "sec_type": f.secType, "exchange": f.exchange, "side": f.side, "last_n_days": _optional(f, "lastNDays")}
+    return {
+        "req_id": p.reqId,
+        "client_id": f.clientId,
+        "account": f.acctCode,
+        "since": f.time,
+        "symbol": f.symbol,
+        "sec_type": f.secType,
+        "exchange": f.exchange,
+        "side": f.side,
+        "last_n_days": _optional(f, "lastNDays"),
+    }
 
 
 def _fields(*names: Tuple[str, str]) -> Callable:
     """A request whose params are plain proto fields: (param name, proto field name)."""
+
     def read(p) -> Dict:
         return {param: getattr(p, field) for param, field in names}
+
     return read
 
 
@@ -563,45 +817,98 @@ PROTO_REQUESTS: Dict[int, Tuple[str, type, Callable]] = {
     OUT.REQ_GLOBAL_CANCEL: ("reqGlobalCancel", GlobalCancelRequest_pb2.GlobalCancelRequest, _fields()),
     OUT.REQ_OPEN_ORDERS: ("reqOpenOrders", OpenOrdersRequest_pb2.OpenOrdersRequest, _fields()),
     OUT.REQ_ALL_OPEN_ORDERS: ("reqAllOpenOrders", AllOpenOrdersRequest_pb2.AllOpenOrdersRequest, _fields()),
-    OUT.REQ_AUTO_OPEN_ORDERS: ("reqAutoOpenOrders", AutoOpenOrdersRequest_pb2.AutoOpenOrdersRequest,
-                               _fields(("auto_bind", "autoBind"))),
-    OUT.REQ_COMPLETED_ORDERS: ("reqCompletedOrders", CompletedOrdersRequest_pb2.CompletedOrdersRequest,
-                               _fields(("api_only", "apiOnly"))),
-    OUT.REQ_CONTRACT_DATA: ("reqContractDetails", ContractDataRequest_pb2.ContractDataRequest,
-                            lambda p: {"req_id": p.reqId, "contract": _contract_params(p.contract),
-                                       "include_expired": p.contract.includeExpired}),
-    OUT.REQ_MKT_DATA: ("reqMktData", MarketDataRequest_pb2.MarketDataRequest,
-                       lambda p: {"req_id": p.reqId, "contract": _contract_params(p.contract),
-                                  "generic_ticks": p.genericTickList, "snapshot": p.snapshot,
-                                  "regulatory_snapshot": p.regulatorySnapshot}),
+    OUT.REQ_AUTO_OPEN_ORDERS: (
+        "reqAutoOpenOrders",
+        AutoOpenOrdersRequest_pb2.AutoOpenOrdersRequest,
+        _fields(("auto_bind", "autoBind")),
+    ),
+    OUT.REQ_COMPLETED_ORDERS: (
+        "reqCompletedOrders",
+        CompletedOrdersRequest_pb2.CompletedOrdersRequest,
+        _fields(("api_only", "apiOnly")),
+    ),
+    OUT.REQ_CONTRACT_DATA: (
+        "reqContractDetails",
+        ContractDataRequest_pb2.ContractDataRequest,
+        lambda p: {
+            "req_id": p.reqId,
+            "contract": _contract_params(p.contract),
+            "include_expired": p.contract.includeExpired,
+        },
+    ),
+    OUT.REQ_MKT_DATA: (
+        "reqMktData",
+        MarketDataRequest_pb2.MarketDataRequest,
+        lambda p: {
+            "req_id": p.reqId,
+            "contract": _contract_params(p.contract),
+            "generic_ticks": p.genericTickList,
+            "snapshot": p.snapshot,
+            "regulatory_snapshot": p.regulatorySnapshot,
+        },
+    ),
     OUT.CANCEL_MKT_DATA: ("cancelMktData", CancelMarketData_pb2.CancelMarketData, _fields(("req_id", "reqId"))),
-    OUT.REQ_MARKET_DATA_TYPE: ("reqMarketDataType", MarketDataTypeRequest_pb2.MarketDataTypeRequest,
-                               _fields(("market_data_type", "marketDataType"))),
-    OUT.REQ_ACCT_DATA: ("reqAccountUpdates", AccountDataRequest_pb2.AccountDataRequest,
-                        _fields(("subscribe", "subscribe"), ("account", "acctCode"))),
+    OUT.REQ_MARKET_DATA_TYPE: (
+        "reqMarketDataType",
+        MarketDataTypeRequest_pb2.MarketDataTypeRequest,
+        _fields(("market_data_type", "marketDataType")),
+    ),
+    OUT.REQ_ACCT_DATA: (
+        "reqAccountUpdates",
+        AccountDataRequest_pb2.AccountDataRequest,
+        _fields(("subscribe", "subscribe"), ("account", "acctCode")),
+    ),
     OUT.REQ_MANAGED_ACCTS: ("reqManagedAccts", ManagedAccountsRequest_pb2.ManagedAccountsRequest, _fields()),
     OUT.REQ_POSITIONS: ("reqPositions", PositionsRequest_pb2.PositionsRequest, _fields()),
     OUT.CANCEL_POSITIONS: ("cancelPositions", CancelPositions_pb2.CancelPositions, _fields()),
-    OUT.REQ_ACCOUNT_SUMMARY: ("reqAccountSummary", AccountSummaryRequest_pb2.AccountSummaryRequest,
-                              _fields(("req_id", "reqId"), ("group", "group"), ("tags", "tags"))),
-    OUT.CANCEL_ACCOUNT_SUMMARY: ("cancelAccountSummary", CancelAccountSummary_pb2.CancelAccountSummary,
-                                 _fields(("req_id", "reqId"))),
-    OUT.REQ_POSITIONS_MULTI: ("reqPositionsMulti", PositionsMultiRequest_pb2.PositionsMultiRequest,
-                              _fields(("req_id", "reqId"), ("account", "account"), ("model_code", "modelCode"))),
-    OUT.CANCEL_POSITIONS_MULTI: ("cancelPositionsMulti", CancelPositionsMulti_pb2.CancelPositionsMulti,
-                                 _fields(("req_id", "reqId"))),
-    OUT.REQ_ACCOUNT_UPDATES_MULTI: ("reqAccountUpdatesMulti", AccountUpdatesMultiRequest_pb2.AccountUpdatesMultiRequest,
-                                    _fields(("req_id", "reqId"), ("account", "account"), ("model_code", "modelCode"),
-                                            ("ledger_and_nlv", "ledgerAndNLV"))),
-    OUT.CANCEL_ACCOUNT_UPDATES_MULTI: ("cancelAccountUpdatesMulti",
-                                       CancelAccountUpdatesMulti_pb2.CancelAccountUpdatesMulti,
-                                       _fields(("req_id", "reqId"))),
-    OUT.REQ_SEC_DEF_OPT_PARAMS: ("reqSecDefOptParams", SecDefOptParamsRequest_pb2.SecDefOptParamsRequest,
-                                 _fields(("req_id", "reqId"), ("symbol", "underlyingSymbol"),
-                                         ("exchange", "futFopExchange"), ("sec_type", "underlyingSecType"),
-                                         ("con_id", "underlyingConId"))),
-    OUT.START_API: ("startApi", StartApiRequest_pb2.StartApiRequest,
-                    _fields(("client_id", "clientId"), ("optional_capabilities", "optionalCapabilities"))),
+    OUT.REQ_ACCOUNT_SUMMARY: (
+        "reqAccountSummary",
+        AccountSummaryRequest_pb2.AccountSummaryRequest,
+        _fields(("req_id", "reqId"), ("group", "group"), ("tags", "tags")),
+    ),
+    OUT.CANCEL_ACCOUNT_SUMMARY: (
+        "cancelAccountSummary",
+        CancelAccountSummary_pb2.CancelAccountSummary,
+        _fields(("req_id", "reqId")),
+    ),
+    OUT.REQ_POSITIONS_MULTI: (
+        "reqPositionsMulti",
+        PositionsMultiRequest_pb2.PositionsMultiRequest,
+        _fields(("req_id", "reqId"), ("account", "account"), ("model_code", "modelCode")),
+    ),
+    OUT.CANCEL_POSITIONS_MULTI: (
+        "cancelPositionsMulti",
+        CancelPositionsMulti_pb2.CancelPositionsMulti,
+        _fields(("req_id", "reqId")),
+    ),
+    OUT.REQ_ACCOUNT_UPDATES_MULTI: (
+        "reqAccountUpdatesMulti",
+        AccountUpdatesMultiRequest_pb2.AccountUpdatesMultiRequest,
+        _fields(
+            ("req_id", "reqId"), ("account", "account"), ("model_code", "modelCode"), ("ledger_and_nlv", "ledgerAndNLV")
+        ),
+    ),
+    OUT.CANCEL_ACCOUNT_UPDATES_MULTI: (
+        "cancelAccountUpdatesMulti",
+        CancelAccountUpdatesMulti_pb2.CancelAccountUpdatesMulti,
+        _fields(("req_id", "reqId")),
+    ),
+    OUT.REQ_SEC_DEF_OPT_PARAMS: (
+        "reqSecDefOptParams",
+        SecDefOptParamsRequest_pb2.SecDefOptParamsRequest,
+        _fields(
+            ("req_id", "reqId"),
+            ("symbol", "underlyingSymbol"),
+            ("exchange", "futFopExchange"),
+            ("sec_type", "underlyingSecType"),
+            ("con_id", "underlyingConId"),
+        ),
+    ),
+    OUT.START_API: (
+        "startApi",
+        StartApiRequest_pb2.StartApiRequest,
+        _fields(("client_id", "clientId"), ("optional_capabilities", "optionalCapabilities")),
+    ),
     OUT.REQ_IDS: ("reqIds", IdsRequest_pb2.IdsRequest, _fields(("num_ids", "numIds"))),
     OUT.REQ_CURRENT_TIME: ("reqCurrentTime", CurrentTimeRequest_pb2.CurrentTimeRequest, _fields()),
 }

@@ -2,6 +2,7 @@
 serves (laid out as ibapi's client writes it for the negotiated server version), the msg id table
 (REQUESTS) and parse_request. ProtocolError is a client message the fake cannot read.
 """
+
 from __future__ import annotations
 
 from typing import Callable, Dict, Optional, Sequence, Tuple
@@ -13,7 +14,6 @@ from tests.fake_tws_formats import UNSET_INTEGER
 
 class ProtocolError(Exception):
     """A client message the fake cannot read (TWS answers these with error 320)."""
-
 
 
 class FieldCursor:
@@ -53,8 +53,16 @@ class FieldCursor:
 
 def _contract(c: FieldCursor, primary_exchange: bool = True) -> Dict:
     """conId .. localSymbol, tradingClass: the block every contract-bearing request sends."""
-    contract = {"con_id": c.int(), "symbol": c.str(), "sec_type": c.str(), "expiry": c.str(),
-                "strike": c.float() or 0.0, "right": c.str(), "multiplier": c.str(), "exchange": c.str()}
+    contract = {
+        "con_id": c.int(),
+        "symbol": c.str(),
+        "sec_type": c.str(),
+        "expiry": c.str(),
+        "strike": c.float() or 0.0,
+        "right": c.str(),
+        "multiplier": c.str(),
+        "exchange": c.str(),
+    }
     contract["primary_exchange"] = c.str() if primary_exchange else ""
     contract.update(currency=c.str(), local_symbol=c.str(), trading_class=c.str())
     return contract
@@ -80,41 +88,53 @@ def _place_order(c: FieldCursor, version: int) -> Dict:
     """The order fields the fake acts on, read in EClient.placeOrder's order up to whatIf (the
     rest of the very long message does not matter to the fake)."""
     if version < sv.MIN_SERVER_VER_ORDER_CONTAINER:
-        c.skip()                                          # message version
+        c.skip()  # message version
     req = {"order_id": c.int(), "contract": _contract(c)}
     bag = req["contract"]["sec_type"] == "BAG"
-    c.skip(2)                                             # secIdType, secId
-    req.update(action=c.str(), quantity=c.float() or 0.0, order_type=c.str(), lmt_price=c.float(),
-               aux_price=c.float(), tif=c.str(), oca_group=c.str(), account=c.str(), open_close=c.str(),
-               origin=c.int(), order_ref=c.str(), transmit=c.bool(), parent_id=c.int())
-    c.skip(6)                                             # blockOrder .. hidden
+    c.skip(2)  # secIdType, secId
+    req.update(
+        action=c.str(),
+        quantity=c.float() or 0.0,
+        order_type=c.str(),
+        lmt_price=c.float(),
+        aux_price=c.float(),
+        tif=c.str(),
+        oca_group=c.str(),
+        account=c.str(),
+        open_close=c.str(),
+        origin=c.int(),
+        order_ref=c.str(),
+        transmit=c.bool(),
+        parent_id=c.int(),
+    )
+    c.skip(6)  # blockOrder .. hidden
     if bag:
-        c.skip(8 * c.int())                               # combo legs
-        c.skip(c.int())                                   # order combo leg prices
-        _skip_tag_values(c)                               # smartComboRoutingParams
-    c.skip(7)                                             # sharesAllocation .. faPercentage
+        c.skip(8 * c.int())  # combo legs
+        c.skip(c.int())  # order combo leg prices
+        _skip_tag_values(c)  # smartComboRoutingParams
+    c.skip(7)  # sharesAllocation .. faPercentage
     if version < sv.MIN_SERVER_VER_FA_PROFILE_DESUPPORT:
-        c.skip()                                          # faProfile
+        c.skip()  # faProfile
     if version >= sv.MIN_SERVER_VER_MODELS_SUPPORT:
-        c.skip()                                          # modelCode
-    c.skip(4 + 17)                                        # shortSaleSlot .. ocaType, rule80A .. volatilityType
-    delta_neutral = c.str()                               # deltaNeutralOrderType
-    c.skip()                                              # deltaNeutralAuxPrice
+        c.skip()  # modelCode
+    c.skip(4 + 17)  # shortSaleSlot .. ocaType, rule80A .. volatilityType
+    delta_neutral = c.str()  # deltaNeutralOrderType
+    c.skip()  # deltaNeutralAuxPrice
     if delta_neutral:
         c.skip(8)
-    c.skip(6)                                             # continuousUpdate .. trailingPercent, scale sizes
+    c.skip(6)  # continuousUpdate .. trailingPercent, scale sizes
     scale_increment = c.float()
     if scale_increment is not None and 0 < scale_increment < 1.7e308:
         c.skip(7)
-    c.skip(3)                                             # scaleTable, activeStartTime, activeStopTime
-    if c.str():                                           # hedgeType
+    c.skip(3)  # scaleTable, activeStartTime, activeStopTime
+    if c.str():  # hedgeType
         c.skip()
-    c.skip(4)                                             # optOutSmartRouting, clearing x2, notHeld
-    if c.bool():                                          # deltaNeutralContract
+    c.skip(4)  # optOutSmartRouting, clearing x2, notHeld
+    if c.bool():  # deltaNeutralContract
         c.skip(3)
-    if c.str():                                           # algoStrategy
+    if c.str():  # algoStrategy
         _skip_tag_values(c)
-    c.skip()                                              # algoId
+    c.skip()  # algoId
     req["what_if"] = c.bool()
     return req
 
@@ -132,27 +152,40 @@ def _req_contract_details(c: FieldCursor, version: int) -> Dict:
 
 def _req_executions(c: FieldCursor, version: int) -> Dict:
     c.skip()
-    req = {"req_id": c.int(), "client_id": c.int(), "account": c.str(), "since": c.str(),
-           "symbol": c.str(), "sec_type": c.str(), "exchange": c.str(), "side": c.str(), "last_n_days": None}
+    req = {
+        "req_id": c.int(),
+        "client_id": c.int(),
+        "account": c.str(),
+        "since": c.str(),
+        "symbol": c.str(),
+        "sec_type": c.str(),
+        "exchange": c.str(),
+        "side": c.str(),
+        "last_n_days": None,
+    }
     if version >= sv.MIN_SERVER_VER_PARAMETRIZED_DAYS_OF_EXECUTIONS:
-        days = c.int()                                    # Integer.MAX_VALUE: not given
+        days = c.int()  # Integer.MAX_VALUE: not given
         req["last_n_days"] = None if days == int(UNSET_INTEGER) else days
-        c.skip(c.int())                                   # specificDates (not modelled)
+        c.skip(c.int())  # specificDates (not modelled)
     return req
 
 
 def _versioned(*names_and_readers: Tuple[str, str]) -> Callable[[FieldCursor, int], Dict]:
     """A request that is a version field followed by simple fields."""
+
     def read(c: FieldCursor, version: int) -> Dict:
         c.skip()
         return {name: getattr(c, kind)() for name, kind in names_and_readers}
+
     return read
 
 
 def _plain(*names_and_readers: Tuple[str, str]) -> Callable[[FieldCursor, int], Dict]:
     """A request without a version field."""
+
     def read(c: FieldCursor, version: int) -> Dict:
         return {name: getattr(c, kind)() for name, kind in names_and_readers}
+
     return read
 
 
@@ -180,11 +213,15 @@ REQUESTS: Dict[int, Tuple[str, Callable[[FieldCursor, int], Dict]]] = {
     71: ("startApi", _versioned(("client_id", "int"), ("optional_capabilities", "str"))),
     74: ("reqPositionsMulti", _versioned(("req_id", "int"), ("account", "str"), ("model_code", "str"))),
     75: ("cancelPositionsMulti", _versioned(("req_id", "int"))),
-    76: ("reqAccountUpdatesMulti", _versioned(("req_id", "int"), ("account", "str"), ("model_code", "str"),
-                                              ("ledger_and_nlv", "bool"))),
+    76: (
+        "reqAccountUpdatesMulti",
+        _versioned(("req_id", "int"), ("account", "str"), ("model_code", "str"), ("ledger_and_nlv", "bool")),
+    ),
     77: ("cancelAccountUpdatesMulti", _versioned(("req_id", "int"))),
-    78: ("reqSecDefOptParams", _plain(("req_id", "int"), ("symbol", "str"), ("exchange", "str"),
-                                      ("sec_type", "str"), ("con_id", "int"))),
+    78: (
+        "reqSecDefOptParams",
+        _plain(("req_id", "int"), ("symbol", "str"), ("exchange", "str"), ("sec_type", "str"), ("con_id", "int")),
+    ),
     99: ("reqCompletedOrders", _plain(("api_only", "bool"))),
 }
 

@@ -4,6 +4,7 @@ Handlers are `_on_<EClient method name>(**params)`; the params come from
 `fake_tws_proto.parse_payload` (text fields or a protobuf body, by version and message id).
 Shared state (lines, orders, market, stats) lives on the server.
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -19,15 +20,25 @@ from typing import Deque, Dict, FrozenSet, List, Optional
 from ibapi.server_versions import MIN_SERVER_VER_COMPLETED_ORDERS
 
 from tests.fake_market import Instrument, Quote, on_tick
+from tests.fake_tws_formats import tws_time
 from tests.fake_tws_proto import make_encoder, parse_payload
-from tests.fake_tws_wire import tick_attrib_mask, tws_time
-from tests.fake_tws_wire import (API_PREFIX, MIN_SERVER_VERSION, Encoder, FrameReader, OrderRecord,
-                                 ProtocolError, WhatIf, frame, parse_version_range)
+from tests.fake_tws_wire import (
+    API_PREFIX,
+    MIN_SERVER_VERSION,
+    Encoder,
+    FrameReader,
+    OrderRecord,
+    ProtocolError,
+    WhatIf,
+    frame,
+    parse_version_range,
+    tick_attrib_mask,
+)
 
 SOCKET_TIMEOUT_S = 5.0
 PACING_WINDOW_S = 1.0
-PACING_STRIKES = 3                 # reject mode: disconnect on this many violations
-HANG_UP_DRAIN_S = 0.5              # input drained between the last error 100 and the close
+PACING_STRIKES = 3  # reject mode: disconnect on this many violations
+HANG_UP_DRAIN_S = 0.5  # input drained between the last error 100 and the close
 MAX_ORDER_QUANTITY = 1000
 # Shares hard to borrow: a short sale is held while they are located (TWS's 404, a warning: the
 # order is live, PreSubmitted). A merger target's shares are the classic case.
@@ -35,11 +46,12 @@ HARD_TO_BORROW = frozenset(("MRGT",))
 LOCATE_TEXT = "Order held while securities are located."
 UPDATE_INTERVAL_S = (0.25, 1.0)
 
-FARM_NOTICES = ((2104, "Market data farm connection is OK:usfarm"),
-                (2106, "HMDS data farm connection is OK:ushmds"),
-                (2158, "Sec-def data farm connection is OK:secdefnj"))
-READ_ONLY_TEXT = ("Error validating request.-'bN' : cause - The API interface is currently in "
-                  "Read-Only mode.")
+FARM_NOTICES = (
+    (2104, "Market data farm connection is OK:usfarm"),
+    (2106, "HMDS data farm connection is OK:ushmds"),
+    (2158, "Sec-def data farm connection is OK:secdefnj"),
+)
+READ_ONLY_TEXT = "Error validating request.-'bN' : cause - The API interface is currently in Read-Only mode."
 NO_SECURITY_TEXT = "No security definition has been found for the request"
 
 # Live tick type -> the delayed one TWS sends instead (market data type 3/4 without a subscription).
@@ -51,13 +63,23 @@ BID_COMP, ASK_COMP, LAST_COMP, MODEL_COMP = 10, 11, 12, 13
 # --stream-notice codes: TWS's text, then "<symbol> <exchange>/TOP/ALL" of the data not subscribed.
 STREAM_NOTICES = {
     10090: "Part of requested market data is not subscribed. Subscription-independent ticks are still "
-           "active.Delayed market data is not available.",
+    "active.Delayed market data is not available.",
     10091: "Part of requested market data requires additional subscription for API. See link in 'Market "
-           "Data Connections' dialog for more details.Delayed market data is available.",
+    "Data Connections' dialog for more details.Delayed market data is available.",
 }
-ACCOUNT_SUMMARY_TAGS = ("AccountType", "NetLiquidation", "TotalCashValue", "SettledCash",
-                        "EquityWithLoanValue", "GrossPositionValue", "InitMarginReq", "MaintMarginReq",
-                        "AvailableFunds", "ExcessLiquidity", "BuyingPower")
+ACCOUNT_SUMMARY_TAGS = (
+    "AccountType",
+    "NetLiquidation",
+    "TotalCashValue",
+    "SettledCash",
+    "EquityWithLoanValue",
+    "GrossPositionValue",
+    "InitMarginReq",
+    "MaintMarginReq",
+    "AvailableFunds",
+    "ExcessLiquidity",
+    "BuyingPower",
+)
 
 
 @dataclass
@@ -67,10 +89,10 @@ class Subscription:
     generic_ticks: FrozenSet[int]
     snapshot: bool
     delayed: bool
-    snapshot_end: float = 0.0     # monotonic time of tickSnapshotEnd; the line is held until then
-    data_type: int = 1            # what marketDataType said: 1 live, 2 frozen, 3 delayed, 4 delayed-frozen
-    no_quote: bool = False        # market closed, live/delayed type: bid/ask -1, no greeks, nothing moves
-    no_greeks: bool = False       # a --stream-notice: the underlying's data is not subscribed
+    snapshot_end: float = 0.0  # monotonic time of tickSnapshotEnd; the line is held until then
+    data_type: int = 1  # what marketDataType said: 1 live, 2 frozen, 3 delayed, 4 delayed-frozen
+    no_quote: bool = False  # market closed, live/delayed type: bid/ask -1, no greeks, nothing moves
+    no_greeks: bool = False  # a --stream-notice: the underlying's data is not subscribed
 
 
 class ClientSession:
@@ -80,9 +102,9 @@ class ClientSession:
         self.server = server
         self.market = server.market
         self.sock = sock
-        self.client_id: Optional[int] = None          # set once startApi is accepted
+        self.client_id: Optional[int] = None  # set once startApi is accepted
         self.encoder: Optional[Encoder] = None
-        self.market_data_type: Optional[int] = None   # None until reqMarketDataType
+        self.market_data_type: Optional[int] = None  # None until reqMarketDataType
         self._send_lock = threading.Lock()
         self._state_lock = threading.Lock()
         self._closed = False
@@ -121,7 +143,7 @@ class ClientSession:
                 return
             self._closed = True
             subs, self._subs = self._subs, {}
-        if abort:            # reset instead of a clean FIN; SHUT_RD below still wakes our blocked recv
+        if abort:  # reset instead of a clean FIN; SHUT_RD below still wakes our blocked recv
             try:
                 self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             except OSError:
@@ -224,8 +246,9 @@ class ClientSession:
             return True
         window.append(now)
         self._violations += 1
-        self.send_error(-1, 100, f"Max rate of messages per second has been exceeded:max={server.max_rate} "
-                                 f"rec={len(window)} (1)")
+        self.send_error(
+            -1, 100, f"Max rate of messages per second has been exceeded:max={server.max_rate} rec={len(window)} (1)"
+        )
         if self._violations >= PACING_STRIKES:
             self._hang_up_after_error()
         return False
@@ -259,8 +282,9 @@ class ClientSession:
         if self.client_id is not None:
             return
         if not self.server.claim_client_id(self, client_id):
-            self.send_error(-1, 326, "Unable to connect as the client id is already in use. "
-                                     "Retry with a unique client id.")
+            self.send_error(
+                -1, 326, "Unable to connect as the client id is already in use. Retry with a unique client id."
+            )
             self.close()
             return
         enc = self.encoder
@@ -285,19 +309,45 @@ class ClientSession:
 
     def _resolve(self, contract: Dict) -> List[Instrument]:
         exchange = contract["exchange"]
-        found = self.market.find(**{k: contract.get(k, "") for k in (
-            "con_id", "symbol", "sec_type", "expiry", "strike", "right", "trading_class", "multiplier",
-            "currency", "local_symbol", "primary_exchange")})
+        found = self.market.find(
+            **{
+                k: contract.get(k, "")
+                for k in (
+                    "con_id",
+                    "symbol",
+                    "sec_type",
+                    "expiry",
+                    "strike",
+                    "right",
+                    "trading_class",
+                    "multiplier",
+                    "currency",
+                    "local_symbol",
+                    "primary_exchange",
+                )
+            }
+        )
         # An index is not routed: it is found on its own exchange (CBOE, NASDAQ...), never on SMART.
-        return [i for i in found if not exchange or (exchange == "SMART" and i.sec_type != "IND")
-                or exchange == i.primary_exchange or exchange in i.valid_exchanges.split(",")]
+        return [
+            i
+            for i in found
+            if not exchange
+            or (exchange == "SMART" and i.sec_type != "IND")
+            or exchange == i.primary_exchange
+            or exchange in i.valid_exchanges.split(",")
+        ]
 
     def _resolve_one(self, req_id: int, contract: Dict) -> Optional[Instrument]:
         found = self._resolve(contract)
         if len(found) == 1:
             return found[0]
-        self.send_error(req_id, 200, NO_SECURITY_TEXT if not found else
-                        f"The contract description specified for {contract['symbol']} is ambiguous.")
+        self.send_error(
+            req_id,
+            200,
+            NO_SECURITY_TEXT
+            if not found
+            else f"The contract description specified for {contract['symbol']} is ambiguous.",
+        )
         return None
 
     def _on_reqContractDetails(self, req_id: int, contract: Dict, include_expired: bool) -> None:
@@ -311,8 +361,7 @@ class ClientSession:
             self.send(self.encoder.contract_data(req_id, replace(instrument, exchange=exchange)))
         self.send(self.encoder.contract_data_end(req_id))
 
-    def _on_reqSecDefOptParams(self, req_id: int, symbol: str, exchange: str, sec_type: str,
-                               con_id: int) -> None:
+    def _on_reqSecDefOptParams(self, req_id: int, symbol: str, exchange: str, sec_type: str, con_id: int) -> None:
         underlying = self.market.underlying(symbol.upper())
         if underlying is None or (con_id and con_id != underlying.con_id):
             self.send_error(req_id, 200, NO_SECURITY_TEXT)
@@ -324,14 +373,18 @@ class ClientSession:
             if exchange and exchange != listed_on:
                 continue
             for trading_class, multiplier, expirations, strikes in classes:
-                self.send(self.encoder.sec_def_opt_params(req_id, listed_on, underlying.con_id, trading_class,
-                                                          multiplier, expirations, strikes))
+                self.send(
+                    self.encoder.sec_def_opt_params(
+                        req_id, listed_on, underlying.con_id, trading_class, multiplier, expirations, strikes
+                    )
+                )
         self.send(self.encoder.sec_def_opt_params_end(req_id))
 
     # ---- market data -------------------------------------------------------------------------
 
-    def _on_reqMktData(self, req_id: int, contract: Dict, generic_ticks: str, snapshot: bool,
-                       regulatory_snapshot: bool) -> None:
+    def _on_reqMktData(
+        self, req_id: int, contract: Dict, generic_ticks: str, snapshot: bool, regulatory_snapshot: bool
+    ) -> None:
         enc, server = self.encoder, self.server
         if req_id in self._subs:
             self.send_error(req_id, 322, "Error processing request.-'bW' : cause - Duplicate ticker id")
@@ -342,8 +395,12 @@ class ClientSession:
         generic = frozenset(int(t) for t in generic_ticks.split(",") if t.strip().isdigit())
         snapshot = snapshot or regulatory_snapshot
         if snapshot and generic:
-            self.send_error(req_id, 321, "Error validating request.-'bW' : cause - Snapshot market data "
-                                         "subscription is not applicable to generic ticks")
+            self.send_error(
+                req_id,
+                321,
+                "Error validating request.-'bW' : cause - Snapshot market data "
+                "subscription is not applicable to generic ticks",
+            )
             return
         # The type TWS serves this request (its marketDataType callback): live where subscribed, or
         # with the market closed and frozen / delayed-frozen asked the values recorded at the close;
@@ -352,34 +409,45 @@ class ClientSession:
         delayed = False
         if server.no_live_data:
             if asked not in (3, 4):
-                self.send_error(req_id, 354, "Requested market data is not subscribed.Delayed market data "
-                                             "is available.")
+                self.send_error(
+                    req_id, 354, "Requested market data is not subscribed.Delayed market data is available."
+                )
                 return
-            self.send_error(req_id, 10167, "Requested market data is not subscribed. Displaying delayed "
-                                           "market data.")
+            self.send_error(req_id, 10167, "Requested market data is not subscribed. Displaying delayed market data.")
             delayed = True
             data_type = 4 if closed and asked == 4 else 3
-            generic = frozenset()   # delayed data: its default ticks only (the agent asks none there)
+            generic = frozenset()  # delayed data: its default ticks only (the agent asks none there)
         else:
             data_type = 2 if closed and asked in (2, 4) else 1
         if not server.acquire_line():
             self.send_error(req_id, 101, "Max number of tickers has been reached")
             return
         notices = server.stream_notices if instrument.sec_type == "OPT" else ()
-        sub = Subscription(req_id, instrument, generic, snapshot, delayed,
-                           time.monotonic() + server.snapshot_duration() if snapshot else 0.0,
-                           data_type=data_type, no_quote=closed and data_type in (1, 3), no_greeks=bool(notices))
+        sub = Subscription(
+            req_id,
+            instrument,
+            generic,
+            snapshot,
+            delayed,
+            time.monotonic() + server.snapshot_duration() if snapshot else 0.0,
+            data_type=data_type,
+            no_quote=closed and data_type in (1, 3),
+            no_greeks=bool(notices),
+        )
         with self._state_lock:
             if self._closed:
                 server.release_line()
                 return
             self._subs[req_id] = sub
-        self.send(enc.tick_req_params(req_id, instrument.min_tick, "9c0001", 4))   # as recorded
+        self.send(enc.tick_req_params(req_id, instrument.min_tick, "9c0001", 4))  # as recorded
         if self.market_data_type is not None or delayed:
             self.send(enc.market_data_type(req_id, data_type))
-        for code in notices:        # the stream goes on: without the underlying's data, no greeks
-            self.send_error(req_id, code, f"{STREAM_NOTICES[code]}{instrument.symbol} "
-                                          f"{self._underlying_exchange(instrument)}/TOP/ALL")
+        for code in notices:  # the stream goes on: without the underlying's data, no greeks
+            self.send_error(
+                req_id,
+                code,
+                f"{STREAM_NOTICES[code]}{instrument.symbol} {self._underlying_exchange(instrument)}/TOP/ALL",
+            )
         server.call_later(server.tick_delay(), lambda: self._emit(sub, first=True))
 
     def _underlying_exchange(self, instrument: Instrument) -> str:
@@ -408,16 +476,16 @@ class ClientSession:
         if not first:
             self.market.drift(instrument.symbol)
         quote = self.market.quote(instrument)
-        if sub.no_quote:            # market closed: no current bid/ask, nothing to compute greeks from
+        if sub.no_quote:  # market closed: no current bid/ask, nothing to compute greeks from
             quote = replace(quote, bid=-1.0, ask=-1.0, bid_size=0, ask_size=0, greeks=None)
         elif sub.no_greeks:
             quote = replace(quote, greeks=None)
-        for fields in (self._full_ticks(sub, quote) if first else self._update_ticks(sub, quote)):
+        for fields in self._full_ticks(sub, quote) if first else self._update_ticks(sub, quote):
             self.send(fields)
         if sub.snapshot:
             self.server.call_later(max(0.0, sub.snapshot_end - time.monotonic()), lambda: self._end_snapshot(sub))
             return
-        if self.server.market_closed:   # nothing moves: the stream holds its line, silent, until cancelled
+        if self.server.market_closed:  # nothing moves: the stream holds its line, silent, until cancelled
             return
         with self.server.lock:
             delay = self.server.rng.uniform(*UPDATE_INTERVAL_S)
@@ -438,7 +506,7 @@ class ClientSession:
 
     def _full_ticks(self, sub: Subscription, q: Quote) -> List[list]:
         enc, r, t = self.encoder, sub.req_id, lambda tick: self._tick(sub, tick)
-        if sub.instrument.sec_type == "IND":          # an index: its value and close, no bid/ask/size
+        if sub.instrument.sec_type == "IND":  # an index: its value and close, no bid/ask/size
             ticks = [self._price(sub, LAST, q.last, 0), self._price(sub, CLOSE, q.close, 0)]
             if 106 in sub.generic_ticks:
                 ticks.append(enc.tick_generic(r, IMPLIED_VOL, q.implied_vol))
@@ -458,20 +526,31 @@ class ClientSession:
             ticks += [enc.tick_size(r, tick, size) for tick, size in volumes]
         if 101 in sub.generic_ticks:
             ticks += [enc.tick_size(r, tick, size) for tick, size in interests]
-        if 106 in sub.generic_ticks:    # tick 24 is the underlying's implied vol, on an option's stream too
-            ticks.append(enc.tick_generic(r, IMPLIED_VOL, self.market.specs[sub.instrument.symbol].vol
-                                          if sub.instrument.sec_type == "OPT" else q.implied_vol))
+        if 106 in sub.generic_ticks:  # tick 24 is the underlying's implied vol, on an option's stream too
+            ticks.append(
+                enc.tick_generic(
+                    r,
+                    IMPLIED_VOL,
+                    self.market.specs[sub.instrument.symbol].vol if sub.instrument.sec_type == "OPT" else q.implied_vol,
+                )
+            )
         if q.greeks is not None:
-            ticks += [self._computation(sub, q, tick, price) for tick, price in
-                      ((BID_COMP, q.bid), (ASK_COMP, q.ask), (LAST_COMP, q.last), (MODEL_COMP, None))]
+            ticks += [
+                self._computation(sub, q, tick, price)
+                for tick, price in ((BID_COMP, q.bid), (ASK_COMP, q.ask), (LAST_COMP, q.last), (MODEL_COMP, None))
+            ]
         return ticks
 
     def _update_ticks(self, sub: Subscription, q: Quote) -> List[list]:
         enc, r, t = self.encoder, sub.req_id, lambda tick: self._tick(sub, tick)
         if sub.instrument.sec_type == "IND":
             return [self._price(sub, LAST, q.last, 0)]
-        ticks = [self._price(sub, BID, q.bid, q.bid_size), self._price(sub, ASK, q.ask, q.ask_size),
-                 enc.tick_size(r, t(BID_SIZE), q.bid_size), enc.tick_size(r, t(ASK_SIZE), q.ask_size)]
+        ticks = [
+            self._price(sub, BID, q.bid, q.bid_size),
+            self._price(sub, ASK, q.ask, q.ask_size),
+            enc.tick_size(r, t(BID_SIZE), q.bid_size),
+            enc.tick_size(r, t(ASK_SIZE), q.ask_size),
+        ]
         if q.greeks is not None:
             ticks.append(self._computation(sub, q, MODEL_COMP, None))
         return ticks
@@ -483,8 +562,17 @@ class ClientSession:
         if greeks is None:
             return self.encoder.tick_option_not_computed(sub.req_id, self._tick(sub, tick_type))
         return self.encoder.tick_option_computation(
-            sub.req_id, self._tick(sub, tick_type), greeks.implied_vol, greeks.delta, greeks.opt_price, 0.0,
-            greeks.gamma, greeks.vega, greeks.theta, greeks.und_price)
+            sub.req_id,
+            self._tick(sub, tick_type),
+            greeks.implied_vol,
+            greeks.delta,
+            greeks.opt_price,
+            0.0,
+            greeks.gamma,
+            greeks.vega,
+            greeks.theta,
+            greeks.und_price,
+        )
 
     # ---- account -----------------------------------------------------------------------------
 
@@ -501,8 +589,7 @@ class ClientSession:
     def _on_reqPositionsMulti(self, req_id: int, account: str, model_code: str) -> None:
         for name in self._accounts_for(account):
             for p in self.server.portfolio.positions(name):
-                self.send(self.encoder.position_multi(req_id, name, p.instrument, p.quantity, p.avg_cost,
-                                                      model_code))
+                self.send(self.encoder.position_multi(req_id, name, p.instrument, p.quantity, p.avg_cost, model_code))
         self.send(self.encoder.position_multi_end(req_id))
 
     def _on_reqAccountSummary(self, req_id: int, group: str, tags: str) -> None:
@@ -523,13 +610,15 @@ class ClientSession:
         for key, value in portfolio.account_values(account).items():
             self.send(enc.account_value(key, value, "" if key == "AccountType" else "USD", account))
         for position, price, value, unrealized in portfolio.portfolio_rows(account):
-            self.send(enc.portfolio_value(position.instrument, position.quantity, price, value,
-                                          position.avg_cost, unrealized, 0.0, account))
+            self.send(
+                enc.portfolio_value(
+                    position.instrument, position.quantity, price, value, position.avg_cost, unrealized, 0.0, account
+                )
+            )
         self.send(enc.account_time(time.strftime("%H:%M")))
         self.send(enc.account_download_end(account))
 
-    def _on_reqAccountUpdatesMulti(self, req_id: int, account: str, model_code: str,
-                                   ledger_and_nlv: bool) -> None:
+    def _on_reqAccountUpdatesMulti(self, req_id: int, account: str, model_code: str, ledger_and_nlv: bool) -> None:
         for name in self._accounts_for(account):
             for key, value in self.server.portfolio.account_values(name).items():
                 currency = "" if key == "AccountType" else "USD"
@@ -538,8 +627,9 @@ class ClientSession:
 
     # ---- orders ------------------------------------------------------------------------------
 
-    def _order_rejection(self, account: str, action: str, quantity: float, order_type: str,
-                         lmt_price: Optional[float]) -> Optional[str]:
+    def _order_rejection(
+        self, account: str, action: str, quantity: float, order_type: str, lmt_price: Optional[float]
+    ) -> Optional[str]:
         if account not in self.server.accounts:
             return f"The account code {account} is not valid for this user."
         if action not in ("BUY", "SELL"):
@@ -552,14 +642,44 @@ class ClientSession:
             return f"Order type {order_type} is not supported."
         return None
 
-    def _on_placeOrder(self, order_id: int, contract: Dict, action: str, quantity: float, order_type: str,
-                       lmt_price: Optional[float], aux_price: Optional[float], tif: str, oca_group: str,
-                       account: str, open_close: str, origin: int, order_ref: str, transmit: bool,
-                       parent_id: int, what_if: bool = False) -> None:
+    def _on_placeOrder(
+        self,
+        order_id: int,
+        contract: Dict,
+        action: str,
+        quantity: float,
+        order_type: str,
+        lmt_price: Optional[float],
+        aux_price: Optional[float],
+        tif: str,
+        oca_group: str,
+        account: str,
+        open_close: str,
+        origin: int,
+        order_ref: str,
+        transmit: bool,
+        parent_id: int,
+        what_if: bool = False,
+    ) -> None:
         if self._refuse_read_only(order_id):
             return
-        place = lambda: self._place(order_id, contract, action, quantity, order_type, lmt_price, aux_price, tif,
-                                    account, order_ref, parent_id, what_if)
+
+        def place() -> None:
+            self._place(
+                order_id,
+                contract,
+                action,
+                quantity,
+                order_type,
+                lmt_price,
+                aux_price,
+                tif,
+                account,
+                order_ref,
+                parent_id,
+                what_if,
+            )
+
         if self.server.place_delay_s > 0 and not what_if:
             # Held behind TWS's precaution dialog: nothing about the order (no openOrder, no
             # orderStatus, not in open orders) until it is accepted; other messages keep flowing.
@@ -567,9 +687,21 @@ class ClientSession:
         else:
             place()
 
-    def _place(self, order_id: int, contract: Dict, action: str, quantity: float, order_type: str,
-               lmt_price: Optional[float], aux_price: Optional[float], tif: str, account: str, order_ref: str,
-               parent_id: int, what_if: bool) -> None:
+    def _place(
+        self,
+        order_id: int,
+        contract: Dict,
+        action: str,
+        quantity: float,
+        order_type: str,
+        lmt_price: Optional[float],
+        aux_price: Optional[float],
+        tif: str,
+        account: str,
+        order_ref: str,
+        parent_id: int,
+        what_if: bool,
+    ) -> None:
         instrument = self._resolve_one(order_id, contract)
         if instrument is None:
             return
@@ -578,20 +710,39 @@ class ClientSession:
         if reason:
             # TWS attaches advancedOrderRejectJson to order rejections (the field exists from
             # MIN_SERVER_VER_ADVANCED_ORDER_REJECT); its content is opaque to the client.
-            self.send_error(order_id, 201, f"Order rejected - reason:{reason}",
-                            json.dumps({"rejectReason": reason}, separators=(",", ":")))
+            self.send_error(
+                order_id,
+                201,
+                f"Order rejected - reason:{reason}",
+                json.dumps({"rejectReason": reason}, separators=(",", ":")),
+            )
             return
         if lmt_price is not None and not on_tick(lmt_price, instrument.min_tick):
-            self.send_error(order_id, 110, "The price does not conform to the minimum price variation for "
-                                           "this contract.")
+            self.send_error(
+                order_id, 110, "The price does not conform to the minimum price variation for this contract."
+            )
             return
         price = lmt_price if order_type == "LMT" else None
         if what_if:
             # A what-if order is a preview: TWS answers with one openOrder whose state carries the
             # margin and commission figures, books nothing and counts no order.
-            preview = OrderRecord(order_id, self.client_id, 0, instrument, action, quantity, order_type, price,
-                                  aux_price, tif or "DAY", account, order_ref, status="PreSubmitted",
-                                  parent_id=parent_id, what_if=self._what_if(instrument, account, quantity, price))
+            preview = OrderRecord(
+                order_id,
+                self.client_id,
+                0,
+                instrument,
+                action,
+                quantity,
+                order_type,
+                price,
+                aux_price,
+                tif or "DAY",
+                account,
+                order_ref,
+                status="PreSubmitted",
+                parent_id=parent_id,
+                what_if=self._what_if(instrument, account, quantity, price),
+            )
             self.send(self.encoder.open_order(preview))
             return
         with server.lock:
@@ -601,9 +752,21 @@ class ClientSession:
                 return
             warning = self._order_warning(instrument, account, action, quantity)
             if order is None:
-                order = OrderRecord(order_id, self.client_id, server.orders.new_perm_id(), instrument, action,
-                                    quantity, order_type, price, aux_price, tif or "DAY", account, order_ref,
-                                    parent_id=parent_id)
+                order = OrderRecord(
+                    order_id,
+                    self.client_id,
+                    server.orders.new_perm_id(),
+                    instrument,
+                    action,
+                    quantity,
+                    order_type,
+                    price,
+                    aux_price,
+                    tif or "DAY",
+                    account,
+                    order_ref,
+                    parent_id=parent_id,
+                )
                 server.orders.add(order)
             else:
                 order.quantity, order.lmt_price, order.tif = quantity, price, tif or order.tif
@@ -632,18 +795,21 @@ class ClientSession:
         market is closed (the order waits for the next session), 404 for a short sale of shares that
         must be located first. Under server.lock."""
         if self.server.market_closed:
-            now = dt.datetime.strptime(tws_time()[:17], "%Y%m%d %H:%M:%S")   # New York time
+            now = dt.datetime.strptime(tws_time()[:17], "%Y%m%d %H:%M:%S")  # New York time
             opens = now.replace(hour=9, minute=30, second=0)
             if now >= opens:
                 opens += dt.timedelta(days=1)
             while opens.weekday() >= 5:
                 opens += dt.timedelta(days=1)
             where = f"{instrument.local_symbol or instrument.symbol} {instrument.exchange}"
-            return 399, (f"Order Message:\n{action} {quantity:g} {where}\nWarning: your order will not be placed at "
-                         f"the exchange until {opens:%Y-%m-%d %H:%M:%S} US/Eastern")
+            return 399, (
+                f"Order Message:\n{action} {quantity:g} {where}\nWarning: your order will not be placed at "
+                f"the exchange until {opens:%Y-%m-%d %H:%M:%S} US/Eastern"
+            )
         if instrument.sec_type == "STK" and action == "SELL" and instrument.symbol in HARD_TO_BORROW:
-            held = sum(p.quantity for p in self.server.portfolio.positions(account)
-                       if p.instrument.con_id == instrument.con_id)
+            held = sum(
+                p.quantity for p in self.server.portfolio.positions(account) if p.instrument.con_id == instrument.con_id
+            )
             if quantity > held:
                 return 404, LOCATE_TEXT
         return None
@@ -654,12 +820,16 @@ class ClientSession:
         gives the reason."""
         with self.server.lock:
             if order.status not in ("PreSubmitted", "Submitted") or order.completed_status:
-                return                    # cancelled or filled meanwhile
+                return  # cancelled or filled meanwhile
             order.status = "Inactive"
         self.send(self.encoder.open_order(order))
         self.send(self.encoder.order_status(order))
-        self.send_error(order.order_id, 201, f"Order rejected - reason:{reason}",
-                        json.dumps({"rejectReason": reason}, separators=(",", ":")))
+        self.send_error(
+            order.order_id,
+            201,
+            f"Order rejected - reason:{reason}",
+            json.dumps({"rejectReason": reason}, separators=(",", ":")),
+        )
 
     def _what_if(self, instrument: Instrument, account: str, quantity: float, price: Optional[float]) -> WhatIf:
         """The fake's margin model (portfolio: initial 30 %, maintenance 25 % of gross position
@@ -669,7 +839,7 @@ class ClientSession:
         unit = price if price is not None else (quote.last if quote.last > 0 else quote.close)
         multiplier = float(instrument.multiplier or 1)
         notional = abs(quantity) * max(unit, 0.0) * multiplier
-        commission = (0.65 * quantity if instrument.sec_type == "OPT" else max(1.0, 0.005 * quantity))
+        commission = 0.65 * quantity if instrument.sec_type == "OPT" else max(1.0, 0.005 * quantity)
         values = self.server.portfolio.account_values(account)
         before = tuple(float(values[k]) for k in ("InitMarginReq", "MaintMarginReq", "EquityWithLoanValue"))
         change = (round(0.3 * notional, 2), round(0.25 * notional, 2), round(-commission, 2))
@@ -686,8 +856,11 @@ class ClientSession:
                 return
             if order.completed_status:
                 # Filled or cancelled already: TWS's 161 (recorded at 203), naming the permId.
-                self.send_error(order_id, 161, f"Cancel attempted when order is not in a cancellable state.  "
-                                               f"Order permId ={order.perm_id}")
+                self.send_error(
+                    order_id,
+                    161,
+                    f"Cancel attempted when order is not in a cancellable state.  Order permId ={order.perm_id}",
+                )
                 return
             pending = replace(order, status="PendingCancel")
             self.server.orders.record_cancel(order)
@@ -735,27 +908,40 @@ class ClientSession:
 
     def _on_reqCompletedOrders(self, api_only: bool) -> None:
         if self.encoder.v < MIN_SERVER_VER_COMPLETED_ORDERS:
-            return                        # no such request below 150 (EClient does not send it)
+            return  # no such request below 150 (EClient does not send it)
         with self.server.lock:
             orders = [] if self.server.read_only else self.server.orders.completed_orders()
         for order in orders:
             self.send(self.encoder.completed_order(order))
         self.send(self.encoder.completed_orders_end())
 
-    def _on_reqExecutions(self, req_id: int, client_id: int, account: str, since: str, symbol: str,
-                          sec_type: str, exchange: str, side: str, last_n_days: Optional[int] = None) -> None:
+    def _on_reqExecutions(
+        self,
+        req_id: int,
+        client_id: int,
+        account: str,
+        since: str,
+        symbol: str,
+        sec_type: str,
+        exchange: str,
+        side: str,
+        last_n_days: Optional[int] = None,
+    ) -> None:
         # lastNDays (server version >= 200, read from the text or protobuf filter): executions of that
         # many days back, today included; without it (or below 200) today's only, as TWS.
         days = last_n_days if last_n_days and last_n_days > 0 else 1
         oldest = tws_time(time.time() - (days - 1) * 86400)[:8]
         with self.server.lock:
-            executions = [e for e in self.server.orders.executions
-                          if e.time[:8] >= oldest
-                          and (not client_id or e.order.client_id == client_id)
-                          and (not account or e.order.account == account)
-                          and (not symbol or e.order.contract.symbol == symbol)
-                          and (not sec_type or e.order.contract.sec_type == sec_type)
-                          and (not side or e.order.action == side)]
+            executions = [
+                e
+                for e in self.server.orders.executions
+                if e.time[:8] >= oldest
+                and (not client_id or e.order.client_id == client_id)
+                and (not account or e.order.account == account)
+                and (not symbol or e.order.contract.symbol == symbol)
+                and (not sec_type or e.order.contract.sec_type == sec_type)
+                and (not side or e.order.action == side)
+            ]
         for execution in executions:
             self.send(self.encoder.exec_details(req_id, execution))
             self.send(self.encoder.commission_report(execution))

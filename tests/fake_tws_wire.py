@@ -12,6 +12,7 @@ layouts here are what TWS still sends as text there (the decoder gates no text f
 and `fake_tws_proto.py` builds the messages each version moves to protobuf. How each number is
 written is `fake_tws_formats.py`'s; reading client requests is `fake_tws_requests.py`'s.
 """
+
 from __future__ import annotations
 
 import re
@@ -24,31 +25,43 @@ from ibapi.common import PROTOBUF_MSG_ID
 
 # Number formats and request reading live in their own modules; every name other files import
 # from here stays importable from here.
-from tests.fake_tws_formats import (NEW_YORK, TWS_TIME_ZONE, UNSET_DOUBLE, UNSET_INTEGER, UNSET_LONG,  # noqa: F401
-                                    UNSET_LONG_MIN, greek, java_double, plain, tick_attrib_mask, tick_price, tws_time)
+from tests.fake_tws_formats import (
+    TWS_TIME_ZONE,
+    UNSET_DOUBLE,
+    UNSET_INTEGER,
+    UNSET_LONG,  # noqa: F401
+    UNSET_LONG_MIN,
+    greek,
+    java_double,
+    plain,
+    tick_attrib_mask,
+    tick_price,
+)
 from tests.fake_tws_requests import REQUESTS, FieldCursor, ProtocolError, parse_request  # noqa: F401
 
-MIN_SERVER_VERSION = sv.MIN_CLIENT_VER                 # 100: the lowest version ibapi offers
-MAX_SERVER_VERSION = sv.MAX_CLIENT_VER                  # the newest version the pinned ibapi offers
-LAST_TEXT_VERSION = sv.MIN_SERVER_VER_PROTOBUF - 1      # 200: the last text-only version
+MIN_SERVER_VERSION = sv.MIN_CLIENT_VER  # 100: the lowest version ibapi offers
+MAX_SERVER_VERSION = sv.MAX_CLIENT_VER  # the newest version the pinned ibapi offers
+LAST_TEXT_VERSION = sv.MIN_SERVER_VER_PROTOBUF - 1  # 200: the last text-only version
 API_PREFIX = b"API\0"
 _VERSION_RANGE = re.compile(r"v(\d+)(?:\.\.(\d+))?")
 # The message versions TWS wrote before these layouts were tied to the server version: the highest
 # each decoder tests (ibapi orderdecoder / decoder), so every per-message gate is open.
-OPEN_ORDER_MSG_VERSION = 34          # openOrder below MIN_SERVER_VER_ORDER_CONTAINER (145)
-EXEC_DETAILS_MSG_VERSION = 10        # execDetails below MIN_SERVER_VER_LAST_LIQUIDITY (136)
-CONTRACT_DATA_MSG_VERSION = 8        # contractData below MIN_SERVER_VER_SIZE_RULES (164)
+OPEN_ORDER_MSG_VERSION = 34  # openOrder below MIN_SERVER_VER_ORDER_CONTAINER (145)
+EXEC_DETAILS_MSG_VERSION = 10  # execDetails below MIN_SERVER_VER_LAST_LIQUIDITY (136)
+CONTRACT_DATA_MSG_VERSION = 8  # contractData below MIN_SERVER_VER_SIZE_RULES (164)
 
 
 @dataclass
 class ProtoMessage:
     """A message whose body is protobuf (server versions >= 201): `msg_id` is the plain message
     id (without the +200), `message` an instance of one of ibapi's `*_pb2` classes."""
+
     msg_id: int
     message: object
 
 
 # ---- framing ------------------------------------------------------------------------------
+
 
 def field_text(value) -> str:
     if value is None:
@@ -56,7 +69,7 @@ def field_text(value) -> str:
     if isinstance(value, bool):
         return "1" if value else "0"
     if isinstance(value, float) and value.is_integer() and abs(value) < 1e15:
-        return str(int(value))                 # sizes and quantities read as ints or Decimals
+        return str(int(value))  # sizes and quantities read as ints or Decimals
     return str(value)
 
 
@@ -86,7 +99,7 @@ class FrameReader:
             return None if prefix.startswith(self._buffer) else False
         if not self._buffer.startswith(prefix):
             return False
-        self._buffer = self._buffer[len(prefix):]
+        self._buffer = self._buffer[len(prefix) :]
         return True
 
     def payloads(self) -> List[bytes]:
@@ -95,8 +108,8 @@ class FrameReader:
             size = struct.unpack(">I", self._buffer[:4])[0]
             if len(self._buffer) < 4 + size:
                 break
-            found.append(self._buffer[4:4 + size])
-            self._buffer = self._buffer[4 + size:]
+            found.append(self._buffer[4 : 4 + size])
+            self._buffer = self._buffer[4 + size :]
         return found
 
 
@@ -117,10 +130,12 @@ def parse_version_range(text: str) -> Tuple[int, int, str]:
 
 # ---- outgoing messages ----------------------------------------------------------------------
 
+
 @dataclass
 class OrderRecord:
     """An order as the fake's book keeps it and the openOrder/orderStatus/completedOrder
     encoders write it (`contract` is a fake_market.Instrument)."""
+
     order_id: int
     client_id: int
     perm_id: int
@@ -138,12 +153,12 @@ class OrderRecord:
     avg_fill_price: float = 0.0
     last_fill_price: float = 0.0
     parent_id: int = 0
-    completed_time: str = ""     # tws_time(): "YYYYMMDD HH:MM:SS US/Eastern"
+    completed_time: str = ""  # tws_time(): "YYYYMMDD HH:MM:SS US/Eastern"
     completed_status: str = ""
-    trail_stop_price: Optional[float] = None   # trailing orders only
+    trail_stop_price: Optional[float] = None  # trailing orders only
     lmt_price_offset: Optional[float] = None
-    submitter: str = ""          # completedOrder carries the TWS user name; openOrder leaves it empty
-    what_if: Optional["WhatIf"] = None   # a what-if preview: never booked, answered with openOrder only
+    submitter: str = ""  # completedOrder carries the TWS user name; openOrder leaves it empty
+    what_if: Optional["WhatIf"] = None  # a what-if preview: never booked, answered with openOrder only
 
     @property
     def remaining(self) -> float:
@@ -156,6 +171,7 @@ class OrderRecord:
 class WhatIf:
     """The preview TWS puts in a what-if order's state: (initMargin, maintMargin, equityWithLoan)
     before, change and after, and the commission (its min/max left unset)."""
+
     margins_before: Tuple[float, float, float]
     margins_change: Tuple[float, float, float]
     margins_after: Tuple[float, float, float]
@@ -166,13 +182,13 @@ class WhatIf:
 @dataclass
 class Execution:
     exec_id: str
-    time: str                    # tws_time(): "YYYYMMDD HH:MM:SS US/Eastern"
+    time: str  # tws_time(): "YYYYMMDD HH:MM:SS US/Eastern"
     order: OrderRecord
     shares: float
     price: float
     exchange: str = "CBOE"
     commission: float = 0.65
-    realized_pnl: Optional[float] = None       # None: an opening trade (TWS writes Double.MAX_VALUE)
+    realized_pnl: Optional[float] = None  # None: an opening trade (TWS writes Double.MAX_VALUE)
 
 
 def _price(value: Optional[float]) -> object:
@@ -219,8 +235,7 @@ class Encoder:
     def current_time(self, epoch_s: int) -> list:
         return [49, 1, epoch_s]
 
-    def error(self, req_id: int, code: int, text: str, error_time_ms: int = 0,
-              advanced_reject_json: str = "") -> list:
+    def error(self, req_id: int, code: int, text: str, error_time_ms: int = 0, advanced_reject_json: str = "") -> list:
         fields: list = [4] if self.v >= sv.MIN_SERVER_VER_ERROR_TIME else [4, 2]
         fields += [req_id, code, text]
         if self.v >= sv.MIN_SERVER_VER_ADVANCED_ORDER_REJECT:
@@ -230,8 +245,9 @@ class Encoder:
         return fields
 
     # -- market data --
-    def tick_price(self, req_id: int, tick_type: int, price: float, size: float,
-                   attrib_mask: Optional[int] = None) -> list:
+    def tick_price(
+        self, req_id: int, tick_type: int, price: float, size: float, attrib_mask: Optional[int] = None
+    ) -> list:
         """attrib_mask None: tick_attrib_mask(tick_type), what TWS sets."""
         if attrib_mask is None:
             attrib_mask = tick_attrib_mask(tick_type)
@@ -246,14 +262,27 @@ class Encoder:
     def tick_string(self, req_id: int, tick_type: int, value: str) -> list:
         return [46, 6, req_id, tick_type, value]
 
-    def tick_option_computation(self, req_id: int, tick_type: int, implied_vol: Optional[float],
-                                delta: Optional[float], opt_price: Optional[float], pv_dividend: Optional[float],
-                                gamma: Optional[float], vega: Optional[float], theta: Optional[float],
-                                und_price: Optional[float], tick_attrib: int = 0) -> list:
+    def tick_option_computation(
+        self,
+        req_id: int,
+        tick_type: int,
+        implied_vol: Optional[float],
+        delta: Optional[float],
+        opt_price: Optional[float],
+        pv_dividend: Optional[float],
+        gamma: Optional[float],
+        vega: Optional[float],
+        theta: Optional[float],
+        und_price: Optional[float],
+        tick_attrib: int = 0,
+    ) -> list:
         # Below MIN_SERVER_VER_PRICE_BASED_VOLATILITY (156): message version 6 (every value
         # present) and no tickAttrib; from 156 the tickAttrib and no version.
-        head = ([21, req_id, tick_type, tick_attrib] if self.v >= sv.MIN_SERVER_VER_PRICE_BASED_VOLATILITY
-                else [21, 6, req_id, tick_type])
+        head = (
+            [21, req_id, tick_type, tick_attrib]
+            if self.v >= sv.MIN_SERVER_VER_PRICE_BASED_VOLATILITY
+            else [21, 6, req_id, tick_type]
+        )
         return head + [greek(v) for v in (implied_vol, delta, opt_price, pv_dividend, gamma, vega, theta, und_price)]
 
     def tick_option_not_computed(self, req_id: int, tick_type: int) -> list:
@@ -267,8 +296,9 @@ class Encoder:
     def market_data_type(self, req_id: int, market_data_type: int) -> list:
         return [58, 1, req_id, market_data_type]
 
-    def tick_req_params(self, req_id: int, min_tick: Optional[float], bbo_exchange: str,
-                        snapshot_permissions: int) -> list:
+    def tick_req_params(
+        self, req_id: int, min_tick: Optional[float], bbo_exchange: str, snapshot_permissions: int
+    ) -> list:
         return [81, req_id, java_double(min_tick), bbo_exchange, snapshot_permissions]
 
     # -- reference data --
@@ -280,31 +310,53 @@ class Encoder:
         if self.v >= sv.MIN_SERVER_VER_LAST_TRADE_DATE:
             fields.append(c.expiry)
         stock, option = c.sec_type == "STK", c.sec_type == "OPT"
-        fields += [plain(c.strike), c.right, c.exchange, c.currency, c.local_symbol,
-                   c.trading_class,                        # marketName
-                   c.trading_class, c.con_id, java_double(c.min_tick)]
+        fields += [
+            plain(c.strike),
+            c.right,
+            c.exchange,
+            c.currency,
+            c.local_symbol,
+            c.trading_class,  # marketName
+            c.trading_class,
+            c.con_id,
+            java_double(c.min_tick),
+        ]
         if sv.MIN_SERVER_VER_MD_SIZE_MULTIPLIER <= self.v < sv.MIN_SERVER_VER_SIZE_RULES:
-            fields.append(1)                               # mdSizeMultiplier
-        fields += [c.multiplier, c.order_types, c.valid_exchanges,
-                   1, c.under_con_id, c.long_name,         # priceMagnifier, underConId, longName
-                   c.primary_exchange, c.expiry[:6],       # contractMonth
-                   c.industry, c.category, c.subcategory,
-                   TWS_TIME_ZONE, c.trading_hours, c.liquid_hours,
-                   "", ""]                                 # evRule, evMultiplier (unset: empty)
+            fields.append(1)  # mdSizeMultiplier
+        fields += [
+            c.multiplier,
+            c.order_types,
+            c.valid_exchanges,
+            1,
+            c.under_con_id,
+            c.long_name,  # priceMagnifier, underConId, longName
+            c.primary_exchange,
+            c.expiry[:6],  # contractMonth
+            c.industry,
+            c.category,
+            c.subcategory,
+            TWS_TIME_ZONE,
+            c.trading_hours,
+            c.liquid_hours,
+            "",
+            "",
+        ]  # evRule, evMultiplier (unset: empty)
         fields.append(len(c.sec_ids))
         for tag, value in c.sec_ids:
             fields += [tag, value]
         if self.v >= sv.MIN_SERVER_VER_AGG_GROUP:
-            fields.append(1 if stock else 2)               # aggGroup
+            fields.append(1 if stock else 2)  # aggGroup
         if self.v >= sv.MIN_SERVER_VER_UNDERLYING_INFO:
-            fields += [c.symbol if option else "",
-                       (c.under_sec_type or "STK") if option else ""]   # underSymbol, underSecType
+            fields += [
+                c.symbol if option else "",
+                (c.under_sec_type or "STK") if option else "",
+            ]  # underSymbol, underSecType
         if self.v >= sv.MIN_SERVER_VER_MARKET_RULES:
-            fields.append(c.market_rule_ids)               # one per valid exchange
+            fields.append(c.market_rule_ids)  # one per valid exchange
         if self.v >= sv.MIN_SERVER_VER_REAL_EXPIRATION_DATE:
-            fields.append(c.expiry)                        # realExpirationDate
+            fields.append(c.expiry)  # realExpirationDate
         if self.v >= sv.MIN_SERVER_VER_STOCK_TYPE:
-            fields.append("COMMON" if stock else "")       # stockType
+            fields.append("COMMON" if stock else "")  # stockType
         if sv.MIN_SERVER_VER_FRACTIONAL_SIZE_SUPPORT <= self.v < sv.MIN_SERVER_VER_SIZE_RULES:
             fields.append(plain(0.0001) if stock else 1)  # sizeMinTick
         if self.v >= sv.MIN_SERVER_VER_SIZE_RULES:
@@ -318,10 +370,22 @@ class Encoder:
     def contract_data_end(self, req_id: int) -> list:
         return [52, 1, req_id]
 
-    def sec_def_opt_params(self, req_id: int, exchange: str, underlying_con_id: int, trading_class: str,
-                           multiplier: str, expirations: Sequence[str], strikes: Sequence[float]) -> list:
-        return ([75, req_id, exchange, underlying_con_id, trading_class, multiplier, len(expirations)]
-                + list(expirations) + [len(strikes)] + [java_double(k) for k in strikes])
+    def sec_def_opt_params(
+        self,
+        req_id: int,
+        exchange: str,
+        underlying_con_id: int,
+        trading_class: str,
+        multiplier: str,
+        expirations: Sequence[str],
+        strikes: Sequence[float],
+    ) -> list:
+        return (
+            [75, req_id, exchange, underlying_con_id, trading_class, multiplier, len(expirations)]
+            + list(expirations)
+            + [len(strikes)]
+            + [java_double(k) for k in strikes]
+        )
 
     def sec_def_opt_params_end(self, req_id: int) -> list:
         return [76, req_id]
@@ -330,9 +394,24 @@ class Encoder:
     def position(self, account: str, c, quantity: float, avg_cost: float) -> list:
         # The exchange field is the listing (primary) exchange: "NASDAQ" for a NASDAQ stock, as
         # recorded; empty for options, which have none.
-        return [61, 3, account, c.con_id, c.symbol, c.sec_type, c.expiry, java_double(c.strike), c.right,
-                c.multiplier, c.primary_exchange, c.currency, c.local_symbol, c.trading_class,
-                plain(quantity), java_double(avg_cost)]
+        return [
+            61,
+            3,
+            account,
+            c.con_id,
+            c.symbol,
+            c.sec_type,
+            c.expiry,
+            java_double(c.strike),
+            c.right,
+            c.multiplier,
+            c.primary_exchange,
+            c.currency,
+            c.local_symbol,
+            c.trading_class,
+            plain(quantity),
+            java_double(avg_cost),
+        ]
 
     def position_end(self) -> list:
         return [62, 1]
@@ -346,13 +425,40 @@ class Encoder:
     def account_value(self, key: str, value: str, currency: str, account: str) -> list:
         return [6, 2, key, value, currency, account]
 
-    def portfolio_value(self, c, quantity: float, market_price: float, market_value: float,
-                        avg_cost: float, unrealized_pnl: float, realized_pnl: float, account: str) -> list:
+    def portfolio_value(
+        self,
+        c,
+        quantity: float,
+        market_price: float,
+        market_value: float,
+        avg_cost: float,
+        unrealized_pnl: float,
+        realized_pnl: float,
+        account: str,
+    ) -> list:
         # A stock's strike is written "0" and its right "0" here (as recorded), unlike position's.
-        return [7, 8, c.con_id, c.symbol, c.sec_type, c.expiry, plain(c.strike), c.right or "0", c.multiplier,
-                c.primary_exchange, c.currency, c.local_symbol, c.trading_class, plain(quantity),
-                java_double(market_price), java_double(market_value), java_double(avg_cost),
-                java_double(unrealized_pnl), java_double(realized_pnl), account]
+        return [
+            7,
+            8,
+            c.con_id,
+            c.symbol,
+            c.sec_type,
+            c.expiry,
+            plain(c.strike),
+            c.right or "0",
+            c.multiplier,
+            c.primary_exchange,
+            c.currency,
+            c.local_symbol,
+            c.trading_class,
+            plain(quantity),
+            java_double(market_price),
+            java_double(market_value),
+            java_double(avg_cost),
+            java_double(unrealized_pnl),
+            java_double(realized_pnl),
+            account,
+        ]
 
     def account_time(self, hh_mm: str) -> list:
         return [8, 1, hh_mm]
@@ -360,19 +466,38 @@ class Encoder:
     def account_download_end(self, account: str) -> list:
         return [54, 1, account]
 
-    def account_update_multi(self, req_id: int, account: str, model_code: str, key: str, value: str,
-                             currency: str) -> list:
+    def account_update_multi(
+        self, req_id: int, account: str, model_code: str, key: str, value: str, currency: str
+    ) -> list:
         return [73, 1, req_id, account, model_code, key, value, currency]
 
     def account_update_multi_end(self, req_id: int) -> list:
         return [74, 1, req_id]
 
-    def position_multi(self, req_id: int, account: str, c, quantity: float, avg_cost: float,
-                       model_code: str = "") -> list:
+    def position_multi(
+        self, req_id: int, account: str, c, quantity: float, avg_cost: float, model_code: str = ""
+    ) -> list:
         # Not recorded: written like position (its twin).
-        return [71, 1, req_id, account, c.con_id, c.symbol, c.sec_type, c.expiry, java_double(c.strike),
-                c.right, c.multiplier, c.primary_exchange, c.currency, c.local_symbol, c.trading_class,
-                plain(quantity), java_double(avg_cost), model_code]
+        return [
+            71,
+            1,
+            req_id,
+            account,
+            c.con_id,
+            c.symbol,
+            c.sec_type,
+            c.expiry,
+            java_double(c.strike),
+            c.right,
+            c.multiplier,
+            c.primary_exchange,
+            c.currency,
+            c.local_symbol,
+            c.trading_class,
+            plain(quantity),
+            java_double(avg_cost),
+            model_code,
+        ]
 
     def position_multi_end(self, req_id: int) -> list:
         return [72, 1, req_id]
@@ -381,45 +506,88 @@ class Encoder:
     def order_status(self, o: OrderRecord, why_held: str = "") -> list:
         # Below MIN_SERVER_VER_MARKET_CAP_PRICE (131): message version 6, no mktCapPrice.
         head = [3] if self.v >= sv.MIN_SERVER_VER_MARKET_CAP_PRICE else [3, 6]
-        fields = head + [o.order_id, o.status, plain(o.filled), plain(o.remaining), plain(o.avg_fill_price),
-                         o.perm_id, o.parent_id, plain(o.last_fill_price), o.client_id, why_held]
+        fields = head + [
+            o.order_id,
+            o.status,
+            plain(o.filled),
+            plain(o.remaining),
+            plain(o.avg_fill_price),
+            o.perm_id,
+            o.parent_id,
+            plain(o.last_fill_price),
+            o.client_id,
+            why_held,
+        ]
         if self.v >= sv.MIN_SERVER_VER_MARKET_CAP_PRICE:
-            fields.append(plain(0.0))                      # mktCapPrice
+            fields.append(plain(0.0))  # mktCapPrice
         return fields
 
     def _order_contract(self, c) -> list:
         # A contract without a right (a stock) is written with right "?" here, as recorded.
-        return [c.con_id, c.symbol, c.sec_type, c.expiry, plain(c.strike), c.right or "?", c.multiplier,
-                c.exchange, c.currency, c.local_symbol, c.trading_class]
+        return [
+            c.con_id,
+            c.symbol,
+            c.sec_type,
+            c.expiry,
+            plain(c.strike),
+            c.right or "?",
+            c.multiplier,
+            c.exchange,
+            c.currency,
+            c.local_symbol,
+            c.trading_class,
+        ]
 
     def _order_head(self, o: OrderRecord) -> list:
         """action .. origin, orderRef: shared by openOrder and completedOrder. A price the order does
         not have (no aux price on a limit order) is written 0.0, as recorded."""
-        return [o.action, plain(o.quantity), o.order_type, java_double(o.lmt_price or 0.0),
-                java_double(o.aux_price or 0.0), o.tif, "", o.account, "", 0, o.order_ref]
+        return [
+            o.action,
+            plain(o.quantity),
+            o.order_type,
+            java_double(o.lmt_price or 0.0),
+            java_double(o.aux_price or 0.0),
+            o.tif,
+            "",
+            o.account,
+            "",
+            0,
+            o.order_ref,
+        ]
 
     def _fa_params(self) -> list:
-        fields = ["", "", ""]                              # faGroup, faMethod, faPercentage
+        fields = ["", "", ""]  # faGroup, faMethod, faPercentage
         if self.v < sv.MIN_SERVER_VER_FA_PROFILE_DESUPPORT:
-            fields.append("")                              # faProfile
+            fields.append("")  # faProfile
         if self.v >= sv.MIN_SERVER_VER_MODELS_SUPPORT:
-            fields.append("")                              # modelCode
+            fields.append("")  # modelCode
         return fields
 
     def _vol_order_params(self, open_order: bool) -> list:
         # volatility, volatilityType, deltaNeutralOrderType: TWS writes "None" (not empty), so the
         # delta-neutral block follows: conId, [settlingFirm, clearingAccount, clearingIntent,
         # openClose "?": openOrder only], shortSale, shortSaleSlot, designatedLocation
-        fields = ["", 0, "None", "", 0]                    # ... deltaNeutralAuxPrice, deltaNeutralConId
+        fields = ["", 0, "None", "", 0]  # ... deltaNeutralAuxPrice, deltaNeutralConId
         if open_order:
             fields += ["", "", "", "?"]
-        return fields + [0, 0, "",                         # shortSale, shortSaleSlot, designatedLocation
-                         0, 0]                             # continuousUpdate, referencePriceType
+        return fields + [
+            0,
+            0,
+            "",  # shortSale, shortSaleSlot, designatedLocation
+            0,
+            0,
+        ]  # continuousUpdate, referencePriceType
 
     def _combo_and_scale(self) -> list:
-        return ["", 0, 0,                                  # comboLegsDescrip, legs, order legs
-                0,                                         # smartComboRoutingParams
-                UNSET_INTEGER, UNSET_INTEGER, ""]          # scaleInitLevelSize, scaleSubsLevelSize, increment
+        return [
+            "",
+            0,
+            0,  # comboLegsDescrip, legs, order legs
+            0,  # smartComboRoutingParams
+            UNSET_INTEGER,
+            UNSET_INTEGER,
+            "",
+        ]  # scaleInitLevelSize, scaleSubsLevelSize, increment
 
     def _peg_best_mid(self) -> list:
         return ["", "", "", "", ""] if self.v >= sv.MIN_SERVER_VER_PEGBEST_PEGMID_OFFSETS else []
@@ -436,17 +604,17 @@ class Encoder:
         """softDollarTier .. usePriceMgmtAlgo (openOrder), each from the version that added it."""
         v, fields = self.v, []
         if v >= sv.MIN_SERVER_VER_SOFT_DOLLAR_TIER:
-            fields += ["", "", ""]                         # softDollarTier name, value, displayName
+            fields += ["", "", ""]  # softDollarTier name, value, displayName
         if v >= sv.MIN_SERVER_VER_CASH_QTY:
-            fields.append(plain(0.0))                      # cashQty
+            fields.append(plain(0.0))  # cashQty
         if v >= sv.MIN_SERVER_VER_AUTO_PRICE_FOR_HEDGE:
-            fields.append(1)                               # dontUseAutoPriceForHedge
+            fields.append(1)  # dontUseAutoPriceForHedge
         if v >= sv.MIN_SERVER_VER_ORDER_CONTAINER:
-            fields.append(0)                               # isOmsContainer
+            fields.append(0)  # isOmsContainer
         if v >= sv.MIN_SERVER_VER_D_PEG_ORDERS:
-            fields.append(0)                               # discretionaryUpToLimitPrice
+            fields.append(0)  # discretionaryUpToLimitPrice
         if v >= sv.MIN_SERVER_VER_PRICE_MGMT_ALGO:
-            fields.append(0)                               # usePriceMgmtAlgo
+            fields.append(0)  # usePriceMgmtAlgo
         return fields
 
     def open_order(self, o: OrderRecord) -> list:
@@ -455,44 +623,89 @@ class Encoder:
         # highest the decoder tests: every per-message gate open).
         head = [5] if v >= sv.MIN_SERVER_VER_ORDER_CONTAINER else [5, OPEN_ORDER_MSG_VERSION]
         fields = head + [o.order_id] + self._order_contract(o.contract) + self._order_head(o)
-        fields += [o.client_id, o.perm_id, 0, 0, plain(0.0), "",  # outsideRth, hidden, discretionaryAmt, GAT
-                   f"{o.perm_id}.1/{o.account}/100"]      # sharesAllocation (deprecated), as recorded
+        fields += [
+            o.client_id,
+            o.perm_id,
+            0,
+            0,
+            plain(0.0),
+            "",  # outsideRth, hidden, discretionaryAmt, GAT
+            f"{o.perm_id}.1/{o.account}/100",
+        ]  # sharesAllocation (deprecated), as recorded
         fields += self._fa_params()
-        fields += ["", 0, "", "",                          # goodTillDate, rule80A, percentOffset, settlingFirm
-                   0, "", -1,                              # shortSaleSlot, designatedLocation, exemptCode
-                   0,                                      # auctionStrategy
-                   "", "", "",                             # startingPrice, stockRefPrice, delta
-                   "", "",                                 # stockRangeLower, stockRangeUpper
-                   UNSET_INTEGER, 0, 0, 0, "", 3,          # displaySize, block, sweep, allOrNone, minQty, ocaType
-                   0, 0, "",                               # eTradeOnly, firmQuoteOnly, nbboPriceCap
-                   o.parent_id, 0]                         # parentId, triggerMethod
+        fields += [
+            "",
+            0,
+            "",
+            "",  # goodTillDate, rule80A, percentOffset, settlingFirm
+            0,
+            "",
+            -1,  # shortSaleSlot, designatedLocation, exemptCode
+            0,  # auctionStrategy
+            "",
+            "",
+            "",  # startingPrice, stockRefPrice, delta
+            "",
+            "",  # stockRangeLower, stockRangeUpper
+            UNSET_INTEGER,
+            0,
+            0,
+            0,
+            "",
+            3,  # displaySize, block, sweep, allOrNone, minQty, ocaType
+            0,
+            0,
+            "",  # eTradeOnly, firmQuoteOnly, nbboPriceCap
+            o.parent_id,
+            0,
+        ]  # parentId, triggerMethod
         fields += self._vol_order_params(open_order=True)
-        fields += [java_double(o.trail_stop_price), "",    # trailStopPrice, trailingPercent
-                   "", ""]                                 # basisPoints, basisPointsType
+        fields += [
+            java_double(o.trail_stop_price),
+            "",  # trailStopPrice, trailingPercent
+            "",
+            "",
+        ]  # basisPoints, basisPointsType
         fields += self._combo_and_scale()
-        fields += ["",                                     # hedgeType
-                   0, "", "IB", 0,                         # optOutSmartRouting, clearingAccount/Intent, notHeld
-                   0, "", 0]                               # deltaNeutral, algoStrategy, solicited
+        fields += [
+            "",  # hedgeType
+            0,
+            "",
+            "IB",
+            0,  # optOutSmartRouting, clearingAccount/Intent, notHeld
+            0,
+            "",
+            0,
+        ]  # deltaNeutral, algoStrategy, solicited
         w = o.what_if
-        fields += [1 if w else 0, o.status]                # whatIf, status
+        fields += [1 if w else 0, o.status]  # whatIf, status
         # A what-if order's state carries TWS's preview (margins as Java doubles, the commission, its
         # min/max unset); a real order's leaves margins at Double.MAX_VALUE and commissions empty.
-        if v >= sv.MIN_SERVER_VER_WHAT_IF_EXT_FIELDS:      # margin before / change
-            fields += ([java_double(x) for x in w.margins_before + w.margins_change] if w else [UNSET_DOUBLE] * 6)
-        fields += [java_double(x) for x in w.margins_after] if w else [UNSET_DOUBLE] * 3   # margin after
-        fields += ([java_double(w.commission), UNSET_DOUBLE, UNSET_DOUBLE, w.currency] if w  # commission, min,
-                   else ["", "", "", ""])                  # max, commission currency
+        if v >= sv.MIN_SERVER_VER_WHAT_IF_EXT_FIELDS:  # margin before / change
+            fields += [java_double(x) for x in w.margins_before + w.margins_change] if w else [UNSET_DOUBLE] * 6
+        fields += [java_double(x) for x in w.margins_after] if w else [UNSET_DOUBLE] * 3  # margin after
+        fields += (
+            [java_double(w.commission), UNSET_DOUBLE, UNSET_DOUBLE, w.currency]
+            if w  # commission, min,
+            else ["", "", "", ""]
+        )  # max, commission currency
         if v >= sv.MIN_SERVER_VER_FULL_ORDER_PREVIEW_FIELDS:
-            fields += [w.currency if w else ""] + [UNSET_DOUBLE] * 9   # marginCurrency, outside-RTH margins
-            fields += [UNSET_LONG_MIN, "", 0]              # suggestedSize, rejectReason, allocations
-        fields += [""]                                     # warningText
-        fields += [0, 0]                                   # randomizeSize, randomizePrice
+            fields += [w.currency if w else ""] + [UNSET_DOUBLE] * 9  # marginCurrency, outside-RTH margins
+            fields += [UNSET_LONG_MIN, "", 0]  # suggestedSize, rejectReason, allocations
+        fields += [""]  # warningText
+        fields += [0, 0]  # randomizeSize, randomizePrice
         if v >= sv.MIN_SERVER_VER_PEGGED_TO_BENCHMARK:
-            fields += [0,                                  # conditions
-                       "None", UNSET_DOUBLE,               # adjustedOrderType, triggerPrice
-                       java_double(o.trail_stop_price, UNSET_DOUBLE), java_double(o.lmt_price_offset, UNSET_DOUBLE),
-                       UNSET_DOUBLE, UNSET_DOUBLE, UNSET_DOUBLE,  # adjustedStop, adjustedStopLimit, adjustedTrailing
-                       0]                                  # adjustableTrailingUnit
+            fields += [
+                0,  # conditions
+                "None",
+                UNSET_DOUBLE,  # adjustedOrderType, triggerPrice
+                java_double(o.trail_stop_price, UNSET_DOUBLE),
+                java_double(o.lmt_price_offset, UNSET_DOUBLE),
+                UNSET_DOUBLE,
+                UNSET_DOUBLE,
+                UNSET_DOUBLE,  # adjustedStop, adjustedStopLimit, adjustedTrailing
+                0,
+            ]  # adjustableTrailingUnit
         fields += self._order_tail()
         if v >= sv.MIN_SERVER_VER_DURATION:
             fields.append("")
@@ -506,9 +719,9 @@ class Encoder:
         if v >= sv.MIN_SERVER_VER_INCLUDE_OVERNIGHT:
             fields.append(0)
         if v >= sv.MIN_SERVER_VER_CME_TAGGING_FIELDS_IN_OPEN_ORDER:
-            fields += ["", UNSET_INTEGER]                  # extOperator, manualOrderIndicator
+            fields += ["", UNSET_INTEGER]  # extOperator, manualOrderIndicator
         if v >= sv.MIN_SERVER_VER_SUBMITTER:
-            fields.append("")                              # submitter: empty in openOrder, as recorded
+            fields.append("")  # submitter: empty in openOrder, as recorded
         if v >= sv.MIN_SERVER_VER_IMBALANCE_ONLY:
             fields.append(0)
         return fields
@@ -522,27 +735,56 @@ class Encoder:
         if self.v < sv.MIN_SERVER_VER_COMPLETED_ORDERS:
             raise ValueError(f"no completedOrder at server version {self.v}")
         fields = [101] + self._order_contract(o.contract) + self._order_head(o)
-        fields += [o.perm_id, 0, 0, plain(0.0), ""]        # permId, outsideRth, hidden, discretionaryAmt, GAT
+        fields += [o.perm_id, 0, 0, plain(0.0), ""]  # permId, outsideRth, hidden, discretionaryAmt, GAT
         fields += self._fa_params()
-        fields += ["", "", "", "",                         # goodTillDate, rule80A (empty here), percentOffset,
-                                                           # settlingFirm
-                   0, "", -1,                              # short sale params
-                   "", "", "", "", "",                     # box order, peg-to-stock ranges
-                   UNSET_INTEGER, 0, 0, "", 3,             # displaySize, sweep, allOrNone, minQty, ocaType
-                   0]                                      # triggerMethod
+        fields += [
+            "",
+            "",
+            "",
+            "",  # goodTillDate, rule80A (empty here), percentOffset,
+            # settlingFirm
+            0,
+            "",
+            -1,  # short sale params
+            "",
+            "",
+            "",
+            "",
+            "",  # box order, peg-to-stock ranges
+            UNSET_INTEGER,
+            0,
+            0,
+            "",
+            3,  # displaySize, sweep, allOrNone, minQty, ocaType
+            0,
+        ]  # triggerMethod
         fields += self._vol_order_params(open_order=False)
-        fields += [java_double(o.trail_stop_price), ""]    # trailStopPrice, trailingPercent
+        fields += [java_double(o.trail_stop_price), ""]  # trailStopPrice, trailingPercent
         fields += self._combo_and_scale()
-        fields += ["", "", "IB", 0, 0, "", 0]              # hedge, clearing x2, notHeld, deltaNeutral, algo, solicited
-        fields += [o.status, 0, 0, 0,                      # orderStatus, randomize x2, conditions
-                   # trailStopPrice, lmtPriceOffset (recorded on a TRAIL LIMIT; unset: Double.MAX_VALUE,
-                   # as openOrder writes them)
-                   java_double(o.trail_stop_price, UNSET_DOUBLE), java_double(o.lmt_price_offset, UNSET_DOUBLE),
-                   plain(0.0), 1, 0,                       # cashQty, dontUseAutoPrice, isOms
-                   "", plain(o.filled), UNSET_INTEGER, 0,  # autoCancelDate, filled, refFutConId, autoCancelParent
-                   "Not an insider or substantial shareholder",  # shareholder
-                   0, 0,                                   # imbalanceOnly, routeMarketableToBbo
-                   UNSET_LONG, o.completed_time, o.completed_status]  # parentPermId, completedTime, Status
+        fields += ["", "", "IB", 0, 0, "", 0]  # hedge, clearing x2, notHeld, deltaNeutral, algo, solicited
+        fields += [
+            o.status,
+            0,
+            0,
+            0,  # orderStatus, randomize x2, conditions
+            # trailStopPrice, lmtPriceOffset (recorded on a TRAIL LIMIT; unset: Double.MAX_VALUE,
+            # as openOrder writes them)
+            java_double(o.trail_stop_price, UNSET_DOUBLE),
+            java_double(o.lmt_price_offset, UNSET_DOUBLE),
+            plain(0.0),
+            1,
+            0,  # cashQty, dontUseAutoPrice, isOms
+            "",
+            plain(o.filled),
+            UNSET_INTEGER,
+            0,  # autoCancelDate, filled, refFutConId, autoCancelParent
+            "Not an insider or substantial shareholder",  # shareholder
+            0,
+            0,  # imbalanceOnly, routeMarketableToBbo
+            UNSET_LONG,
+            o.completed_time,
+            o.completed_status,
+        ]  # parentPermId, completedTime, Status
         fields += self._peg_best_mid() + self._customer_fields()
         if self.v >= sv.MIN_SERVER_VER_SUBMITTER:
             fields.append(o.submitter)
@@ -556,16 +798,40 @@ class Encoder:
         # Below MIN_SERVER_VER_LAST_LIQUIDITY (136) the message carries its own version (10).
         o, c = e.order, e.order.contract
         head = [11] if self.v >= sv.MIN_SERVER_VER_LAST_LIQUIDITY else [11, EXEC_DETAILS_MSG_VERSION]
-        fields = head + [req_id, o.order_id, c.con_id, c.symbol, c.sec_type, c.expiry, java_double(c.strike),
-                         c.right, c.multiplier, e.exchange, c.currency, c.local_symbol, c.trading_class,
-                         e.exec_id, e.time, o.account, e.exchange, "BOT" if o.action == "BUY" else "SLD",
-                         plain(e.shares), java_double(e.price), o.perm_id, o.client_id, 0,   # liquidation
-                         plain(e.shares), java_double(e.price), o.order_ref,                 # cumQty, avgPrice
-                         "", ""]                           # evRule, evMultiplier
+        fields = head + [
+            req_id,
+            o.order_id,
+            c.con_id,
+            c.symbol,
+            c.sec_type,
+            c.expiry,
+            java_double(c.strike),
+            c.right,
+            c.multiplier,
+            e.exchange,
+            c.currency,
+            c.local_symbol,
+            c.trading_class,
+            e.exec_id,
+            e.time,
+            o.account,
+            e.exchange,
+            "BOT" if o.action == "BUY" else "SLD",
+            plain(e.shares),
+            java_double(e.price),
+            o.perm_id,
+            o.client_id,
+            0,  # liquidation
+            plain(e.shares),
+            java_double(e.price),
+            o.order_ref,  # cumQty, avgPrice
+            "",
+            "",
+        ]  # evRule, evMultiplier
         if self.v >= sv.MIN_SERVER_VER_MODELS_SUPPORT:
-            fields.append("")                              # modelCode
+            fields.append("")  # modelCode
         if self.v >= sv.MIN_SERVER_VER_LAST_LIQUIDITY:
-            fields.append(2)                               # lastLiquidity (removed liquidity)
+            fields.append(2)  # lastLiquidity (removed liquidity)
         if self.v >= sv.MIN_SERVER_VER_PENDING_PRICE_REVISION:
             fields.append(0)
         if self.v >= sv.MIN_SERVER_VER_SUBMITTER:
@@ -577,5 +843,13 @@ class Encoder:
 
     def commission_report(self, e: Execution) -> list:
         # realizedPNL and yield unset: Double.MAX_VALUE, as recorded; yieldRedemptionDate empty
-        return [59, 1, e.exec_id, java_double(e.commission), "USD", java_double(e.realized_pnl, UNSET_DOUBLE),
-                UNSET_DOUBLE, ""]
+        return [
+            59,
+            1,
+            e.exec_id,
+            java_double(e.commission),
+            "USD",
+            java_double(e.realized_pnl, UNSET_DOUBLE),
+            UNSET_DOUBLE,
+            "",
+        ]

@@ -1,4 +1,5 @@
 """agent_config: every variable validated once, one line naming it, the key never in a message."""
+
 from __future__ import annotations
 
 import shutil
@@ -36,14 +37,20 @@ class ConfigCase(unittest.TestCase):
 class Values(ConfigCase):
     def test_defaults(self):
         config = self.load(IB_PROVIDER_KEY=KEY)
-        self.assertEqual((config.relay_url, config.ib_port, config.ib_mode, config.ib_mode_explicit),
-                         (agent_config.DEFAULT_RELAY_URL, None, "paper", False))
+        self.assertEqual(
+            (config.relay_url, config.ib_port, config.ib_mode, config.ib_mode_explicit),
+            (agent_config.DEFAULT_RELAY_URL, None, "paper", False),
+        )
         self.assertEqual(config.log_file, agent_config.AGENT_DIR / "ib_data_agent.log")
         self.assertNotIn(KEY, repr(config))
 
     def test_environment_overrides_the_file_and_empty_values_count_as_unset(self):
-        config = self.load("IB_PROVIDER_KEY=from-file\nIB_PORT=4002\nIB_MODE=live\nLOG_LEVEL=\n",
-                           IB_PROVIDER_KEY=KEY, IB_PORT="", IB_MODE="paper")
+        config = self.load(
+            "IB_PROVIDER_KEY=from-file\nIB_PORT=4002\nIB_MODE=live\nLOG_LEVEL=\n",
+            IB_PROVIDER_KEY=KEY,
+            IB_PORT="",
+            IB_MODE="paper",
+        )
         self.assertEqual((config.key, config.ib_port, config.ib_mode, config.log_level), (KEY, 4002, "paper", "INFO"))
         self.assertTrue(config.ib_mode_explicit)
 
@@ -53,8 +60,12 @@ class Values(ConfigCase):
         self.assertEqual((config.key, config.log_level), ("k$x${HOME}", "DEBUG"))
 
     def test_loopback_ws_is_accepted(self):
-        for url in ("ws://127.0.0.1:8080/ws/agent", "ws://localhost/ws/agent", "ws://[::1]:9/ws/agent",
-                    "wss://relay.example.com/ws/agent"):
+        for url in (
+            "ws://127.0.0.1:8080/ws/agent",
+            "ws://localhost/ws/agent",
+            "ws://[::1]:9/ws/agent",
+            "wss://relay.example.com/ws/agent",
+        ):
             self.assertEqual(self.load(IB_PROVIDER_KEY=KEY, RELAY_URL=url).relay_url, url)
 
     def test_warm_lines_default_leaves_a_third_of_the_lines_to_cold_requests(self):
@@ -64,7 +75,9 @@ class Values(ConfigCase):
         self.assertEqual(self.load(IB_PROVIDER_KEY=KEY, IB_MAX_MKT_LINES="45", WARM_LINES="44").warm_lines, 44)
 
     def test_relative_data_dir_is_relative_to_the_agent_folder(self):
-        self.assertEqual(self.load(IB_PROVIDER_KEY=KEY, AGENT_DATA_DIR="tests").data_dir, agent_config.AGENT_DIR / "tests")
+        self.assertEqual(
+            self.load(IB_PROVIDER_KEY=KEY, AGENT_DATA_DIR="tests").data_dir, agent_config.AGENT_DIR / "tests"
+        )
         self.assertEqual(self.load(IB_PROVIDER_KEY=KEY, AGENT_DATA_DIR=str(self.folder)).data_dir, self.folder)
 
 
@@ -105,17 +118,27 @@ class FailsClosed(ConfigCase):
 
     def test_each_typo_is_an_error_naming_it(self):
         cases = [
-            ("MAX_NOTIONAL=1000\n", "MAX_NOTIONAL: unknown setting; did you mean MAX_ORDER_NOTIONAL? (config.env line 2)"),
-            ("max_order_notional=1000\n", "max_order_notional: unknown setting; did you mean MAX_ORDER_NOTIONAL? "
-                                           "(names are case-sensitive)"),
+            (
+                "MAX_NOTIONAL=1000\n",
+                "MAX_NOTIONAL: unknown setting; did you mean MAX_ORDER_NOTIONAL? (config.env line 2)",
+            ),
+            (
+                "max_order_notional=1000\n",
+                "max_order_notional: unknown setting; did you mean MAX_ORDER_NOTIONAL? (names are case-sensitive)",
+            ),
             ("ALLOW_ORDER=off\n", "ALLOW_ORDER: unknown setting; did you mean ALLOW_ORDERS?"),
             ("FROBNICATE=1\n", "FROBNICATE: unknown setting (config.env lists every setting"),
-            ('MAX_ORDER_NOTIONAL="1000\nMAX_ORDER_QUANTITY=1\n', "MAX_ORDER_NOTIONAL (config.env line 2): cannot be read"),
+            (
+                'MAX_ORDER_NOTIONAL="1000\nMAX_ORDER_QUANTITY=1\n',
+                "MAX_ORDER_NOTIONAL (config.env line 2): cannot be read",
+            ),
             ("MAX_ORDER_NOTIONAL='1000\n", "MAX_ORDER_NOTIONAL (config.env line 2): cannot be read"),
             ('MAX_ORDER_NOTIONAL="1000"0\n', "MAX_ORDER_NOTIONAL (config.env line 2): cannot be read"),
             ("MAX_ORDER_NOTIONAL\n", "MAX_ORDER_NOTIONAL (config.env line 2): has no '='"),
-            ("MAX_ORDER_NOTIONAL=1000\nMAX_ORDER_NOTIONAL=50000\n", "MAX_ORDER_NOTIONAL is set twice in config.env "
-                                                               "(lines 2 and 3)"),
+            (
+                "MAX_ORDER_NOTIONAL=1000\nMAX_ORDER_NOTIONAL=50000\n",
+                "MAX_ORDER_NOTIONAL is set twice in config.env (lines 2 and 3)",
+            ),
         ]
         for text, expected in cases:
             with self.subTest(text=text):
@@ -124,20 +147,24 @@ class FailsClosed(ConfigCase):
                 self.assertNotIn("1000", message)  # values are never echoed: one of them may be the key
 
     def test_a_key_in_an_unreadable_line_is_not_shown(self):
-        message = self.assert_error("IB_PROVIDER_KEY (config.env line 1): cannot be read",
-                                    f'IB_PROVIDER_KEY="{KEY}\n')
+        message = self.assert_error("IB_PROVIDER_KEY (config.env line 1): cannot be read", f'IB_PROVIDER_KEY="{KEY}\n')
         self.assertNotIn(KEY, message)
 
     def test_what_still_reads(self):
-        config = self.load(f"# comment\n\nexport IB_PROVIDER_KEY={KEY}\nMAX_ORDER_NOTIONAL = 1000 # mine\n"
-                           "MAX_ORDER_QUANTITY='3'\nLOG_LEVEL=\n#MAX_NOTIONAL=5\n")
-        self.assertEqual((config.key, config.max_order_notional, config.max_order_quantity, config.log_level),
-                         (KEY, 1000.0, 3, "INFO"))
+        config = self.load(
+            f"# comment\n\nexport IB_PROVIDER_KEY={KEY}\nMAX_ORDER_NOTIONAL = 1000 # mine\n"
+            "MAX_ORDER_QUANTITY='3'\nLOG_LEVEL=\n#MAX_NOTIONAL=5\n"
+        )
+        self.assertEqual(
+            (config.key, config.max_order_notional, config.max_order_quantity, config.log_level),
+            (KEY, 1000.0, 3, "INFO"),
+        )
 
     def test_the_environment_is_read_only_for_known_names(self):
         config = self.load(IB_PROVIDER_KEY=KEY, MAX_NOTIONAL="1", max_order_quantity="1", ALLOW_ORDERS="off")
-        self.assertEqual((config.max_order_notional, config.max_order_quantity, config.allow_orders),
-                         (25000.0, 10, "off"))
+        self.assertEqual(
+            (config.max_order_notional, config.max_order_quantity, config.allow_orders), (25000.0, 10, "off")
+        )
 
 
 class ShippedConfigFile(unittest.TestCase):
@@ -157,8 +184,9 @@ class BadConfigProcess(unittest.TestCase):
         self.addCleanup(shutil.rmtree, folder)
         (folder / "config.env").write_text(config_text)
         command = [PYTHON, str(ROOT / "ib_data_agent.py"), "--config", str(folder / "config.env"), *args]
-        process = ManagedProcess(command, env=agent_env(KEY, "ws://127.0.0.1:9/ws/agent", None, folder, env),
-                                 cwd=folder).start()
+        process = ManagedProcess(
+            command, env=agent_env(KEY, "ws://127.0.0.1:9/ws/agent", None, folder, env), cwd=folder
+        ).start()
         self.assertEqual(process.wait(30), 2)
         return process
 
@@ -173,8 +201,10 @@ class BadConfigProcess(unittest.TestCase):
         self.assertNotIn(KEY, process.output)
 
     def test_a_typo_in_config_env_is_exit_2_naming_it(self):
-        for text, expected in (("MAX_NOTIONAL=1000", "MAX_NOTIONAL: unknown setting; did you mean MAX_ORDER_NOTIONAL?"),
-                               ('MAX_ORDER_NOTIONAL="1000', "MAX_ORDER_NOTIONAL (config.env line 1): cannot be read")):
+        for text, expected in (
+            ("MAX_NOTIONAL=1000", "MAX_NOTIONAL: unknown setting; did you mean MAX_ORDER_NOTIONAL?"),
+            ('MAX_ORDER_NOTIONAL="1000', "MAX_ORDER_NOTIONAL (config.env line 1): cannot be read"),
+        ):
             with self.subTest(text=text):
                 process = self.run_agent({}, config_text=text + "\n")
                 self.assertEqual(process.stdout.text, "")

@@ -1,5 +1,6 @@
 """`--demo` (agent_demo): the chain table, and the whole demo run as a newcomer runs it: a table on
 the screen, exit 0, and none of the processes it started left running (also when it is stopped)."""
+
 from __future__ import annotations
 
 import datetime
@@ -18,39 +19,69 @@ from agent import demo as agent_demo
 from tests.agent_process import PYTHON, ROOT, OutputCapture
 
 RUN_TIMEOUT_S = 120
-ROW = re.compile(r"^\s+(?:-|\d+\.\d\d)\s+(?:-|\d+\.\d\d)\s+(?:-|[+-]\d\.\d{3})\s+(\d+\.\d)"
-                 r"\s+(?:-|\d+\.\d\d)\s+(?:-|\d+\.\d\d)\s+(?:-|[+-]\d\.\d{3})$", re.MULTILINE)
+ROW = re.compile(
+    r"^\s+(?:-|\d+\.\d\d)\s+(?:-|\d+\.\d\d)\s+(?:-|[+-]\d\.\d{3})\s+(\d+\.\d)"
+    r"\s+(?:-|\d+\.\d\d)\s+(?:-|\d+\.\d\d)\s+(?:-|[+-]\d\.\d{3})$",
+    re.MULTILINE,
+)
 
 
 def option(strike, right, bid, ask, delta, expiration="20260619"):
-    return {"ticker": "AAPL", "expiration": expiration, "strike": strike, "right": right, "bid": bid,
-            "ask": ask, "delta": delta}
+    return {
+        "ticker": "AAPL",
+        "expiration": expiration,
+        "strike": strike,
+        "right": right,
+        "bid": bid,
+        "ask": ask,
+        "delta": delta,
+    }
 
 
 class ChainTable(unittest.TestCase):
-    DATA = {"ticker": "AAPL", "expirations": ["20260619"], "elapsed_ms": 1234,
-            "underlying": {"ticker": "AAPL", "bid": 187.5, "ask": 187.7, "last": 187.6, "mid": 187.6,
-                           "close": 186.0, "market_data_type": "delayed"},
-            "options": [option(190.0, "P", 3.5, 3.7, -0.61), option(185.0, "C", 4.1, 4.3, 0.66),
-                        option(190.0, "C", 1.2, 1.3, 0.38), option(185.0, "P", None, 1.1, -0.33),
-                        option(187.5, "C", 2.5, 2.7, 0.52)]}
+    DATA = {
+        "ticker": "AAPL",
+        "expirations": ["20260619"],
+        "elapsed_ms": 1234,
+        "underlying": {
+            "ticker": "AAPL",
+            "bid": 187.5,
+            "ask": 187.7,
+            "last": 187.6,
+            "mid": 187.6,
+            "close": 186.0,
+            "market_data_type": "delayed",
+        },
+        "options": [
+            option(190.0, "P", 3.5, 3.7, -0.61),
+            option(185.0, "C", 4.1, 4.3, 0.66),
+            option(190.0, "C", 1.2, 1.3, 0.38),
+            option(185.0, "P", None, 1.1, -0.33),
+            option(187.5, "C", 2.5, 2.7, 0.52),
+        ],
+    }
 
     def test_strikes_down_the_middle_calls_left_puts_right(self):
         text = agent_demo.chain_table(self.DATA, today=datetime.date(2026, 6, 12))
         lines = text.splitlines()
-        self.assertEqual(lines[0], "AAPL underlying 187.60 (bid 187.50 / ask 187.70, delayed data), "
-                                   "5 options in 1.2 s")
+        self.assertEqual(lines[0], "AAPL underlying 187.60 (bid 187.50 / ask 187.70, delayed data), 5 options in 1.2 s")
         self.assertIn("Expiration 2026-06-19 (7 days)", lines)
         calls_header = next(line for line in lines if "CALLS" in line)
         self.assertLess(calls_header.index("CALLS"), calls_header.index("PUTS"))
-        self.assertEqual(lines[lines.index(calls_header) + 1].split(),
-                         ["bid", "ask", "delta", "STRIKE", "bid", "ask", "delta"])
+        self.assertEqual(
+            lines[lines.index(calls_header) + 1].split(), ["bid", "ask", "delta", "STRIKE", "bid", "ask", "delta"]
+        )
         rows = [line.split() for line in lines if ROW.match(line)]
-        self.assertEqual(rows, [["4.10", "4.30", "+0.660", "185.0", "-", "1.10", "-0.330"],
-                                ["2.50", "2.70", "+0.520", "187.5", "-", "-", "-"],
-                                ["1.20", "1.30", "+0.380", "190.0", "3.50", "3.70", "-0.610"]])
+        self.assertEqual(
+            rows,
+            [
+                ["4.10", "4.30", "+0.660", "185.0", "-", "1.10", "-0.330"],
+                ["2.50", "2.70", "+0.520", "187.5", "-", "-", "-"],
+                ["1.20", "1.30", "+0.380", "190.0", "3.50", "3.70", "-0.610"],
+            ],
+        )
         marker = lines.index(next(line for line in lines if "AAPL 187.60" in line and line.startswith("-")))
-        self.assertIn("187.5", lines[marker - 1])   # the price line sits between 187.5 and 190
+        self.assertIn("187.5", lines[marker - 1])  # the price line sits between 187.5 and 190
         self.assertIn("190.0", lines[marker + 1])
 
 
@@ -60,8 +91,16 @@ class DemoRun(unittest.TestCase):
     DEMO = [PYTHON, "-u", str(ROOT / "agent_demo.py")]
 
     def start(self, command=DEMO, env=None) -> subprocess.Popen:
-        process = subprocess.Popen(command, cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                   stderr=subprocess.PIPE, text=True, start_new_session=True)
+        process = subprocess.Popen(
+            command,
+            cwd=ROOT,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
         self.addCleanup(self.kill_session, process.pid)
         return process
 

@@ -1,5 +1,6 @@
 """`--check` (agent_doctor) against tests.fake_tws and tests.fake_relay, in each configuration a
 trader can get wrong: the checklist lines, the fixes they point to, and the exit code."""
+
 from __future__ import annotations
 
 import io
@@ -57,8 +58,7 @@ class DoctorCase(unittest.TestCase):
             ports = (free_port(),) + ((tws_port,) if tws_port else ())
             candidates = {"paper": ports, "live": ports}
         out = io.StringIO()
-        code = agent_doctor.run(self.config_file, agent_version="test", candidates=candidates,
-                                environ=environ, out=out)
+        code = agent_doctor.run(self.config_file, agent_version="test", candidates=candidates, environ=environ, out=out)
         text = out.getvalue()
         for secret in {KEY, environ["IB_PROVIDER_KEY"]}:
             self.assertNotIn(secret, text)
@@ -202,8 +202,9 @@ class RelayAndConfigProblems(DoctorCase):
     def test_bad_config_exits_2_and_skips_everything(self):
         code, statuses, text = self.check(env={"IB_PORT": "74g7"})
         self.assertEqual(code, 2, text)
-        self.assertEqual(statuses, dict({PYTHON_CHECK: "OK", CONFIG: "FAIL"}, **dict.fromkeys(ALL_CHECKS[2:], "SKIP")),
-                         text)
+        self.assertEqual(
+            statuses, dict({PYTHON_CHECK: "OK", CONFIG: "FAIL"}, **dict.fromkeys(ALL_CHECKS[2:], "SKIP")), text
+        )
         self.assertIn("IB_PORT='74g7' is not a whole number", text)
 
     def test_a_config_error_quoting_the_key_is_masked(self):
@@ -218,7 +219,9 @@ class KeyAcrossTheCut(unittest.TestCase):
 
     def test_an_error_text_with_the_key_at_each_cut_point(self):
         from unittest import mock
+
         from agent.config import Config
+
         config = Config(key=KEY, relay_url="ws://127.0.0.1:9/ws/agent")
         for before in range(200 - len(KEY), 201):
             out = io.StringIO()
@@ -228,8 +231,7 @@ class KeyAcrossTheCut(unittest.TestCase):
                 agent_doctor.check_relay(config, checklist, "test")
             text = out.getvalue()
             self.assertIn("WebSocket connection failed", text)
-            self.assertFalse(any(KEY[:n] in text or KEY[-n:] in text for n in range(4, len(KEY) + 1)),
-                             (before, text))
+            self.assertFalse(any(KEY[:n] in text or KEY[-n:] in text for n in range(4, len(KEY) + 1)), (before, text))
 
 
 class PythonVersion(unittest.TestCase):
@@ -273,22 +275,24 @@ class CommandLine(DoctorCase):
 
     def test_ib_data_agent_check(self):
         port = self.start_tws()
-        result = self.run_cli([PYTHON, str(ROOT / "ib_data_agent.py"), "--check", "--config",
-                               str(self.config_file)], port)
+        result = self.run_cli(
+            [PYTHON, str(ROOT / "ib_data_agent.py"), "--check", "--config", str(self.config_file)], port
+        )
         self.assertEqual(result.returncode, 0, result.stdout + result.stderr)
         self.assertIn(f"port {port}: DU1234567, paper account", result.stdout)
         self.assertIn("All checks passed.", result.stdout)
 
     def test_ib_data_agent_check_with_a_bad_config_exits_2(self):
         self.config_file.with_name("bad.env").write_text("IB_MODE=papper\n")
-        result = self.run_cli([PYTHON, str(ROOT / "ib_data_agent.py"), "--check", "--config",
-                               str(self.config_file.with_name("bad.env"))], None)
+        result = self.run_cli(
+            [PYTHON, str(ROOT / "ib_data_agent.py"), "--check", "--config", str(self.config_file.with_name("bad.env"))],
+            None,
+        )
         self.assertEqual(result.returncode, 2, result.stdout + result.stderr)
         self.assertIn("FAIL  Config: IB_MODE='papper' is not one of: paper, live", result.stdout)
 
     def test_agent_doctor_py_failing(self):
-        result = self.run_cli([PYTHON, str(ROOT / "agent_doctor.py"), "--config", str(self.config_file)],
-                              free_port())
+        result = self.run_cli([PYTHON, str(ROOT / "agent_doctor.py"), "--config", str(self.config_file)], free_port())
         self.assertEqual(result.returncode, 1, result.stdout + result.stderr)
         self.assertRegex(result.stdout, r"FAIL\s+TWS / IB Gateway: nothing answers on 127\.0\.0\.1 port \d+")
 
@@ -304,6 +308,7 @@ class RelayTls(unittest.TestCase):
 
     def relay_line(self) -> str:
         from agent.config import Config
+
         out = io.StringIO()
         checklist = agent_doctor.Checklist(out, agent_doctor.Masker([KEY]))
         agent_doctor.check_relay(Config(key=KEY, relay_url=self.relay.url), checklist, "test")
@@ -312,6 +317,7 @@ class RelayTls(unittest.TestCase):
     def test_certifi_roots_when_this_python_has_none(self):
         import os
         from unittest import mock
+
         no_roots = {"SSL_CERT_FILE": "/nonexistent/cert.pem", "SSL_CERT_DIR": "/nonexistent/certs"}
         # certifi's bundle stands in as the one that trusts the test certificate
         with mock.patch.dict(os.environ, no_roots), mock.patch("certifi.where", return_value=self.cert):
@@ -321,6 +327,7 @@ class RelayTls(unittest.TestCase):
 
     def test_the_system_roots_when_there_are_some_and_a_certificate_they_refuse_fails(self):
         from unittest import mock
+
         with mock.patch("certifi.where", return_value=self.cert):  # not consulted: the system has roots
             text = self.relay_line()
         self.assertTrue(text.startswith("FAIL"), text)

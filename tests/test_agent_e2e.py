@@ -1,5 +1,6 @@
 """The agent as a user runs it (a separate process) against tests.fake_tws and tests.fake_relay,
 driven through the relay's HTTP API and its Python API."""
+
 from __future__ import annotations
 
 import datetime
@@ -12,17 +13,27 @@ import time
 import unittest
 from pathlib import Path
 
-from tests.agent_process import (DEFAULT_KEY, PYTHON, ROOT, AgentProcess, AgentStack, ManagedProcess,
-                                 RelayClient, agent_env, free_port)
+from tests.agent_process import (
+    DEFAULT_KEY,
+    PYTHON,
+    ROOT,
+    AgentProcess,
+    AgentStack,
+    ManagedProcess,
+    RelayClient,
+    agent_env,
+    free_port,
+)
 
 # A few seconds of work even when an earlier run left WARM_LINES (60) of its contracts subscribed:
 # with 4 strikes around (~78 contracts) a second run took under a second and sent one progress frame.
 LONG_CHAIN = {"ticker": "AAPL", "max_days": 60, "strikes_around": 8}
-VERY_LONG_CHAIN = {"ticker": "SPY", "max_days": 10}                      # well over ten seconds
+VERY_LONG_CHAIN = {"ticker": "SPY", "max_days": 10}  # well over ten seconds
 
 
 class E2ECase(unittest.TestCase):
     """One agent process for the whole class; its output must never contain the key."""
+
     stack_options: dict = {}
     stack: AgentStack
 
@@ -91,8 +102,9 @@ class ServedActions(E2ECase):
         listed = [{k: o[k] for k in ("ticker", "expiration", "strike", "right")} for o in chain]
         contracts = [listed[-1], {"ticker": "MSFT", "expiration": "20991231", "strike": 1.5, "right": "C"}, listed[0]]
         data = self.ok("fetch-prices", {"contracts": contracts})
-        self.assertEqual([(o["strike"], o["right"]) for o in data["options"]],
-                         [(c["strike"], c["right"]) for c in contracts])
+        self.assertEqual(
+            [(o["strike"], o["right"]) for o in data["options"]], [(c["strike"], c["right"]) for c in contracts]
+        )
         self.assertEqual([o["error"] is None for o in data["options"]], [True, False, True])
         self.assertEqual(data["options"][1]["error"]["code"], "NO_SECURITY_DEFINITION")
         self.assertIn("MSFT", data["underlyings"])
@@ -133,8 +145,10 @@ class ServedActions(E2ECase):
         response = self.http.request("launch-rocket")
         self.assertEqual(response["error"]["code"], "UNKNOWN_ACTION")
         response = self.http.request("quote", {"tickers": ["AAPL", "MSFT", "SPY", "BAD TICKER!"]})
-        self.assertEqual(response["error"], {"code": "INVALID_REQUEST", "ib_code": None,
-                                             "message": "params.tickers[3]: must be a ticker symbol"})
+        self.assertEqual(
+            response["error"],
+            {"code": "INVALID_REQUEST", "ib_code": None, "message": "params.tickers[3]: must be a ticker symbol"},
+        )
         connections = self.relay.connections
         self.http.send_raw("this is {not json")
         self.stack.agent.wait_for_output("Ignored a frame from the cloud \\(not a JSON object\\): this is")
@@ -173,8 +187,11 @@ class TwsNotRunning(E2ECase):
         self.stack.start_tws(self.stack.ib_port)
         self.stack.wait_tws(timeout=60)
         self.assertTrue(self.relay.request("quote", {"tickers": ["AAPL"]})["ok"])
-        self.assertTrue(self.relay.wait_until(
-            lambda: self.relay.last_status and self.relay.last_status["ib"]["connected"], what="status frame"))
+        self.assertTrue(
+            self.relay.wait_until(
+                lambda: self.relay.last_status and self.relay.last_status["ib"]["connected"], what="status frame"
+            )
+        )
 
 
 class WrongKey(E2ECase):
@@ -184,8 +201,10 @@ class WrongKey(E2ECase):
         agent = self.stack.agent
         agent.wait_for_output("Authentication failed")
         text = agent.output
-        self.assertIn("Your API key may have been regenerated. Download a fresh copy of the agent from the "
-                      "MA Tracker web app.", text)
+        self.assertIn(
+            "Your API key may have been regenerated. Download a fresh copy of the agent from the MA Tracker web app.",
+            text,
+        )
         self.assertIn("Retrying in 5 minutes", text)
         time.sleep(2)  # a tight loop would have knocked many times by now
         self.assertEqual(self.relay.auth_failures, 1)
@@ -218,13 +237,17 @@ class Signals(unittest.TestCase):
 
     def test_a_second_ctrl_c_quits_at_once(self):
         """The shutdown is made to hang, so only the second Ctrl-C can end the process."""
-        command = [PYTHON, "-c", textwrap.dedent("""
+        command = [
+            PYTHON,
+            "-c",
+            textwrap.dedent("""
             import sys
             import time
             import ib_data_agent
             ib_data_agent.Agent._shutdown = lambda self: time.sleep(600)
             sys.exit(ib_data_agent.main(sys.argv[1:]))
-        """)]
+        """),
+        ]
         agent = AgentProcess(DEFAULT_KEY, f"ws://127.0.0.1:{free_port()}/ws/agent", free_port(), command=command)
         self.addCleanup(agent.cleanup)
         self.addCleanup(agent.stop, 5)
@@ -240,15 +263,21 @@ class Signals(unittest.TestCase):
 
 def project_files() -> list:
     """What a release holds: tracked files plus new, not ignored ones (the tree as it is being built)."""
-    listed = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
-                            capture_output=True, text=True, check=True, timeout=30).stdout.splitlines()
+    listed = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=30,
+    ).stdout.splitlines()
     return [p for p in listed if not p.startswith((".venv", ".git/")) and (ROOT / p).is_file()]
 
 
 @unittest.skipUnless(shutil.which("git") and (ROOT / ".git").exists(), "needs the project's git checkout")
 class StartScript(unittest.TestCase):
     def test_start_unix_sh_from_another_folder_in_a_fresh_copy(self):
-        copy = Path(tempfile.mkdtemp(prefix="agent copy "))   # a space in the path, as on many Macs
+        copy = Path(tempfile.mkdtemp(prefix="agent copy "))  # a space in the path, as on many Macs
         elsewhere = Path(tempfile.mkdtemp(prefix="elsewhere-"))
         self.addCleanup(shutil.rmtree, copy)
         self.addCleanup(shutil.rmtree, elsewhere)

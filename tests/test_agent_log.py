@@ -1,4 +1,5 @@
 """Console and log file output, and the one key-masking mechanism, including crash reports."""
+
 from __future__ import annotations
 
 import io
@@ -149,26 +150,35 @@ class Crashes(unittest.TestCase):
         return everything
 
     def test_main_thread_crash(self):
-        text = self.crash("""
+        text = self.crash(
+            """
             raise ValueError("bad key " + KEY)
-        """, exit_code=1)
+        """,
+            exit_code=1,
+        )
         self.assertIn("Unexpected error: the agent hit a bug", text)
         self.assertIn("ValueError: bad key ****", text)
 
     def test_thread_crash(self):
-        text = self.crash("""
+        text = self.crash(
+            """
             def work():
                 raise ConnectionError("relay refused " + KEY)
             thread = threading.Thread(target=work, name="relay-link")
             thread.start()
             thread.join()
-        """, exit_code=0)
+        """,
+            exit_code=0,
+        )
         self.assertIn("Unexpected error in thread relay-link", text)
         self.assertIn("ConnectionError: relay refused ****", text)
 
     def test_the_agent_crashing_at_start_never_shows_the_key(self):
         """ib_data_agent.main() with the relay link made to blow up with the key in its message."""
-        command = [PYTHON, "-c", textwrap.dedent("""
+        command = [
+            PYTHON,
+            "-c",
+            textwrap.dedent("""
             import os
             import sys
             from agent.relay import link as relay_link
@@ -177,7 +187,8 @@ class Crashes(unittest.TestCase):
                 raise RuntimeError("cannot start: " + os.environ["IB_PROVIDER_KEY"])
             relay_link.RelayLink.start = explode
             sys.exit(ib_data_agent.main(sys.argv[1:]))
-        """)]
+        """),
+        ]
         agent = AgentProcess(KEY, "ws://127.0.0.1:9/ws/agent", ib_port=free_port(), command=command)
         agent.command += ["--config", str(agent.data_dir / "empty.env")]
         (agent.data_dir / "empty.env").write_text("")

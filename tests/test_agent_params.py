@@ -1,11 +1,25 @@
 """The params checkers on their own: what each accepts, how it normalises, and the words of each refusal."""
+
 from __future__ import annotations
 
 import unittest
 
 from agent.errors import INVALID_REQUEST, AgentError
-from agent.relay.params import (REQUIRED, RIGHT, STRIKE, TICKER, choice, date, list_of, not_above, number, obj,
-                          only_for, pattern, validate)
+from agent.relay.params import (
+    REQUIRED,
+    RIGHT,
+    STRIKE,
+    TICKER,
+    choice,
+    date,
+    list_of,
+    not_above,
+    number,
+    obj,
+    only_for,
+    pattern,
+    validate,
+)
 
 
 class CheckerCase(unittest.TestCase):
@@ -57,7 +71,7 @@ class Number(CheckerCase):
 
     def test_without_an_upper_bound(self):
         positive = number(0, integer=True, lo_open=True)
-        self.assertEqual(positive(10 ** 12, "p"), 10 ** 12)
+        self.assertEqual(positive(10**12, "p"), 10**12)
         self.refuses(positive, 0, "params.x: must be a whole number greater than 0")
         self.refuses(number(0.5), 0.25, "params.x: must be a number at least 0.5")
 
@@ -72,14 +86,15 @@ class Number(CheckerCase):
         """10**400 cannot become a float: comparing or checking it must not raise (issue 16)."""
         positive = number(0, integer=True, lo_open=True)
         for checker in (positive, number(0), number(0, 10, integer=True)):
-            for value in (10 ** 400, -10 ** 400, 10 ** 16, 1e300, -1e300):
+            for value in (10**400, -(10**400), 10**16, 1e300, -1e300):
                 with self.subTest(value=str(value)[:12]):
                     with self.assertRaises(AgentError) as caught:
                         checker(value, "params.x")
                     self.assertEqual(caught.exception.code, INVALID_REQUEST)
-                    self.assertTrue(caught.exception.message.startswith("params.x: is out of range"),
-                                    caught.exception.message)
-        self.assertEqual(positive(10 ** 15, "p"), 10 ** 15)
+                    self.assertTrue(
+                        caught.exception.message.startswith("params.x: is out of range"), caught.exception.message
+                    )
+        self.assertEqual(positive(10**15, "p"), 10**15)
 
 
 class Date(CheckerCase):
@@ -106,14 +121,20 @@ class ListOf(CheckerCase):
                 self.refuses(check, value, "params.x: must be a list of 1 to 2 items")
 
 
-SCHEMA = {"ticker": (TICKER, REQUIRED), "rights": (list_of(RIGHT, 2), ("C", "P")), "low": (number(0, 9), None),
-          "high": (number(0, 9), None)}
+SCHEMA = {
+    "ticker": (TICKER, REQUIRED),
+    "rights": (list_of(RIGHT, 2), ("C", "P")),
+    "low": (number(0, 9), None),
+    "high": (number(0, 9), None),
+}
 
 
 class Validate(CheckerCase):
     def test_defaults_fill_what_is_missing_or_null(self):
-        self.assertEqual(validate(SCHEMA, {"ticker": "aapl", "low": None}),
-                         {"ticker": "AAPL", "rights": ["C", "P"], "low": None, "high": None})
+        self.assertEqual(
+            validate(SCHEMA, {"ticker": "aapl", "low": None}),
+            {"ticker": "AAPL", "rights": ["C", "P"], "low": None, "high": None},
+        )
 
     def test_a_default_list_is_a_fresh_copy_each_time(self):
         validate(SCHEMA, {"ticker": "A"})["rights"].append("X")
@@ -127,8 +148,11 @@ class Validate(CheckerCase):
 
     def test_nested_objects_carry_the_whole_path(self):
         contracts = list_of(obj({"strike": (STRIKE, REQUIRED)}), 3)
-        self.refuses(contracts, [{"strike": 1}, {"strike": "x"}],
-                     "params.x[1].strike: must be a number greater than 0 and at most 10000000")
+        self.refuses(
+            contracts,
+            [{"strike": 1}, {"strike": "x"}],
+            "params.x[1].strike: must be a number greater than 0 and at most 10000000",
+        )
         self.refuses(contracts, [{"strike": 1}, "x"], "params.x[1]: must be an object")
 
 
@@ -140,8 +164,10 @@ class Rules(CheckerCase):
         self.refuses(check, {"ticker": "A", "low": 5, "high": 4}, "params.x.high: must not be less than low")
 
     def test_only_for_requires_its_fields_for_the_switch_and_refuses_them_otherwise(self):
-        check = obj({"kind": (choice("OPT", "STK"), REQUIRED), "strike": (STRIKE, None), "note": (TICKER, None)},
-                    rules=(only_for("kind", "OPT", "an option (OPT)", required=("strike",), optional=("note",)),))
+        check = obj(
+            {"kind": (choice("OPT", "STK"), REQUIRED), "strike": (STRIKE, None), "note": (TICKER, None)},
+            rules=(only_for("kind", "OPT", "an option (OPT)", required=("strike",), optional=("note",)),),
+        )
         self.assertEqual(check({"kind": "opt", "strike": 5}, "p"), {"kind": "OPT", "strike": 5.0, "note": None})
         self.assertEqual(check({"kind": "OPT", "strike": 5, "note": "W"}, "p")["note"], "W")
         self.assertEqual(check({"kind": "STK"}, "p")["strike"], None)

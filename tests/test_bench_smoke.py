@@ -1,5 +1,6 @@
 """A tiny run of every benchmark code path (bench/), so the benchmarks cannot rot. No timings are
 asserted: only that each measurement ran, kept TWS's limits, and reported its figures."""
+
 from __future__ import annotations
 
 import contextlib
@@ -17,21 +18,40 @@ from bench.run import ROOT, Settings, run_suite
 
 try:
     import ib_async  # noqa: F401
+
     PEERS, SWEEP_PEERS = ("readme", "ib_async_smooth"), ("ib_async_chunked",)
-except Exception:           # Python 3.9: ib_async needs 3.10+
+except Exception:  # Python 3.9: ib_async needs 3.10+
     PEERS, SWEEP_PEERS = ("readme",), ()
 
-TINY = Settings(cold_sizes=(6,), scaling_sizes=(6, 12), peers=PEERS, agent_rates=(45.0,), repeats=1,
-                relay_requests=16, warm_repeats=2, ready_starts=1, idle_s=0.2, footprint_batch=6,
-                warm_contracts=4, warm_lines_variant=3, readme_wait_s=0.1, snapshot_ms=300,
-                sweep_snapshot_ms=(0, 300) if SWEEP_PEERS else (), sweep_count=6, sweep_peers=SWEEP_PEERS,
-                listed_count=6, listed_peers=("readme",) + SWEEP_PEERS, chain_max_days=3, chain_strikes_around=1)
+TINY = Settings(
+    cold_sizes=(6,),
+    scaling_sizes=(6, 12),
+    peers=PEERS,
+    agent_rates=(45.0,),
+    repeats=1,
+    relay_requests=16,
+    warm_repeats=2,
+    ready_starts=1,
+    idle_s=0.2,
+    footprint_batch=6,
+    warm_contracts=4,
+    warm_lines_variant=3,
+    readme_wait_s=0.1,
+    snapshot_ms=300,
+    sweep_snapshot_ms=(0, 300) if SWEEP_PEERS else (),
+    sweep_count=6,
+    sweep_peers=SWEEP_PEERS,
+    listed_count=6,
+    listed_peers=("readme",) + SWEEP_PEERS,
+    chain_max_days=3,
+    chain_strikes_around=1,
+)
 
 
 class BenchSmokeTest(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
-        with contextlib.redirect_stderr(io.StringIO()):     # the suite's progress lines
+        with contextlib.redirect_stderr(io.StringIO()):  # the suite's progress lines
             cls.results = run_suite(TINY, "smoke")
 
     def test_cold_bulk_ran_every_method_within_limits(self):
@@ -63,18 +83,19 @@ class BenchSmokeTest(unittest.TestCase):
         self.assertLessEqual(relay["median_ms"], relay["p99_ms"])
         warm = self.results["warm_refresh"]
         self.assertEqual([w["repeats"] for w in warm], [2, 2])
-        self.assertEqual(warm[0]["new_reqMktData"], 0)    # 4 contracts + 1 underlying fit in the default
+        self.assertEqual(warm[0]["new_reqMktData"], 0)  # 4 contracts + 1 underlying fit in the default
         self.assertEqual(warm[1]["new_reqMktData"], 2 * 2)  # ... not in 3 warm lines: 2 streams per refresh
 
     @unittest.skipUnless(SWEEP_PEERS, "ib_async needs Python 3.10+")
     def test_snapshot_sweep_runs_each_duration(self):
         rows = self.results["snapshot_sweep"]
-        self.assertEqual(sorted((r["snapshot_ms"], r["method"]) for r in rows), [(0, "ib_async_chunked"),
-                                                                                 (300, "ib_async_chunked")])
+        self.assertEqual(
+            sorted((r["snapshot_ms"], r["method"]) for r in rows), [(0, "ib_async_chunked"), (300, "ib_async_chunked")]
+        )
         for row in rows:
             self.assertEqual((row["failed"], row["line_limit_errors"], row["completeness"]), (0, 0, 1.0), row)
         slow = next(r for r in rows if r["snapshot_ms"] == 300)
-        self.assertGreaterEqual(slow["wall_s"], 0.3)      # reqTickers waits for every tickSnapshotEnd
+        self.assertGreaterEqual(slow["wall_s"], 0.3)  # reqTickers waits for every tickSnapshotEnd
 
     def test_listed_spy_options_and_the_peers_on_the_same_work(self):
         agent = self.results["listed"]["agent"]
@@ -97,9 +118,17 @@ class BenchSmokeTest(unittest.TestCase):
 
     def test_table_and_json(self):
         text = report.render(self.results)
-        for title in ("Cold bulk quotes", "Scaling", "Warm refresh", "Relay overhead", "Footprint", "Targets",
-                      "Listed SPY options", "The same work by the peers", "fetch-chain") + \
-                (("Snapshot peers",) if SWEEP_PEERS else ()):
+        for title in (
+            "Cold bulk quotes",
+            "Scaling",
+            "Warm refresh",
+            "Relay overhead",
+            "Footprint",
+            "Targets",
+            "Listed SPY options",
+            "The same work by the peers",
+            "fetch-chain",
+        ) + (("Snapshot peers",) if SWEEP_PEERS else ()):
             self.assertIn(title, text)
         names = [t["name"] for t in self.results["targets"]]
         self.assertTrue(any(n.startswith("cold 6:") for n in names), names)
@@ -111,8 +140,23 @@ class BenchCommandTest(unittest.TestCase):
     def test_command_line_writes_json(self):
         with tempfile.TemporaryDirectory() as folder:
             path = Path(folder) / "figures.json"
-            done = subprocess.run([sys.executable, "-m", "bench.run", "--sections", "scaling", "--scaling-sizes", "5",
-                                   "--json", str(path)], cwd=ROOT, capture_output=True, text=True, timeout=180)
+            done = subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "bench.run",
+                    "--sections",
+                    "scaling",
+                    "--scaling-sizes",
+                    "5",
+                    "--json",
+                    str(path),
+                ],
+                cwd=ROOT,
+                capture_output=True,
+                text=True,
+                timeout=180,
+            )
             self.assertEqual(done.returncode, 0, done.stderr[-2000:])
             self.assertIn("Scaling", done.stdout)
             figures = json.loads(path.read_text(encoding="utf-8"))

@@ -1,4 +1,5 @@
 """The cloud double: its WebSocket and HTTP API, driven by a hand-written stand-in agent."""
+
 from __future__ import annotations
 
 import json
@@ -11,8 +12,21 @@ from tests.agent_process import RelayClient, ServerProcess
 from tests.fake_relay import AgentNotConnected, FakeRelay, RequestTimedOut
 
 KEY = "relay-test-key"
-IB = {k: None for k in ("connected", "host", "port", "client_id", "accounts", "account_type",
-                        "server_version", "market_data_type", "read_only", "error")}
+IB = {
+    k: None
+    for k in (
+        "connected",
+        "host",
+        "port",
+        "client_id",
+        "accounts",
+        "account_type",
+        "server_version",
+        "market_data_type",
+        "read_only",
+        "error",
+    )
+}
 HELLO = {"type": "hello", "protocol": 1, "agent_version": "t", "session": "s", "actions": ["echo"], "ib": IB}
 
 
@@ -114,8 +128,15 @@ class Api(RelayCase):
     def test_send_frames_writes_fragments_and_large_frames_as_given(self):
         agent = self.agent(answer=False)
         agent.ws.settimeout(30)
-        self.relay.send_frames([(0x1, b'{"a":', False), (0x9, b"ping", True), (0x0, b'"', False),
-                                (0x0, (b"x", 70_000), False), (0x0, b'"}', True)])
+        self.relay.send_frames(
+            [
+                (0x1, b'{"a":', False),
+                (0x9, b"ping", True),
+                (0x0, b'"', False),
+                (0x0, (b"x", 70_000), False),
+                (0x0, b'"}', True),
+            ]
+        )
         self.relay.wait_until(lambda: len(agent.received) == 1, what="the message put together")
         self.assertEqual(json.loads(agent.received[0]), {"a": "x" * 70_000})
 
@@ -159,15 +180,16 @@ class Delivery(RelayCase):
         self.assertNotIn("cut", "".join(second.received))  # its caller had its 503: nothing to resend
 
     def test_requests_still_pending_are_sent_again_after_the_agent_reconnects(self):
-        first = self.agent(answer=False)   # takes the requests and dies with them: frames lost in a cut
+        first = self.agent(answer=False)  # takes the requests and dies with them: frames lost in a cut
         over_python = self.relay.submit("echo", {"n": 1}, id="lost-py", timeout_s=20)
         results = []
         over_http = threading.Thread(
-            target=lambda: results.append(self.http.request("echo", {"n": 2}, id="lost-http", timeout_s=20)))
+            target=lambda: results.append(self.http.request("echo", {"n": 2}, id="lost-http", timeout_s=20))
+        )
         over_http.start()
         self.relay.wait_until(lambda: len(first.received) == 2, what="both requests at the first agent")
         self.assertTrue(self.relay.drop())
-        second = self.agent()              # answers: the resent frames are what it answers
+        second = self.agent()  # answers: the resent frames are what it answers
         self.assertEqual(over_python.result(10)["data"], {"n": 1})
         over_http.join(10)
         self.assertEqual([r["data"] for r in results], [{"n": 2}])

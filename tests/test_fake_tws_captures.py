@@ -16,6 +16,7 @@ greeks row, the openOrder allocation text, the unset forms) are NOT fed in: the 
 them as TWS does. The protobuf captures (`protobuf: true`) are compared in test_fake_tws_proto.
 The captures are read at run time and never copied into the project; without them this test fails.
 """
+
 from __future__ import annotations
 
 import base64
@@ -36,15 +37,17 @@ from ibapi.wrapper import EWrapper
 
 from tests.fake_market import Instrument
 from tests.fake_tws import FakeTWS
-from tests.fake_tws_wire import Encoder, Execution, FrameReader, OrderRecord, frame, tws_time
+from tests.fake_tws_formats import tws_time
+from tests.fake_tws_wire import Encoder, Execution, FrameReader, OrderRecord, frame
 
 CAPTURES = Path(__file__).resolve().parents[1].parent / "shared" / "tws-captures" / "server_frames.jsonl"
 
 
 def load_captures() -> List[dict]:
     if not CAPTURES.is_file():
-        raise AssertionError(f"the real TWS captures are missing: {CAPTURES} (they live beside the project, "
-                             f"in ../shared/tws-captures/)")
+        raise AssertionError(
+            f"the real TWS captures are missing: {CAPTURES} (they live beside the project, in ../shared/tws-captures/)"
+        )
     with CAPTURES.open(encoding="utf-8") as handle:
         return [json.loads(line) for line in handle if line.strip()]
 
@@ -85,7 +88,7 @@ class _NamingIterator:
 
 
 class _QuietWrapper(EWrapper):
-    def error(self, *args, **kwargs):       # EWrapper.error logs every notice it decodes
+    def error(self, *args, **kwargs):  # EWrapper.error logs every notice it decodes
         pass
 
 
@@ -102,7 +105,7 @@ def field_meanings(capture: dict) -> List[str]:
             raise AssertionError(f"{capture['name']}: ibapi read {len(names)} of {len(fields)} fields")
         names = [n if n.strip() != "decode(int, fields)" else "version" for n in names]
         names = [n if "longName" not in n and "unicode-escape" not in n else "longName" for n in names]
-    else:                        # read by the wrapper's signature: a version field, then the params
+    else:  # read by the wrapper's signature: a version field, then the params
         names = ["version"] + [p for p in handle.wrapperParams if p != "self"]
     return ["msgId"] + names
 
@@ -164,30 +167,55 @@ class Captured:
 
 # ---- inputs: what each captured message says, handed to the fake's encoder -------------------
 
+
 def _contract_data_instrument(c: Captured) -> Instrument:
     """A contractDetails row's instrument, built from the capture (reference data is input; the
     layout, the sizes, aggGroup, stockType and the formats are the encoder's)."""
     sec_ids = tuple(zip(c.all("tagValue.tag"), c.all("tagValue.value")))
     return Instrument(
-        con_id=c.i("conId"), symbol=c.s("symbol"), sec_type=c.s("secType"),
-        expiry=c.s("lastTradeDateOrContractMonth"), strike=c.f("strike") or 0.0, right=c.s("right"),
-        multiplier=c.s("multiplier"), exchange=c.s("exchange"), primary_exchange=c.s("primaryExchange"),
-        currency=c.s("currency"), local_symbol=c.s("localSymbol"), trading_class=c.s("tradingClass"),
-        long_name=c.s("longName"), min_tick=c.f("minTick"), under_con_id=c.i("underConId"),
-        valid_exchanges=c.s("validExchanges"), industry=c.s("industry"), category=c.s("category"),
-        subcategory=c.s("subcategory"), order_types=c.s("orderTypes"), market_rule_ids=c.s("marketRuleIds"),
-        trading_hours=c.s("tradingHours"), liquid_hours=c.s("liquidHours"), sec_ids=sec_ids)
+        con_id=c.i("conId"),
+        symbol=c.s("symbol"),
+        sec_type=c.s("secType"),
+        expiry=c.s("lastTradeDateOrContractMonth"),
+        strike=c.f("strike") or 0.0,
+        right=c.s("right"),
+        multiplier=c.s("multiplier"),
+        exchange=c.s("exchange"),
+        primary_exchange=c.s("primaryExchange"),
+        currency=c.s("currency"),
+        local_symbol=c.s("localSymbol"),
+        trading_class=c.s("tradingClass"),
+        long_name=c.s("longName"),
+        min_tick=c.f("minTick"),
+        under_con_id=c.i("underConId"),
+        valid_exchanges=c.s("validExchanges"),
+        industry=c.s("industry"),
+        category=c.s("category"),
+        subcategory=c.s("subcategory"),
+        order_types=c.s("orderTypes"),
+        market_rule_ids=c.s("marketRuleIds"),
+        trading_hours=c.s("tradingHours"),
+        liquid_hours=c.s("liquidHours"),
+        sec_ids=sec_ids,
+    )
 
 
 def _order_contract(c: Captured) -> Instrument:
     """The order's contract; a right other than C/P ("?" for a stock) is the encoder's to write."""
     right = c.s("contract.right")
     return Instrument(
-        con_id=c.i("contract.conId"), symbol=c.s("contract.symbol"), sec_type=c.s("contract.secType"),
-        expiry=c.s("contract.lastTradeDateOrContractMonth"), strike=c.f("contract.strike") or 0.0,
-        right=right if right in ("C", "P") else "", multiplier=c.s("contract.multiplier"),
-        exchange=c.s("contract.exchange"), currency=c.s("contract.currency"),
-        local_symbol=c.s("contract.localSymbol"), trading_class=c.s("contract.tradingClass"))
+        con_id=c.i("contract.conId"),
+        symbol=c.s("contract.symbol"),
+        sec_type=c.s("contract.secType"),
+        expiry=c.s("contract.lastTradeDateOrContractMonth"),
+        strike=c.f("contract.strike") or 0.0,
+        right=right if right in ("C", "P") else "",
+        multiplier=c.s("contract.multiplier"),
+        exchange=c.s("contract.exchange"),
+        currency=c.s("contract.currency"),
+        local_symbol=c.s("contract.localSymbol"),
+        trading_class=c.s("contract.tradingClass"),
+    )
 
 
 def _tws_time_again(text: str) -> str:
@@ -201,21 +229,35 @@ def _tws_time_again(text: str) -> str:
     return tws_time((local + dt.timedelta(hours=5)).replace(tzinfo=dt.timezone.utc).timestamp())
 
 
-def _order(c: Captured, instrument: Instrument, order_id: int = 0, client_id: int = 0,
-           status: str = "") -> OrderRecord:
+def _order(c: Captured, instrument: Instrument, order_id: int = 0, client_id: int = 0, status: str = "") -> OrderRecord:
     aux = c.f("order.auxPrice")
     return OrderRecord(
-        order_id=order_id, client_id=client_id, perm_id=c.i("order.permId"), contract=instrument,
-        action=c.s("order.action"), quantity=float(c.s("order.totalQuantity")), order_type=c.s("order.orderType"),
-        lmt_price=c.f("order.lmtPrice"), aux_price=aux or None, tif=c.s("order.tif"),
-        account=c.s("order.account"), order_ref=c.s("order.orderRef"), status=status)
+        order_id=order_id,
+        client_id=client_id,
+        perm_id=c.i("order.permId"),
+        contract=instrument,
+        action=c.s("order.action"),
+        quantity=float(c.s("order.totalQuantity")),
+        order_type=c.s("order.orderType"),
+        lmt_price=c.f("order.lmtPrice"),
+        aux_price=aux or None,
+        tif=c.s("order.tif"),
+        account=c.s("order.account"),
+        order_ref=c.s("order.orderRef"),
+        status=status,
+    )
 
 
 def _open_order(enc: Encoder, c: Captured) -> list:
     # OBDC is not in the fake's market: contract and order from the capture (a resting GTC limit
     # order with no aux price, status PreSubmitted).
-    order = _order(c, _order_contract(c), order_id=c.i("order.orderId"), client_id=c.i("order.clientId"),
-                   status=c.s("orderState.status"))
+    order = _order(
+        c,
+        _order_contract(c),
+        order_id=c.i("order.orderId"),
+        client_id=c.i("order.clientId"),
+        status=c.s("orderState.status"),
+    )
     return enc.open_order(order)
 
 
@@ -233,44 +275,100 @@ def _completed_order(enc: Encoder, c: Captured) -> list:
 
 
 def _order_status(enc: Encoder, c: Captured) -> list:
-    order = OrderRecord(c.i("orderId"), c.i("clientId"), c.i("permId"), None, "BUY", float(c.s("remaining")),
-                        "LMT", 1.0, None, "DAY", "DU1", "", status=c.s("status"), parent_id=c.i("parentId"))
+    order = OrderRecord(
+        c.i("orderId"),
+        c.i("clientId"),
+        c.i("permId"),
+        None,
+        "BUY",
+        float(c.s("remaining")),
+        "LMT",
+        1.0,
+        None,
+        "DAY",
+        "DU1",
+        "",
+        status=c.s("status"),
+        parent_id=c.i("parentId"),
+    )
     return enc.order_status(order)
 
 
 def _exec_details(enc: Encoder, c: Captured) -> list:
     # An AAPL fill on IEX, order 1 of client 94: built from the capture (the fake fills on CBOE).
-    instrument = Instrument(c.i("contract.conId"), c.s("contract.symbol"), c.s("contract.secType"),
-                            local_symbol=c.s("contract.localSymbol"), trading_class=c.s("contract.tradingClass"),
-                            currency=c.s("contract.currency"), primary_exchange="NASDAQ")
-    order = OrderRecord(c.i("orderId"), c.i("execution.clientId"), c.i("execution.permId"), instrument,
-                        "BUY" if c.s("execution.side") == "BOT" else "SELL", float(c.s("execution.shares")),
-                        "LMT", None, None, "DAY", c.s("execution.acctNumber"), c.s("execution.orderRef"))
-    execution = Execution(c.s("execution.execId"), _tws_time_again(c.s("execution.time")), order,
-                          float(c.s("execution.shares")),
-                          float(c.s("execution.price")), exchange=c.s("execution.exchange"))
+    instrument = Instrument(
+        c.i("contract.conId"),
+        c.s("contract.symbol"),
+        c.s("contract.secType"),
+        local_symbol=c.s("contract.localSymbol"),
+        trading_class=c.s("contract.tradingClass"),
+        currency=c.s("contract.currency"),
+        primary_exchange="NASDAQ",
+    )
+    order = OrderRecord(
+        c.i("orderId"),
+        c.i("execution.clientId"),
+        c.i("execution.permId"),
+        instrument,
+        "BUY" if c.s("execution.side") == "BOT" else "SELL",
+        float(c.s("execution.shares")),
+        "LMT",
+        None,
+        None,
+        "DAY",
+        c.s("execution.acctNumber"),
+        c.s("execution.orderRef"),
+    )
+    execution = Execution(
+        c.s("execution.execId"),
+        _tws_time_again(c.s("execution.time")),
+        order,
+        float(c.s("execution.shares")),
+        float(c.s("execution.price")),
+        exchange=c.s("execution.exchange"),
+    )
     return enc.exec_details(c.i("reqId"), execution)
 
 
 def _commission(enc: Encoder, c: Captured) -> list:
-    execution = Execution(c.s("execId"), "", None, 1.0, 1.0, commission=float(c.s("commissionAndFees")),
-                          realized_pnl=c.f("realizedPNL"))
+    execution = Execution(
+        c.s("execId"), "", None, 1.0, 1.0, commission=float(c.s("commissionAndFees")), realized_pnl=c.f("realizedPNL")
+    )
     return enc.commission_report(execution)
 
 
 def _position(enc: Encoder, c: Captured) -> list:
     # AMZN is not in the fake's market: a NASDAQ stock built from the capture.
-    stock = Instrument(c.i("contract.conId"), c.s("contract.symbol"), "STK", primary_exchange=c.s("contract.exchange"),
-                       local_symbol=c.s("contract.localSymbol"), trading_class=c.s("contract.tradingClass"))
+    stock = Instrument(
+        c.i("contract.conId"),
+        c.s("contract.symbol"),
+        "STK",
+        primary_exchange=c.s("contract.exchange"),
+        local_symbol=c.s("contract.localSymbol"),
+        trading_class=c.s("contract.tradingClass"),
+    )
     return enc.position(c.s("account"), stock, float(c.s("position")), float(c.s("avgCost")))
 
 
 def _portfolio(enc: Encoder, c: Captured) -> list:
-    stock = Instrument(c.i("contract.conId"), c.s("contract.symbol"), "STK", primary_exchange=c.s("contract.primaryExchange"),
-                       local_symbol=c.s("contract.localSymbol"), trading_class=c.s("contract.tradingClass"))
-    return enc.portfolio_value(stock, float(c.s("position")), float(c.s("marketPrice")), float(c.s("marketValue")),
-                               float(c.s("averageCost")), float(c.s("unrealizedPNL")), float(c.s("realizedPNL")),
-                               c.s("accountName"))
+    stock = Instrument(
+        c.i("contract.conId"),
+        c.s("contract.symbol"),
+        "STK",
+        primary_exchange=c.s("contract.primaryExchange"),
+        local_symbol=c.s("contract.localSymbol"),
+        trading_class=c.s("contract.tradingClass"),
+    )
+    return enc.portfolio_value(
+        stock,
+        float(c.s("position")),
+        float(c.s("marketPrice")),
+        float(c.s("marketValue")),
+        float(c.s("averageCost")),
+        float(c.s("unrealizedPNL")),
+        float(c.s("realizedPNL")),
+        c.s("accountName"),
+    )
 
 
 def _tick_price(enc: Encoder, c: Captured) -> list:
@@ -293,8 +391,14 @@ BUILDERS: Dict[str, Callable[[Encoder, Captured], list]] = {
     "contractData AAPL OPT": lambda enc, c: enc.contract_data(c.i("reqId"), _contract_data_instrument(c)),
     "contractDataEnd": lambda enc, c: enc.contract_data_end(c.i("reqId")),
     "securityDefinitionOptionParameter AAPL CBOE": lambda enc, c: enc.sec_def_opt_params(
-        c.i("reqId"), c.s("exchange"), c.i("underlyingConId"), c.s("tradingClass"), c.s("multiplier"),
-        c.all("expiration"), [float(s) for s in c.all("strike")]),
+        c.i("reqId"),
+        c.s("exchange"),
+        c.i("underlyingConId"),
+        c.s("tradingClass"),
+        c.s("multiplier"),
+        c.all("expiration"),
+        [float(s) for s in c.all("strike")],
+    ),
     "securityDefinitionOptionParameterEnd": lambda enc, c: enc.sec_def_opt_params_end(c.i("reqId")),
     "tickPrice 68 (delayed last)": _tick_price,
     "tickPrice 1 (option bid -1, attrib 1)": _tick_price,
@@ -303,23 +407,27 @@ BUILDERS: Dict[str, Callable[[Encoder, Captured], list]] = {
     "tickSize 89": lambda enc, c: enc.tick_size(c.i("reqId"), c.i("sizeTickType"), float(c.s("size"))),
     "marketDataType": lambda enc, c: enc.market_data_type(c.i("reqId"), c.i("marketDataType")),
     "tickSnapshotEnd": lambda enc, c: enc.tick_snapshot_end(c.i("reqId")),
-    "tickReqParams": lambda enc, c: enc.tick_req_params(c.i("tickerId"), c.f("minTick"), c.s("bboExchange"),
-                                                        c.i("snapshotPermissions")),
-    "tickReqParams (no minTick)": lambda enc, c: enc.tick_req_params(c.i("tickerId"), c.f("minTick"),
-                                                                     c.s("bboExchange"), c.i("snapshotPermissions")),
+    "tickReqParams": lambda enc, c: enc.tick_req_params(
+        c.i("tickerId"), c.f("minTick"), c.s("bboExchange"), c.i("snapshotPermissions")
+    ),
+    "tickReqParams (no minTick)": lambda enc, c: enc.tick_req_params(
+        c.i("tickerId"), c.f("minTick"), c.s("bboExchange"), c.i("snapshotPermissions")
+    ),
     "tickGeneric 46": lambda enc, c: enc.tick_generic(c.i("reqId"), c.i("tickType"), float(c.s("value"))),
     "tickString 88": lambda enc, c: enc.tick_string(c.i("reqId"), c.i("tickType"), c.s("value")),
     "tickOptionComputation 10 (all not-computed)": _tick_option_not_computed,
     "tickOptionComputation 53 (calculateOptionPrice reply)": _tick_option_computation,
     "managedAccounts": lambda enc, c: enc.managed_accounts(c.s("accountsList").split(",")),
     "nextValidId": lambda enc, c: enc.next_valid_id(c.i("orderId")),
-    "error 2104 (farm notice)": lambda enc, c: enc.error(c.i("reqId"), c.i("errorCode"), c.s("errorString"),
-                                                         c.i("errorTime"), c.s("advancedOrderRejectJson")),
+    "error 2104 (farm notice)": lambda enc, c: enc.error(
+        c.i("reqId"), c.i("errorCode"), c.s("errorString"), c.i("errorTime"), c.s("advancedOrderRejectJson")
+    ),
     "currentTime": lambda enc, c: enc.current_time(c.i("time")),
     "position AMZN STK": _position,
     "positionEnd": lambda enc, c: enc.position_end(),
-    "accountSummary BuyingPower": lambda enc, c: enc.account_summary(c.i("reqId"), c.s("account"), c.s("tag"),
-                                                                      c.s("value"), c.s("currency")),
+    "accountSummary BuyingPower": lambda enc, c: enc.account_summary(
+        c.i("reqId"), c.s("account"), c.s("tag"), c.s("value"), c.s("currency")
+    ),
     "accountSummaryEnd": lambda enc, c: enc.account_summary_end(c.i("reqId")),
     "orderStatus PreSubmitted": _order_status,
     "openOrder OBDC OPT (live base layout, 156 fields)": _open_order,
@@ -368,9 +476,13 @@ class TextCapturesTest(unittest.TestCase):
                 got = enc.payload(build(enc, Captured(capture)))
                 differences = field_differences(capture, got)
                 if differences:
-                    shown = differences[:40] + ([f"... and {len(differences) - 40} more"] if len(differences) > 40 else [])
-                    self.fail(f"{capture['name']} at {capture['server_version']}: {len(differences)} field(s) differ "
-                              f"from real TWS:\n  " + "\n  ".join(shown))
+                    shown = differences[:40] + (
+                        [f"... and {len(differences) - 40} more"] if len(differences) > 40 else []
+                    )
+                    self.fail(
+                        f"{capture['name']} at {capture['server_version']}: {len(differences)} field(s) differ "
+                        f"from real TWS:\n  " + "\n  ".join(shown)
+                    )
 
 
 class _RawClient:
@@ -382,8 +494,8 @@ class _RawClient:
         self.sock.sendall(b"API\0" + struct.pack(">I", len(offer)) + offer)
         self.reader = FrameReader()
         self.pending: List[bytes] = []
-        self.read_until(lambda payload: True)                 # the handshake reply
-        self.send([71, 2, 0, ""])                             # startApi, client id 0
+        self.read_until(lambda payload: True)  # the handshake reply
+        self.send([71, 2, 0, ""])  # startApi, client id 0
 
     def send(self, fields: list) -> None:
         self.sock.sendall(frame(fields))
@@ -425,14 +537,37 @@ class RunningFakeTest(unittest.TestCase):
         option = next(o for o in market.options("SPY") if market.quote(o).bid < 0)
         client = _RawClient(port, 200)
         self.addCleanup(client.close)
-        client.read_until(lambda p: p.startswith(b"9\0"))      # nextValidId
-        client.send([1, 11, 5, option.con_id, option.symbol, "OPT", option.expiry, option.strike, option.right,
-                     option.multiplier, "SMART", "", "USD", option.local_symbol, option.trading_class,
-                     0, "", 0, 0, ""])
+        client.read_until(lambda p: p.startswith(b"9\0"))  # nextValidId
+        client.send(
+            [
+                1,
+                11,
+                5,
+                option.con_id,
+                option.symbol,
+                "OPT",
+                option.expiry,
+                option.strike,
+                option.right,
+                option.multiplier,
+                "SMART",
+                "",
+                "USD",
+                option.local_symbol,
+                option.trading_class,
+                0,
+                "",
+                0,
+                0,
+                "",
+            ]
+        )
         seen = client.read_until(lambda p: p.startswith(b"21\0") and p.split(b"\0")[2] == b"13")
         by_kind = {tuple(p.split(b"\0")[:3:2] if p.startswith(b"21\0") else p.split(b"\0")[:4:3]): p for p in seen}
-        for name, key in (("tickPrice 1 (option bid -1, attrib 1)", (b"1", b"1")),
-                          ("tickOptionComputation 10 (all not-computed)", (b"21", b"10"))):
+        for name, key in (
+            ("tickPrice 1 (option bid -1, attrib 1)", (b"1", b"1")),
+            ("tickOptionComputation 10 (all not-computed)", (b"21", b"10")),
+        ):
             with self.subTest(name):
                 self.assertIn(key, by_kind, f"the fake sent no {name}")
                 differences = field_differences(captures[name], by_kind[key])

@@ -1,5 +1,6 @@
 """ib_async (which negotiates server version <= 178 and syncs positions, orders, account updates and
 executions inside connect) against the fake TWS, end to end."""
+
 from __future__ import annotations
 
 import logging
@@ -9,7 +10,7 @@ from tests.fake_tws import FakeTWS
 
 try:
     from ib_async import IB, LimitOrder, Option, Stock
-except Exception:             # Python 3.9: not installable (or, when borrowed, fails on 3.10+ syntax)
+except Exception:  # Python 3.9: not installable (or, when borrowed, fails on 3.10+ syntax)
     IB = None
 
 TIMEOUT_S = 5.0
@@ -22,7 +23,7 @@ class IbAsyncCase(unittest.TestCase):
 
     @classmethod
     def setUpClass(cls):
-        logging.getLogger("ib_async").setLevel(logging.CRITICAL)   # it logs every error code it gets
+        logging.getLogger("ib_async").setLevel(logging.CRITICAL)  # it logs every error code it gets
 
     def setUp(self):
         self.tws = FakeTWS(port=0, tick_delay_ms=(1, 5), **self.fake_options)
@@ -34,8 +35,7 @@ class IbAsyncCase(unittest.TestCase):
         self.addCleanup(self.ib.disconnect)
 
     def connect(self, client_id: int = 11):
-        return self.ib.connect("127.0.0.1", self.port, clientId=client_id, readonly=self.readonly,
-                               timeout=TIMEOUT_S)
+        return self.ib.connect("127.0.0.1", self.port, clientId=client_id, readonly=self.readonly, timeout=TIMEOUT_S)
 
     def wait_until(self, predicate, what: str):
         """Run ib_async's loop until predicate() holds (fails after TIMEOUT_S)."""
@@ -51,8 +51,11 @@ class IbAsyncCase(unittest.TestCase):
     def atm_option(self, symbol: str = "AAPL", expiry_index: int = 2):
         market = self.tws.market
         expiry = market.expirations(symbol)[expiry_index]
-        strike = min(o.strike for o in market.find(symbol=symbol, sec_type="OPT", expiry=expiry)
-                     if o.strike >= market.spot(symbol))
+        strike = min(
+            o.strike
+            for o in market.find(symbol=symbol, sec_type="OPT", expiry=expiry)
+            if o.strike >= market.spot(symbol)
+        )
         return Option(symbol, expiry, strike, "C", "SMART")
 
 
@@ -65,8 +68,14 @@ class ConnectSyncTest(IbAsyncCase):
         self.assertEqual(len(self.ib.portfolio()), 4)
         self.assertIn("NetLiquidation", {v.tag for v in self.ib.accountValues()})
         requests = self.tws.stats()["requests_by_type"]
-        for name in ("reqPositions", "reqOpenOrders", "reqCompletedOrders", "reqAccountUpdates",
-                     "reqAccountUpdatesMulti", "reqExecutions"):
+        for name in (
+            "reqPositions",
+            "reqOpenOrders",
+            "reqCompletedOrders",
+            "reqAccountUpdates",
+            "reqAccountUpdatesMulti",
+            "reqExecutions",
+        ):
             self.assertIn(name, requests)
         self.assertEqual([c for c in self.error_codes() if c not in (2104, 2106, 2158)], [])
         summary = {(v.tag, v.currency) for v in self.ib.accountSummary("DU1234567")}
@@ -96,8 +105,10 @@ class MarketDataTest(IbAsyncCase):
         option = self.atm_option()
         self.ib.qualifyContracts(option)
         ticker = self.ib.reqMktData(option, "100,101,106")
-        self.wait_until(lambda: ticker.modelGreeks is not None and ticker.bid > 0 and ticker.callOpenInterest > 0,
-                        "bid, model greeks and open interest")
+        self.wait_until(
+            lambda: ticker.modelGreeks is not None and ticker.bid > 0 and ticker.callOpenInterest > 0,
+            "bid, model greeks and open interest",
+        )
         self.assertTrue(0 < ticker.modelGreeks.delta < 1)
         self.assertGreater(ticker.ask, ticker.bid)
         self.ib.cancelMktData(option)
@@ -151,7 +162,7 @@ class ReadOnlyTest(IbAsyncCase):
 
 
 class PacingRejectTest(IbAsyncCase):
-    fake_options = {"pacing": "reject", "max_rate": 10}   # below ib_async's own 45/s throttle
+    fake_options = {"pacing": "reject", "max_rate": 10}  # below ib_async's own 45/s throttle
 
     def test_error_100_then_disconnect(self):
         self.connect()
@@ -160,7 +171,7 @@ class PacingRejectTest(IbAsyncCase):
         try:
             self.wait_until(lambda: not self.ib.isConnected(), "the fake to hang up")
         except ConnectionError:
-            pass                                  # ib_async raises the disconnect out of its loop
+            pass  # ib_async raises the disconnect out of its loop
         self.assertFalse(self.ib.isConnected())
         self.assertIn(100, self.error_codes())
         self.assertEqual(self.tws.stats()["pacing_violations"], 3)

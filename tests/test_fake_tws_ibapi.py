@@ -1,4 +1,5 @@
 """The official ibapi client (EClient.run on a thread) against the fake TWS, end to end."""
+
 from __future__ import annotations
 
 import inspect
@@ -63,8 +64,9 @@ class IbapiClient(EWrapper, EClient):
                     return found
                 left = deadline - time.monotonic()
                 if left <= 0:
-                    raise AssertionError(f"no {count} x {name} within {TIMEOUT_S}s; got "
-                                         f"{[e[0] for e in self.events][-20:]}")
+                    raise AssertionError(
+                        f"no {count} x {name} within {TIMEOUT_S}s; got {[e[0] for e in self.events][-20:]}"
+                    )
                 self.cond.wait(left)
 
     def wait_error(self, code: int, req_id: Optional[int] = None) -> tuple:
@@ -74,6 +76,7 @@ class IbapiClient(EWrapper, EClient):
 def _record(name):
     def callback(self, *args):
         self.record(name, args)
+
     return callback
 
 
@@ -100,15 +103,18 @@ def limit_order(action: str, quantity: float, price: float, **fields) -> Order:
 
 # What TWS sends for a cancel of a live order (../shared/tws-captures/, 203): the order and its status
 # PendingCancel, the status Cancelled, then error 202 "Order Canceled - reason:".
-CANCEL_BURST = [("openOrder", "PendingCancel"), ("orderStatus", "PendingCancel"), ("orderStatus", "Cancelled"),
-                ("error", 202)]
+CANCEL_BURST = [
+    ("openOrder", "PendingCancel"),
+    ("orderStatus", "PendingCancel"),
+    ("orderStatus", "Cancelled"),
+    ("error", 202),
+]
 
 
 def cancel_burst(client: "IbapiClient", order_id: int) -> List[tuple]:
     """The messages about `order_id` from its first PendingCancel on, as (callback, status or code)."""
     with client.cond:
-        about = [(n, a) for n, a in client.events
-                 if n in ("openOrder", "orderStatus", "error") and a[0] == order_id]
+        about = [(n, a) for n, a in client.events if n in ("openOrder", "orderStatus", "error") and a[0] == order_id]
     seen = [(n, a[3].status if n == "openOrder" else a[1] if n == "orderStatus" else a[2]) for n, a in about]
     first = next(i for i, (_, what) in enumerate(seen) if what == "PendingCancel")
     return seen[first:]
@@ -145,18 +151,26 @@ class FakeTwsCase(unittest.TestCase):
     def atm_call(self, symbol: str = "AAPL", expiry_index: int = 3):
         market = self.tws.market
         expiry = market.expirations(symbol)[expiry_index]
-        return min(market.find(symbol=symbol, sec_type="OPT", expiry=expiry, right="C"),
-                   key=lambda o: abs(o.strike - market.spot(symbol)))
+        return min(
+            market.find(symbol=symbol, sec_type="OPT", expiry=expiry, right="C"),
+            key=lambda o: abs(o.strike - market.spot(symbol)),
+        )
 
     def option_contract(self, option) -> Contract:
-        return contract(symbol=option.symbol, secType="OPT", lastTradeDateOrContractMonth=option.expiry,
-                        strike=option.strike, right=option.right, multiplier="100")
+        return contract(
+            symbol=option.symbol,
+            secType="OPT",
+            lastTradeDateOrContractMonth=option.expiry,
+            strike=option.strike,
+            right=option.right,
+            multiplier="100",
+        )
 
 
 class ConnectAndReferenceDataTest(FakeTwsCase):
     def test_connect_gets_accounts_order_id_and_farm_notices(self):
         client = self.connect()
-        self.assertEqual(client.serverVersion(), MAX_CLIENT_VER)      # the default: the newest ibapi offers
+        self.assertEqual(client.serverVersion(), MAX_CLIENT_VER)  # the default: the newest ibapi offers
         self.assertEqual(client.wait("managedAccounts")[0], ("DU1234567",))
         self.assertEqual(client.wait("nextValidId")[0], (1,))
         for code in (2104, 2106, 2158):
@@ -167,15 +181,16 @@ class ConnectAndReferenceDataTest(FakeTwsCase):
     def test_contract_details_for_a_stock_and_an_option(self):
         client = self.connect()
         client.reqContractDetails(1, contract(symbol="AAPL", secType="STK"))
-        (req_id, details), = client.wait("contractDetails", lambda a: a[0] == 1)
+        ((req_id, details),) = client.wait("contractDetails", lambda a: a[0] == 1)
         self.assertEqual((details.contract.conId, details.contract.primaryExchange), (265598, "NASDAQ"))
         client.wait("contractDetailsEnd", lambda a: a[0] == 1)
         option = self.atm_call()
         client.reqContractDetails(2, self.option_contract(option))
-        (_, details), = client.wait("contractDetails", lambda a: a[0] == 2)
+        ((_, details),) = client.wait("contractDetails", lambda a: a[0] == 2)
         client.wait("contractDetailsEnd", lambda a: a[0] == 2)
-        self.assertEqual((details.contract.conId, details.contract.tradingClass, details.underConId),
-                         (option.con_id, "AAPL", 265598))
+        self.assertEqual(
+            (details.contract.conId, details.contract.tradingClass, details.underConId), (option.con_id, "AAPL", 265598)
+        )
 
     def test_a_grid_combination_that_is_not_listed_gets_error_200(self):
         market = self.tws.market
@@ -183,8 +198,9 @@ class ConnectAndReferenceDataTest(FakeTwsCase):
         listed = {o.strike for o in market.find(symbol="AAPL", sec_type="OPT", expiry=expiry)}
         missing = next(k for k in market.strikes("AAPL") if k not in listed)
         client = self.connect()
-        missing_contract = contract(symbol="AAPL", secType="OPT", lastTradeDateOrContractMonth=expiry,
-                                    strike=missing, right="P")
+        missing_contract = contract(
+            symbol="AAPL", secType="OPT", lastTradeDateOrContractMonth=expiry, strike=missing, right="P"
+        )
         client.reqContractDetails(3, missing_contract)
         self.assertIn("No security definition", client.wait_error(200, 3)[3])
         client.reqMktData(4, missing_contract, "", False, False, [])
@@ -217,19 +233,19 @@ class MarketDataTest(FakeTwsCase):
             price = client.wait("tickPrice", lambda a: a[0] == 7 and a[1] == tick_type)[0][2]
             self.assertGreater(price, 0)
         model = client.wait("tickOptionComputation", lambda a: a[0] == 7 and a[1] == 13)[0]
-        self.assertTrue(0 < model[4] < 1, model)                          # call delta
+        self.assertTrue(0 < model[4] < 1, model)  # call delta
         self.assertTrue(all(v is not None for v in (model[3], model[5], model[7], model[8], model[9])))
         for computation in (10, 11):
             client.wait("tickOptionComputation", lambda a, t=computation: a[0] == 7 and a[1] == t)
-        client.wait("tickSize", lambda a: a[0] == 7 and a[1] == 27)      # call open interest
-        client.wait("tickSize", lambda a: a[0] == 7 and a[1] == 29)      # call volume
-        client.wait("tickGeneric", lambda a: a[0] == 7 and a[1] == 24)   # implied vol
+        client.wait("tickSize", lambda a: a[0] == 7 and a[1] == 27)  # call open interest
+        client.wait("tickSize", lambda a: a[0] == 7 and a[1] == 29)  # call volume
+        client.wait("tickGeneric", lambda a: a[0] == 7 and a[1] == 24)  # implied vol
         client.wait("tickOptionComputation", lambda a: a[0] == 7 and a[1] == 13, count=3)  # keeps streaming
         self.assertEqual(self.tws.stats()["lines_in_use"], 1)
         client.cancelMktData(7)
         wait_until(lambda: self.tws.stats()["lines_in_use"] == 0, "the line to be freed")
         ticks_at_cancel = len(client.named("tickPrice", lambda a: a[0] == 7))
-        time.sleep(1.2)                                                   # longer than an update interval
+        time.sleep(1.2)  # longer than an update interval
         self.assertEqual(len(client.named("tickPrice", lambda a: a[0] == 7)), ticks_at_cancel)
 
     def test_snapshot_has_default_ticks_then_ends_and_frees_its_line(self):
@@ -268,8 +284,9 @@ class LineLimitTest(FakeTwsCase):
 
     def test_past_the_line_limit_error_101_and_no_line_taken(self):
         client = self.connect()
-        options = self.tws.market.find(symbol="SPY", sec_type="OPT", expiry=self.tws.market.expirations("SPY")[2],
-                                       right="P")[:4]
+        options = self.tws.market.find(
+            symbol="SPY", sec_type="OPT", expiry=self.tws.market.expirations("SPY")[2], right="P"
+        )[:4]
         for req_id, option in enumerate(options, start=20):
             client.reqMktData(req_id, self.option_contract(option), "", False, False, [])
         self.assertIn("Max number of tickers", client.wait_error(101, 23)[3])
@@ -289,7 +306,7 @@ class SlowSnapshotTest(FakeTwsCase):
         client.reqMktData(30, self.option_contract(self.atm_call()), "", True, False, [])
         client.wait("tickPrice", lambda a: a[0] == 30 and a[1] == 2)
         client.reqMktData(31, self.option_contract(self.atm_call("MSFT")), "", True, False, [])
-        client.wait_error(101, 31)                          # the first snapshot still holds the only line
+        client.wait_error(101, 31)  # the first snapshot still holds the only line
         client.wait("tickSnapshotEnd", lambda a: a[0] == 30)
         self.assertGreaterEqual(time.monotonic() - asked, 0.4)
         wait_until(lambda: self.tws.stats()["lines_in_use"] == 0, "the snapshot line to be freed")
@@ -321,9 +338,10 @@ class OrdersTest(FakeTwsCase):
         client.reqIds(1)
         order_id = client.wait("nextValidId", count=2)[-1][0]
         client.placeOrder(order_id, option, limit_order("BUY", 1, 0.5, orderRef="req-1", account="DU7654321"))
-        (_, _, order, state), = client.wait("openOrder", lambda a: a[0] == order_id)
-        self.assertEqual((order.orderRef, order.clientId, order.account, state.status), ("req-1", 1, "DU7654321",
-                                                                                         "Submitted"))
+        ((_, _, order, state),) = client.wait("openOrder", lambda a: a[0] == order_id)
+        self.assertEqual(
+            (order.orderRef, order.clientId, order.account, state.status), ("req-1", 1, "DU7654321", "Submitted")
+        )
         status = client.wait("orderStatus", lambda a: a[0] == order_id)[0]
         self.assertEqual((status[1], status[5], status[8]), ("Submitted", order.permId, 1))
         client.reqOpenOrders()
@@ -340,10 +358,12 @@ class OrdersTest(FakeTwsCase):
         self.assertEqual(cancel_burst(client, order_id), CANCEL_BURST)
         client.reqOpenOrders()
         client.wait("openOrderEnd", count=2)
-        self.assertEqual(len(client.named("openOrder", lambda a: a[0] == order_id)), 3)   # none after the cancel
+        self.assertEqual(len(client.named("openOrder", lambda a: a[0] == order_id)), 3)  # none after the cancel
         client.cancelOrder(order_id, OrderCancel())
-        self.assertEqual(client.wait_error(161, order_id)[3], "Cancel attempted when order is not in a "
-                                                               f"cancellable state.  Order permId ={order.permId}")
+        self.assertEqual(
+            client.wait_error(161, order_id)[3],
+            f"Cancel attempted when order is not in a cancellable state.  Order permId ={order.permId}",
+        )
         client.cancelOrder(999, OrderCancel())
         client.wait_error(10147, 999)
         self.assertEqual(self.tws.stats()["orders_placed"], 1)
@@ -372,7 +392,7 @@ class OrdersTest(FakeTwsCase):
         client.wait("execDetailsEnd", lambda a: a[0] == 61)
         self.assertEqual([a[2].orderId for a in client.named("execDetails", lambda a: a[0] == 61)], [60])
         today = ExecutionFilter()
-        today.lastNDays = 1                               # from server version 200
+        today.lastNDays = 1  # from server version 200
         client.reqExecutions(62, today)
         client.wait("execDetailsEnd", lambda a: a[0] == 62)
         self.assertEqual([a[2].orderId for a in client.named("execDetails", lambda a: a[0] == 62)], [60])
@@ -390,6 +410,7 @@ class OrdersTest(FakeTwsCase):
 
 class PlaceDelayTest(FakeTwsCase):
     """--place-delay-ms: an order held as behind TWS's precaution dialog."""
+
     fake_options = {"place_delay_ms": 1500}
 
     def test_the_order_appears_only_after_the_delay_and_messages_flow_meanwhile(self):
@@ -407,7 +428,7 @@ class PlaceDelayTest(FakeTwsCase):
         self.assertEqual(client.named("openOrder", lambda a: a[0] == 70), [])
         self.assertEqual(client.named("orderStatus"), [])
         self.assertEqual(self.tws.stats()["orders_placed"], 0)
-        (_, _, order, state), = client.wait("openOrder", lambda a: a[0] == 70)
+        ((_, _, order, state),) = client.wait("openOrder", lambda a: a[0] == 70)
         self.assertGreaterEqual(time.monotonic() - sent, 1.5)
         self.assertEqual((order.orderRef, state.status), ("slow-1", "Submitted"))
         client.wait("orderStatus", lambda a: a[0] == 70 and a[1] == "Submitted")
@@ -420,6 +441,7 @@ class PlaceDelayTest(FakeTwsCase):
 class WhatIfTest(FakeTwsCase):
     """A what-if placeOrder (order.whatIf): one openOrder with the margin and commission preview in
     its state, no orderStatus, nothing booked, not counted in orders_placed."""
+
     version = 0
 
     def setUp(self):
@@ -431,11 +453,11 @@ class WhatIfTest(FakeTwsCase):
         client = self.connect()
         call = self.atm_call()
         client.placeOrder(72, self.option_contract(call), limit_order("BUY", 2, 1.0, whatIf=True))
-        (_, placed, order, state), = client.wait("openOrder", lambda a: a[0] == 72)
+        ((_, placed, order, state),) = client.wait("openOrder", lambda a: a[0] == 72)
         self.assertEqual((placed.conId, order.whatIf, state.status), (call.con_id, True, "PreSubmitted"))
         # the fake's margin model: initial 30 % of the notional (2 x 1.00 x 100)
         self.assertGreater(float(state.initMarginAfter), 60.0)
-        if v >= 142:                                   # before/change from MIN_SERVER_VER_WHAT_IF_EXT_FIELDS
+        if v >= 142:  # before/change from MIN_SERVER_VER_WHAT_IF_EXT_FIELDS
             self.assertEqual((float(state.initMarginChange), float(state.equityWithLoanChange)), (60.0, -1.3))
             self.assertAlmostEqual(float(state.initMarginAfter) - float(state.initMarginBefore), 60.0, places=6)
         self.assertEqual((state.commissionAndFees, state.commissionAndFeesCurrency), (1.3, "USD"))
@@ -445,7 +467,7 @@ class WhatIfTest(FakeTwsCase):
         client.wait("openOrderEnd")
         client.reqPositions()
         client.wait("positionEnd")
-        self.assertEqual([a[0] for a in client.named("openOrder")], [72, 73])       # none listed
+        self.assertEqual([a[0] for a in client.named("openOrder")], [72, 73])  # none listed
         self.assertEqual(client.named("orderStatus") + client.named("execDetails"), [])
         self.assertFalse([p for p in client.named("position") if p[1].conId == call.con_id])
         client.cancelOrder(72, OrderCancel())
@@ -519,7 +541,7 @@ class PacingRejectTest(FakeTwsCase):
             for _ in range(40):
                 client.reqCurrentTime()
         except OSError:
-            pass                                           # the fake hung up mid-burst
+            pass  # the fake hung up mid-burst
         self.assertIn("Max rate of messages per second", client.wait_error(100)[3])
         client.wait("connectionClosed")
         self.assertEqual(self.tws.stats()["pacing_violations"], 3)
@@ -559,6 +581,7 @@ class RestartTest(FakeTwsCase):
                 return False
             except ConnectionRefusedError:
                 return True
+
         wait_until(refused, "connections to be refused")
         restarting.join(timeout=TIMEOUT_S)
         self.assertEqual(self.tws.port, self.port)
@@ -571,6 +594,7 @@ class OlderVersionsTest(FakeTwsCase):
     the handshake settles there and contract details, quotes, positions and an order placed and
     cancelled all decode, each message laid out for that version (no field left over or missing:
     ibapi would drop the message)."""
+
     version = 0
 
     def setUp(self):
@@ -590,16 +614,20 @@ class OlderVersionsTest(FakeTwsCase):
         client.reqContractDetails(79, stock)
         client.wait("contractDetailsEnd", lambda a: a[0] == 80)
         client.wait("contractDetailsEnd", lambda a: a[0] == 79)
-        (_, details), = client.named("contractDetails", lambda a: a[0] == 80)
-        self.assertEqual((details.contract.conId, details.contract.strike, details.underConId),
-                         (call.con_id, call.strike, call.under_con_id))
-        (_, details), = client.named("contractDetails", lambda a: a[0] == 79)
-        self.assertEqual((details.contract.secType, details.contract.primaryExchange, details.longName),
-                         ("STK", "NASDAQ", self.tws.market.underlying("AAPL").long_name))
+        ((_, details),) = client.named("contractDetails", lambda a: a[0] == 80)
+        self.assertEqual(
+            (details.contract.conId, details.contract.strike, details.underConId),
+            (call.con_id, call.strike, call.under_con_id),
+        )
+        ((_, details),) = client.named("contractDetails", lambda a: a[0] == 79)
+        self.assertEqual(
+            (details.contract.secType, details.contract.primaryExchange, details.longName),
+            ("STK", "NASDAQ", self.tws.market.underlying("AAPL").long_name),
+        )
         client.reqMktData(81, option, "100,101,106", False, False, [])
         greeks = client.wait("tickOptionComputation", lambda a: a[0] == 81 and a[1] == 13)[0]
-        self.assertEqual(greeks[2], 0 if v >= 156 else None)            # tickAttrib from 156
-        self.assertTrue(0 < greeks[4] < 1)                              # delta of a call
+        self.assertEqual(greeks[2], 0 if v >= 156 else None)  # tickAttrib from 156
+        self.assertTrue(0 < greeks[4] < 1)  # delta of a call
         client.wait("tickSize", lambda a: a[0] == 81 and a[1] == 27)
         client.wait("tickPrice", lambda a: a[0] == 81 and a[1] == 2)
         client.cancelMktData(81)
@@ -610,12 +638,16 @@ class OlderVersionsTest(FakeTwsCase):
         self.assertEqual({p[0] for p in client.named("position")}, {"DU1234567"})
         # an order placed, seen and cancelled (below 111 ibapi refuses an Order whose cashQty is
         # left at its default; see tests/test_fake_tws_wire.py)
-        client.placeOrder(83, option, limit_order("SELL", 1, 99.0, orderRef="old-1", **({"cashQty": 0} if v < 111 else {})))
-        (_, _, order, state), = client.wait("openOrder", lambda a: a[0] == 83)
-        self.assertEqual((order.orderRef, order.lmtPrice, order.totalQuantity, state.status),
-                         ("old-1", 99.0, Decimal(1), "Submitted"))
+        client.placeOrder(
+            83, option, limit_order("SELL", 1, 99.0, orderRef="old-1", **({"cashQty": 0} if v < 111 else {}))
+        )
+        ((_, _, order, state),) = client.wait("openOrder", lambda a: a[0] == 83)
+        self.assertEqual(
+            (order.orderRef, order.lmtPrice, order.totalQuantity, state.status),
+            ("old-1", 99.0, Decimal(1), "Submitted"),
+        )
         status = client.wait("orderStatus", lambda a: a[0] == 83)[0]
-        self.assertEqual(status[10], 0.0 if v >= 131 else None)         # mktCapPrice from 131
+        self.assertEqual(status[10], 0.0 if v >= 131 else None)  # mktCapPrice from 131
         client.reqOpenOrders()
         client.wait("openOrderEnd")
         client.cancelOrder(83, OrderCancel())
@@ -623,15 +655,17 @@ class OlderVersionsTest(FakeTwsCase):
         self.assertEqual(cancel_burst(client, 83), CANCEL_BURST)
         client.placeOrder(84, option, limit_order("BUY", 1, 500.0, **({"cashQty": 0} if v < 111 else {})))
         execution = client.wait("execDetails", lambda a: a[0] == -1)[0][2]
-        self.assertEqual((execution.orderId, execution.shares, execution.lastLiquidity),
-                         (84, Decimal(1), 2 if v >= 136 else 0))
+        self.assertEqual(
+            (execution.orderId, execution.shares, execution.lastLiquidity), (84, Decimal(1), 2 if v >= 136 else 0)
+        )
         client.wait("commissionAndFeesReport")
         self.assertEqual(self.tws.stats()["orders_placed"], 2)
 
 
 for _version in (100, 130, 156, 176):
-    globals()[f"OlderVersion{_version}Test"] = type(f"OlderVersion{_version}Test", (OlderVersionsTest,),
-                                                    {"version": _version})
+    globals()[f"OlderVersion{_version}Test"] = type(
+        f"OlderVersion{_version}Test", (OlderVersionsTest,), {"version": _version}
+    )
 del OlderVersionsTest
 
 
@@ -663,6 +697,7 @@ PROTOBUF_CALLBACKS = {
 class ProtobufVersionsTest(FakeTwsCase):
     """The official client against the fake at each version where a message group moves to
     protobuf (and at the newest): every request the agent makes, end to end."""
+
     version = 0
 
     def setUp(self):
@@ -683,11 +718,13 @@ class ProtobufVersionsTest(FakeTwsCase):
         client.reqContractDetails(11, option)
         client.wait("contractDetailsEnd", lambda a: a[0] == 11)
         client.wait("contractDetailsEnd", lambda a: a[0] == 10)
-        (_, details), = client.named("contractDetails", lambda a: a[0] == 10)
+        ((_, details),) = client.named("contractDetails", lambda a: a[0] == 10)
         self.assertEqual((details.contract.secType, details.contract.primaryExchange), ("STK", "NASDAQ"))
-        (_, details), = client.named("contractDetails", lambda a: a[0] == 11)
-        self.assertEqual((details.contract.conId, details.contract.strike, details.contract.multiplier),
-                         (call.con_id, call.strike, "100"))
+        ((_, details),) = client.named("contractDetails", lambda a: a[0] == 11)
+        self.assertEqual(
+            (details.contract.conId, details.contract.strike, details.contract.multiplier),
+            (call.con_id, call.strike, "100"),
+        )
         client.reqSecDefOptParams(12, "AAPL", "", "STK", 0)
         client.wait("securityDefinitionOptionParameterEnd", lambda a: a[0] == 12)
         rows = client.named("securityDefinitionOptionParameter", lambda a: a[0] == 12)
@@ -718,9 +755,11 @@ class ProtobufVersionsTest(FakeTwsCase):
         # a stock order with a primary exchange: placed, seen, cancelled
         order_id = client.named("nextValidId")[0][0]
         client.placeOrder(order_id, stock, limit_order("BUY", 1, 1.0, orderRef="stk-1"))
-        (_, placed, order, state), = client.wait("openOrder", lambda a: a[0] == order_id)
-        self.assertEqual((placed.symbol, order.orderRef, order.totalQuantity, state.status),
-                         ("AAPL", "stk-1", Decimal(1), "Submitted"))
+        ((_, placed, order, state),) = client.wait("openOrder", lambda a: a[0] == order_id)
+        self.assertEqual(
+            (placed.symbol, order.orderRef, order.totalQuantity, state.status),
+            ("AAPL", "stk-1", Decimal(1), "Submitted"),
+        )
         client.reqOpenOrders()
         client.wait("openOrderEnd")
         client.cancelOrder(order_id, OrderCancel())
@@ -730,9 +769,10 @@ class ProtobufVersionsTest(FakeTwsCase):
         # an option limit order: placed and cancelled; then one that fills: executions,
         # commission, completed orders
         client.placeOrder(order_id + 3, option, limit_order("BUY", 1, 0.05, orderRef="opt-0"))
-        (_, placed, order, state), = client.wait("openOrder", lambda a: a[0] == order_id + 3)
-        self.assertEqual((placed.conId, placed.right, order.lmtPrice, state.status), (call.con_id, "C", 0.05,
-                                                                                      "Submitted"))
+        ((_, placed, order, state),) = client.wait("openOrder", lambda a: a[0] == order_id + 3)
+        self.assertEqual(
+            (placed.conId, placed.right, order.lmtPrice, state.status), (call.con_id, "C", 0.05, "Submitted")
+        )
         client.cancelOrder(order_id + 3, OrderCancel())
         client.wait("orderStatus", lambda a: a[0] == order_id + 3 and a[1] == "Cancelled")
         client.wait_error(202, order_id + 3)
@@ -741,13 +781,16 @@ class ProtobufVersionsTest(FakeTwsCase):
         client.wait("commissionAndFeesReport")
         client.reqExecutions(40, ExecutionFilter())
         client.wait("execDetailsEnd", lambda a: a[0] == 40)
-        (_, executed, execution), = client.named("execDetails", lambda a: a[0] == 40)
-        self.assertEqual((executed.conId, execution.orderId, execution.shares, execution.orderRef),
-                         (call.con_id, order_id + 1, Decimal(1), "opt-1"))
+        ((_, executed, execution),) = client.named("execDetails", lambda a: a[0] == 40)
+        self.assertEqual(
+            (executed.conId, execution.orderId, execution.shares, execution.orderRef),
+            (call.con_id, order_id + 1, Decimal(1), "opt-1"),
+        )
         client.reqCompletedOrders(False)
         client.wait("completedOrdersEnd")
-        self.assertEqual(sorted(a[2].status for a in client.named("completedOrder")),
-                         ["Cancelled", "Cancelled", "Filled"])
+        self.assertEqual(
+            sorted(a[2].status for a in client.named("completedOrder")), ["Cancelled", "Cancelled", "Filled"]
+        )
         # a rejection carries advancedOrderRejectJson
         client.placeOrder(order_id + 2, option, limit_order("BUY", 5000, 1.0))
         rejected = client.wait_error(201, order_id + 2)
@@ -763,8 +806,9 @@ class ProtobufVersionsTest(FakeTwsCase):
 
 
 for _version in (201, 203, 204, 205, 206, 207, 212, 213, MAX_CLIENT_VER):
-    globals()[f"ProtobufVersion{_version}Test"] = type(f"ProtobufVersion{_version}Test", (ProtobufVersionsTest,),
-                                                       {"version": _version})
+    globals()[f"ProtobufVersion{_version}Test"] = type(
+        f"ProtobufVersion{_version}Test", (ProtobufVersionsTest,), {"version": _version}
+    )
 del ProtobufVersionsTest
 
 

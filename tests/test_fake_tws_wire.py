@@ -4,6 +4,7 @@ every request the fake reads is produced by ibapi's EClient, at server versions 
 served range: 100 (ibapi's MIN_CLIENT_VER) and every ten up to 150, 156 (the last before
 tickOptionComputation lost its version field), 157, 176 and 200 (the last text-only). Each callback's
 arguments are checked, including the fields a version adds or drops."""
+
 from __future__ import annotations
 
 import inspect
@@ -13,29 +14,64 @@ from decimal import Decimal
 
 from ibapi import comm
 from ibapi.client import EClient
+from ibapi.common import UNSET_DECIMAL
+from ibapi.const import UNSET_DOUBLE
 from ibapi.contract import Contract
 from ibapi.decoder import Decoder
 from ibapi.execution import ExecutionFilter
 from ibapi.order import Order
 from ibapi.order_cancel import OrderCancel
 from ibapi.protobuf.NextValidId_pb2 import NextValidId
-from ibapi.common import UNSET_DECIMAL
-from ibapi.const import UNSET_DOUBLE
 from ibapi.server_versions import MAX_CLIENT_VER
 from ibapi.wrapper import EWrapper
 
 from tests.fake_market import Instrument
 from tests.fake_tws import FakeTWS
-from tests.fake_tws_wire import (MAX_SERVER_VERSION, MIN_SERVER_VERSION, UNSET_DOUBLE as UNSET_DOUBLE_TEXT, Encoder,
-                                 Execution, FrameReader, OrderRecord, ProtocolError, ProtoMessage, WhatIf, frame,
-                                 parse_request, parse_version_range, split_fields)
+from tests.fake_tws_wire import (
+    MAX_SERVER_VERSION,
+    MIN_SERVER_VERSION,
+    Encoder,
+    Execution,
+    FrameReader,
+    OrderRecord,
+    ProtocolError,
+    ProtoMessage,
+    WhatIf,
+    frame,
+    parse_request,
+    parse_version_range,
+    split_fields,
+)
+from tests.fake_tws_wire import (
+    UNSET_DOUBLE as UNSET_DOUBLE_TEXT,
+)
 
 VERSIONS = (100, 110, 120, 130, 140, 150, 156, 157, 176, 200)
-STOCK = Instrument(265598, "AAPL", "STK", primary_exchange="NASDAQ", local_symbol="AAPL",
-                   trading_class="NMS", long_name="APPLE INC", industry="Technology")
-OPTION = Instrument(600000123, "AAPL", "OPT", "20270115", 190.0, "C", "100",
-                    local_symbol="AAPL  270115C00190000", trading_class="AAPL", long_name="APPLE INC",
-                    under_con_id=265598, valid_exchanges="SMART,CBOE", market_rule_ids="26,26")
+STOCK = Instrument(
+    265598,
+    "AAPL",
+    "STK",
+    primary_exchange="NASDAQ",
+    local_symbol="AAPL",
+    trading_class="NMS",
+    long_name="APPLE INC",
+    industry="Technology",
+)
+OPTION = Instrument(
+    600000123,
+    "AAPL",
+    "OPT",
+    "20270115",
+    190.0,
+    "C",
+    "100",
+    local_symbol="AAPL  270115C00190000",
+    trading_class="AAPL",
+    long_name="APPLE INC",
+    under_con_id=265598,
+    valid_exchanges="SMART,CBOE",
+    market_rule_ids="26,26",
+)
 
 
 class RecordingWrapper(EWrapper):
@@ -49,6 +85,7 @@ class RecordingWrapper(EWrapper):
 def _recorder(name):
     def record(self, *args):
         self.calls.append((name, args))
+
     return record
 
 
@@ -80,8 +117,9 @@ def interpret_text(decoder: Decoder, msg_id: int, fields) -> None:
 
 
 def _order(status="Submitted", **changes) -> OrderRecord:
-    order = OrderRecord(7, 3, 1001000, OPTION, "BUY", 2.0, "LMT", 1.25, None, "DAY", "DU1234567", "req-1",
-                        status=status)
+    order = OrderRecord(
+        7, 3, 1001000, OPTION, "BUY", 2.0, "LMT", 1.25, None, "DAY", "DU1234567", "req-1", status=status
+    )
     for key, value in changes.items():
         setattr(order, key, value)
     return order
@@ -96,6 +134,7 @@ def per_version(test):
         for version in VERSIONS:
             with self.subTest(server_version=version):
                 test(self, version, Encoder(version)) if wants_encoder else test(self, version)
+
     run.__name__, run.__doc__ = test.__name__, test.__doc__
     return run
 
@@ -106,7 +145,7 @@ class FramingTest(unittest.TestCase):
         reader = FrameReader()
         payloads = []
         for i in range(len(data)):
-            reader.feed(data[i:i + 1])
+            reader.feed(data[i : i + 1])
             payloads += reader.payloads()
         self.assertEqual([split_fields(p) for p in payloads], [["1", "a", "2.5"], ["9", "1", "42"]])
 
@@ -130,8 +169,9 @@ class FramingTest(unittest.TestCase):
         self.assertEqual(Encoder(200).payload([9, 1, 448]), b"9\x001\x00448\x00")
         self.assertEqual(Encoder(201).payload([9, 1, 448]), b"\x00\x00\x00\x091\x00448\x00")
         body = NextValidId(orderId=448)
-        self.assertEqual(Encoder(MAX_SERVER_VERSION).payload(ProtoMessage(9, body)),
-                         b"\x00\x00\x00\xd1" + body.SerializeToString())
+        self.assertEqual(
+            Encoder(MAX_SERVER_VERSION).payload(ProtoMessage(9, body)), b"\x00\x00\x00\xd1" + body.SerializeToString()
+        )
         framed = Encoder(MAX_SERVER_VERSION).frame(ProtoMessage(9, body))
         self.assertEqual(framed[:4], struct.pack(">I", len(framed) - 4))
         with self.assertRaises(ValueError):
@@ -159,7 +199,7 @@ class EncoderDecodedByIbapiTest(unittest.TestCase):
 
     @per_version
     def test_error(self, v, enc):
-        (name, args), = decode(enc.error(12, 200, "No security definition", 1700000000123), v)
+        ((name, args),) = decode(enc.error(12, 200, "No security definition", 1700000000123), v)
         self.assertEqual(name, "error")
         req_id, error_time, code, text, advanced = args
         self.assertEqual((req_id, code, text, advanced), (12, 200, "No security definition", ""))
@@ -178,37 +218,45 @@ class EncoderDecodedByIbapiTest(unittest.TestCase):
         self.assertEqual(decode(enc.tick_generic(5, 24, 0.31), v), [("tickGeneric", (5, 24, 0.31))])
         self.assertEqual(decode(enc.tick_snapshot_end(5), v), [("tickSnapshotEnd", (5,))])
         self.assertEqual(decode(enc.market_data_type(5, 3), v), [("marketDataType", (5, 3))])
-        self.assertEqual(decode(enc.tick_req_params(5, 0.01, "a60001", 3), v),
-                         [("tickReqParams", (5, 0.01, "a60001", 3))])
+        self.assertEqual(
+            decode(enc.tick_req_params(5, 0.01, "a60001", 3), v), [("tickReqParams", (5, 0.01, "a60001", 3))]
+        )
 
     @per_version
     def test_tick_option_computation(self, v, enc):
-        attrib = 0 if v >= 156 else None                  # no tickAttrib before PRICE_BASED_VOLATILITY
+        attrib = 0 if v >= 156 else None  # no tickAttrib before PRICE_BASED_VOLATILITY
         calls = decode(enc.tick_option_computation(5, 13, 0.25, 0.55, 3.1, 0.0, 0.03, 0.19, -0.05, 190.5), v)
-        self.assertEqual(calls, [("tickOptionComputation",
-                                  (5, 13, attrib, 0.25, 0.55, 3.1, 0.0, 0.03, 0.19, -0.05, 190.5))])
+        self.assertEqual(
+            calls, [("tickOptionComputation", (5, 13, attrib, 0.25, 0.55, 3.1, 0.0, 0.03, 0.19, -0.05, 190.5))]
+        )
         sentinels = decode(enc.tick_option_computation(5, 10, -1.0, -2.0, -1.0, -1.0, -2.0, -2.0, -2.0, 190.5), v)
         self.assertEqual(sentinels[0][1], (5, 10, attrib, None, None, None, None, None, None, None, 190.5))
-        (_, args), = decode(enc.tick_option_not_computed(5, 10), v)
+        ((_, args),) = decode(enc.tick_option_not_computed(5, 10), v)
         self.assertEqual(args, (5, 10, attrib, None, None, None, 0.0, None, None, None, None))
 
     @per_version
     def test_contract_data_stock_and_option(self, v, enc):
-        (name, (req_id, details)), = decode(enc.contract_data(4, STOCK), v)
+        ((name, (req_id, details)),) = decode(enc.contract_data(4, STOCK), v)
         self.assertEqual((name, req_id), ("contractDetails", 4))
         c = details.contract
-        self.assertEqual((c.conId, c.symbol, c.secType, c.exchange, c.primaryExchange, c.currency),
-                         (265598, "AAPL", "STK", "SMART", "NASDAQ", "USD"))
+        self.assertEqual(
+            (c.conId, c.symbol, c.secType, c.exchange, c.primaryExchange, c.currency),
+            (265598, "AAPL", "STK", "SMART", "NASDAQ", "USD"),
+        )
         # Each field from the version that added it (ibapi leaves the attribute at its default before).
-        self.assertEqual((details.longName, details.minTick, details.stockType, details.aggGroup),
-                         ("APPLE INC", 0.01, "COMMON" if v >= 152 else "", 1 if v >= 121 else 0))
-        (_, (_, details)), = decode(enc.contract_data(4, OPTION), v)
+        self.assertEqual(
+            (details.longName, details.minTick, details.stockType, details.aggGroup),
+            ("APPLE INC", 0.01, "COMMON" if v >= 152 else "", 1 if v >= 121 else 0),
+        )
+        ((_, (_, details)),) = decode(enc.contract_data(4, OPTION), v)
         c = details.contract
-        self.assertEqual((c.conId, c.lastTradeDateOrContractMonth, c.strike, c.right, c.multiplier,
-                          c.tradingClass, c.localSymbol),
-                         (600000123, "20270115", 190.0, "C", "100", "AAPL", "AAPL  270115C00190000"))
-        self.assertEqual((details.underConId, details.validExchanges, details.timeZoneId), (265598, "SMART,CBOE",
-                                                                                             "US/Eastern"))
+        self.assertEqual(
+            (c.conId, c.lastTradeDateOrContractMonth, c.strike, c.right, c.multiplier, c.tradingClass, c.localSymbol),
+            (600000123, "20270115", 190.0, "C", "100", "AAPL", "AAPL  270115C00190000"),
+        )
+        self.assertEqual(
+            (details.underConId, details.validExchanges, details.timeZoneId), (265598, "SMART,CBOE", "US/Eastern")
+        )
         self.assertEqual((details.underSymbol, details.underSecType), ("AAPL", "STK") if v >= 122 else ("", ""))
         self.assertEqual(details.marketRuleIds, "26,26" if v >= 126 else "")
         self.assertEqual(details.realExpirationDate, "20270115" if v >= 134 else "")
@@ -219,111 +267,184 @@ class EncoderDecodedByIbapiTest(unittest.TestCase):
 
     @per_version
     def test_sec_def_opt_params(self, v, enc):
-        calls = decode(enc.sec_def_opt_params(8, "CBOE", 265598, "AAPL", "100", ["20270115", "20270219"],
-                                              [185.0, 187.5]), v)
-        self.assertEqual(calls, [("securityDefinitionOptionParameter",
-                                  (8, "CBOE", 265598, "AAPL", "100", {"20270115", "20270219"}, {185.0, 187.5}))])
-        self.assertEqual(decode(enc.sec_def_opt_params_end(8), v),
-                         [("securityDefinitionOptionParameterEnd", (8,))])
+        calls = decode(
+            enc.sec_def_opt_params(8, "CBOE", 265598, "AAPL", "100", ["20270115", "20270219"], [185.0, 187.5]), v
+        )
+        self.assertEqual(
+            calls,
+            [
+                (
+                    "securityDefinitionOptionParameter",
+                    (8, "CBOE", 265598, "AAPL", "100", {"20270115", "20270219"}, {185.0, 187.5}),
+                )
+            ],
+        )
+        self.assertEqual(decode(enc.sec_def_opt_params_end(8), v), [("securityDefinitionOptionParameterEnd", (8,))])
 
     @per_version
     def test_positions(self, v, enc):
-        (name, (account, contract, quantity, avg_cost)), = decode(enc.position("DU1", OPTION, -2.0, 310.5), v)
-        self.assertEqual((name, account, contract.conId, contract.right, contract.tradingClass, quantity, avg_cost),
-                         ("position", "DU1", 600000123, "C", "AAPL", Decimal(-2), 310.5))
+        ((name, (account, contract, quantity, avg_cost)),) = decode(enc.position("DU1", OPTION, -2.0, 310.5), v)
+        self.assertEqual(
+            (name, account, contract.conId, contract.right, contract.tradingClass, quantity, avg_cost),
+            ("position", "DU1", 600000123, "C", "AAPL", Decimal(-2), 310.5),
+        )
         self.assertEqual(decode(enc.position_end(), v), [("positionEnd", ())])
-        (name, args), = decode(enc.position_multi(3, "DU1", STOCK, 100.0, 180.0), v)
-        self.assertEqual((name, args[0], args[1], args[2], args[3].conId, args[4], args[5]),
-                         ("positionMulti", 3, "DU1", "", 265598, Decimal(100), 180.0))
+        ((name, args),) = decode(enc.position_multi(3, "DU1", STOCK, 100.0, 180.0), v)
+        self.assertEqual(
+            (name, args[0], args[1], args[2], args[3].conId, args[4], args[5]),
+            ("positionMulti", 3, "DU1", "", 265598, Decimal(100), 180.0),
+        )
         self.assertEqual(decode(enc.position_multi_end(3), v), [("positionMultiEnd", (3,))])
 
     @per_version
     def test_account_messages(self, v, enc):
-        self.assertEqual(decode(enc.account_summary(9, "DU1", "NetLiquidation", "100.00", "USD"), v),
-                         [("accountSummary", (9, "DU1", "NetLiquidation", "100.00", "USD"))])
+        self.assertEqual(
+            decode(enc.account_summary(9, "DU1", "NetLiquidation", "100.00", "USD"), v),
+            [("accountSummary", (9, "DU1", "NetLiquidation", "100.00", "USD"))],
+        )
         self.assertEqual(decode(enc.account_summary_end(9), v), [("accountSummaryEnd", (9,))])
-        self.assertEqual(decode(enc.account_value("NetLiquidation", "100.00", "USD", "DU1"), v),
-                         [("updateAccountValue", ("NetLiquidation", "100.00", "USD", "DU1"))])
+        self.assertEqual(
+            decode(enc.account_value("NetLiquidation", "100.00", "USD", "DU1"), v),
+            [("updateAccountValue", ("NetLiquidation", "100.00", "USD", "DU1"))],
+        )
         self.assertEqual(decode(enc.account_time("13:05"), v), [("updateAccountTime", ("13:05",))])
         self.assertEqual(decode(enc.account_download_end("DU1"), v), [("accountDownloadEnd", ("DU1",))])
-        self.assertEqual(decode(enc.account_update_multi(4, "DU1", "", "BuyingPower", "5.00", "USD"), v),
-                         [("accountUpdateMulti", (4, "DU1", "", "BuyingPower", "5.00", "USD"))])
+        self.assertEqual(
+            decode(enc.account_update_multi(4, "DU1", "", "BuyingPower", "5.00", "USD"), v),
+            [("accountUpdateMulti", (4, "DU1", "", "BuyingPower", "5.00", "USD"))],
+        )
         self.assertEqual(decode(enc.account_update_multi_end(4), v), [("accountUpdateMultiEnd", (4,))])
-        (name, args), = decode(enc.portfolio_value(OPTION, -2.0, 3.1, -620.0, 310.5, -0.5, 0.0, "DU1"), v)
+        ((name, args),) = decode(enc.portfolio_value(OPTION, -2.0, 3.1, -620.0, 310.5, -0.5, 0.0, "DU1"), v)
         self.assertEqual(name, "updatePortfolio")
-        self.assertEqual((args[0].conId, args[0].multiplier, args[0].tradingClass) + args[1:],
-                         (600000123, "100", "AAPL", Decimal(-2), 3.1, -620.0, 310.5, -0.5, 0.0, "DU1"))
+        self.assertEqual(
+            (args[0].conId, args[0].multiplier, args[0].tradingClass) + args[1:],
+            (600000123, "100", "AAPL", Decimal(-2), 3.1, -620.0, 310.5, -0.5, 0.0, "DU1"),
+        )
 
     @per_version
     def test_order_status(self, v, enc):
-        (name, args), = decode(enc.order_status(_order()), v)
+        ((name, args),) = decode(enc.order_status(_order()), v)
         self.assertEqual(name, "orderStatus")
-        self.assertEqual(args, (7, "Submitted", Decimal(0), Decimal(2), 0.0, 1001000, 0, 0.0, 3, "",
-                                0.0 if v >= 131 else None))          # mktCapPrice from MARKET_CAP_PRICE
+        self.assertEqual(
+            args, (7, "Submitted", Decimal(0), Decimal(2), 0.0, 1001000, 0, 0.0, 3, "", 0.0 if v >= 131 else None)
+        )  # mktCapPrice from MARKET_CAP_PRICE
         # Cancelled keeps remaining at the unfilled quantity, as recorded at 203
-        (_, args), = decode(enc.order_status(_order("Cancelled")), v)
+        ((_, args),) = decode(enc.order_status(_order("Cancelled")), v)
         self.assertEqual(args[1:4], ("Cancelled", Decimal(0), Decimal(2)))
 
     @per_version
     def test_open_order(self, v, enc):
         calls = decode(enc.open_order(_order()), v)
-        (name, (order_id, contract, order, state)), = calls
-        self.assertEqual((name, order_id, contract.conId, contract.localSymbol, contract.multiplier),
-                         ("openOrder", 7, 600000123, "AAPL  270115C00190000", "100"))
-        self.assertEqual((order.action, order.totalQuantity, order.orderType, order.lmtPrice, order.tif,
-                          order.account, order.orderRef, order.clientId, order.permId),
-                         ("BUY", Decimal(2), "LMT", 1.25, "DAY", "DU1234567", "req-1", 3, 1001000))
+        ((name, (order_id, contract, order, state)),) = calls
+        self.assertEqual(
+            (name, order_id, contract.conId, contract.localSymbol, contract.multiplier),
+            ("openOrder", 7, 600000123, "AAPL  270115C00190000", "100"),
+        )
+        self.assertEqual(
+            (
+                order.action,
+                order.totalQuantity,
+                order.orderType,
+                order.lmtPrice,
+                order.tif,
+                order.account,
+                order.orderRef,
+                order.clientId,
+                order.permId,
+            ),
+            ("BUY", Decimal(2), "LMT", 1.25, "DAY", "DU1234567", "req-1", 3, 1001000),
+        )
         self.assertEqual(state.status, "Submitted")
         # the fields each version added, at their TWS values; unset ones at ibapi's defaults before
-        self.assertEqual((order.trailStopPrice, order.lmtPriceOffset, order.adjustedOrderType),
-                         (UNSET_DOUBLE, UNSET_DOUBLE, "None" if v >= 102 else ""))
-        self.assertEqual((order.cashQty, order.dontUseAutoPriceForHedge, order.usePriceMgmtAlgo),
-                         (0.0 if v >= 111 else UNSET_DOUBLE, v >= 141, False if v >= 151 else None))
-        self.assertEqual((state.initMarginBefore, state.initMarginAfter),
-                         (UNSET_DOUBLE_TEXT if v >= 142 else "", UNSET_DOUBLE_TEXT))
+        self.assertEqual(
+            (order.trailStopPrice, order.lmtPriceOffset, order.adjustedOrderType),
+            (UNSET_DOUBLE, UNSET_DOUBLE, "None" if v >= 102 else ""),
+        )
+        self.assertEqual(
+            (order.cashQty, order.dontUseAutoPriceForHedge, order.usePriceMgmtAlgo),
+            (0.0 if v >= 111 else UNSET_DOUBLE, v >= 141, False if v >= 151 else None),
+        )
+        self.assertEqual(
+            (state.initMarginBefore, state.initMarginAfter), (UNSET_DOUBLE_TEXT if v >= 142 else "", UNSET_DOUBLE_TEXT)
+        )
         self.assertEqual(decode(enc.open_order_end(), v), [("openOrderEnd", ())])
 
     @per_version
     def test_what_if_open_order_carries_the_preview(self, v, enc):
         preview = WhatIf((1500.0, 1250.0, 250000.5), (37.5, 31.25, -0.65), (1537.5, 1281.25, 249999.85), 0.65)
-        (_, (_, _, order, state)), = decode(enc.open_order(_order("PreSubmitted", perm_id=0, what_if=preview)), v)
+        ((_, (_, _, order, state)),) = decode(enc.open_order(_order("PreSubmitted", perm_id=0, what_if=preview)), v)
         self.assertEqual((order.whatIf, state.status), (True, "PreSubmitted"))
-        before_and_change = [state.initMarginBefore, state.maintMarginBefore, state.equityWithLoanBefore,
-                             state.initMarginChange, state.maintMarginChange, state.equityWithLoanChange]
+        before_and_change = [
+            state.initMarginBefore,
+            state.maintMarginBefore,
+            state.equityWithLoanBefore,
+            state.initMarginChange,
+            state.maintMarginChange,
+            state.equityWithLoanChange,
+        ]
         # before/change exist from MIN_SERVER_VER_WHAT_IF_EXT_FIELDS (142)
-        self.assertEqual(before_and_change, ["1500.0", "1250.0", "250000.5", "37.5", "31.25", "-0.65"]
-                         if v >= 142 else [""] * 6)
-        self.assertEqual([state.initMarginAfter, state.maintMarginAfter, state.equityWithLoanAfter],
-                         ["1537.5", "1281.25", "249999.85"])
-        self.assertEqual((state.commissionAndFees, state.minCommissionAndFees, state.maxCommissionAndFees,
-                          state.commissionAndFeesCurrency), (0.65, UNSET_DOUBLE, UNSET_DOUBLE, "USD"))
+        self.assertEqual(
+            before_and_change, ["1500.0", "1250.0", "250000.5", "37.5", "31.25", "-0.65"] if v >= 142 else [""] * 6
+        )
+        self.assertEqual(
+            [state.initMarginAfter, state.maintMarginAfter, state.equityWithLoanAfter],
+            ["1537.5", "1281.25", "249999.85"],
+        )
+        self.assertEqual(
+            (
+                state.commissionAndFees,
+                state.minCommissionAndFees,
+                state.maxCommissionAndFees,
+                state.commissionAndFeesCurrency,
+            ),
+            (0.65, UNSET_DOUBLE, UNSET_DOUBLE, "USD"),
+        )
 
     @per_version
     def test_completed_order(self, v, enc):
         order = _order("Cancelled", completed_time="20261124 10:00:00", completed_status="Cancelled by Trader")
-        if v < 150:                                       # MIN_SERVER_VER_COMPLETED_ORDERS
+        if v < 150:  # MIN_SERVER_VER_COMPLETED_ORDERS
             with self.assertRaises(ValueError):
                 enc.completed_order(order)
             return
-        (name, (contract, decoded, state)), = decode(enc.completed_order(order), v)
-        self.assertEqual((name, contract.conId, decoded.action, decoded.lmtPrice, decoded.orderRef,
-                          decoded.permId), ("completedOrder", 600000123, "BUY", 1.25, "req-1", 1001000))
-        self.assertEqual((state.status, state.completedTime, state.completedStatus),
-                         ("Cancelled", "20261124 10:00:00", "Cancelled by Trader"))
+        ((name, (contract, decoded, state)),) = decode(enc.completed_order(order), v)
+        self.assertEqual(
+            (name, contract.conId, decoded.action, decoded.lmtPrice, decoded.orderRef, decoded.permId),
+            ("completedOrder", 600000123, "BUY", 1.25, "req-1", 1001000),
+        )
+        self.assertEqual(
+            (state.status, state.completedTime, state.completedStatus),
+            ("Cancelled", "20261124 10:00:00", "Cancelled by Trader"),
+        )
         self.assertEqual(decode(enc.completed_orders_end(), v), [("completedOrdersEnd", ())])
 
     @per_version
     def test_executions_and_commission(self, v, enc):
         execution = Execution("0001.01", "20261124  10:00:01", _order("Filled", filled=2.0), 2.0, 1.2)
-        (name, (req_id, contract, e)), = decode(enc.exec_details(11, execution), v)
-        self.assertEqual((name, req_id, contract.conId, e.execId, e.side, e.shares, e.price, e.permId,
-                          e.clientId, e.orderId, e.orderRef, e.acctNumber),
-                         ("execDetails", 11, 600000123, "0001.01", "BOT", Decimal(2), 1.2, 1001000, 3, 7,
-                          "req-1", "DU1234567"))
+        ((name, (req_id, contract, e)),) = decode(enc.exec_details(11, execution), v)
+        self.assertEqual(
+            (
+                name,
+                req_id,
+                contract.conId,
+                e.execId,
+                e.side,
+                e.shares,
+                e.price,
+                e.permId,
+                e.clientId,
+                e.orderId,
+                e.orderRef,
+                e.acctNumber,
+            ),
+            ("execDetails", 11, 600000123, "0001.01", "BOT", Decimal(2), 1.2, 1001000, 3, 7, "req-1", "DU1234567"),
+        )
         self.assertEqual(decode(enc.exec_details_end(11), v), [("execDetailsEnd", (11,))])
-        (name, (report,)), = decode(enc.commission_report(execution), v)
-        self.assertEqual((name, report.execId, report.commissionAndFees, report.currency),
-                         ("commissionAndFeesReport", "0001.01", 0.65, "USD"))
+        ((name, (report,)),) = decode(enc.commission_report(execution), v)
+        self.assertEqual(
+            (name, report.execId, report.commissionAndFees, report.currency),
+            ("commissionAndFeesReport", "0001.01", 0.65, "USD"),
+        )
 
     def test_versions_outside_the_served_range_are_refused(self):
         for version in (MIN_SERVER_VERSION - 1, MAX_SERVER_VERSION + 1):
@@ -383,30 +504,59 @@ def _contract(**fields) -> Contract:
 
 
 class RequestsFromIbapiTest(unittest.TestCase):
-    option = dict(symbol="AAPL", secType="OPT", lastTradeDateOrContractMonth="20270115", strike=190.0,
-                  right="C", multiplier="100", exchange="SMART", currency="USD", tradingClass="AAPL")
+    option = dict(
+        symbol="AAPL",
+        secType="OPT",
+        lastTradeDateOrContractMonth="20270115",
+        strike=190.0,
+        right="C",
+        multiplier="100",
+        exchange="SMART",
+        currency="USD",
+        tradingClass="AAPL",
+    )
 
     @per_version
     def test_req_mkt_data(self, v):
         name, req = ibapi_request(v, "reqMktData", 5, _contract(**self.option), "100,101,106", False, False, [])
-        self.assertEqual((name, req["req_id"], req["generic_ticks"], req["snapshot"]),
-                         ("reqMktData", 5, "100,101,106", False))
-        self.assertEqual({k: req["contract"][k] for k in ("symbol", "sec_type", "expiry", "strike", "right",
-                                                          "multiplier", "exchange", "trading_class")},
-                         {"symbol": "AAPL", "sec_type": "OPT", "expiry": "20270115", "strike": 190.0,
-                          "right": "C", "multiplier": "100", "exchange": "SMART", "trading_class": "AAPL"})
+        self.assertEqual(
+            (name, req["req_id"], req["generic_ticks"], req["snapshot"]), ("reqMktData", 5, "100,101,106", False)
+        )
+        self.assertEqual(
+            {
+                k: req["contract"][k]
+                for k in ("symbol", "sec_type", "expiry", "strike", "right", "multiplier", "exchange", "trading_class")
+            },
+            {
+                "symbol": "AAPL",
+                "sec_type": "OPT",
+                "expiry": "20270115",
+                "strike": 190.0,
+                "right": "C",
+                "multiplier": "100",
+                "exchange": "SMART",
+                "trading_class": "AAPL",
+            },
+        )
         self.assertEqual(ibapi_request(v, "cancelMktData", 5), ("cancelMktData", {"req_id": 5}))
 
     @per_version
     def test_req_contract_details_and_sec_def(self, v):
-        name, req = ibapi_request(v, "reqContractDetails", 6, _contract(conId=265598, symbol="AAPL",
-                                                                         secType="STK", exchange="SMART"))
-        self.assertEqual((name, req["req_id"], req["contract"]["con_id"], req["contract"]["sec_type"]),
-                         ("reqContractDetails", 6, 265598, "STK"))
-        if v >= 104:                                      # MIN_SERVER_VER_SEC_DEF_OPT_PARAMS_REQ
-            self.assertEqual(ibapi_request(v, "reqSecDefOptParams", 7, "AAPL", "", "STK", 265598),
-                             ("reqSecDefOptParams", {"req_id": 7, "symbol": "AAPL", "exchange": "",
-                                                     "sec_type": "STK", "con_id": 265598}))
+        name, req = ibapi_request(
+            v, "reqContractDetails", 6, _contract(conId=265598, symbol="AAPL", secType="STK", exchange="SMART")
+        )
+        self.assertEqual(
+            (name, req["req_id"], req["contract"]["con_id"], req["contract"]["sec_type"]),
+            ("reqContractDetails", 6, 265598, "STK"),
+        )
+        if v >= 104:  # MIN_SERVER_VER_SEC_DEF_OPT_PARAMS_REQ
+            self.assertEqual(
+                ibapi_request(v, "reqSecDefOptParams", 7, "AAPL", "", "STK", 265598),
+                (
+                    "reqSecDefOptParams",
+                    {"req_id": 7, "symbol": "AAPL", "exchange": "", "sec_type": "STK", "con_id": 265598},
+                ),
+            )
 
     @per_version
     def test_place_and_cancel_order(self, v):
@@ -415,11 +565,35 @@ class RequestsFromIbapiTest(unittest.TestCase):
         order.tif, order.account, order.orderRef = "GTC", "DU1234567", "req-9"
         name, req = ibapi_request(v, "placeOrder", 41, _contract(**self.option), order)
         self.assertEqual(name, "placeOrder")
-        self.assertEqual({k: req[k] for k in ("order_id", "action", "quantity", "order_type", "lmt_price",
-                                              "aux_price", "tif", "account", "order_ref", "what_if")},
-                         {"order_id": 41, "action": "SELL", "quantity": 3.0, "order_type": "LMT",
-                          "lmt_price": 2.05, "aux_price": None, "tif": "GTC", "account": "DU1234567",
-                          "order_ref": "req-9", "what_if": False})
+        self.assertEqual(
+            {
+                k: req[k]
+                for k in (
+                    "order_id",
+                    "action",
+                    "quantity",
+                    "order_type",
+                    "lmt_price",
+                    "aux_price",
+                    "tif",
+                    "account",
+                    "order_ref",
+                    "what_if",
+                )
+            },
+            {
+                "order_id": 41,
+                "action": "SELL",
+                "quantity": 3.0,
+                "order_type": "LMT",
+                "lmt_price": 2.05,
+                "aux_price": None,
+                "tif": "GTC",
+                "account": "DU1234567",
+                "order_ref": "req-9",
+                "what_if": False,
+            },
+        )
         self.assertEqual(req["contract"]["strike"], 190.0)
         self.assertEqual(ibapi_request(v, "cancelOrder", 41, OrderCancel()), ("cancelOrder", {"order_id": 41}))
 
@@ -427,6 +601,7 @@ class RequestsFromIbapiTest(unittest.TestCase):
     def test_what_if_is_read_past_every_optional_block(self, v):
         """whatIf sits behind blocks whose length depends on the order: read through each."""
         from ibapi.tag_value import TagValue
+
         order = _ibapi_order(v)
         order.action, order.totalQuantity, order.orderType, order.lmtPrice = "BUY", 1, "LMT", 2.05
         order.whatIf, order.hedgeType, order.hedgeParam = True, "D", "0.5"
@@ -442,19 +617,22 @@ class RequestsFromIbapiTest(unittest.TestCase):
     @per_version
     def test_account_and_order_queries(self, v):
         self.assertEqual(ibapi_request(v, "reqPositions"), ("reqPositions", {}))
-        self.assertEqual(ibapi_request(v, "reqAccountSummary", 3, "All", "NetLiquidation,BuyingPower"),
-                         ("reqAccountSummary", {"req_id": 3, "group": "All", "tags": "NetLiquidation,BuyingPower"}))
-        self.assertEqual(ibapi_request(v, "reqAccountUpdates", True, "DU1"),
-                         ("reqAccountUpdates", {"subscribe": True, "account": "DU1"}))
+        self.assertEqual(
+            ibapi_request(v, "reqAccountSummary", 3, "All", "NetLiquidation,BuyingPower"),
+            ("reqAccountSummary", {"req_id": 3, "group": "All", "tags": "NetLiquidation,BuyingPower"}),
+        )
+        self.assertEqual(
+            ibapi_request(v, "reqAccountUpdates", True, "DU1"),
+            ("reqAccountUpdates", {"subscribe": True, "account": "DU1"}),
+        )
         self.assertEqual(ibapi_request(v, "reqOpenOrders"), ("reqOpenOrders", {}))
         self.assertEqual(ibapi_request(v, "reqAllOpenOrders"), ("reqAllOpenOrders", {}))
         self.assertEqual(ibapi_request(v, "reqAutoOpenOrders", True), ("reqAutoOpenOrders", {"auto_bind": True}))
-        if v >= 150:                                      # MIN_SERVER_VER_COMPLETED_ORDERS
-            self.assertEqual(ibapi_request(v, "reqCompletedOrders", False),
-                             ("reqCompletedOrders", {"api_only": False}))
+        if v >= 150:  # MIN_SERVER_VER_COMPLETED_ORDERS
+            self.assertEqual(ibapi_request(v, "reqCompletedOrders", False), ("reqCompletedOrders", {"api_only": False}))
         name, req = ibapi_request(v, "reqExecutions", 12, ExecutionFilter())
         self.assertEqual((name, req["req_id"], req["client_id"], req["last_n_days"]), ("reqExecutions", 12, 0, None))
-        if v >= 200:                                      # MIN_SERVER_VER_PARAMETRIZED_DAYS_OF_EXECUTIONS
+        if v >= 200:  # MIN_SERVER_VER_PARAMETRIZED_DAYS_OF_EXECUTIONS
             week = ExecutionFilter()
             week.lastNDays, week.specificDates = 7, ["20261201", "20261202"]
             self.assertEqual(ibapi_request(v, "reqExecutions", 13, week)[1]["last_n_days"], 7)
@@ -470,13 +648,15 @@ class RequestsFromIbapiTest(unittest.TestCase):
         client.startApi()
         reader = FrameReader()
         reader.feed(client.conn.sent[0])
-        self.assertEqual(parse_request(split_fields(reader.payloads()[0]), v),
-                         ("startApi", {"client_id": 12, "optional_capabilities": ""}))
+        self.assertEqual(
+            parse_request(split_fields(reader.payloads()[0]), v),
+            ("startApi", {"client_id": 12, "optional_capabilities": ""}),
+        )
 
     def test_unknown_and_short_messages(self):
         self.assertEqual(parse_request(["123", "1"], 200), ("msg123", {}))
         with self.assertRaises(ProtocolError):
-            parse_request(["2", "2"], 200)                 # cancelMktData without its reqId
+            parse_request(["2", "2"], 200)  # cancelMktData without its reqId
 
 
 if __name__ == "__main__":

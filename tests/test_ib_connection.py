@@ -1,5 +1,6 @@
 """The TWS connection: routing of recorded callback sequences, call(), errors, pacing, and (against
 tests.fake_tws) connecting, port/mode resolution, busy client ids, drops and TWS restarts."""
+
 import dataclasses
 import inspect
 import json
@@ -17,18 +18,32 @@ from ibapi.contract import Contract, ContractDetails
 from ibapi.execution import Execution
 from ibapi.wrapper import EWrapper
 
-from agent.ib import connection as ib_connection
-from agent.ib import session as ib_session
 from agent.backoff import ReconnectPolicy
 from agent.config import Config
-from agent.errors import (IB_ERROR, IB_NOT_CONNECTED, MARKET_DATA_NOT_SUBSCRIBED, NO_SECURITY_DEFINITION,
-                          READ_ONLY_API, TIMEOUT, AgentError)
-from agent.ib.connection import (ID_CALLBACKS, NOTICE_CODES, PLAIN_CALLBACKS, REQ_ID_FIRST, TESTED_MAX_SERVER_VERSION,
-                           IBConnection, _TwsSession, error_for, with_reject_details)
+from agent.errors import (
+    IB_ERROR,
+    IB_NOT_CONNECTED,
+    MARKET_DATA_NOT_SUBSCRIBED,
+    NO_SECURITY_DEFINITION,
+    READ_ONLY_API,
+    TIMEOUT,
+    AgentError,
+)
+from agent.ib import connection as ib_connection
+from agent.ib import session as ib_session
+from agent.ib.codes import with_reject_details
+from agent.ib.connection import (
+    NOTICE_CODES,
+    REQ_ID_FIRST,
+    TESTED_MAX_SERVER_VERSION,
+    IBConnection,
+    _TwsSession,
+    error_for,
+)
+from agent.ib.session import ID_CALLBACKS, PLAIN_CALLBACKS
 
 RECORDED = json.loads((Path(__file__).parent / "recorded" / "connection_callbacks.json").read_text())
-TAGGED = {"Contract": Contract, "ContractDetails": ContractDetails, "TickAttrib": TickAttrib,
-          "Execution": Execution}
+TAGGED = {"Contract": Contract, "ContractDetails": ContractDetails, "TickAttrib": TickAttrib, "Execution": Execution}
 CONFIG = Config(key="test-key")
 WAIT_S = 10.0
 
@@ -40,7 +55,7 @@ def decode(value, req_id):
     if isinstance(value, list):
         return [decode(v, req_id) for v in value]
     if isinstance(value, dict) and len(value) == 1:
-        (tag, body), = value.items()
+        ((tag, body),) = value.items()
         if tag == "Decimal":
             return Decimal(body)
         obj = TAGGED[tag]()
@@ -109,23 +124,28 @@ class CallbackTables(unittest.TestCase):
 
     def test_every_data_callback_of_ewrapper_is_routed(self):
         kept = {"error", "winError", "connectAck", "connectionClosed", "nextValidId", "managedAccounts"}
-        callbacks = {n for n, f in vars(EWrapper).items() if callable(f) and not n.startswith("_")
-                     and not n.endswith("ProtoBuf") and not n.startswith("verify")}
+        callbacks = {
+            n
+            for n, f in vars(EWrapper).items()
+            if callable(f) and not n.startswith("_") and not n.endswith("ProtoBuf") and not n.startswith("verify")
+        }
         self.assertEqual(callbacks - kept - set(ID_CALLBACKS) - set(PLAIN_CALLBACKS), set())
 
 
 class ErrorTable(unittest.TestCase):
     def test_codes(self):
-        cases = [(200, "No security definition has been found for the request", NO_SECURITY_DEFINITION),
-                 (354, "Requested market data is not subscribed.", MARKET_DATA_NOT_SUBSCRIBED),
-                 (10089, "Requested market data requires additional subscription", MARKET_DATA_NOT_SUBSCRIBED),
-                 (10090, "Part of requested market data is not subscribed", MARKET_DATA_NOT_SUBSCRIBED),
-                 (10168, "Delayed market data is not enabled", MARKET_DATA_NOT_SUBSCRIBED),
-                 (10197, "No market data during competing live session", MARKET_DATA_NOT_SUBSCRIBED),
-                 (321, "The API interface is currently in Read-Only mode.", READ_ONLY_API),
-                 (321, "Error validating request: missing field", IB_ERROR),
-                 (504, "Not connected", IB_NOT_CONNECTED),
-                 (162, "Historical Market Data Service error message", IB_ERROR)]
+        cases = [
+            (200, "No security definition has been found for the request", NO_SECURITY_DEFINITION),
+            (354, "Requested market data is not subscribed.", MARKET_DATA_NOT_SUBSCRIBED),
+            (10089, "Requested market data requires additional subscription", MARKET_DATA_NOT_SUBSCRIBED),
+            (10090, "Part of requested market data is not subscribed", MARKET_DATA_NOT_SUBSCRIBED),
+            (10168, "Delayed market data is not enabled", MARKET_DATA_NOT_SUBSCRIBED),
+            (10197, "No market data during competing live session", MARKET_DATA_NOT_SUBSCRIBED),
+            (321, "The API interface is currently in Read-Only mode.", READ_ONLY_API),
+            (321, "Error validating request: missing field", IB_ERROR),
+            (504, "Not connected", IB_NOT_CONNECTED),
+            (162, "Historical Market Data Service error message", IB_ERROR),
+        ]
         for ib_code, text, code in cases:
             with self.subTest(ib_code=ib_code, text=text):
                 error = error_for(ib_code, text)
@@ -146,10 +166,21 @@ class Replayed(unittest.TestCase):
         conn, session, changes = connected()
         self.assertTrue(conn.ready)
         self.assertTrue(conn.wait_ready(0))
-        self.assertEqual(conn.status(), {
-            "connected": True, "host": "127.0.0.1", "port": 7497, "client_id": 17, "accounts": ["DU1234567"],
-            "account_type": "paper", "server_version": None, "market_data_type": "frozen", "read_only": None,
-            "error": None})
+        self.assertEqual(
+            conn.status(),
+            {
+                "connected": True,
+                "host": "127.0.0.1",
+                "port": 7497,
+                "client_id": 17,
+                "accounts": ["DU1234567"],
+                "account_type": "paper",
+                "server_version": None,
+                "market_data_type": "frozen",
+                "read_only": None,
+                "error": None,
+            },
+        )
         self.assertEqual(changes[-1], conn.status(), "on_change was told")
         self.assertEqual([conn.next_order_id(), conn.next_order_id()], [1, 2])
 
@@ -162,8 +193,13 @@ class Replayed(unittest.TestCase):
         self.assertEqual(conn.next_order_id(), 51, "never goes back")
 
     def test_market_data_type_setting(self):
-        for setting, name in [("auto", "frozen"), ("live", "live"), ("frozen", "frozen"),
-                              ("delayed", "delayed"), ("delayed-frozen", "delayed-frozen")]:
+        for setting, name in [
+            ("auto", "frozen"),
+            ("live", "live"),
+            ("frozen", "frozen"),
+            ("delayed", "delayed"),
+            ("delayed-frozen", "delayed-frozen"),
+        ]:
             with self.subTest(setting):
                 conn, session, _ = connected(dataclasses.replace(CONFIG, market_data_type=setting))
                 self.assertEqual(conn.status()["market_data_type"], name)
@@ -183,6 +219,7 @@ class Replayed(unittest.TestCase):
             sent.append((req_id,) + args)
             if sequence:
                 replay(session, sequence, req_id)
+
         setattr(session, method, answer)
         return sent
 
@@ -190,22 +227,36 @@ class Replayed(unittest.TestCase):
         conn, session, _ = connected()
         sent = self.answering(session, "reqContractDetails", "contract_details_aapl")
         req_id = conn.next_req_id()
-        rows = conn.call("reqContractDetails", req_id, Contract(), rows=("contractDetails",),
-                         end="contractDetailsEnd", timeout=WAIT_S)
+        rows = conn.call(
+            "reqContractDetails",
+            req_id,
+            Contract(),
+            rows=("contractDetails",),
+            end="contractDetailsEnd",
+            timeout=WAIT_S,
+        )
         self.assertEqual(len(sent), 1)
         self.assertEqual([len(r) for r in rows], [1, 1])
         self.assertEqual([r[0].contract.conId for r in rows], [265598, 38708077])
         self.assertEqual(conn._registry, {}, "unregistered after the answer")
 
     def test_call_raises_the_routed_error(self):
-        for sequence, code, ib_code in [("no_security_definition", NO_SECURITY_DEFINITION, 200),
-                                        ("not_subscribed", MARKET_DATA_NOT_SUBSCRIBED, 354)]:
+        for sequence, code, ib_code in [
+            ("no_security_definition", NO_SECURITY_DEFINITION, 200),
+            ("not_subscribed", MARKET_DATA_NOT_SUBSCRIBED, 354),
+        ]:
             with self.subTest(sequence):
                 conn, session, changes = connected()
                 self.answering(session, "reqContractDetails", sequence)
                 with self.assertRaises(AgentError) as caught:
-                    conn.call("reqContractDetails", conn.next_req_id(), Contract(), rows=("contractDetails",),
-                              end="contractDetailsEnd", timeout=WAIT_S)
+                    conn.call(
+                        "reqContractDetails",
+                        conn.next_req_id(),
+                        Contract(),
+                        rows=("contractDetails",),
+                        end="contractDetailsEnd",
+                        timeout=WAIT_S,
+                    )
                 self.assertEqual((caught.exception.code, caught.exception.ib_code), (code, ib_code))
                 self.assertEqual(conn._registry, {})
                 self.assertIsNone(conn.status()["read_only"])
@@ -237,8 +288,10 @@ class Replayed(unittest.TestCase):
         conn.register(REQ_ID_FIRST, handler)
         replay(session, "delayed_market_data", REQ_ID_FIRST)
         self.assertEqual(handler.errors, [])
-        self.assertEqual([name for name, _ in handler.events],
-                         ["marketDataType", "tickPrice", "tickPrice", "tickSize", "tickSnapshotEnd"])
+        self.assertEqual(
+            [name for name, _ in handler.events],
+            ["marketDataType", "tickPrice", "tickPrice", "tickSize", "tickSnapshotEnd"],
+        )
         self.assertEqual(handler.events[0][1], (REQ_ID_FIRST, 3))
         self.assertEqual(handler.events[1][1][:3], (REQ_ID_FIRST, 66, 1.23))
         self.assertEqual([n[:2] for n in notices], [(REQ_ID_FIRST, 10167)])
@@ -329,9 +382,11 @@ class NotConnected(unittest.TestCase):
         conn = IBConnection(CONFIG)
         self.assertFalse(conn.ready)
         self.assertFalse(conn.wait_ready(0))
-        for attempt in (lambda: conn.send("reqCurrentTime"),
-                        lambda: conn.call("reqContractDetails", 5, Contract(), end="contractDetailsEnd"),
-                        conn.next_order_id):
+        for attempt in (
+            lambda: conn.send("reqCurrentTime"),
+            lambda: conn.call("reqContractDetails", 5, Contract(), end="contractDetailsEnd"),
+            conn.next_order_id,
+        ):
             with self.assertRaises(AgentError) as caught:
                 attempt()
             self.assertEqual(caught.exception.code, IB_NOT_CONNECTED)
@@ -358,8 +413,14 @@ class DropsAndTimeouts(unittest.TestCase):
 
         threading.Thread(target=dropper, daemon=True).start()
         with self.assertRaises(AgentError) as caught, self.assertLogs("ib_data_agent.ib", "INFO") as logs:
-            conn.call("reqContractDetails", conn.next_req_id(), Contract(), rows=("contractDetails",),
-                      end="contractDetailsEnd", timeout=60)
+            conn.call(
+                "reqContractDetails",
+                conn.next_req_id(),
+                Contract(),
+                rows=("contractDetails",),
+                end="contractDetailsEnd",
+                timeout=60,
+            )
         self.assertEqual(logs.output, ["WARNING:ib_data_agent.ib:Lost connection to TWS on port 7497; reconnecting..."])
         self.assertEqual(caught.exception.code, IB_NOT_CONNECTED)
         self.assertEqual(bystander.disconnects, 1)
@@ -388,8 +449,7 @@ class Backoff(unittest.TestCase):
     def test_waits_grow_with_full_jitter_up_to_the_cap_and_a_mismatch_waits_long(self):
         conn = IBConnection(CONFIG, backoff=(0.5, 10.0), mismatch_retry_s=30.0)
         for attempt, high in [(1, 0.5), (2, 1.0), (3, 2.0), (5, 8.0), (6, 10.0), (40, 10.0)]:
-            waits = [conn._retry_wait(self.attempt_state(attempt, ib_connection._Unavailable()))
-                     for _ in range(200)]
+            waits = [conn._retry_wait(self.attempt_state(attempt, ib_connection._Unavailable())) for _ in range(200)]
             self.assertTrue(all(0 <= w <= high for w in waits), (attempt, max(waits)))
             self.assertGreater(max(waits), high / 2, "jitter spreads over the whole window")
         self.assertEqual(conn._retry_wait(self.attempt_state(1, ib_connection._Unavailable(slow=True))), 30.0)
@@ -403,7 +463,7 @@ class Backoff(unittest.TestCase):
         conn, session, _ = connected()
         conn._resolve = lambda: (session, "paper")
         conn._go_ready = lambda *args: True
-        conn._serve = lambda s: None   # the connection drops at once
+        conn._serve = lambda s: None  # the connection drops at once
         with self.assertLogs("ib_data_agent.ib", "WARNING"), self.assertRaises(ib_connection._Unavailable):
             conn._connect_and_serve()
         with self.assertLogs("ib_data_agent.ib", "WARNING"), mock.patch.object(conn._reconnect, "stable_after_s", 0):
@@ -431,7 +491,7 @@ class ClientSideErrors(unittest.TestCase):
     def test_a_request_ibapi_refuses_raises_at_once_and_is_not_logged_as_a_tws_error(self):
         conn, session, _ = connected()
         contract = Contract()
-        contract.symbol, contract.secType, contract.exchange = "AAPL\u00e9", "STK", "SMART"   # not ASCII
+        contract.symbol, contract.secType, contract.exchange = "AAPL\u00e9", "STK", "SMART"  # not ASCII
         session.conn.sent.clear()
         with self.assertRaises(AgentError) as caught, self.assertNoLogs("ib_data_agent.ib", "WARNING"):
             conn.send("reqMktData", conn.next_req_id(), contract, "", False, False, [])
@@ -499,9 +559,6 @@ class Pacing(unittest.TestCase):
         self.assertEqual(session.conn.sent, [])
 
 
-
-
-
 # ---- against tests.fake_tws ---------------------------------------------------------------------
 
 from tests.agent_process import ServerProcess  # noqa: E402
@@ -514,6 +571,7 @@ DROP_WAIT_S = 20.0  # the fake may take a few seconds to notice its own drop_all
 def free_port():
     """A loopback port with nobody listening (bound, then released)."""
     import socket
+
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
@@ -553,8 +611,13 @@ class WithFakeTWS(unittest.TestCase):
     def connection(self, candidates=None, handshake_timeout=5.0, **settings):
         statuses = StatusLog()
         config = dataclasses.replace(CONFIG, **settings)
-        conn = IBConnection(config, on_change=statuses, candidate_ports=candidates, backoff=FAST_BACKOFF,
-                            handshake_timeout=handshake_timeout)
+        conn = IBConnection(
+            config,
+            on_change=statuses,
+            candidate_ports=candidates,
+            backoff=FAST_BACKOFF,
+            handshake_timeout=handshake_timeout,
+        )
         statuses.conn = conn
         conn.start()
         self.addCleanup(conn.stop)
@@ -566,19 +629,41 @@ class ConnectAndCall(WithFakeTWS):
         tws, port = self.fake()
         conn, statuses = self.connection(ib_port=port, market_data_type="delayed")
         self.assertTrue(conn.wait_ready(WAIT_S))
-        self.assertEqual(conn.status(), {
-            "connected": True, "host": "127.0.0.1", "port": port, "client_id": 17, "accounts": ["DU1234567"],
-            "account_type": "paper", "server_version": TESTED_MAX_SERVER_VERSION, "market_data_type": "delayed",
-            "read_only": None,
-            "error": None})
+        self.assertEqual(
+            conn.status(),
+            {
+                "connected": True,
+                "host": "127.0.0.1",
+                "port": port,
+                "client_id": 17,
+                "accounts": ["DU1234567"],
+                "account_type": "paper",
+                "server_version": TESTED_MAX_SERVER_VERSION,
+                "market_data_type": "delayed",
+                "read_only": None,
+                "error": None,
+            },
+        )
         self.assertTrue(statuses.wait_for(lambda s: s["connected"]))
-        rows = conn.call("reqContractDetails", conn.next_req_id(), stock("AAPL"), rows=("contractDetails",),
-                         end="contractDetailsEnd", timeout=WAIT_S)
+        rows = conn.call(
+            "reqContractDetails",
+            conn.next_req_id(),
+            stock("AAPL"),
+            rows=("contractDetails",),
+            end="contractDetailsEnd",
+            timeout=WAIT_S,
+        )
         self.assertGreaterEqual(len(rows), 1)
         self.assertEqual(rows[0][0].contract.symbol, "AAPL")
         with self.assertRaises(AgentError) as caught:
-            conn.call("reqContractDetails", conn.next_req_id(), stock("NOSUCHTHING"), rows=("contractDetails",),
-                      end="contractDetailsEnd", timeout=WAIT_S)
+            conn.call(
+                "reqContractDetails",
+                conn.next_req_id(),
+                stock("NOSUCHTHING"),
+                rows=("contractDetails",),
+                end="contractDetailsEnd",
+                timeout=WAIT_S,
+            )
         self.assertEqual((caught.exception.code, caught.exception.ib_code), (NO_SECURITY_DEFINITION, 200))
         self.assertEqual(tws.stats()["requests_by_type"].get("reqMarketDataType"), 1)
 
@@ -635,6 +720,7 @@ class SilentServer(WithFakeTWS):
 
     def setUp(self):
         import socket
+
         self.listener = socket.socket()
         self.listener.bind(("127.0.0.1", 0))
         self.listener.listen(8)
@@ -703,8 +789,9 @@ class PortsAndModes(WithFakeTWS):
             conn, statuses = self.connection(ib_port=self.live_port, ib_mode="paper", ib_mode_explicit=True)
             self.assertTrue(statuses.wait_for(lambda s: s["error"]))
         self.assertFalse(conn.ready)
-        self.assertIn(f"port {self.live_port}: TWS logged into LIVE account U1234567, but IB_MODE=paper",
-                      conn.status()["error"])
+        self.assertIn(
+            f"port {self.live_port}: TWS logged into LIVE account U1234567, but IB_MODE=paper", conn.status()["error"]
+        )
         self.assertEqual(self.used(self.live), {})
 
     def test_ib_port_alone_connects_and_reports_the_type(self):
@@ -723,13 +810,31 @@ class DropsAndRestarts(WithFakeTWS):
         self.addCleanup(streaming.cancel)
         with self.assertRaises(AgentError) as caught, self.assertLogs("ib_data_agent.ib", "INFO"):
             # a streaming request never ends by itself
-            conn.call("reqMktData", conn.next_req_id(), stock("AAPL"), "", False, False, [],
-                      rows=("tickPrice",), end="tickSnapshotEnd", timeout=DROP_WAIT_S)
+            conn.call(
+                "reqMktData",
+                conn.next_req_id(),
+                stock("AAPL"),
+                "",
+                False,
+                False,
+                [],
+                rows=("tickPrice",),
+                end="tickSnapshotEnd",
+                timeout=DROP_WAIT_S,
+            )
         self.assertEqual(caught.exception.code, IB_NOT_CONNECTED)
         self.assertTrue(statuses.wait_for(lambda s: not s["connected"] and "Lost connection" in (s["error"] or "")))
         self.assertTrue(conn.wait_ready(DROP_WAIT_S))
-        self.assertTrue(conn.call("reqContractDetails", conn.next_req_id(), stock("MSFT"), rows=("contractDetails",),
-                                  end="contractDetailsEnd", timeout=WAIT_S))
+        self.assertTrue(
+            conn.call(
+                "reqContractDetails",
+                conn.next_req_id(),
+                stock("MSFT"),
+                rows=("contractDetails",),
+                end="contractDetailsEnd",
+                timeout=WAIT_S,
+            )
+        )
 
     def test_tws_restart_comes_back_by_itself_with_one_line_each_way(self):
         tws, port = self.fake()
@@ -761,6 +866,7 @@ class BackPressure(unittest.TestCase):
 
     def test_the_gate_shuts_after_unanswered_messages_and_opens_on_any_bytes(self):
         import socket as socket_module
+
         ours, theirs = socket_module.socketpair()
         self.addCleanup(theirs.close)
         tws_socket = ib_session._TwsSocket(ours, on_close=lambda: None)
@@ -775,7 +881,7 @@ class BackPressure(unittest.TestCase):
             time.sleep(0.4)
             self.assertTrue(waiter.is_alive(), "the 11th message waits")
             self.assertEqual(probes, [1], "one probe asked for")
-            theirs.sendall(b"\x00\x00\x00\x02" + b"49")     # TWS answers something
+            theirs.sendall(b"\x00\x00\x00\x02" + b"49")  # TWS answers something
             self.assertEqual(tws_socket.recvMsg()[-2:], b"49")
             waiter.join(WAIT_S)
         self.assertEqual(outcome, [ib_session.UNANSWERED_MAX + 1], "the backlog TWS found when it read again")
@@ -783,6 +889,7 @@ class BackPressure(unittest.TestCase):
 
     def test_a_closed_socket_opens_the_gate_with_an_error(self):
         import socket as socket_module
+
         ours, theirs = socket_module.socketpair()
         self.addCleanup(theirs.close)
         tws_socket = ib_session._TwsSocket(ours, on_close=lambda: None)
@@ -800,11 +907,13 @@ class Heartbeat(WithFakeTWS):
         tws = ServerProcess("tests.fake_tws", ["--tick-delay-ms", "1,5"])
         port = tws.start()
         self.addCleanup(tws.stop)
-        with mock.patch.object(ib_connection, "HEARTBEAT_S", 0.5), \
-                mock.patch.object(ib_connection, "HEARTBEAT_REPLY_S", 0.5):
+        with (
+            mock.patch.object(ib_connection, "HEARTBEAT_S", 0.5),
+            mock.patch.object(ib_connection, "HEARTBEAT_REPLY_S", 0.5),
+        ):
             conn, statuses = self.connection(ib_port=port)
             self.assertTrue(conn.wait_ready(WAIT_S))
-            time.sleep(1.5)                      # quiet but answering: stays connected
+            time.sleep(1.5)  # quiet but answering: stays connected
             self.assertTrue(conn.ready)
             os.kill(tws.pid, signal.SIGSTOP)
             try:

@@ -1,5 +1,6 @@
 """The line pool, the bulk sliding window, shared and warm subscriptions (ib_lines), driven by a
 stand-in connection that replays recorded tick sequences (tests/recorded/ticks_*.json)."""
+
 from __future__ import annotations
 
 import itertools
@@ -9,14 +10,13 @@ import unittest
 from typing import Callable, Dict, List, Optional, Tuple
 
 from agent.config import Config
-from agent.errors import (CANCELLED, IB_NOT_CONNECTED, MARKET_DATA_NOT_SUBSCRIBED, NO_SECURITY_DEFINITION,
-                          AgentError)
+from agent.errors import CANCELLED, IB_NOT_CONNECTED, MARKET_DATA_NOT_SUBSCRIBED, NO_SECURITY_DEFINITION, AgentError
 from agent.ib.lines import MarketData
 from agent.ib.ticks import Instrument
 from tests.test_ib_ticks import recorded_events
 
 WAIT_S = 10.0
-STALE_BID = 9.99    # a tick a warm stream got before a 1101: no answer may carry it after
+STALE_BID = 9.99  # a tick a warm stream got before a 1101: no answer may carry it after
 
 
 def make_config(**fields) -> Config:
@@ -40,13 +40,18 @@ class StubTws:
     the type in effect; `not_subscribed`: the same, for these tickers only. `asked` records
     (symbol, strike, right, data type, generic ticks) per reqMktData."""
 
-    def __init__(self, replies: Optional[dict] = None, tws_lines: int = 1000, delayed_only: bool = False,
-                 not_subscribed: tuple = ()):
+    def __init__(
+        self,
+        replies: Optional[dict] = None,
+        tws_lines: int = 1000,
+        delayed_only: bool = False,
+        not_subscribed: tuple = (),
+    ):
         self.replies = dict(replies or {})
         self.tws_lines = tws_lines
         self.delayed_only = delayed_only
         self.not_subscribed = set(not_subscribed)
-        self.data_type = 2      # what ib_connection asks on connecting in auto
+        self.data_type = 2  # what ib_connection asks on connecting in auto
         self.open: Dict[int, tuple] = {}
         self.max_open = 0
         self.asked: List[tuple] = []
@@ -73,8 +78,7 @@ class StubTws:
             self.open.pop(req_id)
             conn.error(req_id, 354, "Requested market data is not subscribed.")
         elif delayed_only:
-            conn.feed(req_id, "option_delayed" if contract.secType == "OPT" else "stock_live",
-                      data_type=self.data_type)
+            conn.feed(req_id, "option_delayed" if contract.secType == "OPT" else "stock_live", data_type=self.data_type)
         elif reply == "silent":
             return
         elif isinstance(reply, tuple) and reply[0] == "notice":
@@ -101,7 +105,7 @@ class StubConnection:
         self.sent: List[Tuple[str, tuple]] = []
         self.handlers: Dict[int, object] = {}
         self.listeners: Dict[str, list] = {}
-        self.answers: Dict[str, Callable] = {}      # call(): method -> fn(args) -> rows
+        self.answers: Dict[str, Callable] = {}  # call(): method -> fn(args) -> rows
         self._ids = itertools.count(1_000_000_000)
         self._lock = threading.Condition()
 
@@ -210,7 +214,7 @@ class Background:
     def _run(self, fn, args, kwargs):
         try:
             self.result = fn(*args, **kwargs)
-        except Exception as exc:   # handed to the test thread
+        except Exception as exc:  # handed to the test thread
             self.error = exc
 
     def join(self, timeout: float = WAIT_S):
@@ -252,16 +256,27 @@ class SlidingWindowTest(LinesTestCase):
         market, conn, _ = self.make()
         market.fetch([option(190, "P")])
         name, (req_id, contract, generic, snapshot, regulatory, options) = next(
-            s for s in conn.sent if s[0] == "reqMktData")
-        self.assertEqual((contract.symbol, contract.secType, contract.lastTradeDateOrContractMonth, contract.strike,
-                          contract.right, contract.exchange, contract.currency, contract.multiplier,
-                          contract.tradingClass),
-                         ("AAPL", "OPT", "20300118", 190.0, "P", "SMART", "USD", "100", "AAPL"))
-        self.assertEqual((generic, snapshot), ("100,101", False))   # no 106: IV comes from the model
+            s for s in conn.sent if s[0] == "reqMktData"
+        )
+        self.assertEqual(
+            (
+                contract.symbol,
+                contract.secType,
+                contract.lastTradeDateOrContractMonth,
+                contract.strike,
+                contract.right,
+                contract.exchange,
+                contract.currency,
+                contract.multiplier,
+                contract.tradingClass,
+            ),
+            ("AAPL", "OPT", "20300118", 190.0, "P", "SMART", "USD", "100", "AAPL"),
+        )
+        self.assertEqual((generic, snapshot), ("100,101", False))  # no 106: IV comes from the model
 
     def test_deadline_returns_what_arrived_and_frees_the_line(self):
         market, conn, _ = self.make(StubTws({("AAPL", 200.0, "C"): "option_no_model"}), option_timeout_s=0.3)
-        result, = market.fetch([option(200)])
+        (result,) = market.fetch([option(200)])
         self.assertIs(result["complete"], False)
         self.assertIsNone(result["error"])
         self.assertEqual((result["bid"], result["ask"], result["delta"]), (1.9, 2.0, 0.3011))
@@ -275,7 +290,7 @@ class SlidingWindowTest(LinesTestCase):
         self.assertEqual(results[1]["error"]["ib_code"], 200)
         self.assertIs(results[1]["complete"], False)
         self.assertTrue(results[0]["complete"] and results[2]["complete"])
-        self.assertEqual(conn.count("cancelMktData"), 2)   # the refused one holds no line on TWS
+        self.assertEqual(conn.count("cancelMktData"), 2)  # the refused one holds no line on TWS
         self.assertEqual(market.stats()["lines_in_use"], 0)
 
     def test_open_interest_is_waited_for_only_when_asked(self):
@@ -288,7 +303,7 @@ class SlidingWindowTest(LinesTestCase):
             req_id = conn.req_ids()[0]
             for callback, args in recorded_events("option_live", req_id)[:before_oi]:
                 conn.event(req_id, callback, args)
-            result, = job.join()
+            (result,) = job.join()
             self.assertEqual((result["complete"], result["open_interest"]), (complete, None), want_open_interest)
             self.assertEqual(result["delta"], 0.5127)
 
@@ -299,7 +314,7 @@ class SlidingWindowTest(LinesTestCase):
         req_id = conn.req_ids()[0]
         conn.error(req_id, 10090, "Part of requested market data is not subscribed.")
         conn.feed(req_id, "option_live")
-        result, = job.join()
+        (result,) = job.join()
         self.assertEqual((result["complete"], result["error"]), (True, None))
 
     def test_not_connected_fails_every_contract_at_once(self):
@@ -327,11 +342,16 @@ class FairShareTest(LinesTestCase):
             return [req_id for req_id, key in list(tws.open.items()) if key[0] == "AAPL"]
 
         oldest = big_streams()[0]
-        conn.feed(oldest, "option_live")    # one line frees up: the small request's streams go first
-        conn.wait_for(lambda: len(big_streams()) == 4 and oldest not in big_streams(),
-                      "the big request holding the whole pool again")
-        self.assertEqual(conn.count("reqMktData"), 4 + len(small_batch) + 1,
-                         "the big request took the freed line before the small one")
+        conn.feed(oldest, "option_live")  # one line frees up: the small request's streams go first
+        conn.wait_for(
+            lambda: len(big_streams()) == 4 and oldest not in big_streams(),
+            "the big request holding the whole pool again",
+        )
+        self.assertEqual(
+            conn.count("reqMktData"),
+            4 + len(small_batch) + 1,
+            "the big request took the freed line before the small one",
+        )
         self.assertTrue(all(r["complete"] for r in small.join()))
         stop_big.set()
         with self.assertRaises(AgentError):
@@ -349,7 +369,7 @@ class LineLimitTest(LinesTestCase):
         self.assertEqual([r["bid"] for r in results], [s / 100 for s in strikes])
         stats = market.stats()
         self.assertEqual(stats["lines_max"], 2)
-        self.assertEqual(stats["line_limit_errors"], 1)    # shrunk to the lines asked before the refused one
+        self.assertEqual(stats["line_limit_errors"], 1)  # shrunk to the lines asked before the refused one
         self.assertEqual(conn.count("reqMktData"), len(strikes) + 1)
         self.assertEqual(stats["lines_in_use"], 0)
 
@@ -387,7 +407,7 @@ class WarmTest(LinesTestCase):
     def test_repeat_is_answered_from_the_warm_stream_with_no_new_message(self):
         market, conn, _ = self.make(warm_lines=2, warm_seconds=60)
         market.fetch([option(180), option(185), option(190)])
-        self.assertEqual(conn.count("cancelMktData"), 1)     # the least recently used one
+        self.assertEqual(conn.count("cancelMktData"), 1)  # the least recently used one
         self.assertEqual(market.stats()["warm_lines"], 2)
         sent_before = len(conn.sent)
         results = market.fetch([option(185), option(190)])
@@ -401,7 +421,7 @@ class WarmTest(LinesTestCase):
         req_id = conn.req_ids()[0]
         conn.event(req_id, "tickPrice", (req_id, 1, 5.5, None))
         conn.event(req_id, "tickOptionComputation", (req_id, 13, 0, 0.3, 0.6, 5.6, 0.0, 0.03, 0.2, -0.05, 186.0))
-        result, = market.fetch([option(190)])
+        (result,) = market.fetch([option(190)])
         self.assertEqual((result["bid"], result["delta"], result["und_price"]), (5.5, 0.6, 186.0))
         self.assertEqual(conn.count("reqMktData"), 1)
 
@@ -438,16 +458,17 @@ class WarmTest(LinesTestCase):
         conn.event(lost_id, "tickPrice", (lost_id, 1, STALE_BID, None))
         conn.data_lost()
         self.assertEqual(conn.count("cancelMktData"), 0)
-        result, = market.fetch([option(180)])
+        (result,) = market.fetch([option(180)])
         self.assertEqual((result["bid"], conn.count("reqMktData"), market.stats()["warm_hits"]), (1.8, 2, 0))
-        self.assertEqual(market.stats()["lines_in_use"], 2)     # both warm: the stale one until taken back
+        self.assertEqual(market.stats()["lines_in_use"], 2)  # both warm: the stale one until taken back
         market.close()
         self.assertEqual(sorted(conn.req_ids("cancelMktData")), sorted(conn.req_ids()))
         self.assertEqual(market.stats()["lines_in_use"], 0)
 
     def test_data_lost_cancels_and_requests_waiting_streams_again_before_any_warm_cancel(self):
-        market, conn, _ = self.make(StubTws({("AAPL", 190.0, "C"): "silent"}), ib_max_mkt_lines=3,
-                                    warm_lines=2, warm_seconds=60)
+        market, conn, _ = self.make(
+            StubTws({("AAPL", 190.0, "C"): "silent"}), ib_max_mkt_lines=3, warm_lines=2, warm_seconds=60
+        )
         market.fetch([option(180), option(185)])
         warm_ids = conn.req_ids()
         for req_id in warm_ids:
@@ -458,14 +479,17 @@ class WarmTest(LinesTestCase):
         sent_before = len(conn.sent)
         conn.data_lost()
         conn.wait_for(lambda: conn.count("reqMktData") == 4, "the waiting stream requested again")
-        refreshed, = market.fetch([option(185)])    # the pool is full: a stale warm line is taken back
+        (refreshed,) = market.fetch([option(185)])  # the pool is full: a stale warm line is taken back
         self.assertEqual(refreshed["bid"], 1.85)
-        sent = [(name, args[0] if name == "cancelMktData" else args[1].strike)
-                for name, args in conn.sent[sent_before:]]
-        self.assertEqual(sent, [("cancelMktData", lost_id), ("reqMktData", 190.0),
-                                ("cancelMktData", warm_ids[0]), ("reqMktData", 185.0)])
+        sent = [
+            (name, args[0] if name == "cancelMktData" else args[1].strike) for name, args in conn.sent[sent_before:]
+        ]
+        self.assertEqual(
+            sent,
+            [("cancelMktData", lost_id), ("reqMktData", 190.0), ("cancelMktData", warm_ids[0]), ("reqMktData", 185.0)],
+        )
         conn.feed(conn.req_ids()[3], "option_live")
-        result, = job.join()
+        (result,) = job.join()
         self.assertEqual((result["complete"], result["error"]), (True, None))
 
     def test_data_lost_notice_requests_waiting_streams_again(self):
@@ -473,13 +497,13 @@ class WarmTest(LinesTestCase):
         job = Background(market.fetch, [option(180)])
         conn.wait_for(lambda: conn.count("reqMktData") == 1, "reqMktData")
         lost_id = conn.req_ids()[0]
-        conn.data_lost()                          # 1101 while the request waits for its fields
+        conn.data_lost()  # 1101 while the request waits for its fields
         conn.wait_for(lambda: conn.count("reqMktData") == 2, "the stream requested again")
         again_id = conn.req_ids()[1]
         self.assertNotEqual(again_id, lost_id)
-        self.assertEqual(conn.req_ids("cancelMktData"), [lost_id])   # in case TWS still streams it
+        self.assertEqual(conn.req_ids("cancelMktData"), [lost_id])  # in case TWS still streams it
         conn.feed(again_id, "option_live")
-        result, = job.join()
+        (result,) = job.join()
         self.assertEqual((result["complete"], result["error"]), (True, None))
         self.assertEqual(market.stats()["lines_in_use"], 0)
 
@@ -492,7 +516,7 @@ class WarmTest(LinesTestCase):
         def tws(conn, name, args):
             if name == "reqMktData" and args[1].strike == 185.0:
                 in_send.set()
-                go_on.wait(WAIT_S)      # the request thread waits in a paced send meanwhile
+                go_on.wait(WAIT_S)  # the request thread waits in a paced send meanwhile
             stub(conn, name, args)
 
         market, conn, _ = self.make(tws)
@@ -501,7 +525,7 @@ class WarmTest(LinesTestCase):
         lost_id = conn.req_ids()[0]
         conn.data_lost()
         conn.drop()
-        conn.ready = True               # TWS is back before the request thread goes on
+        conn.ready = True  # TWS is back before the request thread goes on
         go_on.set()
         results = job.join()
         self.assertEqual([r["error"]["code"] for r in results], [IB_NOT_CONNECTED] * 2)
@@ -534,7 +558,7 @@ class CancelAndDropTest(LinesTestCase):
         job = Background(market.fetch, [option(s) for s in range(150, 200, 5)])
         conn.wait_for(lambda: conn.count("reqMktData") == 6, "two finished and four silent lines")
         conn.drop()
-        conn.ready = True       # even when TWS is back at once, this batch's connection is gone
+        conn.ready = True  # even when TWS is back at once, this batch's connection is gone
         results = job.join()
         self.assertTrue(results[0]["complete"] and results[1]["complete"])
         self.assertEqual(results[1]["bid"], 1.55)
@@ -552,13 +576,13 @@ class MarketDataTypeTest(LinesTestCase):
         self.assertTrue(all(r["complete"] and r["error"] is None for r in results), results)
         self.assertEqual([r["market_data_type"] for r in results], ["delayed-frozen", "live", "delayed-frozen", "live"])
         asked = {(symbol, strike): (data_type, generic) for symbol, strike, _, data_type, generic in tws.asked}
-        self.assertEqual(asked[("MSFT", 300.0)], (2, "100,101"))            # frozen, where subscribed
-        self.assertEqual(asked[("AAPL", 180.0)], (4, ""))                   # the retry: no generic ticks
-        self.assertEqual(self.types_sent(conn), [4])                        # then no switch back needed
-        later, = market.fetch([option(190, "P")])                           # learnt: straight to delayed-frozen
+        self.assertEqual(asked[("MSFT", 300.0)], (2, "100,101"))  # frozen, where subscribed
+        self.assertEqual(asked[("AAPL", 180.0)], (4, ""))  # the retry: no generic ticks
+        self.assertEqual(self.types_sent(conn), [4])  # then no switch back needed
+        (later,) = market.fetch([option(190, "P")])  # learnt: straight to delayed-frozen
         self.assertEqual(later["market_data_type"], "delayed-frozen")
         self.assertEqual(tws.asked[-1][3:], (4, ""))
-        then, = market.fetch([option(320, "C", "MSFT")])                    # and back to frozen for MSFT
+        (then,) = market.fetch([option(320, "C", "MSFT")])  # and back to frozen for MSFT
         self.assertEqual(tws.asked[-1][3:], (2, "100,101"))
         self.assertEqual(self.types_sent(conn), [4, 2])
         self.assertEqual(market.stats()["market_data_type_requested"], "frozen")
@@ -567,14 +591,14 @@ class MarketDataTypeTest(LinesTestCase):
     def test_delayed_data_with_open_interest_asked_does_not_wait_for_it(self):
         market, conn, tws = self.make(StubTws(delayed_only=True), market_data_type="auto", option_timeout_s=5.0)
         started = time.monotonic()
-        result, = market.fetch([option(180, "P")], want_open_interest=True)
+        (result,) = market.fetch([option(180, "P")], want_open_interest=True)
         self.assertLess(time.monotonic() - started, 1.0)
         self.assertTrue(result["complete"], result)
         self.assertEqual(tws.asked[-1][3:], (4, ""))
 
     def test_live_only_reports_not_subscribed(self):
         market, conn, _ = self.make(StubTws(delayed_only=True), market_data_type="live")
-        result, = market.fetch([option(180, "P")])
+        (result,) = market.fetch([option(180, "P")])
         self.assertEqual((result["error"]["code"], result["error"]["ib_code"]), (MARKET_DATA_NOT_SUBSCRIBED, 354))
         self.assertEqual(conn.count("reqMarketDataType"), 0)
 
@@ -583,8 +607,8 @@ class MarketDataTypeTest(LinesTestCase):
         market.fetch([option(180, "P")])
         conn.drop()
         conn.ready = True
-        tws.data_type = 2       # what ib_connection asks for on every new connection in auto
-        result, = market.fetch([option(185, "P")])
+        tws.data_type = 2  # what ib_connection asks for on every new connection in auto
+        (result,) = market.fetch([option(185, "P")])
         self.assertEqual(result["market_data_type"], "delayed-frozen")
         self.assertEqual([a[3] for a in tws.asked], [2, 4, 2, 4])
         self.assertEqual(self.types_sent(conn), [4, 4])
@@ -594,23 +618,25 @@ class StreamNoticeTest(LinesTestCase):
     def test_partial_data_notice_keeps_the_stream_and_its_line_is_cancelled(self):
         for code in (10090, 10091):
             with self.subTest(code):
-                market, conn, tws = self.make(StubTws({("AAPL", 200.0, "C"): ("notice", code, "option_no_model")}),
-                                              option_timeout_s=5.0)
+                market, conn, tws = self.make(
+                    StubTws({("AAPL", 200.0, "C"): ("notice", code, "option_no_model")}), option_timeout_s=5.0
+                )
                 started = time.monotonic()
-                result, = market.fetch([option(200)])
+                (result,) = market.fetch([option(200)])
                 self.assertLess(time.monotonic() - started, 1.0, "no wait for model greeks that cannot come")
                 self.assertTrue(result["complete"], result)
                 self.assertIsNone(result["error"])
                 self.assertEqual((result["bid"], result["ask"]), (1.9, 2.0))
-                self.assertEqual(conn.req_ids("cancelMktData"), conn.req_ids())   # TWS still streams it
+                self.assertEqual(conn.req_ids("cancelMktData"), conn.req_ids())  # TWS still streams it
                 self.assertEqual(tws.open, {})
                 self.assertEqual(market.stats()["partial_notices"], 1)
 
 
 class IbLinkTest(LinesTestCase):
     def test_1100_fails_waiting_market_data_fast_and_1102_resumes(self):
-        market, conn, tws = self.make(StubTws({("AAPL", 200.0, "C"): "silent", ("AAPL", 205.0, "C"): "silent"}),
-                                      option_timeout_s=30.0)
+        market, conn, tws = self.make(
+            StubTws({("AAPL", 200.0, "C"): "silent", ("AAPL", 205.0, "C"): "silent"}), option_timeout_s=30.0
+        )
         waiting = Background(market.fetch, [option(200), option(205)])
         conn.wait_for(lambda: len(conn.req_ids()) == 2, "both requested")
         started = time.monotonic()
@@ -619,11 +645,11 @@ class IbLinkTest(LinesTestCase):
         self.assertLess(time.monotonic() - started, 2.0)
         self.assertEqual({(r["error"]["code"], r["error"]["ib_code"]) for r in results}, {("IB_ERROR", 1100)})
         self.assertIn("lost its connection to IB's servers", results[0]["error"]["message"])
-        self.assertEqual(sorted(conn.req_ids("cancelMktData")), sorted(conn.req_ids()))   # lines freed at TWS
-        refused, = market.fetch([option(210)])                  # new requests fail at once meanwhile
+        self.assertEqual(sorted(conn.req_ids("cancelMktData")), sorted(conn.req_ids()))  # lines freed at TWS
+        (refused,) = market.fetch([option(210)])  # new requests fail at once meanwhile
         self.assertEqual(refused["error"]["ib_code"], 1100)
         conn.ib_link(True, 1102)
-        again, = market.fetch([option(215)])
+        (again,) = market.fetch([option(215)])
         self.assertTrue(again["complete"], again)
         self.assertEqual(market.stats()["lines_in_use"], 0)
 
@@ -631,6 +657,7 @@ class IbLinkTest(LinesTestCase):
 class PoolGrowsBackTest(LinesTestCase):
     def test_after_a_101_the_pool_grows_back_as_lines_free_up(self):
         from agent.ib import lines as ib_lines
+
         for name, value in (("GROW_AFTER_LIMIT_S", 0.05), ("GROW_STEP_S", 0.0)):
             self.addCleanup(setattr, ib_lines, name, getattr(ib_lines, name))
             setattr(ib_lines, name, value)
@@ -638,7 +665,7 @@ class PoolGrowsBackTest(LinesTestCase):
         market.fetch([option(s) for s in range(150, 200, 5)])
         self.assertEqual(market.stats()["line_limit_errors"], 1)
         self.assertLess(market.stats()["lines_max"], 4)
-        tws.tws_lines = 1000            # the user closed the TWS windows holding lines
+        tws.tws_lines = 1000  # the user closed the TWS windows holding lines
         time.sleep(0.1)
         tws.max_open = 0
         results = market.fetch([option(s) for s in range(200, 260, 5)])

@@ -4,6 +4,7 @@ A ReplayConnection stands in for ib_connection.IBConnection: every request the d
 answered by replaying the recorded callbacks for that request, routed the way IBConnection routes
 them (id callbacks to the registered handler, else to listeners; errors to on_error).
 """
+
 from __future__ import annotations
 
 import base64
@@ -29,26 +30,50 @@ from ibapi.protobuf.Position_pb2 import Position as PositionProto
 from ibapi.server_versions import MIN_SERVER_VER_PROTOBUF_ACCOUNTS_POSITIONS
 from ibapi.wrapper import EWrapper
 
+from agent.config import Config
+from agent.errors import (
+    IB_ERROR,
+    IB_NOT_CONNECTED,
+    INTERNAL,
+    INVALID_REQUEST,
+    NO_SECURITY_DEFINITION,
+    ORDER_BLOCKED,
+    READ_ONLY_API,
+    TIMEOUT,
+    AgentError,
+)
+from agent.ib import codes as ib_codes
 from agent.ib import connection as ib_connection
+from agent.ib import session as ib_session
 from agent.orders import desk as ib_orders
 from agent.orders import guard as order_guard
 from agent.relay import actions as relay_actions
-from agent.config import Config
-from agent.errors import (IB_ERROR, IB_NOT_CONNECTED, INTERNAL, INVALID_REQUEST, NO_SECURITY_DEFINITION,
-                          ORDER_BLOCKED, READ_ONLY_API, TIMEOUT, AgentError)
 from tests.test_relay_actions import StandInJob
 
 RECORDED = Path(__file__).resolve().parent / "recorded"
-PAPER = {"connected": True, "accounts": ["DU1234567"], "account_type": "paper", "read_only": None,
-         "server_version": 226}
+PAPER = {
+    "connected": True,
+    "accounts": ["DU1234567"],
+    "account_type": "paper",
+    "read_only": None,
+    "server_version": 226,
+}
 LIVE = {"connected": True, "accounts": ["U1234567"], "account_type": "live", "read_only": None}
 DOWN = {"connected": False, "accounts": [], "account_type": None, "read_only": None}
-IB_CLASSES = {"Contract": Contract, "ContractDetails": ContractDetails, "Order": Order, "OrderState": OrderState,
-              "Execution": Execution}
+IB_CLASSES = {
+    "Contract": Contract,
+    "ContractDetails": ContractDetails,
+    "Order": Order,
+    "OrderState": OrderState,
+    "Execution": Execution,
+}
 KEY = "test-key-0123456789"
 # What TWS answers a lookup that finds nothing (a scenario that records the request replaces it).
-NOTHING_FOUND = {"reqAllOpenOrders": [("openOrderEnd", [])], "reqCompletedOrders": [("completedOrdersEnd", [])],
-                 "reqExecutions": [("execDetailsEnd", ["$id"])]}
+NOTHING_FOUND = {
+    "reqAllOpenOrders": [("openOrderEnd", [])],
+    "reqCompletedOrders": [("completedOrdersEnd", [])],
+    "reqExecutions": [("execDetailsEnd", ["$id"])],
+}
 # In a scenario's answers: the answers that replace others once a placeOrder was sent.
 ONCE_PLACED = "once placed"
 # What the desk asks TWS before placing a request id it has no finished record of (issue 16).
@@ -73,7 +98,7 @@ def build(value, ids: dict, shared: dict):
     if isinstance(value, dict) and len(value) == 1 and "Decimal" in value:
         return Decimal(value["Decimal"])
     if isinstance(value, dict) and len(value) == 1 and next(iter(value)) in IB_CLASSES:
-        (kind, attrs), = value.items()
+        ((kind, attrs),) = value.items()
         obj = IB_CLASSES[kind]()
         for attr, v in attrs.items():
             setattr(obj, attr, build(v, ids, shared))
@@ -167,7 +192,7 @@ class ReplayConnection:
             else:
                 for fn in self._listeners.get("error", []):
                     fn(req_id, code, text)
-        elif name in ib_connection.ID_CALLBACKS and args[0] in self._handlers:
+        elif name in ib_session.ID_CALLBACKS and args[0] in self._handlers:
             self._handlers[args[0]].on_event(name, args)
         else:
             for fn in self._listeners.get(name, []):
@@ -188,8 +213,9 @@ class DeskTestCase(unittest.TestCase):
         values.update(changes)
         return Config(**values)
 
-    def desk(self, scenario=None, status=PAPER, config=None, request_ref=order_guard.order_ref_for("req-1"),
-             answers=None):
+    def desk(
+        self, scenario=None, status=PAPER, config=None, request_ref=order_guard.order_ref_for("req-1"), answers=None
+    ):
         answers = answers if answers is not None else (self.place["scenarios"][scenario] if scenario else {})
         conn = ReplayConnection(status, answers, {"aapl_call": self.place["aapl_call"]}, request_ref)
         return ib_orders.OrderDesk(conn, config or self.config()), conn
@@ -208,9 +234,13 @@ class DeskTestCase(unittest.TestCase):
 
 
 def option_order(**changes):
-    order = {"contract": {"ticker": "AAPL", "sec_type": "OPT", "expiration": "20300118", "strike": 150,
-                          "right": "C"},
-             "action": "SELL", "quantity": 1, "order_type": "LMT", "limit_price": 2.5}
+    order = {
+        "contract": {"ticker": "AAPL", "sec_type": "OPT", "expiration": "20300118", "strike": 150, "right": "C"},
+        "action": "SELL",
+        "quantity": 1,
+        "order_type": "LMT",
+        "limit_price": 2.5,
+    }
     order.update(changes)
     return order
 
@@ -226,26 +256,49 @@ class AccountTest(DeskTestCase):
         self.assertEqual(conn.methods(), ["reqPositions", "cancelPositions"])
         self.assertEqual(len(positions), 2)
         stock, call = positions
-        self.assertEqual(stock, {"account": "DU1234567", "con_id": 265598, "ticker": "AAPL", "sec_type": "STK",
-                                 "expiration": None, "strike": None, "right": None, "multiplier": 1,
-                                 "quantity": 200, "avg_cost": 171.2534})
-        self.assertEqual((call["expiration"], call["strike"], call["right"], call["multiplier"], call["quantity"]),
-                         ("20300118", 150.0, "C", 100, -2))
+        self.assertEqual(
+            stock,
+            {
+                "account": "DU1234567",
+                "con_id": 265598,
+                "ticker": "AAPL",
+                "sec_type": "STK",
+                "expiration": None,
+                "strike": None,
+                "right": None,
+                "multiplier": 1,
+                "quantity": 200,
+                "avg_cost": 171.2534,
+            },
+        )
+        self.assertEqual(
+            (call["expiration"], call["strike"], call["right"], call["multiplier"], call["quantity"]),
+            ("20300118", 150.0, "C", 100, -2),
+        )
 
     def test_futures_and_futures_options_keep_their_expiration_stocks_and_options_unchanged(self):
         desk, conn = self.desk(answers=self.account["positions_all_types"])
         rows = {row["sec_type"]: row for row in desk.positions()["positions"]}
         contract = ("ticker", "sec_type", "expiration", "strike", "right", "multiplier", "quantity")
-        self.assertEqual({kind: tuple(row[k] for k in contract) for kind, row in rows.items()}, {
-            "STK": ("AAPL", "STK", None, None, None, 1, 200),
-            "OPT": ("AAPL", "OPT", "20300118", 150.0, "C", 100, -2),
-            "FUT": ("ES", "FUT", "20300315", None, None, 50, 1),
-            "FOP": ("ES", "FOP", "20300315", 5800.0, "P", 50, -3)})
+        self.assertEqual(
+            {kind: tuple(row[k] for k in contract) for kind, row in rows.items()},
+            {
+                "STK": ("AAPL", "STK", None, None, None, 1, 200),
+                "OPT": ("AAPL", "OPT", "20300118", 150.0, "C", 100, -2),
+                "FUT": ("ES", "FUT", "20300315", None, None, 50, 1),
+                "FOP": ("ES", "FOP", "20300315", 5800.0, "P", 50, -3),
+            },
+        )
         self.assertEqual((rows["FUT"]["con_id"], rows["FOP"]["con_id"]), (620731015, 702418311))
 
     def test_an_expiration_is_a_date_or_a_contract_month_without_a_time(self):
-        for given, expected in (("20300315", "20300315"), ("203003", "203003"),
-                                ("20300315 08:30 US/Central", "20300315"), ("", None), ("  ", None)):
+        for given, expected in (
+            ("20300315", "20300315"),
+            ("203003", "203003"),
+            ("20300315 08:30 US/Central", "20300315"),
+            ("", None),
+            ("  ", None),
+        ):
             contract = Contract()
             contract.symbol, contract.secType, contract.lastTradeDateOrContractMonth = "ES", "FUT", given
             self.assertEqual(ib_orders.contract_dict(contract)["expiration"], expected, given)
@@ -260,9 +313,19 @@ class AccountTest(DeskTestCase):
     def test_account_summary(self):
         desk, conn = self.desk(answers=self.account["account_summary"])
         accounts = desk.account_summary()["accounts"]
-        self.assertEqual(accounts, {"DU1234567": {
-            "net_liquidation": 1012345.67, "total_cash": 987654.32, "buying_power": 4049382.68,
-            "available_funds": 1001234.0, "excess_liquidity": 1003456.1, "currency": "USD"}})
+        self.assertEqual(
+            accounts,
+            {
+                "DU1234567": {
+                    "net_liquidation": 1012345.67,
+                    "total_cash": 987654.32,
+                    "buying_power": 4049382.68,
+                    "available_funds": 1001234.0,
+                    "excess_liquidity": 1003456.1,
+                    "currency": "USD",
+                }
+            },
+        )
         method, args = conn.sent[0]
         self.assertEqual((method, args[1]), ("reqAccountSummary", "All"))
         self.assertEqual(set(args[2].split(",")), set(ib_orders.SUMMARY_TAGS))
@@ -273,22 +336,69 @@ class AccountTest(DeskTestCase):
         orders = desk.open_orders()["orders"]
         self.assertEqual(conn.methods(), ["reqAllOpenOrders"])
         mine, manual = orders
-        self.assertEqual(mine, {
-            "order_id": 12, "perm_id": 1888000012, "client_id": 17, "account": "DU1234567",
-            "contract": {"con_id": 712446551, "ticker": "AAPL", "sec_type": "OPT", "expiration": "20300118",
-                         "strike": 150.0, "right": "C", "multiplier": 100, "currency": "USD",
-                         "trading_class": "AAPL"},
-            "action": "SELL", "quantity": 1, "order_type": "LMT", "limit_price": 2.5, "tif": "DAY",
-            "status": "Submitted", "filled": 0, "remaining": 1, "avg_fill_price": None, "order_ref": "req-abc",
-            "cancellable": True, "warning": None, "reason": None})  # placed under this agent's client id 17
-        self.assertEqual((manual["client_id"], manual["order_type"], manual["limit_price"], manual["status"],
-                          manual["filled"], manual["avg_fill_price"], manual["order_ref"]),
-                         (0, "STP", None, "PreSubmitted", 40, 151.25, None))
+        self.assertEqual(
+            mine,
+            {
+                "order_id": 12,
+                "perm_id": 1888000012,
+                "client_id": 17,
+                "account": "DU1234567",
+                "contract": {
+                    "con_id": 712446551,
+                    "ticker": "AAPL",
+                    "sec_type": "OPT",
+                    "expiration": "20300118",
+                    "strike": 150.0,
+                    "right": "C",
+                    "multiplier": 100,
+                    "currency": "USD",
+                    "trading_class": "AAPL",
+                },
+                "action": "SELL",
+                "quantity": 1,
+                "order_type": "LMT",
+                "limit_price": 2.5,
+                "tif": "DAY",
+                "status": "Submitted",
+                "filled": 0,
+                "remaining": 1,
+                "avg_fill_price": None,
+                "order_ref": "req-abc",
+                "cancellable": True,
+                "warning": None,
+                "reason": None,
+            },
+        )  # placed under this agent's client id 17
+        self.assertEqual(
+            (
+                manual["client_id"],
+                manual["order_type"],
+                manual["limit_price"],
+                manual["status"],
+                manual["filled"],
+                manual["avg_fill_price"],
+                manual["order_ref"],
+            ),
+            (0, "STP", None, "PreSubmitted", 40, 151.25, None),
+        )
         self.assertFalse(manual["cancellable"])  # placed in TWS (client 0): not this agent's to cancel
 
     def test_open_orders_in_read_only_mode(self):
-        desk, _ = self.desk(answers={"reqAllOpenOrders": [
-            ["error", [-1, 321, "Error validating request.-'a0' : cause - The API interface is currently in Read-Only mode."]]]})
+        desk, _ = self.desk(
+            answers={
+                "reqAllOpenOrders": [
+                    [
+                        "error",
+                        [
+                            -1,
+                            321,
+                            "Error validating request.-'a0' : cause - "
+                            "The API interface is currently in Read-Only mode.",
+                        ],
+                    ]
+                ]
+            }
+        )
         error = self.fails(READ_ONLY_API, desk.open_orders)
         self.assertIn("Read-Only", error.message)
 
@@ -313,8 +423,17 @@ class PositionsOffTheWireTest(DeskTestCase):
     """The same positions decoded by ibapi from TWS's bytes: the text message (the layout of a real
     capture) below 207, the protobuf message from 207 on; futures keep their expiration on both."""
 
-    FUT = {"conId": 620731015, "symbol": "ES", "secType": "FUT", "lastTradeDateOrContractMonth": "20300315",
-           "multiplier": "50", "exchange": "CME", "currency": "USD", "localSymbol": "ESH0", "tradingClass": "ES"}
+    FUT = {
+        "conId": 620731015,
+        "symbol": "ES",
+        "secType": "FUT",
+        "lastTradeDateOrContractMonth": "20300315",
+        "multiplier": "50",
+        "exchange": "CME",
+        "currency": "USD",
+        "localSymbol": "ESH0",
+        "tradingClass": "ES",
+    }
     FOP = dict(FUT, conId=702418311, secType="FOP", strike=5800.0, right="P", localSymbol="ESH0 P5800")
 
     def positions(self, events) -> dict:
@@ -325,7 +444,7 @@ class PositionsOffTheWireTest(DeskTestCase):
         if not CAPTURES.exists():
             self.skipTest(f"{CAPTURES} is not there")
         frames = [json.loads(line) for line in CAPTURES.read_text(encoding="utf-8").splitlines() if line.strip()]
-        frame, = [f for f in frames if f["name"] == "position AMZN STK"]
+        (frame,) = [f for f in frames if f["name"] == "position AMZN STK"]
         captured = base64.b64decode(frame["payload_b64"]).split(b"\0")[1:-1]  # after the id; NUL-ended
         self.assertEqual(len(captured), 15, captured)  # version 3: account, 11 contract fields, position, cost
         callbacks = PositionCallbacks()
@@ -333,18 +452,35 @@ class PositionsOffTheWireTest(DeskTestCase):
         decoder.interpret(captured, frame["msg_id"])
         for spec, quantity, cost in ((self.FUT, b"1", b"291312.5"), (self.FOP, b"-3", b"2140.0")):
             fields = list(captured)
-            fields[2:14] = [str(spec.get(k, "")).encode() for k in (
-                "conId", "symbol", "secType", "lastTradeDateOrContractMonth", "strike", "right", "multiplier",
-                "exchange", "currency", "localSymbol", "tradingClass")] + [quantity]
+            fields[2:14] = [
+                str(spec.get(k, "")).encode()
+                for k in (
+                    "conId",
+                    "symbol",
+                    "secType",
+                    "lastTradeDateOrContractMonth",
+                    "strike",
+                    "right",
+                    "multiplier",
+                    "exchange",
+                    "currency",
+                    "localSymbol",
+                    "tradingClass",
+                )
+            ] + [quantity]
             fields[14] = cost
             fields[6] = fields[6] or b"0.0"  # strike: TWS writes 0.0 for what has none
             decoder.interpret(fields, frame["msg_id"])
         rows = self.positions(callbacks.events)
-        self.assertEqual((rows["STK"]["ticker"], rows["STK"]["expiration"], rows["STK"]["quantity"]), ("AMZN", None, 15))
-        self.assertEqual((rows["FUT"]["expiration"], rows["FUT"]["multiplier"], rows["FUT"]["quantity"]),
-                         ("20300315", 50, 1))
-        self.assertEqual((rows["FOP"]["expiration"], rows["FOP"]["strike"], rows["FOP"]["right"]),
-                         ("20300315", 5800.0, "P"))
+        self.assertEqual(
+            (rows["STK"]["ticker"], rows["STK"]["expiration"], rows["STK"]["quantity"]), ("AMZN", None, 15)
+        )
+        self.assertEqual(
+            (rows["FUT"]["expiration"], rows["FUT"]["multiplier"], rows["FUT"]["quantity"]), ("20300315", 50, 1)
+        )
+        self.assertEqual(
+            (rows["FOP"]["expiration"], rows["FOP"]["strike"], rows["FOP"]["right"]), ("20300315", 5800.0, "P")
+        )
 
     def test_protobuf_messages(self):
         callbacks = PositionCallbacks()
@@ -356,10 +492,13 @@ class PositionsOffTheWireTest(DeskTestCase):
                 setattr(message.contract, name, value)
             decoder.processProtoBuf(message.SerializeToString(), IN.POSITION_DATA)
         rows = self.positions(callbacks.events)
-        self.assertEqual((rows["FUT"]["expiration"], rows["FUT"]["multiplier"], rows["FUT"]["quantity"]),
-                         ("20300315", 50, 1))
-        self.assertEqual((rows["FOP"]["expiration"], rows["FOP"]["strike"], rows["FOP"]["right"], rows["FOP"]["quantity"]),
-                         ("20300315", 5800.0, "P", -3))
+        self.assertEqual(
+            (rows["FUT"]["expiration"], rows["FUT"]["multiplier"], rows["FUT"]["quantity"]), ("20300315", 50, 1)
+        )
+        self.assertEqual(
+            (rows["FOP"]["expiration"], rows["FOP"]["strike"], rows["FOP"]["right"], rows["FOP"]["quantity"]),
+            ("20300315", 5800.0, "P", -3),
+        )
 
 
 class PlaceOrderTest(DeskTestCase):
@@ -368,20 +507,41 @@ class PlaceOrderTest(DeskTestCase):
         result = desk.place_order("req-1", option_order(account="DU1234567"))
         self.assertEqual(result, {"order_id": 32, "status": "PreSubmitted"})
         self.assertEqual(conn.methods(), LOOKUP + ["reqContractDetails", "placeOrder"])
-        conn.sent = conn.sent[len(LOOKUP):]
+        conn.sent = conn.sent[len(LOOKUP) :]
         query = conn.sent[0][1][1]
-        self.assertEqual((query.symbol, query.secType, query.lastTradeDateOrContractMonth, query.strike,
-                          query.right, query.exchange), ("AAPL", "OPT", "20300118", 150.0, "C", "SMART"))
+        self.assertEqual(
+            (
+                query.symbol,
+                query.secType,
+                query.lastTradeDateOrContractMonth,
+                query.strike,
+                query.right,
+                query.exchange,
+            ),
+            ("AAPL", "OPT", "20300118", 150.0, "C", "SMART"),
+        )
         order_id, contract, order = conn.sent[1][1]
         self.assertEqual((order_id, contract.conId, contract.exchange), (32, 712446551, "SMART"))
-        self.assertEqual((order.action, order.totalQuantity, order.orderType, order.lmtPrice, order.tif,
-                          order.orderRef, order.account, order.transmit),
-                         ("SELL", Decimal(1), "LMT", 2.5, "DAY", "mat-9456bdfa12ea76959c94a357", "DU1234567", True))
+        self.assertEqual(
+            (
+                order.action,
+                order.totalQuantity,
+                order.orderType,
+                order.lmtPrice,
+                order.tif,
+                order.orderRef,
+                order.account,
+                order.transmit,
+            ),
+            ("SELL", Decimal(1), "LMT", 2.5, "DAY", "mat-9456bdfa12ea76959c94a357", "DU1234567", True),
+        )
         self.assertEqual(desk.request_ids.get("req-1")["state"], order_guard.PLACED)
         self.assertEqual(desk.request_ids.get("req-1")["order_ref"], "mat-9456bdfa12ea76959c94a357")
-        line, = self.audit_lines()
-        self.assertEqual((line["request_id"], line["decision"], line["order_id"], line["outcome"], line["account"]),
-                         ("req-1", "allowed", 32, {"status": "PreSubmitted"}, "DU1234567"))
+        (line,) = self.audit_lines()
+        self.assertEqual(
+            (line["request_id"], line["decision"], line["order_id"], line["outcome"], line["account"]),
+            ("req-1", "allowed", 32, {"status": "PreSubmitted"}, "DU1234567"),
+        )
 
     def test_the_session_account_is_used_when_none_is_named(self):
         desk, conn = self.desk("placed")
@@ -417,8 +577,10 @@ class PlaceOrderTest(DeskTestCase):
         error = self.fails(ORDER_BLOCKED, desk.place_order, "req-n", option_order(quantity=10, limit_price=25.5))
         self.assertIn("MAX_ORDER_NOTIONAL=25000", error.message)
         self.assertEqual(conn.sent, [])
-        self.assertEqual([line["decision"].split(":")[0:2] for line in self.audit_lines()],
-                         [["refused", " MAX_ORDER_QUANTITY=10"], ["refused", " MAX_ORDER_NOTIONAL=25000"]])
+        self.assertEqual(
+            [line["decision"].split(":")[0:2] for line in self.audit_lines()],
+            [["refused", " MAX_ORDER_QUANTITY=10"], ["refused", " MAX_ORDER_NOTIONAL=25000"]],
+        )
 
     def test_notional_is_checked_again_with_the_qualified_multiplier(self):
         desk, conn = self.desk("jumbo_multiplier", config=self.config(max_order_notional=1000))
@@ -443,9 +605,11 @@ class PlaceOrderTest(DeskTestCase):
     def test_invalid_params_are_audited_as_asked(self):
         desk, conn = self.desk("placed")
         self.fails(INVALID_REQUEST, desk.place_order, "req-1", option_order(order_type="MKT"))
-        line, = self.audit_lines()
-        self.assertEqual((line["decision"], line["side"], line["outcome"]["error"]),
-                         ("not sent: INVALID_REQUEST", "SELL", "INVALID_REQUEST"))
+        (line,) = self.audit_lines()
+        self.assertEqual(
+            (line["decision"], line["side"], line["outcome"]["error"]),
+            ("not sent: INVALID_REQUEST", "SELL", "INVALID_REQUEST"),
+        )
 
     def test_an_unknown_or_ambiguous_contract_is_never_guessed(self):
         desk, conn = self.desk("unknown_contract")
@@ -457,20 +621,28 @@ class PlaceOrderTest(DeskTestCase):
         self.assertEqual(conn.methods(), LOOKUP + ["reqContractDetails"])
 
     def test_ib_order_errors_come_back_with_code_and_text(self):
-        for scenario, code in (("rejected", 201), ("price_increment", 110), ("cancelled_by_price_check", 202),
-                               ("rejected_after_open_order", 201)):
+        for scenario, code in (
+            ("rejected", 201),
+            ("price_increment", 110),
+            ("cancelled_by_price_check", 202),
+            ("rejected_after_open_order", 201),
+        ):
             desk, conn = self.desk(scenario)
             error = self.fails(IB_ERROR, desk.place_order, f"req-{scenario}", option_order())
             self.assertEqual(error.ib_code, code)
-            error_event, = [args for name, args in self.place["scenarios"][scenario]["placeOrder"] if name == "error"]
+            (error_event,) = [args for name, args in self.place["scenarios"][scenario]["placeOrder"] if name == "error"]
             self.assertEqual(error.message, error_event[2])
             self.assertEqual(desk.request_ids.get(f"req-{scenario}")["state"], order_guard.FAILED)
         self.assertEqual([line["outcome"]["ib_code"] for line in self.audit_lines()], [201, 110, 202, 201])
 
     def test_a_dead_status_without_a_reason_is_the_answer(self):
         answers = dict(self.place["scenarios"]["placed"])
-        answers["placeOrder"] = [["orderStatus", ["$id", "Inactive", {"Decimal": "0"}, {"Decimal": "1"}, 0.0,
-                                                  1888000037, 0, 0.0, 17, "", 0.0]]]
+        answers["placeOrder"] = [
+            [
+                "orderStatus",
+                ["$id", "Inactive", {"Decimal": "0"}, {"Decimal": "1"}, 0.0, 1888000037, 0, 0.0, 17, "", 0.0],
+            ]
+        ]
         desk, conn = self.desk(answers=answers)
         self.assertEqual(desk.place_order("req-1", option_order()), {"order_id": 32, "status": "Inactive"})
 
@@ -494,8 +666,9 @@ class ExactlyOnceTest(DeskTestCase):
         desk, conn = self.desk("placed")
         conn.gate = threading.Event()
         results = []
-        threads = [threading.Thread(target=lambda: results.append(desk.place_order("req-1", option_order())))
-                   for _ in range(3)]
+        threads = [
+            threading.Thread(target=lambda: results.append(desk.place_order("req-1", option_order()))) for _ in range(3)
+        ]
         for thread in threads:
             thread.start()
         conn.gate.set()
@@ -572,16 +745,18 @@ class ExactlyOnceTest(DeskTestCase):
     def test_an_order_filled_on_an_earlier_day_is_found_among_executions(self):
         self.desk("no_answer")[0].request_ids.put("req-1", order_guard.SENDING, order_id=7)
         execution = {"Execution": {"execId": "0001.01", "orderId": 7, "orderRef": "$ref", "shares": {"Decimal": "1"}}}
-        desk, conn = self.desk(answers={"reqExecutions": [["execDetails", ["$id", "$aapl_call", execution]],
-                                                          ["execDetailsEnd", ["$id"]]]})
+        desk, conn = self.desk(
+            answers={"reqExecutions": [["execDetails", ["$id", "$aapl_call", execution]], ["execDetailsEnd", ["$id"]]]}
+        )
         self.assertEqual(desk.place_order("req-1", option_order()), {"order_id": 7, "status": "Filled"})
         self.assertEqual(conn.methods(), LOOKUP)
         self.assertEqual(conn.sent[2][1][1].lastNDays, 7)
 
     def test_the_lookup_failing_never_places_blindly(self):
         self.desk("no_answer")[0].request_ids.put("req-1", order_guard.SENDING, order_id=7)
-        desk, conn = self.desk(answers={"reqAllOpenOrders": [
-            ["error", [-1, 321, "The API interface is currently in Read-Only mode."]]]})
+        desk, conn = self.desk(
+            answers={"reqAllOpenOrders": [["error", [-1, 321, "The API interface is currently in Read-Only mode."]]]}
+        )
         self.fails(READ_ONLY_API, desk.place_order, "req-1", option_order())
         self.assertNotIn("placeOrder", conn.methods())
 
@@ -602,6 +777,7 @@ class StoreFailureTest(DeskTestCase):
             if state != order_guard.SENDING:
                 raise OSError(28, "No space left on device")
             real_put(request_id, state, **fields)
+
         desk.request_ids.put = put
         with self.assertLogs("ib_data_agent.orders", "ERROR"):
             self.assertEqual(desk.place_order("req-1", option_order())["order_id"], 32)
@@ -628,6 +804,7 @@ def failing_send(conn, method, reached_tws: bool, error=None):
                 conn.sent.append((name, args))
             raise error or Boom()
         return real_send(name, *args)
+
     conn.send = send
 
 
@@ -647,7 +824,7 @@ class UnexpectedErrorTest(DeskTestCase):
     def internal(self, fn, *args) -> Tuple[AgentError, logging.LogRecord]:
         with self.assertLogs("ib_data_agent.orders", "WARNING") as logs:
             error = self.fails(INTERNAL, fn, *args)
-        record, = logs.records  # one console line
+        (record,) = logs.records  # one console line
         self.assertEqual(record.levelno, logging.ERROR)
         self.assertIsInstance(record.exc_info[1], Exception)  # the traceback goes to the log file
         self.assertNotIn(KEY, error.message)
@@ -656,8 +833,10 @@ class UnexpectedErrorTest(DeskTestCase):
 
     def last_audit(self, decision: str, exception: str = "Boom") -> dict:
         line = self.audit_lines()[-1]
-        self.assertEqual((line["decision"], line["outcome"]["error"], line["outcome"]["exception"]),
-                         (decision, "INTERNAL", exception))
+        self.assertEqual(
+            (line["decision"], line["outcome"]["error"], line["outcome"]["exception"]),
+            (decision, "INTERNAL", exception),
+        )
         self.assertNotIn(KEY, (Path(self.dir.name) / "order_audit.jsonl").read_text())
         return line
 
@@ -669,8 +848,14 @@ class UnexpectedErrorTest(DeskTestCase):
         self.desk_, conn = self.desk(answers=self.reaches_tws)
         failing_send(conn, "placeOrder", reached_tws=True)
         error, record = self.internal(self.desk_.place_order, "req-1", option_order())
-        for words in ("(Boom)", "order 32 SELL 1 AAPL 20300118 150 C @ 2.5", "may have reached TWS",
-                      "order 32 with orderRef mat-9456bdfa12ea76959c94a357", "looks in TWS first", "log file"):
+        for words in (
+            "(Boom)",
+            "order 32 SELL 1 AAPL 20300118 150 C @ 2.5",
+            "may have reached TWS",
+            "order 32 with orderRef mat-9456bdfa12ea76959c94a357",
+            "looks in TWS first",
+            "log file",
+        ):
             self.assertIn(words, error.message)
         self.assertIn("req-1", record.getMessage())
         self.assertIn("may have reached TWS", record.getMessage())
@@ -710,8 +895,9 @@ class UnexpectedErrorTest(DeskTestCase):
                 self.assertEqual(self.state(f"req-{how}"), order_guard.UNKNOWN)  # not "failed"
 
     def test_the_send_failure_codes_are_the_pinned_ibapis(self):
-        self.assertEqual(ib_orders.IBAPI_SEND_FAILURES, {ibapi.errors.FAIL_SEND_ORDER.code(),
-                                                         ibapi.errors.FAIL_SEND_CORDER.code()})
+        self.assertEqual(
+            ib_orders.IBAPI_SEND_FAILURES, {ibapi.errors.FAIL_SEND_ORDER.code(), ibapi.errors.FAIL_SEND_CORDER.code()}
+        )
 
     def test_inside_the_ibapi_call_before_anything_went_out(self):
         self.desk_, conn = self.desk(answers=self.never_reached)
@@ -720,14 +906,23 @@ class UnexpectedErrorTest(DeskTestCase):
         self.assertIn("may have reached TWS", error.message)  # the agent cannot tell where ibapi failed
         self.assertEqual(self.state(), order_guard.UNKNOWN)
         # TWS does not show it: never placed again under this id (it may be behind a precaution dialog)
-        self.assertIn("does not show it yet", self.fails(TIMEOUT, self.desk_.place_order, "req-1", option_order()).message)
+        self.assertIn(
+            "does not show it yet", self.fails(TIMEOUT, self.desk_.place_order, "req-1", option_order()).message
+        )
         self.assertEqual(conn.methods(), LOOKUP + ["reqContractDetails"] + LOOKUP)  # (the placeOrder raised)
 
     def test_after_the_id_was_recorded_but_before_the_order_was_sent(self):
         self.desk_, conn = self.desk(answers=self.never_reached)
         real_ib_order = self.desk_._ib_order
-        self.desk_._ib_order = mock.Mock(side_effect=[Boom(), real_ib_order(order_guard.order_ref_for("req-1"), dict(
-            order_guard.parse_order_params("place-order", option_order()), account="DU1234567"))])
+        self.desk_._ib_order = mock.Mock(
+            side_effect=[
+                Boom(),
+                real_ib_order(
+                    order_guard.order_ref_for("req-1"),
+                    dict(order_guard.parse_order_params("place-order", option_order()), account="DU1234567"),
+                ),
+            ]
+        )
         error, _ = self.internal(self.desk_.place_order, "req-1", option_order())
         self.assertIn("before the order was sent: nothing reached TWS", error.message)
         self.assertIn("looks in TWS first", error.message)
@@ -736,14 +931,18 @@ class UnexpectedErrorTest(DeskTestCase):
         self.assertEqual(self.state(), order_guard.UNKNOWN)  # kept safe: a repeat still looks ...
         self.assertFalse(self.desk_.request_ids.get("req-1")["maybe_sent"])  # ... and may then place it
         self.assertEqual(self.desk_.place_order("req-1", option_order())["status"], "Submitted")
-        self.assertEqual(conn.methods(), LOOKUP + ["reqContractDetails"] + LOOKUP + ["reqContractDetails", "placeOrder"])
+        self.assertEqual(
+            conn.methods(), LOOKUP + ["reqContractDetails"] + LOOKUP + ["reqContractDetails", "placeOrder"]
+        )
 
     def test_before_anything_was_sent_or_recorded(self):
         self.desk_, conn = self.desk("placed")
         with mock.patch.object(self.desk_, "_qualify", side_effect=Boom()):
             error, record = self.internal(self.desk_.place_order, "req-1", option_order())
-        self.assertIn("placing order SELL 1 AAPL 20300118 150 C @ 2.5 LMT DAY before the order was sent: nothing "
-                      "reached TWS", error.message)
+        self.assertIn(
+            "placing order SELL 1 AAPL 20300118 150 C @ 2.5 LMT DAY before the order was sent: nothing reached TWS",
+            error.message,
+        )
         self.assertEqual(conn.methods(), LOOKUP)
         self.last_audit("not sent: INTERNAL")
         self.assertIsNone(self.state())  # nothing recorded: the repeat looks in TWS, then places the order once
@@ -787,6 +986,7 @@ class UnexpectedErrorTest(DeskTestCase):
             if state == order_guard.UNKNOWN:
                 raise OSError(28, "No space left on device")
             real_put(request_id, state, **fields)
+
         self.desk_.request_ids.put = put
         with self.assertLogs("ib_data_agent.orders", "ERROR") as logs:
             self.fails(INTERNAL, self.desk_.place_order, "req-1", option_order())
@@ -801,15 +1001,18 @@ class UnexpectedErrorTest(DeskTestCase):
         desk, conn = self.desk(answers=cancel)
         failing_send(conn, "cancelOrder", reached_tws=True)
         error, _ = self.internal(desk.cancel_order, "c-1", {"order_id": 31})
-        self.assertIn("cancelling order 31 while sending it: the cancel may have reached TWS. Check order 31",
-                      error.message)
+        self.assertIn(
+            "cancelling order 31 while sending it: the cancel may have reached TWS. Check order 31", error.message
+        )
         self.assertEqual(self.audit_lines()[-1]["decision"], "allowed")
         with mock.patch.object(order_guard, "account_refusal", side_effect=Boom()):
             error, _ = self.internal(desk.cancel_order, "c-2", {"order_id": 31})
         self.assertIn("before the cancel was sent: nothing reached TWS", error.message)
         lines = self.audit_lines()
-        self.assertEqual([(line["request_id"], line["action"], line["order_id"], line["outcome"]["exception"])
-                          for line in lines], [("c-1", "cancel-order", 31, "Boom"), ("c-2", "cancel-order", 31, "Boom")])
+        self.assertEqual(
+            [(line["request_id"], line["action"], line["order_id"], line["outcome"]["exception"]) for line in lines],
+            [("c-1", "cancel-order", 31, "Boom"), ("c-2", "cancel-order", 31, "Boom")],
+        )
         self.assertEqual(lines[-1]["decision"], "not sent: INTERNAL")
         self.assertEqual(desk.cancel_order("c-3", {"order_id": 31}), {"order_id": 31, "status": "Cancelled"})
 
@@ -839,12 +1042,16 @@ class CancelOrderTest(DeskTestCase):
     def test_cancel_confirmed_by_status_or_by_202(self):
         for scenario in ("cancelled", "confirmed_by_202_only"):
             desk, conn = self.desk(answers=self.cancel[scenario])
-            self.assertEqual(desk.cancel_order(f"c-{scenario}", {"order_id": 31}), {"order_id": 31, "status": "Cancelled"})
+            self.assertEqual(
+                desk.cancel_order(f"c-{scenario}", {"order_id": 31}), {"order_id": 31, "status": "Cancelled"}
+            )
             # open orders first (whose order is 31?): TWS lists none, so the cancel goes out
             (lookup, _), (method, (order_id, _order_cancel)) = conn.sent
             self.assertEqual((lookup, method, order_id), ("reqAllOpenOrders", "cancelOrder", 31))
-        self.assertEqual([(line["action"], line["decision"], line["order_id"]) for line in self.audit_lines()],
-                         [("cancel-order", "allowed", 31)] * 2)
+        self.assertEqual(
+            [(line["action"], line["decision"], line["order_id"]) for line in self.audit_lines()],
+            [("cancel-order", "allowed", 31)] * 2,
+        )
 
     def test_cancel_errors_come_back_with_code_and_text(self):
         for scenario, code in (("unknown_order", 10147), ("already_filled", 10148)):
@@ -881,21 +1088,23 @@ class AuditTest(DeskTestCase):
         self.assertNotIn(KEY, (Path(self.dir.name) / "order_audit.jsonl").read_text())
 
 
-
 class RejectDetailsKeyAcrossTheCut(unittest.TestCase):
     """An order rejection's advancedOrderRejectJson is cut to REJECT_DETAIL_MAX characters for the
     answer and the log: the running agent's masker runs before the cut (issue 16)."""
 
     def test_the_key_at_each_cut_point(self):
         from agent import log as agent_log
-        limit = ib_connection.REJECT_DETAIL_MAX
+
+        limit = ib_codes.REJECT_DETAIL_MAX
         with mock.patch.object(agent_log, "_masker", agent_log.Masker([KEY])):
             for before in range(limit - 3 - len(KEY), limit + 1):
-                text = ib_connection.with_reject_details(
-                    "Order rejected - reason:", json.dumps({"rejectReason": "x" * before + KEY + "y" * 50}))
+                text = ib_codes.with_reject_details(
+                    "Order rejected - reason:", json.dumps({"rejectReason": "x" * before + KEY + "y" * 50})
+                )
                 self.assertTrue(text.startswith("Order rejected - reason: (TWS details: xxx"), text)
-                self.assertFalse(any(KEY[:n] in text or KEY[-n:] in text for n in range(4, len(KEY) + 1)),
-                                 (before, text))
+                self.assertFalse(
+                    any(KEY[:n] in text or KEY[-n:] in text for n in range(4, len(KEY) + 1)), (before, text)
+                )
 
 
 if __name__ == "__main__":

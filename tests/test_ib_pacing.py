@@ -1,4 +1,5 @@
 """The message limiter: never more than the rate in any 1 s window, smooth, FIFO, thread-safe."""
+
 import threading
 import unittest
 
@@ -76,7 +77,7 @@ class LimiterWindows(unittest.TestCase):
         for _ in range(11):
             limiter.acquire()
             early.append(clock())
-        clock.sleep(20.0)                      # TWS stalled; it reads the 11 now
+        clock.sleep(20.0)  # TWS stalled; it reads the 11 now
         read_at = clock()
         limiter.backlog(11)
         later = []

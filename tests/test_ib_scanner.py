@@ -1,5 +1,6 @@
 """The scanner's public functions (ib_scanner) on the stand-in connection: expirations and their
 caches, chain selection, fetch-prices order, sell-scan math, quotes."""
+
 from __future__ import annotations
 
 import datetime as dt
@@ -14,11 +15,11 @@ from tests.test_ib_lines import StubConnection, StubTws, make_config
 from tests.test_ib_ticks import OPTION_KEYS, QUOTE_KEYS
 
 TODAY = dt.date(2030, 1, 1)
-MONTHLIES = {"20300118", "20300215", "20300517"}     # 17, 45 and 136 days out
-WEEKLIES = {"20300111", "20300125"}                  # 10 and 24 days out
+MONTHLIES = {"20300118", "20300215", "20300517"}  # 17, 45 and 136 days out
+WEEKLIES = {"20300111", "20300125"}  # 10 and 24 days out
 STRIKES = [float(s) for s in range(150, 225, 5)]
 AAPL_CON_ID = 265598
-PRICE = 185.2     # the last price in tests/recorded/ticks_stock_live.json
+PRICE = 185.2  # the last price in tests/recorded/ticks_stock_live.json
 
 
 class FakeClock:
@@ -30,12 +31,14 @@ class FakeClock:
 
 
 def secdef_rows(_args):
-    return [("SMART", AAPL_CON_ID, "AAPL", "100", MONTHLIES, STRIKES),
-            ("SMART", AAPL_CON_ID, "AAPLW", "100", WEEKLIES, STRIKES[2:-2]),
-            ("CBOE", AAPL_CON_ID, "AAPL", "100", {"20991231"}, [1.0])]
+    return [
+        ("SMART", AAPL_CON_ID, "AAPL", "100", MONTHLIES, STRIKES),
+        ("SMART", AAPL_CON_ID, "AAPLW", "100", WEEKLIES, STRIKES[2:-2]),
+        ("CBOE", AAPL_CON_ID, "AAPL", "100", {"20991231"}, [1.0]),
+    ]
 
 
-UNLISTED = {(180.0, "P")}          # a hole in every expiration's listing
+UNLISTED = {(180.0, "P")}  # a hole in every expiration's listing
 
 
 def listed_aapl(expiration: str = "", right: str = "", trading_class: str = ""):
@@ -46,8 +49,12 @@ def listed_aapl(expiration: str = "", right: str = "", trading_class: str = ""):
             for strike in strikes:
                 for side in ("C", "P"):
                     con_id += 1
-                    if (strike, side) in UNLISTED or (expiration and expiry != expiration) \
-                            or (right and side != right) or (trading_class and name != trading_class):
+                    if (
+                        (strike, side) in UNLISTED
+                        or (expiration and expiry != expiration)
+                        or (right and side != right)
+                        or (trading_class and name != trading_class)
+                    ):
                         continue
                     details = ContractDetails()
                     c = details.contract
@@ -62,8 +69,7 @@ def contract_details(args):
     if contract.symbol != "AAPL" or contract.secType not in ("STK", "OPT"):
         return []
     if contract.secType == "OPT":
-        return [(d,) for d in listed_aapl(contract.lastTradeDateOrContractMonth, contract.right,
-                                          contract.tradingClass)]
+        return [(d,) for d in listed_aapl(contract.lastTradeDateOrContractMonth, contract.right, contract.tradingClass)]
     details = ContractDetails()
     details.contract.conId = AAPL_CON_ID
     details.contract.primaryExchange = "NASDAQ"
@@ -84,13 +90,26 @@ class ExpirationsTest(ScannerTestCase):
     def test_smart_rows_of_every_trading_class_are_merged(self):
         scanner = self.make()
         data = scanner.get_available_expirations("aapl")
-        self.assertEqual(data, {"ticker": "AAPL", "underlying_con_id": AAPL_CON_ID, "multiplier": 100,
-                                "sec_type": "STK", "trading_classes": ["AAPL", "AAPLW"],
-                                "underlying_contract": {"con_id": AAPL_CON_ID, "sec_type": "STK",
-                                                        "exchange": "SMART", "primary_exchange": "NASDAQ",
-                                                        "ambiguous": False},
-                                "expirations": sorted(MONTHLIES | WEEKLIES), "strikes": STRIKES,
-                                "adjusted_classes": []})
+        self.assertEqual(
+            data,
+            {
+                "ticker": "AAPL",
+                "underlying_con_id": AAPL_CON_ID,
+                "multiplier": 100,
+                "sec_type": "STK",
+                "trading_classes": ["AAPL", "AAPLW"],
+                "underlying_contract": {
+                    "con_id": AAPL_CON_ID,
+                    "sec_type": "STK",
+                    "exchange": "SMART",
+                    "primary_exchange": "NASDAQ",
+                    "ambiguous": False,
+                },
+                "expirations": sorted(MONTHLIES | WEEKLIES),
+                "strikes": STRIKES,
+                "adjusted_classes": [],
+            },
+        )
         secdef = next(args for name, args in self.conn.sent if name == "reqSecDefOptParams")
         self.assertEqual(secdef[1:], ("AAPL", "", "STK", AAPL_CON_ID))
         details = next(args for name, args in self.conn.sent if name == "reqContractDetails")
@@ -116,29 +135,39 @@ class ChainTest(ScannerTestCase):
     def test_filters_select_expirations_strikes_and_rights(self):
         scanner = self.make(ib_max_mkt_lines=10)
         progress = []
-        data = scanner.fetch_option_chain("AAPL", {"min_days": 10, "max_days": 30, "strikes_around": 2,
-                                                   "rights": ["P"]}, progress=lambda d, t: progress.append(d))
+        data = scanner.fetch_option_chain(
+            "AAPL",
+            {"min_days": 10, "max_days": 30, "strikes_around": 2, "rights": ["P"]},
+            progress=lambda d, t: progress.append(d),
+        )
         self.assertEqual(data["expirations"], ["20300111", "20300118", "20300125"])
         self.assertEqual(data["underlying"]["last"], PRICE)
         self.assertEqual(set(data["underlying"]), QUOTE_KEYS)
         got = [(o["expiration"], o["strike"], o["right"], o["trading_class"]) for o in data["options"]]
-        expected = [(e, s, "P", "AAPLW" if e in WEEKLIES else "AAPL")
-                    for e in data["expirations"] for s in (180.0, 185.0, 190.0, 195.0)]
-        self.assertEqual(sorted(got), sorted(g for g in expected if g[1] != 180.0))   # 180 P is not listed
+        expected = [
+            (e, s, "P", "AAPLW" if e in WEEKLIES else "AAPL")
+            for e in data["expirations"]
+            for s in (180.0, 185.0, 190.0, 195.0)
+        ]
+        self.assertEqual(sorted(got), sorted(g for g in expected if g[1] != 180.0))  # 180 P is not listed
         self.assertTrue(all(o["complete"] and set(o) == OPTION_KEYS for o in data["options"]))
         self.assertTrue(all(o["con_id"] and o["adjusted"] is False for o in data["options"]))
-        self.assertEqual(progress[-1], 9)            # 3 expirations x 4 strikes, 180 P not listed
+        self.assertEqual(progress[-1], 9)  # 3 expirations x 4 strikes, 180 P not listed
         self.assertIsInstance(data["elapsed_ms"], int)
-        listings = [args[1] for name, args in self.conn.sent
-                    if name == "reqContractDetails" and args[1].secType == "OPT"]
-        self.assertEqual(sorted((c.lastTradeDateOrContractMonth, c.right, c.tradingClass) for c in listings),
-                         [("20300111", "P", "AAPLW"), ("20300118", "P", "AAPL"), ("20300125", "P", "AAPLW")])
-        self.assertEqual(self.conn.count("reqMktData"), 1 + 9)   # never a contract that is not listed
+        listings = [
+            args[1] for name, args in self.conn.sent if name == "reqContractDetails" and args[1].secType == "OPT"
+        ]
+        self.assertEqual(
+            sorted((c.lastTradeDateOrContractMonth, c.right, c.tradingClass) for c in listings),
+            [("20300111", "P", "AAPLW"), ("20300118", "P", "AAPL"), ("20300125", "P", "AAPLW")],
+        )
+        self.assertEqual(self.conn.count("reqMktData"), 1 + 9)  # never a contract that is not listed
 
     def test_without_strikes_around_the_underlying_streams_with_the_options(self):
         scanner = self.make(ib_max_mkt_lines=10)
-        data = scanner.fetch_option_chain("AAPL", {"expirations": ["20300215", "20991231"],
-                                                   "strike_min": 200, "strike_max": 210})
+        data = scanner.fetch_option_chain(
+            "AAPL", {"expirations": ["20300215", "20991231"], "strike_min": 200, "strike_max": 210}
+        )
         self.assertEqual(data["expirations"], ["20300215"])
         self.assertEqual(len(data["options"]), 3 * 2)
         self.assertEqual(data["underlying"]["bid"], 185.19)
@@ -146,8 +175,9 @@ class ChainTest(ScannerTestCase):
 
     def test_open_interest_is_part_of_a_chain(self):
         scanner = self.make(ib_max_mkt_lines=10)
-        data = scanner.fetch_option_chain("AAPL", {"expirations": ["20300215"], "strike_min": 200,
-                                                   "strike_max": 200, "rights": ["C"]})
+        data = scanner.fetch_option_chain(
+            "AAPL", {"expirations": ["20300215"], "strike_min": 200, "strike_max": 200, "rights": ["C"]}
+        )
         self.assertEqual(data["options"][0]["open_interest"], 10450)
 
 
@@ -155,18 +185,22 @@ class FetchPricesTest(ScannerTestCase):
     def test_one_option_per_contract_in_request_order_and_a_quote_per_ticker(self):
         tws = StubTws({("AAPL", 999.0, "C"): ("error", 200, "No security definition has been found")})
         scanner = self.make(tws)
-        contracts = [{"ticker": "AAPL", "expiration": "20300215", "strike": 190, "right": "P"},
-                     {"ticker": "aapl", "expiration": "20300215", "strike": 999, "right": "C"},
-                     {"ticker": "MSFT", "expiration": "20300215", "strike": 400, "right": "C"},
-                     {"ticker": "AAPL", "expiration": "20300118", "strike": 160, "right": "C"}]
+        contracts = [
+            {"ticker": "AAPL", "expiration": "20300215", "strike": 190, "right": "P"},
+            {"ticker": "aapl", "expiration": "20300215", "strike": 999, "right": "C"},
+            {"ticker": "MSFT", "expiration": "20300215", "strike": 400, "right": "C"},
+            {"ticker": "AAPL", "expiration": "20300118", "strike": 160, "right": "C"},
+        ]
         data = scanner.fetch_prices(contracts)
-        self.assertEqual([(o["ticker"], o["strike"], o["right"]) for o in data["options"]],
-                         [("AAPL", 190.0, "P"), ("AAPL", 999.0, "C"), ("MSFT", 400.0, "C"), ("AAPL", 160.0, "C")])
+        self.assertEqual(
+            [(o["ticker"], o["strike"], o["right"]) for o in data["options"]],
+            [("AAPL", 190.0, "P"), ("AAPL", 999.0, "C"), ("MSFT", 400.0, "C"), ("AAPL", 160.0, "C")],
+        )
         self.assertEqual(data["options"][1]["error"]["code"], NO_SECURITY_DEFINITION)
         self.assertEqual([o["bid"] for o in data["options"]], [1.9, None, 4.0, 1.6])
         self.assertEqual(sorted(data["underlyings"]), ["AAPL", "MSFT"])
         self.assertEqual(set(data["underlyings"]["AAPL"]), QUOTE_KEYS)
-        self.assertEqual(self.conn.count("reqSecDefOptParams"), 0)   # no lookups per contract
+        self.assertEqual(self.conn.count("reqSecDefOptParams"), 0)  # no lookups per contract
 
     def test_trading_class_comes_from_a_cached_chain(self):
         scanner = self.make()
@@ -185,11 +219,13 @@ class SellScanTest(ScannerTestCase):
         self.assertEqual(data["underlying"]["last"], PRICE)
         strikes = {c["strike"] for c in data["candidates"]}
         in_band = {s for s in STRIKES if 5 <= (PRICE - s) / PRICE * 100 <= 15}
-        self.assertEqual(strikes, in_band - {165.0})          # 165 P has no bid
+        self.assertEqual(strikes, in_band - {165.0})  # 165 P has no bid
         annualized = [c["annualized_pct"] for c in data["candidates"]]
         self.assertEqual(annualized, sorted(annualized, reverse=True))
         best = data["candidates"][0]
-        days = (dt.date(int(best["expiration"][:4]), int(best["expiration"][4:6]), int(best["expiration"][6:])) - TODAY).days
+        days = (
+            dt.date(int(best["expiration"][:4]), int(best["expiration"][4:6]), int(best["expiration"][6:])) - TODAY
+        ).days
         self.assertEqual(best["days"], days)
         self.assertAlmostEqual(best["premium"], best["bid"] * 100)
         self.assertAlmostEqual(best["yield_pct"], best["bid"] / best["strike"] * 100, places=4)
@@ -221,15 +257,21 @@ class ListingTest(ScannerTestCase):
         scanner = self.make()
         scanner.fetch_option_chain("AAPL", {"expirations": ["20300215"], "strike_min": 180, "strike_max": 180})
         sent = self.conn.count("reqMktData")
-        options = scanner.fetch_prices([{"ticker": "AAPL", "expiration": "20300215", "strike": 180, "right": "P"},
-                                        {"ticker": "AAPL", "expiration": "20300215", "strike": 180, "right": "C"}])
+        options = scanner.fetch_prices(
+            [
+                {"ticker": "AAPL", "expiration": "20300215", "strike": 180, "right": "P"},
+                {"ticker": "AAPL", "expiration": "20300215", "strike": 180, "right": "C"},
+            ]
+        )
         missing, listed = options["options"]
-        self.assertEqual((missing["error"]["code"], missing["error"]["ib_code"], missing["con_id"]),
-                         (NO_SECURITY_DEFINITION, 200, None))
+        self.assertEqual(
+            (missing["error"]["code"], missing["error"]["ib_code"], missing["con_id"]),
+            (NO_SECURITY_DEFINITION, 200, None),
+        )
         self.assertEqual(set(missing), OPTION_KEYS)
         self.assertIsNone(listed["error"])
         self.assertTrue(listed["con_id"])
-        self.assertEqual(self.conn.count("reqMktData"), sent + 2)     # the listed call and the underlying
+        self.assertEqual(self.conn.count("reqMktData"), sent + 2)  # the listed call and the underlying
         self.assertEqual(scanner.stats()["unlisted_answered"], 1)
 
     def test_listings_are_cached_for_the_new_york_day(self):
@@ -248,7 +290,7 @@ class ListingTest(ScannerTestCase):
         scanner.sell_scan("AAPL", "P", max_days=30)
         scanner.fetch_option_chain("AAPL", {"max_days": 30, "rights": ["P"]})
         self.assertEqual(listings(), 3)
-        day[0] = TODAY + dt.timedelta(days=1)                  # midnight in New York
+        day[0] = TODAY + dt.timedelta(days=1)  # midnight in New York
         scanner.sell_scan("AAPL", "P", max_days=30)
         self.assertEqual(listings(), 6)
 
@@ -279,8 +321,10 @@ class UnderlyingTest(unittest.TestCase):
 
     def test_an_ambiguous_stock_resolves_to_its_us_primary_listing_and_says_so(self):
         picked = Scanner._pick_listing("TWIN", "STK", [self.details(900004, "PINK"), self.details(900003, "NYSE")])
-        self.assertEqual(picked.describe(), {"con_id": 900003, "sec_type": "STK", "exchange": "SMART",
-                                             "primary_exchange": "NYSE", "ambiguous": True})
+        self.assertEqual(
+            picked.describe(),
+            {"con_id": 900003, "sec_type": "STK", "exchange": "SMART", "primary_exchange": "NYSE", "ambiguous": True},
+        )
         self.assertEqual(picked.instrument().con_id, 900003)
 
     def test_adjusted_classes(self):
@@ -290,9 +334,15 @@ class UnderlyingTest(unittest.TestCase):
         self.assertFalse(is_adjusted_class("AAPL", "AAPL", 100))
 
     def test_an_adjusted_call_yields_on_its_deliverable(self):
-        call = {"expiration": "20300131", "strike": 100.0, "right": "C", "bid": 3.0, "multiplier": 150,
-                "adjusted": True}
-        metrics = sell_metrics(call, 64.0, TODAY)       # 150 shares of 64: 96 per unit of the deliverable
+        call = {
+            "expiration": "20300131",
+            "strike": 100.0,
+            "right": "C",
+            "bid": 3.0,
+            "multiplier": 150,
+            "adjusted": True,
+        }
+        metrics = sell_metrics(call, 64.0, TODAY)  # 150 shares of 64: 96 per unit of the deliverable
         self.assertAlmostEqual(metrics["otm_pct"], (100 - 96) / 96 * 100, places=4)
         self.assertAlmostEqual(metrics["yield_pct"], 3 / 96 * 100, places=4)
         self.assertEqual(metrics["premium"], 450.0)
@@ -311,24 +361,35 @@ class QuoteTest(ScannerTestCase):
         with self.assertRaises(AgentError) as caught:
             scanner.quote(["NOPE"])
         self.assertEqual(caught.exception.code, NO_SECURITY_DEFINITION)
-        self.assertEqual((caught.exception.message, caught.exception.ib_code),
-                         ("TWS knows no stock, ETF or index NOPE (USD)", 200))   # names the ticker
+        self.assertEqual(
+            (caught.exception.message, caught.exception.ib_code), ("TWS knows no stock, ETF or index NOPE (USD)", 200)
+        )  # names the ticker
 
     def test_an_unknown_ticker_among_others_is_its_own_error_never_an_all_null_quote(self):
         scanner = self.make(StubTws({"NOPE": ("error", 200, "No security definition has been found")}))
         data = scanner.quote(["AAPL", "NOPE"])
         self.assertEqual(list(data["quotes"]), ["AAPL"])
         self.assertIsNotNone(data["quotes"]["AAPL"]["bid"])
-        self.assertEqual(data["errors"], {"NOPE": {"code": NO_SECURITY_DEFINITION, "ib_code": 200,
-                                                   "message": "TWS knows no stock, ETF or index NOPE (USD)"}})
+        self.assertEqual(
+            data["errors"],
+            {
+                "NOPE": {
+                    "code": NO_SECURITY_DEFINITION,
+                    "ib_code": 200,
+                    "message": "TWS knows no stock, ETF or index NOPE (USD)",
+                }
+            },
+        )
         self.assertEqual(scanner.quote(["AAPL"])["errors"], {})
 
     def test_fetch_chain_of_an_unknown_ticker_names_it(self):
         scanner = self.make()
         with self.assertRaises(AgentError) as caught:
             scanner.fetch_option_chain("NOPE")
-        self.assertEqual((caught.exception.code, caught.exception.message, caught.exception.ib_code),
-                         (NO_SECURITY_DEFINITION, "TWS knows no stock, ETF or index NOPE (USD)", 200))
+        self.assertEqual(
+            (caught.exception.code, caught.exception.message, caught.exception.ib_code),
+            (NO_SECURITY_DEFINITION, "TWS knows no stock, ETF or index NOPE (USD)", 200),
+        )
 
 
 if __name__ == "__main__":

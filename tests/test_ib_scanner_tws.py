@@ -1,5 +1,6 @@
 """The scanner on the real IBConnection against tests.fake_tws: a full chain, a 1,000-contract batch
 under TWS's pacing and line limits, concurrent batches, warm repeats, a drop mid-batch, delayed data."""
+
 from __future__ import annotations
 
 import datetime as dt
@@ -27,8 +28,9 @@ class ScannerOnFakeTws(AtTwsVersion, unittest.TestCase):
         self.tws = FakeTWS(port=0, seed=1, **self.fake_tws_options(**(fake_options or {})))
         port = self.tws.start()
         self.addCleanup(self.tws.stop)
-        settings = dict(ib_port=port, ib_max_msg_rate=45, ib_max_mkt_lines=90, option_timeout_s=5.0,
-                        request_timeout_s=10.0)
+        settings = dict(
+            ib_port=port, ib_max_msg_rate=45, ib_max_mkt_lines=90, option_timeout_s=5.0, request_timeout_s=10.0
+        )
         settings.update(config)
         config = Config(key="test-key-123456", **settings)
         self.conn = IBConnection(config, backoff=(0.05, 0.3), handshake_timeout=5.0)
@@ -61,17 +63,19 @@ class ChainTest(ScannerOnFakeTws):
 
         data = scanner.fetch_option_chain("AAPL", {"max_days": 21, "strikes_around": 4})
         today = dt.date.today()
-        selected = [e for e in market.expirations("AAPL")
-                    if (dt.datetime.strptime(e, "%Y%m%d").date() - today).days <= 21]
+        selected = [
+            e for e in market.expirations("AAPL") if (dt.datetime.strptime(e, "%Y%m%d").date() - today).days <= 21
+        ]
         self.assertEqual(data["expirations"], selected)
         price = data["underlying"]["last"]
         self.assertIsNotNone(price)
         grid = sorted(market.strikes("AAPL"))
         near = [s for s in grid if s <= price][-4:] + [s for s in grid if s > price][:4]
-        listed = {(o.expiry, o.strike, o.right) for o in market.options("AAPL")
-                  if o.expiry in selected and o.strike in near}
+        listed = {
+            (o.expiry, o.strike, o.right) for o in market.options("AAPL") if o.expiry in selected and o.strike in near
+        }
         got = {(o["expiration"], o["strike"], o["right"]) for o in data["options"]}
-        self.assertEqual(got, listed)       # grid holes (NO_SECURITY_DEFINITION) are left out
+        self.assertEqual(got, listed)  # grid holes (NO_SECURITY_DEFINITION) are left out
         for option in data["options"]:
             self.assertIsNone(option["error"], option)
             self.assertTrue(option["complete"], option)
@@ -83,7 +87,8 @@ class ChainTest(ScannerOnFakeTws):
 
 
 class BulkTest(ScannerOnFakeTws):
-    tws_versions = (TESTED_MAX_SERVER_VERSION,)   # pacing and lines do not depend on the version; 45 s each
+    tws_versions = (TESTED_MAX_SERVER_VERSION,)  # pacing and lines do not depend on the version; 45 s each
+
     def test_thousand_contracts_at_the_pacing_floor_without_violations(self):
         scanner = self.start(fake_options=dict(max_rate=50, pacing="reject", max_lines=100))
         market = self.tws.market
@@ -91,8 +96,10 @@ class BulkTest(ScannerOnFakeTws):
         self.assertEqual(len(options), 1000)
         progress = []
         results = scanner.get_option_data_batch(contract_dicts(options), progress=lambda d, t: progress.append(d))
-        self.assertEqual([(r["ticker"], r["expiration"], r["strike"], r["right"]) for r in results],
-                         [(o.symbol, o.expiry, o.strike, o.right) for o in options])
+        self.assertEqual(
+            [(r["ticker"], r["expiration"], r["strike"], r["right"]) for r in results],
+            [(o.symbol, o.expiry, o.strike, o.right) for o in options],
+        )
         self.assertEqual([r for r in results if r["error"]], [])
         self.assertEqual(sum(1 for r in results if r["complete"]), 1000)
         self.assertEqual(progress[-1], 1000)
@@ -101,8 +108,9 @@ class BulkTest(ScannerOnFakeTws):
         self.assertTrue(self.conn.ready)
 
     def test_two_concurrent_batches_share_the_lines(self):
-        scanner = self.start(fake_options=dict(max_rate=50, pacing="reject", max_lines=30), ib_max_mkt_lines=25,
-                             warm_lines=5)
+        scanner = self.start(
+            fake_options=dict(max_rate=50, pacing="reject", max_lines=30), ib_max_mkt_lines=25, warm_lines=5
+        )
         market = self.tws.market
         spy, msft = market.options("SPY"), market.options("MSFT")
         first = Background(scanner.get_option_data_batch, contract_dicts(spy[:120]))
@@ -120,7 +128,7 @@ class WarmTest(ScannerOnFakeTws):
         contracts = contract_dicts(self.tws.market.options("MSFT")[:20])
         first = scanner.fetch_prices(contracts)
         requested = self.requests("reqMktData")
-        self.assertEqual(requested, 21)          # 20 options and the underlying
+        self.assertEqual(requested, 21)  # 20 options and the underlying
         second = scanner.fetch_prices(contracts)
         self.assertEqual(self.requests("reqMktData"), requested)
         self.assertEqual(self.requests("cancelMktData"), 0)
@@ -162,8 +170,8 @@ class DelayedTest(ScannerOnFakeTws):
         results = scanner.get_option_data_batch(contracts)
         self.assertEqual([r for r in results if r["error"] or not r["complete"]], [])
         self.assertEqual({r["market_data_type"] for r in results}, {"delayed"})
-        self.assertEqual(self.requests("reqMarketDataType"), 2)   # the connection's frozen, then delayed-frozen
-        self.assertEqual(self.conn.status()["market_data_type"], "frozen")   # what the agent asks by default
+        self.assertEqual(self.requests("reqMarketDataType"), 2)  # the connection's frozen, then delayed-frozen
+        self.assertEqual(self.conn.status()["market_data_type"], "frozen")  # what the agent asks by default
 
 
 load_tests = at_tws_versions()

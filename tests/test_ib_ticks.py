@@ -1,5 +1,6 @@
 """Recorded TWS tick sequences -> OPTION / QUOTE (ib_ticks): live and delayed types, sentinels,
 completion rules."""
+
 from __future__ import annotations
 
 import json
@@ -20,10 +21,46 @@ PUT_60 = Instrument("AAPL", "OPT", "20300118", 60.0, "P", "AAPL", "SMART", 100)
 CALL_200 = Instrument("AAPL", "OPT", "20300118", 200.0, "C", "AAPL", "SMART", 100)
 AAPL = Instrument("AAPL")
 
-OPTION_KEYS = {"ticker", "expiration", "strike", "right", "trading_class", "multiplier", "con_id", "adjusted", "bid", "ask",
-               "last", "mid", "bid_size", "ask_size", "volume", "open_interest", "implied_vol", "delta", "gamma",
-               "theta", "vega", "und_price", "market_data_type", "complete", "error"}
-QUOTE_KEYS = {"ticker", "sec_type", "bid", "ask", "last", "close", "mid", "bid_size", "ask_size", "volume", "market_data_type"}
+OPTION_KEYS = {
+    "ticker",
+    "expiration",
+    "strike",
+    "right",
+    "trading_class",
+    "multiplier",
+    "con_id",
+    "adjusted",
+    "bid",
+    "ask",
+    "last",
+    "mid",
+    "bid_size",
+    "ask_size",
+    "volume",
+    "open_interest",
+    "implied_vol",
+    "delta",
+    "gamma",
+    "theta",
+    "vega",
+    "und_price",
+    "market_data_type",
+    "complete",
+    "error",
+}
+QUOTE_KEYS = {
+    "ticker",
+    "sec_type",
+    "bid",
+    "ask",
+    "last",
+    "close",
+    "mid",
+    "bid_size",
+    "ask_size",
+    "volume",
+    "market_data_type",
+}
 
 
 def _decode(value):
@@ -41,8 +78,7 @@ def _decode(value):
 def recorded_events(name: str, req_id: int) -> List[Tuple[str, tuple]]:
     """tests/recorded/ticks_<name>.json as (callback name, full args) with "$id" -> req_id."""
     data = json.loads((RECORDED / f"ticks_{name}.json").read_text(encoding="utf-8"))
-    return [(callback, tuple(req_id if a == "$id" else _decode(a) for a in args))
-            for callback, args in data["events"]]
+    return [(callback, tuple(req_id if a == "$id" else _decode(a) for a in args)) for callback, args in data["events"]]
 
 
 def book_from(name: str, instrument: Instrument) -> TickBook:
@@ -56,8 +92,12 @@ class OptionNormalisationTest(unittest.TestCase):
     def test_market_data_type_is_what_tws_said_for_the_request(self):
         """Frozen data comes in the live tick types and delayed-frozen in the delayed ones: only the
         marketDataType callback tells them apart, so the label is its value, never a guess."""
-        for recording, said, label in (("option_live", 2, "frozen"), ("option_live", 1, "live"),
-                                       ("option_delayed", 4, "delayed-frozen"), ("option_delayed", 3, "delayed")):
+        for recording, said, label in (
+            ("option_live", 2, "frozen"),
+            ("option_live", 1, "live"),
+            ("option_delayed", 4, "delayed-frozen"),
+            ("option_delayed", 3, "delayed"),
+        ):
             with self.subTest(said=said):
                 book = TickBook(CALL_190)
                 for callback, args in recorded_events(recording, 7):
@@ -85,8 +125,10 @@ class OptionNormalisationTest(unittest.TestCase):
         self.assertEqual((option["implied_vol"], option["delta"], option["und_price"]), (0.2751, 0.5127, 185.21))
         self.assertEqual((option["gamma"], option["vega"], option["theta"]), (0.031, 0.1903, -0.0527))
         self.assertEqual(option["market_data_type"], "live")
-        self.assertEqual((option["ticker"], option["expiration"], option["strike"], option["right"]),
-                         ("AAPL", "20300118", 190.0, "C"))
+        self.assertEqual(
+            (option["ticker"], option["expiration"], option["strike"], option["right"]),
+            ("AAPL", "20300118", 190.0, "C"),
+        )
         self.assertEqual((option["trading_class"], option["multiplier"], option["con_id"]), ("AAPL", 100, None))
         self.assertIs(option["complete"], True)
         self.assertIsNone(option["error"])
@@ -124,7 +166,7 @@ class OptionNormalisationTest(unittest.TestCase):
 
     def test_ticks_outside_the_tables_change_nothing(self):
         book = TickBook(AAPL)
-        self.assertFalse(book.apply("tickPrice", (1, 6, 186.4, TickAttrib())))   # high
+        self.assertFalse(book.apply("tickPrice", (1, 6, 186.4, TickAttrib())))  # high
         self.assertFalse(book.apply("tickString", (1, 45, "1767890123")))
         self.assertFalse(book.apply("tickReqParams", (1, 0.01, "", 3)))
         self.assertFalse(book.has_data())
@@ -146,19 +188,24 @@ class QuoteTest(unittest.TestCase):
         book.apply("tickPrice", (1, 4, 5210.5, TickAttrib()))
         self.assertFalse(book.complete("stock"))
         book.apply("tickPrice", (1, 9, 5190.25, TickAttrib()))
-        self.assertTrue(book.complete("stock"))          # an index streams its value and close only
+        self.assertTrue(book.complete("stock"))  # an index streams its value and close only
         quote = book.quote()
-        self.assertEqual((quote["sec_type"], quote["last"], quote["close"], quote["bid"], quote["mid"]),
-                         ("IND", 5210.5, 5190.25, None, None))
+        self.assertEqual(
+            (quote["sec_type"], quote["last"], quote["close"], quote["bid"], quote["mid"]),
+            ("IND", 5210.5, 5190.25, None, None),
+        )
 
 
 class ListedOptionTest(unittest.TestCase):
     def test_con_id_and_adjusted_come_from_the_listing_and_are_not_part_of_the_key(self):
-        listed = Instrument("XYZ", "OPT", "20300118", 95.0, "P", "XYZ1", multiplier=150, con_id=600001234,
-                            adjusted=True)
+        listed = Instrument(
+            "XYZ", "OPT", "20300118", 95.0, "P", "XYZ1", multiplier=150, con_id=600001234, adjusted=True
+        )
         option = TickBook(listed).option(False)
-        self.assertEqual((option["con_id"], option["adjusted"], option["multiplier"], option["trading_class"]),
-                         (600001234, True, 150, "XYZ1"))
+        self.assertEqual(
+            (option["con_id"], option["adjusted"], option["multiplier"], option["trading_class"]),
+            (600001234, True, 150, "XYZ1"),
+        )
         self.assertEqual(listed, Instrument("XYZ", "OPT", "20300118", 95.0, "P", "XYZ1", multiplier=150))
         unlisted = TickBook(Instrument("XYZ", "OPT", "20300118", 60.0, "P", "XYZ")).option(False)
         self.assertEqual((unlisted["con_id"], unlisted["adjusted"]), (None, False))
@@ -206,8 +253,9 @@ class CompletionRuleTest(unittest.TestCase):
 
     def test_an_option_without_a_bid_completes_on_ask_and_greeks(self):
         events = recorded_events("option_sentinels", 7)
-        computed_model = max(i for i, (cb, args) in enumerate(events)
-                             if cb == "tickOptionComputation" and args[1] == 13)
+        computed_model = max(
+            i for i, (cb, args) in enumerate(events) if cb == "tickOptionComputation" and args[1] == 13
+        )
         self.assertEqual(self._first_complete("option_sentinels", PUT_60, "option"), computed_model + 1)
 
     def test_no_model_greeks_never_completes(self):

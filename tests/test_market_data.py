@@ -2,6 +2,7 @@
 tests.fake_tws: frozen data after the close, notices that keep a stream, a 101-shrunk pool growing
 back, implied volatility from the option's own model, 1100 failing fast, 1300 moving the port, and
 a TWS that stops reading mid-batch (SIGSTOP of a fake TWS process) under --pacing reject."""
+
 from __future__ import annotations
 
 import json
@@ -13,10 +14,9 @@ import unittest
 from pathlib import Path
 from typing import List
 
-from agent.ib import lines as ib_lines
-from agent.ib.connection import TESTED_MAX_SERVER_VERSION
 from agent.config import Config
-from agent.ib.connection import IBConnection
+from agent.ib import lines as ib_lines
+from agent.ib.connection import TESTED_MAX_SERVER_VERSION, IBConnection
 from ib_scanner import Scanner
 from tests.agent_process import ServerProcess
 from tests.fake_tws import FakeTWS
@@ -26,7 +26,7 @@ from tests.tws_versions import AtTwsVersion, at_tws_versions
 WAIT_S = 20.0
 LOST = "Connectivity between IB and Trader Workstation has been lost."
 RESTORED = "Connectivity between IB and Trader Workstation has been restored - data maintained."
-STALL_S = float(os.environ.get("STALL_S", "3"))     # the benchmark stalls TWS for 20 s
+STALL_S = float(os.environ.get("STALL_S", "3"))  # the benchmark stalls TWS for 20 s
 
 
 def contract_dicts(instruments) -> List[dict]:
@@ -47,8 +47,15 @@ class OnFakeTws(AtTwsVersion, unittest.TestCase):
         return self.connect(self.tws.start(), **config)
 
     def connect(self, port: int, **config) -> Scanner:
-        settings = dict(ib_port=port, ib_max_msg_rate=45, ib_max_mkt_lines=90, option_timeout_s=5.0,
-                        request_timeout_s=10.0, warm_lines=0, warm_seconds=0)
+        settings = dict(
+            ib_port=port,
+            ib_max_msg_rate=45,
+            ib_max_mkt_lines=90,
+            option_timeout_s=5.0,
+            request_timeout_s=10.0,
+            warm_lines=0,
+            warm_seconds=0,
+        )
         settings.update(config)
         self.config = Config(key="test-key-123456", **settings)
         if hasattr(self, "tws"):
@@ -81,8 +88,9 @@ class MarketClosedTest(OnFakeTws):
     def test_live_data_after_the_close_has_no_bid_and_says_live(self):
         scanner = self.start(fake_options=dict(market_closed=True), market_data_type="live", option_timeout_s=0.5)
         results = scanner.get_option_data_batch(self.options("MSFT", 4))
-        self.assertEqual({(r["bid"], r["ask"], r["delta"], r["market_data_type"]) for r in results},
-                         {(None, None, None, "live")})
+        self.assertEqual(
+            {(r["bid"], r["ask"], r["delta"], r["market_data_type"]) for r in results}, {(None, None, None, "live")}
+        )
         self.assertEqual({r["complete"] for r in results}, {False})
         self.assert_lines_freed()
 
@@ -113,13 +121,13 @@ class StreamNoticeTest(OnFakeTws):
                 self.assertTrue(all(r["ask"] is not None for r in results))
                 self.assertEqual({r["delta"] for r in results}, {None})
                 self.assertEqual(scanner.stats()["lines_in_use"], 0)
-                self.assert_lines_freed()       # cancelled at TWS: the notice did not end the streams
+                self.assert_lines_freed()  # cancelled at TWS: the notice did not end the streams
                 self.assertEqual(self.tws.stats()["requests_by_type"]["cancelMktData"], 12)
                 self.doCleanups()
 
 
 class LinePoolTest(OnFakeTws):
-    tws_versions = (TESTED_MAX_SERVER_VERSION,)   # the line pool does not depend on the version; 14 s
+    tws_versions = (TESTED_MAX_SERVER_VERSION,)  # the line pool does not depend on the version; 14 s
 
     def test_after_a_101_the_pool_shrinks_and_grows_back_as_lines_free_up(self):
         for name, value in (("GROW_AFTER_LIMIT_S", 1.0), ("GROW_STEP_S", 0.02)):
@@ -127,7 +135,7 @@ class LinePoolTest(OnFakeTws):
             setattr(ib_lines, name, value)
         scanner = self.start(fake_options=dict(max_lines=20, tick_delay_ms=(1000, 1200)), ib_max_mkt_lines=20)
         with self.tws.lock:
-            self.tws.lines_in_use += 8          # the user's own TWS windows hold 8 lines
+            self.tws.lines_in_use += 8  # the user's own TWS windows hold 8 lines
         started = time.monotonic()
         batch = Background(scanner.get_option_data_batch, self.options("AAPL", 60))
         smallest = 20
@@ -137,11 +145,11 @@ class LinePoolTest(OnFakeTws):
         first = batch.join()
         elapsed = time.monotonic() - started
         self.assertEqual([r for r in first if r["error"] or not r["complete"]], [])
-        self.assertLessEqual(smallest, 12)                              # shrunk to what TWS allowed
+        self.assertLessEqual(smallest, 12)  # shrunk to what TWS allowed
         # Not a 101 per contract (48 here): at most one probe per GROW_AFTER_LIMIT_S while the batch ran.
         self.assertIn(self.tws.stats()["line_limit_errors"], range(1, min(2 + int(elapsed), 16)))
         with self.tws.lock:
-            self.tws.lines_in_use -= 8          # ... and closes those windows
+            self.tws.lines_in_use -= 8  # ... and closes those windows
         time.sleep(1.1)
         errors = self.tws.stats()["line_limit_errors"]
         second = scanner.get_option_data_batch(self.options("MSFT", 80))
@@ -158,7 +166,7 @@ class ImpliedVolTest(OnFakeTws):
         market = self.tws.market
         spot = market.spot("AAPL")
         far_put = min((o for o in market.options("AAPL") if o.right == "P"), key=lambda o: abs(o.strike - 0.85 * spot))
-        result, = scanner.get_option_data_batch(contract_dicts([far_put]))
+        (result,) = scanner.get_option_data_batch(contract_dicts([far_put]))
         model = market.implied_vol(far_put, market.spot("AAPL"))
         self.assertAlmostEqual(result["implied_vol"], model, delta=0.005)
         self.assertGreater(abs(result["implied_vol"] - market.specs["AAPL"].vol), 0.01)
@@ -191,7 +199,7 @@ class PortMovedTest(OnFakeTws):
         new_port = self.tws.move_port()
         self.assertNotEqual(new_port, old_port)
         wait_until(lambda: self.conn.ready and self.conn.status()["port"] == new_port, "connected on the new port")
-        result, = scanner.get_option_data_batch(self.options("AAPL", 1))
+        (result,) = scanner.get_option_data_batch(self.options("AAPL", 1))
         self.assertIsNone(result["error"])
         self.assertEqual(self.tws.stats()["connections"], 2)
 
@@ -200,17 +208,21 @@ class StallTest(OnFakeTws):
     """A TWS that stops reading (SIGSTOP) in the middle of a batch: the agent stops sending, and when
     TWS resumes it never gets more than its pacing limit in a second (--pacing reject disconnects
     after 3 violations)."""
-    tws_versions = (TESTED_MAX_SERVER_VERSION,)   # pacing does not depend on the version; 11 s
+
+    tws_versions = (TESTED_MAX_SERVER_VERSION,)  # pacing does not depend on the version; 11 s
 
     def test_a_stalled_tws_mid_batch_gets_no_burst_and_the_batch_is_answered(self):
         stats_file = Path(tempfile.mkdtemp(prefix="stall-")) / "stats.json"
         version = [] if self.tws_version is None else ["--max-server-version", str(self.tws_version)]
-        fake = ServerProcess("tests.fake_tws", ["--pacing", "reject", "--tick-delay-ms", "1,5",
-                                                "--stats-file", str(stats_file), *version])
+        fake = ServerProcess(
+            "tests.fake_tws",
+            ["--pacing", "reject", "--tick-delay-ms", "1,5", "--stats-file", str(stats_file), *version],
+        )
         port = fake.start()
         self.addCleanup(fake.stop)
         scanner = self.connect(port, option_timeout_s=30.0)
         from tests.fake_market import Market
+
         contracts = contract_dicts(Market(1).options("AAPL")[:160])
         batch = Background(scanner.get_option_data_batch, contracts)
         time.sleep(1.5)

@@ -1,4 +1,5 @@
 """The pure order safeguards: params shapes, the local policy, the audit log, the request-id store."""
+
 from __future__ import annotations
 
 import json
@@ -11,19 +12,23 @@ from datetime import datetime, timezone
 from pathlib import Path
 from unittest import mock
 
-from agent.orders import guard as order_guard
 from agent.config import Config
 from agent.errors import INVALID_REQUEST, AgentError
 from agent.log import Masker
+from agent.orders import guard as order_guard
 
 PAPER = {"connected": True, "accounts": ["DU1234567"], "account_type": "paper"}
 LIVE = {"connected": True, "accounts": ["U1234567"], "account_type": "live"}
 
 
 def option_order(**changes):
-    order = {"contract": {"ticker": "AAPL", "sec_type": "OPT", "expiration": "20300118",
-                          "strike": 150.0, "right": "C"},
-             "action": "SELL", "quantity": 1, "order_type": "LMT", "limit_price": 2.5}
+    order = {
+        "contract": {"ticker": "AAPL", "sec_type": "OPT", "expiration": "20300118", "strike": 150.0, "right": "C"},
+        "action": "SELL",
+        "quantity": 1,
+        "order_type": "LMT",
+        "limit_price": 2.5,
+    }
     order.update(changes)
     return order
 
@@ -55,8 +60,9 @@ class ParamsTest(unittest.TestCase):
         self.assertEqual(order_guard.parse_order_params("place-order", parsed), parsed)
 
     def test_a_stock_order_needs_no_option_fields(self):
-        parsed = order_guard.parse_order_params("place-order", option_order(
-            contract={"ticker": "MSFT", "sec_type": "STK"}, tif="gtc", account="du1234567"))
+        parsed = order_guard.parse_order_params(
+            "place-order", option_order(contract={"ticker": "MSFT", "sec_type": "STK"}, tif="gtc", account="du1234567")
+        )
         self.assertEqual((parsed["tif"], parsed["account"]), ("GTC", "DU1234567"))
 
     def test_each_bad_field_is_named(self):
@@ -71,19 +77,31 @@ class ParamsTest(unittest.TestCase):
         self.invalid(option_order(qty=1), "qty")
         self.invalid(option_order(contract="AAPL"), "contract")
         self.invalid(option_order(contract={"ticker": "AAPL", "sec_type": "FUT"}), "contract.sec_type")
-        self.invalid(option_order(contract={"ticker": "AAPL", "sec_type": "STK", "exchange": "CBOE"}),
-                     "contract.exchange")
-        self.invalid(option_order(contract={"ticker": "AAPL", "sec_type": "OPT", "strike": 1.0,
-                                            "right": "C"}), "contract.expiration")
-        self.invalid(option_order(contract={"ticker": "AAPL", "sec_type": "STK", "strike": 1.0}),
-                     "contract.strike")
-        self.invalid(option_order(contract={"ticker": "AAPL", "sec_type": "OPT", "expiration": "2030-01-18",
-                                            "strike": 1.0, "right": "C"}), "contract.expiration")
+        self.invalid(
+            option_order(contract={"ticker": "AAPL", "sec_type": "STK", "exchange": "CBOE"}), "contract.exchange"
+        )
+        self.invalid(
+            option_order(contract={"ticker": "AAPL", "sec_type": "OPT", "strike": 1.0, "right": "C"}),
+            "contract.expiration",
+        )
+        self.invalid(option_order(contract={"ticker": "AAPL", "sec_type": "STK", "strike": 1.0}), "contract.strike")
+        self.invalid(
+            option_order(
+                contract={"ticker": "AAPL", "sec_type": "OPT", "expiration": "2030-01-18", "strike": 1.0, "right": "C"}
+            ),
+            "contract.expiration",
+        )
         self.invalid({k: v for k, v in option_order().items() if k != "limit_price"}, "limit_price")
-        self.invalid(option_order(contract={"ticker": "AAPL", "sec_type": "OPT", "expiration": "20300231",
-                                            "strike": 1.0, "right": "C"}), "contract.expiration")
-        self.invalid(option_order(contract={"ticker": "AAPL", "sec_type": "STK", "trading_class": "AAPL"}),
-                     "contract.trading_class")
+        self.invalid(
+            option_order(
+                contract={"ticker": "AAPL", "sec_type": "OPT", "expiration": "20300231", "strike": 1.0, "right": "C"}
+            ),
+            "contract.expiration",
+        )
+        self.invalid(
+            option_order(contract={"ticker": "AAPL", "sec_type": "STK", "trading_class": "AAPL"}),
+            "contract.trading_class",
+        )
         self.invalid([], "params")
         self.invalid({"order_id": "7"}, "order_id", action="cancel-order")
         self.invalid({"order_id": 0}, "order_id", action="cancel-order")
@@ -93,8 +111,10 @@ class ParamsTest(unittest.TestCase):
         stock = {"ticker": "AAPL", "sec_type": "STK"}
         cases = [
             (option_order(contract=dict(stock, strike=150)), "params.contract.strike: only for an option (OPT)"),
-            (option_order(contract={"ticker": "AAPL", "sec_type": "OPT", "expiration": "20300118", "strike": 1}),
-             "params.contract.right: is required for an option (OPT)"),
+            (
+                option_order(contract={"ticker": "AAPL", "sec_type": "OPT", "expiration": "20300118", "strike": 1}),
+                "params.contract.right: is required for an option (OPT)",
+            ),
             (option_order(contract=dict(stock, exchange="CBOE")), 'params.contract.exchange: must be "SMART"'),
             (option_order(order_type="MKT"), 'params.order_type: must be "LMT"'),
             (option_order(tif="IOC"), 'params.tif: must be "DAY" or "GTC"'),
@@ -111,8 +131,7 @@ class ParamsTest(unittest.TestCase):
 
     def test_a_large_quantity_is_left_to_the_policy(self):
         """The shape has no upper bound: MAX_ORDER_QUANTITY refuses it (ORDER_BLOCKED), not the schema."""
-        self.assertEqual(order_guard.parse_order_params("place-order", option_order(quantity=10 ** 6))["quantity"],
-                         10 ** 6)
+        self.assertEqual(order_guard.parse_order_params("place-order", option_order(quantity=10**6))["quantity"], 10**6)
 
 
 class PolicyTest(unittest.TestCase):
@@ -132,8 +151,9 @@ class PolicyTest(unittest.TestCase):
         mixed = {"connected": True, "accounts": ["DU1", "U2"], "account_type": "paper"}
         self.assertIsNone(order_guard.account_refusal(config(), mixed, "DU1"))
         self.assertIn("not a paper account", order_guard.account_refusal(config(), mixed, "U2"))
-        self.assertIn("not an account of this TWS session",
-                      order_guard.account_refusal(config(allow_orders="live"), mixed, "DU9"))
+        self.assertIn(
+            "not an account of this TWS session", order_guard.account_refusal(config(allow_orders="live"), mixed, "DU9")
+        )
 
     def test_unknown_account_type_is_refused_under_paper(self):
         unknown = {"connected": False, "accounts": [], "account_type": None}
@@ -167,14 +187,15 @@ class AuditLogTest(unittest.TestCase):
 
     def test_one_line_per_request_with_every_field(self):
         audit = order_guard.AuditLog(self.path)
-        audit.write("place-order", "r1", option_order(account="DU1"), "allowed", 5,
-                    {"status": "Submitted"})
-        audit.write("cancel-order", "r2", {"order_id": 5}, "refused: ALLOW_ORDERS=off", None,
-                    {"error": "ORDER_BLOCKED"})
+        audit.write("place-order", "r1", option_order(account="DU1"), "allowed", 5, {"status": "Submitted"})
+        audit.write(
+            "cancel-order", "r2", {"order_id": 5}, "refused: ALLOW_ORDERS=off", None, {"error": "ORDER_BLOCKED"}
+        )
         first, second = self.lines()
         self.assertEqual(set(first), set(order_guard.AuditLog.FIELDS))
-        self.assertEqual((first["request_id"], first["side"], first["quantity"], first["limit_price"]),
-                         ("r1", "SELL", 1, 2.5))
+        self.assertEqual(
+            (first["request_id"], first["side"], first["quantity"], first["limit_price"]), ("r1", "SELL", 1, 2.5)
+        )
         self.assertEqual(first["contract"]["strike"], 150.0)
         self.assertEqual((first["order_id"], first["account"]), (5, "DU1"))
         self.assertTrue(first["time"].endswith("Z"))
@@ -187,8 +208,14 @@ class AuditLogTest(unittest.TestCase):
 
     def test_masks_the_key_and_bounds_hostile_values(self):
         audit = order_guard.AuditLog(self.path, mask=Masker(["secret-key-123"]))
-        audit.write("place-order", "id-secret-key-123", {"contract": {"ticker": "x" * 10000}, "quantity": float("nan")},
-                    "refused", None, {})
+        audit.write(
+            "place-order",
+            "id-secret-key-123",
+            {"contract": {"ticker": "x" * 10000}, "quantity": float("nan")},
+            "refused",
+            None,
+            {},
+        )
         self.assertEqual(self.lines()[0]["quantity"], "nan")
         text = self.path.read_text(encoding="utf-8")
         self.assertNotIn("secret-key-123", text)
@@ -226,8 +253,11 @@ class AuditLogTest(unittest.TestCase):
         names = sorted(os.listdir(self.dir.name))
         self.assertEqual(names[:2], ["audit-20260302.jsonl", "audit-20260303.jsonl"])
         self.assertIn("audit.jsonl", names)
-        ids = [json.loads(line)["request_id"] for name in names
-               for line in (Path(self.dir.name) / name).read_text().splitlines()]
+        ids = [
+            json.loads(line)["request_id"]
+            for name in names
+            for line in (Path(self.dir.name) / name).read_text().splitlines()
+        ]
         self.assertEqual(sorted(ids), sorted(["day1-a", "day2-a"] + [f"day2-{n}" for n in range(6)]))
 
     def test_the_key_is_masked_before_a_value_is_cut(self):
@@ -240,14 +270,20 @@ class AuditLogTest(unittest.TestCase):
 
     def test_the_outcome_of_an_unexpected_error_names_its_class(self):
         error = AgentError("INTERNAL", "unexpected error in the agent (KeyError) ...")
-        self.assertEqual(order_guard.outcome_of_error(error, "KeyError"),
-                         {"error": "INTERNAL", "ib_code": None, "message": error.message, "exception": "KeyError"})
+        self.assertEqual(
+            order_guard.outcome_of_error(error, "KeyError"),
+            {"error": "INTERNAL", "ib_code": None, "message": error.message, "exception": "KeyError"},
+        )
         self.assertNotIn("exception", order_guard.outcome_of_error(AgentError(INVALID_REQUEST, "x")))
 
     def test_concurrent_writers_give_whole_lines(self):
         audit = order_guard.AuditLog(self.path)
-        threads = [threading.Thread(target=lambda i=i: [audit.write("place-order", f"r{i}-{j}", {}, "allowed", j, {})
-                                                        for j in range(20)]) for i in range(5)]
+        threads = [
+            threading.Thread(
+                target=lambda i=i: [audit.write("place-order", f"r{i}-{j}", {}, "allowed", j, {}) for j in range(20)]
+            )
+            for i in range(5)
+        ]
         for t in threads:
             t.start()
         for t in threads:
@@ -299,8 +335,13 @@ class RequestIdStoreTest(unittest.TestCase):
     def test_an_unreadable_file_is_moved_aside_not_lost(self):
         self.store().put("r1", order_guard.PLACED, order_id=7)
         whole = self.path.read_bytes()
-        damaged = {"torn": whole[:len(whole) // 2], "not utf-8": b"\xff" + whole, "edited": whole.replace(b'"placed"', b'"done"'),
-                   "another file": b'{"requests": []}', "empty": b""}
+        damaged = {
+            "torn": whole[: len(whole) // 2],
+            "not utf-8": b"\xff" + whole,
+            "edited": whole.replace(b'"placed"', b'"done"'),
+            "another file": b'{"requests": []}',
+            "empty": b"",
+        }
         for what, content in damaged.items():
             with self.subTest(what):
                 self.path.write_bytes(content)
@@ -308,11 +349,11 @@ class RequestIdStoreTest(unittest.TestCase):
                     store = self.store()
                 aside = self.path.with_name(f"order_ids.json.unreadable-{int(self.now)}")
                 self.assertEqual(aside.read_bytes(), content)  # kept for the user, as it was
-                self.assertIn(str(aside), logs.output[0])      # one line that says where
+                self.assertIn(str(aside), logs.output[0])  # one line that says where
                 self.assertEqual(len(logs.output), 1)
                 self.assertIn("looked up in TWS", logs.output[0])
                 self.assertIsNone(store.get("r1"))
-                self.assertIn("was damaged", store.lost)       # "unknown", not "empty"
+                self.assertIn("was damaged", store.lost)  # "unknown", not "empty"
                 store.put("r2", order_guard.SENDING, order_id=8)  # a new store beside the one kept aside
                 self.assertEqual(self.store().get("r2")["order_id"], 8)
                 self.assertIsNone(self.store().lost)
@@ -320,8 +361,10 @@ class RequestIdStoreTest(unittest.TestCase):
 
     def test_a_damaged_file_that_cannot_be_moved_aside_is_never_written_over(self):
         self.path.write_text("{not json", encoding="utf-8")
-        with mock.patch("os.replace", side_effect=PermissionError(13, "Permission denied")), \
-                self.assertLogs("ib_data_agent.orders", "ERROR"):
+        with (
+            mock.patch("os.replace", side_effect=PermissionError(13, "Permission denied")),
+            self.assertLogs("ib_data_agent.orders", "ERROR"),
+        ):
             store = self.store()
         with self.assertRaises(OSError):
             store.put("r1", order_guard.SENDING, order_id=7)

@@ -3,6 +3,7 @@
 The agent runs as `python ib_data_agent.py`, as a user runs it; the fake TWS's stats count the
 orders that really reached it.
 """
+
 from __future__ import annotations
 
 import json
@@ -36,8 +37,9 @@ class OrdersEndToEnd(AtTwsVersion, unittest.TestCase):
         return frame.get("ib") or {}
 
     def wait_tws_connected(self, connected: bool = True) -> None:
-        self.relay.wait_until(lambda: self.ib().get("connected") is connected, WAIT_S,
-                              f"the agent reporting connected={connected}")
+        self.relay.wait_until(
+            lambda: self.ib().get("connected") is connected, WAIT_S, f"the agent reporting connected={connected}"
+        )
 
     def request(self, action: str, params: dict, id: str = None) -> dict:
         return self.relay.request(action, params, id=id, timeout_s=WAIT_S)
@@ -58,10 +60,19 @@ class OrdersEndToEnd(AtTwsVersion, unittest.TestCase):
         for option in market.options("AAPL"):
             quote = market.quote(option)
             if 0.5 < quote.bid < quote.ask < 20 and on_tick(quote.ask, option.min_tick):
-                params = {"contract": {"ticker": "AAPL", "sec_type": "OPT", "expiration": option.expiry,
-                                       "strike": option.strike, "right": option.right},
-                          "action": "SELL", "quantity": 1, "order_type": "LMT",
-                          "limit_price": round(quote.ask + 20 * option.min_tick, 2)}
+                params = {
+                    "contract": {
+                        "ticker": "AAPL",
+                        "sec_type": "OPT",
+                        "expiration": option.expiry,
+                        "strike": option.strike,
+                        "right": option.right,
+                    },
+                    "action": "SELL",
+                    "quantity": 1,
+                    "order_type": "LMT",
+                    "limit_price": round(quote.ask + 20 * option.min_tick, 2),
+                }
                 params.update(changes)
                 return params
         self.fail("the fake market lists no suitable AAPL call")
@@ -91,8 +102,9 @@ class PaperEndToEndTest(OrdersEndToEnd):
         cancelled = self.ok("cancel-order", {"order_id": first["order_id"]}, id="e2e-cancel")
         self.assertEqual(cancelled, {"order_id": first["order_id"], "status": "Cancelled"})
         self.assertEqual(self.ok("cancel-order", {"order_id": first["order_id"]}, id="e2e-cancel"), cancelled)
-        self.assertEqual(self.ok("place-order", self.order(), id="e2e-acked"),
-                         {"order_id": first["order_id"], "status": "Cancelled"})  # its status now
+        self.assertEqual(
+            self.ok("place-order", self.order(), id="e2e-acked"), {"order_id": first["order_id"], "status": "Cancelled"}
+        )  # its status now
         self.assertEqual(self.placed(), 1)
         self.assertEqual(self.tws.stats()["requests_by_type"].get("cancelOrder"), 1)
 
@@ -102,19 +114,29 @@ class PaperEndToEndTest(OrdersEndToEnd):
         placed = self.ok("place-order", self.order(), id="e2e-place-1")
         self.assertEqual(set(placed), {"order_id", "status"})
         orders = self.ok("open-orders")["orders"]
-        self.assertIn((order_ref_for("e2e-place-1"), placed["order_id"]), [(o["order_ref"], o["order_id"]) for o in orders])
-        self.assertEqual(self.ok("cancel-order", {"order_id": placed["order_id"]}),
-                         {"order_id": placed["order_id"], "status": "Cancelled"})
+        self.assertIn(
+            (order_ref_for("e2e-place-1"), placed["order_id"]), [(o["order_ref"], o["order_id"]) for o in orders]
+        )
+        self.assertEqual(
+            self.ok("cancel-order", {"order_id": placed["order_id"]}),
+            {"order_id": placed["order_id"], "status": "Cancelled"},
+        )
         self.assertEqual(self.placed(), 1)
         lines = self.audit()
-        self.assertEqual([(line["action"], line["decision"]) for line in lines],
-                         [("place-order", "allowed"), ("cancel-order", "allowed")])
+        self.assertEqual(
+            [(line["action"], line["decision"]) for line in lines],
+            [("place-order", "allowed"), ("cancel-order", "allowed")],
+        )
         self.assertNotIn(self.stack.key, (self.stack.agent.data_dir / "order_audit.jsonl").read_text())
 
     def test_caps_and_ib_rejections(self):
-        self.assertIn("MAX_ORDER_QUANTITY", self.error("place-order", self.order(quantity=11), "ORDER_BLOCKED")["message"])
-        self.assertIn("MAX_ORDER_NOTIONAL", self.error("place-order", self.order(quantity=10, limit_price=30),
-                                                       "ORDER_BLOCKED")["message"])
+        self.assertIn(
+            "MAX_ORDER_QUANTITY", self.error("place-order", self.order(quantity=11), "ORDER_BLOCKED")["message"]
+        )
+        self.assertIn(
+            "MAX_ORDER_NOTIONAL",
+            self.error("place-order", self.order(quantity=10, limit_price=30), "ORDER_BLOCKED")["message"],
+        )
         off_tick = self.order()
         off_tick["limit_price"] += 0.003
         self.assertEqual(self.error("place-order", off_tick, "IB_ERROR")["ib_code"], 110)
@@ -141,8 +163,13 @@ class PaperEndToEndTest(OrdersEndToEnd):
         self.stack.agent.start()
         old.cleanup()
         self.relay.wait_hello(WAIT_S, connections=connections + 1)
-        self.relay.wait_until(lambda: self.relay.hello.get("session") and self.ib().get("connected")
-                              and self.relay.connections > connections, WAIT_S, "the restarted agent on TWS")
+        self.relay.wait_until(
+            lambda: (
+                self.relay.hello.get("session") and self.ib().get("connected") and self.relay.connections > connections
+            ),
+            WAIT_S,
+            "the restarted agent on TWS",
+        )
         self.wait_tws_connected(True)
         self.assertEqual(self.ok("place-order", self.order(), id="e2e-dup"), first)
         self.assertEqual(self.placed(), 1)
@@ -155,6 +182,7 @@ class CancelFrameRacesPlaceOrder(OrdersEndToEnd):
     repeat of the id gets CANCELLED again, never a late order); once placeOrder was sent it is too
     late, and the answer is the order's real outcome. TWS holds each order 1.5 s (a precaution
     dialog), so the second case has time to cancel while the order is on its way."""
+
     tws_options = {"place_delay_ms": 1500}
 
     def sent(self, request: str) -> int:
@@ -172,8 +200,10 @@ class CancelFrameRacesPlaceOrder(OrdersEndToEnd):
         again = self.request("place-order", self.order(), id="race-early")
         self.assertEqual(again["error"], response["error"])
         self.assertEqual((self.placed(), self.sent("placeOrder")), (0, 0))
-        self.assertEqual([(line["request_id"], line["decision"], line["outcome"].get("error")) for line in self.audit()],
-                         [("race-early", "not sent: CANCELLED", "CANCELLED"), ("race-early", "duplicate", "CANCELLED")])
+        self.assertEqual(
+            [(line["request_id"], line["decision"], line["outcome"].get("error")) for line in self.audit()],
+            [("race-early", "not sent: CANCELLED", "CANCELLED"), ("race-early", "duplicate", "CANCELLED")],
+        )
 
     def test_a_cancel_arriving_after_the_order_was_sent_gets_its_real_outcome(self):
         pending = self.relay.submit("place-order", self.order(), id="race-late", timeout_s=WAIT_S)
@@ -182,11 +212,15 @@ class CancelFrameRacesPlaceOrder(OrdersEndToEnd):
         response = pending.result(WAIT_S)
         self.assertTrue(response["ok"], response)
         self.assertEqual(response["data"]["status"], "Submitted")
-        order_ids = [o["order_id"] for o in self.ok("open-orders")["orders"] if o["order_ref"] == order_ref_for("race-late")]
+        order_ids = [
+            o["order_id"] for o in self.ok("open-orders")["orders"] if o["order_ref"] == order_ref_for("race-late")
+        ]
         self.assertEqual(order_ids, [response["data"]["order_id"]])  # live at TWS, and said so
         self.assertEqual(self.placed(), 1)
-        self.assertEqual([(line["request_id"], line["decision"], line["outcome"]) for line in self.audit()],
-                         [("race-late", "allowed", {"status": "Submitted"})])
+        self.assertEqual(
+            [(line["request_id"], line["decision"], line["outcome"]) for line in self.audit()],
+            [("race-late", "allowed", {"status": "Submitted"})],
+        )
 
 
 class LiveEndToEndTest(OrdersEndToEnd):

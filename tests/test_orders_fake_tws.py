@@ -3,6 +3,7 @@ client at a text version (200) and the newest protobuf one: executions filtered 
 (today's only without it), the warnings that leave an order live (399 with the market closed, 404
 for a short sale that needs a locate), a rejection after PreSubmitted, and a cancel of another
 client's order (TWS looks the id up among the asking client's orders: 10147)."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -13,8 +14,8 @@ from ibapi.execution import ExecutionFilter
 from ibapi.order_cancel import OrderCancel
 from ibapi.server_versions import MAX_CLIENT_VER
 
+from tests.fake_tws_formats import tws_time
 from tests.fake_tws_session import LOCATE_TEXT
-from tests.fake_tws_wire import tws_time
 from tests.test_fake_tws_ibapi import FakeTwsCase, contract, limit_order
 
 VERSIONS = (200, MAX_CLIENT_VER)
@@ -51,14 +52,15 @@ class Executions(OrderBehaviour):
         option = self.option_contract(self.atm_call())
         client.placeOrder(order_id, option, limit_order("BUY", 1, 500.0))
         client.wait("orderStatus", lambda a: a[0] == order_id and a[1] == "Filled")
-        self.assertEqual(self.executions(client, 70), [order_id])        # today's
+        self.assertEqual(self.executions(client, 70), [order_id])  # today's
         with self.tws.lock:  # three days pass
             book = self.tws.orders
-            book.executions[:] = [dataclasses.replace(e, time=tws_time(time.time() - 3 * 86400))
-                                  for e in book.executions]
-        self.assertEqual(self.executions(client, 71), [])                # no lastNDays: today only
-        self.assertEqual(self.executions(client, 72, 2), [])             # two days: today and yesterday
-        self.assertEqual(self.executions(client, 73, 7), [order_id])     # the agent's look-back
+            book.executions[:] = [
+                dataclasses.replace(e, time=tws_time(time.time() - 3 * 86400)) for e in book.executions
+            ]
+        self.assertEqual(self.executions(client, 71), [])  # no lastNDays: today only
+        self.assertEqual(self.executions(client, 72, 2), [])  # two days: today and yesterday
+        self.assertEqual(self.executions(client, 73, 7), [order_id])  # the agent's look-back
 
 
 class Warnings(OrderBehaviour):
@@ -71,8 +73,8 @@ class Warnings(OrderBehaviour):
         client.wait("orderStatus", lambda a: a[0] == order_id)
         self.assertEqual(self.statuses(client, order_id), ["PreSubmitted"])
         about = [n for n, a in client.events if n in ("error", "openOrder", "orderStatus") and a[0] == order_id]
-        self.assertEqual(about[0], "error")                                # the warning came first
-        client.placeOrder(order_id + 1, stock, limit_order("BUY", 10, 40.0))   # a buy needs no locate
+        self.assertEqual(about[0], "error")  # the warning came first
+        client.placeOrder(order_id + 1, stock, limit_order("BUY", 10, 40.0))  # a buy needs no locate
         client.wait("orderStatus", lambda a: a[0] == order_id + 1)
         self.assertEqual([a for a in client.named("error") if a[0] == order_id + 1], [])
         self.assertEqual(self.tws.stats()["orders_placed"], 2)
@@ -86,8 +88,11 @@ class MarketClosed(OrderBehaviour):
         order_id = self.order_ids(client)
         client.placeOrder(order_id, self.option_contract(self.atm_call()), limit_order("BUY", 1, 500.0))
         text = client.wait_error(399, order_id)[3]
-        self.assertRegex(text, r"^Order Message:\nBUY 1 AAPL .+ SMART\nWarning: your order will not be placed at the "
-                               r"exchange until \d{4}-\d\d-\d\d 09:30:00 US/Eastern$")
+        self.assertRegex(
+            text,
+            r"^Order Message:\nBUY 1 AAPL .+ SMART\nWarning: your order will not be placed at the "
+            r"exchange until \d{4}-\d\d-\d\d 09:30:00 US/Eastern$",
+        )
         client.wait("orderStatus", lambda a: a[0] == order_id)
         self.assertEqual(self.statuses(client, order_id), ["PreSubmitted"])  # marketable, but not filled
 
@@ -113,7 +118,9 @@ class AnotherClientsCancel(OrderBehaviour):
         mine.placeOrder(order_id, self.option_contract(self.atm_call()), limit_order("BUY", 1, 0.5))
         mine.wait("orderStatus", lambda a: a[0] == order_id)
         other.cancelOrder(order_id, OrderCancel())
-        self.assertIn(f"OrderId {order_id} that needs to be cancelled is not found", other.wait_error(10147, order_id)[3])
+        self.assertIn(
+            f"OrderId {order_id} that needs to be cancelled is not found", other.wait_error(10147, order_id)[3]
+        )
         self.assertEqual([o.status for o in self.tws.orders.open_orders()], ["Submitted"])
         self.assertEqual(self.statuses(mine, order_id), ["Submitted"])
 

@@ -1,5 +1,6 @@
 """OrderDesk on a real IBConnection against the fake TWS: every action, the policy, exactly-once
 placement across a repeat, an agent restart and a TWS reconnect, Read-Only API, IB's rejections."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -9,13 +10,13 @@ import time
 import unittest
 from pathlib import Path
 
+from ibapi.order_cancel import OrderCancel
+
+from agent.config import Config
+from agent.errors import IB_ERROR, INVALID_REQUEST, ORDER_BLOCKED, READ_ONLY_API, TIMEOUT, AgentError
 from agent.ib import connection as ib_connection
 from agent.orders import desk as ib_orders
 from agent.orders import guard as order_guard
-from agent.config import Config
-from ibapi.order_cancel import OrderCancel
-
-from agent.errors import IB_ERROR, INVALID_REQUEST, ORDER_BLOCKED, READ_ONLY_API, TIMEOUT, AgentError
 from tests.fake_market import on_tick
 from tests.fake_tws import FakeTWS
 from tests.fake_tws_session import LOCATE_TEXT
@@ -47,8 +48,13 @@ class OrdersOnFakeTws(AtTwsVersion, unittest.TestCase):
         self.tws = FakeTWS(port=0, accounts=self.accounts, **self.fake_tws_options(**self.tws_options))
         self.port = self.tws.start()
         self.addCleanup(self.tws.stop)
-        self.config = Config(key="tws-test-key-42", ib_port=self.port, data_dir=Path(self.dir.name),
-                             request_timeout_s=10.0, **self.config_changes)
+        self.config = Config(
+            key="tws-test-key-42",
+            ib_port=self.port,
+            data_dir=Path(self.dir.name),
+            request_timeout_s=10.0,
+            **self.config_changes,
+        )
         self.conn, self.desk = self.start_agent()
 
     def start_agent(self):
@@ -67,15 +73,25 @@ class OrdersOnFakeTws(AtTwsVersion, unittest.TestCase):
             quote = market.quote(option)
             if 0.5 < quote.bid < quote.ask < 20 and on_tick(quote.ask, option.min_tick):
                 price = quote.ask if marketable else ticks_away(quote.ask, option.min_tick, 20)
-                contract = {"ticker": "AAPL", "sec_type": "OPT", "expiration": option.expiry,
-                            "strike": option.strike, "right": option.right}
+                contract = {
+                    "ticker": "AAPL",
+                    "sec_type": "OPT",
+                    "expiration": option.expiry,
+                    "strike": option.strike,
+                    "right": option.right,
+                }
                 return contract, price
         self.fail("the fake market lists no suitable AAPL call")
 
     def order(self, marketable: bool = False, **changes) -> dict:
         contract, price = self.option(marketable)
-        params = {"contract": contract, "action": "BUY" if marketable else "SELL", "quantity": 1,
-                  "order_type": "LMT", "limit_price": price}
+        params = {
+            "contract": contract,
+            "action": "BUY" if marketable else "SELL",
+            "quantity": 1,
+            "order_type": "LMT",
+            "limit_price": price,
+        }
         params.update(changes)
         return params
 
@@ -118,18 +134,36 @@ class PaperAccountTest(OrdersOnFakeTws):
         result = self.desk.place_order("req-open", params)
         self.assertIn(result["status"], ("PreSubmitted", "Submitted"))
         orders = self.desk.open_orders()["orders"]
-        mine, = [o for o in orders if o["order_ref"] == order_guard.order_ref_for("req-open")]
-        self.assertEqual((mine["order_id"], mine["client_id"], mine["account"], mine["action"], mine["quantity"],
-                          mine["limit_price"], mine["contract"]["strike"]),
-                         (result["order_id"], self.conn.status()["client_id"], "DU1234567", "SELL", 1,
-                          params["limit_price"], params["contract"]["strike"]))
+        (mine,) = [o for o in orders if o["order_ref"] == order_guard.order_ref_for("req-open")]
+        self.assertEqual(
+            (
+                mine["order_id"],
+                mine["client_id"],
+                mine["account"],
+                mine["action"],
+                mine["quantity"],
+                mine["limit_price"],
+                mine["contract"]["strike"],
+            ),
+            (
+                result["order_id"],
+                self.conn.status()["client_id"],
+                "DU1234567",
+                "SELL",
+                1,
+                params["limit_price"],
+                params["contract"]["strike"],
+            ),
+        )
 
         cancelled = self.desk.cancel_order("req-cancel", {"order_id": result["order_id"]})
         self.assertEqual(cancelled, {"order_id": result["order_id"], "status": "Cancelled"})
         self.assertNotIn(mine["order_ref"], [o["order_ref"] for o in self.desk.open_orders()["orders"]])
         self.assertEqual(self.placed(), 1)
-        self.assertEqual([(line["action"], line["decision"]) for line in self.audit()],
-                         [("place-order", "allowed"), ("cancel-order", "allowed")])
+        self.assertEqual(
+            [(line["action"], line["decision"]) for line in self.audit()],
+            [("place-order", "allowed"), ("cancel-order", "allowed")],
+        )
 
     def test_read_only_is_false_once_tws_answers_the_probe(self):
         wait_until(lambda: self.conn.status()["read_only"] is False, what="read_only false")
@@ -179,7 +213,9 @@ class PaperAccountTest(OrdersOnFakeTws):
         self.assertEqual(self.placed(), 1)
 
     def test_orders_rejected_by_ib(self):
-        error = self.fails(IB_ERROR, self.desk.place_order, "tick", self.order(limit_price=self.order()["limit_price"] + 0.003))
+        error = self.fails(
+            IB_ERROR, self.desk.place_order, "tick", self.order(limit_price=self.order()["limit_price"] + 0.003)
+        )
         self.assertEqual(error.ib_code, 110)
         self.assertIn("minimum price variation", error.message)
         error = self.fails(IB_ERROR, self.desk.cancel_order, "c", {"order_id": 987654})
@@ -195,6 +231,7 @@ class SlowTwsTest(OrdersOnFakeTws):
     """TWS holds the order behind a precaution dialog (--place-delay-ms) past the agent's timeout: the
     first request answers TIMEOUT, a retry before TWS shows the order says so and sends nothing, a
     retry after finds it by orderRef; one placeOrder ever reaches TWS (issue 16)."""
+
     tws_options = {"place_delay_ms": 2500}
 
     def test_a_retry_after_a_timeout_never_places_a_second_order(self):
@@ -207,8 +244,10 @@ class SlowTwsTest(OrdersOnFakeTws):
         again = self.desk.place_order("slow", params)
         self.assertEqual(again["order_id"], self.desk.request_ids.get("slow")["order_id"])
         self.assertEqual((self.placed(), self.sent("placeOrder")), (1, 1))
-        self.assertEqual([line["decision"] for line in self.audit()],
-                         ["allowed", "not sent: TIMEOUT", "duplicate: found in TWS by orderRef"])
+        self.assertEqual(
+            [line["decision"] for line in self.audit()],
+            ["allowed", "not sent: TIMEOUT", "duplicate: found in TWS by orderRef"],
+        )
 
 
 class IbRejectsTest(OrdersOnFakeTws):
@@ -228,25 +267,34 @@ class WarningsAndLateRejections(OrdersOnFakeTws):
     outcome: the next open-orders and a repeat of the id both show it (issue 16)."""
 
     def short_sale(self, **changes) -> dict:
-        params = {"contract": {"ticker": "MRGT", "sec_type": "STK"}, "action": "SELL", "quantity": 10,
-                  "order_type": "LMT", "limit_price": 60.0}
+        params = {
+            "contract": {"ticker": "MRGT", "sec_type": "STK"},
+            "action": "SELL",
+            "quantity": 10,
+            "order_type": "LMT",
+            "limit_price": 60.0,
+        }
         params.update(changes)
         return params
 
     def row(self, order_id: int) -> dict:
-        row, = [o for o in self.desk.open_orders()["orders"] if o["order_id"] == order_id]
+        (row,) = [o for o in self.desk.open_orders()["orders"] if o["order_id"] == order_id]
         return row
 
     def test_a_short_sale_held_for_a_locate_is_live_with_the_warning(self):
         placed = self.desk.place_order("short", self.short_sale())
         self.assertEqual(placed, {"order_id": placed["order_id"], "status": "PreSubmitted", "warning": LOCATE_TEXT})
         row = self.row(placed["order_id"])
-        self.assertEqual((row["status"], row["warning"], row["reason"], row["cancellable"]),
-                         ("PreSubmitted", LOCATE_TEXT, None, True))
+        self.assertEqual(
+            (row["status"], row["warning"], row["reason"], row["cancellable"]),
+            ("PreSubmitted", LOCATE_TEXT, None, True),
+        )
         self.assertEqual(self.desk.place_order("short", self.short_sale()), placed)  # the repeat: the same
         self.assertEqual(self.placed(), 1)
-        self.assertEqual([(a["decision"], a["outcome"]) for a in self.audit()],
-                         [("allowed", {"status": "PreSubmitted"}), ("duplicate", {"status": "PreSubmitted"})])
+        self.assertEqual(
+            [(a["decision"], a["outcome"]) for a in self.audit()],
+            [("allowed", {"status": "PreSubmitted"}), ("duplicate", {"status": "PreSubmitted"})],
+        )
 
     def test_a_rejection_after_presubmitted_shows_in_open_orders_and_on_a_repeat(self):
         self.tws.reject_after_accept("Your account has insufficient funds", after_s=0.2)
@@ -255,8 +303,11 @@ class WarningsAndLateRejections(OrdersOnFakeTws):
         wait_until(lambda: self.desk.request_ids.get("late").get("reason"), what="the rejection noted")
         row = self.row(placed["order_id"])
         self.assertEqual(row["status"], "Inactive")
-        self.assertEqual(row["reason"], "Order rejected - reason:Your account has insufficient funds "
-                                        "(TWS details: Your account has insufficient funds)")
+        self.assertEqual(
+            row["reason"],
+            "Order rejected - reason:Your account has insufficient funds "
+            "(TWS details: Your account has insufficient funds)",
+        )
         again = self.desk.place_order("late", self.order())
         self.assertEqual(again, {"order_id": placed["order_id"], "status": "Inactive", "reason": row["reason"]})
         self.assertEqual(self.placed(), 1)
@@ -324,8 +375,9 @@ class LiveAccountTest(OrdersOnFakeTws):
         self.assertIn("ALLOW_ORDERS=paper: the connected account U1234567 is live", error.message)
         self.fails(ORDER_BLOCKED, self.desk.cancel_order, "live-cancel", {"order_id": 1})
         self.assertEqual((self.placed(), self.sent("reqContractDetails"), self.sent("cancelOrder")), (0, 0, 0))
-        self.assertEqual([line["decision"].split(":")[:2] for line in self.audit()],
-                         [["refused", " ALLOW_ORDERS=paper"]] * 2)
+        self.assertEqual(
+            [line["decision"].split(":")[:2] for line in self.audit()], [["refused", " ALLOW_ORDERS=paper"]] * 2
+        )
         self.assertTrue(self.desk.positions()["positions"])  # reading the account stays allowed
 
 

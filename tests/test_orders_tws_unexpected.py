@@ -6,6 +6,7 @@ Each case checks the audit line (INTERNAL with the exception's class), the reque
 orders, then the last 7 days' executions, by orderRef) and never places an order that may have
 reached TWS: the fake never counts two orders for one id.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -14,9 +15,10 @@ from unittest import mock
 
 from ibapi.client import EClient
 
-from agent.ib import connection as ib_connection
-from agent.orders import guard as order_guard
 from agent.errors import INTERNAL, TIMEOUT
+from agent.ib import connection as ib_connection
+from agent.ib import session as ib_session
+from agent.orders import guard as order_guard
 from tests.test_orders_tws import OrdersOnFakeTws
 from tests.tws_versions import at_tws_versions
 
@@ -39,7 +41,7 @@ class UnexpectedErrorOnFakeTws(OrdersOnFakeTws):
     @contextlib.contextmanager
     def socket_fault(self, after_sending: bool):
         """The agent's socket raises on the placeOrder message, after writing it or before."""
-        real_send = ib_connection._TwsSocket.sendMsg
+        real_send = ib_session._TwsSocket.sendMsg
         armed = [True]
 
         def send(sock, msg):
@@ -49,15 +51,18 @@ class UnexpectedErrorOnFakeTws(OrdersOnFakeTws):
                     real_send(sock, msg)
                 raise RuntimeError("injected fault in the socket")
             return real_send(sock, msg)
-        with mock.patch.object(ib_connection._TwsSocket, "sendMsg", send):
+
+        with mock.patch.object(ib_session._TwsSocket, "sendMsg", send):
             yield
 
     def fails_internal(self, request_id: str, params: dict, exception: str) -> dict:
         error = self.fails(INTERNAL, self.desk.place_order, request_id, params)
         self.assertIn("looks in TWS first", error.message)
         line = self.audit()[-1]
-        self.assertEqual((line["request_id"], line["decision"], line["outcome"]["error"], line["outcome"]["exception"]),
-                         (request_id, "allowed", INTERNAL, exception))
+        self.assertEqual(
+            (line["request_id"], line["decision"], line["outcome"]["error"], line["outcome"]["exception"]),
+            (request_id, "allowed", INTERNAL, exception),
+        )
         self.assertNotIn(self.config.key, self.config.audit_log_file.read_text())
         self.assertEqual(self.desk.request_ids.get(request_id)["state"], order_guard.UNKNOWN)
         return line
@@ -98,12 +103,16 @@ class UnexpectedErrorOnFakeTws(OrdersOnFakeTws):
 
     def test_ibapi_raising_out_of_place_order_after_sending(self):
         """What ibapi 10.37.2 did at 203 (raised out of placeOrder), here after the order went out."""
+
         def place_then_raise(session, *args):
             EClient.placeOrder(session, *args)
             raise KeyError("injected after placeOrder")
+
         params = self.order(marketable=True)  # fills at once: found among today's completed orders
-        with self.assertLogs("ib_data_agent.orders", "ERROR"), \
-                mock.patch.object(ib_connection._TwsSession, "placeOrder", place_then_raise):
+        with (
+            self.assertLogs("ib_data_agent.orders", "ERROR"),
+            mock.patch.object(ib_connection._TwsSession, "placeOrder", place_then_raise),
+        ):
             line = self.fails_internal("boom-filled", params, "KeyError")
         self.assertEqual(self.placed(), 1)
         again = self.repeat("boom-filled", params)

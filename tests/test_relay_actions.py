@@ -1,11 +1,11 @@
 """The action table and the worker pool, with stand-ins for the TWS connection, scanner and desk."""
+
 from __future__ import annotations
 
 import threading
 import unittest
 
-from agent.errors import (BUSY, CANCELLED, IB_NOT_CONNECTED, INTERNAL, INVALID_REQUEST, UNKNOWN_ACTION,
-                          AgentError)
+from agent.errors import BUSY, CANCELLED, IB_NOT_CONNECTED, INTERNAL, INVALID_REQUEST, UNKNOWN_ACTION, AgentError
 from agent.relay.actions import ACTIONS, BULK_PRICE_CONTRACTS, QUICK_WORKERS, RequestRunner
 
 ORDER_ACTIONS = {"positions", "account-summary", "open-orders", "place-order", "cancel-order"}
@@ -62,8 +62,9 @@ class RecordingScanner:
 
     def release_when_cancelled(self, jobs):
         """Stands in for a scanner that stops when its request is cancelled."""
-        threading.Thread(target=lambda: all(job.cancel.wait(10) for job in jobs) and self.release(),
-                         daemon=True).start()
+        threading.Thread(
+            target=lambda: all(job.cancel.wait(10) for job in jobs) and self.release(), daemon=True
+        ).start()
 
     def wait_calls(self, count):
         with self._called:
@@ -99,9 +100,9 @@ class RecordingScanner:
 class StandInDesk:
     def __init__(self):
         self.calls = []
-        self.audited = []                 # (action, request id, error code) of requests it never ran
+        self.audited = []  # (action, request id, error code) of requests it never ran
         self.gate = threading.Event()
-        self.gate.set()                   # clear it to hold place_order until it is set again
+        self.gate.set()  # clear it to hold place_order until it is set again
         self.started = threading.Semaphore(0)
 
     def place_order(self, request_id, params, cancel=None):
@@ -179,28 +180,59 @@ class Validation(RunnerCase):
             ("quote", {}, "params.tickers: is required"),
             ("quote", {"tickers": ["AAPL"], "ticker": "X"}, "params.ticker: unknown parameter"),
             ("expirations", {"ticker": "AAPL; DROP"}, "params.ticker: must be a ticker symbol"),
-            ("fetch-chain", {"ticker": "AAPL", "expirations": ["2025-01-17"]},
-             "params.expirations[0]: must be a date YYYYMMDD"),
-            ("fetch-chain", {"ticker": "AAPL", "min_days": 30, "max_days": 7},
-             "params.max_days: must not be less than min_days"),
-            ("fetch-chain", {"ticker": "AAPL", "strikes_around": True},
-             "params.strikes_around: must be a whole number from 1 to 500"),
+            (
+                "fetch-chain",
+                {"ticker": "AAPL", "expirations": ["2025-01-17"]},
+                "params.expirations[0]: must be a date YYYYMMDD",
+            ),
+            (
+                "fetch-chain",
+                {"ticker": "AAPL", "min_days": 30, "max_days": 7},
+                "params.max_days: must not be less than min_days",
+            ),
+            (
+                "fetch-chain",
+                {"ticker": "AAPL", "strikes_around": True},
+                "params.strikes_around: must be a whole number from 1 to 500",
+            ),
             ("fetch-chain", {"ticker": "AAPL", "rights": ["C", "X"]}, 'params.rights[1]: must be "C" or "P"'),
-            ("fetch-chain", {"ticker": "AAPL", "strike_min": -5},
-             "params.strike_min: must be a number greater than 0 and at most 10000000"),
-            ("fetch-prices", {"contracts": [{"ticker": "AAPL", "expiration": "20250117", "strike": 150, "right": "C"},
-                                            {"ticker": "AAPL", "expiration": "20250117", "strike": "x", "right": "C"}]},
-             "params.contracts[1].strike: must be a number greater than 0 and at most 10000000"),
-            ("fetch-prices", {"contracts": [{"ticker": "AAPL", "expiration": "20250117", "strike": 1}]},
-             "params.contracts[0].right: is required"),
+            (
+                "fetch-chain",
+                {"ticker": "AAPL", "strike_min": -5},
+                "params.strike_min: must be a number greater than 0 and at most 10000000",
+            ),
+            (
+                "fetch-prices",
+                {
+                    "contracts": [
+                        {"ticker": "AAPL", "expiration": "20250117", "strike": 150, "right": "C"},
+                        {"ticker": "AAPL", "expiration": "20250117", "strike": "x", "right": "C"},
+                    ]
+                },
+                "params.contracts[1].strike: must be a number greater than 0 and at most 10000000",
+            ),
+            (
+                "fetch-prices",
+                {"contracts": [{"ticker": "AAPL", "expiration": "20250117", "strike": 1}]},
+                "params.contracts[0].right: is required",
+            ),
             ("fetch-prices", {"contracts": "AAPL"}, "params.contracts: must be a list of 1 to 2000 items"),
-            ("sell-scan", {"ticker": "AAPL", "right": "P", "otm_min_pct": float("inf")},
-             "params.otm_min_pct: must be a number from -100 to 1000"),
+            (
+                "sell-scan",
+                {"ticker": "AAPL", "right": "P", "otm_min_pct": float("inf")},
+                "params.otm_min_pct: must be a number from -100 to 1000",
+            ),
             ("sell-scan", {"ticker": "AAPL"}, "params.right: is required"),
-            ("sell-scan", {"ticker": "XYZ", "right": "P", "include_adjusted": 1},
-             "params.include_adjusted: must be true or false"),
-            ("fetch-chain", {"ticker": "XYZ", "include_adjusted": "true"},
-             "params.include_adjusted: must be true or false"),
+            (
+                "sell-scan",
+                {"ticker": "XYZ", "right": "P", "include_adjusted": 1},
+                "params.include_adjusted: must be true or false",
+            ),
+            (
+                "fetch-chain",
+                {"ticker": "XYZ", "include_adjusted": "true"},
+                "params.include_adjusted: must be true or false",
+            ),
         ]
         for action, params, message in cases:
             with self.subTest(action=action, params=params):
@@ -208,27 +240,63 @@ class Validation(RunnerCase):
 
     def test_a_batch_over_the_limit_is_refused(self):
         contract = {"ticker": "AAPL", "expiration": "20250117", "strike": 150, "right": "C"}
-        self.assert_invalid("fetch-prices", {"contracts": [contract] * 2001},
-                            "params.contracts: must be a list of 1 to 2000 items")
+        self.assert_invalid(
+            "fetch-prices", {"contracts": [contract] * 2001}, "params.contracts: must be a list of 1 to 2000 items"
+        )
 
     def test_defaults_and_normalisation_reach_the_scanner(self):
         self.run_action("sell-scan", {"ticker": " aapl ", "right": "put"})
         self.run_action("fetch-chain", {"ticker": "spy", "rights": ["p", "P"], "min_days": 7.0})
         self.run_action("expirations", {"ticker": "BRK B"})
-        self.run_action("fetch-prices", {"contracts": [
-            {"ticker": "aapl", "expiration": "20250117", "strike": 150, "right": "c"}]})
+        self.run_action(
+            "fetch-prices", {"contracts": [{"ticker": "aapl", "expiration": "20250117", "strike": 150, "right": "c"}]}
+        )
         self.run_action("quote", {"tickers": ["aapl", "AAPL", "msft"]})
-        self.assertEqual(self.scanner.calls, [
-            ("sell_scan", ("AAPL", "P"), {"min_days": 0, "max_days": 60, "otm_min_pct": 0.0, "otm_max_pct": 20.0,
-                                          "include_adjusted": False}),
-            ("fetch_option_chain", ("SPY", {"expirations": None, "min_days": 7, "max_days": None,
-                                            "strike_min": None, "strike_max": None, "strikes_around": None,
-                                            "rights": ["P"], "include_adjusted": False}), {}),
-            ("expirations", ("BRK B",), {"exchange": "SMART"}),
-            ("fetch_prices", ([{"ticker": "AAPL", "expiration": "20250117", "strike": 150.0, "right": "C",
-                                "trading_class": None, "exchange": "SMART"}],), {}),
-            ("quote", (["AAPL", "MSFT"],), {}),
-        ])
+        self.assertEqual(
+            self.scanner.calls,
+            [
+                (
+                    "sell_scan",
+                    ("AAPL", "P"),
+                    {"min_days": 0, "max_days": 60, "otm_min_pct": 0.0, "otm_max_pct": 20.0, "include_adjusted": False},
+                ),
+                (
+                    "fetch_option_chain",
+                    (
+                        "SPY",
+                        {
+                            "expirations": None,
+                            "min_days": 7,
+                            "max_days": None,
+                            "strike_min": None,
+                            "strike_max": None,
+                            "strikes_around": None,
+                            "rights": ["P"],
+                            "include_adjusted": False,
+                        },
+                    ),
+                    {},
+                ),
+                ("expirations", ("BRK B",), {"exchange": "SMART"}),
+                (
+                    "fetch_prices",
+                    (
+                        [
+                            {
+                                "ticker": "AAPL",
+                                "expiration": "20250117",
+                                "strike": 150.0,
+                                "right": "C",
+                                "trading_class": None,
+                                "exchange": "SMART",
+                            }
+                        ],
+                    ),
+                    {},
+                ),
+                ("quote", (["AAPL", "MSFT"],), {}),
+            ],
+        )
 
     def test_fetch_chain_default_rights_are_both(self):
         self.run_action("fetch-chain", {"ticker": "AAPL"})
@@ -317,8 +385,9 @@ class Pool(RunnerCase):
         self.assertEqual(self.in_flight(), len(running) + len(queued))
         self.scanner.release_when_cancelled(running)
         self.runner.stop(timeout=5)
-        self.assertEqual({job.id: job.result()[1].code for job in running + queued},
-                         {job.id: CANCELLED for job in running + queued})
+        self.assertEqual(
+            {job.id: job.result()[1].code for job in running + queued}, {job.id: CANCELLED for job in running + queued}
+        )
         self.assertEqual(len(self.scanner.calls), len(running))  # the queued ones never ran
         self.assertEqual(self.runner.in_flight, 0)
         late = self.submit(QUOTE, "late")
@@ -328,6 +397,7 @@ class Pool(RunnerCase):
 
 class Lanes(RunnerCase):
     """Unbounded work (chains, scans, big price batches) must never hold up a quote or an order."""
+
     workers, queue_size = 4, 2
 
     def test_quick_requests_are_served_while_every_bulk_worker_is_busy(self):
@@ -336,12 +406,17 @@ class Lanes(RunnerCase):
         self.scanner.hold("fetch_option_chain", "sell_scan")
         bulk = [self.start(CHAIN, f"chain-{n}", runner) for n in range(self.workers - 1)]
         bulk.append(self.start(("sell-scan", {"ticker": "SPY", "right": "P"}), "scan", runner))
-        big_batch = self.submit(("fetch-prices", {"contracts": [CONTRACT] * (BULK_PRICE_CONTRACTS + 1)}), "big",
-                                runner)
-        quick = [QUOTE, ("expirations", {"ticker": "AAPL"}),
-                 ("fetch-prices", {"contracts": [CONTRACT] * BULK_PRICE_CONTRACTS}),
-                 ("positions", {}), ("account-summary", {}), ("open-orders", {}),
-                 ("place-order", {"order": "checked by the desk"}), ("cancel-order", {"order_id": 5})]
+        big_batch = self.submit(("fetch-prices", {"contracts": [CONTRACT] * (BULK_PRICE_CONTRACTS + 1)}), "big", runner)
+        quick = [
+            QUOTE,
+            ("expirations", {"ticker": "AAPL"}),
+            ("fetch-prices", {"contracts": [CONTRACT] * BULK_PRICE_CONTRACTS}),
+            ("positions", {}),
+            ("account-summary", {}),
+            ("open-orders", {}),
+            ("place-order", {"order": "checked by the desk"}),
+            ("cancel-order", {"order_id": 5}),
+        ]
         self.assertEqual({name for name, _ in quick} | {"fetch-chain", "sell-scan", "status"}, set(ACTIONS))
         for action, params in quick:
             with self.subTest(action=action):
@@ -370,6 +445,7 @@ class Lanes(RunnerCase):
 class OrderRequests(RunnerCase):
     """Every order request gets its audit line before its answer, also when the desk never ran it;
     an order sent to TWS is answered with its outcome, never CANCELLED (issue 16)."""
+
     queue_size = 1
     ORDER = ("place-order", {"order": "checked by the desk"})
 
@@ -402,7 +478,7 @@ class OrderRequests(RunnerCase):
             self.assertIsNone(job.result()[1])
 
     def test_a_cancel_after_the_order_went_out_gets_the_orders_outcome(self):
-        job, = self.hold_quick_lane()[:1]
+        (job,) = self.hold_quick_lane()[:1]
         job.cancel.set()
         self.desk.gate.set()
         self.assertEqual(job.result(), ({"order_id": 5, "status": "Submitted"}, None))

@@ -6,6 +6,7 @@ The link against the real FakeRelay with stand-in actions (as tests/test_relay_l
 as a process for the memory figures: its RSS, sampled with psutil while a 2 MiB and a 64 MiB frame
 go by, must not grow by 32 MB.
 """
+
 from __future__ import annotations
 
 import json
@@ -78,10 +79,15 @@ class LinkFrames(LinkCase):
     def test_text_that_is_not_utf8_is_logged_and_dropped_never_executed(self):
         self.start()
         with self.assertLogs("ib_data_agent.relay", "WARNING") as logs:
-            self.relay.send_frames([(TEXT, b'{"type":"request","id":"bad-utf8","action":"echo","params":{"x":"\xff"}}',
-                                     True)])
-            self.relay.send_frames([(TEXT, b'{"type":"request","id":"cut-utf8",', False),
-                                    (CONT, b'"action":"echo","params":{"x":"\xe2\x82"}}', True)])
+            self.relay.send_frames(
+                [(TEXT, b'{"type":"request","id":"bad-utf8","action":"echo","params":{"x":"\xff"}}', True)]
+            )
+            self.relay.send_frames(
+                [
+                    (TEXT, b'{"type":"request","id":"cut-utf8",', False),
+                    (CONT, b'"action":"echo","params":{"x":"\xe2\x82"}}', True),
+                ]
+            )
             self.assert_link_up_and_answering()
         lines = self.ignored(logs)
         self.assertEqual(len(lines), 2, logs.output)
@@ -105,8 +111,14 @@ class LinkFrames(LinkCase):
         self.start()
         future = self.relay.submit("echo", id="unused")  # a waiter for the response to "frag"
         future.result(10)
-        self.relay.send_frames([(TEXT, b'{"type":"request","id":"frag",', False), (PING, b"hi", True),
-                                (CONT, b'"action":"echo",', False), (CONT, b'"params":{"s":"\xc3\xa9"}}', True)])
+        self.relay.send_frames(
+            [
+                (TEXT, b'{"type":"request","id":"frag",', False),
+                (PING, b"hi", True),
+                (CONT, b'"action":"echo",', False),
+                (CONT, b'"params":{"s":"\xc3\xa9"}}', True),
+            ]
+        )
         response = self.relay.wait_until(lambda: self.relay.responses.get("frag"), what="frag answered")
         self.assertEqual(response["data"], {"params": {"s": "\u00e9"}})
         self.assertEqual(self.actions.executed, ["unused", "frag"])
@@ -129,8 +141,9 @@ class LinkFrames(LinkCase):
             self.assert_link_up_and_answering()
         lines = self.ignored(logs)
         self.assertEqual(len(lines), 3, logs.output)
-        for line, size, request_id in zip(lines, (2 * MiB, 3 * MiB // 2, MiB + 1),
-                                          ("two-mib", "frag-1.5", "just-over")):
+        for line, size, request_id in zip(
+            lines, (2 * MiB, 3 * MiB // 2, MiB + 1), ("two-mib", "frag-1.5", "just-over")
+        ):
             self.assertIn(f"({size:,} bytes, over the 1 MiB limit)", line)
             self.assertIn(f'"id":"{request_id}"', line)
         self.assertEqual(self.actions.executed, ["after"])
@@ -140,16 +153,20 @@ class LinkFrames(LinkCase):
         frames = {
             "dup-top": '{"type":"request","id":"dup-top","action":"echo","action":"slow","params":{}}',
             "dup-deep": '{"type":"request","id":"dup-deep","action":"echo","params":{"contracts":'
-                        '[{"strike":1},{"strike":2,"right":"C","strike":3}]}}',
+            '[{"strike":1},{"strike":2,"right":"C","strike":3}]}}',
             "dup-type": '{"type":"request","type":"ack","id":"dup-type","action":"echo"}',
             "dup-both": '{"type":"request","type":"ack","id":"x","id":"dup-both","action":"echo"}',
-            "dup-long": '{"type":"request","id":"dup-long","action":"echo","params":{"%s":1,"%s":2}}' % (
-                "k" * 5000, "k" * 5000),
+            "dup-long": '{"type":"request","id":"dup-long","action":"echo","params":{"%s":1,"%s":2}}'
+            % ("k" * 5000, "k" * 5000),
         }
         for text in frames.values():
             self.relay.send_raw(text)
-        expected = {"dup-top": "action: repeated key", "dup-deep": "params.contracts[1].strike: repeated key",
-                    "dup-type": "type: repeated key", "dup-long": "params." + "k" * 190 + "...: repeated key"}
+        expected = {
+            "dup-top": "action: repeated key",
+            "dup-deep": "params.contracts[1].strike: repeated key",
+            "dup-type": "type: repeated key",
+            "dup-long": "params." + "k" * 190 + "...: repeated key",
+        }
         for request_id, start in expected.items():
             response = self.relay.wait_until(lambda: self.relay.responses.get(request_id), what=request_id)
             self.assertEqual(response["error"]["code"], INVALID_REQUEST)
@@ -173,10 +190,12 @@ class LinkFrames(LinkCase):
         self.start()
         future = self.relay.submit("gated", id="run-1", timeout_s=30)
         self.relay.wait_until(lambda: "run-1" in self.actions.executed, what="run-1 started")
-        bad_text = ['{"type":"reqest","id":"run-1"}',
-                    '{"type":"request","id":"run-1","action":"echo","params":{"a":1,"a":2}}',
-                    '{"type":"cancel","id":"run-1","id2":0,"id2":1}',
-                    '{"type":"request","id":"run-1","action":"echo","params":[1]}']
+        bad_text = [
+            '{"type":"reqest","id":"run-1"}',
+            '{"type":"request","id":"run-1","action":"echo","params":{"a":1,"a":2}}',
+            '{"type":"cancel","id":"run-1","id2":0,"id2":1}',
+            '{"type":"request","id":"run-1","action":"echo","params":[1]}',
+        ]
         with self.assertLogs("ib_data_agent.relay", "INFO") as logs:
             for text in bad_text:
                 self.relay.send_raw(text)
@@ -268,30 +287,33 @@ class AgentMemory(unittest.TestCase):
         self.assertLess(growth, RSS_LIMIT)
         self.assertEqual(relay.connections, connections, "the link went down")
         self.assertNotIn(request_id, relay.responses)  # never executed
-        self.stack.agent.wait_for_output(f"Ignored a frame from the cloud \\({size:,} bytes, over the "
-                                         f"1 MiB limit\\): .*{request_id}", timeout=10)
+        self.stack.agent.wait_for_output(
+            f"Ignored a frame from the cloud \\({size:,} bytes, over the 1 MiB limit\\): .*{request_id}", timeout=10
+        )
 
     def test_a_2_mib_frame(self):
         self.check("2 MiB frame", "big-2", [(TEXT, request_bytes("big-2", 2 * MiB, "status"), True)], 2 * MiB)
 
     def test_a_64_mib_frame(self):
-        self.check("64 MiB frame", "big-64", [(TEXT, request_bytes("big-64", 64 * MiB, "status"), True)],
-                   64 * MiB)
+        self.check("64 MiB frame", "big-64", [(TEXT, request_bytes("big-64", 64 * MiB, "status"), True)], 64 * MiB)
 
     def test_a_binary_frame_through_the_http_api_is_dropped_and_the_link_stays_up(self):
         relay = self.stack.relay
         connections = relay.connections
         RelayClient(relay.port, self.stack.key)._call(
-            "POST", "/api/raw?binary=1", b'{"type":"request","id":"bin-http","action":"status"}')
-        self.stack.agent.wait_for_output("Ignored a frame from the cloud \\(binary frame, 52 bytes\\): "
-                                         '.*"bin-http"', timeout=10)
+            "POST", "/api/raw?binary=1", b'{"type":"request","id":"bin-http","action":"status"}'
+        )
+        self.stack.agent.wait_for_output(
+            'Ignored a frame from the cloud \\(binary frame, 52 bytes\\): .*"bin-http"', timeout=10
+        )
         self.assertTrue(relay.request("status", timeout_s=30)["ok"])
         self.assertNotIn("bin-http", relay.responses)
         self.assertEqual(relay.connections, connections)
 
     def test_64_mib_in_64_fragments(self):
-        self.check("64 MiB in 64 fragments", "frag-64",
-                   fragments(request_bytes("frag-64", 64 * MiB, "status"), 64), 64 * MiB)
+        self.check(
+            "64 MiB in 64 fragments", "frag-64", fragments(request_bytes("frag-64", 64 * MiB, "status"), 64), 64 * MiB
+        )
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
 """RelayLink against the real FakeRelay, with a tiny stand-in action table instead of IB."""
+
 from __future__ import annotations
 
 import json
@@ -15,16 +16,33 @@ from agent.backoff import ReconnectPolicy
 from agent.errors import CANCELLED, INTERNAL, INVALID_REQUEST, AgentError
 from agent.relay import link as relay_link
 from agent.relay.link import LinkTimings, Outbox, OutboxLimits, RelayLink
-from tests.fake_relay import FakeRelay, self_signed_relay
 from tests.agent_process import free_port
+from tests.fake_relay import FakeRelay, self_signed_relay
 
 KEY = "link-test-key-7f3a9c"
-FAST = LinkTimings(backoff_min_s=0.05, backoff_max_s=0.2, stable_s=60, auth_retry_s=0.6,
-                   ping_interval_s=2, ping_timeout_s=1, status_interval_s=30,
-                   progress_after_s=0.3, progress_interval_s=0.25)
-IB = {"connected": False, "host": "127.0.0.1", "port": None, "client_id": None, "accounts": [],
-      "account_type": None, "server_version": None, "market_data_type": None, "read_only": None,
-      "error": "TWS is not running"}
+FAST = LinkTimings(
+    backoff_min_s=0.05,
+    backoff_max_s=0.2,
+    stable_s=60,
+    auth_retry_s=0.6,
+    ping_interval_s=2,
+    ping_timeout_s=1,
+    status_interval_s=30,
+    progress_after_s=0.3,
+    progress_interval_s=0.25,
+)
+IB = {
+    "connected": False,
+    "host": "127.0.0.1",
+    "port": None,
+    "client_id": None,
+    "accounts": [],
+    "account_type": None,
+    "server_version": None,
+    "market_data_type": None,
+    "read_only": None,
+    "error": "TWS is not running",
+}
 
 
 class StandInActions:
@@ -34,7 +52,7 @@ class StandInActions:
         self.executed = []
         self.gate = threading.Event()
 
-        self.orders = {}     # request id -> its answer: the order desk's request-id store, in small
+        self.orders = {}  # request id -> its answer: the order desk's request-id store, in small
 
     def names(self):
         return ["echo", "slow", "gated", "nan", "place-order", "cancel-order"]
@@ -86,8 +104,16 @@ class LinkCase(unittest.TestCase):
         self.link = self.make_link(self.relay.url, KEY)
 
     def make_link(self, url, key, **kwargs):
-        link = RelayLink(url, key, "9.9.9-test", self.actions.names(), lambda: dict(self.ib), self.actions,
-                         timings=kwargs.pop("timings", self.timings), **kwargs)
+        link = RelayLink(
+            url,
+            key,
+            "9.9.9-test",
+            self.actions.names(),
+            lambda: dict(self.ib),
+            self.actions,
+            timings=kwargs.pop("timings", self.timings),
+            **kwargs,
+        )
         self.addCleanup(link.stop)
         return link
 
@@ -134,11 +160,15 @@ class BadFrames(LinkCase):
     def test_frames_without_json_or_usable_id_are_dropped_and_the_link_stays_up(self):
         self.start()
         with self.assertLogs("ib_data_agent.relay", "WARNING") as logs:
-            for text in ("this is not json {", "[1, 2]", json.dumps({"type": "request", "action": "echo"}),
-                         json.dumps({"type": "request", "id": 7, "action": "echo"}),
-                         json.dumps({"type": "request", "id": "x" * 129, "action": "echo"}),
-                         json.dumps({"type": "request", "id": "", "action": "echo"}),
-                         "[" * 100_000 + "]" * 100_000):
+            for text in (
+                "this is not json {",
+                "[1, 2]",
+                json.dumps({"type": "request", "action": "echo"}),
+                json.dumps({"type": "request", "id": 7, "action": "echo"}),
+                json.dumps({"type": "request", "id": "x" * 129, "action": "echo"}),
+                json.dumps({"type": "request", "id": "", "action": "echo"}),
+                "[" * 100_000 + "]" * 100_000,
+            ):
                 self.relay.send_raw(text)
             response = self.relay.request("echo", {}, id="after")
         self.assertTrue(response["ok"])
@@ -154,9 +184,9 @@ class BadFrames(LinkCase):
             "bad-params": ({"type": "request", "id": "bad-params", "action": "echo", "params": [1]}, "params"),
             "bad-type": ({"type": "reqest", "id": "bad-type"}, "type"),
         }
-        for request_id, (frame, field) in cases.items():
+        for frame, _field in cases.values():
             self.relay.send(frame)
-        for request_id, (frame, field) in cases.items():
+        for request_id, (_frame, field) in cases.items():
             response = self.relay.wait_until(lambda: self.relay.responses.get(request_id), what=request_id)
             self.assertEqual(response["error"]["code"], INVALID_REQUEST)
             self.assertTrue(response["error"]["message"].startswith(field + ":"), response)
@@ -179,8 +209,10 @@ class KeyAcrossACut(LinkCase):
 
     def test_previews_and_errors_cut_after_masking(self):
         masker = relay_link.agent_log.Masker([KEY])
-        for limit, cut in ((relay_link.LOGGED_FRAME_CHARS, relay_link._preview),
-                           (200, lambda text, limit, m: relay_link._describe(OSError(text), m))):
+        for limit, cut in (
+            (relay_link.LOGGED_FRAME_CHARS, relay_link._preview),
+            (200, lambda text, limit, m: relay_link._describe(OSError(text), m)),
+        ):
             for before in range(limit - len(KEY), limit + 1):
                 text = "x" * before + KEY + "y" * 300
                 shown = cut(text, limit, masker)
@@ -202,8 +234,9 @@ class KeyAcrossACut(LinkCase):
         for before in range(relay_link.MAX_PATH_CHARS - len(KEY) - 10, relay_link.MAX_PATH_CHARS, 2):
             request_id = f"rk-{before}"
             key = "k" * (before - len("params.")) + KEY + "z" * 50
-            self.relay.send_raw('{"type":"request","id":"%s","action":"echo","params":{"%s":{"a":1,"a":2}}}'
-                                % (request_id, key))
+            self.relay.send_raw(
+                '{"type":"request","id":"%s","action":"echo","params":{"%s":{"a":1,"a":2}}}' % (request_id, key)
+            )
             response = self.relay.wait_until(lambda: self.relay.responses.get(request_id), what=request_id)
             message = response["error"]["message"]
             self.assertTrue(message.startswith("params.k"), message)
@@ -341,8 +374,9 @@ class Reconnect(LinkCase):
         link = self.make_link(f"ws://127.0.0.1:{port}/ws/agent", KEY)
         with self.assertLogs("ib_data_agent.relay", "INFO") as logs:
             link.start()
-            self.relay.wait_until(lambda: any("WebSocket connection failed" in line for line in logs.output),
-                                  what="failure line")
+            self.relay.wait_until(
+                lambda: any("WebSocket connection failed" in line for line in logs.output), what="failure line"
+            )
             time.sleep(0.5)  # several more attempts at 0.05..0.2 s backoff
             late = FakeRelay(port=port, key=KEY)
             late.start()
@@ -363,21 +397,27 @@ class Reconnect(LinkCase):
             link.start()
             first.wait_hello()
             first.stop()
-            self.relay.wait_until(lambda: sum("attempt failed" in line for line in logs.output) >= 3,
-                                  what="three refused attempts")
+            self.relay.wait_until(
+                lambda: sum("attempt failed" in line for line in logs.output) >= 3, what="three refused attempts"
+            )
             second = FakeRelay(port=port, key="the-key-was-rotated")
             second.start()
             self.addCleanup(second.stop)
             second.wait_until(lambda: second.auth_failures >= 3, what="three refused keys")
             second.key = KEY
             second.wait_hello()
-            self.relay.wait_until(lambda: any("Relay connected after" in line for line in logs.output),
-                                  what="the back-online line")
+            self.relay.wait_until(
+                lambda: any("Relay connected after" in line for line in logs.output), what="the back-online line"
+            )
         link.stop()  # before second.stop(), so the teardown is not a lost connection on the console
         shown = [line for line in logs.output if not line.startswith("DEBUG:")]
-        expected = [("INFO", "Relay connected"), ("WARNING", "Relay connection lost (closed by the server)"),
-                    ("WARNING", "WebSocket connection failed ("), ("ERROR", "Authentication failed"),
-                    ("INFO", "Relay connected after ")]
+        expected = [
+            ("INFO", "Relay connected"),
+            ("WARNING", "Relay connection lost (closed by the server)"),
+            ("WARNING", "WebSocket connection failed ("),
+            ("ERROR", "Authentication failed"),
+            ("INFO", "Relay connected after "),
+        ]
         self.assertEqual(len(shown), len(expected), shown)
         for line, (level, start) in zip(shown, expected):
             self.assertTrue(line.startswith(f"{level}:agent.relay:{start}"), (line, start))
@@ -424,8 +464,15 @@ class Certificates(unittest.TestCase):
         self.relay, self.cert = self_signed_relay(self, KEY)
 
     def link(self) -> RelayLink:
-        link = RelayLink(self.relay.url, KEY, "1", ["echo"], lambda: dict(IB),
-                         lambda job: job.finish(data={"echo": job.params}), timings=FAST)
+        link = RelayLink(
+            self.relay.url,
+            KEY,
+            "1",
+            ["echo"],
+            lambda: dict(IB),
+            lambda job: job.finish(data={"echo": job.params}),
+            timings=FAST,
+        )
         self.addCleanup(link.stop)
         return link
 
@@ -436,8 +483,11 @@ class Certificates(unittest.TestCase):
             self.relay.wait_until(lambda: logs.output, what="failure line")
             time.sleep(0.5)  # more attempts, none of which may get through
         self.assertEqual(len(logs.output), 1, logs.output)
-        self.assertIn("the server's certificate could not be verified (self-signed certificate; "
-                      "trusted roots: the system's certificate store)", logs.output[0])
+        self.assertIn(
+            "the server's certificate could not be verified (self-signed certificate; "
+            "trusted roots: the system's certificate store)",
+            logs.output[0],
+        )
         self.assertIn("ask your IT department to let 127.0.0.1 through", logs.output[0])
         self.assertEqual(self.relay.connections, 0)
 
@@ -477,8 +527,10 @@ class CertificateHelp(unittest.TestCase):
         return relay_link._tls_help(error, relay_link.CERTIFI_ROOTS, "relay.ma-tracker.com")
 
     def test_each_failed_check_says_what_to_do(self):
-        self.assertIn("Check that this computer's date, time and time zone are right",
-                      self.help_for(10, "certificate has expired"))
+        self.assertIn(
+            "Check that this computer's date, time and time zone are right",
+            self.help_for(10, "certificate has expired"),
+        )
         unknown = self.help_for(20, "unable to get local issuer certificate")
         self.assertIn("(unable to get local issuer certificate; trusted roots: certifi's CA bundle", unknown)
         self.assertIn("let relay.ma-tracker.com through", unknown)
@@ -492,8 +544,9 @@ class _RelayBackoff:
 
     def __init__(self, timings, rand):
         self.now = 0.0
-        self.policy = ReconnectPolicy(timings.backoff_min_s, timings.backoff_max_s, timings.stable_s,
-                                      rand=rand, clock=lambda: self.now)
+        self.policy = ReconnectPolicy(
+            timings.backoff_min_s, timings.backoff_max_s, timings.stable_s, rand=rand, clock=lambda: self.now
+        )
 
     def after(self, opened, lasted_s):
         if opened:
@@ -540,8 +593,7 @@ class ReconnectTiming(unittest.TestCase):
     def test_the_link_uses_the_shared_policy_with_its_own_figures(self):
         link = RelayLink("ws://127.0.0.1:9/ws/agent", KEY, "1", ["fetch-chain"], dict, lambda job: None)
         self.assertIsInstance(link._backoff, ReconnectPolicy)
-        self.assertEqual((link._backoff.first_s, link._backoff.cap_s, link._backoff.stable_after_s),
-                         (1.0, 15.0, 10.0))
+        self.assertEqual((link._backoff.first_s, link._backoff.cap_s, link._backoff.stable_after_s), (1.0, 15.0, 10.0))
 
 
 class OutboxLimitsTest(unittest.TestCase):
@@ -552,7 +604,7 @@ class OutboxLimitsTest(unittest.TestCase):
                 outbox.put(f"id{n}", "x" * 10)
             self.assertEqual(outbox.get("id0"), None)
             self.assertEqual(len(outbox), 3)
-            outbox.put("big", "y" * 80)   # 3 x 10 + 80 > 100: the oldest go until it fits
+            outbox.put("big", "y" * 80)  # 3 x 10 + 80 > 100: the oldest go until it fits
             self.assertEqual(outbox.texts(), ["x" * 10, "x" * 10, "y" * 80])
             time.sleep(0.3)
             outbox.expire()

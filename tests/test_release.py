@@ -5,6 +5,7 @@ extracted and started with ./start_unix.sh against the fake TWS and the fake rel
 pip downloads reach the package registry once per test run (the Windows wheels during the build,
 this machine's wheels for the offline installs); everything else stays on loopback.
 """
+
 from __future__ import annotations
 
 import importlib.metadata
@@ -58,31 +59,60 @@ def stand_in_embeddable_python(folder: Path, tag: str = "311") -> Path:
 
 
 def run_build(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(BUILD_SCRIPT), *args], stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, str(BUILD_SCRIPT), *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        timeout=300,
+    )
 
 
 def built_zips() -> dict:
     """Both zips, built once per run with the command line the web app uses."""
     out = _run_dir / "dist"
     if not out.is_dir():
-        result = run_build("--key", KEY, "--version", VERSION, "--out", str(out),
-                           "--embeddable-python", str(stand_in_embeddable_python(_run_dir)))
+        result = run_build(
+            "--key",
+            KEY,
+            "--version",
+            VERSION,
+            "--out",
+            str(out),
+            "--embeddable-python",
+            str(stand_in_embeddable_python(_run_dir)),
+        )
         if result.returncode != 0:
             shutil.rmtree(out, ignore_errors=True)
             raise AssertionError(f"build failed: {result.stderr}")
         (_run_dir / "build-output.txt").write_text(result.stdout + result.stderr)
-    return {"unix": out / f"ib-data-agent-{VERSION}-unix.zip",
-            "windows": out / f"ib-data-agent-{VERSION}-windows.zip"}
+    return {"unix": out / f"ib-data-agent-{VERSION}-unix.zip", "windows": out / f"ib-data-agent-{VERSION}-windows.zip"}
 
 
 def local_wheels() -> Path:
     """This machine's wheels of requirements.txt and pip, downloaded once per run."""
     folder = _run_dir / "local-wheels"
     if not folder.is_dir():
-        result = subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--disable-pip-version-check",
-                                 "--only-binary=:all:", "-d", str(folder), "-r", str(ROOT / "requirements.txt"),
-                                 "pip"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=300)
+        result = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                "-q",
+                "--disable-pip-version-check",
+                "--only-binary=:all:",
+                "-d",
+                str(folder),
+                "-r",
+                str(ROOT / "requirements.txt"),
+                "pip",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            timeout=300,
+        )
         if result.returncode != 0:
             shutil.rmtree(folder, ignore_errors=True)
             raise AssertionError(f"pip download failed: {result.stdout}")
@@ -91,10 +121,14 @@ def local_wheels() -> Path:
 
 def offline_pip_env(wheels: Path) -> dict:
     """The environment minus anything that would let the agent or pip use this checkout or an index."""
-    env = {k: v for k, v in os.environ.items()
-           if k not in VARIABLES and not k.startswith("PIP_") and k not in ("PYTHONPATH", "PYTHONHOME")}
-    env.update(PIP_CONFIG_FILE=os.devnull, PIP_NO_INDEX="1", PIP_FIND_LINKS=str(wheels),
-               PIP_DISABLE_PIP_VERSION_CHECK="1")
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in VARIABLES and not k.startswith("PIP_") and k not in ("PYTHONPATH", "PYTHONHOME")
+    }
+    env.update(
+        PIP_CONFIG_FILE=os.devnull, PIP_NO_INDEX="1", PIP_FIND_LINKS=str(wheels), PIP_DISABLE_PIP_VERSION_CHECK="1"
+    )
     return env
 
 
@@ -134,14 +168,18 @@ class ReleaseZipsTest(unittest.TestCase):
 
     def names(self, zip_entries: dict) -> set:
         self.assertTrue(all(name.startswith(TOP) for name in zip_entries), "everything under ib-data-agent/")
-        return {name[len(TOP):] for name in zip_entries}
+        return {name[len(TOP) :] for name in zip_entries}
 
     def test_both_zips_have_the_agent_scripts_config_and_ibapi(self):
         for kind, zip_entries in (("unix", self.unix), ("windows", self.windows)):
             with self.subTest(kind):
                 names = self.names(zip_entries)
-                for name in build_release.AGENT_FILES + ("ib_data_agent.py", "ibapi/__init__.py",
-                                                         "ibapi/client.py", "ibapi/wrapper.py"):
+                for name in build_release.AGENT_FILES + (
+                    "ib_data_agent.py",
+                    "ibapi/__init__.py",
+                    "ibapi/client.py",
+                    "ibapi/wrapper.py",
+                ):
                     self.assertIn(name, names)
                 top_modules = {n for n in names if "/" not in n and n.endswith(".py")}
                 self.assertEqual(top_modules, {"ib_data_agent.py", "ib_scanner.py"})
@@ -155,8 +193,9 @@ class ReleaseZipsTest(unittest.TestCase):
                     self.assertFalse(name.endswith((".pyc", ".log")), name)
 
     def test_every_module_git_tracks_ships(self):
-        tracked = subprocess.run(["git", "ls-files", "*.py"], cwd=ROOT, stdout=subprocess.PIPE,
-                                 stderr=subprocess.DEVNULL, text=True)
+        tracked = subprocess.run(
+            ["git", "ls-files", "*.py"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+        )
         if tracked.returncode != 0:
             self.skipTest("not a git checkout")
         agent_code = {name for name in tracked.stdout.split() if "/" not in name or name.startswith("agent/")}
@@ -176,8 +215,9 @@ class ReleaseZipsTest(unittest.TestCase):
                 holders = [name for name, (_info, data) in zip_entries.items() if KEY.encode() in data]
                 self.assertEqual(holders, [TOP + "config.env"])
                 self.assertFalse([name for name in zip_entries if KEY in name])
-        self.assertEqual(sorted(p.name for p in self.zips["unix"].parent.iterdir()),
-                         sorted(p.name for p in self.zips.values()))
+        self.assertEqual(
+            sorted(p.name for p in self.zips["unix"].parent.iterdir()), sorted(p.name for p in self.zips.values())
+        )
         self.assertNotIn(KEY, (_run_dir / "build-output.txt").read_text())
 
     def test_config_env_reads_back_the_key_and_is_otherwise_the_template(self):
@@ -223,15 +263,18 @@ class ReleaseZipsTest(unittest.TestCase):
 
     def test_wheels_cover_every_requirement_for_the_bundled_python(self):
         wheels = [PurePosixPath(n).name for n in self.names(self.windows) if n.startswith("wheels/")]
-        pins = [pin for name in ("requirements.txt", "requirements-demo.txt")
-                for pin in re.findall(r"^([A-Za-z0-9_.-]+)==(\S+)", (ROOT / name).read_text(), re.MULTILINE)]
+        pins = [
+            pin
+            for name in ("requirements.txt", "requirements-demo.txt")
+            for pin in re.findall(r"^([A-Za-z0-9_.-]+)==(\S+)", (ROOT / name).read_text(), re.MULTILINE)
+        ]
         self.assertGreaterEqual(len(pins), 6)
         for name, version in pins + [("pip", None)]:
             with self.subTest(name):
                 prefix = re.sub(r"[-_.]+", "_", name).lower() + "-" + (version + "-" if version else "")
                 found = [w for w in wheels if w.lower().startswith(prefix)]
                 self.assertEqual(len(found), 1, f"{prefix}* in {wheels}")
-                platform_tag = found[0][:-len(".whl")].split("-")[-1]
+                platform_tag = found[0][: -len(".whl")].split("-")[-1]
                 self.assertIn(platform_tag, ("any", "win_amd64"))
 
 
@@ -261,8 +304,9 @@ class BuildRefusesTest(unittest.TestCase):
         bogus = self.out / "bogus.zip"
         with zipfile.ZipFile(bogus, "w") as zf:
             zf.writestr("readme.txt", "not python")
-        result = run_build("--key", KEY, "--version", "1.0.0", "--out", str(self.out / "dist"),
-                           "--embeddable-python", str(bogus))
+        result = run_build(
+            "--key", KEY, "--version", "1.0.0", "--out", str(self.out / "dist"), "--embeddable-python", str(bogus)
+        )
         self.assertEqual(result.returncode, 2)
         self.assertIn("not a Windows embeddable Python zip", result.stderr)
         self.assertFalse((self.out / "dist").exists())
@@ -272,8 +316,16 @@ class BuildRefusesTest(unittest.TestCase):
         self.assertEqual(build_release.MIN_PYTHON, (3, 10))
         for tag in ("38", "39"):
             with self.subTest(tag):
-                result = run_build("--key", KEY, "--version", "1.0.0", "--out", str(self.out / "dist"),
-                                   "--embeddable-python", str(stand_in_embeddable_python(self.out, tag)))
+                result = run_build(
+                    "--key",
+                    KEY,
+                    "--version",
+                    "1.0.0",
+                    "--out",
+                    str(self.out / "dist"),
+                    "--embeddable-python",
+                    str(stand_in_embeddable_python(self.out, tag)),
+                )
                 self.assertEqual(result.returncode, 2, result.stderr)
                 self.assertIn(f"Python 3.{tag[1:]} is too old; the agent needs 3.10 or newer", result.stderr)
                 self.assertFalse((self.out / "dist").exists())
@@ -302,8 +354,14 @@ class OfflineInstallTest(unittest.TestCase):
         arguments = ps1_pip_arguments(ROOT / "requirements.txt", wheels)
         self.assertIn("--no-index", arguments)
         pip_wheel = next(wheels.glob("pip-*.whl"))
-        result = subprocess.run([python, f"{pip_wheel}/pip", *arguments], env=offline_pip_env(_run_dir / "nowhere"),
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=300)
+        result = subprocess.run(
+            [python, f"{pip_wheel}/pip", *arguments],
+            env=offline_pip_env(_run_dir / "nowhere"),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            timeout=300,
+        )
         self.assertEqual(result.returncode, 0, result.stdout)
         self.assertEqual(subprocess.run([python, "-c", RUNTIME_IMPORTS]).returncode, 0)
 
@@ -327,17 +385,23 @@ class UnixZipRunTest(unittest.TestCase):
         self.addCleanup(relay.stop)
 
         env = offline_pip_env(local_wheels())
-        env.update(RELAY_URL=relay.url, IB_PORT=str(tws_port), AGENT_DATA_DIR=str(agent_dir),
-                   PYTHONUNBUFFERED="1")
+        env.update(RELAY_URL=relay.url, IB_PORT=str(tws_port), AGENT_DATA_DIR=str(agent_dir), PYTHONUNBUFFERED="1")
         agent = ManagedProcess(["./start_unix.sh"], env=env, cwd=agent_dir).start()
         self.addCleanup(agent.stop)
         try:
             relay.wait_until(lambda: relay.hello or agent.process.poll() is not None, 180, "the agent's hello")
             self.assertIsNone(agent.process.poll(), agent.output)
-            relay.wait_until(lambda: ((relay.last_status or relay.hello).get("ib") or {}).get("connected")
-                             or agent.process.poll() is not None, 60, "IB connected")
-            response = relay.request("fetch-chain", {"ticker": "AAPL", "max_days": 45, "strikes_around": 2},
-                                     timeout_s=60)
+            relay.wait_until(
+                lambda: (
+                    ((relay.last_status or relay.hello).get("ib") or {}).get("connected")
+                    or agent.process.poll() is not None
+                ),
+                60,
+                "IB connected",
+            )
+            response = relay.request(
+                "fetch-chain", {"ticker": "AAPL", "max_days": 45, "strikes_around": 2}, timeout_s=60
+            )
         except TimeoutError as exc:
             self.fail(f"{exc}\n{agent.output}")
         self.assertTrue(response["ok"], f"{response}\n{agent.output}")

@@ -5,6 +5,7 @@ The bulk runs in-process (agent_config.load_config, which is all ib_data_agent.m
 it prints that line and returns 2); a handful of cases run `python ib_data_agent.py` as a user
 does, to show the line, the exit code and the silence on stdout.
 """
+
 from __future__ import annotations
 
 import concurrent.futures
@@ -27,9 +28,16 @@ MISSING_FOLDER = "/nonexistent/ib-data-agent-folder"
 # Wrong values for every variable; test_every_variable_has_wrong_values keeps this table complete.
 BAD_VALUES: Dict[str, tuple] = {
     "IB_PROVIDER_KEY": ("YOUR_API_KEY_HERE", "key with spaces", "k\x01ey", "ключ", "x" * 513),
-    "RELAY_URL": ("http://relay.example.com/ws/agent", "ws://relay.example.com/ws/agent", "ws://10.0.0.5/ws",
-                  "wss://", "relay.example.com", "wss://user:pw@relay.example.com/ws",
-                  "wss://relay.example.com:99999/ws", "ftp://relay.example.com"),
+    "RELAY_URL": (
+        "http://relay.example.com/ws/agent",
+        "ws://relay.example.com/ws/agent",
+        "ws://10.0.0.5/ws",
+        "wss://",
+        "relay.example.com",
+        "wss://user:pw@relay.example.com/ws",
+        "wss://relay.example.com:99999/ws",
+        "ftp://relay.example.com",
+    ),
     "IB_HOST": ("local host", "http://127.0.0.1", "user@host", "host/path", "a?b", "#"),
     "IB_PORT": ("abc", "0", "65536", "-1", "7497.0", "1e3", "7 497"),
     "IB_MODE": ("demo", "paper trading", "1"),
@@ -37,7 +45,7 @@ BAD_VALUES: Dict[str, tuple] = {
     "IB_MAX_MSG_RATE": ("0", "51", "nan", "inf", "fast", "-5"),
     "IB_MAX_MKT_LINES": ("0", "10001", "x", "-3"),
     "MARKET_DATA_TYPE": ("realtime", "5", "delayed frozen"),
-    "WARM_LINES": ("-1", "x", "1.5", "90"),     # 90: not below IB_MAX_MKT_LINES (90)
+    "WARM_LINES": ("-1", "x", "1.5", "90"),  # 90: not below IB_MAX_MKT_LINES (90)
     "WARM_SECONDS": ("-1", "nan", "86401", "forever"),
     "OPTION_TIMEOUT_S": ("0", "121", "x", "inf"),
     "REQUEST_TIMEOUT_S": ("0.5", "601", "x"),
@@ -50,10 +58,16 @@ BAD_VALUES: Dict[str, tuple] = {
     "AGENT_DATA_DIR": (MISSING_FOLDER, "{a file}"),
 }
 # (variable, value) run as a process, plus a config file that is not UTF-8.
-PROCESS_CASES = (("IB_PORT", "abc"), ("RELAY_URL", "ws://relay.example.com/ws/agent"),
-                 ("IB_PROVIDER_KEY", "YOUR_API_KEY_HERE"), ("MAX_ORDER_NOTIONAL", "nan"),
-                 ("AGENT_DATA_DIR", MISSING_FOLDER), ("IB_HOST", f"{KEY}/x"), ("WARM_LINES", "90"))
-FUZZ_EXAMPLES = 60   # per variable
+PROCESS_CASES = (
+    ("IB_PORT", "abc"),
+    ("RELAY_URL", "ws://relay.example.com/ws/agent"),
+    ("IB_PROVIDER_KEY", "YOUR_API_KEY_HERE"),
+    ("MAX_ORDER_NOTIONAL", "nan"),
+    ("AGENT_DATA_DIR", MISSING_FOLDER),
+    ("IB_HOST", f"{KEY}/x"),
+    ("WARM_LINES", "90"),
+)
+FUZZ_EXAMPLES = 60  # per variable
 
 
 class ConfigCase(unittest.TestCase):
@@ -110,10 +124,18 @@ class BadConfigInProcess(ConfigCase):
         exception. (Valid values loading is fine; the line is what must never go wrong.)"""
         outcomes = {"loaded": 0, "refused": 0}
 
-        @settings(max_examples=FUZZ_EXAMPLES * len(VARIABLES), database=None, deadline=None, derandomize=True,
-                  phases=[Phase.generate], suppress_health_check=list(HealthCheck))
-        @given(st.sampled_from(sorted(VARIABLES)), st.text(st.characters(blacklist_categories=("Cs",),
-                                                                         blacklist_characters="\x00"), max_size=60))
+        @settings(
+            max_examples=FUZZ_EXAMPLES * len(VARIABLES),
+            database=None,
+            deadline=None,
+            derandomize=True,
+            phases=[Phase.generate],
+            suppress_health_check=list(HealthCheck),
+        )
+        @given(
+            st.sampled_from(sorted(VARIABLES)),
+            st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), max_size=60),
+        )
         def any_value(name, value):
             try:
                 self.load(name, value)
@@ -129,8 +151,15 @@ class BadConfigInProcess(ConfigCase):
 class BadConfigAsProcess(ConfigCase):
     def run_agent(self, env: Dict[str, str], config: Path) -> subprocess.CompletedProcess:
         environment = agent_env(KEY, "ws://127.0.0.1:9/ws/agent", 9, self.folder, env)
-        return subprocess.run([PYTHON, str(ROOT / "ib_data_agent.py"), "--config", str(config)], env=environment,
-                              cwd=ROOT, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+        return subprocess.run(
+            [PYTHON, str(ROOT / "ib_data_agent.py"), "--config", str(config)],
+            env=environment,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            stdin=subprocess.DEVNULL,
+        )
 
     def assert_config_error(self, name: str, run: subprocess.CompletedProcess) -> None:
         self.assertEqual(run.returncode, 2, run.stderr)
@@ -151,8 +180,7 @@ class BadConfigAsProcess(ConfigCase):
         for name, run in runs:
             with self.subTest(name=name):
                 self.assert_config_error(name, run)
-        figures("bad config as a process", cases=len(runs),
-                lines=[run.stderr.strip()[:90] for _, run in runs])
+        figures("bad config as a process", cases=len(runs), lines=[run.stderr.strip()[:90] for _, run in runs])
 
     def test_a_config_file_that_does_not_exist(self):
         run = self.run_agent({}, self.folder / "missing.env")

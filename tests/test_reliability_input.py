@@ -8,6 +8,7 @@ checks every frame against the protocol); the agent never dies and its RSS grows
 10 MB. Hypothesis runs derandomized (no random seed per run); the frames still vary a little
 from run to run with the engine's own heuristics.
 """
+
 from __future__ import annotations
 
 import collections
@@ -23,41 +24,99 @@ from agent.relay.link import MAX_MESSAGE_BYTES
 from tests.agent_process import AgentStack
 from tools.soak import Gauge, figures, status, wait_status
 
-FAMILIES = 640            # hypothesis draws; each gives 16 frames
-WARM_UP_FAMILIES = 64     # first, so imports and caches are in before RSS is measured
+FAMILIES = 640  # hypothesis draws; each gives 16 frames
+WARM_UP_FAMILIES = 64  # first, so imports and caches are in before RSS is measured
 RSS_GROWTH_LIMIT_MB = 10.0
-ACTIONS = ("status", "expirations", "quote", "fetch-chain", "fetch-prices", "sell-scan", "positions",
-           "account-summary", "open-orders", "place-order", "cancel-order")
-FIELDS = ("ticker", "tickers", "exchange", "contracts", "expiration", "expirations", "strike", "right", "rights",
-          "min_days", "max_days", "strike_min", "strike_max", "strikes_around", "otm_min_pct", "otm_max_pct",
-          "contract", "action", "quantity", "order_type", "limit_price", "tif", "account", "order_id", "sec_type")
-ABSURD_NUMBERS = (-1, 0, -0.0, 1e308, -1e308, 2**63, -2**63, 10**40, 1e-320, 0.5, 3.14159, 99999999)
-NON_FINITE = ("NaN", "Infinity", "-Infinity", "1e400", "-1e400")   # JSON text Python's json reads as floats
+ACTIONS = (
+    "status",
+    "expirations",
+    "quote",
+    "fetch-chain",
+    "fetch-prices",
+    "sell-scan",
+    "positions",
+    "account-summary",
+    "open-orders",
+    "place-order",
+    "cancel-order",
+)
+FIELDS = (
+    "ticker",
+    "tickers",
+    "exchange",
+    "contracts",
+    "expiration",
+    "expirations",
+    "strike",
+    "right",
+    "rights",
+    "min_days",
+    "max_days",
+    "strike_min",
+    "strike_max",
+    "strikes_around",
+    "otm_min_pct",
+    "otm_max_pct",
+    "contract",
+    "action",
+    "quantity",
+    "order_type",
+    "limit_price",
+    "tif",
+    "account",
+    "order_id",
+    "sec_type",
+)
+ABSURD_NUMBERS = (-1, 0, -0.0, 1e308, -1e308, 2**63, -(2**63), 10**40, 1e-320, 0.5, 3.14159, 99999999)
+NON_FINITE = ("NaN", "Infinity", "-Infinity", "1e400", "-1e400")  # JSON text Python's json reads as floats
 NOT_JSON = ("", "{", "}", "nul", "{'id': 'x'}", '{"id": "x",}', "\x00\x01", "[1, 2", '{"type": "request", "id": ')
 
 
 # ----- strategies ------------------------------------------------------------------------------
 
-small_scalars = st.one_of(st.none(), st.booleans(), st.sampled_from(ABSURD_NUMBERS), st.integers(),
-                          st.floats(allow_nan=False), st.text(max_size=12))
-junk = st.recursive(small_scalars, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(
-    st.text(max_size=8) | st.sampled_from(FIELDS), inner, max_size=4), max_leaves=6)
+small_scalars = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.sampled_from(ABSURD_NUMBERS),
+    st.integers(),
+    st.floats(allow_nan=False),
+    st.text(max_size=12),
+)
+junk = st.recursive(
+    small_scalars,
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8) | st.sampled_from(FIELDS), inner, max_size=4)
+    ),
+    max_leaves=6,
+)
 # Huge values go into one frame of a family, not into the params every action gets: 10,000
 # frames stay around 20 MB, so the run measures the agent, not the loopback.
 big_size = st.sampled_from((1_000,) * 14 + (10_000,) * 5 + (100_000,))
 huge_string = st.tuples(big_size, st.sampled_from("xé中😀\u202e\x00")).map(lambda t: t[1] * t[0])
 huge_list = st.tuples(big_size, small_scalars).map(lambda t: [t[1]] * (t[0] // 10))
-huge_value = st.one_of(huge_string, huge_list, huge_list.map(lambda v: {"contracts": v}),
-                       huge_string.map(lambda v: {"tickers": [v]}), huge_string.map(lambda v: {v: 1}))
-shaped_params = st.dictionaries(   # the right names, the wrong values
-    st.sampled_from(FIELDS), junk | st.lists(junk, max_size=3).map(lambda v: [v]), max_size=5)
+huge_value = st.one_of(
+    huge_string,
+    huge_list,
+    huge_list.map(lambda v: {"contracts": v}),
+    huge_string.map(lambda v: {"tickers": [v]}),
+    huge_string.map(lambda v: {v: 1}),
+)
+shaped_params = st.dictionaries(  # the right names, the wrong values
+    st.sampled_from(FIELDS), junk | st.lists(junk, max_size=3).map(lambda v: [v]), max_size=5
+)
 any_params = st.one_of(shaped_params, junk)
 unknown_action = st.one_of(st.text(max_size=70), st.sampled_from(ACTIONS).map(str.upper), junk)
-id_suffix = st.tuples(st.text(max_size=140) | st.sampled_from(("\u202e\x00", "😀" * 40)),
-                      st.integers(0, 19)).map(lambda t: t[0] + ("\ud800" if t[1] == 0 else ""))  # a lone surrogate
-SERIALS = itertools.count(1)   # ids must be unique, and derandomized hypothesis repeats values
-unusable_id = st.one_of(st.just(""), st.integers(), st.none(), st.lists(st.text(max_size=3), max_size=2),
-                        st.text(min_size=129, max_size=200))
+id_suffix = st.tuples(st.text(max_size=140) | st.sampled_from(("\u202e\x00", "😀" * 40)), st.integers(0, 19)).map(
+    lambda t: t[0] + ("\ud800" if t[1] == 0 else "")
+)  # a lone surrogate
+SERIALS = itertools.count(1)  # ids must be unique, and derandomized hypothesis repeats values
+unusable_id = st.one_of(
+    st.just(""),
+    st.integers(),
+    st.none(),
+    st.lists(st.text(max_size=3), max_size=2),
+    st.text(min_size=129, max_size=200),
+)
 frame_type = st.one_of(st.sampled_from(("request", "cancel", "ack", "response", "hello", "config", "")), junk)
 
 
@@ -70,13 +129,18 @@ def families(draw) -> List[Tuple[str, Optional[str]]]:
     new_id = (f"bad-{serial}-{n}:{suffix}"[:128] for n in itertools.count())
     out = []
     shaped = draw(shaped_params)
-    for action in ACTIONS:    # real actions, params with the right names and the wrong values
+    for action in ACTIONS:  # real actions, params with the right names and the wrong values
         request_id = next(new_id)
-        out.append((json.dumps({"type": "request", "id": request_id, "action": action, "params": shaped}),
-                    request_id))
+        out.append((json.dumps({"type": "request", "id": request_id, "action": action, "params": shaped}), request_id))
     request_id = next(new_id)  # an unknown action, or one that is not a string
-    out.append((json.dumps({"type": "request", "id": request_id, "action": draw(unknown_action),
-                            "params": draw(any_params)}), request_id))
+    out.append(
+        (
+            json.dumps(
+                {"type": "request", "id": request_id, "action": draw(unknown_action), "params": draw(any_params)}
+            ),
+            request_id,
+        )
+    )
     request_id = next(new_id)  # a huge string or list, as the action, a param, a key or the params
     huge, where = draw(huge_value), draw(st.sampled_from(("action", "params", "field")))
     frame = {"type": "request", "id": request_id, "action": draw(st.sampled_from(ACTIONS)), "params": {}}
@@ -97,15 +161,26 @@ def families(draw) -> List[Tuple[str, Optional[str]]]:
     out.append((json.dumps(frame), request_id if usable and frame.get("type") not in ("ack", "cancel") else None))
     # numbers JSON cannot hold but Python's json reads, in a real action's params
     request_id = next(new_id)
-    out.append(('{"type": "request", "id": %s, "action": "%s", "params": {"%s": %s}}' % (
-        json.dumps(request_id), draw(st.sampled_from(ACTIONS)), draw(st.sampled_from(FIELDS)),
-        draw(st.sampled_from(NON_FINITE))), request_id))
+    out.append(
+        (
+            '{"type": "request", "id": %s, "action": "%s", "params": {"%s": %s}}'
+            % (
+                json.dumps(request_id),
+                draw(st.sampled_from(ACTIONS)),
+                draw(st.sampled_from(FIELDS)),
+                draw(st.sampled_from(NON_FINITE)),
+            ),
+            request_id,
+        )
+    )
     # not JSON at all, not an object, or nested deeper than any parser should have to go
     depth = draw(st.sampled_from((0, 0, 0, 10, 300, 5000)))
     if depth:
         request_id = next(new_id)
         text = '{"type": "request", "id": %s, "action": "status", "params": {"x": %s}}' % (
-            json.dumps(request_id), "[" * depth + "]" * depth)
+            json.dumps(request_id),
+            "[" * depth + "]" * depth,
+        )
         out.append((text, request_id if depth <= 300 else None))
     else:
         out.append((draw(st.sampled_from(NOT_JSON) | st.text(max_size=30).filter(_not_a_json_object)), None))
@@ -124,8 +199,14 @@ def generate(count: int, sink) -> List[str]:
     what sink raised (collected, not raised: hypothesis would print megabytes of frames)."""
     problems: List[str] = []
 
-    @settings(max_examples=count, database=None, deadline=None, derandomize=True, phases=[Phase.generate],
-              suppress_health_check=list(HealthCheck))
+    @settings(
+        max_examples=count,
+        database=None,
+        deadline=None,
+        derandomize=True,
+        phases=[Phase.generate],
+        suppress_health_check=list(HealthCheck),
+    )
     @given(families())
     def draw(family):
         for text, answered_id in family:
@@ -133,11 +214,13 @@ def generate(count: int, sink) -> List[str]:
                 sink(text, answered_id)
             except Exception as exc:
                 problems.append(f"{exc!r} sending {text[:200]!r}")
+
     draw()
     return problems
 
 
 # ----- the test ----------------------------------------------------------------------------------
+
 
 class BadInput(unittest.TestCase):
     def test_generated_frames_get_structured_answers_and_the_agent_lives_within_10_mb(self):
@@ -153,7 +236,7 @@ class BadInput(unittest.TestCase):
                 sent["frames"] += 1
                 sent["bytes"] += size
                 if size > MAX_MESSAGE_BYTES:
-                    sent["over_limit"] += 1     # DESIGN.md 4: dropped unread, never answered
+                    sent["over_limit"] += 1  # DESIGN.md 4: dropped unread, never answered
                 elif answered_id is not None:
                     expected.append(answered_id)
 
@@ -164,7 +247,7 @@ class BadInput(unittest.TestCase):
             warm_up_frames, warm_up_expected = sent["frames"], len(expected)
             problems += generate(FAMILIES, send)
             relay.wait_until(lambda: all(i in relay.responses for i in expected), 300, "every answer")
-            status(relay)   # one more round trip: any second answer to a frame would be in by now
+            status(relay)  # one more round trip: any second answer to a frame would be in by now
             rss_after, threads_after = gauge.rss_mb(), gauge.threads()
             alive = agent.process.poll() is None
             self.assertTrue(relay.connected)
@@ -180,14 +263,24 @@ class BadInput(unittest.TestCase):
         extra = [i for i in relay.response_counts if i not in answered and not i.startswith("req-")]
         self.assertEqual(extra, [], "answers to frames that should have none")
         codes = collections.Counter(
-            "ok" if relay.responses[i]["ok"] else relay.responses[i]["error"]["code"] for i in expected)
+            "ok" if relay.responses[i]["ok"] else relay.responses[i]["error"]["code"] for i in expected
+        )
         self.assertLess(rss_after - rss_before, RSS_GROWTH_LIMIT_MB)
         self.assertLessEqual(threads_after, threads_before)
-        figures("bad input", frames=frames, megabytes=round(sent["bytes"] / 2**20, 1), over_1_mib=sent["over_limit"],
-                answered=len(expected) - warm_up_expected, answers_by_code=dict(codes.most_common()),
-                rss_before_mb=round(rss_before, 1), rss_after_mb=round(rss_after, 1),
-                rss_growth_mb=round(rss_after - rss_before, 1), threads=f"{threads_before}->{threads_after}",
-                error_lines=agent.output.count(" Error: "), logging_errors=agent.output.count("--- Logging error ---"))
+        figures(
+            "bad input",
+            frames=frames,
+            megabytes=round(sent["bytes"] / 2**20, 1),
+            over_1_mib=sent["over_limit"],
+            answered=len(expected) - warm_up_expected,
+            answers_by_code=dict(codes.most_common()),
+            rss_before_mb=round(rss_before, 1),
+            rss_after_mb=round(rss_after, 1),
+            rss_growth_mb=round(rss_after - rss_before, 1),
+            threads=f"{threads_before}->{threads_after}",
+            error_lines=agent.output.count(" Error: "),
+            logging_errors=agent.output.count("--- Logging error ---"),
+        )
 
 
 if __name__ == "__main__":

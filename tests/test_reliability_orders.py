@@ -6,6 +6,7 @@ Each place-order id is sent again and again: right away, after drops, after rest
 TWS counts the orders that reached it, by orderRef (order_guard.order_ref_for(request id)): every
 allowed id has exactly one, every refused id none. CI uses IDS ids; RELIABILITY_FULL=1 the issue's 200.
 """
+
 from __future__ import annotations
 
 import collections
@@ -23,13 +24,13 @@ from pathlib import Path
 
 from agent.orders.guard import order_ref_for
 from tests.agent_process import AgentProcess, AgentStack
-from tests.fake_tws_wire import tws_time
+from tests.fake_tws_formats import tws_time
 from tools.soak import FAST_RELAY_BACKOFF, CloudCaller, Dropper, figures, order_params, start_agent, wait_status
 
 FULL = os.environ.get("RELIABILITY_FULL") == "1"
 IDS = 200 if FULL else 40
-RESTART_EVERY = 10          # ids between agent restarts (they alternate SIGTERM and SIGKILL)
-RESEND_AFTER_RESTART = 5    # earlier ids sent again to each new agent process
+RESTART_EVERY = 10  # ids between agent restarts (they alternate SIGTERM and SIGKILL)
+RESEND_AFTER_RESTART = 5  # earlier ids sent again to each new agent process
 DROP_EVERY_S = 1.0
 WAIT_S = 120.0
 # Orders the local policy refuses (defaults: MAX_ORDER_QUANTITY 10, MAX_ORDER_NOTIONAL 25000).
@@ -50,7 +51,7 @@ class OrdersUnderFaults(unittest.TestCase):
         self.cloud = CloudCaller(self.relay)
         self.restarts = collections.Counter()
         self.sends = 0
-        self.drops = 0          # besides the Dropper's
+        self.drops = 0  # besides the Dropper's
 
     def start_agent(self) -> None:
         self.agent = start_agent(self.stack, self.data_dir, relay_backoff=FAST_RELAY_BACKOFF)
@@ -93,7 +94,7 @@ class OrdersUnderFaults(unittest.TestCase):
                 self.assert_same_answer(first[request_id], self.place(request_id, params))
                 if n % RESTART_EVERY == RESTART_EVERY - 1:
                     self.restart_agent(kill=bool(n // RESTART_EVERY % 2))
-                    for earlier in list(plan)[max(0, n - RESEND_AFTER_RESTART):n + 1]:
+                    for earlier in list(plan)[max(0, n - RESEND_AFTER_RESTART) : n + 1]:
                         self.assert_same_answer(first[earlier], self.place(earlier, plan[earlier]))
             self.crash_while_placing(market)
             drops = dropper.drops + self.drops
@@ -117,9 +118,17 @@ class OrdersUnderFaults(unittest.TestCase):
         self.assertTrue(all(n == 1 for n in allowed_lines.values()), allowed_lines)
         self.assertFalse(any(a["decision"] == "allowed" for a in audit if a["request_id"] in refused))
         self.assertEqual(self.relay.violations, [])
-        figures("orders under faults", ids=IDS, refused_ids=len(refused), sends=self.sends, drops=drops,
-                restarts=dict(self.restarts), orders_placed=self.tws.stats()["orders_placed"],
-                audit_decisions=dict(decisions), seconds=round(seconds, 1))
+        figures(
+            "orders under faults",
+            ids=IDS,
+            refused_ids=len(refused),
+            sends=self.sends,
+            drops=drops,
+            restarts=dict(self.restarts),
+            orders_placed=self.tws.stats()["orders_placed"],
+            audit_decisions=dict(decisions),
+            seconds=round(seconds, 1),
+        )
 
     def crash_while_placing(self, market) -> None:
         """SIGKILL right after a place-order went out; the next process gets the same id again."""
@@ -187,8 +196,9 @@ class RetryAfterTheStoreIsLost(AgentOnAFolder):
         self.assertTrue(again["ok"], again)
         self.assertEqual(again["data"]["order_id"], first["data"]["order_id"])
         self.assertEqual(self.tws.stats()["orders_placed"], 1)
-        self.assertEqual([line["decision"] for line in self.audit()],
-                         ["allowed", "duplicate: found in TWS by orderRef"])
+        self.assertEqual(
+            [line["decision"] for line in self.audit()], ["allowed", "duplicate: found in TWS by orderRef"]
+        )
         return again
 
     def test_the_store_deleted(self):
@@ -196,9 +206,10 @@ class RetryAfterTheStoreIsLost(AgentOnAFolder):
 
     def test_the_store_corrupted(self):
         store = self.data_dir / "order_ids.json"
-        self.retry_finds_it("torn-1", order_params(self.tws.market),
-                            lambda: store.write_bytes(store.read_bytes()[:-7]))  # a torn write
-        aside, = self.data_dir.glob("order_ids.json.unreadable-*")
+        self.retry_finds_it(
+            "torn-1", order_params(self.tws.market), lambda: store.write_bytes(store.read_bytes()[:-7])
+        )  # a torn write
+        (aside,) = self.data_dir.glob("order_ids.json.unreadable-*")
         self.assertIn(f"it is kept for you as {aside}", self.agent.everything())
         self.assertTrue(aside.read_bytes())
 
@@ -216,8 +227,10 @@ class RetryAfterTheStoreIsLost(AgentOnAFolder):
                 for key, order in list(book._orders.items()):  # TWS lists completed orders of today only
                     if order.completed_status:
                         del book._orders[key]
-                book.executions[:] = [dataclasses.replace(e, time=tws_time(time.time() - 3 * 86400))
-                                      for e in book.executions]
+                book.executions[:] = [
+                    dataclasses.replace(e, time=tws_time(time.time() - 3 * 86400)) for e in book.executions
+                ]
+
         self.restart_agent(between=three_days_pass)
         again = self.place("filled-1", params)
         self.assertEqual(again["data"], {"order_id": first["data"]["order_id"], "status": "Filled"}, again)
@@ -239,8 +252,7 @@ class NothingGuardingAnOrderFailsOpen(AgentOnAFolder):
 
     def test_huge_and_non_finite_numbers_are_invalid_naming_the_field_and_audited(self):
         params = order_params(self.tws.market)
-        cases = {"q-huge": ("quantity", 10 ** 400), "p-huge": ("limit_price", 10 ** 400),
-                 "p-1e300": ("limit_price", 1e300)}
+        cases = {"q-huge": ("quantity", 10**400), "p-huge": ("limit_price", 10**400), "p-1e300": ("limit_price", 1e300)}
         for request_id, (name, value) in cases.items():
             with self.subTest(request_id):
                 response = self.place(request_id, dict(params, **{name: value}))
@@ -248,12 +260,15 @@ class NothingGuardingAnOrderFailsOpen(AgentOnAFolder):
                 self.assertTrue(response["error"]["message"].startswith(f"params.{name}:"), response)
         for request_id, text in (("p-inf", "1e400"), ("q-nan", "NaN")):  # JSON that Python reads as inf / nan
             field = "limit_price" if request_id.startswith("p") else "quantity"
-            frame = json.dumps({"type": "request", "id": request_id, "action": "place-order",
-                                "params": dict(params, **{field: 0})}).replace(f'"{field}": 0', f'"{field}": {text}')
+            frame = json.dumps(
+                {"type": "request", "id": request_id, "action": "place-order", "params": dict(params, **{field: 0})}
+            ).replace(f'"{field}": 0', f'"{field}": {text}')
             self.relay.send_raw(frame)
         self.relay.wait_until(lambda: len(self.audit()) == 5, WAIT_S, "five audit lines")
-        self.assertEqual([(line["request_id"], line["decision"]) for line in self.audit()],
-                         [(i, "not sent: INVALID_REQUEST") for i in (*cases, "p-inf", "q-nan")])
+        self.assertEqual(
+            [(line["request_id"], line["decision"]) for line in self.audit()],
+            [(i, "not sent: INVALID_REQUEST") for i in (*cases, "p-inf", "q-nan")],
+        )
         self.assertEqual(self.tws.stats()["orders_placed"], 0)
 
 
@@ -265,13 +280,15 @@ class Storm(AgentOnAFolder):
     at random and in parallel, every response acked by the relay, the relay cut every 0.5 s, and the
     agent killed (SIGKILL) half way and started again on the same folder. One id in ten breaks the
     policy (quantity 11)."""
+
     relay_backoff = FAST_RELAY_BACKOFF
 
     def test_a_storm_of_repeats_places_one_order_per_allowed_id(self):
         rng = random.Random(16)
         market = self.tws.market
-        plan = {f"storm-{n}": order_params(market, n, **({"quantity": 11} if n % 10 == 9 else {}))
-                for n in range(STORM_IDS)}
+        plan = {
+            f"storm-{n}": order_params(market, n, **({"quantity": 11} if n % 10 == 9 else {})) for n in range(STORM_IDS)
+        }
         refused = {i for n, i in enumerate(plan) if n % 10 == 9}
         sequence = [rng.choice(list(plan)) for _ in range(STORM_FRAMES)]
         cloud = CloudCaller(self.relay)
@@ -308,7 +325,7 @@ class Storm(AgentOnAFolder):
         orders = self.tws.orders.open_orders() + self.tws.orders.completed_orders()
         ids_by_ref = {order_ref_for(i): i for i in plan}
         per_id = collections.Counter(ids_by_ref[o.order_ref] for o in orders)
-        self.assertEqual(max(per_id.values()), 1, per_id)          # 0 duplicates
+        self.assertEqual(max(per_id.values()), 1, per_id)  # 0 duplicates
         self.assertFalse(set(per_id) & refused)
         for request_id, responses in answers.items():
             order_ids = {r["data"]["order_id"] for r in responses if r.get("ok")}
@@ -325,18 +342,32 @@ class Storm(AgentOnAFolder):
         self.assertEqual(self.tws.stats()["orders_placed"], len(allowed))
         audit = self.audit()
         audited = {line["request_id"] for line in audit}
-        desk_answers = [(i, r) for i, rs in answers.items() for r in rs
-                        if r.get("ok") or "already answered" not in r["error"]["message"]]
+        desk_answers = [
+            (i, r)
+            for i, rs in answers.items()
+            for r in rs
+            if r.get("ok") or "already answered" not in r["error"]["message"]
+        ]
         self.assertEqual({i for i, _ in desk_answers} - audited, set())  # every id the desk answered is audited
         self.assertEqual(self.relay.violations, [])
         codes = collections.Counter("ok" if r.get("ok") else r["error"]["code"] for rs in answers.values() for r in rs)
         # every repeat, acked or not, got its id's outcome from the desk: never "already answered"
         self.assertEqual(set(codes) - {"ok", "ORDER_BLOCKED", "IB_NOT_CONNECTED", "TIMEOUT"}, set(), codes)
-        figures("order storm", frames=STORM_FRAMES + STORM_IDS, ids=STORM_IDS, refused_ids=len(refused),
-                relay_cuts=drops, kills=1, orders_placed=self.tws.stats()["orders_placed"], allowed_ids=len(allowed),
-                duplicates=sum(n - 1 for n in per_id.values()), answers=dict(codes), audit_lines=len(audit),
-                audit_decisions=dict(collections.Counter(a["decision"].split(":")[0] for a in audit)),
-                seconds=round(seconds, 1))
+        figures(
+            "order storm",
+            frames=STORM_FRAMES + STORM_IDS,
+            ids=STORM_IDS,
+            refused_ids=len(refused),
+            relay_cuts=drops,
+            kills=1,
+            orders_placed=self.tws.stats()["orders_placed"],
+            allowed_ids=len(allowed),
+            duplicates=sum(n - 1 for n in per_id.values()),
+            answers=dict(codes),
+            audit_lines=len(audit),
+            audit_decisions=dict(collections.Counter(a["decision"].split(":")[0] for a in audit)),
+            seconds=round(seconds, 1),
+        )
 
 
 class OneAgentPerDataFolder(unittest.TestCase):
@@ -357,9 +388,10 @@ class OneAgentPerDataFolder(unittest.TestCase):
         self.addCleanup(second.stop)
         self.assertEqual(second.wait(30), 2, second.output)
         self.assertEqual(second.stdout.text, "")
-        line, = second.stderr.text.splitlines()
-        self.assertIn(f"another IB Data Agent (pid {first.pid}) is already running with the data folder "
-                      f"{data_dir}", line)
+        (line,) = second.stderr.text.splitlines()
+        self.assertIn(
+            f"another IB Data Agent (pid {first.pid}) is already running with the data folder {data_dir}", line
+        )
         self.assertTrue(stack.relay.request("status", timeout_s=10)["ok"])  # the first runs on
         self.assertIsNone(first.process.poll())
         self.assertNotIn(str(second.pid), first.log_text())  # the second wrote nothing to the first's log

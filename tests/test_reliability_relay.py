@@ -7,6 +7,7 @@ Executions are counted twice, independently: the agent's requests_served counter
 "request fetch-prices: 1 contracts" console lines. RELIABILITY_FULL=1 makes no difference here:
 CI runs the issue's full 500 requests.
 """
+
 from __future__ import annotations
 
 import collections
@@ -20,13 +21,21 @@ import unittest
 from pathlib import Path
 
 from tests.agent_process import AgentStack, RelayClient
-from tools.soak import (FAST_RELAY_BACKOFF, CloudCaller, Dropper, figures, option_contracts, start_agent, status,
-                        wait_status)
+from tools.soak import (
+    FAST_RELAY_BACKOFF,
+    CloudCaller,
+    Dropper,
+    figures,
+    option_contracts,
+    start_agent,
+    status,
+    wait_status,
+)
 
 REQUESTS = 500
-CALLERS = 8             # half through the relay's Python API, half through its HTTP API
+CALLERS = 8  # half through the relay's Python API, half through its HTTP API
 DROP_EVERY_S = 1.0
-IN_FLIGHT = 10          # requests queued or running across the drops of the outbox test
+IN_FLIGHT = 10  # requests queued or running across the drops of the outbox test
 IN_FLIGHT_CONTRACTS = 20
 
 
@@ -95,24 +104,37 @@ class RelayFaults(unittest.TestCase):
         for request_id, result in results.items():
             self.assertEqual(result.response["id"], request_id)
             self.assertTrue(result.response["ok"], result.response)
-        executed = served_after - served_before - 1   # the first status call counts itself afterwards
+        executed = served_after - served_before - 1  # the first status call counts itself afterwards
         self.assertEqual(executed, REQUESTS, "requests_served: some request ran twice, or never")
         fetch_lines = self.agent.output.count("request fetch-prices: 1 contract in")
         self.assertEqual(fetch_lines, REQUESTS // 2)
         self.assertGreaterEqual(dropper.drops, 5, "the relay was hardly ever cut: the test proved nothing")
         deliveries = collections.Counter(self.relay.response_counts[i] for i in results)
-        after_ack = sum(1 for f in self.relay.frames_of("response")
-                        if f["id"] in results and "already answered" in (f.get("error") or {}).get("message", ""))
+        after_ack = sum(
+            1
+            for f in self.relay.frames_of("response")
+            if f["id"] in results and "already answered" in (f.get("error") or {}).get("message", "")
+        )
         repeats = self.agent.output.count("arrived again")
         resends = sum(r.sends - 1 for r in results.values())
-        relay_resends = self.relay.resent_requests   # pending requests the fake sent again after a hello
-        figures("relay drops", requests=REQUESTS, callers=CALLERS, seconds=round(seconds, 1), drops=dropper.drops,
-                relay_connections=self.relay.connections, executed=executed, fetch_prices_log_lines=fetch_lines,
-                resends=resends, relay_resends=relay_resends, repeats_running_or_stored=repeats,
-                repeats_after_ack=after_ack,
-                request_frames_lost_in_a_drop=resends + relay_resends - repeats - after_ack,
-                deliveries_per_id=dict(sorted(deliveries.items())),
-                slowest_s=round(max(r.seconds for r in results.values()), 1))
+        relay_resends = self.relay.resent_requests  # pending requests the fake sent again after a hello
+        figures(
+            "relay drops",
+            requests=REQUESTS,
+            callers=CALLERS,
+            seconds=round(seconds, 1),
+            drops=dropper.drops,
+            relay_connections=self.relay.connections,
+            executed=executed,
+            fetch_prices_log_lines=fetch_lines,
+            resends=resends,
+            relay_resends=relay_resends,
+            repeats_running_or_stored=repeats,
+            repeats_after_ack=after_ack,
+            request_frames_lost_in_a_drop=resends + relay_resends - repeats - after_ack,
+            deliveries_per_id=dict(sorted(deliveries.items())),
+            slowest_s=round(max(r.seconds for r in results.values()), 1),
+        )
 
     def test_responses_of_requests_running_across_drops_come_from_the_outbox(self):
         """Callers that never resend: their requests are running when the link is cut (twice), so
@@ -123,25 +145,36 @@ class RelayFaults(unittest.TestCase):
         pool = concurrent.futures.ThreadPoolExecutor(IN_FLIGHT)
         self.addCleanup(pool.shutdown)
         batches = [contracts[n::IN_FLIGHT] for n in range(IN_FLIGHT)]
-        calls = {f"long-{n}": pool.submit(http.request, "fetch-prices", {"contracts": batch}, f"long-{n}", 180)
-                 for n, batch in enumerate(batches)}
-        wait_status(self.relay, lambda s: s["in_flight"] + sum(i in self.relay.responses for i in calls)
-                    >= IN_FLIGHT, 60, "every request at the agent")
+        calls = {
+            f"long-{n}": pool.submit(http.request, "fetch-prices", {"contracts": batch}, f"long-{n}", 180)
+            for n, batch in enumerate(batches)
+        }
+        wait_status(
+            self.relay,
+            lambda s: s["in_flight"] + sum(i in self.relay.responses for i in calls) >= IN_FLIGHT,
+            60,
+            "every request at the agent",
+        )
         connections = self.relay.connections
         for _ in range(2):
             self.assertTrue(self.relay.drop())
             self.relay.wait_until(lambda: self.relay.connected, 30, "reconnect")
             time.sleep(0.5)
         responses = {i: f.result(200) for i, f in calls.items()}
-        for request_id, response in responses.items():
+        for _request_id, response in responses.items():
             self.assertTrue(response["ok"], response)
             self.assertEqual(len(response["data"]["options"]), IN_FLIGHT_CONTRACTS)
         self.assertGreaterEqual(self.relay.connections, connections + 2)
         executed = self.agent.output.count(f"request fetch-prices: {IN_FLIGHT_CONTRACTS} contracts in")
         self.assertEqual(executed, IN_FLIGHT, "a request resent after a reconnect ran twice, or one never ran")
-        figures("outbox across drops", requests=IN_FLIGHT, contracts_each=IN_FLIGHT_CONTRACTS,
-                deliveries=sum(self.relay.response_counts[i] for i in calls),
-                relay_resends=self.relay.resent_requests, repeats=self.agent.output.count("arrived again"))
+        figures(
+            "outbox across drops",
+            requests=IN_FLIGHT,
+            contracts_each=IN_FLIGHT_CONTRACTS,
+            deliveries=sum(self.relay.response_counts[i] for i in calls),
+            relay_resends=self.relay.resent_requests,
+            repeats=self.agent.output.count("arrived again"),
+        )
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ the cloud sent it in that request first. ws:// to a non-loopback host is a confi
 2), and the cloud cannot turn TLS verification off: frames that try change nothing, and the
 agent still refuses a certificate it does not trust after them.
 """
+
 from __future__ import annotations
 
 import json
@@ -19,10 +20,10 @@ from typing import List
 from agent.config import ConfigError, load_config
 from tests.agent_process import PYTHON, ROOT, AgentProcess, AgentStack, agent_env, free_port
 from tests.fake_relay import FakeRelay, make_certificate, tls_relay
-from tools.soak import figures, order_params, option_contracts, wait_status
+from tools.soak import figures, option_contracts, order_params, wait_status
 
 KEY = "SECRET-KEY-4c0ffee-UNIQUE"
-FRAGMENT = "4c0ffee"          # any part of the key showing up is a leak too
+FRAGMENT = "4c0ffee"  # any part of the key showing up is a leak too
 WAIT_S = 60.0
 # The agent plus two crash paths: an action that raises (and starts a thread that raises), with
 # the key in both exceptions' messages; and, with --crash-main, a main thread that raises.
@@ -49,9 +50,14 @@ if "--crash-main" in sys.argv:
     ib_data_agent.Agent.run = run
 sys.exit(ib_data_agent.main(sys.argv[1:]))
 """
-WS_TO_PUBLIC_HOSTS = ("ws://relay.example.com/ws/agent", "ws://192.168.1.10:8080/ws/agent",
-                      "ws://127.0.0.1.nip.io/ws/agent", "ws://localhost.example.com/ws/agent",
-                      "ws://[2001:db8::1]/ws/agent", "ws://0.0.0.0/ws/agent")
+WS_TO_PUBLIC_HOSTS = (
+    "ws://relay.example.com/ws/agent",
+    "ws://192.168.1.10:8080/ws/agent",
+    "ws://127.0.0.1.nip.io/ws/agent",
+    "ws://localhost.example.com/ws/agent",
+    "ws://[2001:db8::1]/ws/agent",
+    "ws://0.0.0.0/ws/agent",
+)
 TLS_OFF_FRAMES = (
     {"type": "config", "id": "tls-1", "sslopt": {"cert_reqs": 0}, "verify": False},
     {"type": "request", "id": "tls-2", "action": "config", "params": {"sslopt": {"cert_reqs": 0}}},
@@ -84,7 +90,7 @@ class SecretsCase(unittest.TestCase):
 
     def assert_no_key(self, text: str, where: str) -> None:
         for secret in (KEY, FRAGMENT):
-            context = text[max(0, text.find(secret) - 300):][:600]
+            context = text[max(0, text.find(secret) - 300) :][:600]
             self.assertNotIn(secret, text, f"the key shows in {where}: ...{context}")
 
 
@@ -102,34 +108,57 @@ class MixedSession(SecretsCase):
             sent = [f for f in relay.frames if not (isinstance(f, dict) and f.get("id") in echoed)]
             self.assert_no_key(json.dumps(sent), "the frames the agent sent to the cloud")
         text = self.everything(agent)
-        for what in ("action crash with ****", "thread crash with ****", "Traceback", "Relay connection lost",
-                     "Lost connection to TWS", "unknown action '****'"):
+        for what in (
+            "action crash with ****",
+            "thread crash with ****",
+            "Traceback",
+            "Relay connection lost",
+            "Lost connection to TWS",
+            "unknown action '****'",
+        ):
             self.assertIn(what, text)
         self.assert_no_key(text, "the agent's output or files")
-        figures("secrets mixed session", frames_from_the_agent=len(relay.frames), echoed_requests=len(echoed),
-                files=sorted(set(self.places)), masked=text.count("****"))
+        figures(
+            "secrets mixed session",
+            frames_from_the_agent=len(relay.frames),
+            echoed_requests=len(echoed),
+            files=sorted(set(self.places)),
+            masked=text.count("****"),
+        )
 
     def mixed_session(self, stack: AgentStack) -> set:
         """Requests that work, fail, crash or carry the key; reconnects. Returns the ids of requests
         that carried the key (their answers may quote it back to the cloud that sent it)."""
         relay, tws = stack.relay, stack.tws
-        ok = [("status", {}), ("quote", {"tickers": ["AAPL"]}), ("positions", {}),
-              ("fetch-prices", {"contracts": option_contracts(tws.market, 3)}),
-              ("place-order", order_params(tws.market)), ("open-orders", {})]
+        ok = [
+            ("status", {}),
+            ("quote", {"tickers": ["AAPL"]}),
+            ("positions", {}),
+            ("fetch-prices", {"contracts": option_contracts(tws.market, 3)}),
+            ("place-order", order_params(tws.market)),
+            ("open-orders", {}),
+        ]
         for action, params in ok:
             response = relay.request(action, params, timeout_s=WAIT_S)
             self.assertTrue(response["ok"], response)
         echoed = {"key-action", "key-param", "key-ticker", "key-in-order"}
-        failing = [("quote", {"tickers": ["NOT A TICKER!"]}, None), ("launch-rocket", {}, None),
-                   (KEY, {}, "key-action"), ("status", {KEY: 1}, "key-param"),
-                   ("quote", {"tickers": [KEY]}, "key-ticker"),
-                   ("place-order", dict(order_params(tws.market), account=KEY), "key-in-order"),
-                   ("crash", {}, None)]
+        failing = [
+            ("quote", {"tickers": ["NOT A TICKER!"]}, None),
+            ("launch-rocket", {}, None),
+            (KEY, {}, "key-action"),
+            ("status", {KEY: 1}, "key-param"),
+            ("quote", {"tickers": [KEY]}, "key-ticker"),
+            ("place-order", dict(order_params(tws.market), account=KEY), "key-in-order"),
+            ("crash", {}, None),
+        ]
         for action, params, request_id in failing:
             response = relay.request(action, params, id=request_id, timeout_s=WAIT_S)
             self.assertFalse(response["ok"], response)
-        for text in (f"not json {KEY}", json.dumps({"type": "request", "action": "status", "key": KEY}),
-                     json.dumps({"type": "ack", "id": KEY})):
+        for text in (
+            f"not json {KEY}",
+            json.dumps({"type": "request", "action": "status", "key": KEY}),
+            json.dumps({"type": "ack", "id": KEY}),
+        ):
             relay.send_raw(text)
         connections = relay.connections
         relay.drop()
@@ -171,9 +200,15 @@ class OtherPaths(SecretsCase):
             with self.subTest(url=url), self.assertRaises(ConfigError) as caught:
                 load_config(config, {"IB_PROVIDER_KEY": KEY, "RELAY_URL": url})
             self.assertIn("RELAY_URL", str(caught.exception))
-        run = subprocess.run([PYTHON, str(ROOT / "ib_data_agent.py"), "--config", str(config)], cwd=ROOT,
-                             env=agent_env(KEY, WS_TO_PUBLIC_HOSTS[0], 9, self.folder), capture_output=True,
-                             text=True, timeout=60, stdin=subprocess.DEVNULL)
+        run = subprocess.run(
+            [PYTHON, str(ROOT / "ib_data_agent.py"), "--config", str(config)],
+            cwd=ROOT,
+            env=agent_env(KEY, WS_TO_PUBLIC_HOSTS[0], 9, self.folder),
+            capture_output=True,
+            text=True,
+            timeout=60,
+            stdin=subprocess.DEVNULL,
+        )
         self.assertEqual(run.returncode, 2)
         self.assertIn("RELAY_URL uses unencrypted ws://", run.stderr)
         self.assert_no_key(run.stdout + run.stderr, "the config error")
@@ -189,8 +224,13 @@ class TlsStaysOn(SecretsCase):
         port = relay.port
         # The agent trusts the first certificate the way a user's system trusts a real CA. DEBUG:
         # after a lost connection, failed attempts are logged at debug level only.
-        agent = AgentProcess(KEY, relay.url, free_port(), env={"SSL_CERT_FILE": str(trusted[0]), "LOG_LEVEL": "DEBUG"},
-                             data_dir=self.folder)
+        agent = AgentProcess(
+            KEY,
+            relay.url,
+            free_port(),
+            env={"SSL_CERT_FILE": str(trusted[0]), "LOG_LEVEL": "DEBUG"},
+            data_dir=self.folder,
+        )
         agent.start()
         self.addCleanup(agent.stop)
         relay.wait_hello(WAIT_S)
@@ -208,8 +248,11 @@ class TlsStaysOn(SecretsCase):
         self.assertEqual(relay.connections, 0)
         self.assertEqual(agent.stop(), 0)
         self.assert_no_key(self.everything(agent), "the TLS session")
-        figures("TLS stays on", answers=[a["error"]["code"] for a in answers],
-                refused_untrusted_certificate=relay.connections == 0)
+        figures(
+            "TLS stays on",
+            answers=[a["error"]["code"] for a in answers],
+            refused_untrusted_certificate=relay.connections == 0,
+        )
 
 
 class LoggingErrors(SecretsCase):
@@ -217,8 +260,9 @@ class LoggingErrors(SecretsCase):
         """A lone surrogate (JSON "\\ud800") in a request id used to make the log handlers fail to
         encode the line; logging's handleError then printed the record's raw arguments, unmasked."""
         with AgentStack(key=KEY) as stack:
-            stack.relay.send_raw(json.dumps({"type": "request", "id": "x\ud800", "action": "status",
-                                             "params": {KEY: 1}}))
+            stack.relay.send_raw(
+                json.dumps({"type": "request", "id": "x\ud800", "action": "status", "params": {KEY: 1}})
+            )
             stack.relay.wait_until(lambda: stack.relay.responses.get("x\ud800"), WAIT_S, "the answer")
             wait_status(stack.relay, lambda s: True, WAIT_S)
             stack.agent.stop()

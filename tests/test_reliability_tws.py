@@ -6,6 +6,7 @@ next request succeeds.
 
 CI refuses connections for REFUSE_S; RELIABILITY_FULL=1 for the issue's full minute.
 """
+
 from __future__ import annotations
 
 import collections
@@ -24,12 +25,12 @@ RESTART_DOWN_S = 2.0
 REFUSE_S = 60.0 if FULL else 12.0
 STREAM_CONTRACTS = 200
 SLOW_TICKS_S = (0.1, 0.3)
-STALE_CONTRACTS = 20                 # warm, then a 1101 makes them stale
+STALE_CONTRACTS = 20  # warm, then a 1101 makes them stale
 MAX_REFRESHES = 10
 CHAINS = 10
-CHAIN_SIZE = 300 if FULL else 40     # contracts per fetch-chain (about)
-WARM_CONTRACTS = 40                  # refreshed again and again while the chains run (a quick-lane request)
-REFRESH_EVERY_S = 1.0                # a Monitor page's pace
+CHAIN_SIZE = 300 if FULL else 40  # contracts per fetch-chain (about)
+WARM_CONTRACTS = 40  # refreshed again and again while the chains run (a quick-lane request)
+REFRESH_EVERY_S = 1.0  # a Monitor page's pace
 WAIT_S = 90.0
 LOST = "Connectivity between IB and Trader Workstation has been lost."
 RESTORED_DATA_LOST = "Connectivity between IB and Trader Workstation has been restored - data lost."
@@ -80,8 +81,9 @@ class TwsFaults(unittest.TestCase):
     def test_restart_in_the_middle_of_a_1000_contract_batch(self):
         contracts = option_contracts(self.tws.market, BATCH)
         batch = self.relay.submit("fetch-prices", {"contracts": contracts}, id="big-batch", timeout_s=300)
-        self.relay.wait_until(lambda: any(p["done"] >= 50 for p in self.relay.progress.get("big-batch", [])),
-                              WAIT_S, "50 contracts done")
+        self.relay.wait_until(
+            lambda: any(p["done"] >= 50 for p in self.relay.progress.get("big-batch", [])), WAIT_S, "50 contracts done"
+        )
         restarting = self.restart_tws(RESTART_DOWN_S)
         down, _ = wait_status(self.relay, lambda s: not s["connected"], WAIT_S, "TWS down reported")
         self.assertTrue(down["error"], down)
@@ -89,14 +91,21 @@ class TwsFaults(unittest.TestCase):
         self.assertTrue(response["ok"], response)
         options = response["data"]["options"]
         self.assertEqual(len(options), BATCH)
-        outcome = collections.Counter(o["error"]["code"] if o["error"] else "complete" if o["complete"] else "partial"
-                                      for o in options)
+        outcome = collections.Counter(
+            o["error"]["code"] if o["error"] else "complete" if o["complete"] else "partial" for o in options
+        )
         self.assertEqual(set(outcome) - {"partial"}, {"complete", "IB_NOT_CONNECTED"}, outcome)
         self.assertEqual([(o["strike"], o["right"]) for o in options], [(c["strike"], c["right"]) for c in contracts])
         seconds, _ = self.recovery_after(restarting)
         self.assert_next_request_succeeds()
-        figures("TWS restart during a batch", contracts=BATCH, outcome=dict(outcome), down_status=repr(down["error"]),
-                down_s=RESTART_DOWN_S, recovery_after_tws_back_s=round(seconds, 2))
+        figures(
+            "TWS restart during a batch",
+            contracts=BATCH,
+            outcome=dict(outcome),
+            down_status=repr(down["error"]),
+            down_s=RESTART_DOWN_S,
+            recovery_after_tws_back_s=round(seconds, 2),
+        )
 
     def test_tws_refusing_connections_for_a_while(self):
         restarting = self.restart_tws(REFUSE_S)
@@ -112,11 +121,19 @@ class TwsFaults(unittest.TestCase):
             time.sleep(1)
         seconds, up = self.recovery_after(restarting)
         self.assertIsNone(up["error"])
-        self.assertTrue(self.relay.wait_until(
-            lambda: self.relay.last_status and self.relay.last_status["ib"]["connected"], WAIT_S, "status frame"))
+        self.assertTrue(
+            self.relay.wait_until(
+                lambda: self.relay.last_status and self.relay.last_status["ib"]["connected"], WAIT_S, "status frame"
+            )
+        )
         self.assert_next_request_succeeds()
-        figures("TWS refusing connections", refused_s=REFUSE_S, request_answered_in_s=round(answered_in, 3),
-                status_errors=sorted(e for e in errors if e), recovery_after_tws_back_s=round(seconds, 2))
+        figures(
+            "TWS refusing connections",
+            refused_s=REFUSE_S,
+            request_answered_in_s=round(answered_in, 3),
+            status_errors=sorted(e for e in errors if e),
+            recovery_after_tws_back_s=round(seconds, 2),
+        )
 
     def test_1100_fails_streaming_requests_fast_and_1101_1102_resume(self):
         """TWS cut off from IB's servers (1100) sends no data: the requests waiting for it answer at
@@ -124,7 +141,7 @@ class TwsFaults(unittest.TestCase):
         lines are cancelled, new ones fail the same way until 1101/1102 (issue 17)."""
         contracts = option_contracts(self.tws.market, STREAM_CONTRACTS, tickers=("SPY",))
         self.addCleanup(setattr, self.tws, "tick_delay_s", self.tws.tick_delay_s)
-        self.tws.tick_delay_s = SLOW_TICKS_S   # streams stay open long enough for the 1100 to find some
+        self.tws.tick_delay_s = SLOW_TICKS_S  # streams stay open long enough for the 1100 to find some
         stream = self.relay.submit("fetch-prices", {"contracts": contracts}, id="streaming", timeout_s=300)
         self.relay.wait_until(lambda: self.relay.progress.get("streaming"), WAIT_S, "streaming under way")
         self.tws.broadcast_error(1100, LOST)
@@ -132,16 +149,18 @@ class TwsFaults(unittest.TestCase):
         response = stream.result(WAIT_S)
         answered_in = time.monotonic() - lost_at
         self.assertTrue(response["ok"], response)
-        outcome = collections.Counter(o["error"]["ib_code"] if o["error"] else "complete"
-                                      for o in response["data"]["options"])
+        outcome = collections.Counter(
+            o["error"]["ib_code"] if o["error"] else "complete" for o in response["data"]["options"]
+        )
         self.assertIn(1100, outcome)
         self.assertLessEqual(set(outcome), {"complete", 1100}, outcome)
         self.assertLess(answered_in, 5.0)
         lost, _ = wait_status(self.relay, lambda s: "1100" in (s["error"] or ""), WAIT_S, "1100 reported")
         self.assertTrue(lost["connected"])
         during = self.relay.request("fetch-prices", {"contracts": contracts[:3]}, timeout_s=WAIT_S)
-        self.assertEqual([(o["error"]["code"], o["error"]["ib_code"]) for o in during["data"]["options"]],
-                         [("IB_ERROR", 1100)] * 3)
+        self.assertEqual(
+            [(o["error"]["code"], o["error"]["ib_code"]) for o in during["data"]["options"]], [("IB_ERROR", 1100)] * 3
+        )
         self.tws.broadcast_error(1102, RESTORED)
         wait_status(self.relay, lambda s: s["error"] is None, WAIT_S, "1102 clears the error")
         self.tws.tick_delay_s = (0.001, 0.005)
@@ -159,9 +178,14 @@ class TwsFaults(unittest.TestCase):
             time.sleep(0.05)
         refreshes = self.warm_data_is_not_served_after_1101()
         self.assert_next_request_succeeds()
-        figures("1100/1101/1102 while streaming", contracts=STREAM_CONTRACTS, status_1100=repr(lost["error"]),
-                answered_after_1100_s=round(answered_in, 2), outcome=dict(outcome),
-                refreshes_until_every_warm_contract_was_asked_again=refreshes)
+        figures(
+            "1100/1101/1102 while streaming",
+            contracts=STREAM_CONTRACTS,
+            status_1100=repr(lost["error"]),
+            answered_after_1100_s=round(answered_in, 2),
+            outcome=dict(outcome),
+            refreshes_until_every_warm_contract_was_asked_again=refreshes,
+        )
 
     def warm_data_is_not_served_after_1101(self) -> int:
         """Contracts just fetched stay warm: fetching them again asks TWS for nothing. After a 1101
@@ -194,13 +218,21 @@ class TwsFaults(unittest.TestCase):
         self.tws.busy_client_ids = {before["client_id"]}
         started = time.monotonic()
         self.tws.drop_all()
-        after, _ = wait_status(self.relay, lambda s: s["connected"] and s["client_id"] != before["client_id"],
-                               WAIT_S, "connected under another client id")
+        after, _ = wait_status(
+            self.relay,
+            lambda s: s["connected"] and s["client_id"] != before["client_id"],
+            WAIT_S,
+            "connected under another client id",
+        )
         seconds = time.monotonic() - started
         self.assert_next_request_succeeds()
         self.stack.agent.wait_for_output(f"\\({before['client_id']} is in use\\)")
-        figures("client id collision", taken=before["client_id"], used=after["client_id"],
-                back_after_drop_s=round(seconds, 2))
+        figures(
+            "client id collision",
+            taken=before["client_id"],
+            used=after["client_id"],
+            back_after_drop_s=round(seconds, 2),
+        )
 
 
 class PacingUnderLoad(unittest.TestCase):
@@ -230,8 +262,9 @@ class PacingUnderLoad(unittest.TestCase):
             self.assertEqual(relay.violations, [])
         for response in responses + refreshes:
             self.assertTrue(response["ok"], response)
-            self.assertEqual([o["error"] for o in response["data"]["options"]],
-                             [None] * len(response["data"]["options"]))
+            self.assertEqual(
+                [o["error"] for o in response["data"]["options"]], [None] * len(response["data"]["options"])
+            )
         contracts = [len(r["data"]["options"]) for r in responses]
         self.assertTrue(all(contracts), contracts)
         self.assertEqual((stats["pacing_violations"], stats["line_limit_errors"], stats["connections"]), (0, 0, 1))
@@ -240,13 +273,24 @@ class PacingUnderLoad(unittest.TestCase):
         # the relay's round trip)
         fetch_s = [round(r["data"]["elapsed_ms"] / 1000, 1) for r in refreshes]
         waits_s = [round(total - in_agent, 1) for total, in_agent in zip(refresh_s, fetch_s)]
-        figures("pacing under load", chains=CHAINS, contracts=contracts, total=sum(contracts), complete=complete,
-                warm_refreshes=len(refreshes), first_refresh_s=refresh_s[:5], slowest_refresh_s=max(refresh_s),
-                first_refresh_in_agent_s=fetch_s[:5], slowest_refresh_in_agent_s=max(fetch_s),
-                slowest_wait_for_a_worker_s=max(waits_s),
-                seconds=round(seconds, 1), messages_in=stats["messages_in"],
-                max_lines_in_use=stats["max_lines_in_use"], pacing_violations=stats["pacing_violations"],
-                line_limit_errors=stats["line_limit_errors"])
+        figures(
+            "pacing under load",
+            chains=CHAINS,
+            contracts=contracts,
+            total=sum(contracts),
+            complete=complete,
+            warm_refreshes=len(refreshes),
+            first_refresh_s=refresh_s[:5],
+            slowest_refresh_s=max(refresh_s),
+            first_refresh_in_agent_s=fetch_s[:5],
+            slowest_refresh_in_agent_s=max(fetch_s),
+            slowest_wait_for_a_worker_s=max(waits_s),
+            seconds=round(seconds, 1),
+            messages_in=stats["messages_in"],
+            max_lines_in_use=stats["max_lines_in_use"],
+            pacing_violations=stats["pacing_violations"],
+            line_limit_errors=stats["line_limit_errors"],
+        )
 
 
 if __name__ == "__main__":

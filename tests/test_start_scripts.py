@@ -8,6 +8,7 @@ Nothing reaches the network: the copy gets tiny requirements files pinning tiny 
 writes into a local folder, pip is told to use only that folder, and PATH holds only the Python this
 test chooses and the few commands the scripts need. The copy's ib_data_agent.py (and tests/ for
 run_tests.sh) is a stand-in that imports the tiny packages and says it ran."""
+
 from __future__ import annotations
 
 import base64
@@ -71,7 +72,7 @@ def write_wheel(folder: Path, name: str, version: str) -> None:
         f"{name}.py": f'VERSION = "{version}"\n',
         f"{dist_info}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n",
         f"{dist_info}/WHEEL": "Wheel-Version: 1.0\nGenerator: test_start_scripts\nRoot-Is-Purelib: true\n"
-                              "Tag: py3-none-any\n",
+        "Tag: py3-none-any\n",
     }
     record = []
     for path, text in files.items():
@@ -115,7 +116,7 @@ class StartScriptCase(unittest.TestCase):
             self.assertTrue(found, command)
             (self.bin / command).symlink_to(found)
         self.use_python(REAL_PYTHON)
-        self.elsewhere = self.tmp / "elsewhere"   # the scripts are started from another folder
+        self.elsewhere = self.tmp / "elsewhere"  # the scripts are started from another folder
         self.elsewhere.mkdir()
 
     def write_requirements(self, agent: str) -> None:
@@ -136,15 +137,31 @@ class StartScriptCase(unittest.TestCase):
             python3.symlink_to(target)
 
     def env(self) -> dict:
-        env = {k: v for k, v in os.environ.items()
-               if not k.startswith(("PIP_", "PYTHON", "VIRTUAL_ENV")) and k not in ("PATH",)}
-        env.update(PATH=str(self.bin), PIP_CONFIG_FILE=os.devnull, PIP_NO_INDEX="1",
-                   PIP_FIND_LINKS=str(self.wheels), PIP_DISABLE_PIP_VERSION_CHECK="1", PIP_NO_CACHE_DIR="1")
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith(("PIP_", "PYTHON", "VIRTUAL_ENV")) and k not in ("PATH",)
+        }
+        env.update(
+            PATH=str(self.bin),
+            PIP_CONFIG_FILE=os.devnull,
+            PIP_NO_INDEX="1",
+            PIP_FIND_LINKS=str(self.wheels),
+            PIP_DISABLE_PIP_VERSION_CHECK="1",
+            PIP_NO_CACHE_DIR="1",
+        )
         return env
 
     def run_script(self, *args: str, script: str = "start_unix.sh") -> subprocess.CompletedProcess:
-        result = subprocess.run(["bash", str(self.copy / script), *args], cwd=self.elsewhere, env=self.env(),
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=180)
+        result = subprocess.run(
+            ["bash", str(self.copy / script), *args],
+            cwd=self.elsewhere,
+            env=self.env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            timeout=180,
+        )
         result.output = result.stdout
         return result
 
@@ -157,8 +174,9 @@ class StartScriptCase(unittest.TestCase):
 
     def make_venv(self, *flags: str) -> Path:
         venv = self.copy / ".venv"
-        subprocess.run([REAL_PYTHON, "-m", "venv", *flags, str(venv)], check=True, timeout=120,
-                       stdout=subprocess.DEVNULL)
+        subprocess.run(
+            [REAL_PYTHON, "-m", "venv", *flags, str(venv)], check=True, timeout=120, stdout=subprocess.DEVNULL
+        )
         return venv
 
     def rebuild_lines(self, output: str) -> list:
@@ -183,9 +201,15 @@ class FirstRunAndStamp(StartScriptCase):
         self.assertRan(demo, "--demo")
         self.assertIn("Installing dependencies from requirements-demo.txt...", demo.output)
         self.assertEqual(self.rebuild_lines(demo.output), [])
-        self.assertEqual(sorted(self.stamp()), sorted([
-            sha256_line(self.copy / "requirements-demo.txt", "requirements-demo.txt"),
-            sha256_line(self.copy / "requirements.txt", "requirements.txt")]))
+        self.assertEqual(
+            sorted(self.stamp()),
+            sorted(
+                [
+                    sha256_line(self.copy / "requirements-demo.txt", "requirements-demo.txt"),
+                    sha256_line(self.copy / "requirements.txt", "requirements.txt"),
+                ]
+            ),
+        )
         for args in ((), ("--demo",), (), ("--demo",)):
             with self.subTest(args):
                 result = self.run_script(*args)
@@ -196,7 +220,7 @@ class FirstRunAndStamp(StartScriptCase):
         self.assertRan(self.run_script())
         (self.copy / ".venv" / "kept").write_text("the venv is not rebuilt")
         write_wheel(self.wheels, "tinyagent", "2.0")
-        self.write_requirements(agent="2.0")   # an update of the agent changes a pin
+        self.write_requirements(agent="2.0")  # an update of the agent changes a pin
         result = self.run_script()
         self.assertRan(result, version="2.0")
         self.assertIn("Installing dependencies from requirements.txt...", result.output)
@@ -216,9 +240,13 @@ class FirstRunAndStamp(StartScriptCase):
         first = self.run_script("relay", script="run_tests.sh")
         self.assertEqual(first.returncode, 0, first.output)
         self.assertIn(f"TESTS RAN {self.copy / '.venv-dev'} relay", first.output)
-        self.assertEqual(sorted(self.stamp(".venv-dev")), sorted(
-            sha256_line(self.copy / name, name)
-            for name in ("requirements-dev.txt", "requirements-demo.txt", "requirements.txt")))
+        self.assertEqual(
+            sorted(self.stamp(".venv-dev")),
+            sorted(
+                sha256_line(self.copy / name, name)
+                for name in ("requirements-dev.txt", "requirements-demo.txt", "requirements.txt")
+            ),
+        )
         # a change two -r levels down is seen
         with (self.copy / "requirements.txt").open("a") as f:
             f.write("# a comment changes the file\n")
@@ -231,8 +259,10 @@ class FirstRunAndStamp(StartScriptCase):
 class HalfMadeEnvironment(StartScriptCase):
     def assertRebuiltOnce(self, result, why: str):
         self.assertRan(result)
-        self.assertEqual(self.rebuild_lines(result.output), [
-            f"The Python environment in {self.copy / '.venv'} is not usable ({why}): rebuilding it once..."])
+        self.assertEqual(
+            self.rebuild_lines(result.output),
+            [f"The Python environment in {self.copy / '.venv'} is not usable ({why}): rebuilding it once..."],
+        )
         self.assertEqual(self.stamp(), [sha256_line(self.copy / "requirements.txt", "requirements.txt")])
 
     def test_a_venv_made_without_pip_is_rebuilt(self):
@@ -242,7 +272,7 @@ class HalfMadeEnvironment(StartScriptCase):
     def test_a_venv_whose_python_does_not_start_is_rebuilt(self):
         venv = self.make_venv("--without-pip")
         (venv / "bin" / "python").unlink()
-        (venv / "bin" / "python").symlink_to(self.tmp / "removed-python")   # its base Python was removed
+        (venv / "bin" / "python").symlink_to(self.tmp / "removed-python")  # its base Python was removed
         self.assertRebuiltOnce(self.run_script(), "its python does not start or is older than 3.10")
 
     def test_an_interrupted_install_is_rebuilt(self):
@@ -254,23 +284,36 @@ class HalfMadeEnvironment(StartScriptCase):
         self.assertRebuiltOnce(self.run_script(), "an earlier install did not finish")
 
     def test_a_failed_install_is_rebuilt_once_then_the_fix_by_hand_is_printed_and_works(self):
-        self.write_requirements(agent="3.0")    # not in the wheel folder: pip fails, as without network
+        self.write_requirements(agent="3.0")  # not in the wheel folder: pip fails, as without network
         failed = self.run_script()
         self.assertEqual(failed.returncode, 1, failed.output)
         venv = self.copy / ".venv"
-        self.assertEqual(self.rebuild_lines(failed.output), [
-            f"The Python environment in {venv} is not usable (installing requirements.txt failed): "
-            "rebuilding it once..."])
-        self.assertIn(f"Setting up the Python environment in {venv} failed again "
-                      "(installing requirements.txt failed).", failed.output)
+        self.assertEqual(
+            self.rebuild_lines(failed.output),
+            [
+                f"The Python environment in {venv} is not usable (installing requirements.txt failed): "
+                "rebuilding it once..."
+            ],
+        )
+        self.assertIn(
+            f"Setting up the Python environment in {venv} failed again (installing requirements.txt failed).",
+            failed.output,
+        )
         self.assertIn("Check your internet connection first.", failed.output)
         fix = f'rm -rf "{venv}" && "{self.copy / "start_unix.sh"}"'
         self.assertEqual(failed.output.splitlines()[-1], f"To fix it by hand, run:  {fix}")
         self.assertFalse((venv / STAMP).exists())
 
-        write_wheel(self.wheels, "tinyagent", "3.0")   # the network is back
-        fixed = subprocess.run(["bash", "-c", fix], cwd=self.elsewhere, env=self.env(), stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT, text=True, timeout=180)
+        write_wheel(self.wheels, "tinyagent", "3.0")  # the network is back
+        fixed = subprocess.run(
+            ["bash", "-c", fix],
+            cwd=self.elsewhere,
+            env=self.env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            timeout=180,
+        )
         self.assertEqual(fixed.returncode, 0, fixed.stdout)
         self.assertIn(f"AGENT RAN 3.0 {venv}", fixed.stdout)
 
@@ -283,10 +326,13 @@ class HalfMadeEnvironment(StartScriptCase):
         self.assertEqual(len(self.rebuild_lines(failed.output)), 1, failed.output)
         venv = self.copy / ".venv"
         self.assertIn("cannot install pip into a virtual environment", failed.output)
-        self.assertEqual(failed.output.splitlines()[-1], f"To fix it by hand, run:  sudo apt-get install "
-                         f'{VENV_PACKAGE} && rm -rf "{venv}" && "{self.copy / "start_unix.sh"}"')
+        self.assertEqual(
+            failed.output.splitlines()[-1],
+            f"To fix it by hand, run:  sudo apt-get install "
+            f'{VENV_PACKAGE} && rm -rf "{venv}" && "{self.copy / "start_unix.sh"}"',
+        )
 
-        again = self.run_script()     # not fixed yet: the same advice, no loop, no traceback
+        again = self.run_script()  # not fixed yet: the same advice, no loop, no traceback
         self.assertEqual(again.returncode, 1, again.output)
         self.assertNotIn("Traceback", again.output)
 
@@ -300,14 +346,23 @@ class TooOldPython(StartScriptCase):
         for script in ("start_unix.sh", "run_tests.sh", ".ci/run"):
             with self.subTest(script):
                 if script == ".ci/run":
-                    result = subprocess.run([str(self.copy / ".ci" / "run")], cwd=self.elsewhere, env=self.env(),
-                                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=60)
+                    result = subprocess.run(
+                        [str(self.copy / ".ci" / "run")],
+                        cwd=self.elsewhere,
+                        env=self.env(),
+                        stdout=subprocess.PIPE,
+                        stderr=subprocess.STDOUT,
+                        text=True,
+                        timeout=60,
+                    )
                     result.output = result.stdout
                 else:
                     result = self.run_script(script=script)
                 self.assertEqual(result.returncode, 1, result.output)
-                self.assertEqual(result.output.splitlines()[0], "Python not found: IB Data Agent needs Python 3.10 "
-                                 "or newer. python3 is Python 3.9.18: too old.")
+                self.assertEqual(
+                    result.output.splitlines()[0],
+                    "Python not found: IB Data Agent needs Python 3.10 or newer. python3 is Python 3.9.18: too old.",
+                )
                 self.assertIn("Then run this script again.", result.output)
         self.assertFalse((self.copy / ".venv").exists())
         self.assertFalse((self.copy / ".venv-dev").exists())
@@ -320,6 +375,7 @@ class ScriptText(unittest.TestCase):
         self.assertIn("(3, 10)", check)
         self.assertNotIn("python3.9", text)
         from agent import doctor as agent_doctor
+
         self.assertEqual(agent_doctor.MIN_PYTHON, (3, 10))
 
     def test_readme_states_the_floor_and_names_every_runtime_dependency_with_its_reason(self):
@@ -338,14 +394,19 @@ class ScriptText(unittest.TestCase):
 
 class AgentRunDirectly(unittest.TestCase):
     def test_an_old_python_is_told_what_it_needs_before_any_import_fails(self):
-        probe = ("import runpy, sys; sys.version_info = (3, 9, 18, 'final', 0); "
-                 f"runpy.run_path({str(ROOT / 'ib_data_agent.py')!r}, run_name='__main__')")
+        probe = (
+            "import runpy, sys; sys.version_info = (3, 9, 18, 'final', 0); "
+            f"runpy.run_path({str(ROOT / 'ib_data_agent.py')!r}, run_name='__main__')"
+        )
         run = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
         self.assertEqual(run.returncode, 1)
         self.assertEqual(run.stdout, "")
-        self.assertEqual(run.stderr.strip(), "IB Data Agent needs Python 3.10 or newer (this is Python 3.9): "
-                                             "start it with ./start_unix.sh or start_windows.bat, which say how "
-                                             "to get one")
+        self.assertEqual(
+            run.stderr.strip(),
+            "IB Data Agent needs Python 3.10 or newer (this is Python 3.9): "
+            "start it with ./start_unix.sh or start_windows.bat, which say how "
+            "to get one",
+        )
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@ encoding, Windows PowerShell 5.1 syntax only, cmd's block quoting, the Python ve
 agreement with start_unix.sh and the README: the same Python floor, the same stamp lines, the same steps
 in the same order for a half-made environment, the same messages. (Their pip command is run in
 test_release; start_unix.sh itself runs for real in test_start_scripts.)"""
+
 from __future__ import annotations
 
 import re
@@ -28,7 +29,7 @@ def powershell_code(text: str) -> str:
             i = text.find("\n", i) if "\n" in text[i:] else len(text)
         elif c == "'":
             i += 1
-            while not (text[i] == "'" and text[i + 1:i + 2] != "'"):
+            while not (text[i] == "'" and text[i + 1 : i + 2] != "'"):
                 i += 2 if text[i] == "'" else 1
             out.append("''")
             i += 1
@@ -105,7 +106,9 @@ class PowerShellScriptTest(unittest.TestCase):
         for token in ("&&", "||", "??", "?.", "?[", " ? "):
             self.assertNotIn(token, self.code, f"{token!r} needs PowerShell 7")
         for match in re.finditer(r"Join-Path((?:[ \t]+[^\s)|;}]+)+)", self.code):
-            self.assertEqual(len(match.group(1).split()), 2, f"Join-Path with 3+ parts needs PowerShell 7: {match.group(0)}")
+            self.assertEqual(
+                len(match.group(1).split()), 2, f"Join-Path with 3+ parts needs PowerShell 7: {match.group(0)}"
+            )
         self.assertNotIn("<#", self.text)
 
     def test_brackets_balance(self):
@@ -146,16 +149,21 @@ class PowerShellScriptTest(unittest.TestCase):
         self.assertEqual(floor, unix)
         for version, code in (((3, 9, 18), 1), ((3, 10, 0), 0), ((3, 12, 4), 0)):
             with self.subTest(version), self.assertRaises(SystemExit) as exited:
-                exec(floor.replace("import sys; ", "", 1), {"sys": types.SimpleNamespace(version_info=version,
-                                                                                         exit=sys.exit)})
+                exec(
+                    floor.replace("import sys; ", "", 1),
+                    {"sys": types.SimpleNamespace(version_info=version, exit=sys.exit)},
+                )
             self.assertEqual(exited.exception.code, code)
         self.assertNotRegex(self.text, r"3\.9\b")
         from agent import doctor as agent_doctor
+
         self.assertIn(f"(3, {agent_doctor.MIN_PYTHON[1]})", floor)
 
     def test_tries_the_bundled_python_then_py_3_then_python(self):
-        order = [self.text.index(s) for s in ("'python_bundle\\python.exe'", "-Command 'py' -Flags '-3'",
-                                               "-Command 'python'")]
+        order = [
+            self.text.index(s)
+            for s in ("'python_bundle\\python.exe'", "-Command 'py' -Flags '-3'", "-Command 'python'")
+        ]
         self.assertEqual(order, sorted(order))
 
     def test_same_environment_and_stamp_as_start_unix(self):
@@ -168,15 +176,22 @@ class PowerShellScriptTest(unittest.TestCase):
         self.assertIn("@args", self.code)
 
     def test_stamp_lines_are_the_ones_start_unix_writes(self):
-        """"sha256  name" per file read through -r/-c, lower-case hex, '/' in names, the same include pattern."""
+        """ "sha256  name" per file read through -r/-c, lower-case hex, '/' in names, the same include pattern."""
         ps1 = re.search(r"^\s*\$Include = '([^']*)'", self.text, re.MULTILINE).group(1)
         unix = re.search(r"^include = re\.compile\(r'([^']*)'\)", UNIX, re.MULTILINE).group(1)
         self.assertEqual(ps1, unix)
         include = re.compile(unix)
-        for line, included in (("-r requirements.txt", "requirements.txt"), ("  --requirement=a b.txt", "a"),
-                               ("-c constraints.txt # pins", "constraints.txt"), ("-rother.txt", "other.txt"),
-                               ("--constraint  c.txt", "c.txt"), ("aiohttp==3.12.15", None),
-                               ("# -r not.txt", None), ("--config-settings x", None), ("-e .", None)):
+        for line, included in (
+            ("-r requirements.txt", "requirements.txt"),
+            ("  --requirement=a b.txt", "a"),
+            ("-c constraints.txt # pins", "constraints.txt"),
+            ("-rother.txt", "other.txt"),
+            ("--constraint  c.txt", "c.txt"),
+            ("aiohttp==3.12.15", None),
+            ("# -r not.txt", None),
+            ("--config-settings x", None),
+            ("-e .", None),
+        ):
             with self.subTest(line):
                 match = include.match(line)
                 self.assertEqual(match.group(1) if match else None, included)
@@ -192,18 +207,18 @@ class PowerShellScriptTest(unittest.TestCase):
         """Each step of start_unix.sh's ensure_venv, build_venv and install_requirements, in the same
         order here: (start_unix.sh text, start_windows.ps1 text) per step."""
         main_steps = [
-            ('[ ! -e "$venv" ]', "if ($FirstRun)"),                                   # first run: build
-            ('Setting up Python environment in', "Setting up Python environment in"),
+            ('[ ! -e "$venv" ]', "if ($FirstRun)"),  # first run: build
+            ("Setting up Python environment in", "Setting up Python environment in"),
             ('"$venv/bin/python" -c "$PYTHON_FLOOR_CHECK"', "(Test-Python $Python)"),  # python starts, 3.10+
-            ('its python does not start or is older than 3.10', "its python does not start or is older than 3.10"),
+            ("its python does not start or is older than 3.10", "its python does not start or is older than 3.10"),
             ('stamp_covers "$venv/$STAMP_NAME" "$wanted"', "Test-StampCovers $Stamp $Wanted"),  # nothing to do
             ('"$venv/bin/python" -m pip --version', "(Test-Pip)"),
-            ('it has no pip', "it has no pip"),
+            ("it has no pip", "it has no pip"),
             ('[ ! -f "$venv/$STAMP_NAME" ]', "(Test-Path -LiteralPath $Stamp)"),
-            ('an earlier install did not finish', "an earlier install did not finish"),
-            ('Installing dependencies from', "Installing dependencies from"),         # another set: in place
+            ("an earlier install did not finish", "an earlier install did not finish"),
+            ("Installing dependencies from", "Installing dependencies from"),  # another set: in place
             ('install_requirements "$venv"', "$Problem = Install-Requirements"),
-            ('is not usable ($VENV_PROBLEM): rebuilding it once...', "is not usable ($Problem): rebuilding it once..."),
+            ("is not usable ($VENV_PROBLEM): rebuilding it once...", "is not usable ($Problem): rebuilding it once..."),
             ('build_venv "$python" "$venv" "$requirements" "$wanted" && return 0', "$Problem = New-Environment"),
             ('fix_by_hand "$python" "$venv"', "Write-FixByHand $Problem"),
         ]
@@ -215,16 +230,24 @@ class PowerShellScriptTest(unittest.TestCase):
             ('VENV_PROBLEM="$1 made it without pip"', '"$Base made it without pip"'),
             ('install_requirements "$2" "$3" "$4"', "return Install-Requirements"),
             ('rm -f "$1/$STAMP_NAME"', "Remove-Item -LiteralPath $Stamp"),
-            ('-m pip install', "& $Python @Pip @PipArgs"),
-            ('VENV_PROBLEM="installing $(basename "$2") failed"', "'installing ' + (Split-Path -Leaf $Requirements) + ' failed'"),
-            ("printf '%s\\n' \"$3\" > \"$1/$STAMP_NAME\"", "Set-Content -LiteralPath $Stamp -Value $Wanted"),
+            ("-m pip install", "& $Python @Pip @PipArgs"),
+            (
+                'VENV_PROBLEM="installing $(basename "$2") failed"',
+                "'installing ' + (Split-Path -Leaf $Requirements) + ' failed'",
+            ),
+            ('printf \'%s\\n\' "$3" > "$1/$STAMP_NAME"', "Set-Content -LiteralPath $Stamp -Value $Wanted"),
         ]
-        unix_main = UNIX[UNIX.index("ensure_venv() {"):UNIX.index("main() {")]
-        ps1_main = self.text[self.text.index("$Ready = $false"):]
-        unix_build = UNIX[UNIX.index("install_requirements() {"):UNIX.index("fix_by_hand() {")]
-        ps1_build = self.text[self.text.index("function Install-Requirements"):self.text.index("function Write-FixByHand")]
-        ps1_build = ps1_build[ps1_build.index("function New-Environment"):] + ps1_build[:ps1_build.index("function New-Environment")]
-        unix_build = unix_build[unix_build.index("build_venv() {"):] + unix_build[:unix_build.index("build_venv() {")]
+        unix_main = UNIX[UNIX.index("ensure_venv() {") : UNIX.index("main() {")]
+        ps1_main = self.text[self.text.index("$Ready = $false") :]
+        unix_build = UNIX[UNIX.index("install_requirements() {") : UNIX.index("fix_by_hand() {")]
+        ps1_build = self.text[
+            self.text.index("function Install-Requirements") : self.text.index("function Write-FixByHand")
+        ]
+        ps1_build = (
+            ps1_build[ps1_build.index("function New-Environment") :]
+            + ps1_build[: ps1_build.index("function New-Environment")]
+        )
+        unix_build = unix_build[unix_build.index("build_venv() {") :] + unix_build[: unix_build.index("build_venv() {")]
         for steps, unix, ps1 in ((main_steps, unix_main, ps1_main), (build_steps, unix_build, ps1_build)):
             for side, text, column in (("start_unix.sh", unix, 0), ("start_windows.ps1", ps1, 1)):
                 with self.subTest(side, first=steps[0][column]):
@@ -235,13 +258,15 @@ class PowerShellScriptTest(unittest.TestCase):
                         start = found
 
     def test_fix_by_hand_is_one_command_for_a_command_prompt(self):
-        fix = self.text[self.text.index("function Write-FixByHand"):]
+        fix = self.text[self.text.index("function Write-FixByHand") :]
         self.assertIn("Setting up the Python environment in $EnvDir failed again ($Why).", fix)
         self.assertIn("Setting up the Python environment in $2 failed again ($VENV_PROBLEM).", UNIX)
         self.assertIn("To fix it by hand, run", fix)
         self.assertIn("To fix it by hand, run:", UNIX)
-        self.assertIn("Write-Host ('  rmdir /s /q \"' + $Target + '\" && \"' + (Join-Path $AgentDir 'start_windows.bat') + '\"')",
-                      fix)
+        self.assertIn(
+            "Write-Host ('  rmdir /s /q \"' + $Target + '\" && \"' + (Join-Path $AgentDir 'start_windows.bat') + '\"')",
+            fix,
+        )
         self.assertIn("$Target = Join-Path $EnvDir 'Lib\\site-packages'", fix, "bundled: what pip installed")
 
     def test_functions_write_to_the_host_not_to_their_return_value(self):

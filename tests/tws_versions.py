@@ -12,6 +12,7 @@ A suite opts in with `load_tests = at_tws_versions()`: each of its test classes 
 `tws_versions = (...)` runs at exactly those (the quick end-to-end check runs the whole MATRIX in
 every run; the 1,000-contract batch only at the newest), narrowed by an explicit TWS_VERSIONS.
 """
+
 from __future__ import annotations
 
 import os
@@ -37,7 +38,8 @@ def selected_versions() -> Tuple[int, ...]:
 
 class AtTwsVersion:
     """Mixin for a TestCase that starts tests.fake_tws: at `tws_version`, or the fake's default."""
-    tws_version: Optional[int] = None        # None: the fake's default, the newest version
+
+    tws_version: Optional[int] = None  # None: the fake's default, the newest version
     tws_versions: Optional[Tuple[int, ...]] = None
 
     def fake_tws_options(self, **options) -> dict:
@@ -52,6 +54,7 @@ class AtTwsVersion:
 
 def at_tws_versions():
     """A `load_tests` for a test module: every versioned TestCase class once per selected version."""
+
     def load_tests(loader: unittest.TestLoader, standard_tests, pattern) -> unittest.TestSuite:
         suite = unittest.TestSuite()
         for test_class in _test_classes(standard_tests):
@@ -60,10 +63,14 @@ def at_tws_versions():
                 continue
             for version in _versions_for(test_class):
                 name = f"{test_class.__name__}_v{version}"
-                per_version = type(name, (test_class,), {"tws_version": version, "__qualname__": name,
-                                                         "__module__": test_class.__module__})
+                per_version = type(
+                    name,
+                    (test_class,),
+                    {"tws_version": version, "__qualname__": name, "__module__": test_class.__module__},
+                )
                 suite.addTests(loader.loadTestsFromTestCase(per_version))
         return suite
+
     return load_tests
 
 

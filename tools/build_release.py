@@ -11,6 +11,7 @@ install them), so its first start needs no network; --no-bundle leaves both out.
 The key goes into that zip's config.env and nowhere else: it is never printed, logged, or put in
 a file name, and an error message never quotes it.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,18 +29,26 @@ from typing import Dict, Iterator, List, Optional, Tuple
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from agent.config import PLACEHOLDER_KEY, VARIABLES, ConfigError  # noqa: E402  (the one key check)
-from agent import MIN_PYTHON  # noqa: E402  (the agent's floor)
-from agent.demo import DEMO_FILES  # noqa: E402
 from dotenv import dotenv_values  # noqa: E402
+
+from agent import MIN_PYTHON  # noqa: E402  (the agent's floor)
+from agent.config import PLACEHOLDER_KEY, VARIABLES, ConfigError  # noqa: E402  (the one key check)
+from agent.demo import DEMO_FILES  # noqa: E402
 
 TOP_FOLDER = "ib-data-agent"
 IBAPI_DISTRIBUTION = "ibapi-stable"
 WINDOWS_PLATFORM = "win_amd64"
 AGENT_PACKAGE = "agent"
 # Next to the agent's Python modules (every one of them ships; see agent_modules).
-AGENT_FILES = ("config.env", "requirements.txt", "requirements-demo.txt", "README.md",
-               "start_unix.sh", "start_windows.bat", "start_windows.ps1")
+AGENT_FILES = (
+    "config.env",
+    "requirements.txt",
+    "requirements-demo.txt",
+    "README.md",
+    "start_unix.sh",
+    "start_windows.bat",
+    "start_windows.ps1",
+)
 # Files from outside the top level that users need as well: the test doubles --demo starts.
 EXTRA_FILES: Tuple[str, ...] = DEMO_FILES
 EXECUTABLE_FILES = ("start_unix.sh",)
@@ -91,8 +100,9 @@ def ibapi_files() -> Iterator[Tuple[str, bytes]]:
     try:
         dist = importlib.metadata.distribution(IBAPI_DISTRIBUTION)
     except importlib.metadata.PackageNotFoundError:
-        raise ReleaseError(f"{IBAPI_DISTRIBUTION} is not installed in this Python; "
-                           "run the build with .venv-dev/bin/python") from None
+        raise ReleaseError(
+            f"{IBAPI_DISTRIBUTION} is not installed in this Python; run the build with .venv-dev/bin/python"
+        ) from None
     if dist.version != pin:
         raise ReleaseError(f"{IBAPI_DISTRIBUTION} {dist.version} is installed but requirements.txt pins {pin}")
     files = [f for f in dist.files or () if f.parts[0] == "ibapi" and "__pycache__" not in f.parts]
@@ -136,28 +146,50 @@ def bundle_files(embeddable_zip: Path) -> Tuple[str, List[Tuple[str, bytes]]]:
         with zipfile.ZipFile(embeddable_zip) as zf:
             members = [(info.filename, zf.read(info)) for info in zf.infolist() if not info.is_dir()]
     except (OSError, zipfile.BadZipFile) as exc:
-        raise ReleaseError(f"--embeddable-python {embeddable_zip}: not a readable zip ({exc.__class__.__name__})") from None
+        raise ReleaseError(
+            f"--embeddable-python {embeddable_zip}: not a readable zip ({exc.__class__.__name__})"
+        ) from None
     names = {name for name, _data in members}
     pth = [name for name in names if PTH_NAME.match(name)]
     if "python.exe" not in names or len(pth) != 1:
-        raise ReleaseError(f"--embeddable-python {embeddable_zip}: not a Windows embeddable Python zip "
-                           "(python.exe and one pythonXY._pth at its top level)")
-    files = [(f"python_bundle/{name}",
-              patched_pth(data.decode("utf-8")).encode("utf-8") if name == pth[0] else data)
-             for name, data in members]
+        raise ReleaseError(
+            f"--embeddable-python {embeddable_zip}: not a Windows embeddable Python zip "
+            "(python.exe and one pythonXY._pth at its top level)"
+        )
+    files = [
+        (f"python_bundle/{name}", patched_pth(data.decode("utf-8")).encode("utf-8") if name == pth[0] else data)
+        for name, data in members
+    ]
     tag = PTH_NAME.match(pth[0]).group(1)
     if (int(tag[0]), int(tag[1:] or 0)) < MIN_PYTHON:
-        raise ReleaseError(f"--embeddable-python {embeddable_zip}: Python {tag[0]}.{tag[1:]} is too old; the agent "
-                           f"needs {MIN_PYTHON[0]}.{MIN_PYTHON[1]} or newer (e.g. python-3.11.9-embed-amd64.zip)")
+        raise ReleaseError(
+            f"--embeddable-python {embeddable_zip}: Python {tag[0]}.{tag[1:]} is too old; the agent "
+            f"needs {MIN_PYTHON[0]}.{MIN_PYTHON[1]} or newer (e.g. python-3.11.9-embed-amd64.zip)"
+        )
     return tag, files
 
 
 def windows_wheels(python_version: str) -> List[Tuple[str, bytes]]:
     """wheels/: every requirement (--demo's too) built for the bundled Python on 64-bit Windows, and pip."""
     with tempfile.TemporaryDirectory() as folder:
-        command = [sys.executable, "-m", "pip", "download", "--disable-pip-version-check", "-q",
-                   "--only-binary=:all:", "--platform", WINDOWS_PLATFORM, "--python-version", python_version,
-                   "-d", folder, "-r", str(ROOT / "requirements-demo.txt"), "pip"]
+        command = [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--disable-pip-version-check",
+            "-q",
+            "--only-binary=:all:",
+            "--platform",
+            WINDOWS_PLATFORM,
+            "--python-version",
+            python_version,
+            "-d",
+            folder,
+            "-r",
+            str(ROOT / "requirements-demo.txt"),
+            "pip",
+        ]
         result = subprocess.run(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         if result.returncode != 0:
             raise ReleaseError(f"pip download of the Windows wheels failed:\n{result.stdout.strip()}")
@@ -176,26 +208,38 @@ def write_zip(path: Path, files: List[Tuple[str, bytes]]) -> None:
             zf.writestr(info, data)
 
 
-def build_release(key: str, version: str, out_dir: Path, embeddable_python: Optional[Path] = None,
-                  wheels_python_version: Optional[str] = None, no_bundle: bool = False) -> Dict[str, Path]:
+def build_release(
+    key: str,
+    version: str,
+    out_dir: Path,
+    embeddable_python: Optional[Path] = None,
+    wheels_python_version: Optional[str] = None,
+    no_bundle: bool = False,
+) -> Dict[str, Path]:
     """Writes both zips into out_dir; returns {"unix": path, "windows": path}."""
     if not re.fullmatch(r"[0-9A-Za-z][0-9A-Za-z.+-]*", version):
         raise ReleaseError(f"--version {version!r}: use letters, digits, '.', '+' and '-' only")
     if embeddable_python is None and not no_bundle:
-        raise ReleaseError("--embeddable-python PATH is required (the python-3.11.x-embed-amd64.zip from "
-                           "python.org); --no-bundle builds the Windows zip without Python and wheels")
+        raise ReleaseError(
+            "--embeddable-python PATH is required (the python-3.11.x-embed-amd64.zip from "
+            "python.org); --no-bundle builds the Windows zip without Python and wheels"
+        )
     key = validated_key(key)
     common = list(common_files(key))
     windows = list(common)
     if not no_bundle:
         bundle_version, bundle = bundle_files(Path(embeddable_python))
         if wheels_python_version and wheels_python_version != bundle_version:
-            raise ReleaseError(f"--wheels-python-version {wheels_python_version} does not match the "
-                               f"embeddable Python ({bundle_version})")
+            raise ReleaseError(
+                f"--wheels-python-version {wheels_python_version} does not match the "
+                f"embeddable Python ({bundle_version})"
+            )
         windows += bundle + windows_wheels(bundle_version)
     out_dir.mkdir(parents=True, exist_ok=True)
-    zips = {"unix": out_dir / f"{TOP_FOLDER}-{version}-unix.zip",
-            "windows": out_dir / f"{TOP_FOLDER}-{version}-windows.zip"}
+    zips = {
+        "unix": out_dir / f"{TOP_FOLDER}-{version}-unix.zip",
+        "windows": out_dir / f"{TOP_FOLDER}-{version}-windows.zip",
+    }
     write_zip(zips["unix"], common)
     write_zip(zips["windows"], windows)
     return zips
@@ -208,12 +252,16 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--out", required=True, type=Path, help="output folder")
     parser.add_argument("--embeddable-python", type=Path, help="python-3.X.Y-embed-amd64.zip from python.org")
     parser.add_argument("--wheels-python-version", help="e.g. 311; default: the embeddable Python's")
-    parser.add_argument("--no-bundle", action="store_true",
-                        help="Windows zip without python_bundle/ and wheels/ (users need Python 3.10+)")
+    parser.add_argument(
+        "--no-bundle",
+        action="store_true",
+        help="Windows zip without python_bundle/ and wheels/ (users need Python 3.10+)",
+    )
     args = parser.parse_args(argv)
     try:
-        zips = build_release(args.key, args.version, args.out, args.embeddable_python,
-                             args.wheels_python_version, args.no_bundle)
+        zips = build_release(
+            args.key, args.version, args.out, args.embeddable_python, args.wheels_python_version, args.no_bundle
+        )
     except ReleaseError as exc:
         print(f"build_release: {exc}", file=sys.stderr)
         return 2

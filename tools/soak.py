@@ -20,6 +20,7 @@ relay that cuts it one second after every reconnect.
 The drivers (CloudCaller, the contract pickers, Gauge, start_agent) are shared with
 tests/test_reliability_*.py.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -66,11 +67,16 @@ sys.exit(ib_data_agent.main(sys.argv[3:]))
 """
 
 
-FAST_RELAY_BACKOFF = (0.1, 1.0)   # (min, max) seconds, for start_agent(relay_backoff=...)
+FAST_RELAY_BACKOFF = (0.1, 1.0)  # (min, max) seconds, for start_agent(relay_backoff=...)
 
 
-def start_agent(stack: AgentStack, data_dir: Path, relay_backoff: Optional[Tuple[float, float]] = None,
-                env: Optional[Dict[str, str]] = None, key: Optional[str] = None) -> AgentProcess:
+def start_agent(
+    stack: AgentStack,
+    data_dir: Path,
+    relay_backoff: Optional[Tuple[float, float]] = None,
+    env: Optional[Dict[str, str]] = None,
+    key: Optional[str] = None,
+) -> AgentProcess:
     """Start an agent process for the stack's fakes in data_dir (kept across restarts: the order
     id store lives there), with an empty config file; relay_backoff=(min, max) shortens the relay
     reconnect backoff. Returns once the relay has its hello."""
@@ -79,15 +85,23 @@ def start_agent(stack: AgentStack, data_dir: Path, relay_backoff: Optional[Tuple
     if relay_backoff is None:
         command = [PYTHON, "-u", str(ROOT / "ib_data_agent.py"), "--config", str(config)]
     else:
-        command = [PYTHON, "-u", "-c", _FAST_RELAY_RETRY, str(relay_backoff[0]), str(relay_backoff[1]),
-                   "--config", str(config)]
+        command = [
+            PYTHON,
+            "-u",
+            "-c",
+            _FAST_RELAY_RETRY,
+            str(relay_backoff[0]),
+            str(relay_backoff[1]),
+            "--config",
+            str(config),
+        ]
     connections = stack.relay.connections
-    agent = AgentProcess(key or stack.key, stack.relay.url, stack.ib_port, env, command=command,
-                         data_dir=data_dir)
+    agent = AgentProcess(key or stack.key, stack.relay.url, stack.ib_port, env, command=command, data_dir=data_dir)
     agent.start()
     try:
-        stack.relay.wait_until(lambda: stack.relay.connections > connections and stack.relay.hello,
-                               timeout=60, what="the agent's hello")
+        stack.relay.wait_until(
+            lambda: stack.relay.connections > connections and stack.relay.hello, timeout=60, what="the agent's hello"
+        )
     except TimeoutError:
         agent.stop()
         raise TimeoutError(f"no hello from the agent; its output:\n{agent.output[-4000:]}") from None
@@ -141,10 +155,11 @@ def figures(test: str, **values) -> None:
 
 # ----- calling the agent the way the cloud must ---------------------------------------------
 
+
 @dataclass
 class CallResult:
     response: dict
-    sends: int          # the request frame was sent this many times (1 + resends after reconnects)
+    sends: int  # the request frame was sent this many times (1 + resends after reconnects)
     seconds: float
 
 
@@ -180,6 +195,7 @@ class CloudCaller:
                 if exc.status == 504:
                     raise RequestTimedOut(str(exc)) from None
                 raise
+
         return self._pool.submit(over_http)
 
     def _resend(self, frame: dict) -> bool:
@@ -201,8 +217,9 @@ class CloudCaller:
         while True:
             left = deadline - time.monotonic()
             if left <= 0:
-                raise TimeoutError(f"request {request_id} ({action}) unanswered after {timeout_s:g} s "
-                                   f"and {sends} sends")
+                raise TimeoutError(
+                    f"request {request_id} ({action}) unanswered after {timeout_s:g} s and {sends} sends"
+                )
             if future is None:
                 self.relay.wait_until(lambda: self.relay.connected, timeout=left, what="the agent")
                 sent_on = self.relay.connections
@@ -211,7 +228,7 @@ class CloudCaller:
             try:
                 return CallResult(future.result(timeout=self._poll_s), sends, time.monotonic() - started)
             except (AgentNotConnected, ConnectionError):
-                future = None           # never reached the agent: send it again once it is back
+                future = None  # never reached the agent: send it again once it is back
             except concurrent.futures.TimeoutError:
                 pass
             if self.relay.connections != sent_on and self.relay.connected and not future.done():
@@ -229,8 +246,9 @@ def status(relay: FakeRelay, timeout_s: float = 10) -> dict:
     return response["data"]
 
 
-def wait_status(relay: FakeRelay, predicate: Callable[[dict], Any], timeout_s: float = 60,
-                what: str = "status", poll_s: float = 0.1) -> Tuple[dict, float]:
+def wait_status(
+    relay: FakeRelay, predicate: Callable[[dict], Any], timeout_s: float = 60, what: str = "status", poll_s: float = 0.1
+) -> Tuple[dict, float]:
     """Poll the status action until predicate(data); returns (data, seconds waited)."""
     started = time.monotonic()
     while True:
@@ -253,8 +271,9 @@ CHAIN_TICKERS = ("SPY", "AAPL", "MSFT")
 def option_contracts(market: Market, count: int, tickers: Sequence[str] = CHAIN_TICKERS) -> List[dict]:
     """`count` distinct listed option contracts (fetch-prices params), nearest expirations first,
     taken round robin over the tickers."""
-    per_ticker = [sorted(market.options(t), key=lambda o: (o.expiry, abs(o.strike - market.spot(t)), o.right))
-                  for t in tickers]
+    per_ticker = [
+        sorted(market.options(t), key=lambda o: (o.expiry, abs(o.strike - market.spot(t)), o.right)) for t in tickers
+    ]
     picked = [o for group in itertools.zip_longest(*per_ticker) for o in group if o is not None][:count]
     if len(picked) < count:
         raise ValueError(f"the fake market lists only {len(picked)} options of {tickers}")
@@ -286,18 +305,31 @@ def chain_requests(market: Market, count: int, size: int) -> List[dict]:
 
 def order_params(market: Market, index: int = 0, **changes) -> dict:
     """A valid paper limit order that rests (a sell well above the ask), so nothing fills."""
-    suitable = [o for o in market.options("AAPL")
-                if 0.5 < market.quote(o).bid < market.quote(o).ask < 20 and on_tick(market.quote(o).ask, o.min_tick)]
+    suitable = [
+        o
+        for o in market.options("AAPL")
+        if 0.5 < market.quote(o).bid < market.quote(o).ask < 20 and on_tick(market.quote(o).ask, o.min_tick)
+    ]
     option = suitable[index % len(suitable)]
-    params = {"contract": {"ticker": "AAPL", "sec_type": "OPT", "expiration": option.expiry,
-                           "strike": option.strike, "right": option.right},
-              "action": "SELL", "quantity": 1, "order_type": "LMT",
-              "limit_price": round(market.quote(option).ask + 20 * option.min_tick, 2)}
+    params = {
+        "contract": {
+            "ticker": "AAPL",
+            "sec_type": "OPT",
+            "expiration": option.expiry,
+            "strike": option.strike,
+            "right": option.right,
+        },
+        "action": "SELL",
+        "quantity": 1,
+        "order_type": "LMT",
+        "limit_price": round(market.quote(option).ask + 20 * option.min_tick, 2),
+    }
     params.update(changes)
     return params
 
 
 # ----- the soak ------------------------------------------------------------------------------
+
 
 # (weight, action, params builder): the callers' mix; a builder gets the caller's random.Random.
 def _traffic(market: Market) -> List[Tuple[int, str, Callable[[random.Random], dict]]]:
@@ -309,13 +341,21 @@ def _traffic(market: Market) -> List[Tuple[int, str, Callable[[random.Random], d
         (10, "expirations", lambda rng: {"ticker": rng.choice(["AAPL", "MSFT", "SPY", "MRGT"])}),
         (20, "fetch-prices", lambda rng: {"contracts": rng.sample(contracts, rng.randint(1, 60))}),
         (6, "fetch-chain", lambda rng: rng.choice(chains)),
-        (4, "sell-scan", lambda rng: {"ticker": rng.choice(["AAPL", "MSFT"]), "right": rng.choice("CP"),
-                                      "max_days": 30, "otm_max_pct": 8}),
+        (
+            4,
+            "sell-scan",
+            lambda rng: {
+                "ticker": rng.choice(["AAPL", "MSFT"]),
+                "right": rng.choice("CP"),
+                "max_days": 30,
+                "otm_max_pct": 8,
+            },
+        ),
         (5, "positions", lambda rng: {}),
         (4, "account-summary", lambda rng: {}),
         (4, "open-orders", lambda rng: {}),
-        (4, "quote", lambda rng: {"tickers": ["NOT A TICKER!"]}),          # a bad request
-        (2, "launch-rocket", lambda rng: {}),                              # an unknown action
+        (4, "quote", lambda rng: {"tickers": ["NOT A TICKER!"]}),  # a bad request
+        (2, "launch-rocket", lambda rng: {}),  # an unknown action
     ]
 
 
@@ -332,8 +372,8 @@ class SoakReport:
     order_ids: int = 0
     order_sends: int = 0
     bad_frames: int = 0
-    relay_back_s: List[float] = field(default_factory=list)   # from a drop to the agent's next hello
-    tws_back_s: List[float] = field(default_factory=list)     # from TWS listening again to connected
+    relay_back_s: List[float] = field(default_factory=list)  # from a drop to the agent's next hello
+    tws_back_s: List[float] = field(default_factory=list)  # from TWS listening again to connected
     samples: List[dict] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -358,8 +398,16 @@ class Soak:
     RSS_GROWTH_LIMIT_MB = 25.0
     THREAD_GROWTH_LIMIT = 4
 
-    def __init__(self, minutes: float, callers: int, seed: int, relay_drop_s: float, tws_fault_s: float,
-                 tws_down_s: float, log: Callable[[str], None] = print):
+    def __init__(
+        self,
+        minutes: float,
+        callers: int,
+        seed: int,
+        relay_drop_s: float,
+        tws_fault_s: float,
+        tws_down_s: float,
+        log: Callable[[str], None] = print,
+    ):
         self.minutes = minutes
         self.callers = callers
         self.rng = random.Random(seed)
@@ -395,8 +443,10 @@ class Soak:
         self.log(f"start: rss {start['rss_mb']} MB, {start['threads']} threads")
         started = time.monotonic()
         workers = [threading.Thread(target=self._caller, args=(traffic, n), daemon=True) for n in range(self.callers)]
-        workers += [threading.Thread(target=target, daemon=True)
-                    for target in (self._orders, self._bad_frames, self._relay_faults, self._tws_faults)]
+        workers += [
+            threading.Thread(target=target, daemon=True)
+            for target in (self._orders, self._bad_frames, self._relay_faults, self._tws_faults)
+        ]
         for worker in workers:
             worker.start()
         minute = 0
@@ -406,8 +456,10 @@ class Soak:
                 minute += 1
                 sample = dict(self.gauge.sample(), minute=minute)
                 self.report.samples.append(sample)
-                self.log(f"minute {minute}: {self.report.sent} requests, rss {sample['rss_mb']} MB, "
-                         f"{sample['threads']} threads, faults {dict(self.report.faults)}")
+                self.log(
+                    f"minute {minute}: {self.report.sent} requests, rss {sample['rss_mb']} MB, "
+                    f"{sample['threads']} threads, faults {dict(self.report.faults)}"
+                )
         self.stopping.set()
         for worker in workers:
             worker.join(180)
@@ -416,8 +468,9 @@ class Soak:
         end = dict(self.gauge.sample(), **{"served": status(self.relay)["requests_served"]})
         return self._print_report(start, end, time.monotonic() - started)
 
-    def _call(self, action: str, params: dict, request_id: Optional[str] = None,
-              caller: Optional[CloudCaller] = None) -> Optional[CallResult]:
+    def _call(
+        self, action: str, params: dict, request_id: Optional[str] = None, caller: Optional[CloudCaller] = None
+    ) -> Optional[CallResult]:
         request_id = request_id or f"soak-{next(self.ids)}"
         try:
             result = (caller or CloudCaller(self.relay)).call(action, params, request_id, timeout_s=300)
@@ -460,10 +513,17 @@ class Soak:
 
     def _bad_frames(self) -> None:
         rng = random.Random(self.rng.random())
-        frames = ["not json", "[]", '{"type":"request"}', '{"type":"request","id":""}',
-                  '{"type":"warp","id":"x-%d"}', '{"type":"request","id":"bad-%d","action":"quote","params":7}',
-                  '{"type":"request","id":"bad-%d","action":"status","params":{"x":' + "[" * 50 + "]" * 50 + "}}",
-                  '{"type":"ack","id":"never-sent"}', '{"type":"cancel","id":"not-running"}']
+        frames = [
+            "not json",
+            "[]",
+            '{"type":"request"}',
+            '{"type":"request","id":""}',
+            '{"type":"warp","id":"x-%d"}',
+            '{"type":"request","id":"bad-%d","action":"quote","params":7}',
+            '{"type":"request","id":"bad-%d","action":"status","params":{"x":' + "[" * 50 + "]" * 50 + "}}",
+            '{"type":"ack","id":"never-sent"}',
+            '{"type":"cancel","id":"not-running"}',
+        ]
         while not self.stopping.wait(rng.uniform(0.5, 2)):
             text = rng.choice(frames)
             if "%d" in text:
@@ -480,8 +540,11 @@ class Soak:
             dropped = time.monotonic()
             if self.relay.drop():
                 self.report.faults["relay drop"] += 1
-                self.relay.wait_until(lambda: self.relay.connections > connections and self.relay.hello, 600,
-                                      "the agent back on the relay")
+                self.relay.wait_until(
+                    lambda: self.relay.connections > connections and self.relay.hello,
+                    600,
+                    "the agent back on the relay",
+                )
                 self.report.relay_back_s.append(round(time.monotonic() - dropped, 2))
 
     def _tws_faults(self) -> None:
@@ -498,11 +561,13 @@ class Soak:
             elif fault == "1100/1102":
                 self.tws.broadcast_error(1100, "Connectivity between IB and Trader Workstation has been lost.")
                 self.stopping.wait(3)
-                self.tws.broadcast_error(1102, "Connectivity between IB and Trader Workstation has been "
-                                               "restored - data maintained.")
+                self.tws.broadcast_error(
+                    1102, "Connectivity between IB and Trader Workstation has been restored - data maintained."
+                )
             elif fault == "1101":
-                self.tws.broadcast_error(1101, "Connectivity between IB and Trader Workstation has been "
-                                               "restored - data lost.")
+                self.tws.broadcast_error(
+                    1101, "Connectivity between IB and Trader Workstation has been restored - data lost."
+                )
             else:
                 taken = wait_status(self.relay, lambda st: True, 120, "status")[0]["client_id"]
                 self.tws.busy_client_ids = {taken}
@@ -556,8 +621,9 @@ class Soak:
         return 0 if not problems else 1
 
 
-def measure_reconnects(tws_restarts: int, tws_down_s: float, relay_flaps: int,
-                       log: Callable[[str], None] = print) -> int:
+def measure_reconnects(
+    tws_restarts: int, tws_down_s: float, relay_flaps: int, log: Callable[[str], None] = print
+) -> int:
     """The product's own reconnect timing, without traffic: TWS refusing connections for
     tws_down_s and back, tws_restarts times; then the relay cut again one second after each
     reconnect, relay_flaps times in a row (a flapping link)."""
@@ -603,16 +669,27 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--relay-drop-s", type=float, default=45.0, help="mean seconds between relay drops")
     parser.add_argument("--tws-fault-s", type=float, default=40.0, help="mean seconds between TWS faults")
     parser.add_argument("--tws-down-s", type=float, default=10.0, help="how long a TWS restart refuses connections")
-    parser.add_argument("--reconnects", action="store_true",
-                        help="instead of the soak: time --tws-restarts TWS restarts and --relay-flaps relay cuts")
+    parser.add_argument(
+        "--reconnects",
+        action="store_true",
+        help="instead of the soak: time --tws-restarts TWS restarts and --relay-flaps relay cuts",
+    )
     parser.add_argument("--tws-restarts", type=int, default=8)
     parser.add_argument("--relay-flaps", type=int, default=10)
     args = parser.parse_args(argv)
     if args.reconnects:
-        return measure_reconnects(args.tws_restarts, args.tws_down_s, args.relay_flaps,
-                                  log=lambda text: print(text, flush=True))
-    soak = Soak(args.minutes, args.callers, args.seed, args.relay_drop_s, args.tws_fault_s, args.tws_down_s,
-                log=lambda text: print(text, flush=True))
+        return measure_reconnects(
+            args.tws_restarts, args.tws_down_s, args.relay_flaps, log=lambda text: print(text, flush=True)
+        )
+    soak = Soak(
+        args.minutes,
+        args.callers,
+        args.seed,
+        args.relay_drop_s,
+        args.tws_fault_s,
+        args.tws_down_s,
+        log=lambda text: print(text, flush=True),
+    )
     return soak.run()
 
 

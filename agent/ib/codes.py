@@ -4,6 +4,7 @@ read-only check, the reject details TWS hides in advancedOrderRejectJson, the co
 itself, and the market data type numbers. No connection state: ib_connection and ib_session use
 these, and ib_connection re-exports them for its callers.
 """
+
 from __future__ import annotations
 
 import json
@@ -12,8 +13,14 @@ from typing import List
 from ibapi import errors as ibapi_errors
 
 from agent import log as agent_log
-from agent.errors import (IB_ERROR, IB_NOT_CONNECTED, MARKET_DATA_NOT_SUBSCRIBED, NO_SECURITY_DEFINITION,
-                          READ_ONLY_API, AgentError)
+from agent.errors import (
+    IB_ERROR,
+    IB_NOT_CONNECTED,
+    MARKET_DATA_NOT_SUBSCRIBED,
+    NO_SECURITY_DEFINITION,
+    READ_ONLY_API,
+    AgentError,
+)
 
 # auto asks frozen: live while the market is open, the values recorded at the close after it;
 # ib_lines falls back to delayed-frozen per contract where TWS says it is not subscribed.
@@ -25,26 +32,33 @@ NOTICE_CODES = frozenset(range(2100, 2200)) | {399, 10167}
 TROUBLE_NOTICES = frozenset({2103, 2105, 2110, 2157})  # farm or server link broken: worth a log line
 CLIENT_ID_IN_USE = 326
 IB_LINK_LOST, IB_LINK_RESTORED_DATA_LOST, IB_LINK_RESTORED = 1100, 1101, 1102
-SOCKET_PORT_MOVED = 1300      # "TWS socket port has been reset ... reconnect on the new port - N"
+SOCKET_PORT_MOVED = 1300  # "TWS socket port has been reset ... reconnect on the new port - N"
 READ_ONLY_CODE = 321
 _ERROR_CODES = {
     200: NO_SECURITY_DEFINITION,
-    354: MARKET_DATA_NOT_SUBSCRIBED, 10089: MARKET_DATA_NOT_SUBSCRIBED, 10090: MARKET_DATA_NOT_SUBSCRIBED,
-    10168: MARKET_DATA_NOT_SUBSCRIBED, 10197: MARKET_DATA_NOT_SUBSCRIBED,
-    502: IB_NOT_CONNECTED, 504: IB_NOT_CONNECTED,
+    354: MARKET_DATA_NOT_SUBSCRIBED,
+    10089: MARKET_DATA_NOT_SUBSCRIBED,
+    10090: MARKET_DATA_NOT_SUBSCRIBED,
+    10168: MARKET_DATA_NOT_SUBSCRIBED,
+    10197: MARKET_DATA_NOT_SUBSCRIBED,
+    502: IB_NOT_CONNECTED,
+    504: IB_NOT_CONNECTED,
 }
-READ_ONLY_FIX = ("TWS has 'Read-Only API' switched on: uncheck it in File > Global Configuration > API > "
-                 "Settings, click Apply, then restart the agent")
+READ_ONLY_FIX = (
+    "TWS has 'Read-Only API' switched on: uncheck it in File > Global Configuration > API > "
+    "Settings, click Apply, then restart the agent"
+)
 # Codes ibapi reports itself (not TWS): a request it could not validate or send (503, 504, 510..).
-CLIENT_ERROR_CODES = frozenset(pair.code() for pair in vars(ibapi_errors).values()
-                               if isinstance(pair, ibapi_errors.CodeMsgPair))
+CLIENT_ERROR_CODES = frozenset(
+    pair.code() for pair in vars(ibapi_errors).values() if isinstance(pair, ibapi_errors.CodeMsgPair)
+)
 
 
 def is_read_only_error(ib_code: int, text: str) -> bool:
     return ib_code == READ_ONLY_CODE and "read-only" in (text or "").lower()
 
 
-REJECT_DETAIL_MAX = 300   # characters of an advancedOrderRejectJson kept in an error message
+REJECT_DETAIL_MAX = 300  # characters of an advancedOrderRejectJson kept in an error message
 
 
 def with_reject_details(text: str, advanced_reject_json: str) -> str:

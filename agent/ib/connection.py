@@ -22,6 +22,7 @@ Registrations survive a disconnect (their ids mean nothing on the next connectio
 unregisters or re-sends after "ready". Closing the socket makes TWS drop every subscription
 of this client, so stop() needs no cancels.
 """
+
 from __future__ import annotations
 
 import logging
@@ -39,16 +40,29 @@ from agent import log as agent_log
 from agent.backoff import ReconnectPolicy
 from agent.config import Config
 from agent.errors import IB_NOT_CONNECTED, TIMEOUT, AgentError
+
 # IB's codes live in ib_codes and the socket session in ib_session; the names below stay importable
 # from here, where the agent and the tests have always found them.
-from agent.ib.codes import (CLIENT_ERROR_CODES, CLIENT_ID_IN_USE, IB_LINK_LOST, IB_LINK_RESTORED,  # noqa: F401
-                      IB_LINK_RESTORED_DATA_LOST, MARKET_DATA_TYPE_NAMES, MARKET_DATA_TYPES, NOTICE_CODES,
-                      READ_ONLY_CODE, READ_ONLY_FIX, REJECT_DETAIL_MAX, SOCKET_PORT_MOVED, TROUBLE_NOTICES,
-                      error_for, is_read_only_error, with_reject_details)
+from agent.ib.codes import (
+    IB_LINK_LOST,
+    IB_LINK_RESTORED,  # noqa: F401
+    IB_LINK_RESTORED_DATA_LOST,
+    MARKET_DATA_TYPE_NAMES,
+    MARKET_DATA_TYPES,
+    NOTICE_CODES,
+    READ_ONLY_FIX,
+    SOCKET_PORT_MOVED,
+    TROUBLE_NOTICES,
+    error_for,
+    is_read_only_error,
+)
 from agent.ib.pacing import MessageLimiter
 from agent.ib.ports import PortProbe, resolve_port
-from agent.ib.session import (_CLIENT_ID_TAKEN, ID_CALLBACKS, PLAIN_CALLBACKS, TESTED_MAX_SERVER_VERSION,  # noqa: F401
-                        _TwsSession, _TwsSocket)
+from agent.ib.session import (
+    _CLIENT_ID_TAKEN,
+    TESTED_MAX_SERVER_VERSION,  # noqa: F401
+    _TwsSession,
+)
 
 log = agent_log.logger("ib")
 
@@ -56,19 +70,31 @@ log = agent_log.logger("ib")
 # can always be told apart.
 REQ_ID_FIRST = 1_000_000_000
 REQ_ID_LAST = 2**31 - 1
-CLIENT_ID_SPARES = 5          # on 326, the next ids tried after IB_CLIENT_ID
-CONNECT_TIMEOUT_S = 1.5       # TCP connect per port; a refused port answers at once
-HANDSHAKE_TIMEOUT_S = 10.0    # server version, accounts and first order id
-BACKOFF_FIRST_S = 0.5         # reconnect: full-jitter exponential backoff ...
-BACKOFF_CAP_S = 4.0           # ... capped here: TWS is local, and back within 5 s is the promise
-MISMATCH_RETRY_S = 30.0       # only the wrong account type answered: the user must switch logins
-STABLE_AFTER_S = 60.0         # a connection that lasted this long resets the backoff
-HEARTBEAT_S = 30.0            # a connection quiet this long is asked for the time ...
-HEARTBEAT_REPLY_S = 10.0      # ... and counts as lost when TWS does not answer within this
+CLIENT_ID_SPARES = 5  # on 326, the next ids tried after IB_CLIENT_ID
+CONNECT_TIMEOUT_S = 1.5  # TCP connect per port; a refused port answers at once
+HANDSHAKE_TIMEOUT_S = 10.0  # server version, accounts and first order id
+BACKOFF_FIRST_S = 0.5  # reconnect: full-jitter exponential backoff ...
+BACKOFF_CAP_S = 4.0  # ... capped here: TWS is local, and back within 5 s is the promise
+MISMATCH_RETRY_S = 30.0  # only the wrong account type answered: the user must switch logins
+STABLE_AFTER_S = 60.0  # a connection that lasted this long resets the backoff
+HEARTBEAT_S = 30.0  # a connection quiet this long is asked for the time ...
+HEARTBEAT_REPLY_S = 10.0  # ... and counts as lost when TWS does not answer within this
 
 # EClient methods conn.send may call: requests, cancels, orders; never connection management.
-_REQUEST_PREFIXES = ("req", "cancel", "place", "exercise", "calculate", "query", "subscribe",
-                     "unsubscribe", "updateDisplayGroup", "replaceFA", "requestFA", "verify")
+_REQUEST_PREFIXES = (
+    "req",
+    "cancel",
+    "place",
+    "exercise",
+    "calculate",
+    "query",
+    "subscribe",
+    "unsubscribe",
+    "updateDisplayGroup",
+    "replaceFA",
+    "requestFA",
+    "verify",
+)
 _SENDABLE = frozenset(n for n in vars(EClient) if n.startswith(_REQUEST_PREFIXES))
 
 
@@ -84,8 +110,6 @@ class _Unavailable(Exception):
     def __init__(self, slow: bool = False):
         super().__init__()
         self.slow = slow
-
-
 
 
 class _Collector:
@@ -131,11 +155,17 @@ class _Collector:
 class IBConnection:
     """The TWS connection the rest of the agent shares; see docs/ARCHITECTURE.md "IB half"."""
 
-    def __init__(self, config: Config, on_change: Optional[Callable[[], None]] = None, *,
-                 candidate_ports: Optional[Dict[str, Sequence[int]]] = None,
-                 connect_timeout: float = CONNECT_TIMEOUT_S, handshake_timeout: float = HANDSHAKE_TIMEOUT_S,
-                 backoff: Tuple[float, float] = (BACKOFF_FIRST_S, BACKOFF_CAP_S),
-                 mismatch_retry_s: float = MISMATCH_RETRY_S):
+    def __init__(
+        self,
+        config: Config,
+        on_change: Optional[Callable[[], None]] = None,
+        *,
+        candidate_ports: Optional[Dict[str, Sequence[int]]] = None,
+        connect_timeout: float = CONNECT_TIMEOUT_S,
+        handshake_timeout: float = HANDSHAKE_TIMEOUT_S,
+        backoff: Tuple[float, float] = (BACKOFF_FIRST_S, BACKOFF_CAP_S),
+        mismatch_retry_s: float = MISMATCH_RETRY_S,
+    ):
         self._config = config
         self._on_change = on_change
         self._candidates = candidate_ports  # None: ib_ports.CANDIDATE_PORTS (tests pass ephemeral ports)
@@ -154,16 +184,25 @@ class IBConnection:
         self._read_only_probe.set()
         self._next_req = REQ_ID_FIRST
         self._next_order: Optional[int] = None
-        self._state = {"connected": False, "host": config.ib_host, "port": config.ib_port,
-                       "client_id": config.ib_client_id, "accounts": [], "account_type": None,
-                       "server_version": None, "market_data_type": None, "read_only": None, "error": None}
+        self._state = {
+            "connected": False,
+            "host": config.ib_host,
+            "port": config.ib_port,
+            "client_id": config.ib_client_id,
+            "accounts": [],
+            "account_type": None,
+            "server_version": None,
+            "market_data_type": None,
+            "read_only": None,
+            "error": None,
+        }
         self._published: Optional[dict] = None
         self._control: "queue.Queue[Tuple[str, Optional[_TwsSession]]]" = queue.Queue()
         self._stopping = threading.Event()
         self._supervisor: Optional[threading.Thread] = None
         self._ever_connected = False
         self._logged_failure: Optional[str] = None
-        self._port_override: Optional[int] = None    # the port TWS moved to (1300)
+        self._port_override: Optional[int] = None  # the port TWS moved to (1300)
 
     # -- lifecycle -------------------------------------------------------------------------------
     def start(self) -> None:
@@ -215,8 +254,9 @@ class IBConnection:
             if self.ready:
                 return session
             error = self._state["error"]
-        raise AgentError(IB_NOT_CONNECTED, f"Not connected to TWS. {error}" if error else
-                         "Not connected to TWS yet (connecting)")
+        raise AgentError(
+            IB_NOT_CONNECTED, f"Not connected to TWS. {error}" if error else "Not connected to TWS yet (connecting)"
+        )
 
     def next_req_id(self) -> int:
         with self._lock:
@@ -257,8 +297,9 @@ class IBConnection:
         with self._lock:
             self._listeners[name] = tuple(f for f in self._listeners.get(name, ()) if f is not fn)
 
-    def call(self, method: str, req_id: int, *args, rows: Sequence[str] = (), end: str,
-             timeout: Optional[float] = None) -> List[tuple]:
+    def call(
+        self, method: str, req_id: int, *args, rows: Sequence[str] = (), end: str, timeout: Optional[float] = None
+    ) -> List[tuple]:
         """Send one request and wait for its answer: the args tuples (without the reqId) of its
         `rows` callbacks, up to the `end` callback. Raises AgentError; never waits past timeout."""
         collector = _Collector(rows, end)
@@ -308,13 +349,15 @@ class IBConnection:
             self._set_state(read_only=True)
             self._read_only_probe.set()
         if code in NOTICE_CODES:
-            log.log(logging.WARNING if code in TROUBLE_NOTICES else logging.DEBUG, "TWS says: %s (notice %s)", text, code)
+            log.log(
+                logging.WARNING if code in TROUBLE_NOTICES else logging.DEBUG, "TWS says: %s (notice %s)", text, code
+            )
             self._tell_listeners("notice", (req_id, code, text))
             return
         if code == IB_LINK_LOST:
             log.warning("TWS lost its connection to IB's servers (1100); waiting for TWS to restore it")
             self._set_state(error="TWS has lost its connection to IB's servers (1100)")
-            self._tell_listeners("ib_link", (False, code, text))   # market data fails fast meanwhile
+            self._tell_listeners("ib_link", (False, code, text))  # market data fails fast meanwhile
             return
         if code in (IB_LINK_RESTORED, IB_LINK_RESTORED_DATA_LOST):
             log.info("TWS restored its connection to IB's servers (%s)", code)
@@ -331,8 +374,13 @@ class IBConnection:
             self._deliver(handler.on_error, code, text)
             return
         if not read_only:
-            log.log(logging.WARNING if req_id < 0 else logging.DEBUG, "TWS says: %s (error %s%s)", text, code,
-                    "" if req_id < 0 else f", request {req_id}")
+            log.log(
+                logging.WARNING if req_id < 0 else logging.DEBUG,
+                "TWS says: %s (error %s%s)",
+                text,
+                code,
+                "" if req_id < 0 else f", request {req_id}",
+            )
         self._tell_listeners("error", (req_id, code, text))
 
     def _port_moved(self, session: _TwsSession, text: str) -> None:
@@ -344,8 +392,11 @@ class IBConnection:
         if port is None or not 0 < port < 65536:
             log.warning("TWS moved its API port but did not say where (1300: %s); reconnecting", text)
         else:
-            log.warning("TWS moved its API port to %s (1300); reconnecting there. Set IB_PORT=%s in "
-                        "config.env to keep it", port, port)
+            log.warning(
+                "TWS moved its API port to %s (1300); reconnecting there. Set IB_PORT=%s in config.env to keep it",
+                port,
+                port,
+            )
             with self._lock:
                 self._port_override = port
         self._control.put(("moved", session))
@@ -372,8 +423,12 @@ class IBConnection:
     def _supervise(self) -> None:
         while not self._stopping.is_set():
             retrying = tenacity.Retrying(
-                retry=tenacity.retry_if_exception_type(_Unavailable), wait=self._retry_wait,
-                stop=lambda _state: self._stopping.is_set(), sleep=self._stopping.wait, reraise=True)
+                retry=tenacity.retry_if_exception_type(_Unavailable),
+                wait=self._retry_wait,
+                stop=lambda _state: self._stopping.is_set(),
+                sleep=self._stopping.wait,
+                reraise=True,
+            )
             try:
                 retrying(self._connect_and_serve)
             except _Unavailable:
@@ -413,7 +468,7 @@ class IBConnection:
 
         cfg = self._config
         with self._lock:
-            ib_port = self._port_override or cfg.ib_port     # where TWS said it moved (1300), if it did
+            ib_port = self._port_override or cfg.ib_port  # where TWS said it moved (1300), if it did
         decision = resolve_port(ib_port, cfg.ib_mode, cfg.ib_mode_explicit, probe, self._candidates)
         for port, session in opened.items():
             if port != decision.port:
@@ -465,17 +520,25 @@ class IBConnection:
         with self._lock:
             self._session = session
             self._next_order = session.first_order_id
-            self._state.update(connected=True, port=port, client_id=session.client_id,
-                               accounts=list(session.accounts), account_type=account_type,
-                               server_version=session.server_version,
-                               market_data_type=MARKET_DATA_TYPE_NAMES[type_code], error=None)
+            self._state.update(
+                connected=True,
+                port=port,
+                client_id=session.client_id,
+                accounts=list(session.accounts),
+                account_type=account_type,
+                server_version=session.server_version,
+                market_data_type=MARKET_DATA_TYPE_NAMES[type_code],
+                error=None,
+            )
             self._ready_event.set()
         self._ever_connected = True
         self._logged_failure = None
-        client = "" if session.client_id == self._config.ib_client_id else \
-            f", client id {session.client_id} ({self._config.ib_client_id} is in use)"
-        log.info("Connected to TWS on port %s as %s (%s)%s", port, ", ".join(session.accounts),
-                 account_type, client)
+        client = (
+            ""
+            if session.client_id == self._config.ib_client_id
+            else f", client id {session.client_id} ({self._config.ib_client_id} is in use)"
+        )
+        log.info("Connected to TWS on port %s as %s (%s)%s", port, ", ".join(session.accounts), account_type, client)
         self._publish()
         self._tell_listeners("ready", ())
         self._probe_read_only(session)
@@ -518,7 +581,7 @@ class IBConnection:
                 try:
                     session.probe()
                 except (OSError, AgentError):
-                    pass        # closed: the "closed" message follows
+                    pass  # closed: the "closed" message follows
 
     def _tws_answers(self, session: _TwsSession) -> bool:
         """A TWS that hangs, or a laptop that slept, can leave the socket open with nobody behind
@@ -527,7 +590,7 @@ class IBConnection:
         if time.monotonic() - quiet_since < HEARTBEAT_S:
             return True
         try:
-            session.probe()     # around the back-pressure gate, which a hung TWS keeps shut
+            session.probe()  # around the back-pressure gate, which a hung TWS keeps shut
         except (OSError, AgentError):
             return False
         deadline = time.monotonic() + HEARTBEAT_REPLY_S
@@ -553,9 +616,16 @@ class IBConnection:
             self._ready_event.clear()
             self._next_order = None
             handlers = list({id(h): h for h in self._registry.values()}.values())
-            self._state.update(connected=False, port=self._config.ib_port, client_id=self._config.ib_client_id,
-                               accounts=[], account_type=None, server_version=None, market_data_type=None,
-                               error=None if stopping else f"Lost connection to TWS on port {port}; reconnecting")
+            self._state.update(
+                connected=False,
+                port=self._config.ib_port,
+                client_id=self._config.ib_client_id,
+                accounts=[],
+                account_type=None,
+                server_version=None,
+                market_data_type=None,
+                error=None if stopping else f"Lost connection to TWS on port {port}; reconnecting",
+            )
         session.close()
         self._read_only_probe.set()
         for handler in handlers:

@@ -26,6 +26,7 @@ Threads: TWS callbacks (reader thread) only update books under the lock and noti
 happens on request threads (and the warm sweeper), never under the lock, because `conn.send`
 waits for the pacing limiter and the connection's own locks must never nest inside ours.
 """
+
 from __future__ import annotations
 
 import threading
@@ -46,7 +47,7 @@ from agent.ib.ticks import DATA_TYPE_IDS, DATA_TYPE_NAMES, Instrument, TickBook
 # generic ticks: TWS serves only the delayed default ticks there, so no stream waits for OI it
 # cannot get.
 GENERIC_TICKS = {"OPT": "100,101", "STK": "", "IND": ""}
-LINE_LIMIT_CODE = 101                        # "max number of tickers reached"
+LINE_LIMIT_CODE = 101  # "max number of tickers reached"
 # Errors that end a stream (no cancel is sent for it): not subscribed. In auto, the contract is
 # asked again as delayed-frozen.
 NOT_SUBSCRIBED_CODES = (354, 10089, 10168)
@@ -55,14 +56,14 @@ NOT_SUBSCRIBED_CODES = (354, 10089, 10168)
 PARTIAL_DATA_CODES = (10090, 10091)
 LIVE, FROZEN = DATA_TYPE_IDS["live"], DATA_TYPE_IDS["frozen"]
 DELAYED, DELAYED_FROZEN = DATA_TYPE_IDS["delayed"], DATA_TYPE_IDS["delayed-frozen"]
-AUTO_TYPE = FROZEN            # auto asks frozen: live while the market is open, the close's values after
+AUTO_TYPE = FROZEN  # auto asks frozen: live while the market is open, the close's values after
 DELAYED_TYPES = (DELAYED, DELAYED_FROZEN)
-GROW_AFTER_LIMIT_S = 2.0      # after a 101, the pool starts growing back once no 101 came for this long,
-GROW_STEP_S = 0.1             # ... by one line per freed line, at most one per this
-STARTS_PER_ROUND = 8          # bounds how long one round sends before cancel is checked again
-CANCEL_POLL_S = 0.1           # a threading.Event cannot wake a Condition: poll it this often
+GROW_AFTER_LIMIT_S = 2.0  # after a 101, the pool starts growing back once no 101 came for this long,
+GROW_STEP_S = 0.1  # ... by one line per freed line, at most one per this
+STARTS_PER_ROUND = 8  # bounds how long one round sends before cancel is checked again
+CANCEL_POLL_S = 0.1  # a threading.Event cannot wake a Condition: poll it this often
 IDLE_WAIT_S = 1.0
-SWEEPER_IDLE_S = 60.0         # the warm sweeper's nap while nothing is warm (a new one wakes it)
+SWEEPER_IDLE_S = 60.0  # the warm sweeper's nap while nothing is warm (a new one wakes it)
 
 QUEUED, ACTIVE, ENDING, ENDED = "queued", "active", "ending", "ended"
 
@@ -78,7 +79,7 @@ def contract_for(instrument: Instrument) -> Contract:
     contract.secType = instrument.sec_type
     contract.exchange = instrument.exchange
     contract.currency = "USD"
-    contract.conId = instrument.con_id      # when known (listing, contract details): one contract, never ambiguous
+    contract.conId = instrument.con_id  # when known (listing, contract details): one contract, never ambiguous
     if instrument.is_option:
         contract.lastTradeDateOrContractMonth = instrument.expiration
         contract.strike = instrument.strike
@@ -112,8 +113,11 @@ class LinePool:
     def give_back(self) -> None:
         self.in_use -= 1
         now = self._clock()
-        if self.size < self.configured and now - self._limited_at >= GROW_AFTER_LIMIT_S \
-                and now - self._grown_at >= GROW_STEP_S:
+        if (
+            self.size < self.configured
+            and now - self._limited_at >= GROW_AFTER_LIMIT_S
+            and now - self._grown_at >= GROW_STEP_S
+        ):
             self.size += 1
             self._grown_at = now
 
@@ -135,6 +139,7 @@ class LinePool:
 
 class _Line:
     """The handler registered for one reqMktData; stale once its subscription moved on."""
+
     __slots__ = ("market", "sub", "req_id", "session", "data_type")
 
     def __init__(self, market: "MarketData", sub: "_Subscription", session: int):
@@ -165,7 +170,7 @@ class _Subscription:
         self.streaming_since: Optional[float] = None
         self.error: Optional[dict] = None
         self.idle_since = 0.0
-        self.fallback = False      # auto: TWS said not subscribed, so it is asked as delayed-frozen
+        self.fallback = False  # auto: TWS said not subscribed, so it is asked as delayed-frozen
 
 
 class _Item:
@@ -181,8 +186,8 @@ class _Request:
     def __init__(self, session: int):
         self.session = session
         self.items: List[_Item] = []
-        self.queue: Deque[_Item] = deque()     # items whose subscription still needs a line
-        self.waiting: Dict[_Item, None] = {}   # items whose subscription streams (ordered set)
+        self.queue: Deque[_Item] = deque()  # items whose subscription still needs a line
+        self.waiting: Dict[_Item, None] = {}  # items whose subscription streams (ordered set)
         self.done = 0
 
 
@@ -197,34 +202,45 @@ class MarketData:
         self._configured_type = config.market_data_type
         self._clock = clock
         self._mutex = threading.Lock()
-        self._changed = threading.Condition(self._mutex)    # a request may have progress to make
+        self._changed = threading.Condition(self._mutex)  # a request may have progress to make
         self._warm_changed = threading.Condition(self._mutex)
-        self._type_lock = threading.Lock()       # a reqMarketDataType and the reqMktData it is for
+        self._type_lock = threading.Lock()  # a reqMarketDataType and the reqMktData it is for
         self.pool = LinePool(config.ib_max_mkt_lines, clock)
-        self._subs: Dict[Instrument, _Subscription] = {}    # queued and streaming, by instrument
+        self._subs: Dict[Instrument, _Subscription] = {}  # queued and streaming, by instrument
         # Idle streams holding a line, LRU first; those a 1101 made stale are no longer in _subs.
         self._warm: "OrderedDict[_Subscription, None]" = OrderedDict()
-        self._requests: Dict[_Request, None] = {}           # fetches in progress (ordered set)
-        self._stale_ids: List[int] = []                     # dead req ids still to unregister
-        self._lost_ids: List[int] = []                      # req ids a 1101 lost, still to cancel
-        self._session = 0                                   # +1 for every TWS disconnect seen
+        self._requests: Dict[_Request, None] = {}  # fetches in progress (ordered set)
+        self._stale_ids: List[int] = []  # dead req ids still to unregister
+        self._lost_ids: List[int] = []  # req ids a 1101 lost, still to cancel
+        self._session = 0  # +1 for every TWS disconnect seen
         self._base_type = AUTO_TYPE if self._configured_type == "auto" else DATA_TYPE_IDS[self._configured_type]
-        self._type_sent = (0, self._base_type)     # (session, type): ib_connection sends the base on connect
-        self._fallback_keys: set = set()           # auto: (ticker, sec_type) TWS said are not subscribed
-        self._link_error: Optional[dict] = None    # while TWS has lost IB's servers (1100)
+        self._type_sent = (0, self._base_type)  # (session, type): ib_connection sends the base on connect
+        self._fallback_keys: set = set()  # auto: (ticker, sec_type) TWS said are not subscribed
+        self._link_error: Optional[dict] = None  # while TWS has lost IB's servers (1100)
         self._sweeper: Optional[threading.Thread] = None
         self._closed = False
-        self._counts = {"requests": 0, "contracts": 0, "shared": 0, "warm_hits": 0,
-                        "line_limit_errors": 0, "delayed_fallbacks": 0, "partial_notices": 0}
+        self._counts = {
+            "requests": 0,
+            "contracts": 0,
+            "shared": 0,
+            "warm_hits": 0,
+            "line_limit_errors": 0,
+            "delayed_fallbacks": 0,
+            "partial_notices": 0,
+        }
         conn.add_listener("disconnected", self._connection_lost)
         conn.add_listener("resubscribe", self._data_lost)
         conn.add_listener("ib_link", self._link_changed)
 
     # --- public ---------------------------------------------------------------------------------
 
-    def fetch(self, instruments: Sequence[Instrument], want_open_interest: bool = False,
-              progress: Optional[Callable[[int, int], None]] = None,
-              cancel: Optional[threading.Event] = None) -> List[dict]:
+    def fetch(
+        self,
+        instruments: Sequence[Instrument],
+        want_open_interest: bool = False,
+        progress: Optional[Callable[[int, int], None]] = None,
+        cancel: Optional[threading.Event] = None,
+    ) -> List[dict]:
         """One OPTION / QUOTE per instrument, in order. Raises AgentError(CANCELLED) when `cancel`
         is set (its lines are freed first)."""
         option_rule = "option+oi" if want_open_interest else "option"
@@ -244,9 +260,14 @@ class MarketData:
     def stats(self) -> dict:
         with self._mutex:
             streaming = sum(1 for s in self._subs.values() if s.state == ACTIVE)
-            return dict(self._counts, lines_in_use=self.pool.in_use, lines_max=self.pool.size,
-                        warm_lines=len(self._warm), streaming=streaming,
-                        market_data_type_requested=DATA_TYPE_NAMES[self._base_type])
+            return dict(
+                self._counts,
+                lines_in_use=self.pool.in_use,
+                lines_max=self.pool.size,
+                warm_lines=len(self._warm),
+                streaming=streaming,
+                market_data_type_requested=DATA_TYPE_NAMES[self._base_type],
+            )
 
     def close(self) -> None:
         """Cancel the warm subscriptions and stop the sweeper."""
@@ -311,7 +332,7 @@ class MarketData:
                 if item.result is None:
                     self._finish(item, False, lost.to_dict(), ends)
             return
-        if self._link_error is not None:    # 1100: nothing will come until TWS is back; fail fast
+        if self._link_error is not None:  # 1100: nothing will come until TWS is back; fail fast
             for item in request.items:
                 if item.result is None:
                     self._finish(item, False, self._link_error, ends, keep_warm=False)
@@ -329,8 +350,9 @@ class MarketData:
                 if now >= item.deadline:
                     self._finish(item, False, None, ends)
 
-    def _finish(self, item: _Item, complete: bool, error: Optional[dict], ends: List[_Subscription],
-                keep_warm: bool = True) -> None:
+    def _finish(
+        self, item: _Item, complete: bool, error: Optional[dict], ends: List[_Subscription], keep_warm: bool = True
+    ) -> None:
         request, sub = item.request, item.sub
         item.result = sub.book.result(complete, error)
         request.done += 1
@@ -346,8 +368,14 @@ class MarketData:
             self._forget(sub)
             sub.state = ENDED
         elif sub.state == ACTIVE:
-            if keep_warm and self._warm_budget and not self._closed and sub.error is None \
-                    and sub.streaming_since is not None and sub.book.has_data():
+            if (
+                keep_warm
+                and self._warm_budget
+                and not self._closed
+                and sub.error is None
+                and sub.streaming_since is not None
+                and sub.book.has_data()
+            ):
                 self._make_warm(sub, ends)
             else:
                 self._end(sub, ends)
@@ -380,20 +408,26 @@ class MarketData:
         request waiting for lines streams fewer items: lines that free up go to the poorest request
         first, so concurrent requests even out and a small one does not wait for a big one's queue.
         Warm lines are taken back first when the request has more queued than the pool has room for."""
-        fewest = min((len(other.waiting) for other in self._requests
-                      if other is not request and self._has_queued(other)), default=None)
+        fewest = min(
+            (len(other.waiting) for other in self._requests if other is not request and self._has_queued(other)),
+            default=None,
+        )
         room = STARTS_PER_ROUND if fewest is None else min(STARTS_PER_ROUND, fewest + 1 - len(request.waiting))
         shortfall = min(len(request.queue), room) - self.pool.free()
         if shortfall > 0:
             ends.extend(self._evict_warm(shortfall))
         starts: List[_Subscription] = []
-        while len(starts) < STARTS_PER_ROUND and self.pool.free() > 0 \
-                and (fewest is None or len(request.waiting) <= fewest) and self._has_queued(request):
+        while (
+            len(starts) < STARTS_PER_ROUND
+            and self.pool.free() > 0
+            and (fewest is None or len(request.waiting) <= fewest)
+            and self._has_queued(request)
+        ):
             sub = request.queue.popleft().sub
             self._activate(sub)
             starts.append(sub)
         if starts and fewest is not None and self.pool.free() > 0:
-            self._changed.notify_all()      # the lines left are another request's to take
+            self._changed.notify_all()  # the lines left are another request's to take
         return starts
 
     @staticmethod
@@ -430,7 +464,7 @@ class MarketData:
                 if item.result is None and item in item.sub.items:
                     request.waiting.pop(item, None)
                     self._drop_item(item, ends, keep_warm=False)
-            self._changed.notify_all()      # lines it would have had next go to the others
+            self._changed.notify_all()  # lines it would have had next go to the others
         self._end_lines(ends)
 
     # --- sending (never under the lock) ---------------------------------------------------------
@@ -439,25 +473,24 @@ class MarketData:
         with self._mutex:
             wanted = {sub: self._type_for(sub) for sub in starts}
         sent = self._type_sent[1]
-        starts = sorted(starts, key=lambda sub: wanted[sub] != sent)   # the fewest reqMarketDataType
+        starts = sorted(starts, key=lambda sub: wanted[sub] != sent)  # the fewest reqMarketDataType
         for sub in starts:
             line = sub.line
-            if line is None:    # the connection dropped while an earlier start waited on the limiter
+            if line is None:  # the connection dropped while an earlier start waited on the limiter
                 continue
             with self._mutex:
                 if self.pool.in_use > self.pool.size and sub.line is line:
                     self._unstart(sub)  # a 101 shrank the pool meanwhile: the rest of this round waits
                     continue
             try:
-                with self._type_lock:   # no other thread's reqMarketDataType between the two
+                with self._type_lock:  # no other thread's reqMarketDataType between the two
                     line.data_type = self._ensure_data_type(wanted[sub])
                     generic = "" if line.data_type in DELAYED_TYPES else GENERIC_TICKS[sub.instrument.sec_type]
                     with self._mutex:
                         sub.book.no_open_interest = sub.instrument.is_option and not generic
                     line.req_id = self._conn.next_req_id()
                     self._conn.register(line.req_id, line)
-                    self._conn.send("reqMktData", line.req_id, contract_for(sub.instrument), generic,
-                                    False, False, [])
+                    self._conn.send("reqMktData", line.req_id, contract_for(sub.instrument), generic, False, False, [])
             except AgentError as exc:
                 with self._mutex:
                     self._fail(line, exc.to_dict())
@@ -466,12 +499,12 @@ class MarketData:
                     self._conn.unregister(line.req_id)
                 continue
             with self._mutex:
-                orphan = line.session != self._session   # the connection dropped meanwhile
+                orphan = line.session != self._session  # the connection dropped meanwhile
                 if orphan:
                     self._fail(line, AgentError(IB_NOT_CONNECTED, "the TWS connection was lost").to_dict())
-                elif sub.line is line:                   # else TWS already refused it (error 101...)
+                elif sub.line is line:  # else TWS already refused it (error 101...)
                     sub.streaming_since = self._clock()
-            if orphan:      # it may have reached the next connection: make sure it does not stay
+            if orphan:  # it may have reached the next connection: make sure it does not stay
                 self._cancel_stream(line.req_id)
 
     def _unstart(self, sub: _Subscription) -> None:
@@ -487,7 +520,7 @@ class MarketData:
         try:
             self._conn.send("cancelMktData", req_id)
         except AgentError:
-            pass    # not connected: TWS dropped the line with the connection
+            pass  # not connected: TWS dropped the line with the connection
         self._conn.unregister(req_id)
 
     def _end_lines(self, ends: List[_Subscription]) -> None:
@@ -517,7 +550,7 @@ class MarketData:
         reqMktData needs differs from the last one sent on this connection (under _type_lock)."""
         session, sent = self._type_sent
         if session != self._session:
-            sent = self._base_type      # ib_connection sent the base type on connecting
+            sent = self._base_type  # ib_connection sent the base type on connecting
         if wanted != sent:
             self._conn.send("reqMarketDataType", wanted)
         self._type_sent = (self._session, wanted)
@@ -542,7 +575,7 @@ class MarketData:
                 self._changed.notify_all()
 
     def _on_error(self, line: _Line, ib_code: int, text: str) -> None:
-        if ib_code in PARTIAL_DATA_CODES:   # the stream goes on without model greeks; still cancelled at the end
+        if ib_code in PARTIAL_DATA_CODES:  # the stream goes on without model greeks; still cancelled at the end
             with self._mutex:
                 if line.sub.line is line:
                     self._counts["partial_notices"] += 1
@@ -557,10 +590,11 @@ class MarketData:
                 if self.pool.shrink_after_limit(self._started_after(line)):
                     self._requeue(line)
                     return
-            elif ib_code in NOT_SUBSCRIBED_CODES and self._configured_type == "auto" \
-                    and line.data_type != DELAYED_FROZEN:
-                self._counts["delayed_fallbacks"] += 1    # this contract (and its kind) asked again as
-                line.sub.fallback = True                  # delayed-frozen; each quote says what it got
+            elif (
+                ib_code in NOT_SUBSCRIBED_CODES and self._configured_type == "auto" and line.data_type != DELAYED_FROZEN
+            ):
+                self._counts["delayed_fallbacks"] += 1  # this contract (and its kind) asked again as
+                line.sub.fallback = True  # delayed-frozen; each quote says what it got
                 self._fallback_keys.add(_fallback_key(line.sub.instrument))
                 self._requeue(line)
                 return
@@ -569,9 +603,14 @@ class MarketData:
 
     def _started_after(self, line: _Line) -> int:
         """Lines taken after this one (asked later, or not asked yet), under the lock."""
-        return sum(1 for sub in self._subs.values()
-                   if sub.state == ACTIVE and sub.line is not None and sub.line is not line
-                   and (sub.line.req_id is None or sub.line.req_id > (line.req_id or 0)))
+        return sum(
+            1
+            for sub in self._subs.values()
+            if sub.state == ACTIVE
+            and sub.line is not None
+            and sub.line is not line
+            and (sub.line.req_id is None or sub.line.req_id > (line.req_id or 0))
+        )
 
     def _connection_lost(self) -> None:
         """Every stream is gone on the TWS side; requests still running on the lost connection
@@ -582,7 +621,7 @@ class MarketData:
             self._fallback_keys.clear()
             self._link_error = None
             self.pool.reset()
-            self._stale_ids += self._lost_ids       # TWS ended them with the connection
+            self._stale_ids += self._lost_ids  # TWS ended them with the connection
             self._lost_ids = []
             lost = AgentError(IB_NOT_CONNECTED, "the TWS connection was lost").to_dict()
             for sub in list(self._subs.values()) + list(self._warm):
@@ -595,9 +634,16 @@ class MarketData:
         market-data item fails at once with IB_ERROR 1100 and its line is cancelled; new requests
         fail the same way) or got it back (1101/1102: requests run again)."""
         with self._mutex:
-            self._link_error = None if up else AgentError(
-                IB_ERROR, f"TWS has lost its connection to IB's servers, so no market data comes until it "
-                          f"is back (TWS said: {text})", ib_code).to_dict()
+            self._link_error = (
+                None
+                if up
+                else AgentError(
+                    IB_ERROR,
+                    f"TWS has lost its connection to IB's servers, so no market data comes until it "
+                    f"is back (TWS said: {text})",
+                    ib_code,
+                ).to_dict()
+            )
             self._changed.notify_all()
 
     def _data_lost(self) -> None:
@@ -612,7 +658,7 @@ class MarketData:
             for sub in list(self._subs.values()):
                 line = sub.line
                 if line is None or line.req_id is None:
-                    continue        # queued, or its reqMktData goes out after the 1101
+                    continue  # queued, or its reqMktData goes out after the 1101
                 if sub.items:
                     self._requeue(line, may_still_stream=True)
                 elif sub in self._warm:

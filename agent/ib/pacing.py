@@ -3,6 +3,7 @@
 TWS allows 50 messages a second and drops a client that keeps exceeding it; `ibapi` has no
 throttle, so every message the agent sends takes a slot here first (see `ib_connection`).
 """
+
 from __future__ import annotations
 
 import threading
@@ -20,8 +21,9 @@ class MessageLimiter:
     rounding nor a fractional rate can let one message too many through.
     """
 
-    def __init__(self, rate: float, clock: Callable[[], float] = time.monotonic,
-                 sleep: Callable[[float], None] = time.sleep):
+    def __init__(
+        self, rate: float, clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep
+    ):
         if not rate > 0:
             raise ValueError(f"rate must be positive, not {rate!r}")
         self.rate = rate
@@ -45,7 +47,7 @@ class MessageLimiter:
         """`count` messages sent a while ago reach TWS only now (it stopped reading, and resumed):
         they count in the 1 s window from now, so TWS never gets more than the rate in a second."""
         with self._lock:
-            stamp = max([self._clock()] + list(self._recent)[-1:])    # keeps the window in order
+            stamp = max([self._clock()] + list(self._recent)[-1:])  # keeps the window in order
             for _ in range(min(count, self._recent.maxlen)):
                 self._recent.append(stamp)
             self._next_slot = max(self._next_slot, stamp + self._interval)

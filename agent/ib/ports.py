@@ -4,6 +4,7 @@ The agent must never send paper-mode work to a live account (or the reverse) jus
 user's port numbers follow the original README's swapped table, so a port is judged by the
 account logged in there, not by its number.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -18,7 +19,7 @@ PAPER_ACCOUNT_PREFIXES = ("DU", "DF")  # DF: advisor paper accounts
 
 
 def account_type(accounts: Sequence[str]) -> Optional[str]:
-    """"paper" when every account is a paper account, "live" otherwise, None when there are none."""
+    """ "paper" when every account is a paper account, "live" otherwise, None when there are none."""
     if not accounts:
         return None
     if all(a.upper().startswith(PAPER_ACCOUNT_PREFIXES) for a in accounts):
@@ -29,6 +30,7 @@ def account_type(accounts: Sequence[str]) -> Optional[str]:
 @dataclass(frozen=True)
 class PortProbe:
     """What one port answered: the logged-in accounts, or why there was no usable answer."""
+
     port: int
     accounts: Tuple[str, ...] = ()
     failure: Optional[str] = None  # e.g. "not listening"
@@ -36,18 +38,19 @@ class PortProbe:
 
 @dataclass(frozen=True)
 class Decision:
-    port: Optional[int]              # the port to use; None when no port is acceptable
+    port: Optional[int]  # the port to use; None when no port is acceptable
     account_type: Optional[str]
-    findings: Tuple[str, ...]        # one line per port that was tried and not used
-    mismatch: bool                   # some TWS answered with the other account type
+    findings: Tuple[str, ...]  # one line per port that was tried and not used
+    mismatch: bool  # some TWS answered with the other account type
 
     @property
     def message(self) -> str:
         return "; ".join(self.findings)
 
 
-def candidate_ports(ib_port: Optional[int], mode: str,
-                    table: Optional[Dict[str, Sequence[int]]] = None) -> Tuple[int, ...]:
+def candidate_ports(
+    ib_port: Optional[int], mode: str, table: Optional[Dict[str, Sequence[int]]] = None
+) -> Tuple[int, ...]:
     if ib_port is not None:
         return (ib_port,)
     return tuple((table or CANDIDATE_PORTS)[mode])
@@ -67,14 +70,20 @@ def judge(probe: PortProbe, mode: str, mode_required: bool, mode_is_default: boo
         return f"port {probe.port}: TWS reported no account"
     if mode_required and found != mode:
         default = " (the default)" if mode_is_default else ""
-        return (f"port {probe.port}: TWS logged into {found.upper()} {_accounts_phrase(probe.accounts)}, "
-                f"but IB_MODE={mode}{default}")
+        return (
+            f"port {probe.port}: TWS logged into {found.upper()} {_accounts_phrase(probe.accounts)}, "
+            f"but IB_MODE={mode}{default}"
+        )
     return None
 
 
-def resolve_port(ib_port: Optional[int], mode: str, mode_explicit: bool,
-                 probe: Callable[[int], PortProbe],
-                 table: Optional[Dict[str, Sequence[int]]] = None) -> Decision:
+def resolve_port(
+    ib_port: Optional[int],
+    mode: str,
+    mode_explicit: bool,
+    probe: Callable[[int], PortProbe],
+    table: Optional[Dict[str, Sequence[int]]] = None,
+) -> Decision:
     """Probe the candidate ports in order and take the first acceptable one (5.1).
 
     IB_PORT set: only that port; its account type must match IB_MODE only when IB_MODE was set

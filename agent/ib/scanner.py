@@ -26,6 +26,7 @@ Choices worth knowing:
 - The underlying price (strikes_around, sell-scan OTM band and yields) is the quote's last, else
   its mid, else its close. Days to expiration count on the New York calendar date.
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -52,8 +53,8 @@ CLASS_TICKERS = {"SPXW": "SPX", "NDXP": "NDX", "RUTW": "RUT", "VIXW": "VIX"}
 # Where a US stock or ETF has its primary listing (an ambiguous symbol resolves to the one listed there)
 US_PRIMARY_EXCHANGES = ("NYSE", "NASDAQ", "ARCA", "AMEX", "BATS", "IEX")
 MISSING_TEXT = "No security definition has been found for the request"
-PRICE_FIELDS = ("bid", "ask", "last", "close")   # a quote with none of these and an error failed
-LOOKUP_THREADS = 4            # contract lookups (underlyings, listings) of one request in flight at once
+PRICE_FIELDS = ("bid", "ask", "last", "close")  # a quote with none of these and an error failed
+LOOKUP_THREADS = 4  # contract lookups (underlyings, listings) of one request in flight at once
 
 
 # The exchange's calendar. tzdata (a pinned requirement) supplies the zone where the OS has no
@@ -69,24 +70,31 @@ def new_york_date(now: float) -> dt.date:
 @dataclass(frozen=True)
 class _Underlying:
     """The one contract a ticker resolved to."""
+
     ticker: str
     con_id: int
-    sec_type: str                 # "STK" | "IND"
-    exchange: str                 # where it is quoted: SMART for a stock, its own for an index
+    sec_type: str  # "STK" | "IND"
+    exchange: str  # where it is quoted: SMART for a stock, its own for an index
     primary_exchange: str
-    listings: int                 # how many contracts TWS listed for the symbol (> 1: ambiguous)
+    listings: int  # how many contracts TWS listed for the symbol (> 1: ambiguous)
 
     def instrument(self) -> Instrument:
         return Instrument(self.ticker, self.sec_type, exchange=self.exchange, con_id=self.con_id)
 
     def describe(self) -> dict:
-        return {"con_id": self.con_id, "sec_type": self.sec_type, "exchange": self.exchange,
-                "primary_exchange": self.primary_exchange or None, "ambiguous": self.listings > 1}
+        return {
+            "con_id": self.con_id,
+            "sec_type": self.sec_type,
+            "exchange": self.exchange,
+            "primary_exchange": self.primary_exchange or None,
+            "ambiguous": self.listings > 1,
+        }
 
 
 @dataclass(frozen=True)
 class _OptionClass:
     """One tradingClass of an underlying on one exchange (e.g. SPX monthlies vs SPXW weeklies)."""
+
     name: str
     multiplier: int
     expirations: frozenset
@@ -118,15 +126,21 @@ class _Chain:
         """The `expirations` action's data: the standard classes (or `only` those); adjusted ones
         only named."""
         standard = tuple(only or ()) or self.selected(False) or self.classes
-        return {"ticker": self.ticker, "underlying_con_id": self.underlying.con_id,
-                "sec_type": self.underlying.sec_type, "underlying_contract": self.underlying.describe(),
-                "multiplier": self.main_class(only).multiplier,
-                "trading_classes": sorted(c.name for c in standard),
-                "expirations": sorted(set().union(*(c.expirations for c in standard))),
-                "strikes": sorted(set().union(*(c.strikes for c in standard))),
-                "adjusted_classes": [{"trading_class": c.name, "multiplier": c.multiplier,
-                                      "expirations": sorted(c.expirations)}
-                                     for c in self.classes if c.adjusted and c not in standard]}
+        return {
+            "ticker": self.ticker,
+            "underlying_con_id": self.underlying.con_id,
+            "sec_type": self.underlying.sec_type,
+            "underlying_contract": self.underlying.describe(),
+            "multiplier": self.main_class(only).multiplier,
+            "trading_classes": sorted(c.name for c in standard),
+            "expirations": sorted(set().union(*(c.expirations for c in standard))),
+            "strikes": sorted(set().union(*(c.strikes for c in standard))),
+            "adjusted_classes": [
+                {"trading_class": c.name, "multiplier": c.multiplier, "expirations": sorted(c.expirations)}
+                for c in self.classes
+                if c.adjusted and c not in standard
+            ],
+        }
 
     def main_class(self, only: Optional[Sequence[_OptionClass]] = None) -> _OptionClass:
         standard = tuple(only or ()) or self.selected(False) or self.classes
@@ -184,8 +198,13 @@ def sell_metrics(option: dict, price: float, today: dt.date) -> dict:
     else:
         otm_pct, basis = (strike - unit) / unit * 100, unit
     yield_pct = bid / basis * 100
-    return {"days": days, "otm_pct": round(otm_pct, 4), "premium": round(bid * option["multiplier"], 2),
-            "yield_pct": round(yield_pct, 4), "annualized_pct": round(yield_pct * 365 / max(days, 1), 4)}
+    return {
+        "days": days,
+        "otm_pct": round(otm_pct, 4),
+        "premium": round(bid * option["multiplier"], 2),
+        "yield_pct": round(yield_pct, 4),
+        "annualized_pct": round(yield_pct * 365 / max(days, 1), 4),
+    }
 
 
 def _public_quote(quote: dict) -> dict:
@@ -218,8 +237,14 @@ def _right(value: str) -> str:
 class Scanner:
     """Everything the relay asks of TWS market data; thread-safe, called from the worker pool."""
 
-    def __init__(self, conn, config, today: Optional[Callable[[], dt.date]] = None,
-                 clock: Callable[[], float] = time.monotonic, wall_clock: Callable[[], float] = time.time):
+    def __init__(
+        self,
+        conn,
+        config,
+        today: Optional[Callable[[], dt.date]] = None,
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
+    ):
         self._conn = conn
         self._timeout_s = config.request_timeout_s
         self.market = MarketData(conn, config)
@@ -237,8 +262,14 @@ class Scanner:
     def _contract_details(self, contract: Contract) -> list:
         """TWS's contract details rows for `contract`; none when it has no such contract (error 200)."""
         try:
-            return self._conn.call("reqContractDetails", self._conn.next_req_id(), contract,
-                                   rows=("contractDetails",), end="contractDetailsEnd", timeout=self._timeout_s)
+            return self._conn.call(
+                "reqContractDetails",
+                self._conn.next_req_id(),
+                contract,
+                rows=("contractDetails",),
+                end="contractDetailsEnd",
+                timeout=self._timeout_s,
+            )
         except AgentError as exc:
             if exc.code != NO_SECURITY_DEFINITION:
                 raise
@@ -250,7 +281,7 @@ class Scanner:
             if ticker in self._underlyings:
                 return self._underlyings[ticker]
         found = None
-        for sec_type in (("IND", "STK") if ticker in KNOWN_INDEXES else ("STK", "IND")):
+        for sec_type in ("IND", "STK") if ticker in KNOWN_INDEXES else ("STK", "IND"):
             contract = Contract()
             contract.symbol, contract.secType, contract.currency = ticker, sec_type, "USD"
             contract.exchange = "SMART" if sec_type == "STK" else ""
@@ -267,13 +298,21 @@ class Scanner:
     @staticmethod
     def _pick_listing(ticker: str, sec_type: str, details: list) -> _Underlying:
         """One contract of those TWS listed: for an ambiguous stock, the one on a US primary exchange."""
+
         def rank(d) -> int:
             primary = d.contract.primaryExchange
             return US_PRIMARY_EXCHANGES.index(primary) if primary in US_PRIMARY_EXCHANGES else len(US_PRIMARY_EXCHANGES)
+
         chosen = min(details, key=rank).contract
         exchange = "SMART" if sec_type == "STK" else (chosen.exchange or chosen.primaryExchange)
-        return _Underlying(ticker, chosen.conId, sec_type, exchange, chosen.primaryExchange or "",
-                           len({d.contract.conId for d in details}))
+        return _Underlying(
+            ticker,
+            chosen.conId,
+            sec_type,
+            exchange,
+            chosen.primaryExchange or "",
+            len({d.contract.conId for d in details}),
+        )
 
     def _chain(self, ticker: str, exchange: str) -> _Chain:
         key = (ticker, exchange)
@@ -282,16 +321,30 @@ class Scanner:
         if chain is not None and self._clock() - chain.fetched_at < CHAIN_CACHE_S:
             return chain
         underlying = self._underlying(ticker)
-        rows = self._conn.call("reqSecDefOptParams", self._conn.next_req_id(), ticker, "", underlying.sec_type,
-                               underlying.con_id, rows=("securityDefinitionOptionParameter",),
-                               end="securityDefinitionOptionParameterEnd", timeout=self._timeout_s)
+        rows = self._conn.call(
+            "reqSecDefOptParams",
+            self._conn.next_req_id(),
+            ticker,
+            "",
+            underlying.sec_type,
+            underlying.con_id,
+            rows=("securityDefinitionOptionParameter",),
+            end="securityDefinitionOptionParameterEnd",
+            timeout=self._timeout_s,
+        )
         classes = []
         for row_exchange, _con_id, trading_class, multiplier, expirations, strikes in rows:
             if row_exchange == exchange:
                 multiplier = int(float(multiplier or DEFAULT_MULTIPLIER))
-                classes.append(_OptionClass(trading_class, multiplier, frozenset(expirations),
-                                            frozenset(float(s) for s in strikes),
-                                            is_adjusted_class(ticker, trading_class, multiplier)))
+                classes.append(
+                    _OptionClass(
+                        trading_class,
+                        multiplier,
+                        frozenset(expirations),
+                        frozenset(float(s) for s in strikes),
+                        is_adjusted_class(ticker, trading_class, multiplier),
+                    )
+                )
         if not classes:
             raise AgentError(NO_SECURITY_DEFINITION, f"TWS lists no options for {ticker} on {exchange}")
         chain = _Chain(underlying, exchange, tuple(classes), self._clock())
@@ -314,8 +367,7 @@ class Scanner:
         with self._lock:
             return self._chains.get((ticker, exchange))
 
-    def _listing(self, chain: _Chain, expiration: str, right: str,
-                 classes: Sequence[_OptionClass]) -> List[Instrument]:
+    def _listing(self, chain: _Chain, expiration: str, right: str, classes: Sequence[_OptionClass]) -> List[Instrument]:
         """Exactly the contracts TWS lists for one expiration of these classes (and right, "" for
         both): one reqContractDetails, or none when today's cache covers it."""
         names = {c.name for c in classes}
@@ -328,30 +380,51 @@ class Scanner:
             contract.right, contract.tradingClass = right, class_filter
             with self._lock:
                 self._counts["listing_requests"] += 1
-            rows = self._contract_details(contract)   # none: nothing listed (any more) for that expiration
-            cached = tuple(sorted((self._listed(chain, row[0].contract) for row in rows),
-                                  key=lambda i: (i.trading_class, i.strike, i.right)))
+            rows = self._contract_details(contract)  # none: nothing listed (any more) for that expiration
+            cached = tuple(
+                sorted(
+                    (self._listed(chain, row[0].contract) for row in rows),
+                    key=lambda i: (i.trading_class, i.strike, i.right),
+                )
+            )
             with self._lock:
-                self._listings[(chain.ticker, chain.exchange, expiration, class_filter, right)] = \
-                    (self._today(), cached)
+                self._listings[(chain.ticker, chain.exchange, expiration, class_filter, right)] = (
+                    self._today(),
+                    cached,
+                )
         return [i for i in cached if i.trading_class in names and (not right or i.right == right)]
 
-    def _listings_of(self, chain: _Chain, expirations: Sequence[str], right: str,
-                     classes: Sequence[_OptionClass]) -> List[List[Instrument]]:
+    def _listings_of(
+        self, chain: _Chain, expirations: Sequence[str], right: str, classes: Sequence[_OptionClass]
+    ) -> List[List[Instrument]]:
         """The listing of each expiration, in order; the lookups run side by side (each is one
         paced message, but TWS takes a moment to answer one for a big expiration)."""
-        return _in_parallel(lambda e: self._listing(chain, e, right, [c for c in classes if e in c.expirations]),
-                            expirations)
+        return _in_parallel(
+            lambda e: self._listing(chain, e, right, [c for c in classes if e in c.expirations]), expirations
+        )
 
     def _listed(self, chain: _Chain, c: Contract) -> Instrument:
         multiplier = int(float(c.multiplier or DEFAULT_MULTIPLIER))
         option_class = chain.class_named(c.tradingClass)
-        adjusted = option_class.adjusted if option_class else is_adjusted_class(chain.ticker, c.tradingClass, multiplier)
-        return Instrument(chain.ticker, "OPT", c.lastTradeDateOrContractMonth[:8], float(c.strike), _right(c.right),
-                          c.tradingClass, chain.exchange, multiplier, con_id=c.conId, adjusted=adjusted)
+        adjusted = (
+            option_class.adjusted if option_class else is_adjusted_class(chain.ticker, c.tradingClass, multiplier)
+        )
+        return Instrument(
+            chain.ticker,
+            "OPT",
+            c.lastTradeDateOrContractMonth[:8],
+            float(c.strike),
+            _right(c.right),
+            c.tradingClass,
+            chain.exchange,
+            multiplier,
+            con_id=c.conId,
+            adjusted=adjusted,
+        )
 
-    def _cached_listing(self, ticker: str, exchange: str, expiration: str, class_filter: str,
-                        right: str) -> Optional[Tuple[Instrument, ...]]:
+    def _cached_listing(
+        self, ticker: str, exchange: str, expiration: str, class_filter: str, right: str
+    ) -> Optional[Tuple[Instrument, ...]]:
         """Today's listing that covers this class and right filter (a wider one does), else None."""
         today = self._today()
         with self._lock:
@@ -369,26 +442,35 @@ class Scanner:
         exchange = contract.get("exchange") or "SMART"
         expiration, strike, right = str(contract["expiration"]), float(contract["strike"]), _right(contract["right"])
         trading_class = contract.get("trading_class") or ""
-        if ticker in CLASS_TICKERS:         # SPXW 20300118 5000 P: SPX's option of class SPXW
+        if ticker in CLASS_TICKERS:  # SPXW 20300118 5000 P: SPX's option of class SPXW
             ticker, trading_class = CLASS_TICKERS[ticker], trading_class or ticker
         multiplier, adjusted = DEFAULT_MULTIPLIER, False
-        chain = self._cached_chain(ticker, exchange)     # used when known; never looked up per contract
+        chain = self._cached_chain(ticker, exchange)  # used when known; never looked up per contract
         if chain is not None:
             option_class = chain.class_named(trading_class) if trading_class else chain.class_for(expiration, strike)
             if option_class is not None:
                 trading_class, multiplier, adjusted = option_class.name, option_class.multiplier, option_class.adjusted
-        instrument = Instrument(ticker, "OPT", expiration, strike, right, trading_class, exchange, multiplier,
-                                adjusted=adjusted)
+        instrument = Instrument(
+            ticker, "OPT", expiration, strike, right, trading_class, exchange, multiplier, adjusted=adjusted
+        )
         listed = self._cached_listing(ticker, exchange, expiration, trading_class, right)
         if listed is None:
             return instrument
-        matches = [i for i in listed if abs(i.strike - strike) < 1e-9 and i.right == right
-                   and (not trading_class or i.trading_class == trading_class)]
+        matches = [
+            i
+            for i in listed
+            if abs(i.strike - strike) < 1e-9
+            and i.right == right
+            and (not trading_class or i.trading_class == trading_class)
+        ]
         if not matches:
             with self._lock:
                 self._counts["unlisted_answered"] += 1
-            return _missing(instrument, f"TWS lists no {ticker} {expiration} {strike:g} {right}"
-                                        + (f" in class {trading_class}" if trading_class else ""))
+            return _missing(
+                instrument,
+                f"TWS lists no {ticker} {expiration} {strike:g} {right}"
+                + (f" in class {trading_class}" if trading_class else ""),
+            )
         return next((i for i in matches if i.trading_class == ticker), matches[0]) if len(matches) > 1 else matches[0]
 
     def _underlying_instrument(self, ticker: str) -> Instrument:
@@ -413,10 +495,12 @@ class Scanner:
     def get_option_data(self, contract: dict) -> dict:
         return self.get_option_data_batch([contract])[0]
 
-    def get_option_data_batch(self, contracts: Sequence[dict], want_open_interest: bool = False,
-                              progress=None, cancel=None) -> List[dict]:
-        return self._fetch_options([self._option_instrument(c) for c in contracts], [], want_open_interest,
-                                   progress, cancel)[0]
+    def get_option_data_batch(
+        self, contracts: Sequence[dict], want_open_interest: bool = False, progress=None, cancel=None
+    ) -> List[dict]:
+        return self._fetch_options(
+            [self._option_instrument(c) for c in contracts], [], want_open_interest, progress, cancel
+        )[0]
 
     def fetch_option_chain(self, ticker: str, filters: Optional[dict] = None, progress=None, cancel=None) -> dict:
         started = self._clock()
@@ -441,17 +525,24 @@ class Scanner:
                 strikes = set(strikes_around(strikes, unit, int(filters["strikes_around"])))
             allowed[option_class.name] = strikes
         rights = [_right(r) for r in (filters.get("rights") or RIGHTS)]
-        instruments = [i for listing in self._listings_of(chain, expirations, rights[0] if len(rights) == 1 else "",
-                                                          classes)
-                       for i in listing if i.strike in allowed[i.trading_class] and i.right in rights]
-        extra = [] if underlying is not None else [chain.underlying.instrument()]   # streams with the options
+        instruments = [
+            i
+            for listing in self._listings_of(chain, expirations, rights[0] if len(rights) == 1 else "", classes)
+            for i in listing
+            if i.strike in allowed[i.trading_class] and i.right in rights
+        ]
+        extra = [] if underlying is not None else [chain.underlying.instrument()]  # streams with the options
         options, quotes = self._fetch_options(instruments, extra, True, progress, cancel)
         if underlying is None:
             underlying = quotes[0]
-        return {"ticker": ticker, "underlying": _public_quote(underlying),
-                "underlying_contract": chain.underlying.describe(), "expirations": expirations,
-                "options": [o for o in options if not _is_missing_contract(o)],
-                "elapsed_ms": int((self._clock() - started) * 1000)}
+        return {
+            "ticker": ticker,
+            "underlying": _public_quote(underlying),
+            "underlying_contract": chain.underlying.describe(),
+            "expirations": expirations,
+            "options": [o for o in options if not _is_missing_contract(o)],
+            "elapsed_ms": int((self._clock() - started) * 1000),
+        }
 
     # --- public: the other actions ---------------------------------------------------------------------
 
@@ -467,7 +558,7 @@ class Scanner:
             if result["error"] and not any(result.get(k) is not None for k in PRICE_FIELDS):
                 error = dict(result["error"])
                 if lookup_error is not None and lookup_error.code == error["code"]:
-                    error["message"] = lookup_error.message     # it says which ticker
+                    error["message"] = lookup_error.message  # it says which ticker
                 errors[name] = error
             else:
                 quotes[name] = _public_quote(result)
@@ -482,35 +573,52 @@ class Scanner:
         started = self._clock()
         wanted = [self._option_instrument(c) for c in contracts]
         tickers = list(dict.fromkeys(CLASS_TICKERS.get(t, t) for t in (c["ticker"].strip().upper() for c in contracts)))
-        options, quotes = self._fetch_options(wanted, _in_parallel(self._underlying_instrument, tickers), False,
-                                              progress, cancel)
-        return {"options": options,
-                "underlyings": {t: _public_quote(q) for t, q in zip(tickers, quotes)},
-                "elapsed_ms": int((self._clock() - started) * 1000)}
+        options, quotes = self._fetch_options(
+            wanted, _in_parallel(self._underlying_instrument, tickers), False, progress, cancel
+        )
+        return {
+            "options": options,
+            "underlyings": {t: _public_quote(q) for t, q in zip(tickers, quotes)},
+            "elapsed_ms": int((self._clock() - started) * 1000),
+        }
 
-    def sell_scan(self, ticker: str, right: str, min_days: int = 0, max_days: int = 60,
-                  otm_min_pct: float = 0, otm_max_pct: float = 20, progress=None, cancel=None,
-                  include_adjusted: bool = False) -> dict:
+    def sell_scan(
+        self,
+        ticker: str,
+        right: str,
+        min_days: int = 0,
+        max_days: int = 60,
+        otm_min_pct: float = 0,
+        otm_max_pct: float = 20,
+        progress=None,
+        cancel=None,
+        include_adjusted: bool = False,
+    ) -> dict:
         ticker, right = ticker.strip().upper(), _right(right)
         chain, classes = self._chain_for(ticker, "SMART", include_adjusted)
         today = self._today()
         underlying = self._quote_one(chain.underlying.instrument(), cancel)
         price = self._require_price(ticker, underlying)
         expirations = self._select_expirations(classes, {"min_days": min_days, "max_days": max_days}, today)
-        sign = -1 if right == "P" else 1    # OTM puts sit below the price, calls above
+        sign = -1 if right == "P" else 1  # OTM puts sit below the price, calls above
 
         def in_band(i: Instrument) -> bool:
             unit = unit_price(price, i.multiplier, i.adjusted)
             return otm_min_pct <= sign * (i.strike - unit) / unit * 100 <= otm_max_pct
 
-        instruments = [i for listing in self._listings_of(chain, expirations, right, classes)
-                       for i in listing if in_band(i)]
+        instruments = [
+            i for listing in self._listings_of(chain, expirations, right, classes) for i in listing if in_band(i)
+        ]
         options, _ = self._fetch_options(instruments, [], False, progress, cancel)
-        candidates = [dict(o, **sell_metrics(o, price, today)) for o in options
-                      if o["error"] is None and o["bid"] is not None]
+        candidates = [
+            dict(o, **sell_metrics(o, price, today)) for o in options if o["error"] is None and o["bid"] is not None
+        ]
         candidates.sort(key=lambda c: c["annualized_pct"], reverse=True)
-        return {"underlying": _public_quote(underlying), "underlying_contract": chain.underlying.describe(),
-                "candidates": candidates}
+        return {
+            "underlying": _public_quote(underlying),
+            "underlying_contract": chain.underlying.describe(),
+            "candidates": candidates,
+        }
 
     def stats(self) -> dict:
         with self._lock:
@@ -523,8 +631,9 @@ class Scanner:
 
     # --- helpers ------------------------------------------------------------------------------------------
 
-    def _fetch_options(self, wanted: Sequence, extra: Sequence[Instrument], want_open_interest: bool,
-                       progress, cancel) -> Tuple[List[dict], List[dict]]:
+    def _fetch_options(
+        self, wanted: Sequence, extra: Sequence[Instrument], want_open_interest: bool, progress, cancel
+    ) -> Tuple[List[dict], List[dict]]:
         """Stream the wanted options (Instruments; an OPTION already answered stays as it is) and
         the extra instruments after them: (OPTIONs in order, results of the extras)."""
         streamed = [w for w in wanted if isinstance(w, Instrument)]
@@ -533,7 +642,7 @@ class Scanner:
         for w in wanted:
             if isinstance(w, Instrument):
                 option = next(results)
-                if w.con_id:            # a shared stream may have been started without the listing's facts
+                if w.con_id:  # a shared stream may have been started without the listing's facts
                     option["con_id"], option["adjusted"] = w.con_id, w.adjusted
                 options.append(option)
             else:
@@ -548,9 +657,11 @@ class Scanner:
         price = underlying_price(quote)
         if price is None:
             error = quote.get("error") or {}
-            raise AgentError(error.get("code", IB_ERROR),
-                             f"no price for {ticker} from TWS" + (f": {error['message']}" if error else ""),
-                             error.get("ib_code"))
+            raise AgentError(
+                error.get("code", IB_ERROR),
+                f"no price for {ticker} from TWS" + (f": {error['message']}" if error else ""),
+                error.get("ib_code"),
+            )
         return price
 
     @staticmethod
@@ -559,5 +670,8 @@ class Scanner:
         if filters.get("expirations"):
             listed &= {str(e) for e in filters["expirations"]}
         low, high = filters.get("min_days"), filters.get("max_days")
-        return sorted(e for e in listed
-                      if (low is None or days_to(e, today) >= low) and (high is None or days_to(e, today) <= high))
+        return sorted(
+            e
+            for e in listed
+            if (low is None or days_to(e, today) >= low) and (high is None or days_to(e, today) <= high)
+        )

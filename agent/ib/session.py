@@ -3,9 +3,9 @@ the back-pressure gate) and ibapi's client and wrapper in one object (_TwsSessio
 pacing every message out, turning ibapi's swallowed request errors into raised ones, and forwarding
 every callback to its owner IBConnection). ib_connection owns the registry, routing and reconnecting.
 """
+
 from __future__ import annotations
 
-import logging
 import socket
 import threading
 import time
@@ -37,30 +37,92 @@ READ_POLL_S = 0.5
 # the limiter counts them in its window from then on (MessageLimiter.backlog): never a burst above
 # the pacing limit. The socket's own buffers cannot do this: on loopback they hold minutes of requests.
 UNANSWERED_MAX = 10
-BACKLOG_AFTER_S = 0.25        # a wait this long means TWS read the waiting messages late: re-count them
+BACKLOG_AFTER_S = 0.25  # a wait this long means TWS read the waiting messages late: re-count them
 
 # Callbacks whose first argument is a reqId / tickerId / orderId.
 ID_CALLBACKS = (
-    "marketDataType", "tickPrice", "tickSize", "tickSnapshotEnd", "tickGeneric", "tickString", "tickEFP",
-    "tickOptionComputation", "tickReqParams", "tickNews", "tickByTickAllLast", "tickByTickBidAsk",
-    "tickByTickMidPoint", "rerouteMktDataReq", "rerouteMktDepthReq", "updateMktDepth", "updateMktDepthL2",
-    "orderStatus", "openOrder", "execDetails", "execDetailsEnd",
-    "contractDetails", "bondContractDetails", "contractDetailsEnd", "symbolSamples",
-    "securityDefinitionOptionParameter", "securityDefinitionOptionParameterEnd", "smartComponents",
-    "accountSummary", "accountSummaryEnd", "positionMulti", "positionMultiEnd",
-    "accountUpdateMulti", "accountUpdateMultiEnd", "pnl", "pnlSingle",
-    "historicalData", "historicalDataEnd", "historicalDataUpdate", "historicalSchedule", "realtimeBar",
-    "headTimestamp", "histogramData", "historicalTicks", "historicalTicksBidAsk", "historicalTicksLast",
-    "scannerData", "scannerDataEnd", "deltaNeutralValidation", "softDollarTiers",
-    "newsArticle", "historicalNews", "historicalNewsEnd", "displayGroupList", "displayGroupUpdated",
-    "replaceFAEnd", "wshMetaData", "wshEventData", "userInfo",
+    "marketDataType",
+    "tickPrice",
+    "tickSize",
+    "tickSnapshotEnd",
+    "tickGeneric",
+    "tickString",
+    "tickEFP",
+    "tickOptionComputation",
+    "tickReqParams",
+    "tickNews",
+    "tickByTickAllLast",
+    "tickByTickBidAsk",
+    "tickByTickMidPoint",
+    "rerouteMktDataReq",
+    "rerouteMktDepthReq",
+    "updateMktDepth",
+    "updateMktDepthL2",
+    "orderStatus",
+    "openOrder",
+    "execDetails",
+    "execDetailsEnd",
+    "contractDetails",
+    "bondContractDetails",
+    "contractDetailsEnd",
+    "symbolSamples",
+    "securityDefinitionOptionParameter",
+    "securityDefinitionOptionParameterEnd",
+    "smartComponents",
+    "accountSummary",
+    "accountSummaryEnd",
+    "positionMulti",
+    "positionMultiEnd",
+    "accountUpdateMulti",
+    "accountUpdateMultiEnd",
+    "pnl",
+    "pnlSingle",
+    "historicalData",
+    "historicalDataEnd",
+    "historicalDataUpdate",
+    "historicalSchedule",
+    "realtimeBar",
+    "headTimestamp",
+    "histogramData",
+    "historicalTicks",
+    "historicalTicksBidAsk",
+    "historicalTicksLast",
+    "scannerData",
+    "scannerDataEnd",
+    "deltaNeutralValidation",
+    "softDollarTiers",
+    "newsArticle",
+    "historicalNews",
+    "historicalNewsEnd",
+    "displayGroupList",
+    "displayGroupUpdated",
+    "replaceFAEnd",
+    "wshMetaData",
+    "wshEventData",
+    "userInfo",
 )
 # Callbacks without an id: listeners only.
 PLAIN_CALLBACKS = (
-    "openOrderEnd", "orderBound", "completedOrder", "completedOrdersEnd", "commissionAndFeesReport",
-    "position", "positionEnd", "updateAccountValue", "updatePortfolio", "updateAccountTime",
-    "accountDownloadEnd", "currentTime", "currentTimeInMillis", "updateNewsBulletin", "receiveFA",
-    "scannerParameters", "familyCodes", "mktDepthExchanges", "newsProviders", "marketRule",
+    "openOrderEnd",
+    "orderBound",
+    "completedOrder",
+    "completedOrdersEnd",
+    "commissionAndFeesReport",
+    "position",
+    "positionEnd",
+    "updateAccountValue",
+    "updatePortfolio",
+    "updateAccountTime",
+    "accountDownloadEnd",
+    "currentTime",
+    "currentTimeInMillis",
+    "updateNewsBulletin",
+    "receiveFA",
+    "scannerParameters",
+    "familyCodes",
+    "mktDepthExchanges",
+    "newsProviders",
+    "marketRule",
 )
 _CLIENT_ID_TAKEN = "client id in use"
 
@@ -76,8 +138,8 @@ class _TwsSocket:
         self._send_lock = threading.Lock()
         self._open = True
         self.last_received = time.monotonic()
-        self._drained = threading.Condition()    # guards _unanswered / _probe_asked
-        self._unanswered = 0                     # messages let out since TWS last sent anything
+        self._drained = threading.Condition()  # guards _unanswered / _probe_asked
+        self._unanswered = 0  # messages let out since TWS last sent anything
         self._probe_asked = False
 
     def wait_drained(self, ask_probe: Callable[[], None]) -> Optional[int]:
@@ -168,9 +230,9 @@ class _TwsSession(EWrapper, EClient):
         self._settled = threading.Event()  # accounts and order id in, or 326, or closed
         self._open_lock = threading.Lock()
         self._run_thread: Optional[threading.Thread] = None
-        self._request = threading.local()   # the request call() in progress on this thread
-        self._bypass = threading.local()    # the probe passes the back-pressure gate
-        self._ready_to_gate = False         # the gate starts after the handshake (TWS says little before)
+        self._request = threading.local()  # the request call() in progress on this thread
+        self._bypass = threading.local()  # the probe passes the back-pressure gate
+        self._ready_to_gate = False  # the gate starts after the handshake (TWS says little before)
 
     # -- requests: the only way out to the socket ------------------------------------------------
     def request(self, method: str, *args) -> None:
@@ -200,8 +262,11 @@ class _TwsSession(EWrapper, EClient):
             except OSError:
                 raise self._send_failed(AgentError(IB_NOT_CONNECTED, "The connection to TWS closed")) from None
             if backlog:
-                log.warning("TWS read nothing for a while; %s %s waiting for it",
-                            agent_log.plural(backlog, "message"), "was" if backlog == 1 else "were")
+                log.warning(
+                    "TWS read nothing for a while; %s %s waiting for it",
+                    agent_log.plural(backlog, "message"),
+                    "was" if backlog == 1 else "were",
+                )
                 self._owner.limiter.backlog(backlog)
         if self._owner.limiter.acquire(self.closed) is None:
             raise self._send_failed(AgentError(IB_NOT_CONNECTED, "The connection to TWS closed"))
@@ -227,7 +292,7 @@ class _TwsSession(EWrapper, EClient):
         try:
             send(msgId, msg)
         except OSError:
-            raise self._send_failed(AgentError(IB_NOT_CONNECTED, "The connection to TWS broke while sending"))
+            raise self._send_failed(AgentError(IB_NOT_CONNECTED, "The connection to TWS broke while sending")) from None
 
     # -- connecting ------------------------------------------------------------------------------
     def open(self, connect_timeout: float, handshake_timeout: float) -> Optional[str]:
@@ -264,8 +329,9 @@ class _TwsSession(EWrapper, EClient):
         self.reader = reader.EReader(self.conn, self.msg_queue)
         self.reader.daemon = True
         self.reader.start()
-        self._run_thread = threading.Thread(target=self._run_until_closed, daemon=True,
-                                            name=f"ib-reader-{self.address[1]}")
+        self._run_thread = threading.Thread(
+            target=self._run_until_closed, daemon=True, name=f"ib-reader-{self.address[1]}"
+        )
         self._run_thread.start()
         try:
             self.request("startApi")
@@ -359,6 +425,7 @@ class _TwsSession(EWrapper, EClient):
 def _forwarder(name: str, route: str):
     def callback(self: _TwsSession, *args):
         getattr(self._owner, route)(self, name, args)
+
     callback.__name__ = callback.__qualname__ = name
     return callback
 

@@ -8,6 +8,7 @@ IB's sentinels never leave this module (DESIGN.md 4: missing numbers are null):
 - greeks: implied vol < 0, delta outside [-1, 1] (the -2 sentinel), gamma/vega < 0, theta -2,
   und price <= 0 -> None (ibapi already turns some of these into None; both forms are handled).
 """
+
 from __future__ import annotations
 
 import math
@@ -20,14 +21,21 @@ DATA_TYPE_NAMES = {1: "live", 2: "frozen", 3: "delayed", 4: "delayed-frozen"}
 DATA_TYPE_IDS = {name: number for number, name in DATA_TYPE_NAMES.items()}
 
 # tickPrice type -> field; the delayed twin of a tick feeds the same field.
-PRICE_TICKS = {1: "bid", 2: "ask", 4: "last", 9: "close",
-               66: "bid", 67: "ask", 68: "last", 75: "close"}
+PRICE_TICKS = {1: "bid", 2: "ask", 4: "last", 9: "close", 66: "bid", 67: "ask", 68: "last", 75: "close"}
 # tickSize type -> field. 27-30 are the option's open interest / volume (generic ticks 101 / 100),
 # sent as a call and a put figure: the one matching the option's right is the option's own.
-SIZE_TICKS = {0: "bid_size", 3: "ask_size", 8: "volume",
-              69: "bid_size", 70: "ask_size", 74: "volume",
-              27: "call_open_interest", 28: "put_open_interest",
-              29: "call_volume", 30: "put_volume"}
+SIZE_TICKS = {
+    0: "bid_size",
+    3: "ask_size",
+    8: "volume",
+    69: "bid_size",
+    70: "ask_size",
+    74: "volume",
+    27: "call_open_interest",
+    28: "put_open_interest",
+    29: "call_volume",
+    30: "put_volume",
+}
 # tickGeneric types kept: none for now. Tick 24 (generic tick 106) is the *underlying's* 30-day
 # implied volatility even on an option's stream, so an OPTION's implied_vol never comes from it:
 # it comes from the option's own model computation (tickOptionComputation 13 / delayed 83).
@@ -44,7 +52,7 @@ COMPLETION_RULES = {
     "option": ("bid", "ask", "model_greeks"),
     "option+oi": ("bid", "ask", "model_greeks", "open_interest"),
     "stock": ("bid", "ask", "last"),
-    "index": ("last", "close"),      # an index has a value and a close, never a bid or an ask
+    "index": ("last", "close"),  # an index has a value and a close, never a bid or an ask
 }
 
 _UNSET_DOUBLE = sys.float_info.max
@@ -54,18 +62,19 @@ _UNSET_SIZES = (2**31 - 1, 2**63 - 1, 2**127 - 1, -(2**63))
 @dataclass(frozen=True)
 class Instrument:
     """One thing a market-data line can stream; also the key shared and warm subscriptions go by."""
+
     ticker: str
-    sec_type: str = "STK"            # "STK", "IND" (exchange: the index's own, e.g. CBOE) or "OPT"
-    expiration: str = ""             # YYYYMMDD (options)
+    sec_type: str = "STK"  # "STK", "IND" (exchange: the index's own, e.g. CBOE) or "OPT"
+    expiration: str = ""  # YYYYMMDD (options)
     strike: float = 0.0
-    right: str = ""                  # "C" / "P"
+    right: str = ""  # "C" / "P"
     trading_class: str = ""
     exchange: str = "SMART"
-    multiplier: int = 100            # options only
+    multiplier: int = 100  # options only
     # Known from contract details (0 = not looked up). Not part of the key: the other fields name
     # the same contract, so a request with and one without the conId share one subscription.
     con_id: int = field(default=0, compare=False)
-    adjusted: bool = field(default=False, compare=False)   # an adjusted class (deliverable not 100 shares)
+    adjusted: bool = field(default=False, compare=False)  # an adjusted class (deliverable not 100 shares)
 
     @property
     def is_option(self) -> bool:
@@ -120,9 +129,16 @@ def _theta(value: Any) -> Optional[float]:
 
 
 # tickOptionComputation argument (after reqId, tickType, tickAttrib) -> (field, cleaner)
-_COMPUTATION_ARGS = (("implied_vol", _non_negative), ("delta", _delta), (None, None), (None, None),
-                     ("gamma", _non_negative), ("vega", _non_negative), ("theta", _theta),
-                     ("und_price", clean_price))
+_COMPUTATION_ARGS = (
+    ("implied_vol", _non_negative),
+    ("delta", _delta),
+    (None, None),
+    (None, None),
+    ("gamma", _non_negative),
+    ("vega", _non_negative),
+    ("theta", _theta),
+    ("und_price", clean_price),
+)
 
 
 def _mid(bid: Optional[float], ask: Optional[float]) -> Optional[float]:
@@ -137,9 +153,9 @@ class TickBook:
 
     def __init__(self, instrument: Instrument):
         self.instrument = instrument
-        self.fields: Dict[str, Any] = {}          # field -> cleaned value; None = arrived, no value
+        self.fields: Dict[str, Any] = {}  # field -> cleaned value; None = arrived, no value
         self.computations: Dict[int, Dict[str, Optional[float]]] = {}
-        self.data_type: Optional[int] = None      # from the marketDataType callback
+        self.data_type: Optional[int] = None  # from the marketDataType callback
         # Set by the line's owner when TWS will not send these on this stream: no model greeks after
         # a 10090/10091 notice (the underlying's data is not subscribed), no open interest when the
         # stream was asked without generic ticks (delayed data takes none). Completion then waits no more.
@@ -176,9 +192,9 @@ class TickBook:
             return False
         self._note_tick_type(tick_type)
         values = {}
-        for (field, clean), raw in zip(_COMPUTATION_ARGS, args[2:]):
-            if field:
-                values[field] = clean(raw)
+        for (name, clean), raw in zip(_COMPUTATION_ARGS, args[2:]):
+            if name:
+                values[name] = clean(raw)
         self.computations[tick_type] = values
         return True
 
@@ -235,11 +251,20 @@ class TickBook:
         """QUOTE (DESIGN.md 4) plus `error`, which the scanner reads and takes off before answering
         (the QUOTE shape has no error: a failed quote is all nulls)."""
         f = self.fields
-        return {"ticker": self.instrument.ticker, "sec_type": self.instrument.sec_type,
-                "bid": f.get("bid"), "ask": f.get("ask"),
-                "last": f.get("last"), "close": f.get("close"), "mid": _mid(f.get("bid"), f.get("ask")),
-                "bid_size": f.get("bid_size"), "ask_size": f.get("ask_size"), "volume": f.get("volume"),
-                "market_data_type": self.market_data_type(), "error": error}
+        return {
+            "ticker": self.instrument.ticker,
+            "sec_type": self.instrument.sec_type,
+            "bid": f.get("bid"),
+            "ask": f.get("ask"),
+            "last": f.get("last"),
+            "close": f.get("close"),
+            "mid": _mid(f.get("bid"), f.get("ask")),
+            "bid_size": f.get("bid_size"),
+            "ask_size": f.get("ask_size"),
+            "volume": f.get("volume"),
+            "market_data_type": self.market_data_type(),
+            "error": error,
+        }
 
     def option(self, complete: bool, error: Optional[dict] = None) -> dict:
         """OPTION (DESIGN.md 4)."""
@@ -248,17 +273,33 @@ class TickBook:
         if volume is None:
             volume = f.get(self._by_right("volume"))
         implied_vol = self.greek("implied_vol")
-        return {"ticker": inst.ticker, "expiration": inst.expiration, "strike": inst.strike,
-                "right": inst.right, "trading_class": inst.trading_class or None,
-                "multiplier": inst.multiplier, "con_id": inst.con_id or None, "adjusted": inst.adjusted,
-                "bid": f.get("bid"), "ask": f.get("ask"), "last": f.get("last"),
-                "mid": _mid(f.get("bid"), f.get("ask")),
-                "bid_size": f.get("bid_size"), "ask_size": f.get("ask_size"), "volume": volume,
-                "open_interest": f.get(self._by_right("open_interest")),
-                "implied_vol": implied_vol, "delta": self.greek("delta"), "gamma": self.greek("gamma"),
-                "theta": self.greek("theta"), "vega": self.greek("vega"),
-                "und_price": self.greek("und_price"), "market_data_type": self.market_data_type(),
-                "complete": complete, "error": error}
+        return {
+            "ticker": inst.ticker,
+            "expiration": inst.expiration,
+            "strike": inst.strike,
+            "right": inst.right,
+            "trading_class": inst.trading_class or None,
+            "multiplier": inst.multiplier,
+            "con_id": inst.con_id or None,
+            "adjusted": inst.adjusted,
+            "bid": f.get("bid"),
+            "ask": f.get("ask"),
+            "last": f.get("last"),
+            "mid": _mid(f.get("bid"), f.get("ask")),
+            "bid_size": f.get("bid_size"),
+            "ask_size": f.get("ask_size"),
+            "volume": volume,
+            "open_interest": f.get(self._by_right("open_interest")),
+            "implied_vol": implied_vol,
+            "delta": self.greek("delta"),
+            "gamma": self.greek("gamma"),
+            "theta": self.greek("theta"),
+            "vega": self.greek("vega"),
+            "und_price": self.greek("und_price"),
+            "market_data_type": self.market_data_type(),
+            "complete": complete,
+            "error": error,
+        }
 
     def result(self, complete: bool, error: Optional[dict] = None) -> dict:
         """The OPTION or QUOTE this instrument is answered with."""

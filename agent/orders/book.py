@@ -6,6 +6,7 @@ unfinished (ib_orders): open orders of all clients, today's completed orders, th
 of the last LOOKBACK_DAYS days, each matched by orderRef. It only reads; nothing here sends an
 order or a cancel.
 """
+
 from __future__ import annotations
 
 import math
@@ -19,13 +20,14 @@ from ibapi.server_versions import MIN_SERVER_VER_PARAMETRIZED_DAYS_OF_EXECUTIONS
 from agent.orders import guard as order_guard
 
 _UNSET_DOUBLE = 1.7976931348623157e308
-LOOKBACK_DAYS = 7         # executions asked for when looking for a request's order in TWS
+LOOKBACK_DAYS = 7  # executions asked for when looking for a request's order in TWS
 # Statuses after which an order can no longer be cancelled (TWS answers a cancel with 161). An
 # Inactive order (rejected after it was accepted) is still listed and can still be cancelled.
 FINAL_STATUSES = frozenset(("Filled", "Cancelled", "ApiCancelled"))
 
 
 # --- IB values -> relay values (sentinels -> None) ---------------------------------------------
+
 
 def number(value: Any) -> Optional[float]:
     try:
@@ -47,8 +49,9 @@ def quantity(value: Any) -> Optional[float]:
 def _expiration(contract: Contract) -> Optional[str]:
     """The expiration of anything that expires (options, futures, futures options) as TWS gives it:
     YYYYMMDD, or YYYYMM for a contract month; a time TWS may append is dropped."""
-    value = ((contract.lastTradeDateOrContractMonth or "").strip()
-             or (getattr(contract, "lastTradeDate", "") or "").strip())
+    value = (contract.lastTradeDateOrContractMonth or "").strip() or (
+        getattr(contract, "lastTradeDate", "") or ""
+    ).strip()
     return value.split()[0] if value else None
 
 
@@ -70,12 +73,21 @@ def contract_dict(contract: Contract) -> dict:
 
 def order_row(order_id: Optional[int], contract: Contract, order: Order, state) -> dict:
     return {
-        "order_id": order_id, "perm_id": order.permId or None, "client_id": order.clientId,
-        "account": order.account or None, "contract": contract_dict(contract),
-        "action": order.action, "quantity": quantity(order.totalQuantity),
-        "order_type": order.orderType, "limit_price": number(order.lmtPrice) or None,  # 0: no limit
-        "tif": order.tif or None, "status": state.status or None, "filled": None, "remaining": None,
-        "avg_fill_price": None, "order_ref": order.orderRef or None,
+        "order_id": order_id,
+        "perm_id": order.permId or None,
+        "client_id": order.clientId,
+        "account": order.account or None,
+        "contract": contract_dict(contract),
+        "action": order.action,
+        "quantity": quantity(order.totalQuantity),
+        "order_type": order.orderType,
+        "limit_price": number(order.lmtPrice) or None,  # 0: no limit
+        "tif": order.tif or None,
+        "status": state.status or None,
+        "filled": None,
+        "remaining": None,
+        "avg_fill_price": None,
+        "order_ref": order.orderRef or None,
     }
 
 
@@ -93,7 +105,9 @@ class OrderBook:
 
     def rows(self, completed: bool = False) -> List[dict]:
         """Orders of all clients (reqAllOpenOrders), or today's completed ones (reqCompletedOrders)."""
-        request, end = ("reqCompletedOrders", "completedOrdersEnd") if completed else ("reqAllOpenOrders", "openOrderEnd")
+        request, end = (
+            ("reqCompletedOrders", "completedOrdersEnd") if completed else ("reqAllOpenOrders", "openOrderEnd")
+        )
         with self._sweep("orders", end) as sweep:
             self.conn.send(request, *((False,) if completed else ()))
             events = sweep.wait(self._timeout(), request)
@@ -112,8 +126,12 @@ class OrderBook:
         for key, (status, filled, remaining, avg_price) in statuses.items():
             row = orders.get(key)
             if row is not None:
-                row.update(status=status, filled=quantity(filled), remaining=quantity(remaining),
-                           avg_fill_price=number(avg_price) or None)
+                row.update(
+                    status=status,
+                    filled=quantity(filled),
+                    remaining=quantity(remaining),
+                    avg_fill_price=number(avg_price) or None,
+                )
         return list(orders.values())
 
     def executions(self) -> List[Tuple[Contract, Any]]:
@@ -122,11 +140,18 @@ class OrderBook:
         execution_filter = ExecutionFilter()
         if (self.conn.status().get("server_version") or 0) >= MIN_SERVER_VER_PARAMETRIZED_DAYS_OF_EXECUTIONS:
             execution_filter.lastNDays = LOOKBACK_DAYS
-        return self.conn.call("reqExecutions", self.conn.next_req_id(), execution_filter, rows=("execDetails",),
-                              end="execDetailsEnd", timeout=self._timeout())
+        return self.conn.call(
+            "reqExecutions",
+            self.conn.next_req_id(),
+            execution_filter,
+            rows=("execDetails",),
+            end="execDetailsEnd",
+            timeout=self._timeout(),
+        )
 
-    def find(self, refs: Iterable[str], order_id: Optional[int] = None,
-             ordered: Optional[float] = None) -> Optional[dict]:
+    def find(
+        self, refs: Iterable[str], order_id: Optional[int] = None, ordered: Optional[float] = None
+    ) -> Optional[dict]:
         """The row of the order TWS holds with one of these orderRefs: among open orders, today's
         completed orders, then the executions of the last 7 days (an order filled on an earlier day:
         a row of order_id and status only). Raises AgentError when TWS cannot be asked; None when it

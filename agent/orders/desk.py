@@ -24,6 +24,7 @@ and the console gets one line saying what failed and what to check in TWS.
 What TWS shows of orders is ib_order_book's; the waits on TWS's answers and the per-id locks are
 ib_order_wait's.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -38,20 +39,33 @@ from ibapi.order import Order
 from ibapi.order_cancel import OrderCancel
 
 from agent import log as agent_log
+from agent.errors import (
+    CANCELLED,
+    IB_NOT_CONNECTED,
+    INTERNAL,
+    INVALID_REQUEST,
+    NO_SECURITY_DEFINITION,
+    ORDER_BLOCKED,
+    TIMEOUT,
+    AgentError,
+)
 from agent.ib import connection as ib_connection
-from agent.orders import guard as order_guard
-from agent.errors import (CANCELLED, IB_NOT_CONNECTED, INTERNAL, INVALID_REQUEST, NO_SECURITY_DEFINITION, ORDER_BLOCKED,
-                          TIMEOUT, AgentError)
 from agent.log import Masker
+from agent.orders import guard as order_guard
 from agent.orders.book import FINAL_STATUSES, OrderBook, contract_dict, refs_of  # contract_dict: for callers
-from agent.orders.book import number as _number, quantity as _quantity
+from agent.orders.book import number as _number
+from agent.orders.book import quantity as _quantity
 from agent.orders.wait import ORDER_WARNING_CODES, SWEEP_EVENTS, _Forwarding, _KeyedLocks, _Pending
 
 log = agent_log.logger("orders")
 
-SUMMARY_TAGS = {"NetLiquidation": "net_liquidation", "TotalCashValue": "total_cash",
-                "BuyingPower": "buying_power", "AvailableFunds": "available_funds",
-                "ExcessLiquidity": "excess_liquidity"}
+SUMMARY_TAGS = {
+    "NetLiquidation": "net_liquidation",
+    "TotalCashValue": "total_cash",
+    "BuyingPower": "buying_power",
+    "AvailableFunds": "available_funds",
+    "ExcessLiquidity": "excess_liquidity",
+}
 # TWS rejecting an order it had accepted (PreSubmitted, then 201): the order's outcome, kept as
 # `reason` for the next open-orders and a repeat of its request id.
 LATE_REJECTION_CODES = frozenset((201,))
@@ -68,14 +82,14 @@ CANCEL_CONFIRMED = 202  # "Order Canceled - reason:": the answer a cancel asks f
 # instead of raising): TWS did not answer, and whether the message reached it is unknown.
 IBAPI_SEND_FAILURES = frozenset((512, 515))
 POSITION_CONTRACT_FIELDS = ("con_id", "ticker", "sec_type", "expiration", "strike", "right", "multiplier")
-RECENTLY_SENT_S = 600.0   # an order sent this recently and not shown by TWS may still be on its way
+RECENTLY_SENT_S = 600.0  # an order sent this recently and not shown by TWS may still be on its way
 
 
 # How far a place/cancel request got; an unexpected exception is reported by it.
-NOT_SENT = "not sent"     # nothing of this attempt was sent to TWS
-RECORDED = "recorded"     # the request-id store says "sending"; the order is not sent yet
-SENDING = "sending"       # the ibapi call was made: TWS may have the order (or cancel)
-ANSWERED = "answered"     # TWS answered and the store has that answer
+NOT_SENT = "not sent"  # nothing of this attempt was sent to TWS
+RECORDED = "recorded"  # the request-id store says "sending"; the order is not sent yet
+SENDING = "sending"  # the ibapi call was made: TWS may have the order (or cancel)
+ANSWERED = "answered"  # TWS answered and the store has that answer
 
 
 class IbapiSendError(Exception):
@@ -89,14 +103,14 @@ class _Attempt:
     def __init__(self, action: str, request_id: str, params: Any):
         self.action = action
         self.request_id = request_id
-        self.params = params            # as asked; replaced by the checked params once they pass
+        self.params = params  # as asked; replaced by the checked params once they pass
         self.decision: Optional[str] = None
         self.order_id: Optional[int] = None
         self.stage = NOT_SENT
-        self.checked = False            # params passed order_guard's checks (safe to print)
+        self.checked = False  # params passed order_guard's checks (safe to print)
         self.warning: Optional[str] = None  # what TWS warned about the order (399, 404) with its answer
         self.target: Optional[dict] = None  # a cancel's order as TWS lists it (open-orders row), when known
-        self.told = False                   # its console line is written (OrderDesk._tell)
+        self.told = False  # its console line is written (OrderDesk._tell)
 
     def refuse(self, rule: str) -> AgentError:
         self.decision = f"refused: {rule}"
@@ -110,6 +124,7 @@ class _Attempt:
 
 # --- the desk ----------------------------------------------------------------------------------
 
+
 class OrderDesk:
     """positions, account-summary, open-orders, place-order, cancel-order for relay_actions."""
 
@@ -119,8 +134,7 @@ class OrderDesk:
         self.audit = order_guard.AuditLog(config.audit_log_file, mask=Masker([config.key]))
         self.request_ids = order_guard.RequestIdStore(config.order_ids_file)
         self._request_locks = _KeyedLocks()
-        self._sweep_locks = {"positions": threading.Lock(), "orders": threading.Lock(),
-                             "summary": threading.Lock()}
+        self._sweep_locks = {"positions": threading.Lock(), "orders": threading.Lock(), "summary": threading.Lock()}
         self._sweeps: Dict[str, _Pending] = {}
         self.book = OrderBook(conn, self._sweep, lambda: self._timeout)
         for name in SWEEP_EVENTS:
@@ -128,8 +142,8 @@ class OrderDesk:
         conn.add_listener("disconnected", self._on_disconnected)
         conn.add_listener("error", self._on_unrouted_error)
         conn.add_listener("notice", self._on_notice)
-        self._in_flight: Dict[int, _Pending] = {}   # order id -> the wait for TWS's answer to it
-        self._described: Dict[int, str] = {}        # order id -> describe_order, for later console lines
+        self._in_flight: Dict[int, _Pending] = {}  # order id -> the wait for TWS's answer to it
+        self._described: Dict[int, str] = {}  # order id -> describe_order, for later console lines
 
     @property
     def _timeout(self) -> float:
@@ -171,16 +185,25 @@ class OrderDesk:
         rejected = ib_code in LATE_REJECTION_CODES
         if rejected:
             described = self._described.get(order_id)
-            log.warning("TWS rejected order %s (%s) after accepting it: %s", order_id,
-                        described or f"request {request_id}", text)
+            log.warning(
+                "TWS rejected order %s (%s) after accepting it: %s",
+                order_id,
+                described or f"request {request_id}",
+                text,
+            )
         note = {"reason": text, "ib_code": ib_code} if rejected else {"warning": text}
 
         def write() -> None:  # on a thread of its own: the reader thread never waits on the disk
             try:
                 self.request_ids.annotate(request_id, **note)
             except OSError as exc:
-                log.error("Cannot write %s (%s): what TWS said about order %s is only in this log",
-                          self.request_ids.path, exc.strerror or exc, order_id)
+                log.error(
+                    "Cannot write %s (%s): what TWS said about order %s is only in this log",
+                    self.request_ids.path,
+                    exc.strerror or exc,
+                    order_id,
+                )
+
         threading.Thread(target=write, name="order-note", daemon=True).start()
 
     @contextlib.contextmanager
@@ -217,16 +240,26 @@ class OrderDesk:
                 if avg_cost is not None and multiplier:
                     avg_cost = round(avg_cost / multiplier, 10)
                 latest[(account, contract.conId)] = dict(
-                    {k: fields[k] for k in POSITION_CONTRACT_FIELDS}, account=account,
-                    quantity=_quantity(quantity), avg_cost=avg_cost)
+                    {k: fields[k] for k in POSITION_CONTRACT_FIELDS},
+                    account=account,
+                    quantity=_quantity(quantity),
+                    avg_cost=avg_cost,
+                )
         return {"positions": [row for row in latest.values() if row["quantity"]]}  # 0 = closed today
 
     def account_summary(self) -> dict:
         with self._sweep_locks["summary"]:  # TWS allows two account-summary subscriptions at once
             req_id = self.conn.next_req_id()
             try:
-                rows = self.conn.call("reqAccountSummary", req_id, "All", ",".join(SUMMARY_TAGS),
-                                      rows=("accountSummary",), end="accountSummaryEnd", timeout=self._timeout)
+                rows = self.conn.call(
+                    "reqAccountSummary",
+                    req_id,
+                    "All",
+                    ",".join(SUMMARY_TAGS),
+                    rows=("accountSummary",),
+                    end="accountSummaryEnd",
+                    timeout=self._timeout,
+                )
             finally:
                 with contextlib.suppress(AgentError):
                     self.conn.send("cancelAccountSummary", req_id)
@@ -253,8 +286,9 @@ class OrderDesk:
             row.update(notes.get(row["order_ref"]) or {"warning": None, "reason": None})
         return {"orders": orders}
 
-    def _find_in_tws(self, request_id: str, order_id: Optional[int] = None,
-                     quantity: Optional[float] = None) -> Optional[dict]:
+    def _find_in_tws(
+        self, request_id: str, order_id: Optional[int] = None, quantity: Optional[float] = None
+    ) -> Optional[dict]:
         """The order TWS holds for this request id, by orderRef ({"order_id", "status"}), or None;
         raises AgentError when TWS cannot be asked (ib_order_book.OrderBook.find)."""
         found = self.book.find(refs_of(request_id), order_id, quantity)
@@ -280,8 +314,10 @@ class OrderDesk:
             try:
                 self.audit.check()
             except order_guard.AuditError as exc:
-                raise attempt.refuse(f"{exc}; nothing was sent to TWS. Fix it (AGENT_DATA_DIR, free disk "
-                                     "space, permissions) and ask again") from None
+                raise attempt.refuse(
+                    f"{exc}; nothing was sent to TWS. Fix it (AGENT_DATA_DIR, free disk "
+                    "space, permissions) and ask again"
+                ) from None
             result = work()
         except AgentError as error:
             if error.code == CANCELLED:
@@ -295,8 +331,9 @@ class OrderDesk:
             self._tell(attempt, None, result)
         return result
 
-    def _tell(self, attempt: _Attempt, error: Optional[AgentError], result: Optional[dict] = None
-              ) -> Optional[AgentError]:
+    def _tell(
+        self, attempt: _Attempt, error: Optional[AgentError], result: Optional[dict] = None
+    ) -> Optional[AgentError]:
         """The one console line of an order request: the whole order, the decision and the outcome
         (`Order SELL 1 AAPL 20270115 200 C @ 1.25 LMT DAY allowed: order 7 Submitted`). Returns the
         error, marked as told so relay_actions does not say it again."""
@@ -316,8 +353,11 @@ class OrderDesk:
             what += f" ({describe_order(attempt.target)})" if attempt.target else ""
         decision = attempt.decided(error)
         if decision.startswith("duplicate"):
-            decision = ("found in TWS by its orderRef, not placed again" if "orderRef" in decision
-                        else "repeated request id, answered from the first")
+            decision = (
+                "found in TWS by its orderRef, not placed again"
+                if "orderRef" in decision
+                else "repeated request id, answered from the first"
+            )
         elif decision.startswith("refused"):
             decision = "refused"
         elif decision.startswith("not sent"):
@@ -326,11 +366,16 @@ class OrderDesk:
             decision = "allowed, then failed"
         level = logging.INFO
         if error is None:
-            outcome = (f"order {result['order_id']} {result['status']}" if attempt.action == "place-order"
-                       else str(result["status"]))
-            outcome += "".join(f"; TWS {word}: {result[key]}" for key, word in (("warning", "warns"),
-                                                                                ("reason", "rejected it"))
-                               if result.get(key))
+            outcome = (
+                f"order {result['order_id']} {result['status']}"
+                if attempt.action == "place-order"
+                else str(result["status"])
+            )
+            outcome += "".join(
+                f"; TWS {word}: {result[key]}"
+                for key, word in (("warning", "warns"), ("reason", "rejected it"))
+                if result.get(key)
+            )
         else:
             ib = f", IB error {error.ib_code}" if error.ib_code is not None else ""
             outcome = f"{error.message} ({error.code}{ib})"
@@ -341,18 +386,25 @@ class OrderDesk:
         (log.info if level == logging.INFO else log.warning)("%s %s: %s", what, decision, outcome)
         return error
 
-    def _audit(self, attempt: _Attempt, error: Optional[AgentError] = None, status: Optional[str] = None,
-               exception: Optional[str] = None) -> Optional[AgentError]:
+    def _audit(
+        self,
+        attempt: _Attempt,
+        error: Optional[AgentError] = None,
+        status: Optional[str] = None,
+        exception: Optional[str] = None,
+    ) -> Optional[AgentError]:
         """Writes the line; returns the error to answer (saying so when the line could not be written).
         A success stays a success: the order exists, and the log file holds the line."""
         outcome = order_guard.outcome_of_error(error, exception) if error else {"status": status}
         try:
-            self.audit.write(attempt.action, attempt.request_id, attempt.params, attempt.decided(error),
-                             attempt.order_id, outcome)
+            self.audit.write(
+                attempt.action, attempt.request_id, attempt.params, attempt.decided(error), attempt.order_id, outcome
+            )
         except order_guard.AuditError as exc:
             if error is not None:
-                answered = AgentError(error.code, f"{error.message} (and {exc}: the line is in the agent's log file)",
-                                      error.ib_code)
+                answered = AgentError(
+                    error.code, f"{error.message} (and {exc}: the line is in the agent's log file)", error.ib_code
+                )
                 answered.logged = getattr(error, "logged", False)
                 return answered
         return error
@@ -370,8 +422,11 @@ class OrderDesk:
         gets CANCELLED again, never a late order the user had stopped. A record an earlier attempt
         left (an order that may be in TWS) is never replaced."""
         record = self.request_ids.get(request_id)
-        if record and (record["state"] not in order_guard.UNFINISHED or record["state"] == order_guard.SENDING
-                       or record.get("maybe_sent", True)):
+        if record and (
+            record["state"] not in order_guard.UNFINISHED
+            or record["state"] == order_guard.SENDING
+            or record.get("maybe_sent", True)
+        ):
             return
         self._remember(request_id, order_guard.FAILED, action=action, error=error.to_dict())
 
@@ -387,16 +442,19 @@ class OrderDesk:
                 fate = "before the order was sent: nothing reached TWS"
                 fate += "; a repeat of this request looks in TWS first" if kept else ""
             elif attempt.stage == RECORDED:
-                fate = ("before the order was sent: nothing reached TWS; a repeat of this request looks "
-                        "in TWS first")
+                fate = "before the order was sent: nothing reached TWS; a repeat of this request looks in TWS first"
             elif attempt.stage == SENDING:
-                fate = (f"while sending it: it may have reached TWS. Check TWS's orders (and trades) for "
-                        f"{where} before placing it by hand; a repeat of this request looks in TWS first "
-                        "and never places it twice")
+                fate = (
+                    f"while sending it: it may have reached TWS. Check TWS's orders (and trades) for "
+                    f"{where} before placing it by hand; a repeat of this request looks in TWS first "
+                    "and never places it twice"
+                )
             else:
                 record = self.request_ids.get(attempt.request_id) or {}
-                fate = (f"after TWS answered ({record.get('status') or record.get('state') or 'see TWS'}); "
-                        f"a repeat of this request gets that answer")
+                fate = (
+                    f"after TWS answered ({record.get('status') or record.get('state') or 'see TWS'}); "
+                    f"a repeat of this request gets that answer"
+                )
         else:
             order_id = attempt.order_id
             what = f"cancelling order {order_id}" if order_id is not None else "cancelling an order"
@@ -405,8 +463,10 @@ class OrderDesk:
             elif attempt.stage == ANSWERED:
                 fate = "after TWS answered the cancel; open-orders shows the order's state"
             else:
-                fate = (f"while sending it: the cancel may have reached TWS. Check order {order_id} in "
-                        "TWS's orders; sending the cancel again is safe")
+                fate = (
+                    f"while sending it: the cancel may have reached TWS. Check order {order_id} in "
+                    "TWS's orders; sending the cancel again is safe"
+                )
         message = f"unexpected error in the agent ({name}) {what} {fate}."
         log.error("%s %s: %s", attempt.action, attempt.request_id, message, exc_info=exc)
         error = AgentError(INTERNAL, f"{message} Details are in the agent's log file.")
@@ -424,12 +484,16 @@ class OrderDesk:
         try:
             if attempt.stage == NOT_SENT:  # an earlier attempt's record: what it said
                 maybe_sent = record["state"] == order_guard.SENDING or record.get("maybe_sent", True)
-            else:                          # this attempt's own record
+            else:  # this attempt's own record
                 maybe_sent = attempt.stage == SENDING
             self.request_ids.put(attempt.request_id, order_guard.UNKNOWN, exception=exception, maybe_sent=maybe_sent)
         except Exception as exc:  # it stays "sending": a repeat looks in TWS just the same
-            log.error("Cannot write %s (%s): request %s is remembered as still sending", self.request_ids.path,
-                      getattr(exc, "strerror", None) or exc, attempt.request_id)
+            log.error(
+                "Cannot write %s (%s): request %s is remembered as still sending",
+                self.request_ids.path,
+                getattr(exc, "strerror", None) or exc,
+                attempt.request_id,
+            )
         return True
 
     @staticmethod
@@ -447,15 +511,18 @@ class OrderDesk:
     def _place_once(self, request_id: str, order: dict, attempt: _Attempt, cancel: Optional[threading.Event]) -> dict:
         record = self.request_ids.get(request_id)
         if record and record.get("action", "place-order") != "place-order":
-            raise AgentError(INVALID_REQUEST, f"request id {request_id} was used for a {record['action']}; "
-                                              "a place-order needs an id of its own")
+            raise AgentError(
+                INVALID_REQUEST,
+                f"request id {request_id} was used for a {record['action']}; a place-order needs an id of its own",
+            )
         if record and record["state"] not in order_guard.UNFINISHED:
             attempt.decision, attempt.order_id = "duplicate", record.get("order_id")
             if record["state"] == order_guard.FAILED:
                 raise AgentError(**record["error"])
             notes = {k: record[k] for k in ("warning", "reason") if record.get(k)}  # what TWS said since
-            return dict({"order_id": record["order_id"], "status": self._status_now(request_id, record, order)},
-                        **notes)
+            return dict(
+                {"order_id": record["order_id"], "status": self._status_now(request_id, record, order)}, **notes
+            )
         contract = order["contract"]
         rule = order_guard.order_refusal(self.config, order, order_guard.STANDARD_MULTIPLIER[contract["sec_type"]])
         if rule:
@@ -471,8 +538,13 @@ class OrderDesk:
         found = self._look_in_tws(request_id, record, order)
         if found:
             attempt.decision, attempt.order_id = "duplicate: found in TWS by orderRef", found["order_id"]
-            self._remember(request_id, order_guard.PLACED, action="place-order",
-                           order_ref=order_guard.order_ref_for(request_id), **found)
+            self._remember(
+                request_id,
+                order_guard.PLACED,
+                action="place-order",
+                order_ref=order_guard.order_ref_for(request_id),
+                **found,
+            )
             return found
         if record and (record["state"] == order_guard.SENDING or record.get("maybe_sent", True)):
             raise self._cannot_tell(request_id, record, attempt)
@@ -488,16 +560,29 @@ class OrderDesk:
         self._described[order_id] = describe_order(order)
         order_ref = order_guard.order_ref_for(request_id)
         try:
-            self.request_ids.put(request_id, order_guard.SENDING, action="place-order", order_id=order_id,
-                                 order_ref=order_ref, client_id=self.conn.status().get("client_id"))
+            self.request_ids.put(
+                request_id,
+                order_guard.SENDING,
+                action="place-order",
+                order_id=order_id,
+                order_ref=order_ref,
+                client_id=self.conn.status().get("client_id"),
+            )
         except OSError as exc:  # without the record, exactly-once cannot be promised: do not send
-            raise AgentError(INTERNAL, f"cannot write {self.request_ids.path.name} ({exc.strerror or exc}); "
-                                       "the order was not sent") from None
+            raise AgentError(
+                INTERNAL, f"cannot write {self.request_ids.path.name} ({exc.strerror or exc}); the order was not sent"
+            ) from None
         attempt.stage = RECORDED
         try:
-            status_text = self._send_and_wait(order_id, "placeOrder", (qualified, self._ib_order(order_ref, order)),
-                                              self._first_status, f"order {order_id}", attempt,
-                                              dead=DEAD_ON_ARRIVAL)
+            status_text = self._send_and_wait(
+                order_id,
+                "placeOrder",
+                (qualified, self._ib_order(order_ref, order)),
+                self._first_status,
+                f"order {order_id}",
+                attempt,
+                dead=DEAD_ON_ARRIVAL,
+            )
         except AgentError as error:
             if error.code not in (TIMEOUT, IB_NOT_CONNECTED):  # TWS answered: there is no order
                 self._remember(request_id, order_guard.FAILED, error=error.to_dict())
@@ -515,10 +600,14 @@ class OrderDesk:
         try:
             return self._find_in_tws(request_id, (record or {}).get("order_id"), order["quantity"])
         except AgentError as error:
-            raise AgentError(error.code, f"could not look in TWS for an earlier order of this request "
-                                         f"({error.message}); nothing was placed. Ask again when TWS answers; "
-                                         "before placing it any other way, check TWS's orders and trades for "
-                                         f"orderRef {order_guard.order_ref_for(request_id)}", error.ib_code) from None
+            raise AgentError(
+                error.code,
+                f"could not look in TWS for an earlier order of this request "
+                f"({error.message}); nothing was placed. Ask again when TWS answers; "
+                "before placing it any other way, check TWS's orders and trades for "
+                f"orderRef {order_guard.order_ref_for(request_id)}",
+                error.ib_code,
+            ) from None
 
     def _status_now(self, request_id: str, record: dict, order: dict) -> Optional[str]:
         """The status TWS gives the order of a request answered before; the recorded one when TWS
@@ -538,14 +627,19 @@ class OrderDesk:
         attempt.order_id = record.get("order_id")
         age = max(0.0, time.time() - record["time"])
         if age < RECENTLY_SENT_S:
-            return AgentError(TIMEOUT, f"an earlier attempt of this request sent {where} to TWS {age:.0f} s ago "
-                                       "and TWS does not show it yet (TWS may be holding it behind a precaution "
-                                       "dialog); nothing new was placed. Check TWS; asking again with this id is "
-                                       "safe: it is never placed twice")
-        return attempt.refuse(f"cannot tell whether {where} reached TWS: an earlier attempt of this request "
-                              "sent it (or may have), and TWS shows no such order among its open orders, today's "
-                              "completed orders or the executions of the last 7 days. Nothing was placed. Check "
-                              "TWS's orders and trades; if it is not there, place it again under a new request id")
+            return AgentError(
+                TIMEOUT,
+                f"an earlier attempt of this request sent {where} to TWS {age:.0f} s ago "
+                "and TWS does not show it yet (TWS may be holding it behind a precaution "
+                "dialog); nothing new was placed. Check TWS; asking again with this id is "
+                "safe: it is never placed twice",
+            )
+        return attempt.refuse(
+            f"cannot tell whether {where} reached TWS: an earlier attempt of this request "
+            "sent it (or may have), and TWS shows no such order among its open orders, today's "
+            "completed orders or the executions of the last 7 days. Nothing was placed. Check "
+            "TWS's orders and trades; if it is not there, place it again under a new request id"
+        )
 
     def _remember(self, request_id: str, state: str, **fields) -> None:
         """The outcome, once TWS answered. Failing to write it must not hide that answer: the record
@@ -553,15 +647,21 @@ class OrderDesk:
         try:
             self.request_ids.put(request_id, state, **fields)
         except OSError as exc:
-            log.error("Cannot write %s (%s): request %s is remembered as still sending", self.request_ids.path,
-                      exc.strerror or exc, request_id)
+            log.error(
+                "Cannot write %s (%s): request %s is remembered as still sending",
+                self.request_ids.path,
+                exc.strerror or exc,
+                request_id,
+            )
 
     @staticmethod
     def _sole_account(status: dict) -> Optional[str]:
         accounts = status.get("accounts") or []
         if len(accounts) > 1:
-            raise AgentError(INVALID_REQUEST, f"params.account: is required: this TWS session has several "
-                                              f"accounts ({', '.join(accounts)})")
+            raise AgentError(
+                INVALID_REQUEST,
+                f"params.account: is required: this TWS session has several accounts ({', '.join(accounts)})",
+            )
         return accounts[0] if accounts else None
 
     def _qualify(self, spec: dict) -> Contract:
@@ -572,16 +672,25 @@ class OrderDesk:
             query.lastTradeDateOrContractMonth = spec["expiration"]
             query.strike, query.right = float(spec["strike"]), spec["right"]
             query.tradingClass = spec["trading_class"] or ""
-        rows = self.conn.call("reqContractDetails", self.conn.next_req_id(), query, rows=("contractDetails",),
-                              end="contractDetailsEnd", timeout=self._timeout)
+        rows = self.conn.call(
+            "reqContractDetails",
+            self.conn.next_req_id(),
+            query,
+            rows=("contractDetails",),
+            end="contractDetailsEnd",
+            timeout=self._timeout,
+        )
         matches = {row[0].contract.conId: row[0].contract for row in rows}
         described = describe_contract(spec)
         if not matches:
             raise AgentError(NO_SECURITY_DEFINITION, f"IB has no contract {described}")
         if len(matches) > 1:
             classes = sorted({f"{c.tradingClass or c.symbol} x{c.multiplier or 1}" for c in matches.values()})
-            raise AgentError(INVALID_REQUEST, f"params.contract: ambiguous: {len(matches)} contracts match "
-                                              f"{described} ({', '.join(classes)}); name contract.trading_class")
+            raise AgentError(
+                INVALID_REQUEST,
+                f"params.contract: ambiguous: {len(matches)} contracts match "
+                f"{described} ({', '.join(classes)}); name contract.trading_class",
+            )
         contract = next(iter(matches.values()))
         contract.exchange = "SMART"
         return contract
@@ -608,18 +717,28 @@ class OrderDesk:
                 return args[3].status
         return None
 
-    def _send_and_wait(self, order_id: int, request: str, args: tuple,
-                       answer: Callable[[List[Tuple[str, tuple]]], Optional[str]], what: str, attempt: _Attempt,
-                       success_codes: Iterable[int] = (), dead: Iterable[str] = ()) -> str:
+    def _send_and_wait(
+        self,
+        order_id: int,
+        request: str,
+        args: tuple,
+        answer: Callable[[List[Tuple[str, tuple]]], Optional[str]],
+        what: str,
+        attempt: _Attempt,
+        success_codes: Iterable[int] = (),
+        dead: Iterable[str] = (),
+    ) -> str:
         """Send one order message and wait for the first answer that `answer` turns into a status;
         a `dead` status followed by TWS's reason raises that reason."""
         pending = _Pending(lambda name, a: answer([(name, a)]) is not None, success_codes)
         try:
             self.conn.register(order_id, _Forwarding(pending, self._on_unrouted))
         except ValueError:
-            raise AgentError(INVALID_REQUEST, f"order {order_id} is being placed or cancelled right now; "
-                                              "ask again when that has finished") from None
-        self._in_flight[order_id] = pending   # a 399 comes as a notice, not through the handler
+            raise AgentError(
+                INVALID_REQUEST,
+                f"order {order_id} is being placed or cancelled right now; ask again when that has finished",
+            ) from None
+        self._in_flight[order_id] = pending  # a 399 comes as a notice, not through the handler
         try:
             attempt.stage = SENDING
             self.conn.send(request, order_id, *args)
@@ -652,10 +771,15 @@ class OrderDesk:
         request_id = attempt.request_id
         record = self.request_ids.get(request_id)
         if record and (record.get("action") != "cancel-order" or record.get("order_id") != order_id):
-            used = (f"a cancel-order of order {record.get('order_id')}" if record.get("action") == "cancel-order"
-                    else f"a {record.get('action') or 'place-order'}")
-            raise AgentError(INVALID_REQUEST, f"request id {request_id} was used for {used}; "
-                                              "this cancel-order needs an id of its own")
+            used = (
+                f"a cancel-order of order {record.get('order_id')}"
+                if record.get("action") == "cancel-order"
+                else f"a {record.get('action') or 'place-order'}"
+            )
+            raise AgentError(
+                INVALID_REQUEST,
+                f"request id {request_id} was used for {used}; this cancel-order needs an id of its own",
+            )
         if record and record["state"] not in order_guard.UNFINISHED:  # answered before: the same answer
             attempt.decision = "duplicate"
             if record["state"] == order_guard.FAILED:
@@ -678,13 +802,20 @@ class OrderDesk:
         try:
             self.request_ids.put(request_id, order_guard.SENDING, action="cancel-order", order_id=order_id)
         except OSError as exc:
-            raise AgentError(INTERNAL, f"cannot write {self.request_ids.path.name} ({exc.strerror or exc}); "
-                                       "the cancel was not sent") from None
+            raise AgentError(
+                INTERNAL, f"cannot write {self.request_ids.path.name} ({exc.strerror or exc}); the cancel was not sent"
+            ) from None
         attempt.stage = RECORDED
         try:
-            status_text = self._send_and_wait(order_id, "cancelOrder", (OrderCancel(),), self._cancel_status,
-                                              f"the cancel of order {order_id}", attempt,
-                                              success_codes=(CANCEL_CONFIRMED,))
+            status_text = self._send_and_wait(
+                order_id,
+                "cancelOrder",
+                (OrderCancel(),),
+                self._cancel_status,
+                f"the cancel of order {order_id}",
+                attempt,
+                success_codes=(CANCEL_CONFIRMED,),
+            )
         except AgentError as error:
             if error.code not in (TIMEOUT, IB_NOT_CONNECTED):
                 self._remember(request_id, order_guard.FAILED, error=error.to_dict())
@@ -702,14 +833,20 @@ class OrderDesk:
         try:
             rows = [row for row in self.book.rows() if row["order_id"] == order_id]
         except AgentError as error:
-            raise AgentError(error.code, f"could not look in TWS for order {order_id} ({error.message}); "
-                                         "the cancel was not sent", error.ib_code) from None
+            raise AgentError(
+                error.code,
+                f"could not look in TWS for order {order_id} ({error.message}); the cancel was not sent",
+                error.ib_code,
+            ) from None
         if rows and all(row["client_id"] != client_id for row in rows):
             placed_by = " and ".join(sorted({str(row["client_id"]) for row in rows}))
-            raise AgentError(INVALID_REQUEST, f"params.order_id: order {order_id} was placed by client id {placed_by}, "
-                                              f"and this agent (client id {client_id}) can only cancel orders placed "
-                                              "under its own client id; cancel it in TWS or from the program that "
-                                              "placed it. The cancel was not sent")
+            raise AgentError(
+                INVALID_REQUEST,
+                f"params.order_id: order {order_id} was placed by client id {placed_by}, "
+                f"and this agent (client id {client_id}) can only cancel orders placed "
+                "under its own client id; cancel it in TWS or from the program that "
+                "placed it. The cancel was not sent",
+            )
         return next((row for row in rows if row["client_id"] == client_id), None)  # for the console line
 
     @staticmethod

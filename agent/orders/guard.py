@@ -7,12 +7,12 @@
 
 Nothing here talks to TWS; ib_orders.OrderDesk puts these pieces in front of it.
 """
+
 from __future__ import annotations
 
-import json
-import logging
-import math
 import hashlib
+import json
+import math
 import os
 import shutil
 import threading
@@ -23,8 +23,20 @@ from typing import Any, Dict, Mapping, Optional
 
 from agent import log as agent_log
 from agent.errors import AgentError
-from agent.relay.params import (REQUIRED, RIGHT, STRIKE, TICKER, TRADING_CLASS, Checker, choice, date, number, obj,
-                          only_for, pattern)
+from agent.relay.params import (
+    REQUIRED,
+    RIGHT,
+    STRIKE,
+    TICKER,
+    TRADING_CLASS,
+    Checker,
+    choice,
+    date,
+    number,
+    obj,
+    only_for,
+    pattern,
+)
 
 log = agent_log.logger("orders")
 
@@ -39,25 +51,31 @@ STANDARD_MULTIPLIER = {"STK": 1.0, "OPT": 100.0}
 # --- params: schemas as data, checked by agent_params ------------------------------------------
 
 ORDER_CONTRACT = {
-    "ticker": (TICKER, REQUIRED), "sec_type": (choice("OPT", "STK"), REQUIRED),
-    "expiration": (date, None), "strike": (STRIKE, None), "right": (RIGHT, None),
+    "ticker": (TICKER, REQUIRED),
+    "sec_type": (choice("OPT", "STK"), REQUIRED),
+    "expiration": (date, None),
+    "strike": (STRIKE, None),
+    "right": (RIGHT, None),
     "trading_class": (TRADING_CLASS, None),
     "exchange": (choice("SMART"), "SMART"),  # orders route SMART
 }
-OPTION_ONLY = only_for("sec_type", "OPT", "an option (OPT)", required=("expiration", "strike", "right"),
-                       optional=("trading_class",))
+OPTION_ONLY = only_for(
+    "sec_type", "OPT", "an option (OPT)", required=("expiration", "strike", "right"), optional=("trading_class",)
+)
 POSITIVE_WHOLE = number(0, integer=True, lo_open=True)
 
 ORDER_PARAMS: Dict[str, Checker] = {
-    "place-order": obj({
-        "contract": (obj(ORDER_CONTRACT, rules=(OPTION_ONLY,)), REQUIRED),
-        "action": (choice("BUY", "SELL"), REQUIRED),
-        "quantity": (POSITIVE_WHOLE, REQUIRED),
-        "order_type": (choice("LMT"), REQUIRED),  # limit orders only
-        "limit_price": (number(0, lo_open=True), REQUIRED),
-        "tif": (choice("DAY", "GTC"), "DAY"),
-        "account": (pattern(r"[A-Z0-9]{1,32}", "an account id such as DU1234567"), None),
-    }),
+    "place-order": obj(
+        {
+            "contract": (obj(ORDER_CONTRACT, rules=(OPTION_ONLY,)), REQUIRED),
+            "action": (choice("BUY", "SELL"), REQUIRED),
+            "quantity": (POSITIVE_WHOLE, REQUIRED),
+            "order_type": (choice("LMT"), REQUIRED),  # limit orders only
+            "limit_price": (number(0, lo_open=True), REQUIRED),
+            "tif": (choice("DAY", "GTC"), "DAY"),
+            "account": (pattern(r"[A-Z0-9]{1,32}", "an account id such as DU1234567"), None),
+        }
+    ),
     "cancel-order": obj({"order_id": (POSITIVE_WHOLE, REQUIRED)}),
 }
 
@@ -68,6 +86,7 @@ def parse_order_params(action: str, params: Any) -> dict:
 
 
 # --- the policy: pure functions returning the rule that refuses, or None -------------------------
+
 
 def is_paper_account(account: str) -> bool:
     return account.upper().startswith(PAPER_ACCOUNT_PREFIXES)
@@ -86,12 +105,13 @@ def order_refusal(config, order: Mapping[str, Any], multiplier: float) -> Option
     if refusal:
         return refusal
     if order["quantity"] > config.max_order_quantity:
-        return (f"MAX_ORDER_QUANTITY={config.max_order_quantity}: quantity {order['quantity']} "
-                "is over the limit")
+        return f"MAX_ORDER_QUANTITY={config.max_order_quantity}: quantity {order['quantity']} is over the limit"
     notional = order["limit_price"] * order["quantity"] * multiplier
     if notional > config.max_order_notional:
-        return (f"MAX_ORDER_NOTIONAL={config.max_order_notional:g}: {order['limit_price']:g} x "
-                f"{order['quantity']} x {multiplier:g} = {notional:.2f} is over the limit")
+        return (
+            f"MAX_ORDER_NOTIONAL={config.max_order_notional:g}: {order['limit_price']:g} x "
+            f"{order['quantity']} x {multiplier:g} = {notional:.2f} is over the limit"
+        )
     return None
 
 
@@ -110,15 +130,18 @@ def account_refusal(config, ib_status: Mapping[str, Any], account: Optional[str]
     if config.allow_orders == "paper":
         named = ", ".join(accounts) or "unknown"
         if ib_status.get("account_type") != "paper":
-            return (f"ALLOW_ORDERS=paper: the connected account {named} is "
-                    f"{ib_status.get('account_type') or 'of unknown type'}; set ALLOW_ORDERS=live "
-                    "in config.env to allow orders on a live account")
+            return (
+                f"ALLOW_ORDERS=paper: the connected account {named} is "
+                f"{ib_status.get('account_type') or 'of unknown type'}; set ALLOW_ORDERS=live "
+                "in config.env to allow orders on a live account"
+            )
         if account is not None and not is_paper_account(account):
             return f"ALLOW_ORDERS=paper: account {account} is not a paper account (DU.../DF...)"
     return None
 
 
 # --- audit log ---------------------------------------------------------------------------------
+
 
 def utc_now_iso() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
@@ -142,8 +165,8 @@ class AuditError(OSError):
     """The audit line cannot be written: nothing may be sent to TWS."""
 
 
-AUDIT_ROLL_BYTES = 10 * 1024 * 1024   # the current file rolls over at this size, and at each new UTC day
-AUDIT_MIN_FREE_BYTES = 1024 * 1024    # less free disk than this: refuse before sending anything
+AUDIT_ROLL_BYTES = 10 * 1024 * 1024  # the current file rolls over at this size, and at each new UTC day
+AUDIT_MIN_FREE_BYTES = 1024 * 1024  # less free disk than this: refuse before sending anything
 
 
 class AuditLog:
@@ -156,8 +179,19 @@ class AuditLog:
     now, and write() raises AuditError (after logging the line) when it was not.
     """
 
-    FIELDS = ("time", "request_id", "action", "account", "contract", "side", "quantity",
-              "limit_price", "decision", "order_id", "outcome")
+    FIELDS = (
+        "time",
+        "request_id",
+        "action",
+        "account",
+        "contract",
+        "side",
+        "quantity",
+        "limit_price",
+        "decision",
+        "order_id",
+        "outcome",
+    )
 
     def __init__(self, path: Path, mask=None, roll_bytes: int = AUDIT_ROLL_BYTES, clock=time.time):
         self.path = Path(path)
@@ -199,11 +233,17 @@ class AuditLog:
             except OSError as exc:
                 raise self._problem(exc) from None
             if free < AUDIT_MIN_FREE_BYTES:
-                raise AuditError(f"the disk holding the order audit log {self.path} is full "
-                                 f"({free // 1024} KB free)")
+                raise AuditError(f"the disk holding the order audit log {self.path} is full ({free // 1024} KB free)")
 
-    def write(self, action: str, request_id: str, params: Any, decision: str,
-              order_id: Optional[int], outcome: Mapping[str, Any]) -> None:
+    def write(
+        self,
+        action: str,
+        request_id: str,
+        params: Any,
+        decision: str,
+        order_id: Optional[int],
+        outcome: Mapping[str, Any],
+    ) -> None:
         params = params if isinstance(params, Mapping) else {}
         mask = self._mask
         entry = {
@@ -228,8 +268,12 @@ class AuditLog:
                     fh.flush()
                     os.fsync(fh.fileno())
         except OSError as exc:  # the log file keeps the entry; the caller decides what the answer says
-            log.error("Cannot append to the order audit log %s (%s); the entry was: %s",
-                      self.path, exc.strerror or exc, line.strip())
+            log.error(
+                "Cannot append to the order audit log %s (%s); the entry was: %s",
+                self.path,
+                exc.strerror or exc,
+                line.strip(),
+            )
             raise self._problem(exc) from None
 
 
@@ -243,16 +287,16 @@ def outcome_of_error(error: AgentError, exception: Optional[str] = None) -> dict
 
 # --- request-id store --------------------------------------------------------------------------
 
-SENDING = "sending"   # written before placeOrder goes out; outcome unknown until updated
-PLACED = "placed"     # TWS acknowledged the order: order_id and status
-FAILED = "failed"     # TWS answered with an error: the order does not exist
-UNKNOWN = "unknown"   # an unexpected error in the agent while placing: the order may have reached TWS
+SENDING = "sending"  # written before placeOrder goes out; outcome unknown until updated
+PLACED = "placed"  # TWS acknowledged the order: order_id and status
+FAILED = "failed"  # TWS answered with an error: the order does not exist
+UNKNOWN = "unknown"  # an unexpected error in the agent while placing: the order may have reached TWS
 UNFINISHED = frozenset((SENDING, UNKNOWN))  # a repeat of the id looks in TWS before placing anything
 STATES = frozenset((SENDING, PLACED, FAILED, UNKNOWN))
-KEEP_S = 35 * 24 * 3600.0   # at least the 30 days DESIGN.md promises, plus a margin
+KEEP_S = 35 * 24 * 3600.0  # at least the 30 days DESIGN.md promises, plus a margin
 
 ORDER_REF_PREFIX = "mat-"
-ORDER_REF_HASH_CHARS = 24   # 96 bits of SHA-256: no two request ids of one account will meet
+ORDER_REF_HASH_CHARS = 24  # 96 bits of SHA-256: no two request ids of one account will meet
 
 
 def order_ref_for(request_id: str) -> str:
@@ -286,8 +330,8 @@ class RequestIdStore:
         self.keep_s = keep_s
         self._clock = clock
         self._lock = threading.Lock()
-        self.lost: Optional[str] = None          # why the earlier records are not known, if they are not
-        self._broken: Optional[str] = None       # why nothing may be written, if so
+        self.lost: Optional[str] = None  # why the earlier records are not known, if they are not
+        self._broken: Optional[str] = None  # why nothing may be written, if so
         self._records: Dict[str, dict] = self._load()
 
     @staticmethod
@@ -297,8 +341,11 @@ class RequestIdStore:
             raise StoreUnreadable("not an order id store")
         records = data["requests"]
         for request_id, record in records.items():
-            if not (isinstance(record, dict) and record.get("state") in STATES
-                    and isinstance(record.get("time"), (int, float))):
+            if not (
+                isinstance(record, dict)
+                and record.get("state") in STATES
+                and isinstance(record.get("time"), (int, float))
+            ):
                 raise StoreUnreadable(f"a record that is not whole ({agent_log.clip(str(request_id), 40)!r})")
         return records
 
@@ -320,14 +367,20 @@ class RequestIdStore:
             try:
                 os.replace(self.path, aside)
             except OSError as move:
-                self._broken = self.lost = (f"{self.path} is damaged ({reason}) and cannot be moved aside "
-                                            f"({move.strerror or move})")
+                self._broken = self.lost = (
+                    f"{self.path} is damaged ({reason}) and cannot be moved aside ({move.strerror or move})"
+                )
                 log.error("%s: no order can be placed until it is moved away by hand.", self._broken)
                 return {}
             self.lost = f"{self.path.name} was damaged ({reason}); kept as {aside}"
-            log.error("The order request-id store %s is damaged (%s); it is kept for you as %s. Every order "
-                      "request id is now looked up in TWS (open orders, today's completed orders, executions "
-                      "of the last 7 days) before anything is placed.", self.path, reason, aside)
+            log.error(
+                "The order request-id store %s is damaged (%s); it is kept for you as %s. Every order "
+                "request id is now looked up in TWS (open orders, today's completed orders, executions "
+                "of the last 7 days) before anything is placed.",
+                self.path,
+                reason,
+                aside,
+            )
             return {}
         cutoff = self._clock() - self.keep_s
         return {k: v for k, v in records.items() if v["time"] >= cutoff}
@@ -341,9 +394,13 @@ class RequestIdStore:
         """The place-order request whose order has this id under this client id (a record without a
         client id, written before it was kept, matches any), the newest if several."""
         with self._lock:
-            found = [(record["time"], request_id) for request_id, record in self._records.items()
-                     if record.get("action", "place-order") == "place-order" and record.get("order_id") == order_id
-                     and record.get("client_id", client_id) == client_id]
+            found = [
+                (record["time"], request_id)
+                for request_id, record in self._records.items()
+                if record.get("action", "place-order") == "place-order"
+                and record.get("order_id") == order_id
+                and record.get("client_id", client_id) == client_id
+            ]
         return max(found)[1] if found else None
 
     def annotate(self, request_id: str, **fields) -> None:
@@ -363,8 +420,11 @@ class RequestIdStore:
         (or with) their answer (a 399/404 warning, a rejection), for open-orders. Every order of a
         request has both keys, null when TWS said nothing."""
         with self._lock:
-            return {record["order_ref"]: {"warning": record.get("warning"), "reason": record.get("reason")}
-                    for record in self._records.values() if record.get("order_ref")}
+            return {
+                record["order_ref"]: {"warning": record.get("warning"), "reason": record.get("reason")}
+                for record in self._records.values()
+                if record.get("order_ref")
+            }
 
     def put(self, request_id: str, state: str, **fields) -> None:
         """Record a state; raises OSError (and changes nothing) when it cannot be written."""

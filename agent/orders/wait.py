@@ -3,6 +3,7 @@ waits on (_Pending: what ended the wait first decides it, with the order warning
 that never end it), an order id's handler that also feeds a concurrent open-orders sweep
 (_Forwarding), and one lock per request id (_KeyedLocks). ib_orders' OrderDesk uses these.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -21,9 +22,15 @@ ORDER_NOTICE_CODES = frozenset((10349,))
 # text as `warning`; never a failure.
 ORDER_WARNING_CODES = frozenset((399, 404))
 # Id-less callbacks and which sweep they feed.
-SWEEP_EVENTS = {"position": "positions", "positionEnd": "positions",
-                "openOrder": "orders", "orderStatus": "orders", "openOrderEnd": "orders",
-                "completedOrder": "orders", "completedOrdersEnd": "orders"}
+SWEEP_EVENTS = {
+    "position": "positions",
+    "positionEnd": "positions",
+    "openOrder": "orders",
+    "orderStatus": "orders",
+    "openOrderEnd": "orders",
+    "completedOrder": "orders",
+    "completedOrdersEnd": "orders",
+}
 
 
 class _Pending:

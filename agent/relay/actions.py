@@ -9,6 +9,7 @@ Params are validated here (with agent_params), before any IB call; every failure
 ("params.tickers[3]: must be a ticker symbol"). The scanner and the order desk raise AgentError
 for everything else.
 """
+
 from __future__ import annotations
 
 import logging
@@ -19,10 +20,25 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 
 from agent import log as agent_log
-from agent.log import plural
 from agent.errors import BUSY, CANCELLED, IB_NOT_CONNECTED, INTERNAL, UNKNOWN_ACTION, AgentError
-from agent.relay.params import (EXCHANGE, REQUIRED, RIGHT, STRIKE, TICKER, TRADING_CLASS, Rule, Schema, boolean, date,
-                          list_of, not_above, number, obj, validate)
+from agent.log import plural
+from agent.relay.params import (
+    EXCHANGE,
+    REQUIRED,
+    RIGHT,
+    STRIKE,
+    TICKER,
+    TRADING_CLASS,
+    Rule,
+    Schema,
+    boolean,
+    date,
+    list_of,
+    not_above,
+    number,
+    obj,
+    validate,
+)
 
 log = agent_log.logger("requests")
 
@@ -40,16 +56,24 @@ DAYS = number(0, 3650, integer=True)
 PERCENT = number(-100, 1000)
 
 OPTION_CONTRACT = {
-    "ticker": (TICKER, REQUIRED), "expiration": (date, REQUIRED), "strike": (STRIKE, REQUIRED),
-    "right": (RIGHT, REQUIRED), "trading_class": (TRADING_CLASS, None), "exchange": (EXCHANGE, "SMART"),
+    "ticker": (TICKER, REQUIRED),
+    "expiration": (date, REQUIRED),
+    "strike": (STRIKE, REQUIRED),
+    "right": (RIGHT, REQUIRED),
+    "trading_class": (TRADING_CLASS, None),
+    "exchange": (EXCHANGE, "SMART"),
 }
 
 # ----- the actions -----
 
 
 def _status(runner: "RequestRunner", job, p: dict) -> dict:
-    return dict(runner.conn.status(), uptime_s=round(runner.uptime_s, 1),
-                requests_served=runner.served, in_flight=runner.in_flight)
+    return dict(
+        runner.conn.status(),
+        uptime_s=round(runner.uptime_s, 1),
+        requests_served=runner.served,
+        in_flight=runner.in_flight,
+    )
 
 
 def _expirations(runner: "RequestRunner", job, p: dict) -> dict:
@@ -70,9 +94,17 @@ def _fetch_prices(runner: "RequestRunner", job, p: dict) -> dict:
 
 
 def _sell_scan(runner: "RequestRunner", job, p: dict) -> dict:
-    return runner.scanner.sell_scan(p["ticker"], p["right"], min_days=p["min_days"], max_days=p["max_days"],
-                                    otm_min_pct=p["otm_min_pct"], otm_max_pct=p["otm_max_pct"],
-                                    include_adjusted=p["include_adjusted"], progress=job.progress, cancel=job.cancel)
+    return runner.scanner.sell_scan(
+        p["ticker"],
+        p["right"],
+        min_days=p["min_days"],
+        max_days=p["max_days"],
+        otm_min_pct=p["otm_min_pct"],
+        otm_max_pct=p["otm_max_pct"],
+        include_adjusted=p["include_adjusted"],
+        progress=job.progress,
+        cancel=job.cancel,
+    )
 
 
 def _subject(action: str, params: Any) -> str:
@@ -96,10 +128,10 @@ class Action:
     run: Callable[["RequestRunner", Any, dict], dict]
     schema: Optional[Schema] = field(default_factory=dict)  # None: run() checks
     rules: Sequence[Rule] = ()
-    summary: Optional[Callable[[dict, dict], str]] = None   # console line after "request "; None: debug only
+    summary: Optional[Callable[[dict, dict], str]] = None  # console line after "request "; None: debug only
     needs_ib: bool = True
-    inline: bool = False       # cheap and IB-free: answered on the reader thread, even when busy
-    needs_desk: bool = False   # served by ib_orders.OrderDesk
+    inline: bool = False  # cheap and IB-free: answered on the reader thread, even when busy
+    needs_desk: bool = False  # served by ib_orders.OrderDesk
     # An order action: the desk audits it, and stops before sending anything when the job is
     # cancelled; once something was sent, its answer is the real outcome, never CANCELLED.
     order: bool = False
@@ -112,48 +144,85 @@ class Action:
 ACTIONS: Dict[str, Action] = {
     "status": Action(_status, needs_ib=False, inline=True),
     "expirations": Action(
-        _expirations, {"ticker": (TICKER, REQUIRED), "exchange": (EXCHANGE, "SMART")},
-        summary=lambda p, d: f"expirations {p['ticker']}: {plural(len(d.get('expirations', [])), 'expiration')}"),
+        _expirations,
+        {"ticker": (TICKER, REQUIRED), "exchange": (EXCHANGE, "SMART")},
+        summary=lambda p, d: f"expirations {p['ticker']}: {plural(len(d.get('expirations', [])), 'expiration')}",
+    ),
     "quote": Action(
-        _quote, {"tickers": (list_of(TICKER, MAX_QUOTE_TICKERS, unique=True), REQUIRED)},
-        summary=lambda p, d: f"{_subject('quote', p)}: {plural(len(d.get('quotes', {})), 'quote')}"),
+        _quote,
+        {"tickers": (list_of(TICKER, MAX_QUOTE_TICKERS, unique=True), REQUIRED)},
+        summary=lambda p, d: f"{_subject('quote', p)}: {plural(len(d.get('quotes', {})), 'quote')}",
+    ),
     "fetch-chain": Action(
         _fetch_chain,
-        {"ticker": (TICKER, REQUIRED),
-         "expirations": (list_of(date, MAX_CHAIN_EXPIRATIONS, unique=True), None),
-         "min_days": (DAYS, None), "max_days": (DAYS, None),
-         "strike_min": (STRIKE, None), "strike_max": (STRIKE, None),
-         "strikes_around": (number(1, 500, integer=True), None),
-         "rights": (list_of(RIGHT, 2, unique=True), ("C", "P")), "include_adjusted": (boolean, False)},
-        rules=(not_above("min_days", "max_days"), not_above("strike_min", "strike_max")), lane=BULK,
-        summary=lambda p, d: f"fetch-chain {p['ticker']}: {plural(len(d.get('options', [])), 'contract')}"),
+        {
+            "ticker": (TICKER, REQUIRED),
+            "expirations": (list_of(date, MAX_CHAIN_EXPIRATIONS, unique=True), None),
+            "min_days": (DAYS, None),
+            "max_days": (DAYS, None),
+            "strike_min": (STRIKE, None),
+            "strike_max": (STRIKE, None),
+            "strikes_around": (number(1, 500, integer=True), None),
+            "rights": (list_of(RIGHT, 2, unique=True), ("C", "P")),
+            "include_adjusted": (boolean, False),
+        },
+        rules=(not_above("min_days", "max_days"), not_above("strike_min", "strike_max")),
+        lane=BULK,
+        summary=lambda p, d: f"fetch-chain {p['ticker']}: {plural(len(d.get('options', [])), 'contract')}",
+    ),
     "fetch-prices": Action(
-        _fetch_prices, {"contracts": (list_of(obj(OPTION_CONTRACT), MAX_PRICE_CONTRACTS), REQUIRED)},
+        _fetch_prices,
+        {"contracts": (list_of(obj(OPTION_CONTRACT), MAX_PRICE_CONTRACTS), REQUIRED)},
         lane=lambda p: BULK if len(p["contracts"]) > BULK_PRICE_CONTRACTS else QUICK,
-        summary=lambda p, d: f"fetch-prices: {plural(len(d.get('options', [])), 'contract')}"),
+        summary=lambda p, d: f"fetch-prices: {plural(len(d.get('options', [])), 'contract')}",
+    ),
     "sell-scan": Action(
         _sell_scan,
-        {"ticker": (TICKER, REQUIRED), "right": (RIGHT, REQUIRED), "min_days": (DAYS, 0),
-         "max_days": (DAYS, 60), "otm_min_pct": (PERCENT, 0.0), "otm_max_pct": (PERCENT, 20.0),
-         "include_adjusted": (boolean, False)},
-        rules=(not_above("min_days", "max_days"), not_above("otm_min_pct", "otm_max_pct")), lane=BULK,
-        summary=lambda p, d: f"sell-scan {p['ticker']} {p['right']}: {plural(len(d.get('candidates', [])), 'candidate')}"),
+        {
+            "ticker": (TICKER, REQUIRED),
+            "right": (RIGHT, REQUIRED),
+            "min_days": (DAYS, 0),
+            "max_days": (DAYS, 60),
+            "otm_min_pct": (PERCENT, 0.0),
+            "otm_max_pct": (PERCENT, 20.0),
+            "include_adjusted": (boolean, False),
+        },
+        rules=(not_above("min_days", "max_days"), not_above("otm_min_pct", "otm_max_pct")),
+        lane=BULK,
+        summary=lambda p, d: (
+            f"sell-scan {p['ticker']} {p['right']}: {plural(len(d.get('candidates', [])), 'candidate')}"
+        ),
+    ),
     "positions": Action(
-        lambda runner, job, p: runner.desk.positions(), needs_desk=True,
-        summary=lambda p, d: f"positions: {plural(len(d.get('positions', [])), 'position')}"),
+        lambda runner, job, p: runner.desk.positions(),
+        needs_desk=True,
+        summary=lambda p, d: f"positions: {plural(len(d.get('positions', [])), 'position')}",
+    ),
     "account-summary": Action(
-        lambda runner, job, p: runner.desk.account_summary(), needs_desk=True,
-        summary=lambda p, d: f"account-summary: {plural(len(d.get('accounts', {})), 'account')}"),
+        lambda runner, job, p: runner.desk.account_summary(),
+        needs_desk=True,
+        summary=lambda p, d: f"account-summary: {plural(len(d.get('accounts', {})), 'account')}",
+    ),
     "open-orders": Action(
-        lambda runner, job, p: runner.desk.open_orders(), needs_desk=True,
-        summary=lambda p, d: f"open-orders: {plural(len(d.get('orders', [])), 'open order')}"),
+        lambda runner, job, p: runner.desk.open_orders(),
+        needs_desk=True,
+        summary=lambda p, d: f"open-orders: {plural(len(d.get('orders', [])), 'open order')}",
+    ),
     # The desk checks these params itself (order_guard) and audits every attempt, refused or not.
     "place-order": Action(
-        lambda runner, job, p: runner.desk.place_order(job.id, p, cancel=job.cancel), schema=None, needs_ib=False,
-        needs_desk=True, order=True),  # the desk writes each order request's one console line (ib_orders)
+        lambda runner, job, p: runner.desk.place_order(job.id, p, cancel=job.cancel),
+        schema=None,
+        needs_ib=False,
+        needs_desk=True,
+        order=True,
+    ),  # the desk writes each order request's one console line (ib_orders)
     "cancel-order": Action(
-        lambda runner, job, p: runner.desk.cancel_order(job.id, p, cancel=job.cancel), schema=None, needs_ib=False,
-        needs_desk=True, order=True),
+        lambda runner, job, p: runner.desk.cancel_order(job.id, p, cancel=job.cancel),
+        schema=None,
+        needs_ib=False,
+        needs_desk=True,
+        order=True,
+    ),
 }
 
 
@@ -161,17 +230,29 @@ class RequestRunner:
     """The bounded worker pools behind RelayLink, one per lane: submit() never blocks (a full queue
     answers BUSY)."""
 
-    def __init__(self, conn: Any, scanner: Any, desk: Any = None, workers: int = 4, queue_size: int = 64,
-                 actions: Dict[str, Action] = ACTIONS):
+    def __init__(
+        self,
+        conn: Any,
+        scanner: Any,
+        desk: Any = None,
+        workers: int = 4,
+        queue_size: int = 64,
+        actions: Dict[str, Action] = ACTIONS,
+    ):
         self.conn = conn
         self.scanner = scanner
         self.desk = desk
         self._actions = {name: a for name, a in actions.items() if desk is not None or not a.needs_desk}
         self._queues: Dict[str, "queue.Queue"] = {lane: queue.Queue(maxsize=queue_size) for lane in (BULK, QUICK)}
-        self._workers = [(self._queues[lane], threading.Thread(target=self._work, args=(self._queues[lane],),
-                                                                 name=f"{lane}-{i + 1}", daemon=True))
-                         for lane, count in ((BULK, workers), (QUICK, QUICK_WORKERS)) for i in range(count)]
-        self._jobs: set = set()                 # queued or running in either lane (inline ones never are)
+        self._workers = [
+            (
+                self._queues[lane],
+                threading.Thread(target=self._work, args=(self._queues[lane],), name=f"{lane}-{i + 1}", daemon=True),
+            )
+            for lane, count in ((BULK, workers), (QUICK, QUICK_WORKERS))
+            for i in range(count)
+        ]
+        self._jobs: set = set()  # queued or running in either lane (inline ones never are)
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
         self._closing = False
@@ -199,16 +280,17 @@ class RequestRunner:
         action = self._actions.get(job.action)
         try:
             if action is None:
-                raise AgentError(UNKNOWN_ACTION, f"unknown action {job.action!r}; this agent serves: "
-                                                 + ", ".join(self._actions))
+                raise AgentError(
+                    UNKNOWN_ACTION, f"unknown action {job.action!r}; this agent serves: " + ", ".join(self._actions)
+                )
             if self._closing:
                 raise AgentError(BUSY, SHUTDOWN_MESSAGE)
-            params = job.params if action.schema is None else validate(action.schema, job.params,
-                                                                       rules=action.rules)
+            params = job.params if action.schema is None else validate(action.schema, job.params, rules=action.rules)
             if action.needs_ib and not self.conn.ready:
                 reason = self.conn.status().get("error")
-                raise AgentError(IB_NOT_CONNECTED, "not connected to TWS / IB Gateway"
-                                 + (f": {reason}" if reason else ""))
+                raise AgentError(
+                    IB_NOT_CONNECTED, "not connected to TWS / IB Gateway" + (f": {reason}" if reason else "")
+                )
         except AgentError as exc:
             self._answer(job, action, None, exc)
             return
@@ -221,8 +303,14 @@ class RequestRunner:
         try:
             self._queues[lane].put_nowait((job, action, params))
         except queue.Full:
-            self._answer(job, action, None, AgentError(
-                BUSY, f"{self._queues[lane].maxsize} {lane} requests are already waiting; try again shortly"))
+            self._answer(
+                job,
+                action,
+                None,
+                AgentError(
+                    BUSY, f"{self._queues[lane].maxsize} {lane} requests are already waiting; try again shortly"
+                ),
+            )
 
     def stop(self, timeout: float = 5.0) -> None:
         """Refuse new requests, cancel the queued and running ones, and wait for their answers."""
@@ -249,8 +337,9 @@ class RequestRunner:
                 return
             job, action, params = item
             if job.cancel.is_set():
-                self._answer(job, action, None, AgentError(CANCELLED, "cancelled before it started: nothing was sent "
-                                                                      "to TWS"))
+                self._answer(
+                    job, action, None, AgentError(CANCELLED, "cancelled before it started: nothing was sent to TWS")
+                )
             else:
                 self._run(job, action, params)
 
@@ -265,8 +354,9 @@ class RequestRunner:
             error = exc
         except Exception as exc:
             log.exception("request %s %s: unexpected error", job.action, job.id)
-            error = AgentError(INTERNAL, f"unexpected error in the agent ({exc.__class__.__name__}); "
-                                         "details are in its log file")
+            error = AgentError(
+                INTERNAL, f"unexpected error in the agent ({exc.__class__.__name__}); details are in its log file"
+            )
         self._answer(job, action, params, error, data, time.monotonic() - started, ran=True)
 
     def _audit_unserved(self, job, error: AgentError) -> AgentError:
@@ -277,8 +367,16 @@ class RequestRunner:
             log.exception("request %s %s: cannot write its audit line", job.action, job.id)
             return error
 
-    def _answer(self, job, action: Optional[Action], params: Optional[dict], error: Optional[AgentError],
-                data: Optional[dict] = None, elapsed: float = 0.0, ran: bool = False) -> None:
+    def _answer(
+        self,
+        job,
+        action: Optional[Action],
+        params: Optional[dict],
+        error: Optional[AgentError],
+        data: Optional[dict] = None,
+        elapsed: float = 0.0,
+        ran: bool = False,
+    ) -> None:
         if action is not None and action.order and not ran and error is not None:
             error = self._audit_unserved(job, error)  # BUSY, CANCELLED before it started, shutting down
         try:
@@ -291,8 +389,14 @@ class RequestRunner:
         self._log_outcome(job, action, params, error, data, elapsed)
 
     @staticmethod
-    def _log_outcome(job, action: Optional[Action], params: Optional[dict], error: Optional[AgentError],
-                     data: Optional[dict], elapsed: float) -> None:
+    def _log_outcome(
+        job,
+        action: Optional[Action],
+        params: Optional[dict],
+        error: Optional[AgentError],
+        data: Optional[dict],
+        elapsed: float,
+    ) -> None:
         if error is not None:
             expected = (CANCELLED, BUSY, IB_NOT_CONNECTED)  # ib_connection already says why TWS is down
             level = logging.INFO if error.code in expected else logging.WARNING
@@ -305,12 +409,15 @@ class RequestRunner:
                 detail = "" if error.message in ("cancelled", "request cancelled") else f": {error.message}"
                 log.log(level, "request %s cancelled%s", subject, agent_log.printable(detail))
             else:
-                log.log(level, "request %s failed: %s (%s%s)", subject, agent_log.printable(error.message),
-                        error.code, ib)
+                log.log(
+                    level, "request %s failed: %s (%s%s)", subject, agent_log.printable(error.message), error.code, ib
+                )
             log.debug("request %s failed: its id was %s", name, agent_log.printable(agent_log.clip(str(job.id), 130)))
         elif action is not None and action.summary is not None:
-            failed = "".join(f"; {t} failed: {e['message']} ({e['code']})"   # per ticker (quote)
-                             for t, e in list((data.get("errors") or {}).items())[:5])
+            failed = "".join(
+                f"; {t} failed: {e['message']} ({e['code']})"  # per ticker (quote)
+                for t, e in list((data.get("errors") or {}).items())[:5]
+            )
             log.info("request %s in %.1f s%s", action.summary(params, data), elapsed, agent_log.printable(failed))
         else:
             log.debug("request %s %s answered in %.3f s", job.action, job.id, elapsed)

@@ -10,11 +10,11 @@ What the cloud sends is read through BoundedFrameReader: a message over 1 MiB is
 binary and non-UTF-8 messages never reach the request parser, and JSON with a repeated key is
 refused (docs/PROTOCOL.md, "Frames the agent refuses").
 """
+
 from __future__ import annotations
 
 import collections
 import json
-import logging
 import os
 import socket
 import ssl
@@ -42,29 +42,48 @@ ORDER_ACTIONS = frozenset(("place-order", "cancel-order"))
 MAX_ID_LENGTH = 128
 MAX_ACTION_LENGTH = 64
 LOGGED_FRAME_CHARS = 120
-MAX_PATH_CHARS = 200              # of a field path named in an INVALID_REQUEST message
-MAX_MESSAGE_BYTES = 1024 * 1024   # a message from the cloud (all its fragments together) over this is skipped
-AUTH_FAILED_HELP = ("Authentication failed: the MA Tracker cloud rejected the API key (HTTP {status}). "
-                    "Your API key may have been regenerated. Download a fresh copy of the agent from the "
-                    "MA Tracker web app. Retrying in {retry}.")
-CONNECT_FAILED_HELP = ("WebSocket connection failed ({reason}). Check your internet connection; the "
-                       "MA Tracker cloud may be temporarily unavailable. The agent will retry automatically.")
-TLS_FAILED_HELP = ("WebSocket connection failed: the server's certificate could not be verified ({check}; "
-                   "trusted roots: {roots}). {fix} The agent will retry automatically, and never connects "
-                   "without a verified certificate.")
+MAX_PATH_CHARS = 200  # of a field path named in an INVALID_REQUEST message
+MAX_MESSAGE_BYTES = 1024 * 1024  # a message from the cloud (all its fragments together) over this is skipped
+AUTH_FAILED_HELP = (
+    "Authentication failed: the MA Tracker cloud rejected the API key (HTTP {status}). "
+    "Your API key may have been regenerated. Download a fresh copy of the agent from the "
+    "MA Tracker web app. Retrying in {retry}."
+)
+CONNECT_FAILED_HELP = (
+    "WebSocket connection failed ({reason}). Check your internet connection; the "
+    "MA Tracker cloud may be temporarily unavailable. The agent will retry automatically."
+)
+TLS_FAILED_HELP = (
+    "WebSocket connection failed: the server's certificate could not be verified ({check}; "
+    "trusted roots: {roots}). {fix} The agent will retry automatically, and never connects "
+    "without a verified certificate."
+)
 # What to do, by OpenSSL's X509_V_ERR code of the check that failed.
 TLS_FIX_CLOCK = "Check that this computer's date, time and time zone are right."
-TLS_FIX_INTERCEPTED = ("Something between this computer and the MA Tracker cloud answered with its own "
-                       "certificate: a company proxy, antivirus HTTPS scanning, or a Wi-Fi login page. Log in "
-                       "to the Wi-Fi page, or ask your IT department to let {host} through.")
-TLS_FIX_UNKNOWN_ISSUER = ("The certificate's issuer is not among the trusted roots. If your network inspects "
-                          "HTTPS (company proxy, antivirus), ask your IT department to let {host} through.")
-TLS_FIX_WRONG_NAME = ("The certificate is for another name: check RELAY_URL in config.env, or a Wi-Fi login "
-                      "page or proxy is answering instead of the MA Tracker cloud.")
+TLS_FIX_INTERCEPTED = (
+    "Something between this computer and the MA Tracker cloud answered with its own "
+    "certificate: a company proxy, antivirus HTTPS scanning, or a Wi-Fi login page. Log in "
+    "to the Wi-Fi page, or ask your IT department to let {host} through."
+)
+TLS_FIX_UNKNOWN_ISSUER = (
+    "The certificate's issuer is not among the trusted roots. If your network inspects "
+    "HTTPS (company proxy, antivirus), ask your IT department to let {host} through."
+)
+TLS_FIX_WRONG_NAME = (
+    "The certificate is for another name: check RELAY_URL in config.env, or a Wi-Fi login "
+    "page or proxy is answering instead of the MA Tracker cloud."
+)
 TLS_FIX_OTHER = "Check RELAY_URL in config.env and your network; if it persists, contact MA Tracker support."
-TLS_FIXES = {9: TLS_FIX_CLOCK, 10: TLS_FIX_CLOCK, 18: TLS_FIX_INTERCEPTED, 19: TLS_FIX_INTERCEPTED,
-             2: TLS_FIX_UNKNOWN_ISSUER, 20: TLS_FIX_UNKNOWN_ISSUER, 21: TLS_FIX_UNKNOWN_ISSUER,
-             62: TLS_FIX_WRONG_NAME}
+TLS_FIXES = {
+    9: TLS_FIX_CLOCK,
+    10: TLS_FIX_CLOCK,
+    18: TLS_FIX_INTERCEPTED,
+    19: TLS_FIX_INTERCEPTED,
+    2: TLS_FIX_UNKNOWN_ISSUER,
+    20: TLS_FIX_UNKNOWN_ISSUER,
+    21: TLS_FIX_UNKNOWN_ISSUER,
+    62: TLS_FIX_WRONG_NAME,
+}
 
 log = agent_log.logger("relay")
 
@@ -72,15 +91,16 @@ log = agent_log.logger("relay")
 @dataclass(frozen=True)
 class LinkTimings:
     """Seconds. The defaults are the product's; tests shorten them."""
-    backoff_min_s: float = 1.0        # full-jitter window of the first retry; doubles per failure
-    backoff_max_s: float = 15.0       # cap of that window: the longest a flapping link waits offline
-    stable_s: float = 10.0            # a connection that lasted this long resets the backoff
-    auth_retry_s: float = 300.0       # wait after the cloud refused the key (401/403)
-    ping_interval_s: float = 20.0     # a dead link is noticed within ping_interval + ping_timeout
+
+    backoff_min_s: float = 1.0  # full-jitter window of the first retry; doubles per failure
+    backoff_max_s: float = 15.0  # cap of that window: the longest a flapping link waits offline
+    stable_s: float = 10.0  # a connection that lasted this long resets the backoff
+    auth_retry_s: float = 300.0  # wait after the cloud refused the key (401/403)
+    ping_interval_s: float = 20.0  # a dead link is noticed within ping_interval + ping_timeout
     ping_timeout_s: float = 10.0
-    io_timeout_s: float = 15.0        # TCP/TLS connect, handshake and a stalled send
+    io_timeout_s: float = 15.0  # TCP/TLS connect, handshake and a stalled send
     status_interval_s: float = 30.0
-    progress_after_s: float = 1.0     # progress frames only for work running longer than this
+    progress_after_s: float = 1.0  # progress frames only for work running longer than this
     progress_interval_s: float = 0.25  # and at most this often per request (4 a second)
     console_progress_s: float = 10.0  # a request running longer than this says how far it is, this often
 
@@ -90,7 +110,7 @@ class OutboxLimits:
     max_age_s: float = 600.0
     max_count: int = 1000
     max_bytes: int = 50 * 1024 * 1024
-    remembered_ids: int = 10000       # ids of forgotten responses, so they are never executed again
+    remembered_ids: int = 10000  # ids of forgotten responses, so they are never executed again
 
 
 def _seconds_text(seconds: float) -> str:
@@ -169,7 +189,7 @@ class Job:
         self.cancel = threading.Event()
         self.received = time.monotonic()
         self.last_progress = 0.0
-        self.console_progress_at = 0.0   # seconds after `received` of the next console progress line
+        self.console_progress_at = 0.0  # seconds after `received` of the next console progress line
         self._link = link
 
     def progress(self, done: int, total: int) -> None:
@@ -273,17 +293,17 @@ class BoundedFrameReader(websocket.frame_buffer):
     # masked before the line is cut (a key starting within the shown part ends within the kept one).
     PREVIEW_BYTES = LOGGED_FRAME_CHARS + 512
     SKIP_BYTES = 64 * 1024
-    CONTROL_MAX_BYTES = 125   # RFC 6455 5.5
+    CONTROL_MAX_BYTES = 125  # RFC 6455 5.5
 
     def __init__(self, original: websocket.frame_buffer, max_bytes: int = MAX_MESSAGE_BYTES):
         super().__init__(original.recv, original.skip_utf8_validation)
         self.recv_buffer = original.recv_buffer
         self.max_bytes = max_bytes
-        self._opcode: Optional[int] = None     # TEXT or BINARY while a message is being read
+        self._opcode: Optional[int] = None  # TEXT or BINARY while a message is being read
         self._parts: List[bytes] = []
         self._size = 0
         self._preview = b""
-        self._refused: Optional[str] = None    # "binary" or "too big": the rest of the message is skipped
+        self._refused: Optional[str] = None  # "binary" or "too big": the rest of the message is skipped
 
     def recv_frame(self) -> websocket.ABNF:
         with self.lock:
@@ -302,7 +322,8 @@ class BoundedFrameReader(websocket.frame_buffer):
                     return frame
                 if rsv1 or rsv2 or rsv3 or opcode not in websocket.ABNF.OPCODES:
                     raise websocket.WebSocketProtocolException(
-                        f"invalid frame (opcode {opcode}, reserved bits {rsv1}{rsv2}{rsv3})")
+                        f"invalid frame (opcode {opcode}, reserved bits {rsv1}{rsv2}{rsv3})"
+                    )
                 self._begin(opcode)
                 self._size += length
                 if self._refused is None and self._opcode == websocket.ABNF.OPCODE_BINARY:
@@ -330,7 +351,7 @@ class BoundedFrameReader(websocket.frame_buffer):
 
     def _refuse(self, why: str) -> None:
         self._refused = why
-        self._preview = b"".join(self._parts)[:self.PREVIEW_BYTES]
+        self._preview = b"".join(self._parts)[: self.PREVIEW_BYTES]
         self._parts = []
 
     def _payload(self, length: int, mask: Optional[bytes]) -> bytes:
@@ -355,7 +376,7 @@ class BoundedFrameReader(websocket.frame_buffer):
                 payload.decode("utf-8")
             except UnicodeDecodeError as exc:
                 reason = f"text that is not valid UTF-8 (byte {exc.start})"
-                preview = payload[:self.PREVIEW_BYTES]
+                preview = payload[: self.PREVIEW_BYTES]
         if reason is not None:
             return websocket.ABNF(1, 0, 0, 0, websocket.ABNF.OPCODE_BINARY, 0, RefusedMessage(preview, reason))
         return websocket.ABNF(1, 0, 0, 0, opcode, 0, payload)
@@ -366,7 +387,7 @@ class _Parsed:
     of silently keeping the last) and the field path of a repeated key, if there is one."""
 
     def __init__(self, text: str):
-        repeated: Dict[int, List[str]] = {}   # id(object) -> its repeated keys, in order
+        repeated: Dict[int, List[str]] = {}  # id(object) -> its repeated keys, in order
 
         def pairs_hook(pairs: List[Tuple[str, Any]]) -> dict:
             obj = dict(pairs)
@@ -411,10 +432,18 @@ class RelayLink:
     outcome, from its store or TWS), any other id is INVALID_REQUEST "already answered".
     """
 
-    def __init__(self, url: str, key: str, agent_version: str, actions: List[str],
-                 ib_status: Callable[[], dict], executor: Callable[[Job], None],
-                 timings: LinkTimings = LinkTimings(), limits: OutboxLimits = OutboxLimits(),
-                 order_actions: Iterable[str] = ORDER_ACTIONS):
+    def __init__(
+        self,
+        url: str,
+        key: str,
+        agent_version: str,
+        actions: List[str],
+        ib_status: Callable[[], dict],
+        executor: Callable[[Job], None],
+        timings: LinkTimings = LinkTimings(),
+        limits: OutboxLimits = OutboxLimits(),
+        order_actions: Iterable[str] = ORDER_ACTIONS,
+    ):
         parsed = urllib.parse.urlsplit(url)
         if parsed.scheme not in ("wss", "ws") or not parsed.hostname:
             raise ValueError("relay URL must be wss://")
@@ -423,7 +452,7 @@ class RelayLink:
         self.url = url
         self.session = str(uuid.uuid4())
         self._key = key
-        self._masker = agent_log.Masker([key])   # for text cut short before logging masks it
+        self._masker = agent_log.Masker([key])  # for text cut short before logging masks it
         self._agent_version = agent_version
         self._actions = list(actions)
         self._ib_status = ib_status
@@ -432,7 +461,7 @@ class RelayLink:
         self._timings = timings
         self._outbox = Outbox(limits)
         self._running: Dict[str, Job] = {}
-        self._lock = threading.RLock()          # the one sender; also guards _running and _outbox
+        self._lock = threading.RLock()  # the one sender; also guards _running and _outbox
         self._open_app: Optional[websocket.WebSocketApp] = None
         self._app: Optional[websocket.WebSocketApp] = None
         self._stopping = threading.Event()
@@ -440,8 +469,8 @@ class RelayLink:
         self._threads: List[threading.Thread] = []
         self._last_error: Optional[BaseException] = None
         self._opened_at: Optional[float] = None
-        self._offline_since: Optional[float] = None   # set while the link is down, after it first failed
-        self._reasons_reported: set = set()            # why dials failed in this outage, each said once
+        self._offline_since: Optional[float] = None  # set while the link is down, after it first failed
+        self._reasons_reported: set = set()  # why dials failed in this outage, each said once
         self._ssl_context, self._tls_roots = tls_context()  # CERT_REQUIRED + hostname check, always
         self._backoff = ReconnectPolicy(timings.backoff_min_s, timings.backoff_max_s, timings.stable_s)
 
@@ -508,20 +537,31 @@ class RelayLink:
             return self._send_locked(text)
 
     def _hello(self) -> dict:
-        return {"type": "hello", "protocol": PROTOCOL_VERSION, "agent_version": self._agent_version,
-                "session": self.session, "actions": self._actions, "ib": self._ib_status()}
+        return {
+            "type": "hello",
+            "protocol": PROTOCOL_VERSION,
+            "agent_version": self._agent_version,
+            "session": self.session,
+            "actions": self._actions,
+            "ib": self._ib_status(),
+        }
 
     def _progress(self, job: Job, done: int, total: int) -> None:
         now = time.monotonic()
         self._console_progress(job, now - job.received, done, total)
         with self._lock:
-            if (now - job.received < self._timings.progress_after_s
-                    or now - job.last_progress < self._timings.progress_interval_s
-                    or job.id not in self._running):
+            if (
+                now - job.received < self._timings.progress_after_s
+                or now - job.last_progress < self._timings.progress_interval_s
+                or job.id not in self._running
+            ):
                 return
             job.last_progress = now
-            self._send_locked(json.dumps({"type": "progress", "id": job.id, "done": int(done),
-                                          "total": int(total)}, separators=(",", ":")))
+            self._send_locked(
+                json.dumps(
+                    {"type": "progress", "id": job.id, "done": int(done), "total": int(total)}, separators=(",", ":")
+                )
+            )
 
     def _console_progress(self, job: Job, elapsed: float, done: int, total: int) -> None:
         """One console line per console_progress_s (10 s) of a long request, as far as its progress
@@ -547,8 +587,14 @@ class RelayLink:
             text = json.dumps(frame, separators=(",", ":"), allow_nan=False)
         except (TypeError, ValueError) as exc:  # NaN or an object JSON cannot carry: a bug upstream
             log.error("Response to request %s (%s) cannot be sent as JSON: %s", job.id, job.action, exc)
-            text = json.dumps({"type": "response", "id": job.id, "ok": False, "error": AgentError(
-                INTERNAL, "the agent produced a response it cannot encode").to_dict()})
+            text = json.dumps(
+                {
+                    "type": "response",
+                    "id": job.id,
+                    "ok": False,
+                    "error": AgentError(INTERNAL, "the agent produced a response it cannot encode").to_dict(),
+                }
+            )
         with self._lock:
             if self._running.get(job.id) is job:
                 del self._running[job.id]
@@ -566,8 +612,11 @@ class RelayLink:
     def _handle_frame(self, text: Any) -> None:
         if isinstance(text, bytes):  # a RefusedMessage from BoundedFrameReader (plain bytes cannot get here)
             reason = getattr(text, "reason", f"binary frame, {len(text):,} bytes")
-            log.warning("Ignored a frame from the cloud (%s): %s", reason,
-                        _preview(bytes(text).decode("utf-8", "replace"), masker=self._masker))
+            log.warning(
+                "Ignored a frame from the cloud (%s): %s",
+                reason,
+                _preview(bytes(text).decode("utf-8", "replace"), masker=self._masker),
+            )
             return
         try:
             parsed = _Parsed(text)
@@ -575,16 +624,22 @@ class RelayLink:
             parsed = None
         frame = parsed.value if parsed else None
         if not isinstance(frame, dict) or parsed.repeated_id or not _usable_id(frame.get("id")):
-            problem = ("not a JSON object" if not isinstance(frame, dict)
-                       else "the key id is repeated" if parsed.repeated_id else "no usable id")
+            problem = (
+                "not a JSON object"
+                if not isinstance(frame, dict)
+                else "the key id is repeated"
+                if parsed.repeated_id
+                else "no usable id"
+            )
             log.warning("Ignored a frame from the cloud (%s): %s", problem, _preview(str(text), masker=self._masker))
             return
         request_id, kind = frame["id"], frame.get("type")
         if parsed.repeated_path is not None:
             # keys are the cloud's: a path is cut short rather than echoed whole (masked first)
             path = agent_log.clip(parsed.repeated_path, MAX_PATH_CHARS, self._masker, ellipsis="...")
-            self._reject(request_id, frame.get("action"),
-                         f"{path}: repeated key; each key may appear once in a JSON object")
+            self._reject(
+                request_id, frame.get("action"), f"{path}: repeated key; each key may appear once in a JSON object"
+            )
         elif kind == "ack":
             with self._lock:
                 self._outbox.ack(request_id)
@@ -617,11 +672,15 @@ class RelayLink:
             else:
                 valid_action = isinstance(action, str) and 1 <= len(action) <= MAX_ACTION_LENGTH
                 Job(self, request_id, action if valid_action else "?", {}).finish(
-                    error=AgentError(INVALID_REQUEST, message))
+                    error=AgentError(INVALID_REQUEST, message)
+                )
                 return
-        log.warning("Ignored a frame from the cloud for request %s, which %s (%s)",
-                    _preview(request_id, MAX_ID_LENGTH, self._masker), known,
-                    _preview(message, 2 * LOGGED_FRAME_CHARS, self._masker))
+        log.warning(
+            "Ignored a frame from the cloud for request %s, which %s (%s)",
+            _preview(request_id, MAX_ID_LENGTH, self._masker),
+            known,
+            _preview(message, 2 * LOGGED_FRAME_CHARS, self._masker),
+        )
 
     def _accept(self, request_id: str, frame: dict) -> None:
         with self._lock:
@@ -641,13 +700,22 @@ class RelayLink:
             job = Job(self, request_id, action if valid_action else "?", params)
             self._running[request_id] = job
         if answered:
-            log.info("request %s arrived again after its response was acknowledged; not run again",
-                     _preview(request_id, MAX_ID_LENGTH, self._masker))
-            job.finish(error=AgentError(INVALID_REQUEST, f"id: request {request_id} was already answered and "
-                                                         "its response acknowledged; a request id is never run "
-                                                         "twice, and that response is no longer held"))
+            log.info(
+                "request %s arrived again after its response was acknowledged; not run again",
+                _preview(request_id, MAX_ID_LENGTH, self._masker),
+            )
+            job.finish(
+                error=AgentError(
+                    INVALID_REQUEST,
+                    f"id: request {request_id} was already answered and "
+                    "its response acknowledged; a request id is never run "
+                    "twice, and that response is no longer held",
+                )
+            )
         elif not valid_action:
-            job.finish(error=AgentError(INVALID_REQUEST, f"action: must be a string of 1 to {MAX_ACTION_LENGTH} characters"))
+            job.finish(
+                error=AgentError(INVALID_REQUEST, f"action: must be a string of 1 to {MAX_ACTION_LENGTH} characters")
+            )
         elif not isinstance(params, dict):
             job.finish(error=AgentError(INVALID_REQUEST, "params: must be an object"))
         else:
@@ -695,13 +763,19 @@ class RelayLink:
         app = websocket.WebSocketApp(
             self.url,
             header=[f"Authorization: Bearer {self._key}", f"X-Agent-Version: {self._agent_version}"],
-            on_open=self._on_open, on_message=self._on_message, on_error=self._on_error)
+            on_open=self._on_open,
+            on_message=self._on_message,
+            on_error=self._on_error,
+        )
         self._app = app
         try:
             if not self._stopping.is_set():
-                app.run_forever(sslopt={"context": self._ssl_context}, reconnect=0,
-                                ping_interval=self._timings.ping_interval_s,
-                                ping_timeout=self._timings.ping_timeout_s)
+                app.run_forever(
+                    sslopt={"context": self._ssl_context},
+                    reconnect=0,
+                    ping_interval=self._timings.ping_interval_s,
+                    ping_timeout=self._timings.ping_timeout_s,
+                )
         except Exception as exc:  # run_forever reports through on_error; this is a bug guard
             log.exception("Relay connection crashed")
             self._last_error = exc
@@ -729,8 +803,9 @@ class RelayLink:
         if reason in self._reasons_reported:
             log.debug("relay connection attempt failed: %s", reason)
         elif refused_key:
-            log.error(AUTH_FAILED_HELP.format(status=error.status_code,
-                                              retry=_seconds_text(self._timings.auth_retry_s)))
+            log.error(
+                AUTH_FAILED_HELP.format(status=error.status_code, retry=_seconds_text(self._timings.auth_retry_s))
+            )
         elif isinstance(error, ssl.SSLCertVerificationError):
             log.warning(_tls_help(error, self._tls_roots, urllib.parse.urlsplit(self.url).hostname))
         else:

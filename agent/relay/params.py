@@ -6,6 +6,7 @@ the normalised value or raises INVALID_REQUEST; a rule takes (checked params, pa
 fields go together. The action table (relay_actions) and the order desk (order_guard) both build on
 these, so a field means the same thing, with the same words, wherever the cloud sends it.
 """
+
 from __future__ import annotations
 
 import datetime
@@ -34,6 +35,7 @@ def pattern(regex: str, what: str) -> Checker:
         if not compiled.fullmatch(text):
             raise _invalid(path, f"must be {what}")
         return text
+
     return check
 
 
@@ -48,6 +50,7 @@ def choice(*options: str, aliases: Optional[Mapping[str, str]] = None) -> Checke
         if text not in accepted:
             raise _invalid(path, f"must be {expected}")
         return accepted[text]
+
     return check
 
 
@@ -82,11 +85,17 @@ def number(lo: float, hi: Optional[float] = None, integer: bool = False, lo_open
     def check(value: Any, path: str) -> Any:
         if isinstance(value, (int, float)) and not isinstance(value, bool) and not _in_range(value):
             raise _invalid(path, f"is out of range: must be {expected}, at most {MAX_NUMBER:.0e}")
-        if (isinstance(value, bool) or not isinstance(value, (int, float))
-                or not math.isfinite(value) or (integer and not float(value).is_integer())
-                or not (lo < value if lo_open else lo <= value) or (hi is not None and value > hi)):
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, (int, float))
+            or not math.isfinite(value)
+            or (integer and not float(value).is_integer())
+            or not (lo < value if lo_open else lo <= value)
+            or (hi is not None and value > hi)
+        ):
             raise _invalid(path, f"must be {expected}")
         return int(value) if integer else float(value)
+
     return check
 
 
@@ -114,12 +123,14 @@ def list_of(item: Checker, max_len: int, min_len: int = 1, unique: bool = False)
             raise _invalid(path, f"must be a list of {min_len} to {max_len} items")
         items = [item(v, f"{path}[{i}]") for i, v in enumerate(value)]
         return list(dict.fromkeys(items)) if unique else items
+
     return check
 
 
 def obj(schema: Schema, rules: Sequence[Rule] = ()) -> Checker:
     def check(value: Any, path: str) -> dict:
         return validate(schema, value, path, rules)
+
     return check
 
 
@@ -145,15 +156,18 @@ def validate(schema: Schema, value: Any, path: str = "params", rules: Sequence[R
 
 def not_above(low: str, high: str) -> Rule:
     """Cross-field rule: params[low] <= params[high] when both are given."""
+
     def check(params: dict, path: str) -> None:
         if params[low] is not None and params[high] is not None and params[low] > params[high]:
             raise _invalid(f"{path}.{high}", f"must not be less than {low}")
+
     return check
 
 
 def only_for(switch: str, value: str, what: str, required: Sequence[str], optional: Sequence[str] = ()) -> Rule:
     """Cross-field rule: when params[switch] == value, `required` must be given; otherwise neither
     `required` nor `optional` may be (e.g. an option's strike on a stock order)."""
+
     def check(params: dict, path: str) -> None:
         if params[switch] == value:
             for name in required:
@@ -163,6 +177,7 @@ def only_for(switch: str, value: str, what: str, required: Sequence[str], option
         for name in (*required, *optional):
             if params[name] is not None:
                 raise _invalid(f"{path}.{name}", f"only for {what}")
+
     return check
 
 
