@@ -209,6 +209,10 @@ class RelayClient:
     def cancel(self, request_id: str) -> None:
         self._call("POST", f"/api/cancel/{request_id}")
 
+    def frames(self) -> dict:
+        """GET /api/frames: {"frames": every frame from the agent, "violations": [...]}."""
+        return self._call("GET", "/api/frames")
+
     def progress(self, request_id: str) -> List[dict]:
         return self._call("GET", f"/api/progress/{request_id}")["progress"]
 

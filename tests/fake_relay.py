@@ -165,7 +165,36 @@ def _frame_problems(frame: Any, ib_keys=IB_KEYS) -> List[str]:
         ):
             return [f"response.error malformed: {error}"]
         return []
+    if kind in V11_FRAMES:
+        return [
+            f"{kind}.{name} missing or of the wrong type" for name, ok in V11_FRAMES[kind] if not ok(frame.get(name))
+        ]
     return [f"unknown frame type {kind!r}"]
+
+
+def _is_seq(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+# The v1.1 pushed frames (DESIGN.md 4): each field and the check its value must pass.
+V11_FRAMES = {
+    "partial": (
+        ("id", lambda v: isinstance(v, str)),
+        ("expiration", lambda v: isinstance(v, str) and len(v) == 8 and v.isdigit()),
+        ("options", lambda v: isinstance(v, list)),
+    ),
+    "update": (
+        ("subscription", lambda v: isinstance(v, str) and bool(v)),
+        ("seq", _is_seq),
+        ("options", lambda v: isinstance(v, list)),
+        ("underlyings", lambda v: isinstance(v, dict)),
+    ),
+    "event": (
+        ("event", lambda v: v == "order"),
+        ("seq", _is_seq),
+        ("data", lambda v: isinstance(v, dict)),
+    ),
+}
 
 
 class FakeRelay:
@@ -198,6 +227,10 @@ class FakeRelay:
         self.auth_failure_times: List[float] = []  # time.monotonic() of each refusal
         self.agent_headers: Dict[str, str] = {}  # of the last accepted connection, minus Authorization
         self.resent_requests = 0  # pending requests sent again after a hello
+        self.partials: Dict[str, List[dict]] = collections.defaultdict(list)  # request id -> its partial frames
+        self.updates: Dict[str, List[dict]] = collections.defaultdict(list)  # subscription -> its update frames
+        self.events: List[dict] = []  # event frames, in arrival order
+        self._last_seq: Dict[tuple, int] = {}  # ("update", subscription) / ("event", session) -> last seq
         self._changed = threading.Condition()
         self._loop: Optional[asyncio.AbstractEventLoop] = None
         self._thread: Optional[threading.Thread] = None
@@ -334,6 +367,8 @@ class FakeRelay:
                 self.last_status = frame
             elif kind == "progress" and not problems:
                 self._record_progress(frame)
+            elif kind in V11_FRAMES and not problems:
+                self._record_pushed(kind, frame)
             elif kind == "response" and not problems:
                 self.responses[frame["id"]] = frame
                 self.response_counts[frame["id"]] += 1
@@ -349,6 +384,22 @@ class FakeRelay:
                     await ws.send_str(json.dumps({"type": "ack", "id": frame["id"]}))
                 except ConnectionError:
                     pass  # cut while acking: the agent sends the response again after its hello
+
+    def _record_pushed(self, kind: str, frame: dict) -> None:
+        """partial / update / event frames. A seq that does not grow (per subscription for updates,
+        per agent session for events) is a violation; a gap is not (a frame can die with a link)."""
+        if kind == "partial":
+            self.partials[frame["id"]].append(frame)
+            return
+        if kind == "update":
+            self.updates[frame["subscription"]].append(frame)
+            key = ("update", frame["subscription"])
+        else:
+            self.events.append(frame)
+            key = ("event", (self.hello or {}).get("session"))
+        if frame["seq"] <= self._last_seq.get(key, 0):
+            self._violation(f"{kind} seq {frame['seq']} after {self._last_seq[key]} ({key[1]})")
+        self._last_seq[key] = frame["seq"]
 
     def _record_progress(self, frame: dict) -> None:
         self.progress[frame["id"]].append(frame)

@@ -141,7 +141,7 @@ class FailedRequestLine(unittest.TestCase):
         )
         self.assertEqual(
             line,
-            "WARNING:agent.requests:request fetch-chain ZZZZQ failed: TWS knows no stock, ETF "
+            "WARNING:ib_data_agent.requests:request fetch-chain ZZZZQ failed: TWS knows no stock, ETF "
             "or index ZZZZQ (USD) (NO_SECURITY_DEFINITION, IB error 200)",
         )
 
@@ -153,7 +153,7 @@ class FailedRequestLine(unittest.TestCase):
     def test_a_cancelled_request_is_not_called_failed(self):
         self.assertEqual(
             self.line("fetch-chain", {"ticker": "SPY"}, AgentError("CANCELLED", "cancelled")),
-            "INFO:agent.requests:request fetch-chain SPY cancelled",
+            "INFO:ib_data_agent.requests:request fetch-chain SPY cancelled",
         )
         self.assertEqual(
             self.line(
@@ -161,7 +161,7 @@ class FailedRequestLine(unittest.TestCase):
                 {"ticker": "SPY", "right": "P"},
                 AgentError("CANCELLED", "cancelled before it started: nothing was sent to TWS"),
             ),
-            "INFO:agent.requests:request sell-scan SPY cancelled: cancelled before it started: nothing was sent to TWS",
+            "INFO:ib_data_agent.requests:request sell-scan SPY cancelled: cancelled before it started: nothing was sent to TWS",
         )
 
     def test_a_quote_that_answered_says_which_tickers_failed(self):
@@ -181,7 +181,7 @@ class FailedRequestLine(unittest.TestCase):
         self.assertEqual(
             logs.output,
             [
-                "INFO:agent.requests:request quote AAPL ZZZZQ: 1 quote in 0.2 s; ZZZZQ failed: "
+                "INFO:ib_data_agent.requests:request quote AAPL ZZZZQ: 1 quote in 0.2 s; ZZZZQ failed: "
                 "TWS knows no stock, ETF or index ZZZZQ (USD) (NO_SECURITY_DEFINITION)"
             ],
         )
@@ -206,9 +206,9 @@ class ProgressLine(unittest.TestCase):
         self.assertEqual(
             logs.output,
             [
-                "INFO:agent.relay:fetch-chain SPY: 41/1046 contracts after 10 s",
-                "INFO:agent.relay:fetch-chain SPY: 412/1046 contracts after 20 s",
-                "INFO:agent.relay:fetch-chain SPY: 900/1046 contracts after 30 s",
+                "INFO:ib_data_agent.relay:fetch-chain SPY: 41/1046 contracts after 10 s",
+                "INFO:ib_data_agent.relay:fetch-chain SPY: 412/1046 contracts after 20 s",
+                "INFO:ib_data_agent.relay:fetch-chain SPY: 900/1046 contracts after 30 s",
             ],
         )
 

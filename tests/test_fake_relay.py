@@ -217,6 +217,35 @@ class Delivery(RelayCase):
         self.assertIn("response.error malformed", text)
         self.assertIn("progress frame malformed", text)
 
+    def test_v11_pushed_frames_are_recorded_and_a_seq_that_does_not_grow_is_a_violation(self):
+        agent = self.agent()
+        option = {"ticker": "AAPL"}
+        frames = [
+            {"type": "partial", "id": "c1", "expiration": "20270115", "options": [option]},
+            {"type": "update", "subscription": "s1", "seq": 1, "options": [option], "underlyings": {}},
+            {"type": "update", "subscription": "s1", "seq": 3, "options": [], "underlyings": {"AAPL": {}}},
+            {"type": "update", "subscription": "s2", "seq": 1, "options": [], "underlyings": {}},
+            {"type": "event", "event": "order", "seq": 1, "data": {"order_id": 5}},
+            {"type": "event", "event": "order", "seq": 2, "data": {"order_id": 5}},
+        ]
+        for frame in frames:
+            agent.send(frame)
+        self.relay.wait_until(lambda: len(self.relay.events) == 2, what="events")
+        self.assertEqual(self.relay.violations, [])  # a gap (s1: 1 then 3) is not a violation
+        self.assertEqual(self.relay.partials["c1"], frames[:1])
+        self.assertEqual([f["seq"] for f in self.relay.updates["s1"]], [1, 3])
+        self.assertEqual(self.http.frames()["frames"][1:], frames)
+        agent.send({"type": "update", "subscription": "s1", "seq": 3, "options": [], "underlyings": {}})
+        agent.send({"type": "event", "event": "order", "seq": 1, "data": {}})
+        agent.send({"type": "partial", "id": "c1", "expiration": "2027-01-15", "options": []})
+        agent.send({"type": "event", "event": "fill", "seq": 9, "data": {}})
+        self.relay.wait_until(lambda: len(self.relay.violations) >= 4, what="violations")
+        text = "\n".join(self.relay.violations)
+        self.assertIn("update seq 3 after 3 (s1)", text)
+        self.assertIn("event seq 1 after 2 (s)", text)
+        self.assertIn("partial.expiration missing or of the wrong type", text)
+        self.assertIn("event.event missing or of the wrong type", text)
+
     def test_a_second_agent_replaces_the_first(self):
         first = self.agent()
         self.agent()

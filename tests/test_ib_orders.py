@@ -1026,7 +1026,7 @@ class UnexpectedErrorTest(DeskTestCase):
         with self.assertLogs(level="DEBUG") as logs:
             runner.submit(job)
             deadline = time.monotonic() + 10  # the runner logs its outcome just after finishing the job
-            while not any(r.name == "agent.requests" for r in logs.records) and time.monotonic() < deadline:
+            while not any(r.name == "ib_data_agent.requests" for r in logs.records) and time.monotonic() < deadline:
                 time.sleep(0.01)
         self.assertEqual(job.error.code, INTERNAL)
         shown = [r for r in logs.records if r.levelno >= logging.INFO]

@@ -55,7 +55,7 @@ class StandInActions:
         self.orders = {}  # request id -> its answer: the order desk's request-id store, in small
 
     def names(self):
-        return ["echo", "slow", "gated", "nan", "place-order", "cancel-order"]
+        return ["echo", "slow", "gated", "nan", "chunks", "place-order", "cancel-order"]
 
     def __call__(self, job):
         self.executed.append(job.id)
@@ -85,6 +85,13 @@ class StandInActions:
                 return
             job.progress(step + 1, steps)
         job.finish(data={"steps": steps})
+
+    def chunks(self, job):
+        """A partial frame per step, then the response, then one more partial (too late: dropped)."""
+        for step in job.params.get("steps", []):
+            job.partial({"expiration": step, "options": [{"step": step}]})
+        job.finish(data={"steps": job.params.get("steps", [])})
+        job.partial({"expiration": "20991231", "options": []})
 
     def gated(self, job):
         self.gate.wait(20)
@@ -132,7 +139,7 @@ class HelloAndRequests(LinkCase):
         self.assertEqual(hello["protocol"], 1)
         self.assertEqual(hello["agent_version"], "9.9.9-test")
         self.assertEqual(str(uuid.UUID(hello["session"])), hello["session"])
-        self.assertEqual(hello["actions"], ["echo", "slow", "gated", "nan", "place-order", "cancel-order"])
+        self.assertEqual(hello["actions"], ["echo", "slow", "gated", "nan", "chunks", "place-order", "cancel-order"])
         self.assertEqual(hello["ib"], IB)
         self.assertEqual(self.relay.agent_headers.get("X-Agent-Version"), "9.9.9-test")
 
@@ -154,6 +161,41 @@ class HelloAndRequests(LinkCase):
         with self.assertLogs("ib_data_agent.relay", "ERROR"):
             response = self.relay.request("nan", id="n1")
         self.assertEqual(response["error"]["code"], INTERNAL)
+
+
+class PushedFrames(LinkCase):
+    """v1.1 frames that belong to no response's delivery: partial, update, event (DESIGN.md 4)."""
+
+    def test_partial_frames_go_out_while_the_request_runs_and_never_after_its_response(self):
+        self.start()
+        response = self.relay.request("chunks", {"steps": ["20270115", "20270122"]}, id="c1")
+        self.assertTrue(response["ok"])
+        self.link.push({"type": "status", "ib": dict(self.ib)})  # a frame after the late partial's turn
+        self.relay.wait_until(lambda: self.relay.last_status, what="status after the response")
+        kinds = [(f["type"], f.get("expiration")) for f in self.relay.frames[1:]]
+        self.assertEqual(
+            kinds, [("partial", "20270115"), ("partial", "20270122"), ("response", None), ("status", None)]
+        )
+        self.assertEqual(self.relay.partials["c1"][0]["options"], [{"step": "20270115"}])
+
+    def test_push_sends_while_the_link_is_up_and_says_false_when_it_is_down(self):
+        states = []
+        self.link = self.make_link(self.relay.url, KEY, hello_fields=lambda: {"subscriptions": ["s1"]})
+        self.link.add_link_listener(states.append)
+        hello = self.start()
+        self.assertEqual(hello["subscriptions"], ["s1"])
+        self.relay.wait_until(lambda: states == [True], what="link up")
+        event = {"type": "event", "event": "order", "seq": 1, "data": {"order_id": 1}}
+        self.assertTrue(self.link.push(event))
+        self.relay.wait_until(lambda: self.relay.events == [event], what="event")
+        self.assertFalse(self.link.push({"type": "event", "event": "order", "seq": 2, "data": {"bad": float("nan")}}))
+        self.relay.drop()
+        self.relay.wait_until(lambda: states[:2] == [True, False], what="link down")
+        self.relay.wait_hello(connections=2)
+        self.relay.wait_until(lambda: states == [True, False, True], what="link up again")
+        self.link.stop()
+        self.assertFalse(self.link.push(dict(event, seq=3)))
+        self.assertEqual([e["seq"] for e in self.relay.events], [1])
 
 
 class BadFrames(LinkCase):
@@ -420,7 +462,7 @@ class Reconnect(LinkCase):
         ]
         self.assertEqual(len(shown), len(expected), shown)
         for line, (level, start) in zip(shown, expected):
-            self.assertTrue(line.startswith(f"{level}:agent.relay:{start}"), (line, start))
+            self.assertTrue(line.startswith(f"{level}:ib_data_agent.relay:{start}"), (line, start))
         self.assertIn("refused", shown[2])
         self.assertNotIn(KEY, "\n".join(logs.output))
 

@@ -195,6 +195,10 @@ class Job:
     def progress(self, done: int, total: int) -> None:
         self._link._progress(self, done, total)
 
+    def partial(self, fields: dict) -> None:
+        """A v1.1 `partial` frame for this request (e.g. one expiration of a chain): best effort."""
+        self._link._partial(self, fields)
+
     def finish(self, data: Optional[dict] = None, error: Optional[AgentError] = None) -> None:
         self._link._finish(self, data, error)
 
@@ -443,6 +447,7 @@ class RelayLink:
         timings: LinkTimings = LinkTimings(),
         limits: OutboxLimits = OutboxLimits(),
         order_actions: Iterable[str] = ORDER_ACTIONS,
+        hello_fields: Callable[[], dict] = dict,
     ):
         parsed = urllib.parse.urlsplit(url)
         if parsed.scheme not in ("wss", "ws") or not parsed.hostname:
@@ -457,6 +462,8 @@ class RelayLink:
         self._actions = list(actions)
         self._ib_status = ib_status
         self._executor = executor
+        self._hello_fields = hello_fields
+        self._link_listeners: List[Callable[[bool], None]] = []
         self._order_actions = frozenset(order_actions)
         self._timings = timings
         self._outbox = Outbox(limits)
@@ -486,6 +493,29 @@ class RelayLink:
             thread = threading.Thread(target=target, name=name, daemon=True)
             thread.start()
             self._threads.append(thread)
+
+    def push(self, frame: dict) -> bool:
+        """Send a frame that belongs to no request's delivery (v1.1 `update`, `event`) now, if the
+        link is up; best effort: never kept, never sent again. False when it did not go out."""
+        try:
+            text = json.dumps(frame, separators=(",", ":"), allow_nan=False)
+        except (TypeError, ValueError) as exc:  # a bug upstream; the frame is dropped, the link stays
+            log.error("A %s frame cannot be sent as JSON: %s", frame.get("type"), exc)
+            return False
+        with self._lock:
+            return self._send_locked(text)
+
+    def add_link_listener(self, fn: Callable[[bool], None]) -> None:
+        """fn(True) after each connection's hello (and held responses) went out, fn(False) when a
+        connection ends; called on the link's thread, must return at once."""
+        self._link_listeners.append(fn)
+
+    def _tell_link_listeners(self, up: bool) -> None:
+        for fn in list(self._link_listeners):
+            try:
+                fn(up)
+            except Exception:
+                log.exception("Error in a relay link listener")
 
     def status_changed(self) -> None:
         """IB state changed (any thread, never blocks): a status frame goes out from the status thread."""
@@ -544,6 +574,7 @@ class RelayLink:
             "session": self.session,
             "actions": self._actions,
             "ib": self._ib_status(),
+            **self._hello_fields(),
         }
 
     def _progress(self, job: Job, done: int, total: int) -> None:
@@ -562,6 +593,12 @@ class RelayLink:
                     {"type": "progress", "id": job.id, "done": int(done), "total": int(total)}, separators=(",", ":")
                 )
             )
+
+    def _partial(self, job: Job, fields: dict) -> None:
+        with self._lock:
+            running = self._running.get(job.id) is job
+        if running:
+            self.push({"type": "partial", "id": job.id, **fields})
 
     def _console_progress(self, job: Job, elapsed: float, done: int, total: int) -> None:
         """One console line per console_progress_s (10 s) of a long request, as far as its progress
@@ -743,6 +780,7 @@ class RelayLink:
             self._hang_up(app)
             return
         self._opened_at = time.monotonic()
+        self._tell_link_listeners(True)
         self._backoff.connected()
         self._reasons_reported.clear()
         if self._offline_since is None:
@@ -783,6 +821,8 @@ class RelayLink:
             with self._lock:
                 self._open_app = None
                 self._app = None
+        if self._opened_at is not None:
+            self._tell_link_listeners(False)
         return self._after_connection(self._opened_at is not None)
 
     def _after_connection(self, opened: bool) -> float:
