@@ -161,7 +161,8 @@ class FailedRequestLine(unittest.TestCase):
                 {"ticker": "SPY", "right": "P"},
                 AgentError("CANCELLED", "cancelled before it started: nothing was sent to TWS"),
             ),
-            "INFO:ib_data_agent.requests:request sell-scan SPY cancelled: cancelled before it started: nothing was sent to TWS",
+            "INFO:ib_data_agent.requests:request sell-scan SPY cancelled: "
+            "cancelled before it started: nothing was sent to TWS",
         )
 
     def test_a_quote_that_answered_says_which_tickers_failed(self):
