@@ -298,7 +298,7 @@ def run(out: Optional[TextIO] = None) -> int:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    argparse.ArgumentParser(prog="agent_demo.py", description=__doc__.splitlines()[0]).parse_args(argv)
+    argparse.ArgumentParser(prog="python -m agent.demo", description=__doc__.splitlines()[0]).parse_args(argv)
     return run()
 
 

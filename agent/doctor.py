@@ -513,7 +513,7 @@ def run(
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="agent_doctor.py", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m agent.doctor", description=__doc__.splitlines()[0])
     parser.add_argument(
         "--config", metavar="PATH", type=Path, help="config file to read instead of config.env next to the agent"
     )

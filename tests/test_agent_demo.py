@@ -88,7 +88,7 @@ class ChainTable(unittest.TestCase):
 class DemoRun(unittest.TestCase):
     """The demo in its own session, so every process it started can be found afterwards."""
 
-    DEMO = [PYTHON, "-u", str(ROOT / "agent_demo.py")]
+    DEMO = [PYTHON, "-u", "-m", "agent.demo"]
 
     def start(self, command=DEMO, env=None) -> subprocess.Popen:
         process = subprocess.Popen(
@@ -159,7 +159,7 @@ class DemoRun(unittest.TestCase):
 
     def test_a_reader_that_goes_away_does_not_leave_the_fakes_running(self):
         """`... --demo | head -n 3`: the next write fails after the fake TWS was started."""
-        process = self.start(["sh", "-c", f"'{PYTHON}' -u '{ROOT / 'agent_demo.py'}' | head -n 3"])
+        process = self.start(["sh", "-c", f"'{PYTHON}' -u -m agent.demo | head -n 3"])
         stdout, stderr = process.communicate(timeout=RUN_TIMEOUT_S)
         self.assertIn("Starting the fake TWS", stdout)
         self.assertIn("BrokenPipeError", stderr)

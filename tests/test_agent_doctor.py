@@ -268,7 +268,7 @@ class CommandLine(DoctorCase):
 
     def test_agent_doctor_py(self):
         port = self.start_tws()
-        result = self.run_cli([PYTHON, str(ROOT / "agent_doctor.py"), "--config", str(self.config_file)], port)
+        result = self.run_cli([PYTHON, "-m", "agent.doctor", "--config", str(self.config_file)], port)
         self.assertEqual(result.returncode, 0, result.stdout + result.stderr)
         self.assertIn("All checks passed.", result.stdout)
         self.assertEqual(result.stderr, "")
@@ -292,7 +292,7 @@ class CommandLine(DoctorCase):
         self.assertIn("FAIL  Config: IB_MODE='papper' is not one of: paper, live", result.stdout)
 
     def test_agent_doctor_py_failing(self):
-        result = self.run_cli([PYTHON, str(ROOT / "agent_doctor.py"), "--config", str(self.config_file)], free_port())
+        result = self.run_cli([PYTHON, "-m", "agent.doctor", "--config", str(self.config_file)], free_port())
         self.assertEqual(result.returncode, 1, result.stdout + result.stderr)
         self.assertRegex(result.stdout, r"FAIL\s+TWS / IB Gateway: nothing answers on 127\.0\.0\.1 port \d+")
 
