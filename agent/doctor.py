@@ -37,7 +37,7 @@ from agent.ib.connection import IBConnection, is_read_only_error
 from agent.ib.ports import PortProbe, account_type, candidate_ports, resolve_port
 from agent.ib.scanner import Scanner, days_to
 from agent.log import Masker
-from agent.relay.link import tls_context
+from agent.relay.link import relay_headers, tls_context
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
 OK, WARN, FAIL, SKIP = "OK", "WARN", "FAIL", "SKIP"
@@ -430,7 +430,7 @@ def check_market_data(conn: IBConnection, config: Config, checklist: Checklist) 
 
 def check_relay(config: Config, checklist: Checklist, agent_version: str) -> None:
     """Check 7: one WebSocket upgrade with the key, closed at once (no hello, nothing served)."""
-    headers = [f"Authorization: Bearer {config.key}", f"X-Agent-Version: {agent_version}"]
+    headers = relay_headers(config.key, agent_version)
     context, _roots = tls_context()  # the agent's own: certifi's roots when this Python build has none
     try:
         ws = websocket.create_connection(

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 from typing import Any, Callable, ContextManager, Dict, Iterable, List, Optional, Tuple
 
+from ibapi.const import UNSET_DOUBLE
 from ibapi.contract import Contract
 from ibapi.execution import ExecutionFilter
 from ibapi.order import Order
@@ -19,7 +20,6 @@ from ibapi.server_versions import MIN_SERVER_VER_PARAMETRIZED_DAYS_OF_EXECUTIONS
 
 from agent.orders import guard as order_guard
 
-_UNSET_DOUBLE = 1.7976931348623157e308
 LOOKBACK_DAYS = 7  # executions asked for when looking for a request's order in TWS
 # Statuses after which an order can no longer be cancelled (TWS answers a cancel with 161). An
 # Inactive order (rejected after it was accepted) is still listed and can still be cancelled.
@@ -34,7 +34,7 @@ def number(value: Any) -> Optional[float]:
         value = float(value)
     except (TypeError, ValueError):
         return None
-    if not math.isfinite(value) or abs(value) >= _UNSET_DOUBLE:
+    if not math.isfinite(value) or abs(value) >= UNSET_DOUBLE:
         return None
     return value
 

@@ -30,7 +30,7 @@ import websocket
 
 from agent import log as agent_log
 from agent.backoff import ReconnectPolicy
-from agent.config import is_loopback_host
+from agent.config import relay_url_problem
 from agent.errors import INTERNAL, INVALID_REQUEST, AgentError
 
 PROTOCOL_VERSION = 1
@@ -201,6 +201,11 @@ class Job:
 
     def finish(self, data: Optional[dict] = None, error: Optional[AgentError] = None) -> None:
         self._link._finish(self, data, error)
+
+
+def relay_headers(key: str, agent_version: str) -> List[str]:
+    """The upgrade's headers (DESIGN.md 4): the key as a bearer token and the agent's version."""
+    return [f"Authorization: Bearer {key}", f"X-Agent-Version: {agent_version}"]
 
 
 def _usable_id(value: Any) -> bool:
@@ -449,11 +454,9 @@ class RelayLink:
         order_actions: Iterable[str] = ORDER_ACTIONS,
         hello_fields: Callable[[], dict] = dict,
     ):
-        parsed = urllib.parse.urlsplit(url)
-        if parsed.scheme not in ("wss", "ws") or not parsed.hostname:
-            raise ValueError("relay URL must be wss://")
-        if parsed.scheme == "ws" and not is_loopback_host(parsed.hostname):
-            raise ValueError(f"refusing unencrypted ws:// to {parsed.hostname}: wss:// is required")
+        problem = relay_url_problem(url)
+        if problem is not None:  # the config refuses it first; this guards every other caller
+            raise ValueError(f"relay URL {problem[0]}")
         self.url = url
         self.session = str(uuid.uuid4())
         self._key = key
@@ -800,7 +803,7 @@ class RelayLink:
         self._opened_at = None
         app = websocket.WebSocketApp(
             self.url,
-            header=[f"Authorization: Bearer {self._key}", f"X-Agent-Version: {self._agent_version}"],
+            header=relay_headers(self._key, self._agent_version),
             on_open=self._on_open,
             on_message=self._on_message,
             on_error=self._on_error,
