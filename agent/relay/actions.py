@@ -86,10 +86,10 @@ def _quote(runner: "RequestRunner", job, p: dict) -> dict:
 
 def _fetch_chain(runner: "RequestRunner", job, p: dict) -> dict:
     filters = {k: v for k, v in p.items() if k not in ("ticker", "partial")}
-    on_expiration = (lambda e, options: job.partial({"expiration": e, "options": options})) if p["partial"] else None
-    return runner.scanner.fetch_option_chain(
-        p["ticker"], filters, progress=job.progress, cancel=job.cancel, on_expiration=on_expiration
-    )
+    streamed = {}
+    if p["partial"]:  # v1.1: a `partial` frame per expiration as soon as all its options are in
+        streamed["on_expiration"] = lambda e, options: job.partial({"expiration": e, "options": options})
+    return runner.scanner.fetch_option_chain(p["ticker"], filters, progress=job.progress, cancel=job.cancel, **streamed)
 
 
 def _fetch_prices(runner: "RequestRunner", job, p: dict) -> dict:
