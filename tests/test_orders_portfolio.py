@@ -10,7 +10,7 @@ from unittest import mock
 from agent.errors import IB_NOT_CONNECTED, TIMEOUT, AgentError
 from agent.orders import portfolio
 from tests.test_ib_orders import PAPER, DeskTestCase, ReplayConnection, load
-from tests.test_orders_tws import OrdersOnFakeTws, wait_until
+from tests.test_orders_tws import OrdersOnFakeTws, ticks_away, wait_until
 
 PNL = portfolio.PNL_FIELDS
 OTHER = "DU7654321"
@@ -67,7 +67,8 @@ class PortfolioReplayTest(DeskTestCase):
         with self.assertRaises(AgentError) as caught:
             portfolio.read_account(conn, "DU1234567", timeout=30.0)
         self.assertEqual(caught.exception.code, IB_NOT_CONNECTED)
-        self.assertEqual(portfolio.portfolio_values(conn, ["DU1234567"], timeout=30.0), {})  # not connected
+        with self.assertLogs("ib_data_agent.orders", "WARNING"):
+            self.assertEqual(portfolio.portfolio_values(conn, ["DU1234567"], timeout=30.0), {})  # not connected
 
     def test_a_read_times_out(self):
         conn = ReplayConnection(PAPER, {"reqAccountUpdates": []})
@@ -105,10 +106,10 @@ class PositionsPnlOnFakeTwsTest(OrdersOnFakeTws):
     def positions(self, account: str) -> dict:
         return {row["con_id"]: row for row in self.desk.positions()["positions"] if row["account"] == account}
 
-    def test_a_filled_order_shows_with_its_market_value_and_pnl(self):
-        params = self.order(marketable=True, account="DU1234567")
-        filled = self.desk.place_order("pnl-fill", params)
-        self.assertEqual(filled["status"], "Filled")
+    def test_filled_orders_show_with_their_market_value_and_pnl(self):
+        """Buy 2, sell 1: the position's P&L fields are numbers, and selling realized some."""
+        params = self.order(marketable=True, account="DU1234567", quantity=2)
+        self.assertEqual(self.desk.place_order("pnl-buy", params)["status"], "Filled")
         option = next(
             o
             for o in self.tws.market.options("AAPL")
@@ -118,11 +119,19 @@ class PositionsPnlOnFakeTwsTest(OrdersOnFakeTws):
         row = self.positions("DU1234567")[option.con_id]
         for field in PNL:
             self.assertIsInstance(row[field], float, field)
-        self.assertEqual(row["quantity"], 1)
-        self.assertAlmostEqual(row["market_value"], row["market_price"] * 100, places=1)
-        self.assertAlmostEqual(row["unrealized_pnl"], row["market_value"] - row["avg_cost"] * 100, places=1)
+        self.assertEqual((row["quantity"], row["realized_pnl"]), (2, 0.0))
+        self.assertAlmostEqual(row["market_value"], row["market_price"] * 100 * 2, places=1)
+        self.assertAlmostEqual(row["unrealized_pnl"], row["market_value"] - row["avg_cost"] * 100 * 2, places=1)
         stocks = [r for r in self.positions(OTHER).values() if r["sec_type"] == "STK"]
         self.assertTrue(stocks and all(isinstance(r["market_value"], float) for r in stocks), stocks)
+
+        bid = self.tws.market.quote(option).bid
+        sell = dict(params, action="SELL", quantity=1, limit_price=ticks_away(bid, option.min_tick, -2))
+        self.assertEqual(self.desk.place_order("pnl-sell", sell)["status"], "Filled")
+        wait_until(lambda: self.positions("DU1234567")[option.con_id]["quantity"] == 1, what="the sale")
+        row = self.positions("DU1234567")[option.con_id]
+        self.assertIsInstance(row["realized_pnl"], float)
+        self.assertNotEqual(row["realized_pnl"], 0.0)  # bought at the ask, sold at the bid
 
     def test_an_account_without_portfolio_rows_answers_nulls_the_others_numbers(self):
         real = self.tws.portfolio.portfolio_rows
