@@ -706,19 +706,21 @@ class Scanner:
         the extra instruments after them: (OPTIONs in order, results of the extras).
         `on_option(n, OPTION)` is called as wanted[n] is done (an answered one at once)."""
         streamed = [n for n, w in enumerate(wanted) if isinstance(w, Instrument)]
-        kwargs = {}
         if on_option is not None:
             for n, w in enumerate(wanted):
                 if not isinstance(w, Instrument):
                     on_option(n, w)
 
-            def finished(k: int, result: dict) -> None:
-                if k < len(streamed):
-                    on_option(streamed[k], _as_listed(wanted[streamed[k]], result))
+        def finished(k: int, result: dict) -> None:
+            if k < len(streamed):  # the extras after the options are nobody's OPTION
+                on_option(streamed[k], _as_listed(wanted[streamed[k]], result))
 
-            kwargs["on_result"] = finished
         results = self.market.fetch(
-            [wanted[n] for n in streamed] + list(extra), want_open_interest, progress, cancel, **kwargs
+            [wanted[n] for n in streamed] + list(extra),
+            want_open_interest,
+            progress,
+            cancel,
+            on_result=finished if on_option is not None else None,
         )
         options = list(wanted)
         for k, n in enumerate(streamed):
