@@ -73,6 +73,7 @@ NOTHING_FOUND = {
     "reqAllOpenOrders": [("openOrderEnd", [])],
     "reqCompletedOrders": [("completedOrdersEnd", [])],
     "reqExecutions": [("execDetailsEnd", ["$id"])],
+    "reqAccountUpdates": [("accountDownloadEnd", ["DU1234567"])],  # no portfolio rows
 }
 # In a scenario's answers: the answers that replace others once a placeOrder was sent.
 ONCE_PLACED = "once placed"
@@ -150,6 +151,9 @@ class ReplayConnection:
 
     def add_listener(self, name, fn):
         self._listeners.setdefault(name, []).append(fn)
+
+    def remove_listener(self, name, fn):
+        self._listeners[name] = [f for f in self._listeners.get(name, []) if f is not fn]
 
     def send(self, method, *args):
         if not self._status["connected"]:
@@ -253,7 +257,7 @@ class AccountTest(DeskTestCase):
     def test_positions_skip_closed_and_repeated_rows_and_cancel_the_subscription(self):
         desk, conn = self.desk(answers=self.account["positions"])
         positions = desk.positions()["positions"]
-        self.assertEqual(conn.methods(), ["reqPositions", "cancelPositions"])
+        self.assertEqual(conn.methods(), ["reqPositions", "cancelPositions", "reqAccountUpdates", "reqAccountUpdates"])
         self.assertEqual(len(positions), 2)
         stock, call = positions
         self.assertEqual(
@@ -269,6 +273,10 @@ class AccountTest(DeskTestCase):
                 "multiplier": 1,
                 "quantity": 200,
                 "avg_cost": 171.2534,
+                "market_price": 182.5,
+                "market_value": 36500.0,
+                "unrealized_pnl": 2249.32,
+                "realized_pnl": 120.4,
             },
         )
         self.assertEqual(

@@ -174,10 +174,11 @@ class _Subscription:
 
 
 class _Item:
-    __slots__ = ("request", "sub", "rule", "joined", "deadline", "result")
+    __slots__ = ("request", "sub", "rule", "joined", "deadline", "result", "index")
 
     def __init__(self, request: "_Request", sub: _Subscription, rule: str, joined: float):
         self.request, self.sub, self.rule, self.joined = request, sub, rule, joined
+        self.index = len(request.items)  # its place in the request (fetch's order)
         self.deadline: Optional[float] = None
         self.result: Optional[dict] = None
 
@@ -189,6 +190,7 @@ class _Request:
         self.queue: Deque[_Item] = deque()  # items whose subscription still needs a line
         self.waiting: Dict[_Item, None] = {}  # items whose subscription streams (ordered set)
         self.done = 0
+        self.finished: List[int] = []  # indexes of items finished since the request thread last looked
 
 
 class MarketData:
@@ -240,9 +242,11 @@ class MarketData:
         want_open_interest: bool = False,
         progress: Optional[Callable[[int, int], None]] = None,
         cancel: Optional[threading.Event] = None,
+        on_result: Optional[Callable[[int, dict], None]] = None,
     ) -> List[dict]:
         """One OPTION / QUOTE per instrument, in order. Raises AgentError(CANCELLED) when `cancel`
-        is set (its lines are freed first)."""
+        is set (its lines are freed first). `on_result(index, result)` is called on this thread as
+        each one finishes (in the order they finish), for callers that pass results on early."""
         option_rule = "option+oi" if want_open_interest else "option"
         with self._mutex:
             now = self._clock()
@@ -252,7 +256,7 @@ class MarketData:
             for instrument in instruments:
                 self._join(request, instrument, option_rule if instrument.is_option else "stock", now)
         try:
-            self._run(request, progress, cancel)
+            self._run(request, progress, cancel, on_result)
         finally:
             self._leave(request)
         return [item.result for item in request.items]
@@ -300,7 +304,7 @@ class MarketData:
             request.queue.append(item)
         self._counts["contracts"] += 1
 
-    def _run(self, request: _Request, progress, cancel) -> None:
+    def _run(self, request: _Request, progress, cancel, on_result=None) -> None:
         reported = 0
         total = len(request.items)
         while True:
@@ -315,12 +319,17 @@ class MarketData:
                 if not (ends or starts or dead or finished or request.done > reported):
                     self._changed.wait(self._wait_s(request, cancel))
                     continue
+                newly, request.finished = request.finished, []
             self._clear_dead_ids(dead)
             self._end_lines(ends)
             self._start_lines(starts)
-            if progress is not None and request.done > reported:
+            if on_result is not None:
+                for index in newly:
+                    on_result(index, request.items[index].result)
+            if request.done > reported:  # counted with or without progress: else the loop never waits
                 reported = request.done
-                progress(reported, total)
+                if progress is not None:
+                    progress(reported, total)
             if finished:
                 return
 
@@ -356,6 +365,7 @@ class MarketData:
         request, sub = item.request, item.sub
         item.result = sub.book.result(complete, error)
         request.done += 1
+        request.finished.append(item.index)
         request.waiting.pop(item, None)
         self._drop_item(item, ends, keep_warm=keep_warm)
 

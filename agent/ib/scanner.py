@@ -25,6 +25,10 @@ Choices worth knowing:
   so they finish on bid, ask and model greeks.
 - The underlying price (strikes_around, sell-scan OTM band and yields) is the quote's last, else
   its mid, else its close. Days to expiration count on the New York calendar date.
+- fetch-chain streams its options nearest expiration first (the line pool starts them in request
+  order), so with `on_expiration` (the v1.1 `partial` frames) the nearest expiration is complete
+  early; an expiration finished before an earlier one is held back until that one went
+  (ExpirationRelease).
 """
 
 from __future__ import annotations
@@ -212,6 +216,13 @@ def _public_quote(quote: dict) -> dict:
     return {k: v for k, v in quote.items() if k != "error"}
 
 
+def _as_listed(instrument: Instrument, option: dict) -> dict:
+    """The OPTION with the listing's facts (a shared stream may have been started without them)."""
+    if instrument.con_id:
+        option["con_id"], option["adjusted"] = instrument.con_id, instrument.adjusted
+    return option
+
+
 def _is_missing_contract(option: dict) -> bool:
     return bool(option["error"]) and option["error"]["code"] == NO_SECURITY_DEFINITION
 
@@ -228,6 +239,38 @@ def _in_parallel(fn: Callable, items: Sequence) -> list:
         return [fn(item) for item in items]
     with ThreadPoolExecutor(max_workers=min(LOOKUP_THREADS, len(items)), thread_name_prefix="lookup") as pool:
         return list(pool.map(fn, items))
+
+
+class ExpirationRelease:
+    """Hands each expiration's options on as soon as all of them are in, nearest expiration first:
+    one that finished early waits until every earlier one has gone. `slots[n]` is the expiration
+    (its position in `expirations`) of option n; `send(expiration, options)` gets them in option
+    order, once per expiration, also for one with no options (nothing to wait for)."""
+
+    def __init__(self, expirations: Sequence[str], slots: Sequence[int], send: Callable[[str, List[dict]], None]):
+        self._expirations = list(expirations)
+        self._slots = list(slots)
+        self._members: List[List[int]] = [[] for _ in self._expirations]
+        for n, slot in enumerate(self._slots):
+            self._members[slot].append(n)
+        self._left = [len(m) for m in self._members]
+        self._results: Dict[int, dict] = {}
+        self._next = 0  # the first expiration not sent yet
+        self._send = send
+        self._release()
+
+    def done(self, n: int, option: dict) -> None:
+        """Option n is in (complete or not: finished)."""
+        if n in self._results:
+            return
+        self._results[n] = option
+        self._left[self._slots[n]] -= 1
+        self._release()
+
+    def _release(self) -> None:
+        while self._next < len(self._expirations) and self._left[self._next] == 0:
+            slot, self._next = self._next, self._next + 1
+            self._send(self._expirations[slot], [self._results[n] for n in self._members[slot]])
 
 
 def _right(value: str) -> str:
@@ -502,7 +545,17 @@ class Scanner:
             [self._option_instrument(c) for c in contracts], [], want_open_interest, progress, cancel
         )[0]
 
-    def fetch_option_chain(self, ticker: str, filters: Optional[dict] = None, progress=None, cancel=None) -> dict:
+    def fetch_option_chain(
+        self,
+        ticker: str,
+        filters: Optional[dict] = None,
+        progress=None,
+        cancel=None,
+        on_expiration: Optional[Callable[[str, List[dict]], None]] = None,
+    ) -> dict:
+        """The chain (DESIGN.md 4 fetch-chain). `on_expiration(expiration, options)` is called on
+        this thread once per expiration, nearest first, as soon as all its options are in, with
+        the OPTIONs the response will list for it (best effort: the response still has them all)."""
         started = self._clock()
         ticker, filters = ticker.strip().upper(), filters or {}
         chain, classes = self._chain_for(ticker, "SMART", bool(filters.get("include_adjusted")))
@@ -525,14 +578,23 @@ class Scanner:
                 strikes = set(strikes_around(strikes, unit, int(filters["strikes_around"])))
             allowed[option_class.name] = strikes
         rights = [_right(r) for r in (filters.get("rights") or RIGHTS)]
-        instruments = [
-            i
-            for listing in self._listings_of(chain, expirations, rights[0] if len(rights) == 1 else "", classes)
-            for i in listing
-            if i.strike in allowed[i.trading_class] and i.right in rights
-        ]
+        listings = self._listings_of(chain, expirations, rights[0] if len(rights) == 1 else "", classes)
+        instruments, slots = [], []  # nearest expiration first: the order lines are given out in
+        for slot, listing in enumerate(listings):
+            for i in listing:
+                if i.strike in allowed[i.trading_class] and i.right in rights:
+                    instruments.append(i)
+                    slots.append(slot)
+        on_option = None
+        if on_expiration is not None:
+            release = ExpirationRelease(
+                expirations,
+                slots,
+                lambda e, found: on_expiration(e, [o for o in found if not _is_missing_contract(o)]),
+            )
+            on_option = release.done
         extra = [] if underlying is not None else [chain.underlying.instrument()]  # streams with the options
-        options, quotes = self._fetch_options(instruments, extra, True, progress, cancel)
+        options, quotes = self._fetch_options(instruments, extra, True, progress, cancel, on_option)
         if underlying is None:
             underlying = quotes[0]
         return {
@@ -632,22 +694,38 @@ class Scanner:
     # --- helpers ------------------------------------------------------------------------------------------
 
     def _fetch_options(
-        self, wanted: Sequence, extra: Sequence[Instrument], want_open_interest: bool, progress, cancel
+        self,
+        wanted: Sequence,
+        extra: Sequence[Instrument],
+        want_open_interest: bool,
+        progress,
+        cancel,
+        on_option: Optional[Callable[[int, dict], None]] = None,
     ) -> Tuple[List[dict], List[dict]]:
         """Stream the wanted options (Instruments; an OPTION already answered stays as it is) and
-        the extra instruments after them: (OPTIONs in order, results of the extras)."""
-        streamed = [w for w in wanted if isinstance(w, Instrument)]
-        results = iter(self.market.fetch(streamed + list(extra), want_open_interest, progress, cancel))
-        options = []
-        for w in wanted:
-            if isinstance(w, Instrument):
-                option = next(results)
-                if w.con_id:  # a shared stream may have been started without the listing's facts
-                    option["con_id"], option["adjusted"] = w.con_id, w.adjusted
-                options.append(option)
-            else:
-                options.append(w)
-        return options, list(results)
+        the extra instruments after them: (OPTIONs in order, results of the extras).
+        `on_option(n, OPTION)` is called as wanted[n] is done (an answered one at once)."""
+        streamed = [n for n, w in enumerate(wanted) if isinstance(w, Instrument)]
+        if on_option is not None:
+            for n, w in enumerate(wanted):
+                if not isinstance(w, Instrument):
+                    on_option(n, w)
+
+        def finished(k: int, result: dict) -> None:
+            if k < len(streamed):  # the extras after the options are nobody's OPTION
+                on_option(streamed[k], _as_listed(wanted[streamed[k]], result))
+
+        results = self.market.fetch(
+            [wanted[n] for n in streamed] + list(extra),
+            want_open_interest,
+            progress,
+            cancel,
+            on_result=finished if on_option is not None else None,
+        )
+        options = list(wanted)
+        for k, n in enumerate(streamed):
+            options[n] = _as_listed(wanted[n], results[k])
+        return options, results[len(streamed) :]
 
     def _quote_one(self, instrument: Instrument, cancel) -> dict:
         return self.market.fetch([instrument], cancel=cancel)[0]

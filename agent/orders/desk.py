@@ -55,6 +55,7 @@ from agent.orders import guard as order_guard
 from agent.orders.book import FINAL_STATUSES, OrderBook, contract_dict, refs_of  # contract_dict: for callers
 from agent.orders.book import number as _number
 from agent.orders.book import quantity as _quantity
+from agent.orders.portfolio import NO_PNL, portfolio_values
 from agent.orders.wait import ORDER_WARNING_CODES, SWEEP_EVENTS, _Forwarding, _KeyedLocks, _Pending
 
 log = agent_log.logger("orders")
@@ -245,7 +246,9 @@ class OrderDesk:
                     quantity=_quantity(quantity),
                     avg_cost=avg_cost,
                 )
-        return {"positions": [row for row in latest.values() if row["quantity"]]}  # 0 = closed today
+        held = {key: row for key, row in latest.items() if row["quantity"]}  # 0 = closed today
+        values = portfolio_values(self.conn, [account for account, _ in held], self._timeout)  # v1.1 P&L
+        return {"positions": [dict(row, **values.get(key, NO_PNL)) for key, row in held.items()]}
 
     def account_summary(self) -> dict:
         with self._sweep_locks["summary"]:  # TWS allows two account-summary subscriptions at once

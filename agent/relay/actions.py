@@ -85,8 +85,11 @@ def _quote(runner: "RequestRunner", job, p: dict) -> dict:
 
 
 def _fetch_chain(runner: "RequestRunner", job, p: dict) -> dict:
-    filters = {k: v for k, v in p.items() if k != "ticker"}
-    return runner.scanner.fetch_option_chain(p["ticker"], filters, progress=job.progress, cancel=job.cancel)
+    filters = {k: v for k, v in p.items() if k not in ("ticker", "partial")}
+    streamed = {}
+    if p["partial"]:  # v1.1: a `partial` frame per expiration as soon as all its options are in
+        streamed["on_expiration"] = lambda e, options: job.partial({"expiration": e, "options": options})
+    return runner.scanner.fetch_option_chain(p["ticker"], filters, progress=job.progress, cancel=job.cancel, **streamed)
 
 
 def _fetch_prices(runner: "RequestRunner", job, p: dict) -> dict:
@@ -165,6 +168,7 @@ ACTIONS: Dict[str, Action] = {
             "strikes_around": (number(1, 500, integer=True), None),
             "rights": (list_of(RIGHT, 2, unique=True), ("C", "P")),
             "include_adjusted": (boolean, False),
+            "partial": (boolean, False),  # v1.1: a `partial` frame per expiration as it completes
         },
         rules=(not_above("min_days", "max_days"), not_above("strike_min", "strike_max")),
         lane=BULK,
