@@ -258,7 +258,7 @@ class _TwsSession(EWrapper, EClient):
         conn = self.conn
         if conn is not None and self._ready_to_gate and not getattr(self._bypass, "on", False):
             try:
-                backlog = conn.wait_drained(lambda: self._owner._control.put(("probe", self)))
+                backlog = conn.wait_drained(lambda: self._owner.probe_wanted(self))
             except OSError:
                 raise self._send_failed(AgentError(IB_NOT_CONNECTED, "The connection to TWS closed")) from None
             if backlog:
@@ -373,7 +373,7 @@ class _TwsSession(EWrapper, EClient):
             log.exception("The connection to TWS stopped on an unexpected error; reconnecting")
         finally:
             self._socket_closed()
-            self._owner._session_closed(self)
+            self._owner.session_closed(self)
 
     def _socket_closed(self) -> None:
         self.closed.set()
@@ -404,7 +404,7 @@ class _TwsSession(EWrapper, EClient):
     def nextValidId(self, orderId: int):
         if self.first_order_id is None:
             self.first_order_id = orderId
-        self._owner._order_id_from_tws(self, orderId)
+        self._owner.order_id_from_tws(self, orderId)
         self._check_settled()
 
     def _check_settled(self) -> None:
@@ -419,7 +419,7 @@ class _TwsSession(EWrapper, EClient):
         if errorCode == CLIENT_ID_IN_USE:
             self.client_id_in_use = True
             self._settled.set()
-        self._owner._route_error(self, reqId, errorCode, errorString)
+        self._owner.route_error(self, reqId, errorCode, errorString)
 
 
 def _forwarder(name: str, route: str):
@@ -431,6 +431,6 @@ def _forwarder(name: str, route: str):
 
 
 for _name in ID_CALLBACKS:
-    setattr(_TwsSession, _name, _forwarder(_name, "_route_by_id"))
+    setattr(_TwsSession, _name, _forwarder(_name, "route_by_id"))
 for _name in PLAIN_CALLBACKS:
-    setattr(_TwsSession, _name, _forwarder(_name, "_route_plain"))
+    setattr(_TwsSession, _name, _forwarder(_name, "route_plain"))
