@@ -5,6 +5,9 @@ resolution and reconnecting. The scanner and the order desk use only the interfa
 session itself (handshake, back-pressure, pacing each message) is ib_session's; IB's code tables ib_codes'.
 
 Callback routing (callbacks arrive on the connection's reader thread and must not block):
+- A request waited on (call(), an order's placement or cancel, an id-less sweep) is a Request in
+  `conn.requests` (ib_requests): what TWS sends for its id or name goes to it first, errors of its
+  id to it only, and the connection's loss fails every pending one at once.
 - ID_CALLBACKS carry a reqId / tickerId / orderId first. They go to the handler registered for
   that id as `handler.on_event(name, args)`, args being the callback's full argument tuple, id
   included; for an id nobody registered, to the listeners of that name as `fn(*args)`.

@@ -9,7 +9,7 @@ from __future__ import annotations
 import socket
 import threading
 import time
-from typing import TYPE_CHECKING, Callable, Optional, Tuple
+from typing import Callable, Optional, Protocol, Tuple
 
 from ibapi import comm, decoder, reader
 from ibapi.client import EClient
@@ -19,9 +19,7 @@ from ibapi.wrapper import EWrapper
 from agent import log as agent_log
 from agent.errors import IB_NOT_CONNECTED, AgentError
 from agent.ib.codes import CLIENT_ERROR_CODES, CLIENT_ID_IN_USE, error_for, with_reject_details
-
-if TYPE_CHECKING:
-    from agent.ib.connection import IBConnection
+from agent.ib.pacing import MessageLimiter
 
 log = agent_log.logger("ib")
 
@@ -212,11 +210,24 @@ class _TwsSocket:
         self._on_close()
 
 
+class SessionOwner(Protocol):
+    """What a session tells its owner (ib_connection.IBConnection); callbacks on the reader thread."""
+
+    limiter: MessageLimiter  # paces every message of every session
+
+    def route_by_id(self, session: "_TwsSession", name: str, args: tuple) -> None: ...
+    def route_plain(self, session: "_TwsSession", name: str, args: tuple) -> None: ...
+    def route_error(self, session: "_TwsSession", req_id: int, code: int, text: str) -> None: ...
+    def order_id_from_tws(self, session: "_TwsSession", order_id: int) -> None: ...
+    def session_closed(self, session: "_TwsSession") -> None: ...
+    def probe_wanted(self, session: "_TwsSession") -> None: ...
+
+
 class _TwsSession(EWrapper, EClient):
     """One socket connection to TWS: ibapi's client and wrapper in one object. Each attempt gets
     a new one, so nothing of a dropped connection (queued messages, ids) leaks into the next."""
 
-    def __init__(self, owner: "IBConnection", host: str, port: int, client_id: int):
+    def __init__(self, owner: SessionOwner, host: str, port: int, client_id: int):
         EWrapper.__init__(self)
         EClient.__init__(self, wrapper=self)
         self._owner = owner

@@ -49,7 +49,6 @@ from agent.errors import (
     TIMEOUT,
     AgentError,
 )
-from agent.ib import connection as ib_connection
 from agent.log import Masker
 from agent.orders import guard as order_guard
 from agent.orders.account import Account
@@ -139,10 +138,7 @@ class OrderDesk:
         return self.config.request_timeout_s
 
     def _on_unrouted_error(self, req_id: int, ib_code: int, text: str) -> None:
-        """A warning or a rejection of an order after its answer is noted for its request (a Read-Only
-        API error of the id-less order requests is their sweep's: ib_requests routes it)."""
-        if ib_connection.is_read_only_error(ib_code, text):
-            return
+        """A warning or a rejection of an order after its answer is noted for its request."""
         if ib_code in ORDER_WARNING_CODES or ib_code in LATE_REJECTION_CODES:
             self._order_note(req_id, ib_code, text)
 
