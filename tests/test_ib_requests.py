@@ -43,7 +43,8 @@ class RequestTest(unittest.TestCase):
         request = Request("reqContractDetails", ends_at("contractDetailsEnd"))
         request.on_event("contractDetails", (7, "row"))
         request.on_event("contractDetailsEnd", (7,))
-        self.assertEqual(request.wait(0), [("contractDetails", (7, "row")), ("contractDetailsEnd", (7,))])
+        request.on_event("contractDetails", (7, "after the end"))
+        self.assertEqual(request.wait(0)[:2], [("contractDetails", (7, "row")), ("contractDetailsEnd", (7,))])
         self.assertEqual(request.rows(("contractDetails",)), [("row",)])
 
     def test_an_error_is_raised_and_what_ended_it_first_decides(self):

@@ -103,6 +103,7 @@ class Request:
         self._changed = threading.Condition(threading.Lock())
         self.ended_by: Optional[str] = None
         self.events: List[Tuple[str, tuple]] = []
+        self._answered_at: Optional[int] = None  # len(events) at the answer
         self.error: Optional[Tuple[int, str]] = None
 
     def _end(self, how: str) -> None:
@@ -111,9 +112,12 @@ class Request:
             self._changed.notify_all()
 
     def on_event(self, name: str, args: tuple) -> None:
+        finished = self._finished(name, args)
         with self._changed:
             self.events.append((name, args))
-        if self._finished(name, args):
+            if finished and self.ended_by is None:
+                self._answered_at = len(self.events)
+        if finished:
             self._end(ANSWER)
 
     def on_error(self, ib_code: int, text: str) -> None:
@@ -156,10 +160,10 @@ class Request:
             self._changed.notify_all()
 
     def rows(self, names: Iterable[str]) -> List[tuple]:
-        """The args of these callbacks without their request id (the rows of an id request)."""
+        """The args of these callbacks up to the answer, without their request id (an id request's rows)."""
         names = frozenset(names)
         with self._changed:
-            return [args[1:] for name, args in self.events if name in names]
+            return [args[1:] for name, args in self.events[: self._answered_at] if name in names]
 
     def warning(self) -> Optional[str]:
         """The text of the warnings TWS sent about this request (`warnings` codes), if any."""

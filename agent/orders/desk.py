@@ -49,6 +49,7 @@ from agent.errors import (
     TIMEOUT,
     AgentError,
 )
+from agent.ib.requests import CancelToken
 from agent.log import Masker
 from agent.orders import guard as order_guard
 from agent.orders.account import Account
@@ -204,11 +205,11 @@ class OrderDesk:
 
     # --- orders: placing and cancelling ---
 
-    def place_order(self, request_id: str, params: dict, cancel: Optional[threading.Event] = None) -> dict:
+    def place_order(self, request_id: str, params: dict, cancel: Optional[CancelToken] = None) -> dict:
         attempt = _Attempt("place-order", request_id, params)
         return self._audited(attempt, lambda: self._place(request_id, params, attempt, cancel))
 
-    def _place(self, request_id: str, params: dict, attempt: _Attempt, cancel: Optional[threading.Event]) -> dict:
+    def _place(self, request_id: str, params: dict, attempt: _Attempt, cancel: Optional[CancelToken]) -> dict:
         order = attempt.params = order_guard.parse_order_params("place-order", params)
         attempt.checked = True
         with self._request_locks.hold(request_id, timeout=3 * self._timeout):
@@ -416,7 +417,7 @@ class OrderDesk:
             where = f"order {attempt.order_id} with {where}"
         return what, where
 
-    def _place_once(self, request_id: str, order: dict, attempt: _Attempt, cancel: Optional[threading.Event]) -> dict:
+    def _place_once(self, request_id: str, order: dict, attempt: _Attempt, cancel: Optional[CancelToken]) -> dict:
         record = self.request_ids.get(request_id)
         if record and record.get("action", "place-order") != "place-order":
             raise AgentError(
@@ -662,18 +663,18 @@ class OrderDesk:
         attempt.warning = pending.warning()
         return status
 
-    def cancel_order(self, request_id: str, params: dict, cancel: Optional[threading.Event] = None) -> dict:
+    def cancel_order(self, request_id: str, params: dict, cancel: Optional[CancelToken] = None) -> dict:
         attempt = _Attempt("cancel-order", request_id, params)
         return self._audited(attempt, lambda: self._cancel_checked(params, attempt, cancel))
 
-    def _cancel_checked(self, params: dict, attempt: _Attempt, cancel: Optional[threading.Event]) -> dict:
+    def _cancel_checked(self, params: dict, attempt: _Attempt, cancel: Optional[CancelToken]) -> dict:
         attempt.params = order_guard.parse_order_params("cancel-order", params)
         attempt.checked = True
         attempt.order_id = attempt.params["order_id"]
         with self._request_locks.hold(attempt.request_id, timeout=3 * self._timeout):
             return self._cancel(attempt.order_id, attempt, cancel)
 
-    def _cancel(self, order_id: int, attempt: _Attempt, cancel: Optional[threading.Event] = None) -> dict:
+    def _cancel(self, order_id: int, attempt: _Attempt, cancel: Optional[CancelToken] = None) -> dict:
         request_id = attempt.request_id
         record = self.request_ids.get(request_id)
         if record and (record.get("action") != "cancel-order" or record.get("order_id") != order_id):
