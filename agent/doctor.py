@@ -31,10 +31,11 @@ import websocket
 from agent import MIN_PYTHON
 from agent import log as agent_log
 from agent.config import DEFAULT_CONFIG_FILE, Config, ConfigError, configured_key, load_config
-from agent.errors import MARKET_DATA_NOT_SUBSCRIBED, AgentError
+from agent.errors import MARKET_DATA_NOT_SUBSCRIBED, TIMEOUT, AgentError
 from agent.ib.codes import CLIENT_ID_IN_USE
 from agent.ib.connection import IBConnection, is_read_only_error
 from agent.ib.ports import PortProbe, account_type, candidate_ports, resolve_port
+from agent.ib.requests import ORDERS, Request
 from agent.ib.scanner import Scanner, days_to
 from agent.log import Masker
 from agent.relay.link import relay_headers, tls_context
@@ -329,37 +330,27 @@ def _choose_port(
 
 def check_read_only(conn: IBConnection, checklist: Checklist) -> None:
     """Check 5: TWS answers reqOpenOrders with its end, or with 321 "Read-Only" when the setting is on."""
-    answered = threading.Event()
-    verdict: Dict[str, bool] = {}
-
-    def on_end(*_args) -> None:
-        verdict.setdefault("read_only", False)
-        answered.set()
-
-    def on_error(_req_id: int, ib_code: int, text: str) -> None:
-        if is_read_only_error(ib_code, text):
-            verdict.setdefault("read_only", True)
-            answered.set()
-
-    conn.add_listener("openOrderEnd", on_end)
-    conn.add_listener("error", on_error)
+    request = Request("reqOpenOrders", lambda name, _args: name == "openOrderEnd", claims=is_read_only_error)
+    read_only: Optional[bool] = None  # unknown: no answer (or the connection lost) within the timeout
     try:
-        conn.send("reqOpenOrders")
-        answered.wait(ANSWER_TIMEOUT_S)
+        with conn.requests.pending(ORDERS, request):
+            conn.send("reqOpenOrders")
+            request.wait(ANSWER_TIMEOUT_S)
+        read_only = False
     except AgentError as exc:
-        checklist.add(FAIL, READ_ONLY, f"could not ask TWS: {exc.message}", fix=FIX_TWS)
-        return
-    finally:
-        conn.remove_listener("openOrderEnd", on_end)
-        conn.remove_listener("error", on_error)
-    if "read_only" not in verdict:
+        if request.error is not None:  # the error it claims: Read-Only API
+            read_only = True
+        elif request.ended_by is None and exc.code != TIMEOUT:  # not sent
+            checklist.add(FAIL, READ_ONLY, f"could not ask TWS: {exc.message}", fix=FIX_TWS)
+            return
+    if read_only is None:
         checklist.add(
             WARN,
             READ_ONLY,
             f"TWS did not answer a request for open orders within {ANSWER_TIMEOUT_S:g} s, so the setting is unknown",
             fix=FIX_READ_ONLY,
         )
-    elif verdict["read_only"]:
+    elif read_only:
         checklist.add(
             FAIL, READ_ONLY, "on: TWS blocks order placement and order information (error 321)", fix=FIX_READ_ONLY
         )

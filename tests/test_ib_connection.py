@@ -238,7 +238,7 @@ class Replayed(unittest.TestCase):
         self.assertEqual(len(sent), 1)
         self.assertEqual([len(r) for r in rows], [1, 1])
         self.assertEqual([r[0].contract.conId for r in rows], [265598, 38708077])
-        self.assertEqual(conn._registry, {}, "unregistered after the answer")
+        self.assertIsNone(conn.requests.get(req_id), "unregistered after the answer")
 
     def test_call_raises_the_routed_error(self):
         for sequence, code, ib_code in [

@@ -44,7 +44,10 @@ from agent.errors import (
 )
 from agent.ib import codes as ib_codes
 from agent.ib import connection as ib_connection
+from agent.ib import requests as ib_requests
 from agent.ib import session as ib_session
+from agent.orders import account as order_account
+from agent.orders import book as order_book
 from agent.orders import desk as ib_orders
 from agent.orders import guard as order_guard
 from agent.relay import actions as relay_actions
@@ -117,7 +120,7 @@ class ReplayConnection:
         self.request_ref = request_ref
         self.sent = []
         self.gate = None  # a threading.Event placeOrder waits on before TWS "answers"
-        self._handlers = {}
+        self.requests = ib_requests.Requests()
         self._listeners = {}
         self._req_id = ib_connection.REQ_ID_FIRST
         self._order_id = 31
@@ -141,14 +144,6 @@ class ReplayConnection:
             self._order_id += 1
             return self._order_id
 
-    def register(self, req_id, handler):
-        if self._handlers.get(req_id, handler) is not handler:
-            raise ValueError(f"request id {req_id} is already registered")
-        self._handlers[req_id] = handler
-
-    def unregister(self, req_id):
-        self._handlers.pop(req_id, None)
-
     def add_listener(self, name, fn):
         self._listeners.setdefault(name, []).append(fn)
 
@@ -169,36 +164,30 @@ class ReplayConnection:
             self.deliver(name, tuple(build(event_args, ids, self.shared)))
 
     def call(self, method, req_id, *args, rows=(), end, timeout=None):
-        collector = ib_connection._Collector(rows, end)
-        self.register(req_id, collector)
-        try:
+        request = ib_requests.Request(method, lambda name, _args: name == end)
+        with self.requests.pending(req_id, request):
             self.send(method, req_id, *args)
-            return collector.wait(timeout, method)
-        finally:
-            self.unregister(req_id)
+            request.wait(timeout)
+            return request.rows(rows)
 
     # what the reader thread would do
     def deliver(self, name: str, args: tuple) -> None:
         if name == "$disconnect":
             self._status = dict(DOWN)
-            for handler in list(self._handlers.values()):
-                handler.on_disconnect()
+            self.requests.fail_all()
             for fn in self._listeners.get("disconnected", []):
                 fn()
         elif name == "error":
             req_id, code, text = args
             if code in ib_connection.NOTICE_CODES:
+                self.requests.notice(req_id, code, text)
                 return
             if ib_connection.is_read_only_error(code, text):
                 self._status["read_only"] = True
-            if req_id in self._handlers:
-                self._handlers[req_id].on_error(code, text)
-            else:
+            if not self.requests.error(req_id, code, text):
                 for fn in self._listeners.get("error", []):
                     fn(req_id, code, text)
-        elif name in ib_session.ID_CALLBACKS and args[0] in self._handlers:
-            self._handlers[args[0]].on_event(name, args)
-        else:
+        elif not self.requests.event(args[0] if name in ib_session.ID_CALLBACKS else None, name, args):
             for fn in self._listeners.get(name, []):
                 fn(*args)
 
@@ -256,7 +245,7 @@ class AccountTest(DeskTestCase):
 
     def test_positions_skip_closed_and_repeated_rows_and_cancel_the_subscription(self):
         desk, conn = self.desk(answers=self.account["positions"])
-        positions = desk.positions()["positions"]
+        positions = desk.account.positions()["positions"]
         self.assertEqual(conn.methods(), ["reqPositions", "cancelPositions", "reqAccountUpdates", "reqAccountUpdates"])
         self.assertEqual(len(positions), 2)
         stock, call = positions
@@ -286,7 +275,7 @@ class AccountTest(DeskTestCase):
 
     def test_futures_and_futures_options_keep_their_expiration_stocks_and_options_unchanged(self):
         desk, conn = self.desk(answers=self.account["positions_all_types"])
-        rows = {row["sec_type"]: row for row in desk.positions()["positions"]}
+        rows = {row["sec_type"]: row for row in desk.account.positions()["positions"]}
         contract = ("ticker", "sec_type", "expiration", "strike", "right", "multiplier", "quantity")
         self.assertEqual(
             {kind: tuple(row[k] for k in contract) for kind, row in rows.items()},
@@ -309,18 +298,18 @@ class AccountTest(DeskTestCase):
         ):
             contract = Contract()
             contract.symbol, contract.secType, contract.lastTradeDateOrContractMonth = "ES", "FUT", given
-            self.assertEqual(ib_orders.contract_dict(contract)["expiration"], expected, given)
+            self.assertEqual(order_book.contract_dict(contract)["expiration"], expected, given)
         contract.lastTradeDate = "20300315"  # ibapi 10.4x's protobuf decoder may fill only this one
-        self.assertEqual(ib_orders.contract_dict(contract)["expiration"], "20300315")
+        self.assertEqual(order_book.contract_dict(contract)["expiration"], "20300315")
 
     def test_positions_time_out_when_tws_never_ends_them(self):
         desk, conn = self.desk(answers={"reqPositions": self.account["positions"]["reqPositions"][:1]})
-        self.fails(TIMEOUT, desk.positions)
+        self.fails(TIMEOUT, desk.account.positions)
         self.assertEqual(conn.methods(), ["reqPositions", "cancelPositions"])
 
     def test_account_summary(self):
         desk, conn = self.desk(answers=self.account["account_summary"])
-        accounts = desk.account_summary()["accounts"]
+        accounts = desk.account.summary()["accounts"]
         self.assertEqual(
             accounts,
             {
@@ -336,7 +325,7 @@ class AccountTest(DeskTestCase):
         )
         method, args = conn.sent[0]
         self.assertEqual((method, args[1]), ("reqAccountSummary", "All"))
-        self.assertEqual(set(args[2].split(",")), set(ib_orders.SUMMARY_TAGS))
+        self.assertEqual(set(args[2].split(",")), set(order_account.SUMMARY_TAGS))
         self.assertEqual(conn.sent[1], ("cancelAccountSummary", (args[0],)))
 
     def test_open_orders_of_all_clients_say_which_client_placed_each(self):
@@ -412,7 +401,7 @@ class AccountTest(DeskTestCase):
 
     def test_a_lost_connection_ends_the_wait_at_once(self):
         desk, _ = self.desk(answers={"reqPositions": [["$disconnect", []]]})
-        self.fails(IB_NOT_CONNECTED, desk.positions)
+        self.fails(IB_NOT_CONNECTED, desk.account.positions)
 
 
 CAPTURES = Path(__file__).resolve().parent.parent.parent / "shared" / "tws-captures" / "server_frames.jsonl"
@@ -446,7 +435,7 @@ class PositionsOffTheWireTest(DeskTestCase):
 
     def positions(self, events) -> dict:
         desk, _ = self.desk(answers={"reqPositions": events + [["positionEnd", []]]})
-        return {row["sec_type"]: row for row in desk.positions()["positions"]}
+        return {row["sec_type"]: row for row in desk.account.positions()["positions"]}
 
     def test_text_messages_in_the_layout_of_a_real_capture(self):
         if not CAPTURES.exists():

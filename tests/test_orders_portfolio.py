@@ -52,8 +52,8 @@ class PortfolioReplayTest(DeskTestCase):
         }
         desk, conn = self.desk(answers=answers)
         with self.assertLogs("ib_data_agent.orders", "DEBUG") as logs:
-            rows = {row["account"]: row for row in desk.positions()["positions"]}
-            again = {row["account"]: row for row in desk.positions()["positions"]}
+            rows = {row["account"]: row for row in desk.account.positions()["positions"]}
+            again = {row["account"]: row for row in desk.account.positions()["positions"]}
         self.assertEqual(rows, again)
         self.assertEqual(rows["DU1234567"]["market_value"], 36500.0)
         self.assertEqual({k: rows[OTHER][k] for k in PNL}, dict.fromkeys(PNL))
@@ -104,7 +104,7 @@ class PositionsPnlOnFakeTwsTest(OrdersOnFakeTws):
     accounts = ("DU1234567", OTHER)
 
     def positions(self, account: str) -> dict:
-        return {row["con_id"]: row for row in self.desk.positions()["positions"] if row["account"] == account}
+        return {row["con_id"]: row for row in self.desk.account.positions()["positions"] if row["account"] == account}
 
     def test_filled_orders_show_with_their_market_value_and_pnl(self):
         """Buy 2, sell 1: the position's P&L fields are numbers, and selling realized some."""

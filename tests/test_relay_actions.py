@@ -6,6 +6,7 @@ import threading
 import unittest
 
 from agent.errors import BUSY, CANCELLED, IB_NOT_CONNECTED, INTERNAL, INVALID_REQUEST, UNKNOWN_ACTION, AgentError
+from agent.ib.requests import CancelToken
 from agent.relay.actions import ACTIONS, BULK_PRICE_CONTRACTS, QUICK_WORKERS, RequestRunner
 
 ORDER_ACTIONS = {"positions", "account-summary", "open-orders", "place-order", "cancel-order"}
@@ -18,7 +19,7 @@ QUOTE = ("quote", {"tickers": ["AAPL"]})
 class StandInJob:
     def __init__(self, action, params=None, request_id="r1"):
         self.id, self.action, self.params = request_id, action, {} if params is None else params
-        self.cancel = threading.Event()
+        self.cancel = CancelToken()
         self.done = threading.Event()
         self.data = self.error = None
 
@@ -97,8 +98,17 @@ class RecordingScanner:
         return self._record("sell_scan", ticker, right, **kwargs)
 
 
+class StandInAccount:
+    def positions(self):
+        return {"positions": []}
+
+    def summary(self):
+        return {"accounts": {}}
+
+
 class StandInDesk:
     def __init__(self):
+        self.account = StandInAccount()
         self.calls = []
         self.audited = []  # (action, request id, error code) of requests it never ran
         self.gate = threading.Event()
@@ -117,12 +127,6 @@ class StandInDesk:
     def audit_unserved(self, action, request_id, params, error):
         self.audited.append((action, request_id, error.code))
         return error
-
-    def positions(self):
-        return {"positions": []}
-
-    def account_summary(self):
-        return {"accounts": {}}
 
     def open_orders(self):
         return {"orders": []}

@@ -29,6 +29,7 @@ waits for the pacing limiter and the connection's own locks must never nest insi
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections import OrderedDict, deque
@@ -38,6 +39,7 @@ from ibapi.contract import Contract
 
 from agent.errors import CANCELLED, IB_ERROR, IB_NOT_CONNECTED, AgentError
 from agent.ib.connection import error_for
+from agent.ib.requests import CancelToken
 from agent.ib.ticks import DATA_TYPE_IDS, DATA_TYPE_NAMES, Instrument, TickBook
 
 # Generic ticks per kind: option volume (100) and open interest (101). Options always ask for
@@ -61,7 +63,6 @@ DELAYED_TYPES = (DELAYED, DELAYED_FROZEN)
 GROW_AFTER_LIMIT_S = 2.0  # after a 101, the pool starts growing back once no 101 came for this long,
 GROW_STEP_S = 0.1  # ... by one line per freed line, at most one per this
 STARTS_PER_ROUND = 8  # bounds how long one round sends before cancel is checked again
-CANCEL_POLL_S = 0.1  # a threading.Event cannot wake a Condition: poll it this often
 IDLE_WAIT_S = 1.0
 SWEEPER_IDLE_S = 60.0  # the warm sweeper's nap while nothing is warm (a new one wakes it)
 
@@ -149,10 +150,10 @@ class _Line:
 
     def on_event(self, name: str, args: tuple) -> None:
         """Ticks. "resubscribe" (1101) changes no book: MarketData's listener handles all lines at once."""
-        self.market._on_event(self, name, args)
+        self.market.on_line_event(self, name, args)
 
     def on_error(self, ib_code: int, text: str) -> None:
-        self.market._on_error(self, ib_code, text)
+        self.market.on_line_error(self, ib_code, text)
 
     def on_disconnect(self) -> None:
         """Nothing per line: the connection's "disconnected" listener closes every line at once."""
@@ -241,12 +242,13 @@ class MarketData:
         instruments: Sequence[Instrument],
         want_open_interest: bool = False,
         progress: Optional[Callable[[int, int], None]] = None,
-        cancel: Optional[threading.Event] = None,
+        cancel: Optional[CancelToken] = None,
         on_result: Optional[Callable[[int, dict], None]] = None,
     ) -> List[dict]:
         """One OPTION / QUOTE per instrument, in order. Raises AgentError(CANCELLED) when `cancel`
-        is set (its lines are freed first). `on_result(index, result)` is called on this thread as
-        each one finishes (in the order they finish), for callers that pass results on early."""
+        is set (its lines are freed first); setting it wakes the request at once. `on_result(index,
+        result)` is called on this thread as each one finishes (in the order they finish), for
+        callers that pass results on early."""
         option_rule = "option+oi" if want_open_interest else "option"
         with self._mutex:
             now = self._clock()
@@ -256,7 +258,8 @@ class MarketData:
             for instrument in instruments:
                 self._join(request, instrument, option_rule if instrument.is_option else "stock", now)
         try:
-            self._run(request, progress, cancel, on_result)
+            with cancel.when_set(self._wake) if cancel is not None else contextlib.nullcontext():
+                self._run(request, progress, cancel, on_result)
         finally:
             self._leave(request)
         return [item.result for item in request.items]
@@ -317,7 +320,8 @@ class MarketData:
                 finished = request.done == total
                 dead = self._take_dead_ids()
                 if not (ends or starts or dead or finished or request.done > reported):
-                    self._changed.wait(self._wait_s(request, cancel))
+                    if not (cancel is not None and cancel.is_set()):  # set since: its wake-up came already
+                        self._changed.wait(self._wait_s(request))
                     continue
                 newly, request.finished = request.finished, []
             self._clear_dead_ids(dead)
@@ -458,8 +462,13 @@ class MarketData:
             item.request.waiting[item] = None
             item.deadline = None
 
-    def _wait_s(self, request: _Request, cancel) -> float:
-        wait = CANCEL_POLL_S if cancel is not None else IDLE_WAIT_S
+    def _wake(self) -> None:
+        """A cancel was set (on the cancelling thread): the request's wait ends now."""
+        with self._mutex:
+            self._changed.notify_all()
+
+    def _wait_s(self, request: _Request) -> float:
+        wait = IDLE_WAIT_S
         deadlines = [item.deadline for item in request.waiting if item.deadline is not None]
         if deadlines:
             wait = min(wait, max(0.0, min(deadlines) - self._clock()) + 0.001)
@@ -576,7 +585,7 @@ class MarketData:
 
     # --- TWS callbacks (reader thread): state only, never a send ---------------------------------
 
-    def _on_event(self, line: _Line, name: str, args: tuple) -> None:
+    def on_line_event(self, line: _Line, name: str, args: tuple) -> None:
         with self._mutex:
             sub = line.sub
             if sub.line is not line or not sub.book.apply(name, args):
@@ -584,7 +593,7 @@ class MarketData:
             if any(sub.book.complete(item.rule) for item in sub.items):
                 self._changed.notify_all()
 
-    def _on_error(self, line: _Line, ib_code: int, text: str) -> None:
+    def on_line_error(self, line: _Line, ib_code: int, text: str) -> None:
         if ib_code in PARTIAL_DATA_CODES:  # the stream goes on without model greeks; still cancelled at the end
             with self._mutex:
                 if line.sub.line is line:

@@ -21,8 +21,8 @@ its audit line says outcome INTERNAL and the exception's class, the request-id r
 "unknown" when anything may have reached TWS (so a repeat of the id looks in TWS before placing),
 and the console gets one line saying what failed and what to check in TWS.
 
-What TWS shows of orders is ib_order_book's; the waits on TWS's answers and the per-id locks are
-ib_order_wait's.
+What TWS shows of orders is ib_order_book's; the account reads (positions, account summary) are
+ib_account's; the waits on TWS's answers (ib_requests), sweeps and the per-id locks are ib_order_wait's.
 """
 
 from __future__ import annotations
@@ -49,24 +49,16 @@ from agent.errors import (
     TIMEOUT,
     AgentError,
 )
-from agent.ib import connection as ib_connection
+from agent.ib.requests import CancelToken
 from agent.log import Masker
 from agent.orders import guard as order_guard
-from agent.orders.book import FINAL_STATUSES, OrderBook, contract_dict, refs_of  # contract_dict: for callers
+from agent.orders.account import Account
+from agent.orders.book import FINAL_STATUSES, OrderBook, refs_of
 from agent.orders.book import number as _number
-from agent.orders.book import quantity as _quantity
-from agent.orders.portfolio import NO_PNL, portfolio_values
-from agent.orders.wait import ORDER_WARNING_CODES, SWEEP_EVENTS, _Forwarding, _KeyedLocks, _Pending
+from agent.orders.wait import ORDER_WARNING_CODES, Sweeps, _KeyedLocks, order_request
 
 log = agent_log.logger("orders")
 
-SUMMARY_TAGS = {
-    "NetLiquidation": "net_liquidation",
-    "TotalCashValue": "total_cash",
-    "BuyingPower": "buying_power",
-    "AvailableFunds": "available_funds",
-    "ExcessLiquidity": "excess_liquidity",
-}
 # TWS rejecting an order it had accepted (PreSubmitted, then 201): the order's outcome, kept as
 # `reason` for the next open-orders and a repeat of its request id.
 LATE_REJECTION_CODES = frozenset((201,))
@@ -82,7 +74,6 @@ CANCEL_CONFIRMED = 202  # "Order Canceled - reason:": the answer a cancel asks f
 # FAIL_SEND_CORDER: ibapi 10.4x catches it inside placeOrder/cancelOrder and reports it as an error
 # instead of raising): TWS did not answer, and whether the message reached it is unknown.
 IBAPI_SEND_FAILURES = frozenset((512, 515))
-POSITION_CONTRACT_FIELDS = ("con_id", "ticker", "sec_type", "expiration", "strike", "right", "multiplier")
 RECENTLY_SENT_S = 600.0  # an order sent this recently and not shown by TWS may still be on its way
 
 
@@ -127,7 +118,8 @@ class _Attempt:
 
 
 class OrderDesk:
-    """positions, account-summary, open-orders, place-order, cancel-order for relay_actions."""
+    """open-orders, place-order, cancel-order for relay_actions; `account` has positions and
+    account-summary."""
 
     def __init__(self, conn, config):
         self.conn = conn
@@ -135,37 +127,20 @@ class OrderDesk:
         self.audit = order_guard.AuditLog(config.audit_log_file, mask=Masker([config.key]))
         self.request_ids = order_guard.RequestIdStore(config.order_ids_file)
         self._request_locks = _KeyedLocks()
-        self._sweep_locks = {"positions": threading.Lock(), "orders": threading.Lock(), "summary": threading.Lock()}
-        self._sweeps: Dict[str, _Pending] = {}
-        self.book = OrderBook(conn, self._sweep, lambda: self._timeout)
-        for name in SWEEP_EVENTS:
-            conn.add_listener(name, lambda *args, _name=name: self._on_unrouted(_name, args))
-        conn.add_listener("disconnected", self._on_disconnected)
+        sweeps = Sweeps(conn, lambda: self._timeout)
+        self.book = OrderBook(conn, sweeps, lambda: self._timeout)
+        self.account = Account(conn, sweeps, lambda: self._timeout)
         conn.add_listener("error", self._on_unrouted_error)
         conn.add_listener("notice", self._on_notice)
-        self._in_flight: Dict[int, _Pending] = {}  # order id -> the wait for TWS's answer to it
         self._described: Dict[int, str] = {}  # order id -> describe_order, for later console lines
 
     @property
     def _timeout(self) -> float:
         return self.config.request_timeout_s
 
-    def _on_unrouted(self, name: str, args: tuple) -> None:
-        sweep = self._sweeps.get(SWEEP_EVENTS[name])
-        if sweep is not None:
-            sweep.on_event(name, args)
-
-    def _on_disconnected(self) -> None:
-        for sweep in list(self._sweeps.values()):
-            sweep.on_disconnect()
-
     def _on_unrouted_error(self, req_id: int, ib_code: int, text: str) -> None:
-        """Read-Only API answers the id-less order requests with an error of id -1; a warning or a
-        rejection of an order after its answer is noted for its request."""
-        sweep = self._sweeps.get("orders")
-        if sweep is not None and ib_connection.is_read_only_error(ib_code, text):
-            sweep.on_error(ib_code, text)
-        elif ib_code in ORDER_WARNING_CODES or ib_code in LATE_REJECTION_CODES:
+        """A warning or a rejection of an order after its answer is noted for its request."""
+        if ib_code in ORDER_WARNING_CODES or ib_code in LATE_REJECTION_CODES:
             self._order_note(req_id, ib_code, text)
 
     def _on_notice(self, req_id: int, ib_code: int, text: str) -> None:
@@ -174,11 +149,10 @@ class OrderDesk:
 
     def _order_note(self, order_id: int, ib_code: int, text: str) -> None:
         """What TWS says about an order outside the wait for its answer (reader thread: no waiting).
-        While the order is being placed, its wait takes the warning; after, the request's record
-        keeps it (a warning, or a rejection's reason) for open-orders and a repeat of the id."""
-        pending = self._in_flight.get(order_id)
-        if pending is not None and ib_code in ORDER_WARNING_CODES:
-            pending.on_event("warning", (ib_code, text))
+        While the order is being placed, its wait takes the warning (ib_requests routes it there);
+        after, the request's record keeps it (a warning, or a rejection's reason) for open-orders and
+        a repeat of the id."""
+        if ib_code in ORDER_WARNING_CODES and self.conn.requests.get(order_id) is not None:
             return
         request_id = self.request_ids.request_for_order(order_id, self.conn.status().get("client_id"))
         if request_id is None:
@@ -207,74 +181,6 @@ class OrderDesk:
 
         threading.Thread(target=write, name="order-note", daemon=True).start()
 
-    @contextlib.contextmanager
-    def _sweep(self, kind: str, end: str):
-        """An id-less exchange (reqPositions, reqAllOpenOrders...): one of a kind at a time."""
-        with self._sweep_locks[kind]:
-            probe = getattr(self.conn, "wait_read_only_probe", None)
-            if kind == "orders" and probe is not None:  # its openOrderEnd must not end this sweep
-                probe(self._timeout)
-            self._sweeps[kind] = sweep = _Pending(lambda name, args: name == end)
-            try:
-                yield sweep
-            finally:
-                self._sweeps.pop(kind, None)
-
-    # --- account ---
-
-    def positions(self) -> dict:
-        with self._sweep("positions", "positionEnd") as sweep:
-            self.conn.send("reqPositions")
-            try:
-                events = sweep.wait(self._timeout, "reqPositions")
-            finally:
-                with contextlib.suppress(AgentError):
-                    self.conn.send("cancelPositions")
-        latest: Dict[Tuple[str, int], dict] = {}  # TWS may repeat a position while we listen
-        for name, args in events:
-            if name == "position":
-                account, contract, quantity, avg_cost = args
-                fields = contract_dict(contract)
-                # TWS's avgCost is per contract (an option's includes its multiplier: 412.37 for
-                # 4.1237 a share); DESIGN.md 4 answers per share / unit of the underlying.
-                avg_cost, multiplier = _number(avg_cost), fields["multiplier"]
-                if avg_cost is not None and multiplier:
-                    avg_cost = round(avg_cost / multiplier, 10)
-                latest[(account, contract.conId)] = dict(
-                    {k: fields[k] for k in POSITION_CONTRACT_FIELDS},
-                    account=account,
-                    quantity=_quantity(quantity),
-                    avg_cost=avg_cost,
-                )
-        held = {key: row for key, row in latest.items() if row["quantity"]}  # 0 = closed today
-        values = portfolio_values(self.conn, [account for account, _ in held], self._timeout)  # v1.1 P&L
-        return {"positions": [dict(row, **values.get(key, NO_PNL)) for key, row in held.items()]}
-
-    def account_summary(self) -> dict:
-        with self._sweep_locks["summary"]:  # TWS allows two account-summary subscriptions at once
-            req_id = self.conn.next_req_id()
-            try:
-                rows = self.conn.call(
-                    "reqAccountSummary",
-                    req_id,
-                    "All",
-                    ",".join(SUMMARY_TAGS),
-                    rows=("accountSummary",),
-                    end="accountSummaryEnd",
-                    timeout=self._timeout,
-                )
-            finally:
-                with contextlib.suppress(AgentError):
-                    self.conn.send("cancelAccountSummary", req_id)
-        accounts: Dict[str, dict] = {}
-        for account, tag, value, currency in rows:
-            if tag not in SUMMARY_TAGS:
-                continue
-            entry = accounts.setdefault(account, dict.fromkeys(list(SUMMARY_TAGS.values()) + ["currency"]))
-            entry[SUMMARY_TAGS[tag]] = _number(value)
-            entry["currency"] = entry["currency"] or currency or None
-        return {"accounts": accounts}
-
     # --- orders: reading ---
 
     def open_orders(self) -> dict:
@@ -299,11 +205,11 @@ class OrderDesk:
 
     # --- orders: placing and cancelling ---
 
-    def place_order(self, request_id: str, params: dict, cancel: Optional[threading.Event] = None) -> dict:
+    def place_order(self, request_id: str, params: dict, cancel: Optional[CancelToken] = None) -> dict:
         attempt = _Attempt("place-order", request_id, params)
         return self._audited(attempt, lambda: self._place(request_id, params, attempt, cancel))
 
-    def _place(self, request_id: str, params: dict, attempt: _Attempt, cancel: Optional[threading.Event]) -> dict:
+    def _place(self, request_id: str, params: dict, attempt: _Attempt, cancel: Optional[CancelToken]) -> dict:
         order = attempt.params = order_guard.parse_order_params("place-order", params)
         attempt.checked = True
         with self._request_locks.hold(request_id, timeout=3 * self._timeout):
@@ -511,7 +417,7 @@ class OrderDesk:
             where = f"order {attempt.order_id} with {where}"
         return what, where
 
-    def _place_once(self, request_id: str, order: dict, attempt: _Attempt, cancel: Optional[threading.Event]) -> dict:
+    def _place_once(self, request_id: str, order: dict, attempt: _Attempt, cancel: Optional[CancelToken]) -> dict:
         record = self.request_ids.get(request_id)
         if record and record.get("action", "place-order") != "place-order":
             raise AgentError(
@@ -733,44 +639,42 @@ class OrderDesk:
     ) -> str:
         """Send one order message and wait for the first answer that `answer` turns into a status;
         a `dead` status followed by TWS's reason raises that reason."""
-        pending = _Pending(lambda name, a: answer([(name, a)]) is not None, success_codes)
+        pending = order_request(what, lambda name, a: answer([(name, a)]) is not None, success_codes)
         try:
-            self.conn.register(order_id, _Forwarding(pending, self._on_unrouted))
+            self.conn.requests.add(order_id, pending)
         except ValueError:
             raise AgentError(
                 INVALID_REQUEST,
                 f"order {order_id} is being placed or cancelled right now; ask again when that has finished",
             ) from None
-        self._in_flight[order_id] = pending  # a 399 comes as a notice, not through the handler
         try:
             attempt.stage = SENDING
             self.conn.send(request, order_id, *args)
-            status = answer(pending.wait(self._timeout, what))
+            status = answer(pending.wait(self._timeout))
             reason = pending.later_error(REASON_GRACE_S) if status in dead else None
         except AgentError as error:
             if error.ib_code in IBAPI_SEND_FAILURES:  # not TWS's answer: ibapi hit an exception sending it
                 raise IbapiSendError(f"ibapi error {error.ib_code}: {error.message}") from None
             raise
         finally:
-            self.conn.unregister(order_id)
-            self._in_flight.pop(order_id, None)
+            self.conn.requests.remove(order_id, pending)
         if reason is not None:
             raise reason
         attempt.warning = pending.warning()
         return status
 
-    def cancel_order(self, request_id: str, params: dict, cancel: Optional[threading.Event] = None) -> dict:
+    def cancel_order(self, request_id: str, params: dict, cancel: Optional[CancelToken] = None) -> dict:
         attempt = _Attempt("cancel-order", request_id, params)
         return self._audited(attempt, lambda: self._cancel_checked(params, attempt, cancel))
 
-    def _cancel_checked(self, params: dict, attempt: _Attempt, cancel: Optional[threading.Event]) -> dict:
+    def _cancel_checked(self, params: dict, attempt: _Attempt, cancel: Optional[CancelToken]) -> dict:
         attempt.params = order_guard.parse_order_params("cancel-order", params)
         attempt.checked = True
         attempt.order_id = attempt.params["order_id"]
         with self._request_locks.hold(attempt.request_id, timeout=3 * self._timeout):
             return self._cancel(attempt.order_id, attempt, cancel)
 
-    def _cancel(self, order_id: int, attempt: _Attempt, cancel: Optional[threading.Event] = None) -> dict:
+    def _cancel(self, order_id: int, attempt: _Attempt, cancel: Optional[CancelToken] = None) -> dict:
         request_id = attempt.request_id
         record = self.request_ids.get(request_id)
         if record and (record.get("action") != "cancel-order" or record.get("order_id") != order_id):

@@ -198,12 +198,12 @@ ACTIONS: Dict[str, Action] = {
         ),
     ),
     "positions": Action(
-        lambda runner, job, p: runner.desk.positions(),
+        lambda runner, job, p: runner.desk.account.positions(),
         needs_desk=True,
         summary=lambda p, d: f"positions: {plural(len(d.get('positions', [])), 'position')}",
     ),
     "account-summary": Action(
-        lambda runner, job, p: runner.desk.account_summary(),
+        lambda runner, job, p: runner.desk.account.summary(),
         needs_desk=True,
         summary=lambda p, d: f"account-summary: {plural(len(d.get('accounts', {})), 'account')}",
     ),

@@ -32,6 +32,7 @@ from agent import log as agent_log
 from agent.backoff import ReconnectPolicy
 from agent.config import relay_url_problem
 from agent.errors import INTERNAL, INVALID_REQUEST, AgentError
+from agent.ib.requests import CancelToken
 
 PROTOCOL_VERSION = 1
 # Order actions are idempotent like a payment API's keys (DESIGN.md 4, Delivery): a repeat of an
@@ -180,27 +181,27 @@ class Outbox:
 
 class Job:
     """One request from the cloud, from arrival to its response. The executor calls progress() and
-    finish(); it watches `cancel`."""
+    finish(); it watches `cancel` (a CancelToken: setting it wakes whoever waits on it)."""
 
     def __init__(self, link: "RelayLink", request_id: str, action: str, params: dict):
         self.id = request_id
         self.action = action
         self.params = params
-        self.cancel = threading.Event()
+        self.cancel = CancelToken()
         self.received = time.monotonic()
         self.last_progress = 0.0
         self.console_progress_at = 0.0  # seconds after `received` of the next console progress line
         self._link = link
 
     def progress(self, done: int, total: int) -> None:
-        self._link._progress(self, done, total)
+        self._link.job_progress(self, done, total)
 
     def partial(self, fields: dict) -> None:
         """A v1.1 `partial` frame for this request (e.g. one expiration of a chain): best effort."""
-        self._link._partial(self, fields)
+        self._link.job_partial(self, fields)
 
     def finish(self, data: Optional[dict] = None, error: Optional[AgentError] = None) -> None:
-        self._link._finish(self, data, error)
+        self._link.job_finish(self, data, error)
 
 
 def relay_headers(key: str, agent_version: str) -> List[str]:
@@ -580,7 +581,8 @@ class RelayLink:
             **self._hello_fields(),
         }
 
-    def _progress(self, job: Job, done: int, total: int) -> None:
+    # -- what a Job reports (its executor's thread) --
+    def job_progress(self, job: Job, done: int, total: int) -> None:
         now = time.monotonic()
         self._console_progress(job, now - job.received, done, total)
         with self._lock:
@@ -597,7 +599,7 @@ class RelayLink:
                 )
             )
 
-    def _partial(self, job: Job, fields: dict) -> None:
+    def job_partial(self, job: Job, fields: dict) -> None:
         with self._lock:
             running = self._running.get(job.id) is job
         if running:
@@ -618,7 +620,7 @@ class RelayLink:
         subject = job.action + (f" {ticker.strip().upper()}" if isinstance(ticker, str) else "")
         log.info("%s: %d/%d contracts after %g s", _preview(subject, 80, self._masker), done, total, after)
 
-    def _finish(self, job: Job, data: Optional[dict], error: Optional[AgentError]) -> None:
+    def job_finish(self, job: Job, data: Optional[dict], error: Optional[AgentError]) -> None:
         if error is None:
             frame = {"type": "response", "id": job.id, "ok": True, "data": data}
         else:
