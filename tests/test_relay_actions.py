@@ -8,7 +8,7 @@ import unittest
 from agent.errors import BUSY, CANCELLED, IB_NOT_CONNECTED, INTERNAL, INVALID_REQUEST, UNKNOWN_ACTION, AgentError
 from agent.relay.actions import ACTIONS, BULK_PRICE_CONTRACTS, QUICK_WORKERS, RequestRunner
 
-ORDER_ACTIONS = {"positions", "account-summary", "open-orders", "place-order", "cancel-order"}
+ORDER_ACTIONS = {"positions", "account-summary", "open-orders", "place-order", "cancel-order", "preview-order"}
 HOLD_S = 30  # a held scanner call gives up after this: longer than StandInJob.result() waits
 CONTRACT = {"ticker": "AAPL", "expiration": "20250117", "strike": 150, "right": "C"}
 CHAIN = ("fetch-chain", {"ticker": "SPY"})
