@@ -4,6 +4,7 @@ counts as a change, what is no order at all, and seq with frames that could not 
 
 from __future__ import annotations
 
+import types
 import unittest
 from decimal import Decimal
 
@@ -12,8 +13,10 @@ from ibapi.execution import Execution
 from ibapi.order import Order
 from ibapi.order_state import OrderState
 
+from agent.errors import ORDER_BLOCKED, AgentError
 from agent.orders import events as order_events
-from agent.orders.preview import answer_of, blocked
+from agent.orders.guard import AuditError
+from agent.orders.preview import answer_of, blocked, preview_order
 
 CLIENT_ID = 17
 
@@ -155,6 +158,41 @@ class PreviewAnswerTest(unittest.TestCase):
         self.assertIsNone(answer["maint_margin_change"])
         self.assertIsNone(answer["warning"])
         self.assertEqual(set(blocked("a rule")), set(answer))
+
+
+class UnwritableAudit:
+    def __init__(self, fails_check: bool):
+        self.fails_check = fails_check
+
+    def check(self):
+        if self.fails_check:
+            raise AuditError("the order audit log /x/order_audit.jsonl cannot be written (Permission denied)")
+
+    def write(self, *line):
+        raise AuditError("the order audit log /x/order_audit.jsonl cannot be written (No space left on device)")
+
+
+class NoTws:
+    def __getattr__(self, name):
+        raise AssertionError(f"TWS was asked ({name})")
+
+
+class PreviewAuditFailsClosedTest(unittest.TestCase):
+    params = {"contract": {"ticker": "AAPL", "sec_type": "STK"}, "action": "BUY", "quantity": 1, "order_type": "LMT"}
+
+    def preview(self, fails_check: bool) -> AgentError:
+        config = types.SimpleNamespace(allow_orders="off", max_order_quantity=10, max_order_notional=25000.0)
+        desk = types.SimpleNamespace(audit=UnwritableAudit(fails_check), config=config, conn=NoTws())
+        with self.assertRaises(AgentError) as caught:
+            preview_order(desk, "pv-1", dict(self.params, limit_price=100))
+        self.assertEqual(caught.exception.code, ORDER_BLOCKED)
+        return caught.exception
+
+    def test_an_audit_log_that_cannot_be_written_blocks_the_preview_before_anything(self):
+        self.assertIn("Permission denied", self.preview(fails_check=True).message)
+
+    def test_a_preview_whose_line_could_not_be_written_gives_no_answer(self):
+        self.assertIn("No space left", self.preview(fails_check=False).message)
 
 
 if __name__ == "__main__":

@@ -86,6 +86,17 @@ def preview_order(desk, request_id: str, params: Any, cancel: Optional[threading
         _tell(preview, f"{error.message} ({error.code})", warn=error.code != CANCELLED)
         error.logged = True  # relay_actions: this is the request's console line
         raise
+    except Exception as exc:  # a bug, or ibapi raising: still audited; a what-if places nothing either way
+        name = exc.__class__.__name__
+        log.error("preview-order %s: unexpected error (%s)", request_id, name, exc_info=exc)
+        error = AgentError(
+            INTERNAL,
+            f"unexpected error in the agent ({name}) previewing the order; nothing was placed. "
+            "Details are in the agent's log file.",
+        )
+        _audit(desk, preview, order_guard.outcome_of_error(error, name), error)
+        error.logged = True
+        raise error from exc
     _tell(preview, _summary(result))
     return result
 
