@@ -128,6 +128,7 @@ class OrderEventsTest(EventsAndPreviews):
 
         port = self.relay.port
         self.relay.stop()  # the cloud is gone; meanwhile another program cancels every order
+        self.stack.agent.wait_for_output("Relay connection lost")
         folder = tempfile.TemporaryDirectory()
         self.addCleanup(folder.cleanup)
         config = Config(key="other-key-1234", ib_port=self.stack.ib_port, ib_client_id=29, data_dir=Path(folder.name))
