@@ -32,6 +32,7 @@ from agent.config import Config, ConfigError, configured_key, load_config  # noq
 from agent.ib.connection import IBConnection  # noqa: E402
 from agent.ib.ports import candidate_ports  # noqa: E402
 from agent.orders.desk import OrderDesk  # noqa: E402
+from agent.orders.events import OrderEvents  # noqa: E402
 from agent.relay.actions import RequestRunner  # noqa: E402
 from agent.relay.link import RelayLink  # noqa: E402
 from ib_scanner import Scanner  # noqa: E402
@@ -61,6 +62,7 @@ class Agent:
         self.link = RelayLink(
             config.relay_url, config.key, __version__, self.runner.names, self.conn.status, self.runner.submit
         )
+        self.events = OrderEvents(self.conn, self.link.push)  # order `event` frames (best effort)
 
     def run(self) -> int:
         if self.config.ib_port:
@@ -92,6 +94,7 @@ class Agent:
         self.runner.stop(timeout=REQUEST_DRAIN_S)  # in-flight requests answer CANCELLED over the link
         self.scanner.close()
         self.conn.stop(timeout=TWS_STOP_S)
+        self.events.close()
         self.link.stop()
         log.info("IB Data Agent stopped")
 

@@ -910,16 +910,13 @@ class UnexpectedErrorTest(DeskTestCase):
 
     def test_after_the_id_was_recorded_but_before_the_order_was_sent(self):
         self.desk_, conn = self.desk(answers=self.never_reached)
-        real_ib_order = self.desk_._ib_order
-        self.desk_._ib_order = mock.Mock(
-            side_effect=[
-                Boom(),
-                real_ib_order(
-                    order_guard.order_ref_for("req-1"),
-                    dict(order_guard.parse_order_params("place-order", option_order()), account="DU1234567"),
-                ),
-            ]
+        built = ib_orders.limit_order(
+            order_guard.order_ref_for("req-1"),
+            dict(order_guard.parse_order_params("place-order", option_order()), account="DU1234567"),
         )
+        patcher = mock.patch.object(ib_orders, "limit_order", side_effect=[Boom(), built])
+        patcher.start()
+        self.addCleanup(patcher.stop)
         error, _ = self.internal(self.desk_.place_order, "req-1", option_order())
         self.assertIn("before the order was sent: nothing reached TWS", error.message)
         self.assertIn("looks in TWS first", error.message)
@@ -934,7 +931,7 @@ class UnexpectedErrorTest(DeskTestCase):
 
     def test_before_anything_was_sent_or_recorded(self):
         self.desk_, conn = self.desk("placed")
-        with mock.patch.object(self.desk_, "_qualify", side_effect=Boom()):
+        with mock.patch.object(ib_orders, "qualify_contract", side_effect=Boom()):
             error, record = self.internal(self.desk_.place_order, "req-1", option_order())
         self.assertIn(
             "placing order SELL 1 AAPL 20300118 150 C @ 2.5 LMT DAY before the order was sent: nothing reached TWS",

@@ -20,6 +20,8 @@ Listener-only events, called on the supervisor thread (which may send):
   handlers got on_disconnect, "resubscribe"() when TWS restored its link to IB with market data
   lost (1101); registered handlers also get on_event("resubscribe", ()). On the reader thread:
   "ib_link"(up, ib_code, text) when TWS lost (1100) or got back (1101/1102) its link to IB's servers.
+Observers (add_observer) see callbacks of the names they asked for, and errors and notices as
+"error"(req_id, ib_code, text), before any of the routing above and whoever it goes to.
 TWS moving its API port (1300) ends the connection; the next one goes to the port TWS named.
 Registrations survive a disconnect (their ids mean nothing on the next connection): the owner
 unregisters or re-sends after "ready". Closing the socket makes TWS drop every subscription
@@ -33,7 +35,7 @@ import queue
 import re
 import threading
 import time
-from typing import Callable, Dict, List, Optional, Protocol, Sequence, Tuple
+from typing import Callable, Dict, Iterable, List, Optional, Protocol, Sequence, Tuple
 
 import tenacity
 from ibapi.client import EClient
@@ -142,6 +144,7 @@ class IBConnection:
         self._registry: Dict[int, Handler] = {}
         self.requests = Requests()  # the requests waited on (ib_requests); streams are in _registry
         self._listeners: Dict[str, Tuple[Callable, ...]] = {}
+        self._observers: Dict[str, Tuple[Callable, ...]] = {}
         self._session: Optional[_TwsSession] = None
         self._probing: Optional[_TwsSession] = None
         self._ready_event = threading.Event()
@@ -262,6 +265,14 @@ class IBConnection:
         with self._lock:
             self._listeners[name] = tuple(f for f in self._listeners.get(name, ()) if f is not fn)
 
+    def add_observer(self, names: Iterable[str], fn: Callable[[str, tuple], None]) -> None:
+        """fn(name, args) for every callback of these names on the live connection ("error": every
+        error and notice, args (req_id, ib_code, text)), before it is routed: it sees what a registered
+        handler gets too, and takes nothing away from it. Reader thread: fn must return at once."""
+        with self._lock:
+            for name in names:
+                self._observers[name] = self._observers.get(name, ()) + (fn,)
+
     def call(
         self, method: str, req_id: int, *args, rows: Sequence[str] = (), end: str, timeout: Optional[float] = None
     ) -> List[tuple]:
@@ -281,13 +292,20 @@ class IBConnection:
         except Exception:
             log.exception("Error in the handler of a TWS callback (%s)", getattr(fn, "__qualname__", fn))
 
+    def _observe(self, name: str, args: tuple) -> None:
+        for fn in self._observers.get(name, ()):
+            self._deliver(fn, name, args)
+
     def _tell_listeners(self, name: str, args: tuple) -> None:
         for fn in self._listeners.get(name, ()):
             self._deliver(fn, *args)
 
     # The session's owner interface (ib_session calls these on its reader thread).
     def route_by_id(self, session: _TwsSession, name: str, args: tuple) -> None:
-        if session is not self._session or self.requests.event(args[0], name, args):
+        if session is not self._session:
+            return
+        self._observe(name, args)  # before routing: observers see what a pending request takes too
+        if self.requests.event(args[0], name, args):
             return
         handler = self._registry.get(args[0])
         if handler is None:
@@ -297,6 +315,7 @@ class IBConnection:
 
     def route_plain(self, session: _TwsSession, name: str, args: tuple) -> None:
         if session is self._session:
+            self._observe(name, args)
             if name == "openOrderEnd" and not self._read_only_probe.is_set():  # the probe's answer
                 self._read_only_probe.set()
                 self._set_state(read_only=False)
@@ -307,6 +326,7 @@ class IBConnection:
         if session is not self._session:
             log.debug("TWS message during connect (port %s): %s %s", session.address[1], code, text)
             return
+        self._observe("error", (req_id, code, text))
         read_only = is_read_only_error(code, text)
         if read_only:
             if self._state["read_only"] is not True:

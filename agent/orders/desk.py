@@ -439,7 +439,7 @@ class OrderDesk:
         status = self.conn.status()
         if not status.get("connected"):
             raise AgentError(IB_NOT_CONNECTED, "TWS is not connected; the order was not sent")
-        order["account"] = order["account"] or self._sole_account(status)
+        order["account"] = order["account"] or sole_account(status)
         rule = order_guard.account_refusal(self.config, status, order["account"])
         if rule:
             raise attempt.refuse(rule)
@@ -457,7 +457,7 @@ class OrderDesk:
             return found
         if record and (record["state"] == order_guard.SENDING or record.get("maybe_sent", True)):
             raise self._cannot_tell(request_id, record, attempt)
-        qualified = self._qualify(contract)
+        qualified = qualify_contract(self.conn, contract, self._timeout)
         multiplier = _number(qualified.multiplier) or order_guard.STANDARD_MULTIPLIER[contract["sec_type"]]
         rule = order_guard.order_refusal(self.config, order, multiplier)
         if rule:
@@ -486,7 +486,7 @@ class OrderDesk:
             status_text = self._send_and_wait(
                 order_id,
                 "placeOrder",
-                (qualified, self._ib_order(order_ref, order)),
+                (qualified, limit_order(order_ref, order)),
                 self._first_status,
                 f"order {order_id}",
                 attempt,
@@ -562,60 +562,6 @@ class OrderDesk:
                 exc.strerror or exc,
                 request_id,
             )
-
-    @staticmethod
-    def _sole_account(status: dict) -> Optional[str]:
-        accounts = status.get("accounts") or []
-        if len(accounts) > 1:
-            raise AgentError(
-                INVALID_REQUEST,
-                f"params.account: is required: this TWS session has several accounts ({', '.join(accounts)})",
-            )
-        return accounts[0] if accounts else None
-
-    def _qualify(self, spec: dict) -> Contract:
-        """The one contract IB knows for this spec (exact conId, SMART); several or none is an error."""
-        query = Contract()
-        query.symbol, query.secType, query.exchange, query.currency = spec["ticker"], spec["sec_type"], "SMART", "USD"
-        if spec["sec_type"] == "OPT":
-            query.lastTradeDateOrContractMonth = spec["expiration"]
-            query.strike, query.right = float(spec["strike"]), spec["right"]
-            query.tradingClass = spec["trading_class"] or ""
-        rows = self.conn.call(
-            "reqContractDetails",
-            self.conn.next_req_id(),
-            query,
-            rows=("contractDetails",),
-            end="contractDetailsEnd",
-            timeout=self._timeout,
-        )
-        matches = {row[0].contract.conId: row[0].contract for row in rows}
-        described = describe_contract(spec)
-        if not matches:
-            raise AgentError(NO_SECURITY_DEFINITION, f"IB has no contract {described}")
-        if len(matches) > 1:
-            classes = sorted({f"{c.tradingClass or c.symbol} x{c.multiplier or 1}" for c in matches.values()})
-            raise AgentError(
-                INVALID_REQUEST,
-                f"params.contract: ambiguous: {len(matches)} contracts match "
-                f"{described} ({', '.join(classes)}); name contract.trading_class",
-            )
-        contract = next(iter(matches.values()))
-        contract.exchange = "SMART"
-        return contract
-
-    @staticmethod
-    def _ib_order(order_ref: str, order: dict) -> Order:
-        ib_order = Order()
-        ib_order.action = order["action"]
-        ib_order.totalQuantity = Decimal(order["quantity"])
-        ib_order.orderType = "LMT"
-        ib_order.lmtPrice = float(order["limit_price"])
-        ib_order.tif = order["tif"]
-        ib_order.orderRef = order_ref
-        ib_order.account = order["account"] or ""
-        ib_order.transmit = True
-        return ib_order
 
     @staticmethod
     def _first_status(events: List[Tuple[str, tuple]]) -> Optional[str]:
@@ -764,6 +710,66 @@ class OrderDesk:
             if name == "error" and args[0] == CANCEL_CONFIRMED:
                 return "Cancelled"
         return None
+
+
+# The pieces of placing an order that order_preview uses too.
+
+
+def sole_account(status: dict) -> Optional[str]:
+    """The account an order names none of: the session's only one (several: the order must say)."""
+    accounts = status.get("accounts") or []
+    if len(accounts) > 1:
+        raise AgentError(
+            INVALID_REQUEST,
+            f"params.account: is required: this TWS session has several accounts ({', '.join(accounts)})",
+        )
+    return accounts[0] if accounts else None
+
+
+def qualify_contract(conn, spec: dict, timeout: float) -> Contract:
+    """The one contract IB knows for this spec (exact conId, SMART); several or none is an error."""
+    query = Contract()
+    query.symbol, query.secType, query.exchange, query.currency = spec["ticker"], spec["sec_type"], "SMART", "USD"
+    if spec["sec_type"] == "OPT":
+        query.lastTradeDateOrContractMonth = spec["expiration"]
+        query.strike, query.right = float(spec["strike"]), spec["right"]
+        query.tradingClass = spec["trading_class"] or ""
+    rows = conn.call(
+        "reqContractDetails",
+        conn.next_req_id(),
+        query,
+        rows=("contractDetails",),
+        end="contractDetailsEnd",
+        timeout=timeout,
+    )
+    matches = {row[0].contract.conId: row[0].contract for row in rows}
+    described = describe_contract(spec)
+    if not matches:
+        raise AgentError(NO_SECURITY_DEFINITION, f"IB has no contract {described}")
+    if len(matches) > 1:
+        classes = sorted({f"{c.tradingClass or c.symbol} x{c.multiplier or 1}" for c in matches.values()})
+        raise AgentError(
+            INVALID_REQUEST,
+            f"params.contract: ambiguous: {len(matches)} contracts match "
+            f"{described} ({', '.join(classes)}); name contract.trading_class",
+        )
+    contract = next(iter(matches.values()))
+    contract.exchange = "SMART"
+    return contract
+
+
+def limit_order(order_ref: str, order: dict) -> Order:
+    """The ibapi Order of checked place-order params (a limit order, transmitted)."""
+    ib_order = Order()
+    ib_order.action = order["action"]
+    ib_order.totalQuantity = Decimal(order["quantity"])
+    ib_order.orderType = "LMT"
+    ib_order.lmtPrice = float(order["limit_price"])
+    ib_order.tif = order["tif"]
+    ib_order.orderRef = order_ref
+    ib_order.account = order["account"] or ""
+    ib_order.transmit = True
+    return ib_order
 
 
 def describe_contract(spec: dict) -> str:

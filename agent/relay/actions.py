@@ -22,6 +22,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 from agent import log as agent_log
 from agent.errors import BUSY, CANCELLED, IB_NOT_CONNECTED, INTERNAL, UNKNOWN_ACTION, AgentError
 from agent.log import plural
+from agent.orders import preview as order_preview
 from agent.relay.params import (
     EXCHANGE,
     REQUIRED,
@@ -226,6 +227,14 @@ ACTIONS: Dict[str, Action] = {
         needs_ib=False,
         needs_desk=True,
         order=True,
+    ),
+    # place-order's params, checked and audited by order_preview (its console line too). A read, not
+    # an order action: nothing is stored under its id, and a cancel frame after it ran answers CANCELLED.
+    "preview-order": Action(
+        lambda runner, job, p: order_preview.preview_order(runner.desk, job.id, p, cancel=job.cancel),
+        schema=None,
+        needs_ib=False,
+        needs_desk=True,
     ),
 }
 
