@@ -38,7 +38,8 @@ from agent.ib.ports import PortProbe, account_type, candidate_ports, resolve_por
 from agent.ib.requests import ORDERS, Request
 from agent.ib.scanner import Scanner, days_to
 from agent.log import Masker
-from agent.relay.link import relay_headers, tls_context
+from agent.relay.link import relay_headers
+from agent.relay.tls import tls_context
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
 OK, WARN, FAIL, SKIP = "OK", "WARN", "FAIL", "SKIP"

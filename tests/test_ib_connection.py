@@ -31,14 +31,13 @@ from agent.errors import (
 )
 from agent.ib import connection as ib_connection
 from agent.ib import session as ib_session
-from agent.ib.codes import with_reject_details
+from agent.ib.codes import error_for, with_reject_details
 from agent.ib.connection import (
     NOTICE_CODES,
     REQ_ID_FIRST,
     TESTED_MAX_SERVER_VERSION,
     IBConnection,
     _TwsSession,
-    error_for,
 )
 from agent.ib.session import ID_CALLBACKS, PLAIN_CALLBACKS
 

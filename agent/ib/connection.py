@@ -58,7 +58,6 @@ from agent.ib.codes import (
     READ_ONLY_FIX,
     SOCKET_PORT_MOVED,
     TROUBLE_NOTICES,
-    error_for,  # noqa: F401  (ib_lines imports it from here)
     is_read_only_error,
 )
 from agent.ib.pacing import MessageLimiter

@@ -38,7 +38,7 @@ from typing import Callable, Deque, Dict, List, Optional, Sequence, Tuple
 from ibapi.contract import Contract
 
 from agent.errors import CANCELLED, IB_ERROR, IB_NOT_CONNECTED, AgentError
-from agent.ib.connection import error_for
+from agent.ib.codes import error_for
 from agent.ib.requests import CancelToken
 from agent.ib.ticks import DATA_TYPE_IDS, DATA_TYPE_NAMES, Instrument, TickBook
 
