@@ -10,7 +10,14 @@ import unittest
 from typing import Callable, Dict, List, Optional, Tuple
 
 from agent.config import Config
-from agent.errors import CANCELLED, IB_NOT_CONNECTED, MARKET_DATA_NOT_SUBSCRIBED, NO_SECURITY_DEFINITION, AgentError
+from agent.errors import (
+    CANCELLED,
+    IB_NOT_CONNECTED,
+    MARKET_DATA_NOT_SUBSCRIBED,
+    NO_SECURITY_DEFINITION,
+    AgentError,
+    IbNotConnected,
+)
 from agent.ib.lines import MarketData
 from agent.ib.requests import CancelToken
 from agent.ib.ticks import Instrument
@@ -131,7 +138,7 @@ class StubConnection:
 
     def send(self, name: str, *args) -> None:
         if not self.ready:
-            raise AgentError(IB_NOT_CONNECTED, "Not connected to TWS")
+            raise IbNotConnected("Not connected to TWS")
         with self._lock:
             self.sent.append((name, args))
             self._lock.notify_all()

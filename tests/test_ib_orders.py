@@ -41,6 +41,8 @@ from agent.errors import (
     READ_ONLY_API,
     TIMEOUT,
     AgentError,
+    IbError,
+    IbNotConnected,
 )
 from agent.ib import codes as ib_codes
 from agent.ib import connection as ib_connection
@@ -152,7 +154,7 @@ class ReplayConnection:
 
     def send(self, method, *args):
         if not self._status["connected"]:
-            raise AgentError(IB_NOT_CONNECTED, "Not connected to TWS")
+            raise IbNotConnected("Not connected to TWS")
         self.sent.append((method, args))
         if method == "placeOrder" and self.gate is not None:
             self.gate.wait(5)
@@ -879,7 +881,7 @@ class UnexpectedErrorTest(DeskTestCase):
     def test_ibapi_reporting_its_own_send_failure_is_not_taken_for_tws_rejecting_the_order(self):
         """ibapi 10.4x catches an exception inside placeOrder and calls error(orderId, 512, ...) instead
         of raising: through conn.send (raised) or through the order's handler (delivered)."""
-        raised = AgentError(IB_ERROR, "Order Sending Error - broken pipe", 512)
+        raised = IbError("Order Sending Error - broken pipe", 512)
         delivered = {"placeOrder": [["error", ["$id", 512, "Order Sending Error - broken pipe"]]]}
         for how, answers in (("raised", self.reaches_tws), ("delivered", dict(self.reaches_tws, **delivered))):
             with self.subTest(how):

@@ -154,8 +154,10 @@ class RequestsTest(unittest.TestCase):
     def test_a_key_holds_one_request_until_it_is_removed(self):
         requests, request = Requests(), Request("a", ends_at("end"))
         with requests.pending(5, request):
-            with self.assertRaises(ValueError):
-                requests.add(5, Request("b", ends_at("end")))
+            self.assertFalse(requests.add(5, Request("b", ends_at("end"))))
+            with self.assertRaises(RuntimeError):
+                with requests.pending(5, Request("c", ends_at("end"))):
+                    pass
             self.assertIs(requests.get(5), request)
         self.assertIsNone(requests.get(5))
 

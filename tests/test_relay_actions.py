@@ -6,7 +6,15 @@ import threading
 import types
 import unittest
 
-from agent.errors import BUSY, CANCELLED, IB_NOT_CONNECTED, INTERNAL, INVALID_REQUEST, UNKNOWN_ACTION, AgentError
+from agent.errors import (
+    BUSY,
+    CANCELLED,
+    IB_NOT_CONNECTED,
+    INTERNAL,
+    INVALID_REQUEST,
+    UNKNOWN_ACTION,
+    NoSecurityDefinition,
+)
 from agent.ib.requests import CancelToken
 from agent.relay.actions import ACTIONS, BULK_PRICE_CONTRACTS, QUICK_WORKERS, RequestRunner
 
@@ -377,7 +385,7 @@ class Dispatch(RunnerCase):
         self.assertIn("Traceback", logs.output[0])
 
     def test_agent_errors_from_the_scanner_pass_through(self):
-        self.scanner.fail_with = AgentError("NO_SECURITY_DEFINITION", "IB has no contract ZZZZ", 200)
+        self.scanner.fail_with = NoSecurityDefinition("IB has no contract ZZZZ", 200)
         data, error = self.run_action("expirations", {"ticker": "ZZZZ"})
         self.assertEqual((error.code, error.ib_code), ("NO_SECURITY_DEFINITION", 200))
 

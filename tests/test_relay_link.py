@@ -13,7 +13,7 @@ import uuid
 from unittest import mock
 
 from agent.backoff import ReconnectPolicy
-from agent.errors import CANCELLED, INTERNAL, INVALID_REQUEST, AgentError
+from agent.errors import CANCELLED, INTERNAL, INVALID_REQUEST, Cancelled, UnknownAction
 from agent.relay import frames as relay_frames
 from agent.relay import link as relay_link
 from agent.relay import tls as relay_tls
@@ -62,7 +62,7 @@ class StandInActions:
     def __call__(self, job):
         self.executed.append(job.id)
         if job.action not in self.names():
-            job.finish(error=AgentError("UNKNOWN_ACTION", job.action))
+            job.finish(error=UnknownAction(job.action))
             return
         threading.Thread(target=getattr(self, job.action.replace("-", "_")), args=(job,), daemon=True).start()
 
@@ -83,7 +83,7 @@ class StandInActions:
         steps = int(job.params.get("steps", 10))
         for step in range(steps):
             if job.cancel.wait(0.1):
-                job.finish(error=AgentError(CANCELLED, "cancelled"))
+                job.finish(error=Cancelled("cancelled"))
                 return
             job.progress(step + 1, steps)
         job.finish(data={"steps": steps})

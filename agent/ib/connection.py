@@ -44,7 +44,7 @@ from ibapi.server_versions import MIN_CLIENT_VER  # noqa: F401  (re-exported: th
 from agent import log as agent_log
 from agent.backoff import ReconnectPolicy
 from agent.config import Config
-from agent.errors import IB_NOT_CONNECTED, AgentError
+from agent.errors import AgentError, IbNotConnected
 
 # IB's codes live in ib_codes and the socket session in ib_session; the names below stay importable
 # from here, where the agent and the tests have always found them.
@@ -210,7 +210,7 @@ class IBConnection:
         try:
             session.request(method, *args)
         except OSError:
-            raise AgentError(IB_NOT_CONNECTED, f"The connection to TWS broke while sending {method}") from None
+            raise IbNotConnected(f"The connection to TWS broke while sending {method}") from None
         # A reqMarketDataType from ib_lines (delayed-frozen for a contract that is not subscribed, in
         # auto) leaves status.market_data_type alone: that says what the agent asks by default, and
         # each quote's market_data_type what TWS gave it (its marketDataType callback).
@@ -221,9 +221,7 @@ class IBConnection:
             if self.ready:
                 return session
             error = self._state["error"]
-        raise AgentError(
-            IB_NOT_CONNECTED, f"Not connected to TWS. {error}" if error else "Not connected to TWS yet (connecting)"
-        )
+        raise IbNotConnected(f"Not connected to TWS. {error}" if error else "Not connected to TWS yet (connecting)")
 
     def next_req_id(self) -> int:
         with self._lock:
@@ -234,7 +232,7 @@ class IBConnection:
     def next_order_id(self) -> int:
         with self._lock:
             if self._next_order is None:
-                raise AgentError(IB_NOT_CONNECTED, "Not connected to TWS: no order id yet")
+                raise IbNotConnected("Not connected to TWS: no order id yet")
             order_id = self._next_order
             self._next_order += 1
             return order_id

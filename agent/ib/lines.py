@@ -37,7 +37,7 @@ from typing import Callable, Deque, Dict, List, Optional, Sequence, Tuple
 
 from ibapi.contract import Contract
 
-from agent.errors import CANCELLED, IB_ERROR, IB_NOT_CONNECTED, AgentError
+from agent.errors import AgentError, Cancelled, IbError, IbNotConnected
 from agent.ib.codes import error_for
 from agent.ib.requests import CancelToken
 from agent.ib.ticks import DATA_TYPE_IDS, DATA_TYPE_NAMES, Instrument, TickBook
@@ -245,7 +245,7 @@ class MarketData:
         cancel: Optional[CancelToken] = None,
         on_result: Optional[Callable[[int, dict], None]] = None,
     ) -> List[dict]:
-        """One OPTION / QUOTE per instrument, in order. Raises AgentError(CANCELLED) when `cancel`
+        """One OPTION / QUOTE per instrument, in order. Raises Cancelled when `cancel`
         is set (its lines are freed first); setting it wakes the request at once. `on_result(index,
         result)` is called on this thread as each one finishes (in the order they finish), for
         callers that pass results on early."""
@@ -312,7 +312,7 @@ class MarketData:
         total = len(request.items)
         while True:
             if cancel is not None and cancel.is_set():
-                raise AgentError(CANCELLED, "request cancelled")
+                raise Cancelled("request cancelled")
             with self._mutex:
                 ends: List[_Subscription] = []
                 self._settle(request, ends)
@@ -340,7 +340,7 @@ class MarketData:
     def _settle(self, request: _Request, ends: List[_Subscription]) -> None:
         """Finish every item whose fields are in, whose deadline passed or whose stream failed."""
         if request.session != self._session:
-            lost = AgentError(IB_NOT_CONNECTED, "the TWS connection was lost during the request")
+            lost = IbNotConnected("the TWS connection was lost during the request")
             for item in request.items:
                 if item.result is None:
                     self._finish(item, False, lost.to_dict(), ends)
@@ -520,7 +520,7 @@ class MarketData:
             with self._mutex:
                 orphan = line.session != self._session  # the connection dropped meanwhile
                 if orphan:
-                    self._fail(line, AgentError(IB_NOT_CONNECTED, "the TWS connection was lost").to_dict())
+                    self._fail(line, IbNotConnected("the TWS connection was lost").to_dict())
                 elif sub.line is line:  # else TWS already refused it (error 101...)
                     sub.streaming_since = self._clock()
             if orphan:  # it may have reached the next connection: make sure it does not stay
@@ -642,7 +642,7 @@ class MarketData:
             self.pool.reset()
             self._stale_ids += self._lost_ids  # TWS ended them with the connection
             self._lost_ids = []
-            lost = AgentError(IB_NOT_CONNECTED, "the TWS connection was lost").to_dict()
+            lost = IbNotConnected("the TWS connection was lost").to_dict()
             for sub in list(self._subs.values()) + list(self._warm):
                 if sub.line is not None:
                     self._fail(sub.line, lost)
@@ -656,8 +656,7 @@ class MarketData:
             self._link_error = (
                 None
                 if up
-                else AgentError(
-                    IB_ERROR,
+                else IbError(
                     f"TWS has lost its connection to IB's servers, so no market data comes until it "
                     f"is back (TWS said: {text})",
                     ib_code,

@@ -18,7 +18,7 @@ import threading
 import time
 from typing import Callable, Dict, Iterable, Iterator, List, Optional, Tuple, Union
 
-from agent.errors import CANCELLED, IB_NOT_CONNECTED, TIMEOUT, AgentError
+from agent.errors import AgentError, Cancelled, IbNotConnected, RequestTimeout
 from agent.ib.codes import error_for
 
 Key = Union[int, str]  # a request or order id; a name for an id-less request
@@ -144,15 +144,15 @@ class Request:
                 while self.ended_by is None and not (cancel is not None and cancel.is_set()):
                     left = deadline - time.monotonic()
                     if left <= 0:
-                        raise AgentError(TIMEOUT, f"TWS did not answer {self.what} within {timeout:g} s")
+                        raise RequestTimeout(f"TWS did not answer {self.what} within {timeout:g} s")
                     self._changed.wait(left)
                 ended_by, events = self.ended_by, list(self.events)
         if ended_by is None:
-            raise AgentError(CANCELLED, "request cancelled")
+            raise Cancelled("request cancelled")
         if ended_by == ERROR:
             raise error_for(*self.error)
         if ended_by == LOST:
-            raise AgentError(IB_NOT_CONNECTED, f"the connection to TWS was lost during {self.what}")
+            raise IbNotConnected(f"the connection to TWS was lost during {self.what}")
         return events
 
     def _wake(self) -> None:
@@ -186,11 +186,13 @@ class Requests:
         self._lock = threading.Lock()
         self._pending: Dict[Key, Request] = {}
 
-    def add(self, key: Key, request: Request) -> None:
+    def add(self, key: Key, request: Request) -> bool:
+        """Keep `request` under `key`; False (and nothing kept) when another request holds the key."""
         with self._lock:
             if self._pending.get(key, request) is not request:
-                raise ValueError(f"request {key!r} is already pending")
+                return False
             self._pending[key] = request
+            return True
 
     def remove(self, key: Key, request: Request) -> None:
         with self._lock:
@@ -199,8 +201,9 @@ class Requests:
 
     @contextlib.contextmanager
     def pending(self, key: Key, request: Request) -> Iterator[Request]:
-        """add(), and remove() when the block ends."""
-        self.add(key, request)
+        """add(), and remove() when the block ends; a key already held is a bug in the caller."""
+        if not self.add(key, request):
+            raise RuntimeError(f"request {key!r} is already pending")
         try:
             yield request
         finally:

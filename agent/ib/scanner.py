@@ -44,7 +44,7 @@ from zoneinfo import ZoneInfo
 
 from ibapi.contract import Contract
 
-from agent.errors import IB_ERROR, NO_SECURITY_DEFINITION, AgentError
+from agent.errors import IB_ERROR, NO_SECURITY_DEFINITION, AgentError, NoSecurityDefinition
 from agent.ib.lines import MarketData
 from agent.ib.ticks import Instrument, TickBook
 
@@ -229,7 +229,7 @@ def _is_missing_contract(option: dict) -> bool:
 
 def _missing(instrument: Instrument, why: str) -> dict:
     """The OPTION TWS's error 200 would have given, answered from a listing already known."""
-    error = AgentError(NO_SECURITY_DEFINITION, f"{MISSING_TEXT} ({why})", 200)
+    error = NoSecurityDefinition(f"{MISSING_TEXT} ({why})", 200)
     return TickBook(instrument).option(False, error.to_dict())
 
 
@@ -333,7 +333,7 @@ class Scanner:
                 found = self._pick_listing(ticker, sec_type, [row[0] for row in rows])
                 break
         if found is None:
-            raise AgentError(NO_SECURITY_DEFINITION, f"TWS knows no stock, ETF or index {ticker} (USD)", 200)
+            raise NoSecurityDefinition(f"TWS knows no stock, ETF or index {ticker} (USD)", 200)
         with self._lock:
             self._underlyings[ticker] = found
         return found
@@ -389,7 +389,7 @@ class Scanner:
                     )
                 )
         if not classes:
-            raise AgentError(NO_SECURITY_DEFINITION, f"TWS lists no options for {ticker} on {exchange}")
+            raise NoSecurityDefinition(f"TWS lists no options for {ticker} on {exchange}")
         chain = _Chain(underlying, exchange, tuple(classes), self._clock())
         with self._lock:
             self._chains[key] = chain
@@ -403,7 +403,7 @@ class Scanner:
             return chain, chain.selected(include_adjusted)
         classes = tuple(c for c in chain.classes if c.name == ticker)
         if not classes:
-            raise AgentError(NO_SECURITY_DEFINITION, f"TWS lists no {ticker} options for {root} on {exchange}")
+            raise NoSecurityDefinition(f"TWS lists no {ticker} options for {root} on {exchange}")
         return chain, classes
 
     def _cached_chain(self, ticker: str, exchange: str) -> Optional[_Chain]:
@@ -626,7 +626,7 @@ class Scanner:
                 quotes[name] = _public_quote(result)
         if errors and not quotes:
             first = next(iter(errors.values()))
-            raise AgentError(first["code"], first["message"], first["ib_code"])
+            raise AgentError.of(first["code"], first["message"], first["ib_code"])
         with self._lock:
             resolved = {t: self._underlyings[t].describe() for t in names if t in self._underlyings}
         return {"quotes": quotes, "errors": errors, "underlying_contracts": resolved}
@@ -735,7 +735,7 @@ class Scanner:
         price = underlying_price(quote)
         if price is None:
             error = quote.get("error") or {}
-            raise AgentError(
+            raise AgentError.of(
                 error.get("code", IB_ERROR),
                 f"no price for {ticker} from TWS" + (f": {error['message']}" if error else ""),
                 error.get("ib_code"),

@@ -17,7 +17,7 @@ from ibapi.server_versions import MIN_CLIENT_VER
 from ibapi.wrapper import EWrapper
 
 from agent import log as agent_log
-from agent.errors import IB_NOT_CONNECTED, AgentError
+from agent.errors import AgentError, IbNotConnected
 from agent.ib.codes import CLIENT_ERROR_CODES, CLIENT_ID_IN_USE, error_for, with_reject_details
 from agent.ib.pacing import MessageLimiter
 
@@ -271,7 +271,7 @@ class _TwsSession(EWrapper, EClient):
             try:
                 backlog = conn.wait_drained(lambda: self._owner.probe_wanted(self))
             except OSError:
-                raise self._send_failed(AgentError(IB_NOT_CONNECTED, "The connection to TWS closed")) from None
+                raise self._send_failed(IbNotConnected("The connection to TWS closed")) from None
             if backlog:
                 log.warning(
                     "TWS read nothing for a while; %s %s waiting for it",
@@ -280,7 +280,7 @@ class _TwsSession(EWrapper, EClient):
                 )
                 self._owner.limiter.backlog(backlog)
         if self._owner.limiter.acquire(self.closed) is None:
-            raise self._send_failed(AgentError(IB_NOT_CONNECTED, "The connection to TWS closed"))
+            raise self._send_failed(IbNotConnected("The connection to TWS closed"))
 
     def probe(self) -> None:
         """Ask TWS for the time around the back-pressure gate (supervisor thread): any answer
@@ -303,7 +303,7 @@ class _TwsSession(EWrapper, EClient):
         try:
             send(msgId, msg)
         except OSError:
-            raise self._send_failed(AgentError(IB_NOT_CONNECTED, "The connection to TWS broke while sending")) from None
+            raise self._send_failed(IbNotConnected("The connection to TWS broke while sending")) from None
 
     # -- connecting ------------------------------------------------------------------------------
     def open(self, connect_timeout: float, handshake_timeout: float) -> Optional[str]:

@@ -42,12 +42,15 @@ from agent import log as agent_log
 from agent.errors import (
     CANCELLED,
     IB_NOT_CONNECTED,
-    INTERNAL,
-    INVALID_REQUEST,
-    NO_SECURITY_DEFINITION,
-    ORDER_BLOCKED,
     TIMEOUT,
     AgentError,
+    Cancelled,
+    IbNotConnected,
+    Internal,
+    InvalidRequest,
+    NoSecurityDefinition,
+    OrderBlocked,
+    RequestTimeout,
 )
 from agent.ib.requests import CancelToken
 from agent.log import Masker
@@ -106,7 +109,7 @@ class _Attempt:
 
     def refuse(self, rule: str) -> AgentError:
         self.decision = f"refused: {rule}"
-        return AgentError(ORDER_BLOCKED, rule)
+        return OrderBlocked(rule)
 
     def decided(self, error: Optional[AgentError]) -> str:
         if self.decision is None or (error and self.decision == "allowed" and self.stage in (NOT_SENT, RECORDED)):
@@ -311,7 +314,7 @@ class OrderDesk:
             )
         except order_guard.AuditError as exc:
             if error is not None:
-                answered = AgentError(
+                answered = AgentError.of(
                     error.code, f"{error.message} (and {exc}: the line is in the agent's log file)", error.ib_code
                 )
                 answered.logged = getattr(error, "logged", False)
@@ -378,7 +381,7 @@ class OrderDesk:
                 )
         message = f"unexpected error in the agent ({name}) {what} {fate}."
         log.error("%s %s: %s", attempt.action, attempt.request_id, message, exc_info=exc)
-        error = AgentError(INTERNAL, f"{message} Details are in the agent's log file.")
+        error = Internal(f"{message} Details are in the agent's log file.")
         error.logged = True  # relay_actions: the console already has this line
         return error
 
@@ -420,14 +423,13 @@ class OrderDesk:
     def _place_once(self, request_id: str, order: dict, attempt: _Attempt, cancel: Optional[CancelToken]) -> dict:
         record = self.request_ids.get(request_id)
         if record and record.get("action", "place-order") != "place-order":
-            raise AgentError(
-                INVALID_REQUEST,
+            raise InvalidRequest(
                 f"request id {request_id} was used for a {record['action']}; a place-order needs an id of its own",
             )
         if record and record["state"] not in order_guard.UNFINISHED:
             attempt.decision, attempt.order_id = "duplicate", record.get("order_id")
             if record["state"] == order_guard.FAILED:
-                raise AgentError(**record["error"])
+                raise AgentError.from_dict(record["error"])
             notes = {k: record[k] for k in ("warning", "reason") if record.get(k)}  # what TWS said since
             return dict(
                 {"order_id": record["order_id"], "status": self._status_now(request_id, record, order)}, **notes
@@ -438,7 +440,7 @@ class OrderDesk:
             raise attempt.refuse(rule)
         status = self.conn.status()
         if not status.get("connected"):
-            raise AgentError(IB_NOT_CONNECTED, "TWS is not connected; the order was not sent")
+            raise IbNotConnected("TWS is not connected; the order was not sent")
         order["account"] = order["account"] or sole_account(status)
         rule = order_guard.account_refusal(self.config, status, order["account"])
         if rule:
@@ -463,7 +465,7 @@ class OrderDesk:
         if rule:
             raise attempt.refuse(rule)
         if cancel is not None and cancel.is_set():
-            raise AgentError(CANCELLED, "cancelled before the order was sent: nothing reached TWS")
+            raise Cancelled("cancelled before the order was sent: nothing reached TWS")
         attempt.decision = "allowed"
         attempt.order_id = order_id = self.conn.next_order_id()
         self._described[order_id] = describe_order(order)
@@ -478,8 +480,8 @@ class OrderDesk:
                 client_id=self.conn.status().get("client_id"),
             )
         except OSError as exc:  # without the record, exactly-once cannot be promised: do not send
-            raise AgentError(
-                INTERNAL, f"cannot write {self.request_ids.path.name} ({exc.strerror or exc}); the order was not sent"
+            raise Internal(
+                f"cannot write {self.request_ids.path.name} ({exc.strerror or exc}); the order was not sent"
             ) from None
         attempt.stage = RECORDED
         try:
@@ -509,7 +511,7 @@ class OrderDesk:
         try:
             return self._find_in_tws(request_id, (record or {}).get("order_id"), order["quantity"])
         except AgentError as error:
-            raise AgentError(
+            raise AgentError.of(
                 error.code,
                 f"could not look in TWS for an earlier order of this request "
                 f"({error.message}); nothing was placed. Ask again when TWS answers; "
@@ -536,8 +538,7 @@ class OrderDesk:
         attempt.order_id = record.get("order_id")
         age = max(0.0, time.time() - record["time"])
         if age < RECENTLY_SENT_S:
-            return AgentError(
-                TIMEOUT,
+            return RequestTimeout(
                 f"an earlier attempt of this request sent {where} to TWS {age:.0f} s ago "
                 "and TWS does not show it yet (TWS may be holding it behind a precaution "
                 "dialog); nothing new was placed. Check TWS; asking again with this id is "
@@ -586,13 +587,10 @@ class OrderDesk:
         """Send one order message and wait for the first answer that `answer` turns into a status;
         a `dead` status followed by TWS's reason raises that reason."""
         pending = order_request(what, lambda name, a: answer([(name, a)]) is not None, success_codes)
-        try:
-            self.conn.requests.add(order_id, pending)
-        except ValueError:
-            raise AgentError(
-                INVALID_REQUEST,
+        if not self.conn.requests.add(order_id, pending):
+            raise InvalidRequest(
                 f"order {order_id} is being placed or cancelled right now; ask again when that has finished",
-            ) from None
+            )
         try:
             attempt.stage = SENDING
             self.conn.send(request, order_id, *args)
@@ -629,14 +627,13 @@ class OrderDesk:
                 if record.get("action") == "cancel-order"
                 else f"a {record.get('action') or 'place-order'}"
             )
-            raise AgentError(
-                INVALID_REQUEST,
+            raise InvalidRequest(
                 f"request id {request_id} was used for {used}; this cancel-order needs an id of its own",
             )
         if record and record["state"] not in order_guard.UNFINISHED:  # answered before: the same answer
             attempt.decision = "duplicate"
             if record["state"] == order_guard.FAILED:
-                raise AgentError(**record["error"])
+                raise AgentError.from_dict(record["error"])
             return {"order_id": order_id, "status": record["status"]}
         # No record, or one left unfinished: sending the cancel (again) is safe.
         rule = order_guard.orders_off_refusal(self.config)
@@ -644,19 +641,19 @@ class OrderDesk:
             raise attempt.refuse(rule)
         status = self.conn.status()
         if not status.get("connected"):
-            raise AgentError(IB_NOT_CONNECTED, "TWS is not connected; the cancel was not sent")
+            raise IbNotConnected("TWS is not connected; the cancel was not sent")
         rule = order_guard.account_refusal(self.config, status, None)
         if rule:
             raise attempt.refuse(rule)
         attempt.target = self._check_cancellable(order_id, status.get("client_id"))
         if cancel is not None and cancel.is_set():
-            raise AgentError(CANCELLED, "cancelled before the cancel was sent: nothing reached TWS")
+            raise Cancelled("cancelled before the cancel was sent: nothing reached TWS")
         attempt.decision = "allowed"
         try:
             self.request_ids.put(request_id, order_guard.SENDING, action="cancel-order", order_id=order_id)
         except OSError as exc:
-            raise AgentError(
-                INTERNAL, f"cannot write {self.request_ids.path.name} ({exc.strerror or exc}); the cancel was not sent"
+            raise Internal(
+                f"cannot write {self.request_ids.path.name} ({exc.strerror or exc}); the cancel was not sent"
             ) from None
         attempt.stage = RECORDED
         try:
@@ -686,15 +683,14 @@ class OrderDesk:
         try:
             rows = [row for row in self.book.rows() if row["order_id"] == order_id]
         except AgentError as error:
-            raise AgentError(
+            raise AgentError.of(
                 error.code,
                 f"could not look in TWS for order {order_id} ({error.message}); the cancel was not sent",
                 error.ib_code,
             ) from None
         if rows and all(row["client_id"] != client_id for row in rows):
             placed_by = " and ".join(sorted({str(row["client_id"]) for row in rows}))
-            raise AgentError(
-                INVALID_REQUEST,
+            raise InvalidRequest(
                 f"params.order_id: order {order_id} was placed by client id {placed_by}, "
                 f"and this agent (client id {client_id}) can only cancel orders placed "
                 "under its own client id; cancel it in TWS or from the program that "
@@ -719,8 +715,7 @@ def sole_account(status: dict) -> Optional[str]:
     """The account an order names none of: the session's only one (several: the order must say)."""
     accounts = status.get("accounts") or []
     if len(accounts) > 1:
-        raise AgentError(
-            INVALID_REQUEST,
+        raise InvalidRequest(
             f"params.account: is required: this TWS session has several accounts ({', '.join(accounts)})",
         )
     return accounts[0] if accounts else None
@@ -745,11 +740,10 @@ def qualify_contract(conn, spec: dict, timeout: float) -> Contract:
     matches = {row[0].contract.conId: row[0].contract for row in rows}
     described = describe_contract(spec)
     if not matches:
-        raise AgentError(NO_SECURITY_DEFINITION, f"IB has no contract {described}")
+        raise NoSecurityDefinition(f"IB has no contract {described}")
     if len(matches) > 1:
         classes = sorted({f"{c.tradingClass or c.symbol} x{c.multiplier or 1}" for c in matches.values()})
-        raise AgentError(
-            INVALID_REQUEST,
+        raise InvalidRequest(
             f"params.contract: ambiguous: {len(matches)} contracts match "
             f"{described} ({', '.join(classes)}); name contract.trading_class",
         )

@@ -22,7 +22,7 @@ import threading
 from typing import Dict, Iterable, Optional, Tuple
 
 from agent import log as agent_log
-from agent.errors import IB_NOT_CONNECTED, TIMEOUT, AgentError
+from agent.errors import AgentError, IbNotConnected, RequestTimeout
 from agent.orders.book import number
 
 log = agent_log.logger("orders")
@@ -77,9 +77,9 @@ def read_account(conn, account: str, timeout: float) -> Dict[int, dict]:
             conn.send("reqAccountUpdates", True, account)
             try:
                 if not download.done.wait(timeout):
-                    raise AgentError(TIMEOUT, f"TWS sent no portfolio of {account} within {timeout:g} s")
+                    raise RequestTimeout(f"TWS sent no portfolio of {account} within {timeout:g} s")
                 if download.lost:
-                    raise AgentError(IB_NOT_CONNECTED, "the TWS connection was lost while reading the portfolio")
+                    raise IbNotConnected("the TWS connection was lost while reading the portfolio")
             finally:
                 if not download.lost:
                     try:

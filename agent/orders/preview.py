@@ -23,7 +23,14 @@ import contextlib
 from typing import Any, Optional
 
 from agent import log as agent_log
-from agent.errors import CANCELLED, IB_NOT_CONNECTED, INTERNAL, ORDER_BLOCKED, AgentError
+from agent.errors import (
+    CANCELLED,
+    AgentError,
+    Cancelled,
+    IbNotConnected,
+    Internal,
+    OrderBlocked,
+)
 from agent.ib.requests import CancelToken
 from agent.orders import guard as order_guard
 from agent.orders.book import number
@@ -78,7 +85,7 @@ def preview_order(desk, request_id: str, params: Any, cancel: Optional[CancelTok
             desk.audit.check()
         except order_guard.AuditError as exc:
             preview.decision = f"refused: {exc}"
-            raise AgentError(ORDER_BLOCKED, f"{exc}; nothing was sent to TWS. Fix it and ask again") from None
+            raise OrderBlocked(f"{exc}; nothing was sent to TWS. Fix it and ask again") from None
         result = _preview(desk, preview, cancel)
         _audit(desk, preview, result)
     except AgentError as error:
@@ -89,8 +96,7 @@ def preview_order(desk, request_id: str, params: Any, cancel: Optional[CancelTok
     except Exception as exc:  # a bug, or ibapi raising: still audited; a what-if places nothing either way
         name = exc.__class__.__name__
         log.error("preview-order %s: unexpected error (%s)", request_id, name, exc_info=exc)
-        error = AgentError(
-            INTERNAL,
+        error = Internal(
             f"unexpected error in the agent ({name}) previewing the order; nothing was placed. "
             "Details are in the agent's log file.",
         )
@@ -110,7 +116,7 @@ def _preview(desk, preview: _Preview, cancel: Optional[CancelToken]) -> dict:
         return _refused(preview, rule)
     status = conn.status()
     if not status.get("connected"):
-        raise AgentError(IB_NOT_CONNECTED, "TWS is not connected; nothing was sent")
+        raise IbNotConnected("TWS is not connected; nothing was sent")
     order["account"] = order["account"] or sole_account(status)
     rule = order_guard.account_refusal(config, status, order["account"])
     if rule:
@@ -123,7 +129,7 @@ def _preview(desk, preview: _Preview, cancel: Optional[CancelToken]) -> dict:
     if rule:
         return _refused(preview, rule)
     if cancel is not None and cancel.is_set():
-        raise AgentError(CANCELLED, "cancelled before TWS was asked")
+        raise Cancelled("cancelled before TWS was asked")
     what_if = limit_order("", order)  # no orderRef: no lookup of a request's order can match it
     what_if.whatIf = True
     preview.decision = "preview"
@@ -131,7 +137,7 @@ def _preview(desk, preview: _Preview, cancel: Optional[CancelToken]) -> dict:
     rows = conn.call("placeOrder", order_id, contract, what_if, rows=("openOrder",), end="openOrder", timeout=timeout)
     _contract, answered, state = rows[-1]
     if not answered.whatIf:  # never: TWS answers a what-if with a what-if. Say so rather than guess
-        raise AgentError(INTERNAL, f"TWS answered the what-if order {order_id} as a real order; check TWS's orders")
+        raise Internal(f"TWS answered the what-if order {order_id} as a real order; check TWS's orders")
     return answer_of(state)
 
 
@@ -147,7 +153,7 @@ def _audit(desk, preview: _Preview, outcome: dict, error: Optional[AgentError] =
         desk.audit.write(ACTION, preview.request_id, preview.params, decision, None, outcome)
     except order_guard.AuditError as exc:
         if error is None:
-            raise AgentError(ORDER_BLOCKED, f"{exc}; the preview's figures are not given without it") from None
+            raise OrderBlocked(f"{exc}; the preview's figures are not given without it") from None
 
 
 def _summary(result: dict) -> str:

@@ -10,7 +10,7 @@ import contextlib
 import threading
 from typing import Callable, Dict, Iterable, Iterator
 
-from agent.errors import TIMEOUT, AgentError
+from agent.errors import RequestTimeout
 from agent.ib.codes import is_read_only_error
 from agent.ib.requests import ORDERS, POSITIONS, Request
 
@@ -67,7 +67,7 @@ class _KeyedLocks:
             entry[1] += 1
         try:
             if not entry[0].acquire(timeout=timeout):
-                raise AgentError(TIMEOUT, f"request {key} is still being worked on; ask again later")
+                raise RequestTimeout(f"request {key} is still being worked on; ask again later")
             try:
                 yield
             finally:

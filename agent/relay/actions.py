@@ -20,7 +20,17 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 
 from agent import log as agent_log
-from agent.errors import BUSY, CANCELLED, IB_NOT_CONNECTED, INTERNAL, UNKNOWN_ACTION, AgentError
+from agent.errors import (
+    BUSY,
+    CANCELLED,
+    IB_NOT_CONNECTED,
+    AgentError,
+    Busy,
+    Cancelled,
+    IbNotConnected,
+    Internal,
+    UnknownAction,
+)
 from agent.log import plural
 from agent.orders import preview as order_preview
 from agent.relay.params import (
@@ -293,17 +303,13 @@ class RequestRunner:
         action = self._actions.get(job.action)
         try:
             if action is None:
-                raise AgentError(
-                    UNKNOWN_ACTION, f"unknown action {job.action!r}; this agent serves: " + ", ".join(self._actions)
-                )
+                raise UnknownAction(f"unknown action {job.action!r}; this agent serves: " + ", ".join(self._actions))
             if self._closing:
-                raise AgentError(BUSY, SHUTDOWN_MESSAGE)
+                raise Busy(SHUTDOWN_MESSAGE)
             params = job.params if action.schema is None else validate(action.schema, job.params, rules=action.rules)
             if action.needs_ib and not self.conn.ready:
                 reason = self.conn.status().get("error")
-                raise AgentError(
-                    IB_NOT_CONNECTED, "not connected to TWS / IB Gateway" + (f": {reason}" if reason else "")
-                )
+                raise IbNotConnected("not connected to TWS / IB Gateway" + (f": {reason}" if reason else ""))
         except AgentError as exc:
             self._answer(job, action, None, exc)
             return
@@ -320,9 +326,7 @@ class RequestRunner:
                 job,
                 action,
                 None,
-                AgentError(
-                    BUSY, f"{self._queues[lane].maxsize} {lane} requests are already waiting; try again shortly"
-                ),
+                Busy(f"{self._queues[lane].maxsize} {lane} requests are already waiting; try again shortly"),
             )
 
     def stop(self, timeout: float = 5.0) -> None:
@@ -350,9 +354,7 @@ class RequestRunner:
                 return
             job, action, params = item
             if job.cancel.is_set():
-                self._answer(
-                    job, action, None, AgentError(CANCELLED, "cancelled before it started: nothing was sent to TWS")
-                )
+                self._answer(job, action, None, Cancelled("cancelled before it started: nothing was sent to TWS"))
             else:
                 self._run(job, action, params)
 
@@ -362,14 +364,12 @@ class RequestRunner:
         try:
             data = action.run(self, job, params)
             if job.cancel.is_set() and not action.order:
-                error = AgentError(CANCELLED, "cancelled")
+                error = Cancelled("cancelled")
         except AgentError as exc:
             error = exc
         except Exception as exc:
             log.exception("request %s %s: unexpected error", job.action, job.id)
-            error = AgentError(
-                INTERNAL, f"unexpected error in the agent ({exc.__class__.__name__}); details are in its log file"
-            )
+            error = Internal(f"unexpected error in the agent ({exc.__class__.__name__}); details are in its log file")
         self._answer(job, action, params, error, data, time.monotonic() - started, ran=True)
 
     def _audit_unserved(self, job, error: AgentError) -> AgentError:

@@ -29,7 +29,7 @@ import websocket
 from agent import log as agent_log
 from agent.backoff import ReconnectPolicy
 from agent.config import relay_url_problem
-from agent.errors import INTERNAL, INVALID_REQUEST, AgentError
+from agent.errors import AgentError, Internal, InvalidRequest
 from agent.ib.requests import CancelToken
 from agent.relay.frames import LOGGED_FRAME_CHARS, BoundedFrameReader, ParsedFrame
 from agent.relay.tls import tls_context, tls_help
@@ -402,7 +402,7 @@ class RelayLink:
                     "type": "response",
                     "id": job.id,
                     "ok": False,
-                    "error": AgentError(INTERNAL, "the agent produced a response it cannot encode").to_dict(),
+                    "error": Internal("the agent produced a response it cannot encode").to_dict(),
                 }
             )
         with self._lock:
@@ -481,9 +481,7 @@ class RelayLink:
                 known = "was already answered"
             else:
                 valid_action = isinstance(action, str) and 1 <= len(action) <= MAX_ACTION_LENGTH
-                Job(self, request_id, action if valid_action else "?", {}).finish(
-                    error=AgentError(INVALID_REQUEST, message)
-                )
+                Job(self, request_id, action if valid_action else "?", {}).finish(error=InvalidRequest(message))
                 return
         log.warning(
             "Ignored a frame from the cloud for request %s, which %s (%s)",
@@ -515,25 +513,22 @@ class RelayLink:
                 _preview(request_id, MAX_ID_LENGTH, self._masker),
             )
             job.finish(
-                error=AgentError(
-                    INVALID_REQUEST,
+                error=InvalidRequest(
                     f"id: request {request_id} was already answered and "
                     "its response acknowledged; a request id is never run "
                     "twice, and that response is no longer held",
                 )
             )
         elif not valid_action:
-            job.finish(
-                error=AgentError(INVALID_REQUEST, f"action: must be a string of 1 to {MAX_ACTION_LENGTH} characters")
-            )
+            job.finish(error=InvalidRequest(f"action: must be a string of 1 to {MAX_ACTION_LENGTH} characters"))
         elif not isinstance(params, dict):
-            job.finish(error=AgentError(INVALID_REQUEST, "params: must be an object"))
+            job.finish(error=InvalidRequest("params: must be an object"))
         else:
             try:
                 self._executor(job)
             except Exception:  # the request must still get an answer, or its id stays "running" forever
                 log.exception("request %s %s could not be started", job.action, request_id)
-                job.finish(error=AgentError(INTERNAL, "the agent could not start this request"))
+                job.finish(error=Internal("the agent could not start this request"))
 
     # ----- connection -----
 
