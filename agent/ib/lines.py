@@ -217,7 +217,7 @@ class MarketData:
         self._lost_ids: List[int] = []  # req ids a 1101 lost, still to cancel
         self._session = 0  # +1 for every TWS disconnect seen
         self._base_type = AUTO_TYPE if self._configured_type == "auto" else DATA_TYPE_IDS[self._configured_type]
-        self._type_sent = (0, self._base_type)  # (session, type): ib_connection sends the base on connect
+        self._type_sent = (0, self._base_type)  # (session, type): agent.ib.connection sends the base on connect
         self._fallback_keys: set = set()  # auto: (ticker, sec_type) TWS said are not subscribed
         self._link_error: Optional[dict] = None  # while TWS has lost IB's servers (1100)
         self._sweeper: Optional[threading.Thread] = None
@@ -569,7 +569,7 @@ class MarketData:
         reqMktData needs differs from the last one sent on this connection (under _type_lock)."""
         session, sent = self._type_sent
         if session != self._session:
-            sent = self._base_type  # ib_connection sent the base type on connecting
+            sent = self._base_type  # agent.ib.connection sent the base type on connecting
         if wanted != sent:
             self._conn.send("reqMarketDataType", wanted)
         self._type_sent = (self._session, wanted)
