@@ -1,9 +1,9 @@
 """IB Data Agent: connects Interactive Brokers TWS / IB Gateway on this computer to the MA Tracker
 web app. Run it with ./start_unix.sh or start_windows.bat, or `python ib_data_agent.py`.
 
-This file is the wiring: config, logging, the TWS connection, the scanner, the worker pool and the
-relay link, plus signals and exit codes (0 after Ctrl-C / SIGTERM, 2 for a bad config or another
-agent already running on the same data folder).
+This file is the wiring: config, logging, the TWS connection, the scanner, the order desk and its
+order events, the worker lanes and the relay link, plus signals and exit codes (0 after Ctrl-C /
+SIGTERM, 2 for a bad config or another agent already running on the same data folder).
 """
 
 from __future__ import annotations

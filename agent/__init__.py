@@ -1,13 +1,17 @@
 """The agent behind `ib_data_agent.py` (the relay wiring) and `ib_scanner.py` (the public scanner),
 cut by responsibility (docs/ARCHITECTURE.md draws it):
 
-- `agent.ib`: the IB half. One TWS session (`session`: handshake, the one paced send path, request
-  futures), the connection that keeps it up (`connection`), IB's codes and tick tables (`codes`,
-  `ticks`), the market-data line pool (`lines`), pacing (`pacing`), ports (`ports`), the scanner.
-- `agent.relay`: the relay half. The WebSocket link to the cloud (`link`), the action table and its
-  worker lanes (`actions`), request parameter checks (`params`).
+- `agent.ib`: the IB half. One TWS socket session (`session`: handshake, the one paced send path),
+  the connection that keeps it up and routes callbacks (`connection`), the request layer every wait
+  on TWS goes through (`requests`), IB's codes and tick tables (`codes`, `ticks`), the market-data
+  line pool (`lines`), pacing (`pacing`), ports (`ports`), the scanner (`scanner`) and live
+  subscriptions (`subscriptions`).
+- `agent.relay`: the relay half. The WebSocket link to the cloud (`link`), the frames it reads
+  (`frames`), TLS (`tls`), the action table and its worker lanes (`actions`), parameter checks
+  (`params`).
 - `agent.orders`: the order desk (`desk`), its local policy, audit log and id store (`guard`), order
-  lookups in TWS (`book`) and waiting for TWS's answers (`wait`).
+  rows and lookups in TWS (`book`), waiting for TWS's answers (`wait`), account reads (`account`,
+  `portfolio`), order event frames (`events`) and what-if previews (`preview`).
 - config and logging (`config`, `log`, `errors`, `backoff`), and the two helpers a user runs:
   `doctor` (`--check`) and `demo` (`--demo`).
 

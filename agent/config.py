@@ -18,6 +18,8 @@ from typing import Callable, Dict, List, Mapping, Optional, Tuple
 
 from dotenv.parser import Binding, parse_stream
 
+from agent.ib.codes import MARKET_DATA_TYPES
+
 AGENT_DIR = Path(__file__).resolve().parent.parent  # the folder a user unzipped: config.env, the scripts
 DEFAULT_CONFIG_FILE = AGENT_DIR / "config.env"
 PLACEHOLDER_KEY = "YOUR_API_KEY_HERE"
@@ -26,7 +28,6 @@ DEFAULT_RELAY_URL = "wss://relay.ma-tracker.com/ws/agent"
 DEFAULT_WARM_LINES = 60
 
 MODES = ("paper", "live")
-MARKET_DATA_TYPES = ("auto", "live", "frozen", "delayed", "delayed-frozen")
 ORDER_POLICIES = ("paper", "live", "off")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
@@ -185,7 +186,7 @@ VARIABLES: Dict[str, tuple] = {
     "IB_CLIENT_ID": ("ib_client_id", _int(0, 2**31 - 100)),
     "IB_MAX_MSG_RATE": ("ib_max_msg_rate", _float(1, 50)),
     "IB_MAX_MKT_LINES": ("ib_max_mkt_lines", _int(1, 10000)),
-    "MARKET_DATA_TYPE": ("market_data_type", _choice(MARKET_DATA_TYPES)),
+    "MARKET_DATA_TYPE": ("market_data_type", _choice(tuple(MARKET_DATA_TYPES))),
     "WARM_LINES": ("warm_lines", _int(0, 10000)),
     "WARM_SECONDS": ("warm_seconds", _float(0, 86400)),
     "OPTION_TIMEOUT_S": ("option_timeout_s", _float(0.5, 120)),

@@ -29,7 +29,7 @@ ROOT_LOGGER = "ib_data_agent"
 
 
 def logger(part: str = "") -> logging.Logger:
-    """The agent's logger tree: `ib_data_agent` and one child per part (ib, relay, requests, orders, doctor)."""
+    """The agent's logger tree: `ib_data_agent` and one child per part (ib, relay, requests, orders)."""
     return logging.getLogger(f"{ROOT_LOGGER}.{part}" if part else ROOT_LOGGER)
 
 

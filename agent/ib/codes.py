@@ -24,8 +24,9 @@ from agent.errors import (
 
 # auto asks frozen: live while the market is open, the values recorded at the close after it;
 # agent.ib.lines falls back to delayed-frozen per contract where TWS says it is not subscribed.
-MARKET_DATA_TYPES = {"auto": 2, "live": 1, "frozen": 2, "delayed": 3, "delayed-frozen": 4}
-MARKET_DATA_TYPE_NAMES = {1: "live", 2: "frozen", 3: "delayed", 4: "delayed-frozen"}
+MARKET_DATA_TYPE_NAMES = {1: "live", 2: "frozen", 3: "delayed", 4: "delayed-frozen"}  # reqMarketDataType's numbers
+MARKET_DATA_TYPE_IDS = {name: number for number, name in MARKET_DATA_TYPE_NAMES.items()}
+MARKET_DATA_TYPES = {"auto": MARKET_DATA_TYPE_IDS["frozen"], **MARKET_DATA_TYPE_IDS}  # MARKET_DATA_TYPE -> asked first
 
 # Warnings 2100-2199 (farm status etc.), 399 order warnings, 10167 "displaying delayed data".
 NOTICE_CODES = frozenset(range(2100, 2200)) | {399, 10167}

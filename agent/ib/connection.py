@@ -242,7 +242,7 @@ class IBConnection:
         with self._lock:
             current = self._registry.get(req_id)
             if current is not None and current is not handler:
-                raise ValueError(f"request id {req_id} is already registered")
+                raise RuntimeError(f"request id {req_id} is already registered")  # ids are never reused: a bug
             self._registry[req_id] = handler
 
     def unregister(self, req_id: int) -> None:

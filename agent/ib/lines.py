@@ -38,9 +38,9 @@ from typing import Callable, Deque, Dict, List, Optional, Sequence, Tuple
 from ibapi.contract import Contract
 
 from agent.errors import AgentError, Cancelled, IbError, IbNotConnected
-from agent.ib.codes import error_for
+from agent.ib.codes import MARKET_DATA_TYPE_IDS, MARKET_DATA_TYPE_NAMES, MARKET_DATA_TYPES, error_for
 from agent.ib.requests import CancelToken
-from agent.ib.ticks import DATA_TYPE_IDS, DATA_TYPE_NAMES, Instrument, TickBook
+from agent.ib.ticks import Instrument, TickBook
 
 # Generic ticks per kind: option volume (100) and open interest (101). Options always ask for
 # both, so one stream (shared or warm) serves requests with and without OI. Greeks and the
@@ -48,7 +48,7 @@ from agent.ib.ticks import DATA_TYPE_IDS, DATA_TYPE_NAMES, Instrument, TickBook
 # would add tick 24, the underlying's volatility). Delayed data (types 3 and 4) is asked without
 # generic ticks: TWS serves only the delayed default ticks there, so no stream waits for OI it
 # cannot get.
-GENERIC_TICKS = {"OPT": "100,101", "STK": "", "IND": ""}
+GENERIC_TICKS_ASKED = {"OPT": "100,101", "STK": "", "IND": ""}
 LINE_LIMIT_CODE = 101  # "max number of tickers reached"
 # Errors that end a stream (no cancel is sent for it): not subscribed. In auto, the contract is
 # asked again as delayed-frozen.
@@ -56,9 +56,9 @@ NOT_SUBSCRIBED_CODES = (354, 10089, 10168)
 # Notices that do not end a stream: part of the data (the underlying's, so the model greeks) is not
 # subscribed; the rest streams on, and the line must still be cancelled when done with.
 PARTIAL_DATA_CODES = (10090, 10091)
-LIVE, FROZEN = DATA_TYPE_IDS["live"], DATA_TYPE_IDS["frozen"]
-DELAYED, DELAYED_FROZEN = DATA_TYPE_IDS["delayed"], DATA_TYPE_IDS["delayed-frozen"]
-AUTO_TYPE = FROZEN  # auto asks frozen: live while the market is open, the close's values after
+LIVE, FROZEN = MARKET_DATA_TYPE_IDS["live"], MARKET_DATA_TYPE_IDS["frozen"]
+DELAYED, DELAYED_FROZEN = MARKET_DATA_TYPE_IDS["delayed"], MARKET_DATA_TYPE_IDS["delayed-frozen"]
+AUTO_TYPE = MARKET_DATA_TYPES["auto"]  # frozen: live while the market is open, the close's values after
 DELAYED_TYPES = (DELAYED, DELAYED_FROZEN)
 GROW_AFTER_LIMIT_S = 2.0  # after a 101, the pool starts growing back once no 101 came for this long,
 GROW_STEP_S = 0.1  # ... by one line per freed line, at most one per this
@@ -216,7 +216,7 @@ class MarketData:
         self._stale_ids: List[int] = []  # dead req ids still to unregister
         self._lost_ids: List[int] = []  # req ids a 1101 lost, still to cancel
         self._session = 0  # +1 for every TWS disconnect seen
-        self._base_type = AUTO_TYPE if self._configured_type == "auto" else DATA_TYPE_IDS[self._configured_type]
+        self._base_type = AUTO_TYPE if self._configured_type == "auto" else MARKET_DATA_TYPE_IDS[self._configured_type]
         self._type_sent = (0, self._base_type)  # (session, type): agent.ib.connection sends the base on connect
         self._fallback_keys: set = set()  # auto: (ticker, sec_type) TWS said are not subscribed
         self._link_error: Optional[dict] = None  # while TWS has lost IB's servers (1100)
@@ -273,7 +273,7 @@ class MarketData:
                 lines_max=self.pool.size,
                 warm_lines=len(self._warm),
                 streaming=streaming,
-                market_data_type_requested=DATA_TYPE_NAMES[self._base_type],
+                market_data_type_requested=MARKET_DATA_TYPE_NAMES[self._base_type],
             )
 
     def close(self) -> None:
@@ -504,7 +504,7 @@ class MarketData:
             try:
                 with self._type_lock:  # no other thread's reqMarketDataType between the two
                     line.data_type = self._ensure_data_type(wanted[sub])
-                    generic = "" if line.data_type in DELAYED_TYPES else GENERIC_TICKS[sub.instrument.sec_type]
+                    generic = "" if line.data_type in DELAYED_TYPES else GENERIC_TICKS_ASKED[sub.instrument.sec_type]
                     with self._mutex:
                         sub.book.no_open_interest = sub.instrument.is_option and not generic
                     line.req_id = self._conn.next_req_id()

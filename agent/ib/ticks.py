@@ -18,8 +18,7 @@ from typing import Any, Dict, Optional, Tuple
 
 from ibapi.const import UNSET_DOUBLE
 
-DATA_TYPE_NAMES = {1: "live", 2: "frozen", 3: "delayed", 4: "delayed-frozen"}
-DATA_TYPE_IDS = {name: number for number, name in DATA_TYPE_NAMES.items()}
+from agent.ib.codes import MARKET_DATA_TYPE_NAMES
 
 # tickPrice type -> field; the delayed twin of a tick feeds the same field.
 PRICE_TICKS = {1: "bid", 2: "ask", 4: "last", 9: "close", 66: "bid", 67: "ask", 68: "last", 75: "close"}
@@ -40,7 +39,7 @@ SIZE_TICKS = {
 # tickGeneric types kept: none for now. Tick 24 (generic tick 106) is the *underlying's* 30-day
 # implied volatility even on an option's stream, so an OPTION's implied_vol never comes from it:
 # it comes from the option's own model computation (tickOptionComputation 13 / delayed 83).
-GENERIC_TICKS: Dict[int, str] = {}
+GENERIC_TICK_FIELDS: Dict[int, str] = {}
 # tickOptionComputation types, best first: TWS's model, then the computations from bid, ask, last.
 COMPUTATION_PRIORITY = (13, 83, 10, 80, 11, 81, 12, 82)
 MODEL_COMPUTATIONS = (13, 83)
@@ -176,7 +175,7 @@ class TickBook:
         return self._store(SIZE_TICKS, args[0], clean_size(args[1]))
 
     def _tick_generic(self, args: Tuple) -> bool:
-        return self._store(GENERIC_TICKS, args[0], _non_negative(args[1]))
+        return self._store(GENERIC_TICK_FIELDS, args[0], _non_negative(args[1]))
 
     def _store(self, table: Dict[int, str], tick_type: int, value: Any) -> bool:
         field = table.get(tick_type)
@@ -234,8 +233,8 @@ class TickBook:
         return ("call_" if self.instrument.right == "C" else "put_") + field
 
     def market_data_type(self) -> Optional[str]:
-        if self.data_type in DATA_TYPE_NAMES:
-            return DATA_TYPE_NAMES[self.data_type]
+        if self.data_type in MARKET_DATA_TYPE_NAMES:
+            return MARKET_DATA_TYPE_NAMES[self.data_type]
         if self.saw_delayed:
             return "delayed"
         return "live" if self.saw_live else None

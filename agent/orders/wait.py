@@ -1,7 +1,7 @@
 """Waiting on TWS for orders (DESIGN.md 3, 4), on agent.ib.requests' one request layer: the request a
 place or cancel waits on (order_request: the order warnings and notices never end it), the id-less
 sweeps (positions, open and completed orders: one of a kind at a time), and one lock per request id
-(_KeyedLocks). agent.orders.desk' OrderDesk, its OrderBook and Account use these.
+(_KeyedLocks). agent.orders.desk's OrderDesk, its OrderBook and Account use these.
 """
 
 from __future__ import annotations

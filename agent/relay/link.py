@@ -1,7 +1,8 @@
 """The WebSocket to the MA Tracker cloud (relay protocol v1, DESIGN.md 4; docs/PROTOCOL.md).
 
 RelayLink owns the connection (its own thread, redialled after the wait ReconnectPolicy decides),
-the frames the agent sends (hello, status, progress, response: all through one lock), the outbox of
+the frames the agent sends (hello, status, progress, response, partial, and the pushed update and
+event frames: all through one lock), the outbox of
 unacknowledged responses, and each request's life from arrival to response: duplicates, cancels and
 acks are settled here, and the work itself is handed to an executor that must never block the
 reader thread. It also says, once per outage and per reason, why the link is down.
