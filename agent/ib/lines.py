@@ -22,6 +22,14 @@ contracts of its ticker and kind (one reqMarketDataType before the reqMktData th
 type than the last). Each quote says what TWS answered in marketDataType. Notices 10090/10091 keep
 the stream (no model greeks to wait for); every line is cancelled unless TWS ended its stream.
 
+Pinned lines (relay subscriptions, agent.ib.subscriptions): `pin` marks instruments whose streams
+must stay up with nobody waiting; a pinned stream is never made warm, never taken back by a request
+and is cancelled only by `unpin`. Pinned and warm lines share the WARM_LINES budget: pinning more
+than it holds is refused, and the warm cache shrinks (least recently used first) to make room, so
+at least IB_MAX_MKT_LINES - WARM_LINES lines are always left to requests. A pinned stream is
+started like any other (a request joins it: `fetch`); after a 1101 it is cancelled and queued
+again with nobody waiting, until the subscription owner's next fetch starts it.
+
 Threads: TWS callbacks (reader thread) only update books under the lock and notify; all sending
 happens on request threads (and the warm sweeper), never under the lock, because `conn.send`
 waits for the pacing limiter and the connection's own locks must never nest inside ours.
@@ -36,7 +44,7 @@ from typing import Callable, Deque, Dict, List, Optional, Sequence, Tuple
 
 from ibapi.contract import Contract
 
-from agent.errors import CANCELLED, IB_ERROR, IB_NOT_CONNECTED, AgentError
+from agent.errors import CANCELLED, IB_ERROR, IB_NOT_CONNECTED, INVALID_REQUEST, AgentError
 from agent.ib.connection import error_for
 from agent.ib.ticks import DATA_TYPE_IDS, DATA_TYPE_NAMES, Instrument, TickBook
 
@@ -198,6 +206,9 @@ class MarketData:
         self._conn = conn
         self._timeout_s = config.option_timeout_s
         self._warm_budget = config.warm_lines if config.warm_seconds > 0 else 0
+        self._pin_limit = config.warm_lines  # pinned + warm lines together (see the module doc)
+        self._pins: Dict[Instrument, int] = {}  # instrument -> how many subscriptions hold it
+        self._pinned_ticked: Callable[[Instrument], None] = lambda instrument: None
         self._warm_seconds = config.warm_seconds
         self._configured_type = config.market_data_type
         self._clock = clock
@@ -265,9 +276,68 @@ class MarketData:
                 lines_in_use=self.pool.in_use,
                 lines_max=self.pool.size,
                 warm_lines=len(self._warm),
+                pinned_lines=len(self._pins),
                 streaming=streaming,
                 market_data_type_requested=DATA_TYPE_NAMES[self._base_type],
             )
+
+    def pin(self, instruments: Sequence[Instrument]) -> None:
+        """Keep these instruments' streams up for a subscription (started by the next `fetch` of
+        them). INVALID_REQUEST naming the limit when all pins together would exceed WARM_LINES."""
+        wanted = list(dict.fromkeys(instruments))
+        with self._mutex:
+            new = [i for i in wanted if i not in self._pins]
+            if len(self._pins) + len(new) > self._pin_limit:
+                raise AgentError(
+                    INVALID_REQUEST,
+                    f"subscriptions hold at most WARM_LINES={self._pin_limit} market-data lines together: "
+                    f"{len(self._pins)} are held and this asks {len(new)} more",
+                )
+            for instrument in wanted:
+                self._pins[instrument] = self._pins.get(instrument, 0) + 1
+                sub = self._subs.get(instrument)
+                if sub is not None and sub in self._warm:
+                    del self._warm[sub]  # pinned now: streams on, never taken back
+            ends = self._evict_warm(len(self._warm) - self._warm_room())
+        self._end_lines(ends)
+
+    def unpin(self, instruments: Sequence[Instrument]) -> None:
+        """A subscription let go of these: a stream no other subscription or request holds is cancelled."""
+        ends: List[_Subscription] = []
+        with self._mutex:
+            for instrument in dict.fromkeys(instruments):
+                left = self._pins.get(instrument, 0) - 1
+                if left > 0:
+                    self._pins[instrument] = left
+                    continue
+                self._pins.pop(instrument, None)
+                sub = self._subs.get(instrument)
+                if sub is not None and not sub.items:
+                    if sub.state == ACTIVE:
+                        self._end(sub, ends)
+                    else:
+                        self._forget(sub)
+                        sub.state = ENDED
+        self._end_lines(ends)
+
+    def watch_pinned(self, fn: Callable[[Instrument], None]) -> None:
+        """fn(instrument) whenever a pinned stream's book changed: on the TWS reader thread, under
+        this object's lock, so it must only take note and return."""
+        self._pinned_ticked = fn
+
+    def pinned_results(self, instruments: Sequence[Instrument]) -> List[Optional[dict]]:
+        """The OPTION / QUOTE each pinned instrument's stream shows now (None: no stream holds it,
+        e.g. before its restart after a TWS reconnect). Reads books only: no TWS message."""
+        with self._mutex:
+            results: List[Optional[dict]] = []
+            for instrument in instruments:
+                sub = self._subs.get(instrument)
+                if sub is None or sub.state == ENDED or not sub.book.has_data():
+                    results.append(None)
+                else:
+                    rule = "option" if instrument.is_option else "stock"
+                    results.append(sub.book.result(sub.book.complete(rule)))
+            return results
 
     def close(self) -> None:
         """Cancel the warm subscriptions and stop the sweeper."""
@@ -368,6 +438,8 @@ class MarketData:
             self._forget(sub)
             sub.state = ENDED
         elif sub.state == ACTIVE:
+            if sub.instrument in self._pins and sub.error is None and not self._closed:
+                return  # a subscription holds it: it streams on
             if (
                 keep_warm
                 and self._warm_budget
@@ -383,9 +455,13 @@ class MarketData:
     def _make_warm(self, sub: _Subscription, ends: List[_Subscription]) -> None:
         sub.idle_since = self._clock()
         self._warm[sub] = None
-        ends.extend(self._evict_warm(len(self._warm) - self._warm_budget))
+        ends.extend(self._evict_warm(len(self._warm) - self._warm_room()))
         self._start_sweeper()
         self._warm_changed.notify_all()
+
+    def _warm_room(self) -> int:
+        """Warm lines allowed now: the warm budget less the pinned lines (under the lock)."""
+        return max(0, self._warm_budget - len(self._pins))
 
     def _evict_warm(self, count: int) -> List[_Subscription]:
         ends: List[_Subscription] = []
@@ -571,6 +647,8 @@ class MarketData:
             sub = line.sub
             if sub.line is not line or not sub.book.apply(name, args):
                 return
+            if sub.instrument in self._pins:
+                self._pinned_ticked(sub.instrument)
             if any(sub.book.complete(item.rule) for item in sub.items):
                 self._changed.notify_all()
 
@@ -659,7 +737,7 @@ class MarketData:
                 line = sub.line
                 if line is None or line.req_id is None:
                     continue  # queued, or its reqMktData goes out after the 1101
-                if sub.items:
+                if sub.items or sub.instrument in self._pins:  # pinned: started again by its owner's fetch
                     self._requeue(line, may_still_stream=True)
                 elif sub in self._warm:
                     self._forget(sub)

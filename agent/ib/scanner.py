@@ -35,7 +35,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 from zoneinfo import ZoneInfo
 
 from ibapi.contract import Contract
@@ -207,7 +207,22 @@ def sell_metrics(option: dict, price: float, today: dt.date) -> dict:
     }
 
 
-def _public_quote(quote: dict) -> dict:
+def options_in_order(wanted: Sequence, results: Iterator[dict]) -> List[dict]:
+    """One OPTION per wanted item: an Instrument takes the next streamed result, an OPTION already
+    answered stays as it is."""
+    options = []
+    for w in wanted:
+        if isinstance(w, Instrument):
+            option = next(results)
+            if w.con_id:  # a shared stream may have been started without the listing's facts
+                option["con_id"], option["adjusted"] = w.con_id, w.adjusted
+            options.append(option)
+        else:
+            options.append(w)
+    return options
+
+
+def public_quote(quote: dict) -> dict:
     """QUOTE without the error the line engine attaches to it."""
     return {k: v for k, v in quote.items() if k != "error"}
 
@@ -537,7 +552,7 @@ class Scanner:
             underlying = quotes[0]
         return {
             "ticker": ticker,
-            "underlying": _public_quote(underlying),
+            "underlying": public_quote(underlying),
             "underlying_contract": chain.underlying.describe(),
             "expirations": expirations,
             "options": [o for o in options if not _is_missing_contract(o)],
@@ -561,7 +576,7 @@ class Scanner:
                     error["message"] = lookup_error.message  # it says which ticker
                 errors[name] = error
             else:
-                quotes[name] = _public_quote(result)
+                quotes[name] = public_quote(result)
         if errors and not quotes:
             first = next(iter(errors.values()))
             raise AgentError(first["code"], first["message"], first["ib_code"])
@@ -569,16 +584,24 @@ class Scanner:
             resolved = {t: self._underlyings[t].describe() for t in names if t in self._underlyings}
         return {"quotes": quotes, "errors": errors, "underlying_contracts": resolved}
 
+    def price_instruments(
+        self, contracts: Sequence[dict], tickers: Sequence[str] = ()
+    ) -> Tuple[list, Dict[str, Instrument]]:
+        """What fetch-prices (and a subscription) streams: per contract its Instrument, or its OPTION
+        already answered (not listed); and the underlyings by ticker, the contracts' then `tickers`."""
+        wanted = [self._option_instrument(c) for c in contracts]
+        names = [CLASS_TICKERS.get(t, t) for t in (c["ticker"].strip().upper() for c in contracts)]
+        names = list(dict.fromkeys(names + [t.strip().upper() for t in tickers]))
+        return wanted, dict(zip(names, _in_parallel(self._underlying_instrument, names)))
+
     def fetch_prices(self, contracts: Sequence[dict], progress=None, cancel=None) -> dict:
         started = self._clock()
-        wanted = [self._option_instrument(c) for c in contracts]
-        tickers = list(dict.fromkeys(CLASS_TICKERS.get(t, t) for t in (c["ticker"].strip().upper() for c in contracts)))
-        options, quotes = self._fetch_options(
-            wanted, _in_parallel(self._underlying_instrument, tickers), False, progress, cancel
-        )
+        wanted, underlyings = self.price_instruments(contracts)
+        tickers = list(underlyings)
+        options, quotes = self._fetch_options(wanted, list(underlyings.values()), False, progress, cancel)
         return {
             "options": options,
-            "underlyings": {t: _public_quote(q) for t, q in zip(tickers, quotes)},
+            "underlyings": {t: public_quote(q) for t, q in zip(tickers, quotes)},
             "elapsed_ms": int((self._clock() - started) * 1000),
         }
 
@@ -615,7 +638,7 @@ class Scanner:
         ]
         candidates.sort(key=lambda c: c["annualized_pct"], reverse=True)
         return {
-            "underlying": _public_quote(underlying),
+            "underlying": public_quote(underlying),
             "underlying_contract": chain.underlying.describe(),
             "candidates": candidates,
         }
@@ -638,16 +661,7 @@ class Scanner:
         the extra instruments after them: (OPTIONs in order, results of the extras)."""
         streamed = [w for w in wanted if isinstance(w, Instrument)]
         results = iter(self.market.fetch(streamed + list(extra), want_open_interest, progress, cancel))
-        options = []
-        for w in wanted:
-            if isinstance(w, Instrument):
-                option = next(results)
-                if w.con_id:  # a shared stream may have been started without the listing's facts
-                    option["con_id"], option["adjusted"] = w.con_id, w.adjusted
-                options.append(option)
-            else:
-                options.append(w)
-        return options, list(results)
+        return options_in_order(wanted, results), list(results)
 
     def _quote_one(self, instrument: Instrument, cancel) -> dict:
         return self.market.fetch([instrument], cancel=cancel)[0]
