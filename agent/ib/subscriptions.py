@@ -30,6 +30,7 @@ from agent import log as agent_log
 from agent.errors import BUSY, AgentError
 from agent.ib.scanner import options_in_order, public_quote
 from agent.ib.ticks import Instrument
+from agent.log import plural
 
 log = agent_log.logger("requests")
 
@@ -282,7 +283,9 @@ class Subscriptions:
                 ):
                     ended = self._take_all()
                     log.warning(
-                        "%d subscription(s) ended: the relay has been down for %g s", len(ended), self.relay_grace_s
+                        "%s ended: the relay has been down for %g s",
+                        plural(len(ended), "subscription"),
+                        self.relay_grace_s,
                     )
                 due = []
                 waits = []
