@@ -7,7 +7,8 @@ fetch-prices); after that, `update` frames come from the streams' ticks, never f
 the TWS reader thread only marks the subscriptions that hold a ticking instrument dirty, and one
 thread ("subscriptions") builds each due subscription's OPTION / QUOTE objects from the books,
 sends the ones that differ from what the cloud was last told (whole objects), at most one frame
-per interval_ms, none when nothing changed.
+per interval_ms, none when nothing changed. A change after a quiet spell goes out BURST_S after
+its first tick (the rest of TWS's burst for it joins the same frame).
 
 - seq counts per subscription from 1 and only for frames that went out (RelayLink.push said so).
 - After each relay reconnect, the next update of every subscription is full (every OPTION and
@@ -36,6 +37,10 @@ log = agent_log.logger("requests")
 
 RELAY_GRACE_S = 60.0  # subscriptions end when the relay has been down this long (DESIGN.md 4)
 IDLE_WAIT_S = 60.0  # the thread's nap while nothing is due
+# TWS sends one change of a contract as a burst of ticks (bid, ask, sizes, model greeks) within a
+# few ms: an update waits this long after the first of them, so one change is one update, not a
+# half-changed quote now and the rest an interval later.
+BURST_S = 0.01
 
 
 class Subscription:
@@ -53,6 +58,7 @@ class Subscription:
         self.seq = 0
         self.active = False  # its first picture went out: updates may follow
         self.dirty = False  # a tick touched one of its streams since the last update was built
+        self.dirty_since = 0.0  # when the first of those ticks came
         self.synced_epoch = 0  # relay connection of its last full picture (another one: a full update is owed)
         self.last_push = 0.0
 
@@ -64,7 +70,7 @@ class Subscription:
         """When its next update may go out; None when none is owed."""
         if not self.active or not (self.dirty or self.synced_epoch != epoch):
             return None
-        return self.last_push + self.interval_s
+        return max(self.last_push + self.interval_s, self.dirty_since + BURST_S if self.dirty else 0.0)
 
     def current(self, results: Sequence[Optional[dict]]) -> Tuple[Dict[Instrument, dict], Dict[str, dict]]:
         """OPTION per streamed option and QUOTE per ticker, from one result per `instruments` (None:
@@ -225,6 +231,7 @@ class Subscriptions:
             for sub in self._holders.get(instrument, ()):
                 if not sub.dirty:
                     sub.dirty = wake = True
+                    sub.dirty_since = self._clock()
             if wake:
                 self._changed.notify_all()
 
@@ -317,7 +324,7 @@ class Subscriptions:
         with self._changed:
             sub.last_push = self._clock()  # a frame that did not go out is retried after interval_ms
             if not pushed:
-                sub.dirty = True
+                sub.dirty, sub.dirty_since = True, sub.last_push
                 return
             sub.sent(options, quotes, frame["seq"])
             if full:
