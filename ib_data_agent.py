@@ -33,6 +33,7 @@ from agent.ib.connection import IBConnection  # noqa: E402
 from agent.ib.ports import candidate_ports  # noqa: E402
 from agent.ib.subscriptions import Subscriptions  # noqa: E402
 from agent.orders.desk import OrderDesk  # noqa: E402
+from agent.orders.events import OrderEvents  # noqa: E402
 from agent.relay.actions import RequestRunner  # noqa: E402
 from agent.relay.link import RelayLink  # noqa: E402
 from ib_scanner import Scanner  # noqa: E402
@@ -75,6 +76,7 @@ class Agent:
             hello_fields=self.subscriptions.hello_fields,
         )
         self.subscriptions.attach(self.link)
+        self.events = OrderEvents(self.conn, self.link.push)  # order `event` frames (best effort)
 
     def run(self) -> int:
         if self.config.ib_port:
@@ -108,6 +110,7 @@ class Agent:
         self.subscriptions.close()  # their lines are cancelled at TWS
         self.scanner.close()
         self.conn.stop(timeout=TWS_STOP_S)
+        self.events.close()
         self.link.stop()
         log.info("IB Data Agent stopped")
 

@@ -14,7 +14,7 @@ import re
 import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, List, Mapping, Optional
+from typing import Callable, Dict, List, Mapping, Optional, Tuple
 
 from dotenv.parser import Binding, parse_stream
 
@@ -136,23 +136,34 @@ def is_loopback_host(host: str) -> bool:
         return False
 
 
-def _relay_url(name: str, raw: str) -> str:
-    value = raw.strip()
-    parsed = urllib.parse.urlsplit(value)
+def relay_url_problem(url: str) -> Optional[Tuple[str, bool]]:
+    """Why a relay URL is refused (DESIGN.md 4: wss://, ws:// only to a loopback host), and whether
+    the message may quote the URL (not when it holds a password), or None. The one check: the
+    config and RelayLink both ask it."""
+    parsed = urllib.parse.urlsplit(url)
     if parsed.scheme not in ("wss", "ws") or not parsed.hostname:
-        raise ConfigError(f"{name}={raw!r} is not a wss:// URL")
+        return "is not a wss:// URL", True
     if parsed.username or parsed.password:
-        raise ConfigError(f"{name} must not contain a user name or password")
+        return "must not contain a user name or password", False
     if parsed.scheme == "ws" and not is_loopback_host(parsed.hostname):
-        raise ConfigError(
-            f"{name} uses unencrypted ws:// to {parsed.hostname}; only wss:// is allowed "
+        return (
+            f"uses unencrypted ws:// to {parsed.hostname}; only wss:// is allowed "
             "(ws:// is accepted for a loopback host only)"
-        )
+        ), False
     try:
         _port = parsed.port  # urllib checks the port only when it is read
     except ValueError:
-        raise ConfigError(f"{name}={raw!r} has an invalid port") from None
-    return value
+        return "has an invalid port", True
+    return None
+
+
+def _relay_url(name: str, raw: str) -> str:
+    value = raw.strip()
+    problem = relay_url_problem(value)
+    if problem is None:
+        return value
+    text, quote = problem
+    raise ConfigError(f"{name}={raw!r} {text}" if quote else f"{name} {text}")
 
 
 def _data_dir(name: str, raw: str) -> Path:

@@ -31,13 +31,15 @@ import websocket
 from agent import MIN_PYTHON
 from agent import log as agent_log
 from agent.config import DEFAULT_CONFIG_FILE, Config, ConfigError, configured_key, load_config
-from agent.errors import MARKET_DATA_NOT_SUBSCRIBED, AgentError
+from agent.errors import MARKET_DATA_NOT_SUBSCRIBED, TIMEOUT, AgentError
 from agent.ib.codes import CLIENT_ID_IN_USE
 from agent.ib.connection import IBConnection, is_read_only_error
 from agent.ib.ports import PortProbe, account_type, candidate_ports, resolve_port
+from agent.ib.requests import ORDERS, Request
 from agent.ib.scanner import Scanner, days_to
 from agent.log import Masker
-from agent.relay.link import tls_context
+from agent.relay.link import relay_headers
+from agent.relay.tls import tls_context
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
 OK, WARN, FAIL, SKIP = "OK", "WARN", "FAIL", "SKIP"
@@ -329,37 +331,27 @@ def _choose_port(
 
 def check_read_only(conn: IBConnection, checklist: Checklist) -> None:
     """Check 5: TWS answers reqOpenOrders with its end, or with 321 "Read-Only" when the setting is on."""
-    answered = threading.Event()
-    verdict: Dict[str, bool] = {}
-
-    def on_end(*_args) -> None:
-        verdict.setdefault("read_only", False)
-        answered.set()
-
-    def on_error(_req_id: int, ib_code: int, text: str) -> None:
-        if is_read_only_error(ib_code, text):
-            verdict.setdefault("read_only", True)
-            answered.set()
-
-    conn.add_listener("openOrderEnd", on_end)
-    conn.add_listener("error", on_error)
+    request = Request("reqOpenOrders", lambda name, _args: name == "openOrderEnd", claims=is_read_only_error)
+    read_only: Optional[bool] = None  # unknown: no answer (or the connection lost) within the timeout
     try:
-        conn.send("reqOpenOrders")
-        answered.wait(ANSWER_TIMEOUT_S)
+        with conn.requests.pending(ORDERS, request):
+            conn.send("reqOpenOrders")
+            request.wait(ANSWER_TIMEOUT_S)
+        read_only = False
     except AgentError as exc:
-        checklist.add(FAIL, READ_ONLY, f"could not ask TWS: {exc.message}", fix=FIX_TWS)
-        return
-    finally:
-        conn.remove_listener("openOrderEnd", on_end)
-        conn.remove_listener("error", on_error)
-    if "read_only" not in verdict:
+        if request.error is not None:  # the error it claims: Read-Only API
+            read_only = True
+        elif request.ended_by is None and exc.code != TIMEOUT:  # not sent
+            checklist.add(FAIL, READ_ONLY, f"could not ask TWS: {exc.message}", fix=FIX_TWS)
+            return
+    if read_only is None:
         checklist.add(
             WARN,
             READ_ONLY,
             f"TWS did not answer a request for open orders within {ANSWER_TIMEOUT_S:g} s, so the setting is unknown",
             fix=FIX_READ_ONLY,
         )
-    elif verdict["read_only"]:
+    elif read_only:
         checklist.add(
             FAIL, READ_ONLY, "on: TWS blocks order placement and order information (error 321)", fix=FIX_READ_ONLY
         )
@@ -430,7 +422,7 @@ def check_market_data(conn: IBConnection, config: Config, checklist: Checklist) 
 
 def check_relay(config: Config, checklist: Checklist, agent_version: str) -> None:
     """Check 7: one WebSocket upgrade with the key, closed at once (no hello, nothing served)."""
-    headers = [f"Authorization: Bearer {config.key}", f"X-Agent-Version: {agent_version}"]
+    headers = relay_headers(config.key, agent_version)
     context, _roots = tls_context()  # the agent's own: certifi's roots when this Python build has none
     try:
         ws = websocket.create_connection(

@@ -396,6 +396,7 @@ class Position:
     instrument: Instrument
     quantity: float
     avg_cost: float  # per contract, multiplier included (as TWS reports it)
+    realized: float = 0.0  # what closing part of it made: updatePortfolio's realizedPNL
 
 
 def _third_friday(year: int, month: int) -> dt.date:
@@ -913,6 +914,10 @@ class Portfolio:
                 self._positions[key] = Position(account, instrument, signed_quantity, price * multiplier)
                 return
             total = held.quantity + signed_quantity
+            if (held.quantity > 0) != (signed_quantity > 0):  # closing (part of) it realizes P&L, as TWS counts it
+                closed = min(abs(signed_quantity), abs(held.quantity))
+                side = 1 if held.quantity > 0 else -1
+                held.realized = round(held.realized + side * closed * (price * multiplier - held.avg_cost), 2)
             if total == 0:
                 del self._positions[key]
             elif (held.quantity > 0) == (signed_quantity > 0):

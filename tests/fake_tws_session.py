@@ -612,7 +612,14 @@ class ClientSession:
         for position, price, value, unrealized in portfolio.portfolio_rows(account):
             self.send(
                 enc.portfolio_value(
-                    position.instrument, position.quantity, price, value, position.avg_cost, unrealized, 0.0, account
+                    position.instrument,
+                    position.quantity,
+                    price,
+                    value,
+                    position.avg_cost,
+                    unrealized,
+                    position.realized,
+                    account,
                 )
             )
         self.send(enc.account_time(time.strftime("%H:%M")))

@@ -299,7 +299,7 @@ class CommandLine(DoctorCase):
 
 @unittest.skipUnless(shutil.which("openssl"), "openssl is needed to make a self-signed certificate")
 class RelayTls(unittest.TestCase):
-    """--check verifies the cloud's certificate with the agent's own TLS context (relay_link.tls_context):
+    """--check verifies the cloud's certificate with the agent's own TLS context (agent.relay.tls.tls_context):
     on a Python build without roots (python.org macOS before its certificate step) it uses certifi's,
     as the agent does, instead of failing where the agent would connect (issue 18)."""
 

@@ -11,7 +11,7 @@ import time
 import types
 import unittest
 
-from agent.errors import NO_SECURITY_DEFINITION, AgentError
+from agent.errors import NO_SECURITY_DEFINITION, AgentError, Cancelled, NoSecurityDefinition, RequestTimeout
 from agent.log import plural
 from agent.orders.desk import describe_order
 from agent.relay import link as relay_link
@@ -137,7 +137,7 @@ class FailedRequestLine(unittest.TestCase):
         line = self.line(
             "fetch-chain",
             {"ticker": "zzzzq"},
-            AgentError(NO_SECURITY_DEFINITION, "TWS knows no stock, ETF or index ZZZZQ (USD)", 200),
+            NoSecurityDefinition("TWS knows no stock, ETF or index ZZZZQ (USD)", 200),
         )
         self.assertEqual(
             line,
@@ -147,19 +147,19 @@ class FailedRequestLine(unittest.TestCase):
 
     def test_fetch_prices_names_its_tickers_and_count_and_control_characters_are_escaped(self):
         contracts = [{"ticker": "AAPL"}, {"ticker": "SPY"}, {"ticker": "AAPL"}]
-        line = self.line("fetch-prices", {"contracts": contracts}, AgentError("TIMEOUT", "TWS did not\x1b[2J answer"))
+        line = self.line("fetch-prices", {"contracts": contracts}, RequestTimeout("TWS did not\x1b[2J answer"))
         self.assertIn("request fetch-prices AAPL SPY (3 contracts) failed: TWS did not\\x1b[2J answer (TIMEOUT)", line)
 
     def test_a_cancelled_request_is_not_called_failed(self):
         self.assertEqual(
-            self.line("fetch-chain", {"ticker": "SPY"}, AgentError("CANCELLED", "cancelled")),
+            self.line("fetch-chain", {"ticker": "SPY"}, Cancelled("cancelled")),
             "INFO:ib_data_agent.requests:request fetch-chain SPY cancelled",
         )
         self.assertEqual(
             self.line(
                 "sell-scan",
                 {"ticker": "SPY", "right": "P"},
-                AgentError("CANCELLED", "cancelled before it started: nothing was sent to TWS"),
+                Cancelled("cancelled before it started: nothing was sent to TWS"),
             ),
             "INFO:ib_data_agent.requests:request sell-scan SPY cancelled: "
             "cancelled before it started: nothing was sent to TWS",

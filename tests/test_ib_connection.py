@@ -31,14 +31,13 @@ from agent.errors import (
 )
 from agent.ib import connection as ib_connection
 from agent.ib import session as ib_session
-from agent.ib.codes import with_reject_details
+from agent.ib.codes import error_for, with_reject_details
 from agent.ib.connection import (
     NOTICE_CODES,
     REQ_ID_FIRST,
     TESTED_MAX_SERVER_VERSION,
     IBConnection,
     _TwsSession,
-    error_for,
 )
 from agent.ib.session import ID_CALLBACKS, PLAIN_CALLBACKS
 
@@ -238,7 +237,7 @@ class Replayed(unittest.TestCase):
         self.assertEqual(len(sent), 1)
         self.assertEqual([len(r) for r in rows], [1, 1])
         self.assertEqual([r[0].contract.conId for r in rows], [265598, 38708077])
-        self.assertEqual(conn._registry, {}, "unregistered after the answer")
+        self.assertIsNone(conn.requests.get(req_id), "unregistered after the answer")
 
     def test_call_raises_the_routed_error(self):
         for sequence, code, ib_code in [

@@ -10,8 +10,16 @@ import unittest
 from typing import Callable, Dict, List, Optional, Tuple
 
 from agent.config import Config
-from agent.errors import CANCELLED, IB_NOT_CONNECTED, MARKET_DATA_NOT_SUBSCRIBED, NO_SECURITY_DEFINITION, AgentError
+from agent.errors import (
+    CANCELLED,
+    IB_NOT_CONNECTED,
+    MARKET_DATA_NOT_SUBSCRIBED,
+    NO_SECURITY_DEFINITION,
+    AgentError,
+    IbNotConnected,
+)
 from agent.ib.lines import MarketData
+from agent.ib.requests import CancelToken
 from agent.ib.ticks import Instrument
 from tests.test_ib_ticks import recorded_events
 
@@ -130,7 +138,7 @@ class StubConnection:
 
     def send(self, name: str, *args) -> None:
         if not self.ready:
-            raise AgentError(IB_NOT_CONNECTED, "Not connected to TWS")
+            raise IbNotConnected("Not connected to TWS")
         with self._lock:
             self.sent.append((name, args))
             self._lock.notify_all()
@@ -330,7 +338,7 @@ class FairShareTest(LinesTestCase):
         big_batch = [option(s) for s in range(200)]
         small_batch = [option(s, ticker="MSFT") for s in (100, 105, 110)]
         market, conn, tws = self.make(StubTws({("AAPL", i.strike, "C"): "silent" for i in big_batch}))
-        stop_big = threading.Event()
+        stop_big = CancelToken()
         big = Background(market.fetch, big_batch, cancel=stop_big)
         conn.wait_for(lambda: conn.count("reqMktData") == 4, "the big request alone filling the pool")
         small = Background(market.fetch, small_batch)
@@ -542,7 +550,7 @@ class WarmTest(LinesTestCase):
 class CancelAndDropTest(LinesTestCase):
     def test_cancel_frees_every_line_and_raises_cancelled(self):
         market, conn, _ = self.make(StubTws({("AAPL", float(s), "C"): "silent" for s in range(150, 200, 5)}))
-        cancel = threading.Event()
+        cancel = CancelToken()
         job = Background(market.fetch, [option(s) for s in range(150, 200, 5)], cancel=cancel)
         conn.wait_for(lambda: conn.count("reqMktData") == 4, "the pool to fill")
         cancel.set()

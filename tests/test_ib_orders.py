@@ -41,10 +41,15 @@ from agent.errors import (
     READ_ONLY_API,
     TIMEOUT,
     AgentError,
+    IbError,
+    IbNotConnected,
 )
 from agent.ib import codes as ib_codes
 from agent.ib import connection as ib_connection
+from agent.ib import requests as ib_requests
 from agent.ib import session as ib_session
+from agent.orders import account as order_account
+from agent.orders import book as order_book
 from agent.orders import desk as ib_orders
 from agent.orders import guard as order_guard
 from agent.relay import actions as relay_actions
@@ -73,6 +78,7 @@ NOTHING_FOUND = {
     "reqAllOpenOrders": [("openOrderEnd", [])],
     "reqCompletedOrders": [("completedOrdersEnd", [])],
     "reqExecutions": [("execDetailsEnd", ["$id"])],
+    "reqAccountUpdates": [("accountDownloadEnd", ["DU1234567"])],  # no portfolio rows
 }
 # In a scenario's answers: the answers that replace others once a placeOrder was sent.
 ONCE_PLACED = "once placed"
@@ -116,7 +122,7 @@ class ReplayConnection:
         self.request_ref = request_ref
         self.sent = []
         self.gate = None  # a threading.Event placeOrder waits on before TWS "answers"
-        self._handlers = {}
+        self.requests = ib_requests.Requests()
         self._listeners = {}
         self._req_id = ib_connection.REQ_ID_FIRST
         self._order_id = 31
@@ -140,20 +146,15 @@ class ReplayConnection:
             self._order_id += 1
             return self._order_id
 
-    def register(self, req_id, handler):
-        if self._handlers.get(req_id, handler) is not handler:
-            raise ValueError(f"request id {req_id} is already registered")
-        self._handlers[req_id] = handler
-
-    def unregister(self, req_id):
-        self._handlers.pop(req_id, None)
-
     def add_listener(self, name, fn):
         self._listeners.setdefault(name, []).append(fn)
 
+    def remove_listener(self, name, fn):
+        self._listeners[name] = [f for f in self._listeners.get(name, []) if f is not fn]
+
     def send(self, method, *args):
         if not self._status["connected"]:
-            raise AgentError(IB_NOT_CONNECTED, "Not connected to TWS")
+            raise IbNotConnected("Not connected to TWS")
         self.sent.append((method, args))
         if method == "placeOrder" and self.gate is not None:
             self.gate.wait(5)
@@ -165,36 +166,30 @@ class ReplayConnection:
             self.deliver(name, tuple(build(event_args, ids, self.shared)))
 
     def call(self, method, req_id, *args, rows=(), end, timeout=None):
-        collector = ib_connection._Collector(rows, end)
-        self.register(req_id, collector)
-        try:
+        request = ib_requests.Request(method, lambda name, _args: name == end)
+        with self.requests.pending(req_id, request):
             self.send(method, req_id, *args)
-            return collector.wait(timeout, method)
-        finally:
-            self.unregister(req_id)
+            request.wait(timeout)
+            return request.rows(rows)
 
     # what the reader thread would do
     def deliver(self, name: str, args: tuple) -> None:
         if name == "$disconnect":
             self._status = dict(DOWN)
-            for handler in list(self._handlers.values()):
-                handler.on_disconnect()
+            self.requests.fail_all()
             for fn in self._listeners.get("disconnected", []):
                 fn()
         elif name == "error":
             req_id, code, text = args
             if code in ib_connection.NOTICE_CODES:
+                self.requests.notice(req_id, code, text)
                 return
             if ib_connection.is_read_only_error(code, text):
                 self._status["read_only"] = True
-            if req_id in self._handlers:
-                self._handlers[req_id].on_error(code, text)
-            else:
+            if not self.requests.error(req_id, code, text):
                 for fn in self._listeners.get("error", []):
                     fn(req_id, code, text)
-        elif name in ib_session.ID_CALLBACKS and args[0] in self._handlers:
-            self._handlers[args[0]].on_event(name, args)
-        else:
+        elif not self.requests.event(args[0] if name in ib_session.ID_CALLBACKS else None, name, args):
             for fn in self._listeners.get(name, []):
                 fn(*args)
 
@@ -252,8 +247,8 @@ class AccountTest(DeskTestCase):
 
     def test_positions_skip_closed_and_repeated_rows_and_cancel_the_subscription(self):
         desk, conn = self.desk(answers=self.account["positions"])
-        positions = desk.positions()["positions"]
-        self.assertEqual(conn.methods(), ["reqPositions", "cancelPositions"])
+        positions = desk.account.positions()["positions"]
+        self.assertEqual(conn.methods(), ["reqPositions", "cancelPositions", "reqAccountUpdates", "reqAccountUpdates"])
         self.assertEqual(len(positions), 2)
         stock, call = positions
         self.assertEqual(
@@ -269,6 +264,10 @@ class AccountTest(DeskTestCase):
                 "multiplier": 1,
                 "quantity": 200,
                 "avg_cost": 171.2534,
+                "market_price": 182.5,
+                "market_value": 36500.0,
+                "unrealized_pnl": 2249.32,
+                "realized_pnl": 120.4,
             },
         )
         self.assertEqual(
@@ -278,7 +277,7 @@ class AccountTest(DeskTestCase):
 
     def test_futures_and_futures_options_keep_their_expiration_stocks_and_options_unchanged(self):
         desk, conn = self.desk(answers=self.account["positions_all_types"])
-        rows = {row["sec_type"]: row for row in desk.positions()["positions"]}
+        rows = {row["sec_type"]: row for row in desk.account.positions()["positions"]}
         contract = ("ticker", "sec_type", "expiration", "strike", "right", "multiplier", "quantity")
         self.assertEqual(
             {kind: tuple(row[k] for k in contract) for kind, row in rows.items()},
@@ -301,18 +300,18 @@ class AccountTest(DeskTestCase):
         ):
             contract = Contract()
             contract.symbol, contract.secType, contract.lastTradeDateOrContractMonth = "ES", "FUT", given
-            self.assertEqual(ib_orders.contract_dict(contract)["expiration"], expected, given)
+            self.assertEqual(order_book.contract_dict(contract)["expiration"], expected, given)
         contract.lastTradeDate = "20300315"  # ibapi 10.4x's protobuf decoder may fill only this one
-        self.assertEqual(ib_orders.contract_dict(contract)["expiration"], "20300315")
+        self.assertEqual(order_book.contract_dict(contract)["expiration"], "20300315")
 
     def test_positions_time_out_when_tws_never_ends_them(self):
         desk, conn = self.desk(answers={"reqPositions": self.account["positions"]["reqPositions"][:1]})
-        self.fails(TIMEOUT, desk.positions)
+        self.fails(TIMEOUT, desk.account.positions)
         self.assertEqual(conn.methods(), ["reqPositions", "cancelPositions"])
 
     def test_account_summary(self):
         desk, conn = self.desk(answers=self.account["account_summary"])
-        accounts = desk.account_summary()["accounts"]
+        accounts = desk.account.summary()["accounts"]
         self.assertEqual(
             accounts,
             {
@@ -328,7 +327,7 @@ class AccountTest(DeskTestCase):
         )
         method, args = conn.sent[0]
         self.assertEqual((method, args[1]), ("reqAccountSummary", "All"))
-        self.assertEqual(set(args[2].split(",")), set(ib_orders.SUMMARY_TAGS))
+        self.assertEqual(set(args[2].split(",")), set(order_account.SUMMARY_TAGS))
         self.assertEqual(conn.sent[1], ("cancelAccountSummary", (args[0],)))
 
     def test_open_orders_of_all_clients_say_which_client_placed_each(self):
@@ -404,7 +403,7 @@ class AccountTest(DeskTestCase):
 
     def test_a_lost_connection_ends_the_wait_at_once(self):
         desk, _ = self.desk(answers={"reqPositions": [["$disconnect", []]]})
-        self.fails(IB_NOT_CONNECTED, desk.positions)
+        self.fails(IB_NOT_CONNECTED, desk.account.positions)
 
 
 CAPTURES = Path(__file__).resolve().parent.parent.parent / "shared" / "tws-captures" / "server_frames.jsonl"
@@ -438,7 +437,7 @@ class PositionsOffTheWireTest(DeskTestCase):
 
     def positions(self, events) -> dict:
         desk, _ = self.desk(answers={"reqPositions": events + [["positionEnd", []]]})
-        return {row["sec_type"]: row for row in desk.positions()["positions"]}
+        return {row["sec_type"]: row for row in desk.account.positions()["positions"]}
 
     def test_text_messages_in_the_layout_of_a_real_capture(self):
         if not CAPTURES.exists():
@@ -882,7 +881,7 @@ class UnexpectedErrorTest(DeskTestCase):
     def test_ibapi_reporting_its_own_send_failure_is_not_taken_for_tws_rejecting_the_order(self):
         """ibapi 10.4x catches an exception inside placeOrder and calls error(orderId, 512, ...) instead
         of raising: through conn.send (raised) or through the order's handler (delivered)."""
-        raised = AgentError(IB_ERROR, "Order Sending Error - broken pipe", 512)
+        raised = IbError("Order Sending Error - broken pipe", 512)
         delivered = {"placeOrder": [["error", ["$id", 512, "Order Sending Error - broken pipe"]]]}
         for how, answers in (("raised", self.reaches_tws), ("delivered", dict(self.reaches_tws, **delivered))):
             with self.subTest(how):
@@ -913,16 +912,13 @@ class UnexpectedErrorTest(DeskTestCase):
 
     def test_after_the_id_was_recorded_but_before_the_order_was_sent(self):
         self.desk_, conn = self.desk(answers=self.never_reached)
-        real_ib_order = self.desk_._ib_order
-        self.desk_._ib_order = mock.Mock(
-            side_effect=[
-                Boom(),
-                real_ib_order(
-                    order_guard.order_ref_for("req-1"),
-                    dict(order_guard.parse_order_params("place-order", option_order()), account="DU1234567"),
-                ),
-            ]
+        built = ib_orders.limit_order(
+            order_guard.order_ref_for("req-1"),
+            dict(order_guard.parse_order_params("place-order", option_order()), account="DU1234567"),
         )
+        patcher = mock.patch.object(ib_orders, "limit_order", side_effect=[Boom(), built])
+        patcher.start()
+        self.addCleanup(patcher.stop)
         error, _ = self.internal(self.desk_.place_order, "req-1", option_order())
         self.assertIn("before the order was sent: nothing reached TWS", error.message)
         self.assertIn("looks in TWS first", error.message)
@@ -937,7 +933,7 @@ class UnexpectedErrorTest(DeskTestCase):
 
     def test_before_anything_was_sent_or_recorded(self):
         self.desk_, conn = self.desk("placed")
-        with mock.patch.object(self.desk_, "_qualify", side_effect=Boom()):
+        with mock.patch.object(ib_orders, "qualify_contract", side_effect=Boom()):
             error, record = self.internal(self.desk_.place_order, "req-1", option_order())
         self.assertIn(
             "placing order SELL 1 AAPL 20300118 150 C @ 2.5 LMT DAY before the order was sent: nothing reached TWS",

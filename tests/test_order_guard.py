@@ -13,7 +13,7 @@ from pathlib import Path
 from unittest import mock
 
 from agent.config import Config
-from agent.errors import INVALID_REQUEST, AgentError
+from agent.errors import INVALID_REQUEST, AgentError, Internal, InvalidRequest
 from agent.log import Masker
 from agent.orders import guard as order_guard
 
@@ -269,12 +269,12 @@ class AuditLogTest(unittest.TestCase):
         self.assertIn("x" * 120 + "****", text)
 
     def test_the_outcome_of_an_unexpected_error_names_its_class(self):
-        error = AgentError("INTERNAL", "unexpected error in the agent (KeyError) ...")
+        error = Internal("unexpected error in the agent (KeyError) ...")
         self.assertEqual(
             order_guard.outcome_of_error(error, "KeyError"),
             {"error": "INTERNAL", "ib_code": None, "message": error.message, "exception": "KeyError"},
         )
-        self.assertNotIn("exception", order_guard.outcome_of_error(AgentError(INVALID_REQUEST, "x")))
+        self.assertNotIn("exception", order_guard.outcome_of_error(InvalidRequest("x")))
 
     def test_concurrent_writers_give_whole_lines(self):
         audit = order_guard.AuditLog(self.path)

@@ -17,6 +17,7 @@ from agent.errors import IB_ERROR, INVALID_REQUEST, ORDER_BLOCKED, READ_ONLY_API
 from agent.ib import connection as ib_connection
 from agent.orders import desk as ib_orders
 from agent.orders import guard as order_guard
+from agent.orders import wait as order_wait
 from tests.fake_market import on_tick
 from tests.fake_tws import FakeTWS
 from tests.fake_tws_session import LOCATE_TEXT
@@ -122,11 +123,11 @@ class OrdersOnFakeTws(AtTwsVersion, unittest.TestCase):
 
 class PaperAccountTest(OrdersOnFakeTws):
     def test_each_action_on_a_paper_account(self):
-        positions = self.desk.positions()["positions"]
+        positions = self.desk.account.positions()["positions"]
         self.assertTrue(positions)
         self.assertEqual({p["account"] for p in positions}, {"DU1234567"})
         self.assertIn(("AAPL", "STK", 100), {(p["ticker"], p["sec_type"], p["quantity"]) for p in positions})
-        summary = self.desk.account_summary()["accounts"]["DU1234567"]
+        summary = self.desk.account.summary()["accounts"]["DU1234567"]
         self.assertGreater(summary["net_liquidation"], 0)
         self.assertEqual(summary["currency"], "USD")
 
@@ -357,12 +358,12 @@ class AnotherClientsOrder(OrdersOnFakeTws):
     def test_tws_answers_a_cancel_of_another_clients_order_not_found(self):
         """What TWS does (the fake models it): the id is looked up among the asking client's orders."""
         placed = self.other_client().place_order("theirs", self.order())  # this client has no order of that id
-        pending = ib_orders._Pending(lambda name, args: False)
-        self.conn.register(placed["order_id"], pending)
-        self.addCleanup(self.conn.unregister, placed["order_id"])
+        pending = order_wait.order_request("the cancel", lambda name, args: False)
+        self.conn.requests.add(placed["order_id"], pending)
+        self.addCleanup(self.conn.requests.remove, placed["order_id"], pending)
         self.conn.send("cancelOrder", placed["order_id"], OrderCancel())
         with self.assertRaises(AgentError) as caught:
-            pending.wait(WAIT_S, "the cancel")
+            pending.wait(WAIT_S)
         self.assertEqual(caught.exception.ib_code, 10147)
         self.assertEqual([o.status for o in self.tws.orders.open_orders()], ["Submitted"])
 
@@ -378,7 +379,7 @@ class LiveAccountTest(OrdersOnFakeTws):
         self.assertEqual(
             [line["decision"].split(":")[:2] for line in self.audit()], [["refused", " ALLOW_ORDERS=paper"]] * 2
         )
-        self.assertTrue(self.desk.positions()["positions"])  # reading the account stays allowed
+        self.assertTrue(self.desk.account.positions()["positions"])  # reading the account stays allowed
 
 
 class ReadOnlyTest(OrdersOnFakeTws):
@@ -394,7 +395,7 @@ class ReadOnlyTest(OrdersOnFakeTws):
         self.assertEqual(self.sent("reqOpenOrders"), 2)  # one probe per connection, this one and setUp's
 
     def test_read_only_api(self):
-        self.assertTrue(self.desk.positions()["positions"])  # market data and positions still work
+        self.assertTrue(self.desk.account.positions()["positions"])  # market data and positions still work
         error = self.fails(READ_ONLY_API, self.desk.place_order, "ro", self.order())
         self.assertIn("Read-Only", error.message)
         self.assertIn("restart the agent", error.message)

@@ -4,22 +4,39 @@ from __future__ import annotations
 
 import threading
 import time
+import types
 import unittest
 
-from agent.errors import BUSY, CANCELLED, IB_NOT_CONNECTED, INTERNAL, INVALID_REQUEST, UNKNOWN_ACTION, AgentError
+from agent.errors import (
+    BUSY,
+    CANCELLED,
+    IB_NOT_CONNECTED,
+    INTERNAL,
+    INVALID_REQUEST,
+    UNKNOWN_ACTION,
+    NoSecurityDefinition,
+)
+from agent.ib.requests import CancelToken
 from agent.relay.actions import ACTIONS, BULK_PRICE_CONTRACTS, QUICK_WORKERS, RequestRunner
 
-ORDER_ACTIONS = {"positions", "account-summary", "open-orders", "place-order", "cancel-order"}
+ORDER_ACTIONS = {"positions", "account-summary", "open-orders", "place-order", "cancel-order", "preview-order"}
 HOLD_S = 30  # a held scanner call gives up after this: longer than StandInJob.result() waits
 CONTRACT = {"ticker": "AAPL", "expiration": "20250117", "strike": 150, "right": "C"}
 CHAIN = ("fetch-chain", {"ticker": "SPY"})
 QUOTE = ("quote", {"tickers": ["AAPL"]})
+PREVIEW = {
+    "contract": {"ticker": "AAPL", "sec_type": "STK"},
+    "action": "BUY",
+    "quantity": 1,
+    "order_type": "LMT",
+    "limit_price": 100,
+}
 
 
 class StandInJob:
     def __init__(self, action, params=None, request_id="r1"):
         self.id, self.action, self.params = request_id, action, {} if params is None else params
-        self.cancel = threading.Event()
+        self.cancel = CancelToken()
         self.done = threading.Event()
         self.data = self.error = None
 
@@ -127,8 +144,34 @@ class StandInSubscriptions:
             time.sleep(0.01)
 
 
+class StandInAccount:
+    def positions(self):
+        return {"positions": []}
+
+    def summary(self):
+        return {"accounts": {}}
+
+
+class StandInAudit:
+    """The desk's audit log, as order_preview uses it: lines kept in memory."""
+
+    def __init__(self):
+        self.lines = []
+
+    def check(self):
+        pass
+
+    def write(self, *line):
+        self.lines.append(line)
+
+
 class StandInDesk:
     def __init__(self):
+        self.account = StandInAccount()
+        # What preview-order (order_preview) reads of the desk: with orders off it answers from the
+        # policy alone, never touching conn.
+        self.audit, self.conn = StandInAudit(), None
+        self.config = types.SimpleNamespace(allow_orders="off", max_order_quantity=10, max_order_notional=25000.0)
         self.calls = []
         self.audited = []  # (action, request id, error code) of requests it never ran
         self.gate = threading.Event()
@@ -147,12 +190,6 @@ class StandInDesk:
     def audit_unserved(self, action, request_id, params, error):
         self.audited.append((action, request_id, error.code))
         return error
-
-    def positions(self):
-        return {"positions": []}
-
-    def account_summary(self):
-        return {"accounts": {}}
 
     def open_orders(self):
         return {"orders": []}
@@ -380,7 +417,7 @@ class Dispatch(RunnerCase):
         self.assertIn("Traceback", logs.output[0])
 
     def test_agent_errors_from_the_scanner_pass_through(self):
-        self.scanner.fail_with = AgentError("NO_SECURITY_DEFINITION", "IB has no contract ZZZZ", 200)
+        self.scanner.fail_with = NoSecurityDefinition("IB has no contract ZZZZ", 200)
         data, error = self.run_action("expirations", {"ticker": "ZZZZ"})
         self.assertEqual((error.code, error.ib_code), ("NO_SECURITY_DEFINITION", 200))
 
@@ -450,11 +487,15 @@ class Lanes(RunnerCase):
             ("cancel-order", {"order_id": 5}),
             ("subscribe", {"tickers": ["AAPL"]}),
             ("unsubscribe", {"subscription": "sub-1"}),
+            ("preview-order", PREVIEW),
         ]
         self.assertEqual({name for name, _ in quick} | {"fetch-chain", "sell-scan", "status"}, set(ACTIONS))
         for action, params in quick:
             with self.subTest(action=action):
                 self.assertEqual(self.run_action(action, params, runner)[1], None)
+        self.assertEqual(
+            desk.audit.lines[-1][3], "refused: ALLOW_ORDERS=off: orders are turned off in the agent's config.env"
+        )
         self.assertEqual(self.in_flight(runner), self.workers + 1)  # the held bulk work and the big batch
         self.assertEqual([c[0] for c in self.scanner.calls].count("fetch_prices"), 1)  # only the small one
         self.scanner.release()

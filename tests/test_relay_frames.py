@@ -17,7 +17,7 @@ import unittest
 import psutil
 
 from agent.errors import INVALID_REQUEST
-from agent.relay.link import MAX_MESSAGE_BYTES, BoundedFrameReader
+from agent.relay.frames import MAX_MESSAGE_BYTES, BoundedFrameReader
 from tests.agent_process import AgentStack, RelayClient
 from tests.test_relay_link import LinkCase
 

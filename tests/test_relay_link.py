@@ -13,8 +13,10 @@ import uuid
 from unittest import mock
 
 from agent.backoff import ReconnectPolicy
-from agent.errors import CANCELLED, INTERNAL, INVALID_REQUEST, AgentError
+from agent.errors import CANCELLED, INTERNAL, INVALID_REQUEST, Cancelled, UnknownAction
+from agent.relay import frames as relay_frames
 from agent.relay import link as relay_link
+from agent.relay import tls as relay_tls
 from agent.relay.link import LinkTimings, Outbox, OutboxLimits, RelayLink
 from tests.agent_process import free_port
 from tests.fake_relay import FakeRelay, self_signed_relay
@@ -60,7 +62,7 @@ class StandInActions:
     def __call__(self, job):
         self.executed.append(job.id)
         if job.action not in self.names():
-            job.finish(error=AgentError("UNKNOWN_ACTION", job.action))
+            job.finish(error=UnknownAction(job.action))
             return
         threading.Thread(target=getattr(self, job.action.replace("-", "_")), args=(job,), daemon=True).start()
 
@@ -81,7 +83,7 @@ class StandInActions:
         steps = int(job.params.get("steps", 10))
         for step in range(steps):
             if job.cancel.wait(0.1):
-                job.finish(error=AgentError(CANCELLED, "cancelled"))
+                job.finish(error=Cancelled("cancelled"))
                 return
             job.progress(step + 1, steps)
         job.finish(data={"steps": steps})
@@ -252,7 +254,7 @@ class KeyAcrossACut(LinkCase):
     def test_previews_and_errors_cut_after_masking(self):
         masker = relay_link.agent_log.Masker([KEY])
         for limit, cut in (
-            (relay_link.LOGGED_FRAME_CHARS, relay_link._preview),
+            (relay_frames.LOGGED_FRAME_CHARS, relay_link._preview),
             (200, lambda text, limit, m: relay_link._describe(OSError(text), m)),
         ):
             for before in range(limit - len(KEY), limit + 1):
@@ -263,7 +265,7 @@ class KeyAcrossACut(LinkCase):
 
     def test_a_refused_binary_frame_with_the_key_at_its_preview_cut(self):
         self.start()
-        cuts = range(relay_link.LOGGED_FRAME_CHARS - len(KEY), relay_link.LOGGED_FRAME_CHARS + 1, 3)
+        cuts = range(relay_frames.LOGGED_FRAME_CHARS - len(KEY), relay_frames.LOGGED_FRAME_CHARS + 1, 3)
         with self.assertLogs("ib_data_agent.relay", "WARNING") as logs:
             for before in cuts:
                 self.relay.send_binary(("x" * before + KEY + "y" * 200).encode("utf-8"))
@@ -536,7 +538,7 @@ class Certificates(unittest.TestCase):
     def test_certifi_roots_are_used_when_this_python_has_none(self):
         # certifi's bundle stands in as the one that trusts the test certificate
         with mock.patch.dict(os.environ, NO_SYSTEM_ROOTS), mock.patch("certifi.where", return_value=self.cert):
-            self.assertEqual(relay_link.tls_context()[1], relay_link.CERTIFI_ROOTS)
+            self.assertEqual(relay_tls.tls_context()[1], relay_tls.CERTIFI_ROOTS)
             link = self.link()
         link.start()
         self.relay.wait_hello()
@@ -551,9 +553,9 @@ class Certificates(unittest.TestCase):
 
     def test_certifi_is_not_consulted_when_the_system_has_roots(self):
         with mock.patch("certifi.where", return_value=self.cert):
-            context, roots = relay_link.tls_context()
+            context, roots = relay_tls.tls_context()
             link = self.link()
-        self.assertEqual(roots, relay_link.SYSTEM_ROOTS)
+        self.assertEqual(roots, relay_tls.SYSTEM_ROOTS)
         self.assertEqual(context.verify_mode, ssl.CERT_REQUIRED)
         self.assertTrue(context.check_hostname)
         with self.assertLogs("ib_data_agent.relay", "WARNING"):
@@ -566,7 +568,7 @@ class CertificateHelp(unittest.TestCase):
     def help_for(self, code: int, message: str) -> str:
         error = ssl.SSLCertVerificationError(1, "certificate verify failed")
         error.verify_code, error.verify_message = code, message
-        return relay_link._tls_help(error, relay_link.CERTIFI_ROOTS, "relay.ma-tracker.com")
+        return relay_tls.tls_help(error, relay_tls.CERTIFI_ROOTS, "relay.ma-tracker.com")
 
     def test_each_failed_check_says_what_to_do(self):
         self.assertIn(

@@ -20,7 +20,7 @@ from typing import List, Optional, Tuple
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from agent.relay.link import MAX_MESSAGE_BYTES
+from agent.relay.frames import MAX_MESSAGE_BYTES
 from tests.agent_process import AgentStack
 from tools.soak import Gauge, figures, status, wait_status
 

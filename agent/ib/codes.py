@@ -18,8 +18,8 @@ from agent.errors import (
     IB_NOT_CONNECTED,
     MARKET_DATA_NOT_SUBSCRIBED,
     NO_SECURITY_DEFINITION,
-    READ_ONLY_API,
     AgentError,
+    ReadOnlyApi,
 )
 
 # auto asks frozen: live while the market is open, the values recorded at the close after it;
@@ -92,5 +92,5 @@ def _strings_in(value, found: List[str]) -> None:
 def error_for(ib_code: int, text: str) -> AgentError:
     """The one table from an IB error code to a relay error code."""
     if is_read_only_error(ib_code, text):
-        return AgentError(READ_ONLY_API, f"{READ_ONLY_FIX} (TWS said: {text})", ib_code)
-    return AgentError(_ERROR_CODES.get(ib_code, IB_ERROR), text or f"TWS error {ib_code}", ib_code)
+        return ReadOnlyApi(f"{READ_ONLY_FIX} (TWS said: {text})", ib_code)
+    return AgentError.of(_ERROR_CODES.get(ib_code, IB_ERROR), text or f"TWS error {ib_code}", ib_code)

@@ -5,6 +5,9 @@ resolution and reconnecting. The scanner and the order desk use only the interfa
 session itself (handshake, back-pressure, pacing each message) is ib_session's; IB's code tables ib_codes'.
 
 Callback routing (callbacks arrive on the connection's reader thread and must not block):
+- A request waited on (call(), an order's placement or cancel, an id-less sweep) is a Request in
+  `conn.requests` (ib_requests): what TWS sends for its id or name goes to it first, errors of its
+  id to it only, and the connection's loss fails every pending one at once.
 - ID_CALLBACKS carry a reqId / tickerId / orderId first. They go to the handler registered for
   that id as `handler.on_event(name, args)`, args being the callback's full argument tuple, id
   included; for an id nobody registered, to the listeners of that name as `fn(*args)`.
@@ -17,6 +20,8 @@ Listener-only events, called on the supervisor thread (which may send):
   handlers got on_disconnect, "resubscribe"() when TWS restored its link to IB with market data
   lost (1101); registered handlers also get on_event("resubscribe", ()). On the reader thread:
   "ib_link"(up, ib_code, text) when TWS lost (1100) or got back (1101/1102) its link to IB's servers.
+Observers (add_observer) see callbacks of the names they asked for, and errors and notices as
+"error"(req_id, ib_code, text), before any of the routing above and whoever it goes to.
 TWS moving its API port (1300) ends the connection; the next one goes to the port TWS named.
 Registrations survive a disconnect (their ids mean nothing on the next connection): the owner
 unregisters or re-sends after "ready". Closing the socket makes TWS drop every subscription
@@ -30,7 +35,7 @@ import queue
 import re
 import threading
 import time
-from typing import Callable, Dict, List, Optional, Protocol, Sequence, Tuple
+from typing import Callable, Dict, Iterable, List, Optional, Protocol, Sequence, Tuple
 
 import tenacity
 from ibapi.client import EClient
@@ -39,7 +44,7 @@ from ibapi.server_versions import MIN_CLIENT_VER  # noqa: F401  (re-exported: th
 from agent import log as agent_log
 from agent.backoff import ReconnectPolicy
 from agent.config import Config
-from agent.errors import IB_NOT_CONNECTED, TIMEOUT, AgentError
+from agent.errors import AgentError, IbNotConnected
 
 # IB's codes live in ib_codes and the socket session in ib_session; the names below stay importable
 # from here, where the agent and the tests have always found them.
@@ -53,11 +58,11 @@ from agent.ib.codes import (
     READ_ONLY_FIX,
     SOCKET_PORT_MOVED,
     TROUBLE_NOTICES,
-    error_for,
     is_read_only_error,
 )
 from agent.ib.pacing import MessageLimiter
 from agent.ib.ports import PortProbe, resolve_port
+from agent.ib.requests import Request, Requests
 from agent.ib.session import (
     _CLIENT_ID_TAKEN,
     TESTED_MAX_SERVER_VERSION,  # noqa: F401
@@ -112,46 +117,6 @@ class _Unavailable(Exception):
         self.slow = slow
 
 
-class _Collector:
-    """The handler behind call(): gathers row callbacks until the end callback, an error or a drop."""
-
-    def __init__(self, rows: Sequence[str], end: str):
-        self._row_names = frozenset(rows)
-        self._end = end
-        self._rows: List[tuple] = []
-        self._error: Optional[AgentError] = None
-        self._done = threading.Event()
-        self._lock = threading.Lock()
-
-    def on_event(self, name: str, args: tuple) -> None:
-        with self._lock:
-            if self._done.is_set():
-                return
-            if name in self._row_names:
-                self._rows.append(args[1:])
-            if name == self._end:
-                self._done.set()
-
-    def _fail(self, error: AgentError) -> None:
-        with self._lock:
-            if not self._done.is_set():
-                self._error = error
-                self._done.set()
-
-    def on_error(self, ib_code: int, text: str) -> None:
-        self._fail(error_for(ib_code, text))
-
-    def on_disconnect(self) -> None:
-        self._fail(AgentError(IB_NOT_CONNECTED, "The connection to TWS was lost while waiting for its answer"))
-
-    def wait(self, timeout: float, what: str) -> List[tuple]:
-        if not self._done.wait(timeout):
-            raise AgentError(TIMEOUT, f"TWS did not answer {what} within {timeout:g} s")
-        if self._error is not None:
-            raise self._error
-        return self._rows
-
-
 class IBConnection:
     """The TWS connection the rest of the agent shares; see docs/ARCHITECTURE.md "IB half"."""
 
@@ -176,7 +141,9 @@ class IBConnection:
         self.limiter = MessageLimiter(config.ib_max_msg_rate)
         self._lock = threading.RLock()
         self._registry: Dict[int, Handler] = {}
+        self.requests = Requests()  # the requests waited on (ib_requests); streams are in _registry
         self._listeners: Dict[str, Tuple[Callable, ...]] = {}
+        self._observers: Dict[str, Tuple[Callable, ...]] = {}
         self._session: Optional[_TwsSession] = None
         self._probing: Optional[_TwsSession] = None
         self._ready_event = threading.Event()
@@ -243,7 +210,7 @@ class IBConnection:
         try:
             session.request(method, *args)
         except OSError:
-            raise AgentError(IB_NOT_CONNECTED, f"The connection to TWS broke while sending {method}") from None
+            raise IbNotConnected(f"The connection to TWS broke while sending {method}") from None
         # A reqMarketDataType from ib_lines (delayed-frozen for a contract that is not subscribed, in
         # auto) leaves status.market_data_type alone: that says what the agent asks by default, and
         # each quote's market_data_type what TWS gave it (its marketDataType callback).
@@ -254,9 +221,7 @@ class IBConnection:
             if self.ready:
                 return session
             error = self._state["error"]
-        raise AgentError(
-            IB_NOT_CONNECTED, f"Not connected to TWS. {error}" if error else "Not connected to TWS yet (connecting)"
-        )
+        raise IbNotConnected(f"Not connected to TWS. {error}" if error else "Not connected to TWS yet (connecting)")
 
     def next_req_id(self) -> int:
         with self._lock:
@@ -267,12 +232,12 @@ class IBConnection:
     def next_order_id(self) -> int:
         with self._lock:
             if self._next_order is None:
-                raise AgentError(IB_NOT_CONNECTED, "Not connected to TWS: no order id yet")
+                raise IbNotConnected("Not connected to TWS: no order id yet")
             order_id = self._next_order
             self._next_order += 1
             return order_id
 
-    def _order_id_from_tws(self, session: _TwsSession, order_id: int) -> None:
+    def order_id_from_tws(self, session: _TwsSession, order_id: int) -> None:
         with self._lock:
             if session is self._session and self._next_order is not None:
                 self._next_order = max(self._next_order, order_id)
@@ -297,18 +262,24 @@ class IBConnection:
         with self._lock:
             self._listeners[name] = tuple(f for f in self._listeners.get(name, ()) if f is not fn)
 
+    def add_observer(self, names: Iterable[str], fn: Callable[[str, tuple], None]) -> None:
+        """fn(name, args) for every callback of these names on the live connection ("error": every
+        error and notice, args (req_id, ib_code, text)), before it is routed: it sees what a registered
+        handler gets too, and takes nothing away from it. Reader thread: fn must return at once."""
+        with self._lock:
+            for name in names:
+                self._observers[name] = self._observers.get(name, ()) + (fn,)
+
     def call(
         self, method: str, req_id: int, *args, rows: Sequence[str] = (), end: str, timeout: Optional[float] = None
     ) -> List[tuple]:
         """Send one request and wait for its answer: the args tuples (without the reqId) of its
         `rows` callbacks, up to the `end` callback. Raises AgentError; never waits past timeout."""
-        collector = _Collector(rows, end)
-        self.register(req_id, collector)
-        try:
+        request = Request(method, lambda name, _args: name == end)
+        with self.requests.pending(req_id, request):
             self.send(method, req_id, *args)
-            return collector.wait(self._config.request_timeout_s if timeout is None else timeout, method)
-        finally:
-            self.unregister(req_id)
+            request.wait(self._config.request_timeout_s if timeout is None else timeout)
+            return request.rows(rows)
 
     # -- routing (reader thread) -----------------------------------------------------------------
     @staticmethod
@@ -318,12 +289,20 @@ class IBConnection:
         except Exception:
             log.exception("Error in the handler of a TWS callback (%s)", getattr(fn, "__qualname__", fn))
 
+    def _observe(self, name: str, args: tuple) -> None:
+        for fn in self._observers.get(name, ()):
+            self._deliver(fn, name, args)
+
     def _tell_listeners(self, name: str, args: tuple) -> None:
         for fn in self._listeners.get(name, ()):
             self._deliver(fn, *args)
 
-    def _route_by_id(self, session: _TwsSession, name: str, args: tuple) -> None:
+    # The session's owner interface (ib_session calls these on its reader thread).
+    def route_by_id(self, session: _TwsSession, name: str, args: tuple) -> None:
         if session is not self._session:
+            return
+        self._observe(name, args)  # before routing: observers see what a pending request takes too
+        if self.requests.event(args[0], name, args):
             return
         handler = self._registry.get(args[0])
         if handler is None:
@@ -331,17 +310,20 @@ class IBConnection:
         else:
             self._deliver(handler.on_event, name, args)
 
-    def _route_plain(self, session: _TwsSession, name: str, args: tuple) -> None:
+    def route_plain(self, session: _TwsSession, name: str, args: tuple) -> None:
         if session is self._session:
+            self._observe(name, args)
             if name == "openOrderEnd" and not self._read_only_probe.is_set():  # the probe's answer
                 self._read_only_probe.set()
                 self._set_state(read_only=False)
+            self.requests.event(None, name, args)
             self._tell_listeners(name, args)
 
-    def _route_error(self, session: _TwsSession, req_id: int, code: int, text: str) -> None:
+    def route_error(self, session: _TwsSession, req_id: int, code: int, text: str) -> None:
         if session is not self._session:
             log.debug("TWS message during connect (port %s): %s %s", session.address[1], code, text)
             return
+        self._observe("error", (req_id, code, text))
         read_only = is_read_only_error(code, text)
         if read_only:
             if self._state["read_only"] is not True:
@@ -352,6 +334,7 @@ class IBConnection:
             log.log(
                 logging.WARNING if code in TROUBLE_NOTICES else logging.DEBUG, "TWS says: %s (notice %s)", text, code
             )
+            self.requests.notice(req_id, code, text)
             self._tell_listeners("notice", (req_id, code, text))
             return
         if code == IB_LINK_LOST:
@@ -368,6 +351,8 @@ class IBConnection:
             return
         if code == SOCKET_PORT_MOVED:
             self._port_moved(session, text)
+            return
+        if self.requests.error(req_id, code, text):
             return
         handler = self._registry.get(req_id)
         if handler is not None:
@@ -401,8 +386,12 @@ class IBConnection:
                 self._port_override = port
         self._control.put(("moved", session))
 
-    def _session_closed(self, session: _TwsSession) -> None:
+    def session_closed(self, session: _TwsSession) -> None:
         self._control.put(("closed", session))
+
+    def probe_wanted(self, session: _TwsSession) -> None:
+        """The session's send gate has waited long on TWS: the supervisor asks TWS for the time."""
+        self._control.put(("probe", session))
 
     # -- status ----------------------------------------------------------------------------------
     def _set_state(self, **changes) -> None:
@@ -628,6 +617,7 @@ class IBConnection:
             )
         session.close()
         self._read_only_probe.set()
+        self.requests.fail_all()
         for handler in handlers:
             self._deliver(handler.on_disconnect)
         self._tell_listeners("disconnected", ())

@@ -37,6 +37,7 @@ waits for the pacing limiter and the connection's own locks must never nest insi
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections import OrderedDict, deque
@@ -44,8 +45,9 @@ from typing import Callable, Deque, Dict, List, Optional, Sequence, Tuple
 
 from ibapi.contract import Contract
 
-from agent.errors import CANCELLED, IB_ERROR, IB_NOT_CONNECTED, INVALID_REQUEST, AgentError
-from agent.ib.connection import error_for
+from agent.errors import AgentError, Cancelled, IbError, IbNotConnected, InvalidRequest
+from agent.ib.codes import error_for
+from agent.ib.requests import CancelToken
 from agent.ib.ticks import DATA_TYPE_IDS, DATA_TYPE_NAMES, Instrument, TickBook
 
 # Generic ticks per kind: option volume (100) and open interest (101). Options always ask for
@@ -69,7 +71,6 @@ DELAYED_TYPES = (DELAYED, DELAYED_FROZEN)
 GROW_AFTER_LIMIT_S = 2.0  # after a 101, the pool starts growing back once no 101 came for this long,
 GROW_STEP_S = 0.1  # ... by one line per freed line, at most one per this
 STARTS_PER_ROUND = 8  # bounds how long one round sends before cancel is checked again
-CANCEL_POLL_S = 0.1  # a threading.Event cannot wake a Condition: poll it this often
 IDLE_WAIT_S = 1.0
 SWEEPER_IDLE_S = 60.0  # the warm sweeper's nap while nothing is warm (a new one wakes it)
 
@@ -157,10 +158,10 @@ class _Line:
 
     def on_event(self, name: str, args: tuple) -> None:
         """Ticks. "resubscribe" (1101) changes no book: MarketData's listener handles all lines at once."""
-        self.market._on_event(self, name, args)
+        self.market.on_line_event(self, name, args)
 
     def on_error(self, ib_code: int, text: str) -> None:
-        self.market._on_error(self, ib_code, text)
+        self.market.on_line_error(self, ib_code, text)
 
     def on_disconnect(self) -> None:
         """Nothing per line: the connection's "disconnected" listener closes every line at once."""
@@ -182,10 +183,11 @@ class _Subscription:
 
 
 class _Item:
-    __slots__ = ("request", "sub", "rule", "joined", "deadline", "result")
+    __slots__ = ("request", "sub", "rule", "joined", "deadline", "result", "index")
 
     def __init__(self, request: "_Request", sub: _Subscription, rule: str, joined: float):
         self.request, self.sub, self.rule, self.joined = request, sub, rule, joined
+        self.index = len(request.items)  # its place in the request (fetch's order)
         self.deadline: Optional[float] = None
         self.result: Optional[dict] = None
 
@@ -197,6 +199,7 @@ class _Request:
         self.queue: Deque[_Item] = deque()  # items whose subscription still needs a line
         self.waiting: Dict[_Item, None] = {}  # items whose subscription streams (ordered set)
         self.done = 0
+        self.finished: List[int] = []  # indexes of items finished since the request thread last looked
 
 
 class MarketData:
@@ -250,10 +253,13 @@ class MarketData:
         instruments: Sequence[Instrument],
         want_open_interest: bool = False,
         progress: Optional[Callable[[int, int], None]] = None,
-        cancel: Optional[threading.Event] = None,
+        cancel: Optional[CancelToken] = None,
+        on_result: Optional[Callable[[int, dict], None]] = None,
     ) -> List[dict]:
-        """One OPTION / QUOTE per instrument, in order. Raises AgentError(CANCELLED) when `cancel`
-        is set (its lines are freed first)."""
+        """One OPTION / QUOTE per instrument, in order. Raises Cancelled when `cancel`
+        is set (its lines are freed first); setting it wakes the request at once. `on_result(index,
+        result)` is called on this thread as each one finishes (in the order they finish), for
+        callers that pass results on early."""
         option_rule = "option+oi" if want_open_interest else "option"
         with self._mutex:
             now = self._clock()
@@ -263,7 +269,8 @@ class MarketData:
             for instrument in instruments:
                 self._join(request, instrument, option_rule if instrument.is_option else "stock", now)
         try:
-            self._run(request, progress, cancel)
+            with cancel.when_set(self._wake) if cancel is not None else contextlib.nullcontext():
+                self._run(request, progress, cancel, on_result)
         finally:
             self._leave(request)
         return [item.result for item in request.items]
@@ -288,8 +295,7 @@ class MarketData:
         with self._mutex:
             new = [i for i in wanted if i not in self._pins]
             if len(self._pins) + len(new) > self._pin_limit:
-                raise AgentError(
-                    INVALID_REQUEST,
+                raise InvalidRequest(
                     f"subscriptions hold at most WARM_LINES={self._pin_limit} market-data lines together: "
                     f"{len(self._pins)} are held and this asks {len(new)} more",
                 )
@@ -370,12 +376,12 @@ class MarketData:
             request.queue.append(item)
         self._counts["contracts"] += 1
 
-    def _run(self, request: _Request, progress, cancel) -> None:
+    def _run(self, request: _Request, progress, cancel, on_result=None) -> None:
         reported = 0
         total = len(request.items)
         while True:
             if cancel is not None and cancel.is_set():
-                raise AgentError(CANCELLED, "request cancelled")
+                raise Cancelled("request cancelled")
             with self._mutex:
                 ends: List[_Subscription] = []
                 self._settle(request, ends)
@@ -383,21 +389,27 @@ class MarketData:
                 finished = request.done == total
                 dead = self._take_dead_ids()
                 if not (ends or starts or dead or finished or request.done > reported):
-                    self._changed.wait(self._wait_s(request, cancel))
+                    if not (cancel is not None and cancel.is_set()):  # set since: its wake-up came already
+                        self._changed.wait(self._wait_s(request))
                     continue
+                newly, request.finished = request.finished, []
             self._clear_dead_ids(dead)
             self._end_lines(ends)
             self._start_lines(starts)
-            if progress is not None and request.done > reported:
+            if on_result is not None:
+                for index in newly:
+                    on_result(index, request.items[index].result)
+            if request.done > reported:  # counted with or without progress: else the loop never waits
                 reported = request.done
-                progress(reported, total)
+                if progress is not None:
+                    progress(reported, total)
             if finished:
                 return
 
     def _settle(self, request: _Request, ends: List[_Subscription]) -> None:
         """Finish every item whose fields are in, whose deadline passed or whose stream failed."""
         if request.session != self._session:
-            lost = AgentError(IB_NOT_CONNECTED, "the TWS connection was lost during the request")
+            lost = IbNotConnected("the TWS connection was lost during the request")
             for item in request.items:
                 if item.result is None:
                     self._finish(item, False, lost.to_dict(), ends)
@@ -426,6 +438,7 @@ class MarketData:
         request, sub = item.request, item.sub
         item.result = sub.book.result(complete, error)
         request.done += 1
+        request.finished.append(item.index)
         request.waiting.pop(item, None)
         self._drop_item(item, ends, keep_warm=keep_warm)
 
@@ -524,8 +537,13 @@ class MarketData:
             item.request.waiting[item] = None
             item.deadline = None
 
-    def _wait_s(self, request: _Request, cancel) -> float:
-        wait = CANCEL_POLL_S if cancel is not None else IDLE_WAIT_S
+    def _wake(self) -> None:
+        """A cancel was set (on the cancelling thread): the request's wait ends now."""
+        with self._mutex:
+            self._changed.notify_all()
+
+    def _wait_s(self, request: _Request) -> float:
+        wait = IDLE_WAIT_S
         deadlines = [item.deadline for item in request.waiting if item.deadline is not None]
         if deadlines:
             wait = min(wait, max(0.0, min(deadlines) - self._clock()) + 0.001)
@@ -577,7 +595,7 @@ class MarketData:
             with self._mutex:
                 orphan = line.session != self._session  # the connection dropped meanwhile
                 if orphan:
-                    self._fail(line, AgentError(IB_NOT_CONNECTED, "the TWS connection was lost").to_dict())
+                    self._fail(line, IbNotConnected("the TWS connection was lost").to_dict())
                 elif sub.line is line:  # else TWS already refused it (error 101...)
                     sub.streaming_since = self._clock()
             if orphan:  # it may have reached the next connection: make sure it does not stay
@@ -642,7 +660,7 @@ class MarketData:
 
     # --- TWS callbacks (reader thread): state only, never a send ---------------------------------
 
-    def _on_event(self, line: _Line, name: str, args: tuple) -> None:
+    def on_line_event(self, line: _Line, name: str, args: tuple) -> None:
         with self._mutex:
             sub = line.sub
             if sub.line is not line or not sub.book.apply(name, args):
@@ -652,7 +670,7 @@ class MarketData:
             if any(sub.book.complete(item.rule) for item in sub.items):
                 self._changed.notify_all()
 
-    def _on_error(self, line: _Line, ib_code: int, text: str) -> None:
+    def on_line_error(self, line: _Line, ib_code: int, text: str) -> None:
         if ib_code in PARTIAL_DATA_CODES:  # the stream goes on without model greeks; still cancelled at the end
             with self._mutex:
                 if line.sub.line is line:
@@ -701,7 +719,7 @@ class MarketData:
             self.pool.reset()
             self._stale_ids += self._lost_ids  # TWS ended them with the connection
             self._lost_ids = []
-            lost = AgentError(IB_NOT_CONNECTED, "the TWS connection was lost").to_dict()
+            lost = IbNotConnected("the TWS connection was lost").to_dict()
             for sub in list(self._subs.values()) + list(self._warm):
                 if sub.line is not None:
                     self._fail(sub.line, lost)
@@ -715,8 +733,7 @@ class MarketData:
             self._link_error = (
                 None
                 if up
-                else AgentError(
-                    IB_ERROR,
+                else IbError(
                     f"TWS has lost its connection to IB's servers, so no market data comes until it "
                     f"is back (TWS said: {text})",
                     ib_code,

@@ -15,14 +15,18 @@ CANDIDATE_PORTS: Dict[str, Tuple[int, ...]] = {
     "paper": (7497, 4002, 7496, 4001),
     "live": (7496, 4001, 7497, 4002),
 }
-PAPER_ACCOUNT_PREFIXES = ("DU", "DF")  # DF: advisor paper accounts
+PAPER_ACCOUNT_PREFIXES = ("DU", "DF")  # DF: advisor paper accounts (DESIGN.md 3: the paper/live test)
+
+
+def is_paper_account(account: str) -> bool:
+    return account.upper().startswith(PAPER_ACCOUNT_PREFIXES)
 
 
 def account_type(accounts: Sequence[str]) -> Optional[str]:
     """ "paper" when every account is a paper account, "live" otherwise, None when there are none."""
     if not accounts:
         return None
-    if all(a.upper().startswith(PAPER_ACCOUNT_PREFIXES) for a in accounts):
+    if all(is_paper_account(a) for a in accounts):
         return "paper"
     return "live"
 

@@ -25,6 +25,10 @@ Choices worth knowing:
   so they finish on bid, ask and model greeks.
 - The underlying price (strikes_around, sell-scan OTM band and yields) is the quote's last, else
   its mid, else its close. Days to expiration count on the New York calendar date.
+- fetch-chain streams its options nearest expiration first (the line pool starts them in request
+  order), so with `on_expiration` (the v1.1 `partial` frames) the nearest expiration is complete
+  early; an expiration finished before an earlier one is held back until that one went
+  (ExpirationRelease).
 """
 
 from __future__ import annotations
@@ -35,12 +39,12 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 from zoneinfo import ZoneInfo
 
 from ibapi.contract import Contract
 
-from agent.errors import IB_ERROR, NO_SECURITY_DEFINITION, AgentError
+from agent.errors import IB_ERROR, NO_SECURITY_DEFINITION, AgentError, NoSecurityDefinition
 from agent.ib.lines import MarketData
 from agent.ib.ticks import Instrument, TickBook
 
@@ -207,24 +211,16 @@ def sell_metrics(option: dict, price: float, today: dt.date) -> dict:
     }
 
 
-def options_in_order(wanted: Sequence, results: Iterator[dict]) -> List[dict]:
-    """One OPTION per wanted item: an Instrument takes the next streamed result, an OPTION already
-    answered stays as it is."""
-    options = []
-    for w in wanted:
-        if isinstance(w, Instrument):
-            option = next(results)
-            if w.con_id:  # a shared stream may have been started without the listing's facts
-                option["con_id"], option["adjusted"] = w.con_id, w.adjusted
-            options.append(option)
-        else:
-            options.append(w)
-    return options
-
-
 def public_quote(quote: dict) -> dict:
     """QUOTE without the error the line engine attaches to it."""
     return {k: v for k, v in quote.items() if k != "error"}
+
+
+def as_listed(instrument: Instrument, option: dict) -> dict:
+    """The OPTION with the listing's facts (a shared stream may have been started without them)."""
+    if instrument.con_id:
+        option["con_id"], option["adjusted"] = instrument.con_id, instrument.adjusted
+    return option
 
 
 def _is_missing_contract(option: dict) -> bool:
@@ -233,7 +229,7 @@ def _is_missing_contract(option: dict) -> bool:
 
 def _missing(instrument: Instrument, why: str) -> dict:
     """The OPTION TWS's error 200 would have given, answered from a listing already known."""
-    error = AgentError(NO_SECURITY_DEFINITION, f"{MISSING_TEXT} ({why})", 200)
+    error = NoSecurityDefinition(f"{MISSING_TEXT} ({why})", 200)
     return TickBook(instrument).option(False, error.to_dict())
 
 
@@ -243,6 +239,38 @@ def _in_parallel(fn: Callable, items: Sequence) -> list:
         return [fn(item) for item in items]
     with ThreadPoolExecutor(max_workers=min(LOOKUP_THREADS, len(items)), thread_name_prefix="lookup") as pool:
         return list(pool.map(fn, items))
+
+
+class ExpirationRelease:
+    """Hands each expiration's options on as soon as all of them are in, nearest expiration first:
+    one that finished early waits until every earlier one has gone. `slots[n]` is the expiration
+    (its position in `expirations`) of option n; `send(expiration, options)` gets them in option
+    order, once per expiration, also for one with no options (nothing to wait for)."""
+
+    def __init__(self, expirations: Sequence[str], slots: Sequence[int], send: Callable[[str, List[dict]], None]):
+        self._expirations = list(expirations)
+        self._slots = list(slots)
+        self._members: List[List[int]] = [[] for _ in self._expirations]
+        for n, slot in enumerate(self._slots):
+            self._members[slot].append(n)
+        self._left = [len(m) for m in self._members]
+        self._results: Dict[int, dict] = {}
+        self._next = 0  # the first expiration not sent yet
+        self._send = send
+        self._release()
+
+    def done(self, n: int, option: dict) -> None:
+        """Option n is in (complete or not: finished)."""
+        if n in self._results:
+            return
+        self._results[n] = option
+        self._left[self._slots[n]] -= 1
+        self._release()
+
+    def _release(self) -> None:
+        while self._next < len(self._expirations) and self._left[self._next] == 0:
+            slot, self._next = self._next, self._next + 1
+            self._send(self._expirations[slot], [self._results[n] for n in self._members[slot]])
 
 
 def _right(value: str) -> str:
@@ -305,7 +333,7 @@ class Scanner:
                 found = self._pick_listing(ticker, sec_type, [row[0] for row in rows])
                 break
         if found is None:
-            raise AgentError(NO_SECURITY_DEFINITION, f"TWS knows no stock, ETF or index {ticker} (USD)", 200)
+            raise NoSecurityDefinition(f"TWS knows no stock, ETF or index {ticker} (USD)", 200)
         with self._lock:
             self._underlyings[ticker] = found
         return found
@@ -361,7 +389,7 @@ class Scanner:
                     )
                 )
         if not classes:
-            raise AgentError(NO_SECURITY_DEFINITION, f"TWS lists no options for {ticker} on {exchange}")
+            raise NoSecurityDefinition(f"TWS lists no options for {ticker} on {exchange}")
         chain = _Chain(underlying, exchange, tuple(classes), self._clock())
         with self._lock:
             self._chains[key] = chain
@@ -375,7 +403,7 @@ class Scanner:
             return chain, chain.selected(include_adjusted)
         classes = tuple(c for c in chain.classes if c.name == ticker)
         if not classes:
-            raise AgentError(NO_SECURITY_DEFINITION, f"TWS lists no {ticker} options for {root} on {exchange}")
+            raise NoSecurityDefinition(f"TWS lists no {ticker} options for {root} on {exchange}")
         return chain, classes
 
     def _cached_chain(self, ticker: str, exchange: str) -> Optional[_Chain]:
@@ -517,7 +545,17 @@ class Scanner:
             [self._option_instrument(c) for c in contracts], [], want_open_interest, progress, cancel
         )[0]
 
-    def fetch_option_chain(self, ticker: str, filters: Optional[dict] = None, progress=None, cancel=None) -> dict:
+    def fetch_option_chain(
+        self,
+        ticker: str,
+        filters: Optional[dict] = None,
+        progress=None,
+        cancel=None,
+        on_expiration: Optional[Callable[[str, List[dict]], None]] = None,
+    ) -> dict:
+        """The chain (DESIGN.md 4 fetch-chain). `on_expiration(expiration, options)` is called on
+        this thread once per expiration, nearest first, as soon as all its options are in, with
+        the OPTIONs the response will list for it (best effort: the response still has them all)."""
         started = self._clock()
         ticker, filters = ticker.strip().upper(), filters or {}
         chain, classes = self._chain_for(ticker, "SMART", bool(filters.get("include_adjusted")))
@@ -540,14 +578,23 @@ class Scanner:
                 strikes = set(strikes_around(strikes, unit, int(filters["strikes_around"])))
             allowed[option_class.name] = strikes
         rights = [_right(r) for r in (filters.get("rights") or RIGHTS)]
-        instruments = [
-            i
-            for listing in self._listings_of(chain, expirations, rights[0] if len(rights) == 1 else "", classes)
-            for i in listing
-            if i.strike in allowed[i.trading_class] and i.right in rights
-        ]
+        listings = self._listings_of(chain, expirations, rights[0] if len(rights) == 1 else "", classes)
+        instruments, slots = [], []  # nearest expiration first: the order lines are given out in
+        for slot, listing in enumerate(listings):
+            for i in listing:
+                if i.strike in allowed[i.trading_class] and i.right in rights:
+                    instruments.append(i)
+                    slots.append(slot)
+        on_option = None
+        if on_expiration is not None:
+            release = ExpirationRelease(
+                expirations,
+                slots,
+                lambda e, found: on_expiration(e, [o for o in found if not _is_missing_contract(o)]),
+            )
+            on_option = release.done
         extra = [] if underlying is not None else [chain.underlying.instrument()]  # streams with the options
-        options, quotes = self._fetch_options(instruments, extra, True, progress, cancel)
+        options, quotes = self._fetch_options(instruments, extra, True, progress, cancel, on_option)
         if underlying is None:
             underlying = quotes[0]
         return {
@@ -579,7 +626,7 @@ class Scanner:
                 quotes[name] = public_quote(result)
         if errors and not quotes:
             first = next(iter(errors.values()))
-            raise AgentError(first["code"], first["message"], first["ib_code"])
+            raise AgentError.of(first["code"], first["message"], first["ib_code"])
         with self._lock:
             resolved = {t: self._underlyings[t].describe() for t in names if t in self._underlyings}
         return {"quotes": quotes, "errors": errors, "underlying_contracts": resolved}
@@ -655,13 +702,38 @@ class Scanner:
     # --- helpers ------------------------------------------------------------------------------------------
 
     def _fetch_options(
-        self, wanted: Sequence, extra: Sequence[Instrument], want_open_interest: bool, progress, cancel
+        self,
+        wanted: Sequence,
+        extra: Sequence[Instrument],
+        want_open_interest: bool,
+        progress,
+        cancel,
+        on_option: Optional[Callable[[int, dict], None]] = None,
     ) -> Tuple[List[dict], List[dict]]:
         """Stream the wanted options (Instruments; an OPTION already answered stays as it is) and
-        the extra instruments after them: (OPTIONs in order, results of the extras)."""
-        streamed = [w for w in wanted if isinstance(w, Instrument)]
-        results = iter(self.market.fetch(streamed + list(extra), want_open_interest, progress, cancel))
-        return options_in_order(wanted, results), list(results)
+        the extra instruments after them: (OPTIONs in order, results of the extras).
+        `on_option(n, OPTION)` is called as wanted[n] is done (an answered one at once)."""
+        streamed = [n for n, w in enumerate(wanted) if isinstance(w, Instrument)]
+        if on_option is not None:
+            for n, w in enumerate(wanted):
+                if not isinstance(w, Instrument):
+                    on_option(n, w)
+
+        def finished(k: int, result: dict) -> None:
+            if k < len(streamed):  # the extras after the options are nobody's OPTION
+                on_option(streamed[k], as_listed(wanted[streamed[k]], result))
+
+        results = self.market.fetch(
+            [wanted[n] for n in streamed] + list(extra),
+            want_open_interest,
+            progress,
+            cancel,
+            on_result=finished if on_option is not None else None,
+        )
+        options = list(wanted)
+        for k, n in enumerate(streamed):
+            options[n] = as_listed(wanted[n], results[k])
+        return options, results[len(streamed) :]
 
     def _quote_one(self, instrument: Instrument, cancel) -> dict:
         return self.market.fetch([instrument], cancel=cancel)[0]
@@ -671,7 +743,7 @@ class Scanner:
         price = underlying_price(quote)
         if price is None:
             error = quote.get("error") or {}
-            raise AgentError(
+            raise AgentError.of(
                 error.get("code", IB_ERROR),
                 f"no price for {ticker} from TWS" + (f": {error['message']}" if error else ""),
                 error.get("ib_code"),

@@ -9,7 +9,7 @@ from __future__ import annotations
 import socket
 import threading
 import time
-from typing import TYPE_CHECKING, Callable, Optional, Tuple
+from typing import Callable, Optional, Protocol, Tuple
 
 from ibapi import comm, decoder, reader
 from ibapi.client import EClient
@@ -17,11 +17,9 @@ from ibapi.server_versions import MIN_CLIENT_VER
 from ibapi.wrapper import EWrapper
 
 from agent import log as agent_log
-from agent.errors import IB_NOT_CONNECTED, AgentError
+from agent.errors import AgentError, IbNotConnected
 from agent.ib.codes import CLIENT_ERROR_CODES, CLIENT_ID_IN_USE, error_for, with_reject_details
-
-if TYPE_CHECKING:
-    from agent.ib.connection import IBConnection
+from agent.ib.pacing import MessageLimiter
 
 log = agent_log.logger("ib")
 
@@ -212,11 +210,24 @@ class _TwsSocket:
         self._on_close()
 
 
+class SessionOwner(Protocol):
+    """What a session tells its owner (ib_connection.IBConnection); callbacks on the reader thread."""
+
+    limiter: MessageLimiter  # paces every message of every session
+
+    def route_by_id(self, session: "_TwsSession", name: str, args: tuple) -> None: ...
+    def route_plain(self, session: "_TwsSession", name: str, args: tuple) -> None: ...
+    def route_error(self, session: "_TwsSession", req_id: int, code: int, text: str) -> None: ...
+    def order_id_from_tws(self, session: "_TwsSession", order_id: int) -> None: ...
+    def session_closed(self, session: "_TwsSession") -> None: ...
+    def probe_wanted(self, session: "_TwsSession") -> None: ...
+
+
 class _TwsSession(EWrapper, EClient):
     """One socket connection to TWS: ibapi's client and wrapper in one object. Each attempt gets
     a new one, so nothing of a dropped connection (queued messages, ids) leaks into the next."""
 
-    def __init__(self, owner: "IBConnection", host: str, port: int, client_id: int):
+    def __init__(self, owner: SessionOwner, host: str, port: int, client_id: int):
         EWrapper.__init__(self)
         EClient.__init__(self, wrapper=self)
         self._owner = owner
@@ -258,9 +269,9 @@ class _TwsSession(EWrapper, EClient):
         conn = self.conn
         if conn is not None and self._ready_to_gate and not getattr(self._bypass, "on", False):
             try:
-                backlog = conn.wait_drained(lambda: self._owner._control.put(("probe", self)))
+                backlog = conn.wait_drained(lambda: self._owner.probe_wanted(self))
             except OSError:
-                raise self._send_failed(AgentError(IB_NOT_CONNECTED, "The connection to TWS closed")) from None
+                raise self._send_failed(IbNotConnected("The connection to TWS closed")) from None
             if backlog:
                 log.warning(
                     "TWS read nothing for a while; %s %s waiting for it",
@@ -269,7 +280,7 @@ class _TwsSession(EWrapper, EClient):
                 )
                 self._owner.limiter.backlog(backlog)
         if self._owner.limiter.acquire(self.closed) is None:
-            raise self._send_failed(AgentError(IB_NOT_CONNECTED, "The connection to TWS closed"))
+            raise self._send_failed(IbNotConnected("The connection to TWS closed"))
 
     def probe(self) -> None:
         """Ask TWS for the time around the back-pressure gate (supervisor thread): any answer
@@ -292,7 +303,7 @@ class _TwsSession(EWrapper, EClient):
         try:
             send(msgId, msg)
         except OSError:
-            raise self._send_failed(AgentError(IB_NOT_CONNECTED, "The connection to TWS broke while sending")) from None
+            raise self._send_failed(IbNotConnected("The connection to TWS broke while sending")) from None
 
     # -- connecting ------------------------------------------------------------------------------
     def open(self, connect_timeout: float, handshake_timeout: float) -> Optional[str]:
@@ -373,7 +384,7 @@ class _TwsSession(EWrapper, EClient):
             log.exception("The connection to TWS stopped on an unexpected error; reconnecting")
         finally:
             self._socket_closed()
-            self._owner._session_closed(self)
+            self._owner.session_closed(self)
 
     def _socket_closed(self) -> None:
         self.closed.set()
@@ -404,7 +415,7 @@ class _TwsSession(EWrapper, EClient):
     def nextValidId(self, orderId: int):
         if self.first_order_id is None:
             self.first_order_id = orderId
-        self._owner._order_id_from_tws(self, orderId)
+        self._owner.order_id_from_tws(self, orderId)
         self._check_settled()
 
     def _check_settled(self) -> None:
@@ -419,7 +430,7 @@ class _TwsSession(EWrapper, EClient):
         if errorCode == CLIENT_ID_IN_USE:
             self.client_id_in_use = True
             self._settled.set()
-        self._owner._route_error(self, reqId, errorCode, errorString)
+        self._owner.route_error(self, reqId, errorCode, errorString)
 
 
 def _forwarder(name: str, route: str):
@@ -431,6 +442,6 @@ def _forwarder(name: str, route: str):
 
 
 for _name in ID_CALLBACKS:
-    setattr(_TwsSession, _name, _forwarder(_name, "_route_by_id"))
+    setattr(_TwsSession, _name, _forwarder(_name, "route_by_id"))
 for _name in PLAIN_CALLBACKS:
-    setattr(_TwsSession, _name, _forwarder(_name, "_route_plain"))
+    setattr(_TwsSession, _name, _forwarder(_name, "route_plain"))

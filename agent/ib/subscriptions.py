@@ -28,8 +28,8 @@ import uuid
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from agent import log as agent_log
-from agent.errors import BUSY, AgentError
-from agent.ib.scanner import options_in_order, public_quote
+from agent.errors import AgentError, Busy
+from agent.ib.scanner import as_listed, public_quote
 from agent.ib.ticks import Instrument
 from agent.log import plural
 
@@ -76,8 +76,7 @@ class Subscription:
         """OPTION per streamed option and QUOTE per ticker, from one result per `instruments` (None:
         no stream shows it now, so what was last sent stands)."""
         found = dict(zip(self.instruments, results))
-        streamed = [found.get(i) or self.sent_options.get(i) for i in self.options]
-        options = dict(zip(self.options, options_in_order(self.options, iter(streamed))))
+        options = {i: as_listed(i, found.get(i) or self.sent_options[i]) for i in self.options}
         quotes = {}
         for ticker, instrument in self.underlyings.items():
             result = found.get(instrument)
@@ -186,12 +185,12 @@ class Subscriptions:
         try:
             with self._lock:
                 if self._closed:
-                    raise AgentError(BUSY, "the agent is shutting down")
+                    raise Busy("the agent is shutting down")
             options, quotes = sub.current(self._market.fetch(instruments, cancel=cancel))
             sub.sent(options, quotes, 0)
             with self._changed:
                 if self._closed:
-                    raise AgentError(BUSY, "the agent is shutting down")
+                    raise Busy("the agent is shutting down")
                 sub.synced_epoch = self._epoch
                 self._subs[sub.id] = sub
                 for instrument in instruments:

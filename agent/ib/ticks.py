@@ -12,10 +12,11 @@ IB's sentinels never leave this module (DESIGN.md 4: missing numbers are null):
 from __future__ import annotations
 
 import math
-import sys
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, Dict, Optional, Tuple
+
+from ibapi.const import UNSET_DOUBLE
 
 DATA_TYPE_NAMES = {1: "live", 2: "frozen", 3: "delayed", 4: "delayed-frozen"}
 DATA_TYPE_IDS = {name: number for number, name in DATA_TYPE_NAMES.items()}
@@ -55,7 +56,6 @@ COMPLETION_RULES = {
     "index": ("last", "close"),  # an index has a value and a close, never a bid or an ask
 }
 
-_UNSET_DOUBLE = sys.float_info.max
 _UNSET_SIZES = (2**31 - 1, 2**63 - 1, 2**127 - 1, -(2**63))
 
 
@@ -85,7 +85,7 @@ def clean_price(value: Any) -> Optional[float]:
     if value is None:
         return None
     value = float(value)
-    if not math.isfinite(value) or value <= 0 or value >= _UNSET_DOUBLE:
+    if not math.isfinite(value) or value <= 0 or value >= UNSET_DOUBLE:
         return None
     return value
 
@@ -108,7 +108,7 @@ def _finite(value: Any) -> Optional[float]:
     if value is None:
         return None
     value = float(value)
-    if not math.isfinite(value) or abs(value) >= _UNSET_DOUBLE:
+    if not math.isfinite(value) or abs(value) >= UNSET_DOUBLE:
         return None
     return value
 

@@ -10,16 +10,17 @@ order or a cancel.
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, ContextManager, Dict, Iterable, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
+from ibapi.const import UNSET_DOUBLE
 from ibapi.contract import Contract
 from ibapi.execution import ExecutionFilter
 from ibapi.order import Order
 from ibapi.server_versions import MIN_SERVER_VER_PARAMETRIZED_DAYS_OF_EXECUTIONS
 
+from agent.ib.requests import ORDERS
 from agent.orders import guard as order_guard
 
-_UNSET_DOUBLE = 1.7976931348623157e308
 LOOKBACK_DAYS = 7  # executions asked for when looking for a request's order in TWS
 # Statuses after which an order can no longer be cancelled (TWS answers a cancel with 161). An
 # Inactive order (rejected after it was accepted) is still listed and can still be cancelled.
@@ -34,7 +35,7 @@ def number(value: Any) -> Optional[float]:
         value = float(value)
     except (TypeError, ValueError):
         return None
-    if not math.isfinite(value) or abs(value) >= _UNSET_DOUBLE:
+    if not math.isfinite(value) or abs(value) >= UNSET_DOUBLE:
         return None
     return value
 
@@ -92,15 +93,12 @@ def order_row(order_id: Optional[int], contract: Contract, order: Order, state) 
 
 
 class OrderBook:
-    """Reads TWS's orders through the desk's id-less sweeps (one of a kind at a time).
+    """Reads TWS's orders through the id-less sweeps (order_wait.Sweeps: one of a kind at a time);
+    conn is the IBConnection, timeout() the seconds to wait."""
 
-    sweep(kind, end) is a context manager yielding a waiter whose wait(timeout, what) returns the
-    (callback name, args) events until `end`; conn is the IBConnection; timeout() the seconds to wait.
-    """
-
-    def __init__(self, conn, sweep: Callable[[str, str], ContextManager], timeout: Callable[[], float]):
+    def __init__(self, conn, sweeps, timeout: Callable[[], float]):
         self.conn = conn
-        self._sweep = sweep
+        self._sweeps = sweeps
         self._timeout = timeout
 
     def rows(self, completed: bool = False) -> List[dict]:
@@ -108,9 +106,9 @@ class OrderBook:
         request, end = (
             ("reqCompletedOrders", "completedOrdersEnd") if completed else ("reqAllOpenOrders", "openOrderEnd")
         )
-        with self._sweep("orders", end) as sweep:
+        with self._sweeps.open(ORDERS, request, end) as sweep:
             self.conn.send(request, *((False,) if completed else ()))
-            events = sweep.wait(self._timeout(), request)
+            events = sweep.wait(self._timeout())
         orders: Dict[Any, dict] = {}
         statuses: Dict[Any, tuple] = {}
         for name, args in events:

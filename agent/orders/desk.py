@@ -21,8 +21,8 @@ its audit line says outcome INTERNAL and the exception's class, the request-id r
 "unknown" when anything may have reached TWS (so a repeat of the id looks in TWS before placing),
 and the console gets one line saying what failed and what to check in TWS.
 
-What TWS shows of orders is ib_order_book's; the waits on TWS's answers and the per-id locks are
-ib_order_wait's.
+What TWS shows of orders is ib_order_book's; the account reads (positions, account summary) are
+ib_account's; the waits on TWS's answers (ib_requests), sweeps and the per-id locks are ib_order_wait's.
 """
 
 from __future__ import annotations
@@ -42,30 +42,26 @@ from agent import log as agent_log
 from agent.errors import (
     CANCELLED,
     IB_NOT_CONNECTED,
-    INTERNAL,
-    INVALID_REQUEST,
-    NO_SECURITY_DEFINITION,
-    ORDER_BLOCKED,
     TIMEOUT,
     AgentError,
+    Cancelled,
+    IbNotConnected,
+    Internal,
+    InvalidRequest,
+    NoSecurityDefinition,
+    OrderBlocked,
+    RequestTimeout,
 )
-from agent.ib import connection as ib_connection
+from agent.ib.requests import CancelToken
 from agent.log import Masker
 from agent.orders import guard as order_guard
-from agent.orders.book import FINAL_STATUSES, OrderBook, contract_dict, refs_of  # contract_dict: for callers
+from agent.orders.account import Account
+from agent.orders.book import FINAL_STATUSES, OrderBook, refs_of
 from agent.orders.book import number as _number
-from agent.orders.book import quantity as _quantity
-from agent.orders.wait import ORDER_WARNING_CODES, SWEEP_EVENTS, _Forwarding, _KeyedLocks, _Pending
+from agent.orders.wait import ORDER_WARNING_CODES, Sweeps, _KeyedLocks, order_request
 
 log = agent_log.logger("orders")
 
-SUMMARY_TAGS = {
-    "NetLiquidation": "net_liquidation",
-    "TotalCashValue": "total_cash",
-    "BuyingPower": "buying_power",
-    "AvailableFunds": "available_funds",
-    "ExcessLiquidity": "excess_liquidity",
-}
 # TWS rejecting an order it had accepted (PreSubmitted, then 201): the order's outcome, kept as
 # `reason` for the next open-orders and a repeat of its request id.
 LATE_REJECTION_CODES = frozenset((201,))
@@ -81,7 +77,6 @@ CANCEL_CONFIRMED = 202  # "Order Canceled - reason:": the answer a cancel asks f
 # FAIL_SEND_CORDER: ibapi 10.4x catches it inside placeOrder/cancelOrder and reports it as an error
 # instead of raising): TWS did not answer, and whether the message reached it is unknown.
 IBAPI_SEND_FAILURES = frozenset((512, 515))
-POSITION_CONTRACT_FIELDS = ("con_id", "ticker", "sec_type", "expiration", "strike", "right", "multiplier")
 RECENTLY_SENT_S = 600.0  # an order sent this recently and not shown by TWS may still be on its way
 
 
@@ -114,7 +109,7 @@ class _Attempt:
 
     def refuse(self, rule: str) -> AgentError:
         self.decision = f"refused: {rule}"
-        return AgentError(ORDER_BLOCKED, rule)
+        return OrderBlocked(rule)
 
     def decided(self, error: Optional[AgentError]) -> str:
         if self.decision is None or (error and self.decision == "allowed" and self.stage in (NOT_SENT, RECORDED)):
@@ -126,7 +121,8 @@ class _Attempt:
 
 
 class OrderDesk:
-    """positions, account-summary, open-orders, place-order, cancel-order for relay_actions."""
+    """open-orders, place-order, cancel-order for relay_actions; `account` has positions and
+    account-summary."""
 
     def __init__(self, conn, config):
         self.conn = conn
@@ -134,37 +130,20 @@ class OrderDesk:
         self.audit = order_guard.AuditLog(config.audit_log_file, mask=Masker([config.key]))
         self.request_ids = order_guard.RequestIdStore(config.order_ids_file)
         self._request_locks = _KeyedLocks()
-        self._sweep_locks = {"positions": threading.Lock(), "orders": threading.Lock(), "summary": threading.Lock()}
-        self._sweeps: Dict[str, _Pending] = {}
-        self.book = OrderBook(conn, self._sweep, lambda: self._timeout)
-        for name in SWEEP_EVENTS:
-            conn.add_listener(name, lambda *args, _name=name: self._on_unrouted(_name, args))
-        conn.add_listener("disconnected", self._on_disconnected)
+        sweeps = Sweeps(conn, lambda: self._timeout)
+        self.book = OrderBook(conn, sweeps, lambda: self._timeout)
+        self.account = Account(conn, sweeps, lambda: self._timeout)
         conn.add_listener("error", self._on_unrouted_error)
         conn.add_listener("notice", self._on_notice)
-        self._in_flight: Dict[int, _Pending] = {}  # order id -> the wait for TWS's answer to it
         self._described: Dict[int, str] = {}  # order id -> describe_order, for later console lines
 
     @property
     def _timeout(self) -> float:
         return self.config.request_timeout_s
 
-    def _on_unrouted(self, name: str, args: tuple) -> None:
-        sweep = self._sweeps.get(SWEEP_EVENTS[name])
-        if sweep is not None:
-            sweep.on_event(name, args)
-
-    def _on_disconnected(self) -> None:
-        for sweep in list(self._sweeps.values()):
-            sweep.on_disconnect()
-
     def _on_unrouted_error(self, req_id: int, ib_code: int, text: str) -> None:
-        """Read-Only API answers the id-less order requests with an error of id -1; a warning or a
-        rejection of an order after its answer is noted for its request."""
-        sweep = self._sweeps.get("orders")
-        if sweep is not None and ib_connection.is_read_only_error(ib_code, text):
-            sweep.on_error(ib_code, text)
-        elif ib_code in ORDER_WARNING_CODES or ib_code in LATE_REJECTION_CODES:
+        """A warning or a rejection of an order after its answer is noted for its request."""
+        if ib_code in ORDER_WARNING_CODES or ib_code in LATE_REJECTION_CODES:
             self._order_note(req_id, ib_code, text)
 
     def _on_notice(self, req_id: int, ib_code: int, text: str) -> None:
@@ -173,11 +152,10 @@ class OrderDesk:
 
     def _order_note(self, order_id: int, ib_code: int, text: str) -> None:
         """What TWS says about an order outside the wait for its answer (reader thread: no waiting).
-        While the order is being placed, its wait takes the warning; after, the request's record
-        keeps it (a warning, or a rejection's reason) for open-orders and a repeat of the id."""
-        pending = self._in_flight.get(order_id)
-        if pending is not None and ib_code in ORDER_WARNING_CODES:
-            pending.on_event("warning", (ib_code, text))
+        While the order is being placed, its wait takes the warning (ib_requests routes it there);
+        after, the request's record keeps it (a warning, or a rejection's reason) for open-orders and
+        a repeat of the id."""
+        if ib_code in ORDER_WARNING_CODES and self.conn.requests.get(order_id) is not None:
             return
         request_id = self.request_ids.request_for_order(order_id, self.conn.status().get("client_id"))
         if request_id is None:
@@ -206,72 +184,6 @@ class OrderDesk:
 
         threading.Thread(target=write, name="order-note", daemon=True).start()
 
-    @contextlib.contextmanager
-    def _sweep(self, kind: str, end: str):
-        """An id-less exchange (reqPositions, reqAllOpenOrders...): one of a kind at a time."""
-        with self._sweep_locks[kind]:
-            probe = getattr(self.conn, "wait_read_only_probe", None)
-            if kind == "orders" and probe is not None:  # its openOrderEnd must not end this sweep
-                probe(self._timeout)
-            self._sweeps[kind] = sweep = _Pending(lambda name, args: name == end)
-            try:
-                yield sweep
-            finally:
-                self._sweeps.pop(kind, None)
-
-    # --- account ---
-
-    def positions(self) -> dict:
-        with self._sweep("positions", "positionEnd") as sweep:
-            self.conn.send("reqPositions")
-            try:
-                events = sweep.wait(self._timeout, "reqPositions")
-            finally:
-                with contextlib.suppress(AgentError):
-                    self.conn.send("cancelPositions")
-        latest: Dict[Tuple[str, int], dict] = {}  # TWS may repeat a position while we listen
-        for name, args in events:
-            if name == "position":
-                account, contract, quantity, avg_cost = args
-                fields = contract_dict(contract)
-                # TWS's avgCost is per contract (an option's includes its multiplier: 412.37 for
-                # 4.1237 a share); DESIGN.md 4 answers per share / unit of the underlying.
-                avg_cost, multiplier = _number(avg_cost), fields["multiplier"]
-                if avg_cost is not None and multiplier:
-                    avg_cost = round(avg_cost / multiplier, 10)
-                latest[(account, contract.conId)] = dict(
-                    {k: fields[k] for k in POSITION_CONTRACT_FIELDS},
-                    account=account,
-                    quantity=_quantity(quantity),
-                    avg_cost=avg_cost,
-                )
-        return {"positions": [row for row in latest.values() if row["quantity"]]}  # 0 = closed today
-
-    def account_summary(self) -> dict:
-        with self._sweep_locks["summary"]:  # TWS allows two account-summary subscriptions at once
-            req_id = self.conn.next_req_id()
-            try:
-                rows = self.conn.call(
-                    "reqAccountSummary",
-                    req_id,
-                    "All",
-                    ",".join(SUMMARY_TAGS),
-                    rows=("accountSummary",),
-                    end="accountSummaryEnd",
-                    timeout=self._timeout,
-                )
-            finally:
-                with contextlib.suppress(AgentError):
-                    self.conn.send("cancelAccountSummary", req_id)
-        accounts: Dict[str, dict] = {}
-        for account, tag, value, currency in rows:
-            if tag not in SUMMARY_TAGS:
-                continue
-            entry = accounts.setdefault(account, dict.fromkeys(list(SUMMARY_TAGS.values()) + ["currency"]))
-            entry[SUMMARY_TAGS[tag]] = _number(value)
-            entry["currency"] = entry["currency"] or currency or None
-        return {"accounts": accounts}
-
     # --- orders: reading ---
 
     def open_orders(self) -> dict:
@@ -296,11 +208,11 @@ class OrderDesk:
 
     # --- orders: placing and cancelling ---
 
-    def place_order(self, request_id: str, params: dict, cancel: Optional[threading.Event] = None) -> dict:
+    def place_order(self, request_id: str, params: dict, cancel: Optional[CancelToken] = None) -> dict:
         attempt = _Attempt("place-order", request_id, params)
         return self._audited(attempt, lambda: self._place(request_id, params, attempt, cancel))
 
-    def _place(self, request_id: str, params: dict, attempt: _Attempt, cancel: Optional[threading.Event]) -> dict:
+    def _place(self, request_id: str, params: dict, attempt: _Attempt, cancel: Optional[CancelToken]) -> dict:
         order = attempt.params = order_guard.parse_order_params("place-order", params)
         attempt.checked = True
         with self._request_locks.hold(request_id, timeout=3 * self._timeout):
@@ -402,7 +314,7 @@ class OrderDesk:
             )
         except order_guard.AuditError as exc:
             if error is not None:
-                answered = AgentError(
+                answered = AgentError.of(
                     error.code, f"{error.message} (and {exc}: the line is in the agent's log file)", error.ib_code
                 )
                 answered.logged = getattr(error, "logged", False)
@@ -469,7 +381,7 @@ class OrderDesk:
                 )
         message = f"unexpected error in the agent ({name}) {what} {fate}."
         log.error("%s %s: %s", attempt.action, attempt.request_id, message, exc_info=exc)
-        error = AgentError(INTERNAL, f"{message} Details are in the agent's log file.")
+        error = Internal(f"{message} Details are in the agent's log file.")
         error.logged = True  # relay_actions: the console already has this line
         return error
 
@@ -508,17 +420,16 @@ class OrderDesk:
             where = f"order {attempt.order_id} with {where}"
         return what, where
 
-    def _place_once(self, request_id: str, order: dict, attempt: _Attempt, cancel: Optional[threading.Event]) -> dict:
+    def _place_once(self, request_id: str, order: dict, attempt: _Attempt, cancel: Optional[CancelToken]) -> dict:
         record = self.request_ids.get(request_id)
         if record and record.get("action", "place-order") != "place-order":
-            raise AgentError(
-                INVALID_REQUEST,
+            raise InvalidRequest(
                 f"request id {request_id} was used for a {record['action']}; a place-order needs an id of its own",
             )
         if record and record["state"] not in order_guard.UNFINISHED:
             attempt.decision, attempt.order_id = "duplicate", record.get("order_id")
             if record["state"] == order_guard.FAILED:
-                raise AgentError(**record["error"])
+                raise AgentError.from_dict(record["error"])
             notes = {k: record[k] for k in ("warning", "reason") if record.get(k)}  # what TWS said since
             return dict(
                 {"order_id": record["order_id"], "status": self._status_now(request_id, record, order)}, **notes
@@ -529,8 +440,8 @@ class OrderDesk:
             raise attempt.refuse(rule)
         status = self.conn.status()
         if not status.get("connected"):
-            raise AgentError(IB_NOT_CONNECTED, "TWS is not connected; the order was not sent")
-        order["account"] = order["account"] or self._sole_account(status)
+            raise IbNotConnected("TWS is not connected; the order was not sent")
+        order["account"] = order["account"] or sole_account(status)
         rule = order_guard.account_refusal(self.config, status, order["account"])
         if rule:
             raise attempt.refuse(rule)
@@ -548,13 +459,13 @@ class OrderDesk:
             return found
         if record and (record["state"] == order_guard.SENDING or record.get("maybe_sent", True)):
             raise self._cannot_tell(request_id, record, attempt)
-        qualified = self._qualify(contract)
+        qualified = qualify_contract(self.conn, contract, self._timeout)
         multiplier = _number(qualified.multiplier) or order_guard.STANDARD_MULTIPLIER[contract["sec_type"]]
         rule = order_guard.order_refusal(self.config, order, multiplier)
         if rule:
             raise attempt.refuse(rule)
         if cancel is not None and cancel.is_set():
-            raise AgentError(CANCELLED, "cancelled before the order was sent: nothing reached TWS")
+            raise Cancelled("cancelled before the order was sent: nothing reached TWS")
         attempt.decision = "allowed"
         attempt.order_id = order_id = self.conn.next_order_id()
         self._described[order_id] = describe_order(order)
@@ -569,15 +480,15 @@ class OrderDesk:
                 client_id=self.conn.status().get("client_id"),
             )
         except OSError as exc:  # without the record, exactly-once cannot be promised: do not send
-            raise AgentError(
-                INTERNAL, f"cannot write {self.request_ids.path.name} ({exc.strerror or exc}); the order was not sent"
+            raise Internal(
+                f"cannot write {self.request_ids.path.name} ({exc.strerror or exc}); the order was not sent"
             ) from None
         attempt.stage = RECORDED
         try:
             status_text = self._send_and_wait(
                 order_id,
                 "placeOrder",
-                (qualified, self._ib_order(order_ref, order)),
+                (qualified, limit_order(order_ref, order)),
                 self._first_status,
                 f"order {order_id}",
                 attempt,
@@ -600,7 +511,7 @@ class OrderDesk:
         try:
             return self._find_in_tws(request_id, (record or {}).get("order_id"), order["quantity"])
         except AgentError as error:
-            raise AgentError(
+            raise AgentError.of(
                 error.code,
                 f"could not look in TWS for an earlier order of this request "
                 f"({error.message}); nothing was placed. Ask again when TWS answers; "
@@ -627,8 +538,7 @@ class OrderDesk:
         attempt.order_id = record.get("order_id")
         age = max(0.0, time.time() - record["time"])
         if age < RECENTLY_SENT_S:
-            return AgentError(
-                TIMEOUT,
+            return RequestTimeout(
                 f"an earlier attempt of this request sent {where} to TWS {age:.0f} s ago "
                 "and TWS does not show it yet (TWS may be holding it behind a precaution "
                 "dialog); nothing new was placed. Check TWS; asking again with this id is "
@@ -655,60 +565,6 @@ class OrderDesk:
             )
 
     @staticmethod
-    def _sole_account(status: dict) -> Optional[str]:
-        accounts = status.get("accounts") or []
-        if len(accounts) > 1:
-            raise AgentError(
-                INVALID_REQUEST,
-                f"params.account: is required: this TWS session has several accounts ({', '.join(accounts)})",
-            )
-        return accounts[0] if accounts else None
-
-    def _qualify(self, spec: dict) -> Contract:
-        """The one contract IB knows for this spec (exact conId, SMART); several or none is an error."""
-        query = Contract()
-        query.symbol, query.secType, query.exchange, query.currency = spec["ticker"], spec["sec_type"], "SMART", "USD"
-        if spec["sec_type"] == "OPT":
-            query.lastTradeDateOrContractMonth = spec["expiration"]
-            query.strike, query.right = float(spec["strike"]), spec["right"]
-            query.tradingClass = spec["trading_class"] or ""
-        rows = self.conn.call(
-            "reqContractDetails",
-            self.conn.next_req_id(),
-            query,
-            rows=("contractDetails",),
-            end="contractDetailsEnd",
-            timeout=self._timeout,
-        )
-        matches = {row[0].contract.conId: row[0].contract for row in rows}
-        described = describe_contract(spec)
-        if not matches:
-            raise AgentError(NO_SECURITY_DEFINITION, f"IB has no contract {described}")
-        if len(matches) > 1:
-            classes = sorted({f"{c.tradingClass or c.symbol} x{c.multiplier or 1}" for c in matches.values()})
-            raise AgentError(
-                INVALID_REQUEST,
-                f"params.contract: ambiguous: {len(matches)} contracts match "
-                f"{described} ({', '.join(classes)}); name contract.trading_class",
-            )
-        contract = next(iter(matches.values()))
-        contract.exchange = "SMART"
-        return contract
-
-    @staticmethod
-    def _ib_order(order_ref: str, order: dict) -> Order:
-        ib_order = Order()
-        ib_order.action = order["action"]
-        ib_order.totalQuantity = Decimal(order["quantity"])
-        ib_order.orderType = "LMT"
-        ib_order.lmtPrice = float(order["limit_price"])
-        ib_order.tif = order["tif"]
-        ib_order.orderRef = order_ref
-        ib_order.account = order["account"] or ""
-        ib_order.transmit = True
-        return ib_order
-
-    @staticmethod
     def _first_status(events: List[Tuple[str, tuple]]) -> Optional[str]:
         for name, args in events:
             if name == "orderStatus":
@@ -730,44 +586,39 @@ class OrderDesk:
     ) -> str:
         """Send one order message and wait for the first answer that `answer` turns into a status;
         a `dead` status followed by TWS's reason raises that reason."""
-        pending = _Pending(lambda name, a: answer([(name, a)]) is not None, success_codes)
-        try:
-            self.conn.register(order_id, _Forwarding(pending, self._on_unrouted))
-        except ValueError:
-            raise AgentError(
-                INVALID_REQUEST,
+        pending = order_request(what, lambda name, a: answer([(name, a)]) is not None, success_codes)
+        if not self.conn.requests.add(order_id, pending):
+            raise InvalidRequest(
                 f"order {order_id} is being placed or cancelled right now; ask again when that has finished",
-            ) from None
-        self._in_flight[order_id] = pending  # a 399 comes as a notice, not through the handler
+            )
         try:
             attempt.stage = SENDING
             self.conn.send(request, order_id, *args)
-            status = answer(pending.wait(self._timeout, what))
+            status = answer(pending.wait(self._timeout))
             reason = pending.later_error(REASON_GRACE_S) if status in dead else None
         except AgentError as error:
             if error.ib_code in IBAPI_SEND_FAILURES:  # not TWS's answer: ibapi hit an exception sending it
                 raise IbapiSendError(f"ibapi error {error.ib_code}: {error.message}") from None
             raise
         finally:
-            self.conn.unregister(order_id)
-            self._in_flight.pop(order_id, None)
+            self.conn.requests.remove(order_id, pending)
         if reason is not None:
             raise reason
         attempt.warning = pending.warning()
         return status
 
-    def cancel_order(self, request_id: str, params: dict, cancel: Optional[threading.Event] = None) -> dict:
+    def cancel_order(self, request_id: str, params: dict, cancel: Optional[CancelToken] = None) -> dict:
         attempt = _Attempt("cancel-order", request_id, params)
         return self._audited(attempt, lambda: self._cancel_checked(params, attempt, cancel))
 
-    def _cancel_checked(self, params: dict, attempt: _Attempt, cancel: Optional[threading.Event]) -> dict:
+    def _cancel_checked(self, params: dict, attempt: _Attempt, cancel: Optional[CancelToken]) -> dict:
         attempt.params = order_guard.parse_order_params("cancel-order", params)
         attempt.checked = True
         attempt.order_id = attempt.params["order_id"]
         with self._request_locks.hold(attempt.request_id, timeout=3 * self._timeout):
             return self._cancel(attempt.order_id, attempt, cancel)
 
-    def _cancel(self, order_id: int, attempt: _Attempt, cancel: Optional[threading.Event] = None) -> dict:
+    def _cancel(self, order_id: int, attempt: _Attempt, cancel: Optional[CancelToken] = None) -> dict:
         request_id = attempt.request_id
         record = self.request_ids.get(request_id)
         if record and (record.get("action") != "cancel-order" or record.get("order_id") != order_id):
@@ -776,14 +627,13 @@ class OrderDesk:
                 if record.get("action") == "cancel-order"
                 else f"a {record.get('action') or 'place-order'}"
             )
-            raise AgentError(
-                INVALID_REQUEST,
+            raise InvalidRequest(
                 f"request id {request_id} was used for {used}; this cancel-order needs an id of its own",
             )
         if record and record["state"] not in order_guard.UNFINISHED:  # answered before: the same answer
             attempt.decision = "duplicate"
             if record["state"] == order_guard.FAILED:
-                raise AgentError(**record["error"])
+                raise AgentError.from_dict(record["error"])
             return {"order_id": order_id, "status": record["status"]}
         # No record, or one left unfinished: sending the cancel (again) is safe.
         rule = order_guard.orders_off_refusal(self.config)
@@ -791,19 +641,19 @@ class OrderDesk:
             raise attempt.refuse(rule)
         status = self.conn.status()
         if not status.get("connected"):
-            raise AgentError(IB_NOT_CONNECTED, "TWS is not connected; the cancel was not sent")
+            raise IbNotConnected("TWS is not connected; the cancel was not sent")
         rule = order_guard.account_refusal(self.config, status, None)
         if rule:
             raise attempt.refuse(rule)
         attempt.target = self._check_cancellable(order_id, status.get("client_id"))
         if cancel is not None and cancel.is_set():
-            raise AgentError(CANCELLED, "cancelled before the cancel was sent: nothing reached TWS")
+            raise Cancelled("cancelled before the cancel was sent: nothing reached TWS")
         attempt.decision = "allowed"
         try:
             self.request_ids.put(request_id, order_guard.SENDING, action="cancel-order", order_id=order_id)
         except OSError as exc:
-            raise AgentError(
-                INTERNAL, f"cannot write {self.request_ids.path.name} ({exc.strerror or exc}); the cancel was not sent"
+            raise Internal(
+                f"cannot write {self.request_ids.path.name} ({exc.strerror or exc}); the cancel was not sent"
             ) from None
         attempt.stage = RECORDED
         try:
@@ -833,15 +683,14 @@ class OrderDesk:
         try:
             rows = [row for row in self.book.rows() if row["order_id"] == order_id]
         except AgentError as error:
-            raise AgentError(
+            raise AgentError.of(
                 error.code,
                 f"could not look in TWS for order {order_id} ({error.message}); the cancel was not sent",
                 error.ib_code,
             ) from None
         if rows and all(row["client_id"] != client_id for row in rows):
             placed_by = " and ".join(sorted({str(row["client_id"]) for row in rows}))
-            raise AgentError(
-                INVALID_REQUEST,
+            raise InvalidRequest(
                 f"params.order_id: order {order_id} was placed by client id {placed_by}, "
                 f"and this agent (client id {client_id}) can only cancel orders placed "
                 "under its own client id; cancel it in TWS or from the program that "
@@ -857,6 +706,64 @@ class OrderDesk:
             if name == "error" and args[0] == CANCEL_CONFIRMED:
                 return "Cancelled"
         return None
+
+
+# The pieces of placing an order that order_preview uses too.
+
+
+def sole_account(status: dict) -> Optional[str]:
+    """The account an order names none of: the session's only one (several: the order must say)."""
+    accounts = status.get("accounts") or []
+    if len(accounts) > 1:
+        raise InvalidRequest(
+            f"params.account: is required: this TWS session has several accounts ({', '.join(accounts)})",
+        )
+    return accounts[0] if accounts else None
+
+
+def qualify_contract(conn, spec: dict, timeout: float) -> Contract:
+    """The one contract IB knows for this spec (exact conId, SMART); several or none is an error."""
+    query = Contract()
+    query.symbol, query.secType, query.exchange, query.currency = spec["ticker"], spec["sec_type"], "SMART", "USD"
+    if spec["sec_type"] == "OPT":
+        query.lastTradeDateOrContractMonth = spec["expiration"]
+        query.strike, query.right = float(spec["strike"]), spec["right"]
+        query.tradingClass = spec["trading_class"] or ""
+    rows = conn.call(
+        "reqContractDetails",
+        conn.next_req_id(),
+        query,
+        rows=("contractDetails",),
+        end="contractDetailsEnd",
+        timeout=timeout,
+    )
+    matches = {row[0].contract.conId: row[0].contract for row in rows}
+    described = describe_contract(spec)
+    if not matches:
+        raise NoSecurityDefinition(f"IB has no contract {described}")
+    if len(matches) > 1:
+        classes = sorted({f"{c.tradingClass or c.symbol} x{c.multiplier or 1}" for c in matches.values()})
+        raise InvalidRequest(
+            f"params.contract: ambiguous: {len(matches)} contracts match "
+            f"{described} ({', '.join(classes)}); name contract.trading_class",
+        )
+    contract = next(iter(matches.values()))
+    contract.exchange = "SMART"
+    return contract
+
+
+def limit_order(order_ref: str, order: dict) -> Order:
+    """The ibapi Order of checked place-order params (a limit order, transmitted)."""
+    ib_order = Order()
+    ib_order.action = order["action"]
+    ib_order.totalQuantity = Decimal(order["quantity"])
+    ib_order.orderType = "LMT"
+    ib_order.lmtPrice = float(order["limit_price"])
+    ib_order.tif = order["tif"]
+    ib_order.orderRef = order_ref
+    ib_order.account = order["account"] or ""
+    ib_order.transmit = True
+    return ib_order
 
 
 def describe_contract(spec: dict) -> str:

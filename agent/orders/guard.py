@@ -23,6 +23,7 @@ from typing import Any, Dict, Mapping, Optional
 
 from agent import log as agent_log
 from agent.errors import AgentError
+from agent.ib.ports import is_paper_account
 from agent.relay.params import (
     REQUIRED,
     RIGHT,
@@ -40,7 +41,6 @@ from agent.relay.params import (
 
 log = agent_log.logger("orders")
 
-PAPER_ACCOUNT_PREFIXES = ("DU", "DF")
 
 # Multiplier assumed before the contract is qualified. Options are checked again with the real
 # multiplier after qualification; this first check errs on the side of refusing (a mini option with
@@ -86,10 +86,6 @@ def parse_order_params(action: str, params: Any) -> dict:
 
 
 # --- the policy: pure functions returning the rule that refuses, or None -------------------------
-
-
-def is_paper_account(account: str) -> bool:
-    return account.upper().startswith(PAPER_ACCOUNT_PREFIXES)
 
 
 def orders_off_refusal(config) -> Optional[str]:

@@ -20,8 +20,20 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 
 from agent import log as agent_log
-from agent.errors import BUSY, CANCELLED, IB_NOT_CONNECTED, INTERNAL, INVALID_REQUEST, UNKNOWN_ACTION, AgentError
+from agent.errors import (
+    BUSY,
+    CANCELLED,
+    IB_NOT_CONNECTED,
+    AgentError,
+    Busy,
+    Cancelled,
+    IbNotConnected,
+    Internal,
+    InvalidRequest,
+    UnknownAction,
+)
 from agent.log import plural
+from agent.orders import preview as order_preview
 from agent.relay.params import (
     EXCHANGE,
     REQUIRED,
@@ -60,7 +72,7 @@ PERCENT = number(-100, 1000)
 def subscription_id(value: Any, path: str) -> str:
     """The id a subscribe answered with, as given (it is case-sensitive)."""
     if not isinstance(value, str) or not 1 <= len(value) <= 64 or not value.isprintable():
-        raise AgentError(INVALID_REQUEST, f"{path}: must be the subscription id a subscribe answered with")
+        raise InvalidRequest(f"{path}: must be the subscription id a subscribe answered with")
     return value
 
 
@@ -94,8 +106,11 @@ def _quote(runner: "RequestRunner", job, p: dict) -> dict:
 
 
 def _fetch_chain(runner: "RequestRunner", job, p: dict) -> dict:
-    filters = {k: v for k, v in p.items() if k != "ticker"}
-    return runner.scanner.fetch_option_chain(p["ticker"], filters, progress=job.progress, cancel=job.cancel)
+    filters = {k: v for k, v in p.items() if k not in ("ticker", "partial")}
+    streamed = {}
+    if p["partial"]:  # v1.1: a `partial` frame per expiration as soon as all its options are in
+        streamed["on_expiration"] = lambda e, options: job.partial({"expiration": e, "options": options})
+    return runner.scanner.fetch_option_chain(p["ticker"], filters, progress=job.progress, cancel=job.cancel, **streamed)
 
 
 def _fetch_prices(runner: "RequestRunner", job, p: dict) -> dict:
@@ -137,7 +152,7 @@ def _unsubscribe(runner: "RequestRunner", job, p: dict) -> dict:
 
 def _contracts_or_tickers(params: dict, path: str) -> None:
     if not params["contracts"] and not params["tickers"]:
-        raise AgentError(INVALID_REQUEST, f"{path}.contracts: contracts or tickers (or both) are required")
+        raise InvalidRequest(f"{path}.contracts: contracts or tickers (or both) are required")
 
 
 def _subject(action: str, params: Any) -> str:
@@ -201,6 +216,7 @@ ACTIONS: Dict[str, Action] = {
             "strikes_around": (number(1, 500, integer=True), None),
             "rights": (list_of(RIGHT, 2, unique=True), ("C", "P")),
             "include_adjusted": (boolean, False),
+            "partial": (boolean, False),  # v1.1: a `partial` frame per expiration as it completes
         },
         rules=(not_above("min_days", "max_days"), not_above("strike_min", "strike_max")),
         lane=BULK,
@@ -253,12 +269,12 @@ ACTIONS: Dict[str, Action] = {
         summary=lambda p, d: f"unsubscribe {p['subscription']}" + ("" if d["ended"] else ": was not live"),
     ),
     "positions": Action(
-        lambda runner, job, p: runner.desk.positions(),
+        lambda runner, job, p: runner.desk.account.positions(),
         needs_desk=True,
         summary=lambda p, d: f"positions: {plural(len(d.get('positions', [])), 'position')}",
     ),
     "account-summary": Action(
-        lambda runner, job, p: runner.desk.account_summary(),
+        lambda runner, job, p: runner.desk.account.summary(),
         needs_desk=True,
         summary=lambda p, d: f"account-summary: {plural(len(d.get('accounts', {})), 'account')}",
     ),
@@ -281,6 +297,14 @@ ACTIONS: Dict[str, Action] = {
         needs_ib=False,
         needs_desk=True,
         order=True,
+    ),
+    # place-order's params, checked and audited by order_preview (its console line too). A read, not
+    # an order action: nothing is stored under its id, and a cancel frame after it ran answers CANCELLED.
+    "preview-order": Action(
+        lambda runner, job, p: order_preview.preview_order(runner.desk, job.id, p, cancel=job.cancel),
+        schema=None,
+        needs_ib=False,
+        needs_desk=True,
     ),
 }
 
@@ -345,17 +369,13 @@ class RequestRunner:
         action = self._actions.get(job.action)
         try:
             if action is None:
-                raise AgentError(
-                    UNKNOWN_ACTION, f"unknown action {job.action!r}; this agent serves: " + ", ".join(self._actions)
-                )
+                raise UnknownAction(f"unknown action {job.action!r}; this agent serves: " + ", ".join(self._actions))
             if self._closing:
-                raise AgentError(BUSY, SHUTDOWN_MESSAGE)
+                raise Busy(SHUTDOWN_MESSAGE)
             params = job.params if action.schema is None else validate(action.schema, job.params, rules=action.rules)
             if action.needs_ib and not self.conn.ready:
                 reason = self.conn.status().get("error")
-                raise AgentError(
-                    IB_NOT_CONNECTED, "not connected to TWS / IB Gateway" + (f": {reason}" if reason else "")
-                )
+                raise IbNotConnected("not connected to TWS / IB Gateway" + (f": {reason}" if reason else ""))
         except AgentError as exc:
             self._answer(job, action, None, exc)
             return
@@ -372,9 +392,7 @@ class RequestRunner:
                 job,
                 action,
                 None,
-                AgentError(
-                    BUSY, f"{self._queues[lane].maxsize} {lane} requests are already waiting; try again shortly"
-                ),
+                Busy(f"{self._queues[lane].maxsize} {lane} requests are already waiting; try again shortly"),
             )
 
     def stop(self, timeout: float = 5.0) -> None:
@@ -402,9 +420,7 @@ class RequestRunner:
                 return
             job, action, params = item
             if job.cancel.is_set():
-                self._answer(
-                    job, action, None, AgentError(CANCELLED, "cancelled before it started: nothing was sent to TWS")
-                )
+                self._answer(job, action, None, Cancelled("cancelled before it started: nothing was sent to TWS"))
             else:
                 self._run(job, action, params)
 
@@ -414,14 +430,12 @@ class RequestRunner:
         try:
             data = action.run(self, job, params)
             if job.cancel.is_set() and not action.order:
-                error = AgentError(CANCELLED, "cancelled")
+                error = Cancelled("cancelled")
         except AgentError as exc:
             error = exc
         except Exception as exc:
             log.exception("request %s %s: unexpected error", job.action, job.id)
-            error = AgentError(
-                INTERNAL, f"unexpected error in the agent ({exc.__class__.__name__}); details are in its log file"
-            )
+            error = Internal(f"unexpected error in the agent ({exc.__class__.__name__}); details are in its log file")
         self._answer(job, action, params, error, data, time.monotonic() - started, ran=True)
         if action.answered is not None:
             try:

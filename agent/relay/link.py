@@ -6,16 +6,15 @@ unacknowledged responses, and each request's life from arrival to response: dupl
 acks are settled here, and the work itself is handed to an executor that must never block the
 reader thread. It also says, once per outage and per reason, why the link is down.
 
-What the cloud sends is read through BoundedFrameReader: a message over 1 MiB is skipped unread,
-binary and non-UTF-8 messages never reach the request parser, and JSON with a repeated key is
-refused (docs/PROTOCOL.md, "Frames the agent refuses").
+What the cloud sends is read and parsed by agent.relay.frames (a message over 1 MiB is skipped
+unread, binary and non-UTF-8 messages never reach the request parser, JSON with a repeated key is
+refused); the TLS context and the line for a refused certificate are agent.relay.tls's.
 """
 
 from __future__ import annotations
 
 import collections
 import json
-import os
 import socket
 import ssl
 import threading
@@ -23,15 +22,17 @@ import time
 import urllib.parse
 import uuid
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Optional
 
-import certifi
 import websocket
 
 from agent import log as agent_log
 from agent.backoff import ReconnectPolicy
-from agent.config import is_loopback_host
-from agent.errors import INTERNAL, INVALID_REQUEST, AgentError
+from agent.config import relay_url_problem
+from agent.errors import AgentError, Internal, InvalidRequest
+from agent.ib.requests import CancelToken
+from agent.relay.frames import LOGGED_FRAME_CHARS, BoundedFrameReader, ParsedFrame
+from agent.relay.tls import tls_context, tls_help
 
 PROTOCOL_VERSION = 1
 # Order actions are idempotent like a payment API's keys (DESIGN.md 4, Delivery): a repeat of an
@@ -41,9 +42,7 @@ PROTOCOL_VERSION = 1
 ORDER_ACTIONS = frozenset(("place-order", "cancel-order"))
 MAX_ID_LENGTH = 128
 MAX_ACTION_LENGTH = 64
-LOGGED_FRAME_CHARS = 120
 MAX_PATH_CHARS = 200  # of a field path named in an INVALID_REQUEST message
-MAX_MESSAGE_BYTES = 1024 * 1024  # a message from the cloud (all its fragments together) over this is skipped
 AUTH_FAILED_HELP = (
     "Authentication failed: the MA Tracker cloud rejected the API key (HTTP {status}). "
     "Your API key may have been regenerated. Download a fresh copy of the agent from the "
@@ -53,37 +52,6 @@ CONNECT_FAILED_HELP = (
     "WebSocket connection failed ({reason}). Check your internet connection; the "
     "MA Tracker cloud may be temporarily unavailable. The agent will retry automatically."
 )
-TLS_FAILED_HELP = (
-    "WebSocket connection failed: the server's certificate could not be verified ({check}; "
-    "trusted roots: {roots}). {fix} The agent will retry automatically, and never connects "
-    "without a verified certificate."
-)
-# What to do, by OpenSSL's X509_V_ERR code of the check that failed.
-TLS_FIX_CLOCK = "Check that this computer's date, time and time zone are right."
-TLS_FIX_INTERCEPTED = (
-    "Something between this computer and the MA Tracker cloud answered with its own "
-    "certificate: a company proxy, antivirus HTTPS scanning, or a Wi-Fi login page. Log in "
-    "to the Wi-Fi page, or ask your IT department to let {host} through."
-)
-TLS_FIX_UNKNOWN_ISSUER = (
-    "The certificate's issuer is not among the trusted roots. If your network inspects "
-    "HTTPS (company proxy, antivirus), ask your IT department to let {host} through."
-)
-TLS_FIX_WRONG_NAME = (
-    "The certificate is for another name: check RELAY_URL in config.env, or a Wi-Fi login "
-    "page or proxy is answering instead of the MA Tracker cloud."
-)
-TLS_FIX_OTHER = "Check RELAY_URL in config.env and your network; if it persists, contact MA Tracker support."
-TLS_FIXES = {
-    9: TLS_FIX_CLOCK,
-    10: TLS_FIX_CLOCK,
-    18: TLS_FIX_INTERCEPTED,
-    19: TLS_FIX_INTERCEPTED,
-    2: TLS_FIX_UNKNOWN_ISSUER,
-    20: TLS_FIX_UNKNOWN_ISSUER,
-    21: TLS_FIX_UNKNOWN_ISSUER,
-    62: TLS_FIX_WRONG_NAME,
-}
 
 log = agent_log.logger("relay")
 
@@ -180,27 +148,32 @@ class Outbox:
 
 class Job:
     """One request from the cloud, from arrival to its response. The executor calls progress() and
-    finish(); it watches `cancel`."""
+    finish(); it watches `cancel` (a CancelToken: setting it wakes whoever waits on it)."""
 
     def __init__(self, link: "RelayLink", request_id: str, action: str, params: dict):
         self.id = request_id
         self.action = action
         self.params = params
-        self.cancel = threading.Event()
+        self.cancel = CancelToken()
         self.received = time.monotonic()
         self.last_progress = 0.0
         self.console_progress_at = 0.0  # seconds after `received` of the next console progress line
         self._link = link
 
     def progress(self, done: int, total: int) -> None:
-        self._link._progress(self, done, total)
+        self._link.job_progress(self, done, total)
 
     def partial(self, fields: dict) -> None:
         """A v1.1 `partial` frame for this request (e.g. one expiration of a chain): best effort."""
-        self._link._partial(self, fields)
+        self._link.job_partial(self, fields)
 
     def finish(self, data: Optional[dict] = None, error: Optional[AgentError] = None) -> None:
-        self._link._finish(self, data, error)
+        self._link.job_finish(self, data, error)
+
+
+def relay_headers(key: str, agent_version: str) -> List[str]:
+    """The upgrade's headers (DESIGN.md 4): the key as a bearer token and the agent's version."""
+    return [f"Authorization: Bearer {key}", f"X-Agent-Version: {agent_version}"]
 
 
 def _usable_id(value: Any) -> bool:
@@ -223,205 +196,6 @@ def _describe(exc: Optional[BaseException], masker: Optional[agent_log.Masker] =
         return f"the server's certificate could not be verified: {exc.verify_message}"
     text = agent_log.mask(str(exc), masker) or exc.__class__.__name__
     return agent_log.clip(text.splitlines()[0], 200, masker)
-
-
-SYSTEM_ROOTS = "the system's certificate store"
-CERTIFI_ROOTS = "certifi's CA bundle (this Python has no certificate store of its own)"
-
-
-def _system_has_roots(context: ssl.SSLContext) -> bool:
-    """Whether create_default_context() found CA certificates: loaded ones (a CA file, the Windows
-    store), or a CA folder OpenSSL reads on demand. A python.org macOS build whose "Install
-    Certificates" step never ran has neither: its OpenSSL points at a cert.pem that does not exist."""
-    if context.cert_store_stats().get("x509_ca", 0):
-        return True
-    capath = ssl.get_default_verify_paths().capath
-    if capath and os.path.isdir(capath):
-        with os.scandir(capath) as entries:
-            return any(entry.is_file() for entry in entries)
-    return False
-
-
-def tls_context() -> Tuple[ssl.SSLContext, str]:
-    """The TLS context for the relay and where its trusted roots come from: the system's store, or,
-    when this Python build has none, certifi's bundle. Certificate and host name are always checked
-    (create_default_context: CERT_REQUIRED, check_hostname)."""
-    context = ssl.create_default_context()
-    if _system_has_roots(context):
-        return context, SYSTEM_ROOTS
-    context.load_verify_locations(cafile=certifi.where())
-    return context, CERTIFI_ROOTS
-
-
-def _tls_help(exc: ssl.SSLCertVerificationError, roots: str, host: str) -> str:
-    """The console line for a certificate the agent refused: which check failed and what to do."""
-    check = exc.verify_message or exc.reason or "unknown reason"
-    fix = TLS_FIXES.get(exc.verify_code, TLS_FIX_OTHER).format(host=host)
-    return TLS_FAILED_HELP.format(check=check, roots=roots, fix=fix)
-
-
-class RefusedMessage(bytes):
-    """Stands in for a message BoundedFrameReader refused (binary, over the limit, not UTF-8): its
-    first bytes, for the log line, and why. WebSocketApp hands a binary frame's data to on_message
-    untouched, so this arrives there as itself; nothing the cloud sends can produce one."""
-
-    reason: str
-
-    def __new__(cls, preview: bytes, reason: str) -> "RefusedMessage":
-        message = super().__new__(cls, preview)
-        message.reason = reason
-        return message
-
-
-class BoundedFrameReader(websocket.frame_buffer):
-    """websocket-client's frame reader with a limit: a message (all its fragments together) over
-    max_bytes is skipped in 64 KiB pieces as it arrives, never held, and so is every binary message;
-    only complete, valid UTF-8 text messages of at most max_bytes reach the library as text.
-
-    Everything else is the library's: header, length and mask parsing (recv_header, recv_length,
-    recv_mask) and socket reads (recv_strict). The decision is made from the header's length, before
-    any of the payload is read. Fragments are put together here, so the library only ever sees
-    whole messages (fin=1) and control frames (returned at once, also between fragments, so pings
-    are still answered); what it would otherwise collect without a bound never reaches it.
-
-    Why the hook is safe: websocket.WebSocket reads every frame through
-    `self.frame_buffer.recv_frame()` (WebSocket.recv_frame) and nothing else reads the socket once
-    the handshake is done. WebSocketApp.run_forever calls on_open after the handshake and before its
-    dispatcher reads the first frame, on the thread that then reads, so RelayLink._on_open swaps the
-    reader in while nothing is being read; any bytes already buffered are carried over.
-    websocket-client is pinned (requirements.txt), and tests/test_relay_frames.py checks the swap
-    takes effect.
-    """
-
-    # What is kept of a refused message for its log line: more than the line shows, so the key is
-    # masked before the line is cut (a key starting within the shown part ends within the kept one).
-    PREVIEW_BYTES = LOGGED_FRAME_CHARS + 512
-    SKIP_BYTES = 64 * 1024
-    CONTROL_MAX_BYTES = 125  # RFC 6455 5.5
-
-    def __init__(self, original: websocket.frame_buffer, max_bytes: int = MAX_MESSAGE_BYTES):
-        super().__init__(original.recv, original.skip_utf8_validation)
-        self.recv_buffer = original.recv_buffer
-        self.max_bytes = max_bytes
-        self._opcode: Optional[int] = None  # TEXT or BINARY while a message is being read
-        self._parts: List[bytes] = []
-        self._size = 0
-        self._preview = b""
-        self._refused: Optional[str] = None  # "binary" or "too big": the rest of the message is skipped
-
-    def recv_frame(self) -> websocket.ABNF:
-        with self.lock:
-            while True:
-                self.recv_header()
-                fin, rsv1, rsv2, rsv3, opcode, has_mask, _ = self.header
-                self.recv_length()
-                self.recv_mask()
-                length, mask = self.length, (self.mask_value if has_mask else None)
-                self.clear()
-                if opcode >= 0x8:  # close, ping, pong
-                    if length > self.CONTROL_MAX_BYTES:
-                        raise websocket.WebSocketProtocolException(f"control frame of {length} bytes")
-                    frame = websocket.ABNF(fin, rsv1, rsv2, rsv3, opcode, has_mask, self._payload(length, mask))
-                    frame.validate(self.skip_utf8_validation)
-                    return frame
-                if rsv1 or rsv2 or rsv3 or opcode not in websocket.ABNF.OPCODES:
-                    raise websocket.WebSocketProtocolException(
-                        f"invalid frame (opcode {opcode}, reserved bits {rsv1}{rsv2}{rsv3})"
-                    )
-                self._begin(opcode)
-                self._size += length
-                if self._refused is None and self._opcode == websocket.ABNF.OPCODE_BINARY:
-                    self._refuse("binary")
-                elif self._refused is None and self._size > self.max_bytes:
-                    self._refuse("too big")
-                if self._refused is None:
-                    self._parts.append(self._payload(length, mask))
-                else:
-                    wanted = min(length, self.PREVIEW_BYTES - len(self._preview))
-                    if wanted > 0:
-                        self._preview += self._payload(wanted, mask)
-                    self._skip(length - max(wanted, 0))
-                if fin:
-                    return self._message()
-
-    def _begin(self, opcode: int) -> None:
-        if opcode == websocket.ABNF.OPCODE_CONT:
-            if self._opcode is None:
-                raise websocket.WebSocketProtocolException("continuation frame outside a message")
-            return
-        if self._opcode is not None:
-            raise websocket.WebSocketProtocolException("a new message began before the last one ended")
-        self._opcode, self._size, self._parts, self._preview, self._refused = opcode, 0, [], b"", None
-
-    def _refuse(self, why: str) -> None:
-        self._refused = why
-        self._preview = b"".join(self._parts)[: self.PREVIEW_BYTES]
-        self._parts = []
-
-    def _payload(self, length: int, mask: Optional[bytes]) -> bytes:
-        data = self.recv_strict(length)
-        return websocket.ABNF.mask(mask, data) if mask else data
-
-    def _skip(self, length: int) -> None:
-        while length > 0:
-            length -= len(self.recv_strict(min(length, self.SKIP_BYTES)))
-
-    def _message(self) -> websocket.ABNF:
-        opcode, size, refused, preview = self._opcode, self._size, self._refused, self._preview
-        payload = b"".join(self._parts)
-        self._opcode, self._parts, self._preview, self._refused = None, [], b"", None
-        reason = None
-        if refused == "binary":
-            reason = f"binary frame, {size:,} bytes"
-        elif refused == "too big":
-            reason = f"{size:,} bytes, over the {self.max_bytes / (1024 * 1024):g} MiB limit"
-        else:
-            try:
-                payload.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                reason = f"text that is not valid UTF-8 (byte {exc.start})"
-                preview = payload[: self.PREVIEW_BYTES]
-        if reason is not None:
-            return websocket.ABNF(1, 0, 0, 0, websocket.ABNF.OPCODE_BINARY, 0, RefusedMessage(preview, reason))
-        return websocket.ABNF(1, 0, 0, 0, opcode, 0, payload)
-
-
-class _Parsed:
-    """A frame's JSON (json's object_pairs_hook sees every key, so a repeated one is noticed instead
-    of silently keeping the last) and the field path of a repeated key, if there is one."""
-
-    def __init__(self, text: str):
-        repeated: Dict[int, List[str]] = {}  # id(object) -> its repeated keys, in order
-
-        def pairs_hook(pairs: List[Tuple[str, Any]]) -> dict:
-            obj = dict(pairs)
-            if len(obj) < len(pairs):
-                seen: set = set()
-                for key, _ in pairs:
-                    if key in seen:
-                        repeated.setdefault(id(obj), []).append(key)
-                    seen.add(key)
-            return obj
-
-        self.value: Any = json.loads(text, object_pairs_hook=pairs_hook)
-        self.repeated_id = isinstance(self.value, dict) and "id" in repeated.get(id(self.value), ())
-        self.repeated_path: Optional[str] = self._first_path(self.value, repeated) if repeated else None
-
-    @staticmethod
-    def _first_path(root: Any, repeated: Dict[int, List[str]]) -> str:
-        """The path of a repeated key, the shallowest first, then in document order (breadth first and
-        without recursion: the JSON may nest as deep as json allows)."""
-        queue: "collections.deque" = collections.deque([("", root)])
-        while queue:
-            path, value = queue.popleft()
-            if isinstance(value, dict):
-                keys = repeated.get(id(value))
-                if keys:
-                    return f"{path}.{keys[0]}" if path else keys[0]
-                queue.extend((f"{path}.{k}" if path else k, v) for k, v in value.items())
-            elif isinstance(value, list):
-                queue.extend((f"{path}[{n}]", v) for n, v in enumerate(value))
-        return "?"
 
 
 class RelayLink:
@@ -449,11 +223,9 @@ class RelayLink:
         order_actions: Iterable[str] = ORDER_ACTIONS,
         hello_fields: Callable[[], dict] = dict,
     ):
-        parsed = urllib.parse.urlsplit(url)
-        if parsed.scheme not in ("wss", "ws") or not parsed.hostname:
-            raise ValueError("relay URL must be wss://")
-        if parsed.scheme == "ws" and not is_loopback_host(parsed.hostname):
-            raise ValueError(f"refusing unencrypted ws:// to {parsed.hostname}: wss:// is required")
+        problem = relay_url_problem(url)
+        if problem is not None:  # the config refuses it first; this guards every other caller
+            raise ValueError(f"relay URL {problem[0]}")
         self.url = url
         self.session = str(uuid.uuid4())
         self._key = key
@@ -577,7 +349,8 @@ class RelayLink:
             **self._hello_fields(),
         }
 
-    def _progress(self, job: Job, done: int, total: int) -> None:
+    # -- what a Job reports (its executor's thread) --
+    def job_progress(self, job: Job, done: int, total: int) -> None:
         now = time.monotonic()
         self._console_progress(job, now - job.received, done, total)
         with self._lock:
@@ -594,7 +367,7 @@ class RelayLink:
                 )
             )
 
-    def _partial(self, job: Job, fields: dict) -> None:
+    def job_partial(self, job: Job, fields: dict) -> None:
         with self._lock:
             running = self._running.get(job.id) is job
         if running:
@@ -615,7 +388,7 @@ class RelayLink:
         subject = job.action + (f" {ticker.strip().upper()}" if isinstance(ticker, str) else "")
         log.info("%s: %d/%d contracts after %g s", _preview(subject, 80, self._masker), done, total, after)
 
-    def _finish(self, job: Job, data: Optional[dict], error: Optional[AgentError]) -> None:
+    def job_finish(self, job: Job, data: Optional[dict], error: Optional[AgentError]) -> None:
         if error is None:
             frame = {"type": "response", "id": job.id, "ok": True, "data": data}
         else:
@@ -629,7 +402,7 @@ class RelayLink:
                     "type": "response",
                     "id": job.id,
                     "ok": False,
-                    "error": AgentError(INTERNAL, "the agent produced a response it cannot encode").to_dict(),
+                    "error": Internal("the agent produced a response it cannot encode").to_dict(),
                 }
             )
         with self._lock:
@@ -656,7 +429,7 @@ class RelayLink:
             )
             return
         try:
-            parsed = _Parsed(text)
+            parsed = ParsedFrame(text)
         except (ValueError, TypeError, RecursionError):  # RecursionError: absurdly deep nesting
             parsed = None
         frame = parsed.value if parsed else None
@@ -708,9 +481,7 @@ class RelayLink:
                 known = "was already answered"
             else:
                 valid_action = isinstance(action, str) and 1 <= len(action) <= MAX_ACTION_LENGTH
-                Job(self, request_id, action if valid_action else "?", {}).finish(
-                    error=AgentError(INVALID_REQUEST, message)
-                )
+                Job(self, request_id, action if valid_action else "?", {}).finish(error=InvalidRequest(message))
                 return
         log.warning(
             "Ignored a frame from the cloud for request %s, which %s (%s)",
@@ -742,25 +513,22 @@ class RelayLink:
                 _preview(request_id, MAX_ID_LENGTH, self._masker),
             )
             job.finish(
-                error=AgentError(
-                    INVALID_REQUEST,
+                error=InvalidRequest(
                     f"id: request {request_id} was already answered and "
                     "its response acknowledged; a request id is never run "
                     "twice, and that response is no longer held",
                 )
             )
         elif not valid_action:
-            job.finish(
-                error=AgentError(INVALID_REQUEST, f"action: must be a string of 1 to {MAX_ACTION_LENGTH} characters")
-            )
+            job.finish(error=InvalidRequest(f"action: must be a string of 1 to {MAX_ACTION_LENGTH} characters"))
         elif not isinstance(params, dict):
-            job.finish(error=AgentError(INVALID_REQUEST, "params: must be an object"))
+            job.finish(error=InvalidRequest("params: must be an object"))
         else:
             try:
                 self._executor(job)
             except Exception:  # the request must still get an answer, or its id stays "running" forever
                 log.exception("request %s %s could not be started", job.action, request_id)
-                job.finish(error=AgentError(INTERNAL, "the agent could not start this request"))
+                job.finish(error=Internal("the agent could not start this request"))
 
     # ----- connection -----
 
@@ -800,7 +568,7 @@ class RelayLink:
         self._opened_at = None
         app = websocket.WebSocketApp(
             self.url,
-            header=[f"Authorization: Bearer {self._key}", f"X-Agent-Version: {self._agent_version}"],
+            header=relay_headers(self._key, self._agent_version),
             on_open=self._on_open,
             on_message=self._on_message,
             on_error=self._on_error,
@@ -847,7 +615,7 @@ class RelayLink:
                 AUTH_FAILED_HELP.format(status=error.status_code, retry=_seconds_text(self._timings.auth_retry_s))
             )
         elif isinstance(error, ssl.SSLCertVerificationError):
-            log.warning(_tls_help(error, self._tls_roots, urllib.parse.urlsplit(self.url).hostname))
+            log.warning(tls_help(error, self._tls_roots, urllib.parse.urlsplit(self.url).hostname))
         else:
             log.warning(CONNECT_FAILED_HELP.format(reason=reason))
         self._reasons_reported.add(reason)

@@ -14,7 +14,7 @@ import math
 import re
 from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple
 
-from agent.errors import INVALID_REQUEST, AgentError
+from agent.errors import AgentError, InvalidRequest
 
 REQUIRED = object()
 Checker = Callable[[Any, str], Any]
@@ -23,7 +23,7 @@ Rule = Callable[[dict, str], None]
 
 
 def _invalid(path: str, what: str) -> AgentError:
-    return AgentError(INVALID_REQUEST, f"{path}: {what}")
+    return InvalidRequest(f"{path}: {what}")
 
 
 def pattern(regex: str, what: str) -> Checker:
