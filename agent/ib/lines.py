@@ -22,13 +22,11 @@ contracts of its ticker and kind (one reqMarketDataType before the reqMktData th
 type than the last). Each quote says what TWS answered in marketDataType. Notices 10090/10091 keep
 the stream (no model greeks to wait for); every line is cancelled unless TWS ended its stream.
 
-Pinned lines (relay subscriptions, agent.ib.subscriptions): `pin` marks instruments whose streams
-must stay up with nobody waiting; a pinned stream is never made warm, never taken back by a request
-and is cancelled only by `unpin`. Pinned and warm lines share the WARM_LINES budget: pinning more
-than it holds is refused, and the warm cache shrinks (least recently used first) to make room, so
-at least IB_MAX_MKT_LINES - WARM_LINES lines are always left to requests. A pinned stream is
-started like any other (a request joins it: `fetch`); after a 1101 it is cancelled and queued
-again with nobody waiting, until the subscription owner's next fetch starts it.
+Pinned lines (agent.ib.subscriptions): a pinned stream stays up with nobody waiting, is never made
+warm nor taken back by a request, and is cancelled by `unpin`. Pinned and warm lines share the
+WARM_LINES budget (pinning past it is refused; the warm cache shrinks to make room), so requests
+always keep IB_MAX_MKT_LINES - WARM_LINES lines. A `fetch` starts a pinned stream like any other;
+after a 1101 it is cancelled and queued with nobody waiting, until its owner's next fetch.
 
 Threads: TWS callbacks (reader thread) only update books under the lock and notify; all sending
 happens on request threads (and the warm sweeper), never under the lock, because `conn.send`
@@ -211,7 +209,9 @@ class MarketData:
         self._warm_budget = config.warm_lines if config.warm_seconds > 0 else 0
         self._pin_limit = config.warm_lines  # pinned + warm lines together (see the module doc)
         self._pins: Dict[Instrument, int] = {}  # instrument -> how many subscriptions hold it
-        self._pinned_ticked: Callable[[Instrument], None] = lambda instrument: None
+        # Set by the subscriptions: fn(instrument) when a pinned stream's book changed (reader
+        # thread, under the lock: it may only take note).
+        self.pinned_ticked: Callable[[Instrument], None] = lambda instrument: None
         self._warm_seconds = config.warm_seconds
         self._configured_type = config.market_data_type
         self._clock = clock
@@ -228,7 +228,7 @@ class MarketData:
         self._lost_ids: List[int] = []  # req ids a 1101 lost, still to cancel
         self._session = 0  # +1 for every TWS disconnect seen
         self._base_type = AUTO_TYPE if self._configured_type == "auto" else DATA_TYPE_IDS[self._configured_type]
-        self._type_sent = (0, self._base_type)  # (session, type): ib_connection sends the base on connect
+        self._type_sent = (0, self._base_type)  # (session, type): agent.ib.connection sends the base on connect
         self._fallback_keys: set = set()  # auto: (ticker, sec_type) TWS said are not subscribed
         self._link_error: Optional[dict] = None  # while TWS has lost IB's servers (1100)
         self._sweeper: Optional[threading.Thread] = None
@@ -326,24 +326,17 @@ class MarketData:
                         sub.state = ENDED
         self._end_lines(ends)
 
-    def watch_pinned(self, fn: Callable[[Instrument], None]) -> None:
-        """fn(instrument) whenever a pinned stream's book changed: on the TWS reader thread, under
-        this object's lock, so it must only take note and return."""
-        self._pinned_ticked = fn
-
     def pinned_results(self, instruments: Sequence[Instrument]) -> List[Optional[dict]]:
         """The OPTION / QUOTE each pinned instrument's stream shows now (None: no stream holds it,
         e.g. before its restart after a TWS reconnect). Reads books only: no TWS message."""
         with self._mutex:
-            results: List[Optional[dict]] = []
-            for instrument in instruments:
-                sub = self._subs.get(instrument)
-                if sub is None or sub.state == ENDED or not sub.book.has_data():
-                    results.append(None)
-                else:
-                    rule = "option" if instrument.is_option else "stock"
-                    results.append(sub.book.result(sub.book.complete(rule)))
-            return results
+            subs = [self._subs.get(instrument) for instrument in instruments]
+            return [
+                sub.book.result(sub.book.complete("option" if sub.instrument.is_option else "stock"))
+                if sub is not None and sub.state != ENDED and sub.book.has_data()
+                else None
+                for sub in subs
+            ]
 
     def close(self) -> None:
         """Cancel the warm subscriptions and stop the sweeper."""
@@ -644,7 +637,7 @@ class MarketData:
         reqMktData needs differs from the last one sent on this connection (under _type_lock)."""
         session, sent = self._type_sent
         if session != self._session:
-            sent = self._base_type  # ib_connection sent the base type on connecting
+            sent = self._base_type  # agent.ib.connection sent the base type on connecting
         if wanted != sent:
             self._conn.send("reqMarketDataType", wanted)
         self._type_sent = (self._session, wanted)
@@ -666,7 +659,7 @@ class MarketData:
             if sub.line is not line or not sub.book.apply(name, args):
                 return
             if sub.instrument in self._pins:
-                self._pinned_ticked(sub.instrument)
+                self.pinned_ticked(sub.instrument)
             if any(sub.book.complete(item.rule) for item in sub.items):
                 self._changed.notify_all()
 

@@ -140,7 +140,7 @@ class Subscriptions:
         self._thread: Optional[threading.Thread] = None
         self._restorer: Optional[threading.Thread] = None
         self._restore_due = False
-        self._market.watch_pinned(self._ticked)
+        self._market.pinned_ticked = self._ticked
         conn.add_listener("ready", self._tws_back)
         conn.add_listener("resubscribe", self._tws_back)
         conn.add_listener("ib_link", self._ib_link)
