@@ -102,7 +102,7 @@ class Agent:
 
     def _ib_changed(self) -> None:
         """Any thread, must not block: the status frame goes out from the link's own thread.
-        (ib_connection writes the console lines about connecting and losing TWS.)"""
+        (agent.ib.connection writes the console lines about connecting and losing TWS.)"""
         self.link.status_changed()
 
     def _shutdown(self) -> None:

@@ -1,5 +1,5 @@
 """The one reconnect policy (DESIGN.md 2): capped exponential backoff with full jitter, through
-tenacity. The TWS supervisor (ib_connection) and the relay link (relay_link) each build one with
+tenacity. The TWS supervisor (agent.ib.connection) and the relay link (agent.relay.link) each build one with
 their own figures and keep their own logging; the policy only says how long to wait.
 """
 

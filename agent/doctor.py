@@ -32,8 +32,8 @@ from agent import MIN_PYTHON
 from agent import log as agent_log
 from agent.config import DEFAULT_CONFIG_FILE, Config, ConfigError, configured_key, load_config
 from agent.errors import MARKET_DATA_NOT_SUBSCRIBED, TIMEOUT, AgentError
-from agent.ib.codes import CLIENT_ID_IN_USE
-from agent.ib.connection import IBConnection, is_read_only_error
+from agent.ib.codes import CLIENT_ID_IN_USE, is_read_only_error
+from agent.ib.connection import IBConnection
 from agent.ib.ports import PortProbe, account_type, candidate_ports, resolve_port
 from agent.ib.requests import ORDERS, Request
 from agent.ib.scanner import Scanner, days_to
@@ -203,7 +203,7 @@ class _Port:
         return f"port {self.port}" + (f" ({known})" if known else "")
 
     def probe(self) -> PortProbe:
-        """For ib_ports.resolve_port: the same decision the agent takes."""
+        """For agent.ib.ports.resolve_port: the same decision the agent takes."""
         return PortProbe(self.port, accounts=self.accounts, failure=self.failure)
 
     def describe(self) -> str:
@@ -478,7 +478,7 @@ def run(
     environ: Optional[Mapping[str, str]] = None,
     out: Optional[TextIO] = None,
 ) -> int:
-    """The checklist; `candidates` replaces ib_ports.CANDIDATE_PORTS (tests), `environ` os.environ."""
+    """The checklist; `candidates` replaces agent.ib.ports.CANDIDATE_PORTS (tests), `environ` os.environ."""
     out = out or sys.stdout
     with _quiet_logging():
         print(f"IB Data Agent set-up check ({config_path or DEFAULT_CONFIG_FILE})", file=out, flush=True)

@@ -204,7 +204,7 @@ def main(argv):
         return run_in_processes(jobs, patterns, flags + (["--durations", str(durations)] if durations else []))
     verbosity = 2 if "-v" in argv else 1
     if fast:
-        from agent.ib.connection import TESTED_MAX_SERVER_VERSION
+        from agent.ib.session import TESTED_MAX_SERVER_VERSION
 
         os.environ.setdefault("TWS_VERSIONS", str(TESTED_MAX_SERVER_VERSION))
     loader = unittest.TestLoader()

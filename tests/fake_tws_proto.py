@@ -96,6 +96,7 @@ from ibapi.protobuf import (
     TickSnapshotEnd_pb2,
 )
 
+from tests.fake_tws_formats import tick_attrib_mask
 from tests.fake_tws_wire import (
     Encoder,
     Execution,
@@ -104,7 +105,6 @@ from tests.fake_tws_wire import (
     ProtoMessage,
     parse_request,
     split_fields,
-    tick_attrib_mask,
 )
 
 PROTOBUF = sv.MIN_SERVER_VER_PROTOBUF  # 201

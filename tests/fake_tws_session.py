@@ -20,7 +20,7 @@ from typing import Deque, Dict, FrozenSet, List, Optional
 from ibapi.server_versions import MIN_SERVER_VER_COMPLETED_ORDERS
 
 from tests.fake_market import Instrument, Quote, on_tick
-from tests.fake_tws_formats import tws_time
+from tests.fake_tws_formats import tick_attrib_mask, tws_time
 from tests.fake_tws_proto import make_encoder, parse_payload
 from tests.fake_tws_wire import (
     API_PREFIX,
@@ -32,7 +32,6 @@ from tests.fake_tws_wire import (
     WhatIf,
     frame,
     parse_version_range,
-    tick_attrib_mask,
 )
 
 SOCKET_TIMEOUT_S = 5.0

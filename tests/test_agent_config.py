@@ -1,4 +1,4 @@
-"""agent_config: every variable validated once, one line naming it, the key never in a message."""
+"""agent.config: every variable validated once, one line naming it, the key never in a message."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""`--demo` (agent_demo): the chain table, and the whole demo run as a newcomer runs it: a table on
+"""`--demo` (agent.demo): the chain table, and the whole demo run as a newcomer runs it: a table on
 the screen, exit 0, and none of the processes it started left running (also when it is stopped)."""
 
 from __future__ import annotations

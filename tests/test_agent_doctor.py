@@ -1,4 +1,4 @@
-"""`--check` (agent_doctor) against tests.fake_tws and tests.fake_relay, in each configuration a
+"""`--check` (agent.doctor) against tests.fake_tws and tests.fake_relay, in each configuration a
 trader can get wrong: the checklist lines, the fixes they point to, and the exit code."""
 
 from __future__ import annotations

@@ -27,6 +27,7 @@ from ibapi.wrapper import EWrapper
 
 from tests.fake_market import Instrument
 from tests.fake_tws import FakeTWS
+from tests.fake_tws_formats import UNSET_DOUBLE as UNSET_DOUBLE_TEXT
 from tests.fake_tws_wire import (
     MAX_SERVER_VERSION,
     MIN_SERVER_VERSION,
@@ -41,9 +42,6 @@ from tests.fake_tws_wire import (
     parse_request,
     parse_version_range,
     split_fields,
-)
-from tests.fake_tws_wire import (
-    UNSET_DOUBLE as UNSET_DOUBLE_TEXT,
 )
 
 VERSIONS = (100, 110, 120, 130, 140, 150, 156, 157, 176, 200)

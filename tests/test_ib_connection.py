@@ -31,15 +31,9 @@ from agent.errors import (
 )
 from agent.ib import connection as ib_connection
 from agent.ib import session as ib_session
-from agent.ib.codes import error_for, with_reject_details
-from agent.ib.connection import (
-    NOTICE_CODES,
-    REQ_ID_FIRST,
-    TESTED_MAX_SERVER_VERSION,
-    IBConnection,
-    _TwsSession,
-)
-from agent.ib.session import ID_CALLBACKS, PLAIN_CALLBACKS
+from agent.ib.codes import NOTICE_CODES, error_for, with_reject_details
+from agent.ib.connection import REQ_ID_FIRST, IBConnection
+from agent.ib.session import ID_CALLBACKS, PLAIN_CALLBACKS, TESTED_MAX_SERVER_VERSION, _TwsSession
 
 RECORDED = json.loads((Path(__file__).parent / "recorded" / "connection_callbacks.json").read_text())
 TAGGED = {"Contract": Contract, "ContractDetails": ContractDetails, "TickAttrib": TickAttrib, "Execution": Execution}

@@ -1,4 +1,4 @@
-"""The line pool, the bulk sliding window, shared and warm subscriptions (ib_lines), driven by a
+"""The line pool, the bulk sliding window, shared and warm subscriptions (agent.ib.lines), driven by a
 stand-in connection that replays recorded tick sequences (tests/recorded/ticks_*.json)."""
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ class StubTws:
         self.tws_lines = tws_lines
         self.delayed_only = delayed_only
         self.not_subscribed = set(not_subscribed)
-        self.data_type = 2  # what ib_connection asks on connecting in auto
+        self.data_type = 2  # what agent.ib.connection asks on connecting in auto
         self.open: Dict[int, tuple] = {}
         self.max_open = 0
         self.asked: List[tuple] = []
@@ -169,12 +169,12 @@ class StubConnection:
             handler.on_error(code, text)
 
     def ib_link(self, up: bool, code: int) -> None:
-        """What ib_connection does on TWS's 1100 / 1101 / 1102: the "ib_link" listeners are called."""
+        """What agent.ib.connection does on TWS's 1100 / 1101 / 1102: the "ib_link" listeners are called."""
         for fn in self.listeners.get("ib_link", []):
             fn(up, code, "Connectivity between IB and Trader Workstation has been lost.")
 
     def data_lost(self) -> None:
-        """What ib_connection does on TWS's 1101: every handler gets "resubscribe" (in registration
+        """What agent.ib.connection does on TWS's 1101: every handler gets "resubscribe" (in registration
         order), then the "resubscribe" listeners are called."""
         with self._lock:
             handlers = list({id(h): h for h in self.handlers.values()}.values())
@@ -615,7 +615,7 @@ class MarketDataTypeTest(LinesTestCase):
         market.fetch([option(180, "P")])
         conn.drop()
         conn.ready = True
-        tws.data_type = 2  # what ib_connection asks for on every new connection in auto
+        tws.data_type = 2  # what agent.ib.connection asks for on every new connection in auto
         (result,) = market.fetch([option(185, "P")])
         self.assertEqual(result["market_data_type"], "delayed-frozen")
         self.assertEqual([a[3] for a in tws.asked], [2, 4, 2, 4])

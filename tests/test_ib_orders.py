@@ -1,6 +1,6 @@
 """OrderDesk against recorded TWS callback sequences (tests/recorded/orders_*.json).
 
-A ReplayConnection stands in for ib_connection.IBConnection: every request the desk sends is
+A ReplayConnection stands in for agent.ib.connection.IBConnection: every request the desk sends is
 answered by replaying the recorded callbacks for that request, routed the way IBConnection routes
 them (id callbacks to the registered handler, else to listeners; errors to on_error).
 """
@@ -181,7 +181,7 @@ class ReplayConnection:
                 fn()
         elif name == "error":
             req_id, code, text = args
-            if code in ib_connection.NOTICE_CODES:
+            if code in ib_codes.NOTICE_CODES:
                 self.requests.notice(req_id, code, text)
                 return
             if ib_connection.is_read_only_error(code, text):

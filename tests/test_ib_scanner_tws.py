@@ -10,7 +10,8 @@ from typing import List
 
 from agent.config import Config
 from agent.errors import IB_NOT_CONNECTED
-from agent.ib.connection import TESTED_MAX_SERVER_VERSION, IBConnection
+from agent.ib.connection import IBConnection
+from agent.ib.session import TESTED_MAX_SERVER_VERSION
 from ib_scanner import Scanner
 from tests.fake_tws import FakeTWS
 from tests.test_ib_lines import Background

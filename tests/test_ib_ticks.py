@@ -1,4 +1,4 @@
-"""Recorded TWS tick sequences -> OPTION / QUOTE (ib_ticks): live and delayed types, sentinels,
+"""Recorded TWS tick sequences -> OPTION / QUOTE (agent.ib.ticks): live and delayed types, sentinels,
 completion rules."""
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ Run under ibapi-stable==10.37.2 (protobuf 5.29.3) the stock test fails at 203 an
 answers INTERNAL naming AttributeError ('Protocol message Contract has no "primaryExchange" field'),
 audited, its id left "unknown". The option test passes there: it has no primary exchange.
 
-It uses two internals of ib_connection (_TwsSession, _go_ready), as tests/test_ib_connection.py does.
+It uses two internals of agent.ib.connection (_TwsSession, _go_ready), as tests/test_ib_connection.py does.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from ibapi.server_versions import MIN_SERVER_VER_PROTOBUF_PLACE_ORDER
 
 from agent.config import Config
 from agent.ib import connection as ib_connection
+from agent.ib import session as ib_session
 from agent.orders import desk as ib_orders
 from agent.orders import guard as order_guard
 
@@ -166,7 +167,7 @@ class TwsSocket:
 class OrdersOnTheWire(unittest.TestCase):
     """place-order and cancel-order through the agent's own path, at each protobuf order version it offers."""
 
-    VERSIONS = (MIN_SERVER_VER_PROTOBUF_PLACE_ORDER, ib_connection.TESTED_MAX_SERVER_VERSION)
+    VERSIONS = (MIN_SERVER_VER_PROTOBUF_PLACE_ORDER, ib_session.TESTED_MAX_SERVER_VERSION)
 
     def setUp(self):
         folder = tempfile.TemporaryDirectory()

@@ -16,7 +16,8 @@ from typing import List
 
 from agent.config import Config
 from agent.ib import lines as ib_lines
-from agent.ib.connection import TESTED_MAX_SERVER_VERSION, IBConnection
+from agent.ib.connection import IBConnection
+from agent.ib.session import TESTED_MAX_SERVER_VERSION
 from ib_scanner import Scanner
 from tests.agent_process import ServerProcess
 from tests.fake_tws import FakeTWS

@@ -191,7 +191,7 @@ class CancelFrameRacesPlaceOrder(OrdersEndToEnd):
     def test_a_cancel_arriving_before_the_order_is_sent_stops_it(self):
         # The request and its cancel back to back: the desk looks in TWS for the id (three round
         # trips) before it would send, so the cancel is there first (on a loaded machine it can even
-        # come before a worker takes the request: relay_actions then answers it, in its own words).
+        # come before a worker takes the request: agent.relay.actions then answers it, in its own words).
         pending = self.relay.submit("place-order", self.order(), id="race-early", timeout_s=WAIT_S)
         self.relay.cancel("race-early")
         response = pending.result(WAIT_S)

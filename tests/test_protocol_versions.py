@@ -13,7 +13,8 @@ from ibapi.server_versions import MAX_CLIENT_VER, MIN_CLIENT_VER
 
 from agent.config import Config
 from agent.ib import session as ib_session
-from agent.ib.connection import TESTED_MAX_SERVER_VERSION, IBConnection, _TwsSession
+from agent.ib.connection import IBConnection
+from agent.ib.session import TESTED_MAX_SERVER_VERSION, _TwsSession
 from tests.test_orders_e2e import OrdersEndToEnd
 from tests.tws_versions import MATRIX, at_tws_versions
 
@@ -24,7 +25,7 @@ class OfferedVersions(unittest.TestCase):
             MAX_CLIENT_VER,
             TESTED_MAX_SERVER_VERSION,
             f"ibapi now speaks up to {MAX_CLIENT_VER}: run the version matrix at it (tests/fake_tws serves "
-            f"ibapi's maximum), then raise ib_connection.TESTED_MAX_SERVER_VERSION",
+            f"ibapi's maximum), then raise ib_session.TESTED_MAX_SERVER_VERSION",
         )
 
     def test_the_tested_maximum_is_one_ibapi_can_decode(self):

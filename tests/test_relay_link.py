@@ -245,7 +245,7 @@ class BadFrames(LinkCase):
 
 class KeyAcrossACut(LinkCase):
     """Text from the cloud or the network is cut short for log lines and answers; the key is masked
-    before every cut (agent_log.clip), so no cut can leave a fragment of it (issue 16)."""
+    before every cut (agent.log.clip), so no cut can leave a fragment of it (issue 16)."""
 
     @staticmethod
     def leaks(text: str) -> bool:

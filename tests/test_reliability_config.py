@@ -1,7 +1,7 @@
-"""Reliability, bad config (issue 8.5): every variable of agent_config.VARIABLES with wrong values
+"""Reliability, bad config (issue 8.5): every variable of agent.config.VARIABLES with wrong values
 gives one clear line naming the variable, exit code 2 and never a traceback.
 
-The bulk runs in-process (agent_config.load_config, which is all ib_data_agent.main runs before
+The bulk runs in-process (agent.config.load_config, which is all ib_data_agent.main runs before
 it prints that line and returns 2); a handful of cases run `python ib_data_agent.py` as a user
 does, to show the line, the exit code and the silence on stdout.
 """

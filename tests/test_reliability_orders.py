@@ -3,7 +3,7 @@ is cut every second (and between an id and its repeat) and the agent is restarte
 SIGKILL, and SIGKILL in the middle of placing).
 
 Each place-order id is sent again and again: right away, after drops, after restarts. The fake
-TWS counts the orders that reached it, by orderRef (order_guard.order_ref_for(request id)): every
+TWS counts the orders that reached it, by orderRef (agent.orders.guard.order_ref_for(request id)): every
 allowed id has exactly one, every refused id none. CI uses IDS ids; RELIABILITY_FULL=1 the issue's 200.
 """
 

@@ -19,7 +19,7 @@ import os
 import unittest
 from typing import Optional, Tuple
 
-from agent.ib.connection import TESTED_MAX_SERVER_VERSION
+from agent.ib.session import TESTED_MAX_SERVER_VERSION
 
 OLDER_TWS, LAST_TEXT_ONLY, FIRST_PROTOBUF_ORDERS = 176, 200, 203
 MATRIX: Tuple[int, ...] = (OLDER_TWS, LAST_TEXT_ONLY, FIRST_PROTOBUF_ORDERS, TESTED_MAX_SERVER_VERSION)

@@ -1,8 +1,8 @@
 """IB's codes and tables, as facts the agent acts on (DESIGN.md 5.1, 5.2): which TWS error and
 notice codes mean what, the one table from an IB error code to a relay error code (error_for), the
 read-only check, the reject details TWS hides in advancedOrderRejectJson, the codes ibapi reports
-itself, and the market data type numbers. No connection state: ib_connection and ib_session use
-these, and ib_connection re-exports them for its callers.
+itself, and the market data type numbers. No connection state: agent.ib.connection,
+agent.ib.session and the order desk import them from here.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from agent.errors import (
 )
 
 # auto asks frozen: live while the market is open, the values recorded at the close after it;
-# ib_lines falls back to delayed-frozen per contract where TWS says it is not subscribed.
+# agent.ib.lines falls back to delayed-frozen per contract where TWS says it is not subscribed.
 MARKET_DATA_TYPES = {"auto": 2, "live": 1, "frozen": 2, "delayed": 3, "delayed-frozen": 4}
 MARKET_DATA_TYPE_NAMES = {1: "live", 2: "frozen", 3: "delayed", 4: "delayed-frozen"}
 

@@ -2,11 +2,11 @@
 
 Owns the `ibapi` EClient/EWrapper pair, the request registry, the message limiter, port/mode
 resolution and reconnecting. The scanner and the order desk use only the interface below. The socket
-session itself (handshake, back-pressure, pacing each message) is ib_session's; IB's code tables ib_codes'.
+session itself (handshake, back-pressure, pacing each message) is agent.ib.session's; IB's code tables agent.ib.codes'.
 
 Callback routing (callbacks arrive on the connection's reader thread and must not block):
 - A request waited on (call(), an order's placement or cancel, an id-less sweep) is a Request in
-  `conn.requests` (ib_requests): what TWS sends for its id or name goes to it first, errors of its
+  `conn.requests` (agent.ib.requests): what TWS sends for its id or name goes to it first, errors of its
   id to it only, and the connection's loss fails every pending one at once.
 - ID_CALLBACKS carry a reqId / tickerId / orderId first. They go to the handler registered for
   that id as `handler.on_event(name, args)`, args being the callback's full argument tuple, id
@@ -39,18 +39,14 @@ from typing import Callable, Dict, Iterable, List, Optional, Protocol, Sequence,
 
 import tenacity
 from ibapi.client import EClient
-from ibapi.server_versions import MIN_CLIENT_VER  # noqa: F401  (re-exported: the handshake's lowest version)
 
 from agent import log as agent_log
 from agent.backoff import ReconnectPolicy
 from agent.config import Config
 from agent.errors import AgentError, IbNotConnected
-
-# IB's codes live in ib_codes and the socket session in ib_session; the names below stay importable
-# from here, where the agent and the tests have always found them.
 from agent.ib.codes import (
     IB_LINK_LOST,
-    IB_LINK_RESTORED,  # noqa: F401
+    IB_LINK_RESTORED,
     IB_LINK_RESTORED_DATA_LOST,
     MARKET_DATA_TYPE_NAMES,
     MARKET_DATA_TYPES,
@@ -65,7 +61,6 @@ from agent.ib.ports import PortProbe, resolve_port
 from agent.ib.requests import Request, Requests
 from agent.ib.session import (
     _CLIENT_ID_TAKEN,
-    TESTED_MAX_SERVER_VERSION,  # noqa: F401
     _TwsSession,
 )
 
@@ -133,7 +128,7 @@ class IBConnection:
     ):
         self._config = config
         self._on_change = on_change
-        self._candidates = candidate_ports  # None: ib_ports.CANDIDATE_PORTS (tests pass ephemeral ports)
+        self._candidates = candidate_ports  # None: agent.ib.ports.CANDIDATE_PORTS (tests pass ephemeral ports)
         self._connect_timeout = connect_timeout
         self._handshake_timeout = handshake_timeout
         self._reconnect = ReconnectPolicy(backoff[0], backoff[1], STABLE_AFTER_S)
@@ -141,7 +136,7 @@ class IBConnection:
         self.limiter = MessageLimiter(config.ib_max_msg_rate)
         self._lock = threading.RLock()
         self._registry: Dict[int, Handler] = {}
-        self.requests = Requests()  # the requests waited on (ib_requests); streams are in _registry
+        self.requests = Requests()  # the requests waited on (agent.ib.requests); streams are in _registry
         self._listeners: Dict[str, Tuple[Callable, ...]] = {}
         self._observers: Dict[str, Tuple[Callable, ...]] = {}
         self._session: Optional[_TwsSession] = None
@@ -211,7 +206,7 @@ class IBConnection:
             session.request(method, *args)
         except OSError:
             raise IbNotConnected(f"The connection to TWS broke while sending {method}") from None
-        # A reqMarketDataType from ib_lines (delayed-frozen for a contract that is not subscribed, in
+        # A reqMarketDataType from agent.ib.lines (delayed-frozen for a contract that is not subscribed, in
         # auto) leaves status.market_data_type alone: that says what the agent asks by default, and
         # each quote's market_data_type what TWS gave it (its marketDataType callback).
 
@@ -297,7 +292,7 @@ class IBConnection:
         for fn in self._listeners.get(name, ()):
             self._deliver(fn, *args)
 
-    # The session's owner interface (ib_session calls these on its reader thread).
+    # The session's owner interface (agent.ib.session calls these on its reader thread).
     def route_by_id(self, session: _TwsSession, name: str, args: tuple) -> None:
         if session is not self._session:
             return

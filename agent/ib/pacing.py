@@ -1,7 +1,7 @@
 """The one pacing gate for messages to TWS (DESIGN.md 5.2).
 
 TWS allows 50 messages a second and drops a client that keeps exceeding it; `ibapi` has no
-throttle, so every message the agent sends takes a slot here first (see `ib_connection`).
+throttle, so every message the agent sends takes a slot here first (see `agent.ib.connection`).
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ that key, and an error to the request of its id only; a callback that an id-less
 (ID_LESS_EVENTS) also reaches that request when it carries an order's id. The connection's loss
 fails every pending request at once (Requests.fail_all, called in one place: IBConnection._go_lost).
 
-A `CancelToken` is the cancel flag of a relay request (relay_link.Job.cancel): it wakes whoever
+A `CancelToken` is the cancel flag of a relay request (agent.relay.link.Job.cancel): it wakes whoever
 waits on it (a Request's wait, the market-data pool), so nothing polls it.
 """
 

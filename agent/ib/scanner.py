@@ -1,6 +1,6 @@
 """The scanner: the original public names (`get_available_expirations`, `get_option_data`,
 `get_option_data_batch`, `fetch_option_chain`) plus `quote`, `fetch_prices` and `sell_scan`, all
-streaming over the one line pool of `ib_lines` (DESIGN.md 4 for the data shapes).
+streaming over the one line pool of `agent.ib.lines` (DESIGN.md 4 for the data shapes).
 
 Choices worth knowing:
 - Underlyings are stocks, ETFs and indexes. One reqContractDetails per ticker and session finds it:

@@ -1,7 +1,7 @@
 """One socket connection to TWS (DESIGN.md 5.2): the socket under ibapi's reader (_TwsSocket, with
 the back-pressure gate) and ibapi's client and wrapper in one object (_TwsSession: the handshake,
 pacing every message out, turning ibapi's swallowed request errors into raised ones, and forwarding
-every callback to its owner IBConnection). ib_connection owns the registry, routing and reconnecting.
+every callback to its owner IBConnection). agent.ib.connection owns the registry, routing and reconnecting.
 """
 
 from __future__ import annotations
@@ -211,7 +211,7 @@ class _TwsSocket:
 
 
 class SessionOwner(Protocol):
-    """What a session tells its owner (ib_connection.IBConnection); callbacks on the reader thread."""
+    """What a session tells its owner (agent.ib.connection.IBConnection); callbacks on the reader thread."""
 
     limiter: MessageLimiter  # paces every message of every session
 

@@ -43,8 +43,8 @@ def position_row(account: str, contract: Contract, position, avg_cost) -> dict:
 
 
 class Account:
-    """positions and account-summary for relay_actions. conn is the IBConnection, sweeps the
-    order_wait.Sweeps the desk shares, timeout() the seconds to wait."""
+    """positions and account-summary for agent.relay.actions. conn is the IBConnection, sweeps the
+    agent.orders.wait.Sweeps the desk shares, timeout() the seconds to wait."""
 
     def __init__(self, conn, sweeps, timeout: Callable[[], float]):
         self.conn = conn

@@ -2,7 +2,7 @@
 the rows of open and completed orders, and the lookup of a request's order by its orderRef.
 
 The lookup is what keeps placement exactly-once when the agent's own record is missing or
-unfinished (ib_orders): open orders of all clients, today's completed orders, then the executions
+unfinished (agent.orders.desk): open orders of all clients, today's completed orders, then the executions
 of the last LOOKBACK_DAYS days, each matched by orderRef. It only reads; nothing here sends an
 order or a cancel.
 """
@@ -93,7 +93,7 @@ def order_row(order_id: Optional[int], contract: Contract, order: Order, state) 
 
 
 class OrderBook:
-    """Reads TWS's orders through the id-less sweeps (order_wait.Sweeps: one of a kind at a time);
+    """Reads TWS's orders through the id-less sweeps (agent.orders.wait.Sweeps: one of a kind at a time);
     conn is the IBConnection, timeout() the seconds to wait."""
 
     def __init__(self, conn, sweeps, timeout: Callable[[], float]):

@@ -12,7 +12,7 @@ said yes, and every request ends with one audit line whose `decision` is one of:
   "not sent: <code>"   stopped before the policy could finish (bad params, TWS not connected,
                        no such contract, ...)
   "duplicate..."       a request id seen before: answered from the request-id store, or from the
-                       order TWS has with the id's orderRef (order_guard.order_ref_for); never
+                       order TWS has with the id's orderRef (agent.orders.guard.order_ref_for); never
                        placed again. An id whose order may have reached TWS and that TWS does not
                        show is refused (TIMEOUT, then ORDER_BLOCKED "cannot tell"), never re-placed.
 
@@ -21,8 +21,8 @@ its audit line says outcome INTERNAL and the exception's class, the request-id r
 "unknown" when anything may have reached TWS (so a repeat of the id looks in TWS before placing),
 and the console gets one line saying what failed and what to check in TWS.
 
-What TWS shows of orders is ib_order_book's; the account reads (positions, account summary) are
-ib_account's; the waits on TWS's answers (ib_requests), sweeps and the per-id locks are ib_order_wait's.
+What TWS shows of orders is agent.orders.book's; the account reads (positions, account summary) are
+ib_account's; the waits on TWS's answers (agent.ib.requests), sweeps and the per-id locks are agent.orders.wait's.
 """
 
 from __future__ import annotations
@@ -102,7 +102,7 @@ class _Attempt:
         self.decision: Optional[str] = None
         self.order_id: Optional[int] = None
         self.stage = NOT_SENT
-        self.checked = False  # params passed order_guard's checks (safe to print)
+        self.checked = False  # params passed agent.orders.guard's checks (safe to print)
         self.warning: Optional[str] = None  # what TWS warned about the order (399, 404) with its answer
         self.target: Optional[dict] = None  # a cancel's order as TWS lists it (open-orders row), when known
         self.told = False  # its console line is written (OrderDesk._tell)
@@ -121,7 +121,7 @@ class _Attempt:
 
 
 class OrderDesk:
-    """open-orders, place-order, cancel-order for relay_actions; `account` has positions and
+    """open-orders, place-order, cancel-order for agent.relay.actions; `account` has positions and
     account-summary."""
 
     def __init__(self, conn, config):
@@ -152,7 +152,7 @@ class OrderDesk:
 
     def _order_note(self, order_id: int, ib_code: int, text: str) -> None:
         """What TWS says about an order outside the wait for its answer (reader thread: no waiting).
-        While the order is being placed, its wait takes the warning (ib_requests routes it there);
+        While the order is being placed, its wait takes the warning (agent.ib.requests routes it there);
         after, the request's record keeps it (a warning, or a rejection's reason) for open-orders and
         a repeat of the id."""
         if ib_code in ORDER_WARNING_CODES and self.conn.requests.get(order_id) is not None:
@@ -202,7 +202,7 @@ class OrderDesk:
         self, request_id: str, order_id: Optional[int] = None, quantity: Optional[float] = None
     ) -> Optional[dict]:
         """The order TWS holds for this request id, by orderRef ({"order_id", "status"}), or None;
-        raises AgentError when TWS cannot be asked (ib_order_book.OrderBook.find)."""
+        raises AgentError when TWS cannot be asked (agent.orders.book.OrderBook.find)."""
         found = self.book.find(refs_of(request_id), order_id, quantity)
         return None if found is None else {"order_id": found["order_id"], "status": found["status"]}
 
@@ -248,7 +248,7 @@ class OrderDesk:
     ) -> Optional[AgentError]:
         """The one console line of an order request: the whole order, the decision and the outcome
         (`Order SELL 1 AAPL 20270115 200 C @ 1.25 LMT DAY allowed: order 7 Submitted`). Returns the
-        error, marked as told so relay_actions does not say it again."""
+        error, marked as told so agent.relay.actions does not say it again."""
         if error is not None and getattr(error, "logged", False):
             return error
         order = attempt.params if attempt.checked else None
@@ -293,7 +293,7 @@ class OrderDesk:
             outcome = f"{error.message} ({error.code}{ib})"
             if error.code not in (CANCELLED, "BUSY"):
                 level = logging.WARNING
-            error.logged = True  # relay_actions: this is the request's console line
+            error.logged = True  # agent.relay.actions: this is the request's console line
         attempt.told = True
         (log.info if level == logging.INFO else log.warning)("%s %s: %s", what, decision, outcome)
         return error
@@ -382,7 +382,7 @@ class OrderDesk:
         message = f"unexpected error in the agent ({name}) {what} {fate}."
         log.error("%s %s: %s", attempt.action, attempt.request_id, message, exc_info=exc)
         error = Internal(f"{message} Details are in the agent's log file.")
-        error.logged = True  # relay_actions: the console already has this line
+        error.logged = True  # agent.relay.actions: the console already has this line
         return error
 
     def _keep_unknown(self, attempt: _Attempt, exception: str) -> bool:

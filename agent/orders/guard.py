@@ -1,11 +1,11 @@
 """The local safeguards around orders that the cloud cannot change (DESIGN.md 5.3).
 
-- the shape of place-order / cancel-order params (as agent_params schemas),
+- the shape of place-order / cancel-order params (as agent.relay.params schemas),
 - the order policy (ALLOW_ORDERS, MAX_ORDER_QUANTITY, MAX_ORDER_NOTIONAL): pure functions,
 - the append-only audit log (JSON lines, flushed and fsynced),
 - the on-disk request-id store that makes placement exactly-once across agent restarts.
 
-Nothing here talks to TWS; ib_orders.OrderDesk puts these pieces in front of it.
+Nothing here talks to TWS; agent.orders.desk.OrderDesk puts these pieces in front of it.
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ log = agent_log.logger("orders")
 STANDARD_MULTIPLIER = {"STK": 1.0, "OPT": 100.0}
 
 
-# --- params: schemas as data, checked by agent_params ------------------------------------------
+# --- params: schemas as data, checked by agent.relay.params ------------------------------------------
 
 ORDER_CONTRACT = {
     "ticker": (TICKER, REQUIRED),

@@ -1,7 +1,7 @@
 """preview-order (DESIGN.md 4, v1.1): what an order would cost and do to the account's margin,
 without placing it.
 
-The same params as place-order, checked the same way (order_guard), then the local policy exactly
+The same params as place-order, checked the same way (agent.orders.guard), then the local policy exactly
 as place-order applies it (ALLOW_ORDERS, the quantity cap, the notional cap with the standard and
 then the qualified multiplier, the paper/live and account rules): a refusal answers
 allowed:false with the rule in blocked_by, and TWS is not asked. Otherwise TWS's what-if:
@@ -91,7 +91,7 @@ def preview_order(desk, request_id: str, params: Any, cancel: Optional[CancelTok
     except AgentError as error:
         _audit(desk, preview, order_guard.outcome_of_error(error), error)
         _tell(preview, f"{error.message} ({error.code})", warn=error.code != CANCELLED)
-        error.logged = True  # relay_actions: this is the request's console line
+        error.logged = True  # agent.relay.actions: this is the request's console line
         raise
     except Exception as exc:  # a bug, or ibapi raising: still audited; a what-if places nothing either way
         name = exc.__class__.__name__

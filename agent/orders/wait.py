@@ -1,7 +1,7 @@
-"""Waiting on TWS for orders (DESIGN.md 3, 4), on ib_requests' one request layer: the request a
+"""Waiting on TWS for orders (DESIGN.md 3, 4), on agent.ib.requests' one request layer: the request a
 place or cancel waits on (order_request: the order warnings and notices never end it), the id-less
 sweeps (positions, open and completed orders: one of a kind at a time), and one lock per request id
-(_KeyedLocks). ib_orders' OrderDesk, its OrderBook and Account use these.
+(_KeyedLocks). agent.orders.desk' OrderDesk, its OrderBook and Account use these.
 """
 
 from __future__ import annotations
@@ -14,11 +14,11 @@ from agent.errors import RequestTimeout
 from agent.ib.codes import is_read_only_error
 from agent.ib.requests import ORDERS, POSITIONS, Request
 
-# Order warnings that do not stop the order, beyond ib_connection.NOTICE_CODES (which never reach
+# Order warnings that do not stop the order, beyond agent.ib.connection.NOTICE_CODES (which never reach
 # a handler): 10349 "Order TIF was set to DAY based on order preset".
 ORDER_NOTICE_CODES = frozenset((10349,))
 # Warnings about an order that stays live (DESIGN.md 3): 399 "Order Message: ... Warning: your order
-# will not be placed at the exchange until ..." (ib_connection routes it as a notice), 404 "Order
+# will not be placed at the exchange until ..." (agent.ib.connection routes it as a notice), 404 "Order
 # held while securities are located." (a short sale waiting for a borrow). The answer carries the
 # text as `warning`; never a failure.
 ORDER_WARNING_CODES = frozenset((399, 404))

@@ -5,7 +5,7 @@ Two lanes, so an order or a quote never waits minutes behind market-data bulk wo
 of unbounded size (chains, scans, big price batches) on AGENT_WORKERS threads, "quick" for the rest
 on QUICK_WORKERS threads of its own. Each lane has its own queue of AGENT_QUEUE_SIZE (full: BUSY).
 
-Params are validated here (with agent_params), before any IB call; every failure names the field
+Params are validated here (with agent.relay.params), before any IB call; every failure names the field
 ("params.tickers[3]: must be a ticker symbol"). The scanner and the order desk raise AgentError
 for everything else.
 """
@@ -179,7 +179,7 @@ class Action:
     summary: Optional[Callable[[dict, dict], str]] = None  # console line after "request "; None: debug only
     needs_ib: bool = True
     inline: bool = False  # cheap and IB-free: answered on the reader thread, even when busy
-    needs_desk: bool = False  # served by ib_orders.OrderDesk
+    needs_desk: bool = False  # served by agent.orders.desk.OrderDesk
     # An order action: the desk audits it, and stops before sending anything when the job is
     # cancelled; once something was sent, its answer is the real outcome, never CANCELLED.
     order: bool = False
@@ -283,14 +283,14 @@ ACTIONS: Dict[str, Action] = {
         needs_desk=True,
         summary=lambda p, d: f"open-orders: {plural(len(d.get('orders', [])), 'open order')}",
     ),
-    # The desk checks these params itself (order_guard) and audits every attempt, refused or not.
+    # The desk checks these params itself (agent.orders.guard) and audits every attempt, refused or not.
     "place-order": Action(
         lambda runner, job, p: runner.desk.place_order(job.id, p, cancel=job.cancel),
         schema=None,
         needs_ib=False,
         needs_desk=True,
         order=True,
-    ),  # the desk writes each order request's one console line (ib_orders)
+    ),  # the desk writes each order request's one console line (agent.orders.desk)
     "cancel-order": Action(
         lambda runner, job, p: runner.desk.cancel_order(job.id, p, cancel=job.cancel),
         schema=None,
@@ -482,7 +482,7 @@ class RequestRunner:
         elapsed: float,
     ) -> None:
         if error is not None:
-            expected = (CANCELLED, BUSY, IB_NOT_CONNECTED)  # ib_connection already says why TWS is down
+            expected = (CANCELLED, BUSY, IB_NOT_CONNECTED)  # agent.ib.connection already says why TWS is down
             level = logging.INFO if error.code in expected else logging.WARNING
             if getattr(error, "logged", False):  # the order desk's one console line already said it
                 level = logging.DEBUG

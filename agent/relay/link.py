@@ -183,7 +183,7 @@ def _usable_id(value: Any) -> bool:
 def _preview(text: str, limit: int = LOGGED_FRAME_CHARS, masker: Optional[agent_log.Masker] = None) -> str:
     """The start of a frame (or an id) for a log line, with control characters escaped: what the
     cloud sends must not be able to move the cursor or recolour the user's console. The key is
-    masked before the cut (agent_log.clip): a cut through it would leave a fragment."""
+    masked before the cut (agent.log.clip): a cut through it would leave a fragment."""
     return "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in agent_log.clip(text, limit, masker))
 
 
@@ -466,7 +466,7 @@ class RelayLink:
         if job is None:
             log.debug("cancel for %s, which is not running", request_id)
             return
-        # the request's own line says it ended cancelled (relay_actions): one console line per cancel
+        # the request's own line says it ended cancelled (agent.relay.actions): one console line per cancel
         log.debug("request %s %s: cancelled by the web app", job.action, request_id)
         job.cancel.set()
 

@@ -3,7 +3,7 @@ a ticker symbol").
 
 A schema is data: {name: (checker, default or REQUIRED)}. A checker takes (value, path) and returns
 the normalised value or raises INVALID_REQUEST; a rule takes (checked params, path) and checks how
-fields go together. The action table (relay_actions) and the order desk (order_guard) both build on
+fields go together. The action table (agent.relay.actions) and the order desk (agent.orders.guard) both build on
 these, so a field means the same thing, with the same words, wherever the cloud sends it.
 """
 
