@@ -236,5 +236,18 @@ class RelayGone(unittest.TestCase):
         self.assertEqual(response["data"], {"subscription": sub_id, "ended": False})
 
 
+class AgentStops(unittest.TestCase):
+    def test_stopping_the_agent_cancels_every_subscribed_line_at_tws(self):
+        with AgentStack(tws_options={"tick_delay_ms": (1, 5)}, agent_env=AGENT_ENV) as stack:
+            stack.wait_tws()
+            contracts = option_contracts(stack.tws.market, 3, tickers=("MSFT",))
+            response = stack.relay.request("subscribe", {"contracts": contracts})
+            self.assertTrue(response["ok"], response)
+            cancels = stack.tws.stats()["requests_by_type"].get("cancelMktData", 0)
+            self.assertEqual(stack.agent.stop(), 0)
+            # closing the socket would free them too; the agent says so to TWS first, line by line
+            self.assertEqual(stack.tws.stats()["requests_by_type"].get("cancelMktData", 0), cancels + 4)
+
+
 if __name__ == "__main__":
     unittest.main()
