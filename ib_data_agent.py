@@ -31,6 +31,7 @@ from agent import log as agent_log  # noqa: E402
 from agent.config import Config, ConfigError, configured_key, load_config  # noqa: E402
 from agent.ib.connection import IBConnection  # noqa: E402
 from agent.ib.ports import candidate_ports  # noqa: E402
+from agent.ib.subscriptions import Subscriptions  # noqa: E402
 from agent.orders.desk import OrderDesk  # noqa: E402
 from agent.orders.events import OrderEvents  # noqa: E402
 from agent.relay.actions import RequestRunner  # noqa: E402
@@ -56,12 +57,25 @@ class Agent:
         self.conn = IBConnection(config, on_change=self._ib_changed)
         self.scanner = Scanner(self.conn, config)
         self.desk = OrderDesk(self.conn, config)
+        self.subscriptions = Subscriptions(self.scanner, self.conn)
         self.runner = RequestRunner(
-            self.conn, self.scanner, self.desk, workers=config.agent_workers, queue_size=config.agent_queue_size
+            self.conn,
+            self.scanner,
+            self.desk,
+            workers=config.agent_workers,
+            queue_size=config.agent_queue_size,
+            subscriptions=self.subscriptions,
         )
         self.link = RelayLink(
-            config.relay_url, config.key, __version__, self.runner.names, self.conn.status, self.runner.submit
+            config.relay_url,
+            config.key,
+            __version__,
+            self.runner.names,
+            self.conn.status,
+            self.runner.submit,
+            hello_fields=self.subscriptions.hello_fields,
         )
+        self.subscriptions.attach(self.link)
         self.events = OrderEvents(self.conn, self.link.push)  # order `event` frames (best effort)
 
     def run(self) -> int:
@@ -72,6 +86,7 @@ class Agent:
             where = f"(a {self.config.ib_mode} account on port {', '.join(ports[:-1])} or {ports[-1]})"
         log.info("Connecting to TWS / IB Gateway on %s %s and to the MA Tracker cloud", self.config.ib_host, where)
         self.runner.start()
+        self.subscriptions.start()
         self.link.start()
         self.conn.start()
         # The main thread only ever waits in short slices: a signal the OS hands to another thread
@@ -92,6 +107,7 @@ class Agent:
 
     def _shutdown(self) -> None:
         self.runner.stop(timeout=REQUEST_DRAIN_S)  # in-flight requests answer CANCELLED over the link
+        self.subscriptions.close()  # their lines are cancelled at TWS
         self.scanner.close()
         self.conn.stop(timeout=TWS_STOP_S)
         self.events.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 import types
 import unittest
 
@@ -114,6 +115,35 @@ class RecordingScanner:
         return self._record("sell_scan", ticker, right, **kwargs)
 
 
+class StandInSubscriptions:
+    """Records calls; subscribe answers with a subscription id, or waits on `gate` when cleared."""
+
+    def __init__(self):
+        self.calls = []
+        self.gate = threading.Event()
+        self.gate.set()
+
+    def subscribe(self, contracts, tickers, interval_ms, cancel=None):
+        self.calls.append(("subscribe", contracts, tickers, interval_ms))
+        self.gate.wait(HOLD_S)
+        return {"subscription": "sub-1", "options": [], "underlyings": {}}
+
+    def activate(self, sub_id):
+        self.calls.append(("activate", sub_id))
+
+    def unsubscribe(self, sub_id):
+        self.calls.append(("unsubscribe", sub_id))
+        return sub_id == "sub-1"
+
+    def wait_call(self, call):
+        """The runner calls activate / unsubscribe just after the answer: wait for it."""
+        deadline = time.monotonic() + 10
+        while call not in self.calls:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{call} never called: {self.calls}")
+            time.sleep(0.01)
+
+
 class StandInAccount:
     def positions(self):
         return {"positions": []}
@@ -175,8 +205,10 @@ class RunnerCase(unittest.TestCase):
         self.runner = self.make_runner()
         self.addCleanup(self.scanner.release)  # before the runners stop (cleanups run last first)
 
-    def make_runner(self, desk=None):
-        runner = RequestRunner(self.conn, self.scanner, desk, workers=self.workers, queue_size=self.queue_size)
+    def make_runner(self, desk=None, subscriptions=None):
+        runner = RequestRunner(
+            self.conn, self.scanner, desk, workers=self.workers, queue_size=self.queue_size, subscriptions=subscriptions
+        )
         runner.start()
         self.addCleanup(runner.stop, 2)
         return runner
@@ -351,7 +383,7 @@ class Dispatch(RunnerCase):
         self.assertEqual(self.run_action("place-order", {})[1].code, UNKNOWN_ACTION)
         desk = StandInDesk()
         runner = self.make_runner(desk)
-        self.assertEqual(set(runner.names), set(ACTIONS))
+        self.assertEqual(set(runner.names), {name for name, a in ACTIONS.items() if not a.needs_subscriptions})
         raw = {"contract": {"ticker": "AAPL", "sec_type": "STK"}, "action": "BUY", "quantity": "lots"}
         data, error = self.run_action("place-order", raw, runner)
         self.assertIsNone(error)
@@ -439,7 +471,7 @@ class Lanes(RunnerCase):
 
     def test_quick_requests_are_served_while_every_bulk_worker_is_busy(self):
         desk = StandInDesk()
-        runner = self.make_runner(desk)
+        runner = self.make_runner(desk, StandInSubscriptions())
         self.scanner.hold("fetch_option_chain", "sell_scan")
         bulk = [self.start(CHAIN, f"chain-{n}", runner) for n in range(self.workers - 1)]
         bulk.append(self.start(("sell-scan", {"ticker": "SPY", "right": "P"}), "scan", runner))
@@ -453,6 +485,8 @@ class Lanes(RunnerCase):
             ("open-orders", {}),
             ("place-order", {"order": "checked by the desk"}),
             ("cancel-order", {"order_id": 5}),
+            ("subscribe", {"tickers": ["AAPL"]}),
+            ("unsubscribe", {"subscription": "sub-1"}),
             ("preview-order", PREVIEW),
         ]
         self.assertEqual({name for name, _ in quick} | {"fetch-chain", "sell-scan", "status"}, set(ACTIONS))
@@ -528,6 +562,48 @@ class OrderRequests(RunnerCase):
         self.runner.stop(1)
         self.assertEqual(self.submit(self.ORDER, "late").result()[1].code, BUSY)
         self.assertEqual(self.desk.audited, [("place-order", "late", BUSY)])
+
+
+class SubscribeRequests(RunnerCase):
+    def test_unknown_without_subscriptions(self):
+        self.assertEqual(self.run_action("subscribe", {"tickers": ["AAPL"]})[1].code, UNKNOWN_ACTION)
+
+    def test_params_are_checked_and_updates_start_only_after_the_answer(self):
+        subs = StandInSubscriptions()
+        runner = self.make_runner(subscriptions=subs)
+        for params, message in (
+            ({}, "params.contracts: contracts or tickers (or both) are required"),
+            ({"tickers": ["AAPL"], "interval_ms": 249}, "params.interval_ms: must be a whole number from 250 to 60000"),
+            ({"contracts": [dict(CONTRACT, right="X")]}, 'params.contracts[0].right: must be "C" or "P"'),
+        ):
+            error = self.run_action("subscribe", params, runner)[1]
+            self.assertEqual((error.code, error.message), (INVALID_REQUEST, message))
+        self.assertEqual(subs.calls, [])
+        data, error = self.run_action("subscribe", {"contracts": [CONTRACT]}, runner)
+        self.assertIsNone(error)
+        self.assertEqual(
+            subs.calls[0][1:], ([dict(CONTRACT, strike=150.0, trading_class=None, exchange="SMART")], [], 1000)
+        )
+        subs.wait_call(("activate", "sub-1"))
+        self.assertEqual(
+            self.run_action("unsubscribe", {"subscription": "sub-1"}, runner),
+            ({"subscription": "sub-1", "ended": True}, None),
+        )
+
+    def test_a_subscribe_cancelled_after_its_picture_leaves_nothing_behind(self):
+        subs = StandInSubscriptions()
+        subs.gate.clear()
+        runner = self.make_runner(subscriptions=subs)
+        job = self.submit(("subscribe", {"tickers": ["AAPL"]}), "s1", runner)
+        deadline = time.monotonic() + 10
+        while not subs.calls:  # running: its picture is being taken
+            self.assertLess(time.monotonic(), deadline)
+            time.sleep(0.01)
+        job.cancel.set()
+        subs.gate.set()
+        self.assertEqual(job.result()[1].code, CANCELLED)
+        subs.wait_call(("unsubscribe", "sub-1"))
+        self.assertNotIn(("activate", "sub-1"), subs.calls)
 
 
 if __name__ == "__main__":

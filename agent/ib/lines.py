@@ -22,6 +22,12 @@ contracts of its ticker and kind (one reqMarketDataType before the reqMktData th
 type than the last). Each quote says what TWS answered in marketDataType. Notices 10090/10091 keep
 the stream (no model greeks to wait for); every line is cancelled unless TWS ended its stream.
 
+Pinned lines (agent.ib.subscriptions): a pinned stream stays up with nobody waiting, is never made
+warm nor taken back by a request, and is cancelled by `unpin`. Pinned and warm lines share the
+WARM_LINES budget (pinning past it is refused; the warm cache shrinks to make room), so requests
+always keep IB_MAX_MKT_LINES - WARM_LINES lines. A `fetch` starts a pinned stream like any other;
+after a 1101 it is cancelled and queued with nobody waiting, until its owner's next fetch.
+
 Threads: TWS callbacks (reader thread) only update books under the lock and notify; all sending
 happens on request threads (and the warm sweeper), never under the lock, because `conn.send`
 waits for the pacing limiter and the connection's own locks must never nest inside ours.
@@ -37,7 +43,7 @@ from typing import Callable, Deque, Dict, List, Optional, Sequence, Tuple
 
 from ibapi.contract import Contract
 
-from agent.errors import AgentError, Cancelled, IbError, IbNotConnected
+from agent.errors import AgentError, Cancelled, IbError, IbNotConnected, InvalidRequest
 from agent.ib.codes import MARKET_DATA_TYPE_IDS, MARKET_DATA_TYPE_NAMES, MARKET_DATA_TYPES, error_for
 from agent.ib.requests import CancelToken
 from agent.ib.ticks import Instrument, TickBook
@@ -201,6 +207,11 @@ class MarketData:
         self._conn = conn
         self._timeout_s = config.option_timeout_s
         self._warm_budget = config.warm_lines if config.warm_seconds > 0 else 0
+        self._pin_limit = config.warm_lines  # pinned + warm lines together (see the module doc)
+        self._pins: Dict[Instrument, int] = {}  # instrument -> how many subscriptions hold it
+        # Set by the subscriptions: fn(instrument) when a pinned stream's book changed (reader
+        # thread, under the lock: it may only take note).
+        self.pinned_ticked: Callable[[Instrument], None] = lambda instrument: None
         self._warm_seconds = config.warm_seconds
         self._configured_type = config.market_data_type
         self._clock = clock
@@ -272,9 +283,60 @@ class MarketData:
                 lines_in_use=self.pool.in_use,
                 lines_max=self.pool.size,
                 warm_lines=len(self._warm),
+                pinned_lines=len(self._pins),
                 streaming=streaming,
                 market_data_type_requested=MARKET_DATA_TYPE_NAMES[self._base_type],
             )
+
+    def pin(self, instruments: Sequence[Instrument]) -> None:
+        """Keep these instruments' streams up for a subscription (started by the next `fetch` of
+        them). INVALID_REQUEST naming the limit when all pins together would exceed WARM_LINES."""
+        wanted = list(dict.fromkeys(instruments))
+        with self._mutex:
+            new = [i for i in wanted if i not in self._pins]
+            if len(self._pins) + len(new) > self._pin_limit:
+                raise InvalidRequest(
+                    f"subscriptions hold at most WARM_LINES={self._pin_limit} market-data lines together: "
+                    f"{len(self._pins)} are held and this asks {len(new)} more",
+                )
+            for instrument in wanted:
+                self._pins[instrument] = self._pins.get(instrument, 0) + 1
+                sub = self._subs.get(instrument)
+                if sub is not None and sub in self._warm:
+                    del self._warm[sub]  # pinned now: streams on, never taken back
+            ends = self._evict_warm(len(self._warm) - self._warm_room())
+        self._end_lines(ends)
+
+    def unpin(self, instruments: Sequence[Instrument]) -> None:
+        """A subscription let go of these: a stream no other subscription or request holds is cancelled."""
+        ends: List[_Subscription] = []
+        with self._mutex:
+            for instrument in dict.fromkeys(instruments):
+                left = self._pins.get(instrument, 0) - 1
+                if left > 0:
+                    self._pins[instrument] = left
+                    continue
+                self._pins.pop(instrument, None)
+                sub = self._subs.get(instrument)
+                if sub is not None and not sub.items:
+                    if sub.state == ACTIVE:
+                        self._end(sub, ends)
+                    else:
+                        self._forget(sub)
+                        sub.state = ENDED
+        self._end_lines(ends)
+
+    def pinned_results(self, instruments: Sequence[Instrument]) -> List[Optional[dict]]:
+        """The OPTION / QUOTE each pinned instrument's stream shows now (None: no stream holds it,
+        e.g. before its restart after a TWS reconnect). Reads books only: no TWS message."""
+        with self._mutex:
+            subs = [self._subs.get(instrument) for instrument in instruments]
+            return [
+                sub.book.result(sub.book.complete("option" if sub.instrument.is_option else "stock"))
+                if sub is not None and sub.state != ENDED and sub.book.has_data()
+                else None
+                for sub in subs
+            ]
 
     def close(self) -> None:
         """Cancel the warm subscriptions and stop the sweeper."""
@@ -382,6 +444,8 @@ class MarketData:
             self._forget(sub)
             sub.state = ENDED
         elif sub.state == ACTIVE:
+            if sub.instrument in self._pins and sub.error is None and not self._closed:
+                return  # a subscription holds it: it streams on
             if (
                 keep_warm
                 and self._warm_budget
@@ -397,9 +461,13 @@ class MarketData:
     def _make_warm(self, sub: _Subscription, ends: List[_Subscription]) -> None:
         sub.idle_since = self._clock()
         self._warm[sub] = None
-        ends.extend(self._evict_warm(len(self._warm) - self._warm_budget))
+        ends.extend(self._evict_warm(len(self._warm) - self._warm_room()))
         self._start_sweeper()
         self._warm_changed.notify_all()
+
+    def _warm_room(self) -> int:
+        """Warm lines allowed now: the warm budget less the pinned lines (under the lock)."""
+        return max(0, self._warm_budget - len(self._pins))
 
     def _evict_warm(self, count: int) -> List[_Subscription]:
         ends: List[_Subscription] = []
@@ -590,6 +658,8 @@ class MarketData:
             sub = line.sub
             if sub.line is not line or not sub.book.apply(name, args):
                 return
+            if sub.instrument in self._pins:
+                self.pinned_ticked(sub.instrument)
             if any(sub.book.complete(item.rule) for item in sub.items):
                 self._changed.notify_all()
 
@@ -677,7 +747,7 @@ class MarketData:
                 line = sub.line
                 if line is None or line.req_id is None:
                     continue  # queued, or its reqMktData goes out after the 1101
-                if sub.items:
+                if sub.items or sub.instrument in self._pins:  # pinned: started again by its owner's fetch
                     self._requeue(line, may_still_stream=True)
                 elif sub in self._warm:
                     self._forget(sub)

@@ -211,12 +211,12 @@ def sell_metrics(option: dict, price: float, today: dt.date) -> dict:
     }
 
 
-def _public_quote(quote: dict) -> dict:
+def public_quote(quote: dict) -> dict:
     """QUOTE without the error the line engine attaches to it."""
     return {k: v for k, v in quote.items() if k != "error"}
 
 
-def _as_listed(instrument: Instrument, option: dict) -> dict:
+def as_listed(instrument: Instrument, option: dict) -> dict:
     """The OPTION with the listing's facts (a shared stream may have been started without them)."""
     if instrument.con_id:
         option["con_id"], option["adjusted"] = instrument.con_id, instrument.adjusted
@@ -599,7 +599,7 @@ class Scanner:
             underlying = quotes[0]
         return {
             "ticker": ticker,
-            "underlying": _public_quote(underlying),
+            "underlying": public_quote(underlying),
             "underlying_contract": chain.underlying.describe(),
             "expirations": expirations,
             "options": [o for o in options if not _is_missing_contract(o)],
@@ -623,7 +623,7 @@ class Scanner:
                     error["message"] = lookup_error.message  # it says which ticker
                 errors[name] = error
             else:
-                quotes[name] = _public_quote(result)
+                quotes[name] = public_quote(result)
         if errors and not quotes:
             first = next(iter(errors.values()))
             raise AgentError.of(first["code"], first["message"], first["ib_code"])
@@ -631,16 +631,24 @@ class Scanner:
             resolved = {t: self._underlyings[t].describe() for t in names if t in self._underlyings}
         return {"quotes": quotes, "errors": errors, "underlying_contracts": resolved}
 
+    def price_instruments(
+        self, contracts: Sequence[dict], tickers: Sequence[str] = ()
+    ) -> Tuple[list, Dict[str, Instrument]]:
+        """What fetch-prices (and a subscription) streams: per contract its Instrument, or its OPTION
+        already answered (not listed); and the underlyings by ticker, the contracts' then `tickers`."""
+        wanted = [self._option_instrument(c) for c in contracts]
+        names = [CLASS_TICKERS.get(t, t) for t in (c["ticker"].strip().upper() for c in contracts)]
+        names = list(dict.fromkeys(names + [t.strip().upper() for t in tickers]))
+        return wanted, dict(zip(names, _in_parallel(self._underlying_instrument, names)))
+
     def fetch_prices(self, contracts: Sequence[dict], progress=None, cancel=None) -> dict:
         started = self._clock()
-        wanted = [self._option_instrument(c) for c in contracts]
-        tickers = list(dict.fromkeys(CLASS_TICKERS.get(t, t) for t in (c["ticker"].strip().upper() for c in contracts)))
-        options, quotes = self._fetch_options(
-            wanted, _in_parallel(self._underlying_instrument, tickers), False, progress, cancel
-        )
+        wanted, underlyings = self.price_instruments(contracts)
+        tickers = list(underlyings)
+        options, quotes = self._fetch_options(wanted, list(underlyings.values()), False, progress, cancel)
         return {
             "options": options,
-            "underlyings": {t: _public_quote(q) for t, q in zip(tickers, quotes)},
+            "underlyings": {t: public_quote(q) for t, q in zip(tickers, quotes)},
             "elapsed_ms": int((self._clock() - started) * 1000),
         }
 
@@ -677,7 +685,7 @@ class Scanner:
         ]
         candidates.sort(key=lambda c: c["annualized_pct"], reverse=True)
         return {
-            "underlying": _public_quote(underlying),
+            "underlying": public_quote(underlying),
             "underlying_contract": chain.underlying.describe(),
             "candidates": candidates,
         }
@@ -713,7 +721,7 @@ class Scanner:
 
         def finished(k: int, result: dict) -> None:
             if k < len(streamed):  # the extras after the options are nobody's OPTION
-                on_option(streamed[k], _as_listed(wanted[streamed[k]], result))
+                on_option(streamed[k], as_listed(wanted[streamed[k]], result))
 
         results = self.market.fetch(
             [wanted[n] for n in streamed] + list(extra),
@@ -724,7 +732,7 @@ class Scanner:
         )
         options = list(wanted)
         for k, n in enumerate(streamed):
-            options[n] = _as_listed(wanted[n], results[k])
+            options[n] = as_listed(wanted[n], results[k])
         return options, results[len(streamed) :]
 
     def _quote_one(self, instrument: Instrument, cancel) -> dict:

@@ -29,6 +29,7 @@ from agent.errors import (
     Cancelled,
     IbNotConnected,
     Internal,
+    InvalidRequest,
     UnknownAction,
 )
 from agent.log import plural
@@ -60,11 +61,20 @@ SHUTDOWN_MESSAGE = "the agent is shutting down"
 BULK, QUICK = "bulk", "quick"
 QUICK_WORKERS = 2
 BULK_PRICE_CONTRACTS = 100  # a fetch-prices above this goes to the bulk lane; a Monitor page is ~40
+MIN_UPDATE_INTERVAL_MS, MAX_UPDATE_INTERVAL_MS = 250, 60000  # subscribe's interval_ms (DESIGN.md 4)
 
 # ----- the fields only the scanner's actions use -----
 
 DAYS = number(0, 3650, integer=True)
 PERCENT = number(-100, 1000)
+
+
+def subscription_id(value: Any, path: str) -> str:
+    """The id a subscribe answered with, as given (it is case-sensitive)."""
+    if not isinstance(value, str) or not 1 <= len(value) <= 64 or not value.isprintable():
+        raise InvalidRequest(f"{path}: must be the subscription id a subscribe answered with")
+    return value
+
 
 OPTION_CONTRACT = {
     "ticker": (TICKER, REQUIRED),
@@ -121,6 +131,30 @@ def _sell_scan(runner: "RequestRunner", job, p: dict) -> dict:
     )
 
 
+def _subscribe(runner: "RequestRunner", job, p: dict) -> dict:
+    return runner.subscriptions.subscribe(p["contracts"] or [], p["tickers"] or [], p["interval_ms"], cancel=job.cancel)
+
+
+def _subscribe_answered(runner: "RequestRunner", data: Optional[dict], error: Optional[AgentError]) -> None:
+    """Updates start once the first picture went to the link; a subscribe answered with an error
+    (cancelled after its picture was taken) leaves nothing behind."""
+    if data is None:
+        return
+    if error is None:
+        runner.subscriptions.activate(data["subscription"])
+    else:
+        runner.subscriptions.unsubscribe(data["subscription"])
+
+
+def _unsubscribe(runner: "RequestRunner", job, p: dict) -> dict:
+    return {"subscription": p["subscription"], "ended": runner.subscriptions.unsubscribe(p["subscription"])}
+
+
+def _contracts_or_tickers(params: dict, path: str) -> None:
+    if not params["contracts"] and not params["tickers"]:
+        raise InvalidRequest(f"{path}.contracts: contracts or tickers (or both) are required")
+
+
 def _subject(action: str, params: Any) -> str:
     """The request as its console lines name it: `fetch-chain AAPL`, `quote AAPL MSFT`,
     `fetch-prices AAPL SPY (40 contracts)` (params checked or not: a failed request names them too)."""
@@ -150,6 +184,9 @@ class Action:
     # cancelled; once something was sent, its answer is the real outcome, never CANCELLED.
     order: bool = False
     lane: Union[str, Callable[[dict], str]] = QUICK  # BULK or QUICK, or a function of the params
+    needs_subscriptions: bool = False  # served by agent.ib.subscriptions.Subscriptions
+    # Called with (runner, data, error) once the answer went to the link (subscribe: updates start).
+    answered: Optional[Callable[["RequestRunner", Optional[dict], Optional[AgentError]], None]] = None
 
     def lane_for(self, params: dict) -> str:
         return self.lane(params) if callable(self.lane) else self.lane
@@ -208,6 +245,29 @@ ACTIONS: Dict[str, Action] = {
             f"sell-scan {p['ticker']} {p['right']}: {plural(len(d.get('candidates', [])), 'candidate')}"
         ),
     ),
+    "subscribe": Action(
+        _subscribe,
+        {
+            "contracts": (list_of(obj(OPTION_CONTRACT), MAX_PRICE_CONTRACTS), None),
+            "tickers": (list_of(TICKER, MAX_QUOTE_TICKERS, unique=True), None),
+            "interval_ms": (number(MIN_UPDATE_INTERVAL_MS, MAX_UPDATE_INTERVAL_MS, integer=True), 1000),
+        },
+        rules=(_contracts_or_tickers,),
+        lane=lambda p: BULK if len(p["contracts"] or ()) > BULK_PRICE_CONTRACTS else QUICK,
+        needs_subscriptions=True,
+        answered=_subscribe_answered,
+        summary=lambda p, d: (
+            f"{_subject('subscribe', p)}: {d['subscription']}, {plural(len(d['options']), 'contract')}"
+            f" and {plural(len(d['underlyings']), 'underlying')} every {p['interval_ms']} ms at most"
+        ),
+    ),
+    "unsubscribe": Action(
+        _unsubscribe,
+        {"subscription": (subscription_id, REQUIRED)},
+        needs_ib=False,
+        needs_subscriptions=True,
+        summary=lambda p, d: f"unsubscribe {p['subscription']}" + ("" if d["ended"] else ": was not live"),
+    ),
     "positions": Action(
         lambda runner, job, p: runner.desk.account.positions(),
         needs_desk=True,
@@ -261,11 +321,17 @@ class RequestRunner:
         workers: int = 4,
         queue_size: int = 64,
         actions: Dict[str, Action] = ACTIONS,
+        subscriptions: Any = None,
     ):
         self.conn = conn
         self.scanner = scanner
         self.desk = desk
-        self._actions = {name: a for name, a in actions.items() if desk is not None or not a.needs_desk}
+        self.subscriptions = subscriptions
+        self._actions = {
+            name: a
+            for name, a in actions.items()
+            if (desk is not None or not a.needs_desk) and (subscriptions is not None or not a.needs_subscriptions)
+        }
         self._queues: Dict[str, "queue.Queue"] = {lane: queue.Queue(maxsize=queue_size) for lane in (BULK, QUICK)}
         self._workers = [
             (
@@ -371,6 +437,11 @@ class RequestRunner:
             log.exception("request %s %s: unexpected error", job.action, job.id)
             error = Internal(f"unexpected error in the agent ({exc.__class__.__name__}); details are in its log file")
         self._answer(job, action, params, error, data, time.monotonic() - started, ran=True)
+        if action.answered is not None:
+            try:
+                action.answered(self, data, error)
+            except Exception:
+                log.exception("request %s %s: error after its answer", job.action, job.id)
 
     def _audit_unserved(self, job, error: AgentError) -> AgentError:
         """Every order request gets its audit line before the answer, also one the desk never saw."""
