@@ -3,9 +3,9 @@ cut by responsibility (docs/ARCHITECTURE.md draws it):
 
 - `agent.ib`: the IB half. One TWS socket session (`session`: handshake, the one paced send path),
   the connection that keeps it up and routes callbacks (`connection`), the request layer every wait
-  on TWS goes through (`requests`), IB's codes and tick tables (`codes`, `ticks`), the market-data
-  line pool (`lines`), pacing (`pacing`), ports (`ports`), the scanner (`scanner`) and live
-  subscriptions (`subscriptions`).
+  on TWS goes through (`requests`), IB's codes and tick tables (`codes`, `ticks`), market data over
+  the line pool (`lines`; the pool's size and records in `line_pool`), pacing (`pacing`), ports
+  (`ports`), the scanner (`scanner`) and live subscriptions (`subscriptions`).
 - `agent.relay`: the relay half. The WebSocket link to the cloud (`link`), the frames it reads
   (`frames`), TLS (`tls`), the action table and its worker lanes (`actions`), parameter checks
   (`params`).

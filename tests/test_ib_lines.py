@@ -664,11 +664,11 @@ class IbLinkTest(LinesTestCase):
 
 class PoolGrowsBackTest(LinesTestCase):
     def test_after_a_101_the_pool_grows_back_as_lines_free_up(self):
-        from agent.ib import lines as ib_lines
+        from agent.ib import line_pool
 
         for name, value in (("GROW_AFTER_LIMIT_S", 0.05), ("GROW_STEP_S", 0.0)):
-            self.addCleanup(setattr, ib_lines, name, getattr(ib_lines, name))
-            setattr(ib_lines, name, value)
+            self.addCleanup(setattr, line_pool, name, getattr(line_pool, name))
+            setattr(line_pool, name, value)
         market, conn, tws = self.make(StubTws(tws_lines=2), ib_max_mkt_lines=4)
         market.fetch([option(s) for s in range(150, 200, 5)])
         self.assertEqual(market.stats()["line_limit_errors"], 1)

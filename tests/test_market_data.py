@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import List
 
 from agent.config import Config
-from agent.ib import lines as ib_lines
+from agent.ib import line_pool
 from agent.ib.connection import IBConnection
 from agent.ib.session import TESTED_MAX_SERVER_VERSION
 from ib_scanner import Scanner
@@ -131,8 +131,8 @@ class LinePoolTest(OnFakeTws):
 
     def test_after_a_101_the_pool_shrinks_and_grows_back_as_lines_free_up(self):
         for name, value in (("GROW_AFTER_LIMIT_S", 1.0), ("GROW_STEP_S", 0.02)):
-            self.addCleanup(setattr, ib_lines, name, getattr(ib_lines, name))
-            setattr(ib_lines, name, value)
+            self.addCleanup(setattr, line_pool, name, getattr(line_pool, name))
+            setattr(line_pool, name, value)
         scanner = self.start(fake_options=dict(max_lines=20, tick_delay_ms=(1000, 1200)), ib_max_mkt_lines=20)
         with self.tws.lock:
             self.tws.lines_in_use += 8  # the user's own TWS windows hold 8 lines

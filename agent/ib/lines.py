@@ -38,15 +38,16 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from collections import OrderedDict, deque
-from typing import Callable, Deque, Dict, List, Optional, Sequence, Tuple
+from collections import OrderedDict
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from ibapi.contract import Contract
 
 from agent.errors import AgentError, Cancelled, IbError, IbNotConnected, InvalidRequest
 from agent.ib.codes import MARKET_DATA_TYPE_IDS, MARKET_DATA_TYPE_NAMES, MARKET_DATA_TYPES, error_for
+from agent.ib.line_pool import ACTIVE, ENDED, ENDING, QUEUED, FetchItem, FetchRequest, Line, LinePool, LineSubscription
 from agent.ib.requests import CancelToken
-from agent.ib.ticks import Instrument, TickBook
+from agent.ib.ticks import Instrument
 
 # Generic ticks per kind: option volume (100) and open interest (101). Options always ask for
 # both, so one stream (shared or warm) serves requests with and without OI. Greeks and the
@@ -66,13 +67,9 @@ LIVE, FROZEN = MARKET_DATA_TYPE_IDS["live"], MARKET_DATA_TYPE_IDS["frozen"]
 DELAYED, DELAYED_FROZEN = MARKET_DATA_TYPE_IDS["delayed"], MARKET_DATA_TYPE_IDS["delayed-frozen"]
 AUTO_TYPE = MARKET_DATA_TYPES["auto"]  # frozen: live while the market is open, the close's values after
 DELAYED_TYPES = (DELAYED, DELAYED_FROZEN)
-GROW_AFTER_LIMIT_S = 2.0  # after a 101, the pool starts growing back once no 101 came for this long,
-GROW_STEP_S = 0.1  # ... by one line per freed line, at most one per this
 STARTS_PER_ROUND = 8  # bounds how long one round sends before cancel is checked again
 IDLE_WAIT_S = 1.0
 SWEEPER_IDLE_S = 60.0  # the warm sweeper's nap while nothing is warm (a new one wakes it)
-
-QUEUED, ACTIVE, ENDING, ENDED = "queued", "active", "ending", "ended"
 
 
 def _fallback_key(instrument: Instrument) -> Tuple[str, str]:
@@ -96,110 +93,6 @@ def contract_for(instrument: Instrument) -> Contract:
     return contract
 
 
-class LinePool:
-    """Lines this client may hold on TWS at once. Guarded by the MarketData lock.
-
-    A 101 shrinks it to what worked; it grows back as lines are given back, one line at a time
-    (GROW_STEP_S apart) once no 101 came for GROW_AFTER_LIMIT_S (the user closed TWS windows, or
-    lines TWS still counted were freed): a limit that is still there costs one 101 per
-    GROW_AFTER_LIMIT_S, answered by shrinking again."""
-
-    def __init__(self, size: int, clock: Callable[[], float] = time.monotonic):
-        self.configured = size
-        self.size = size
-        self.in_use = 0
-        self._clock = clock
-        self._limited_at = self._grown_at = float("-inf")
-
-    def free(self) -> int:
-        return max(0, self.size - self.in_use)
-
-    def take(self) -> None:
-        self.in_use += 1
-
-    def give_back(self) -> None:
-        self.in_use -= 1
-        now = self._clock()
-        if (
-            self.size < self.configured
-            and now - self._limited_at >= GROW_AFTER_LIMIT_S
-            and now - self._grown_at >= GROW_STEP_S
-        ):
-            self.size += 1
-            self._grown_at = now
-
-    def shrink_after_limit(self, started_later: int = 0) -> bool:
-        """TWS answered 101 for one of the lines in use: the lines asked for before it are at most
-        what works (the user's own TWS windows hold the rest); `started_later` were taken after it.
-        False when already down to one line: then the 101 is the request's answer, not a reason
-        to retry."""
-        self._limited_at = self._clock()
-        if self.size <= 1:
-            return False
-        self.size = max(1, min(self.size - 1, self.in_use - 1 - started_later))
-        return True
-
-    def reset(self) -> None:
-        self.size = self.configured
-        self._limited_at = float("-inf")
-
-
-class _Line:
-    """The handler registered for one reqMktData; stale once its subscription moved on."""
-
-    __slots__ = ("market", "sub", "req_id", "session", "data_type")
-
-    def __init__(self, market: "MarketData", sub: "_Subscription", session: int):
-        self.market, self.sub, self.session = market, sub, session
-        self.req_id: Optional[int] = None
-        self.data_type: Optional[int] = None
-
-    def on_event(self, name: str, args: tuple) -> None:
-        """Ticks. "resubscribe" (1101) changes no book: MarketData's listener handles all lines at once."""
-        self.market.on_line_event(self, name, args)
-
-    def on_error(self, ib_code: int, text: str) -> None:
-        self.market.on_line_error(self, ib_code, text)
-
-    def on_disconnect(self) -> None:
-        """Nothing per line: the connection's "disconnected" listener closes every line at once."""
-
-
-class _Subscription:
-    """One instrument's stream, shared by every unfinished item that asked for it."""
-
-    def __init__(self, instrument: Instrument):
-        self.instrument = instrument
-        self.book = TickBook(instrument)
-        self.state = QUEUED
-        self.line: Optional[_Line] = None
-        self.items: List[_Item] = []
-        self.streaming_since: Optional[float] = None
-        self.error: Optional[dict] = None
-        self.idle_since = 0.0
-        self.fallback = False  # auto: TWS said not subscribed, so it is asked as delayed-frozen
-
-
-class _Item:
-    __slots__ = ("request", "sub", "rule", "joined", "deadline", "result", "index")
-
-    def __init__(self, request: "_Request", sub: _Subscription, rule: str, joined: float):
-        self.request, self.sub, self.rule, self.joined = request, sub, rule, joined
-        self.index = len(request.items)  # its place in the request (fetch's order)
-        self.deadline: Optional[float] = None
-        self.result: Optional[dict] = None
-
-
-class _Request:
-    def __init__(self, session: int):
-        self.session = session
-        self.items: List[_Item] = []
-        self.queue: Deque[_Item] = deque()  # items whose subscription still needs a line
-        self.waiting: Dict[_Item, None] = {}  # items whose subscription streams (ordered set)
-        self.done = 0
-        self.finished: List[int] = []  # indexes of items finished since the request thread last looked
-
-
 class MarketData:
     """The line pool and everything streaming on it, for all concurrent requests."""
 
@@ -220,10 +113,10 @@ class MarketData:
         self._warm_changed = threading.Condition(self._mutex)
         self._type_lock = threading.Lock()  # a reqMarketDataType and the reqMktData it is for
         self.pool = LinePool(config.ib_max_mkt_lines, clock)
-        self._subs: Dict[Instrument, _Subscription] = {}  # queued and streaming, by instrument
+        self._subs: Dict[Instrument, LineSubscription] = {}  # queued and streaming, by instrument
         # Idle streams holding a line, LRU first; those a 1101 made stale are no longer in _subs.
-        self._warm: "OrderedDict[_Subscription, None]" = OrderedDict()
-        self._requests: Dict[_Request, None] = {}  # fetches in progress (ordered set)
+        self._warm: "OrderedDict[LineSubscription, None]" = OrderedDict()
+        self._requests: Dict[FetchRequest, None] = {}  # fetches in progress (ordered set)
         self._stale_ids: List[int] = []  # dead req ids still to unregister
         self._lost_ids: List[int] = []  # req ids a 1101 lost, still to cancel
         self._session = 0  # +1 for every TWS disconnect seen
@@ -263,7 +156,7 @@ class MarketData:
         option_rule = "option+oi" if want_open_interest else "option"
         with self._mutex:
             now = self._clock()
-            request = _Request(self._session)
+            request = FetchRequest(self._session)
             self._requests[request] = None
             self._counts["requests"] += 1
             for instrument in instruments:
@@ -309,7 +202,7 @@ class MarketData:
 
     def unpin(self, instruments: Sequence[Instrument]) -> None:
         """A subscription let go of these: a stream no other subscription or request holds is cancelled."""
-        ends: List[_Subscription] = []
+        ends: List[LineSubscription] = []
         with self._mutex:
             for instrument in dict.fromkeys(instruments):
                 left = self._pins.get(instrument, 0) - 1
@@ -351,16 +244,16 @@ class MarketData:
 
     # --- the sliding window (request thread) -----------------------------------------------------
 
-    def _join(self, request: _Request, instrument: Instrument, rule: str, now: float) -> None:
+    def _join(self, request: FetchRequest, instrument: Instrument, rule: str, now: float) -> None:
         sub = self._subs.get(instrument)
         if sub is None:
-            sub = self._subs[instrument] = _Subscription(instrument)
+            sub = self._subs[instrument] = LineSubscription(instrument)
         elif sub in self._warm:
             del self._warm[sub]
             self._counts["warm_hits"] += 1
         else:
             self._counts["shared"] += 1
-        item = _Item(request, sub, rule, now)
+        item = FetchItem(request, sub, rule, now)
         sub.items.append(item)
         request.items.append(item)
         if sub.state == ACTIVE:
@@ -369,14 +262,14 @@ class MarketData:
             request.queue.append(item)
         self._counts["contracts"] += 1
 
-    def _run(self, request: _Request, progress, cancel, on_result=None) -> None:
+    def _run(self, request: FetchRequest, progress, cancel, on_result=None) -> None:
         reported = 0
         total = len(request.items)
         while True:
             if cancel is not None and cancel.is_set():
                 raise Cancelled("request cancelled")
             with self._mutex:
-                ends: List[_Subscription] = []
+                ends: List[LineSubscription] = []
                 self._settle(request, ends)
                 starts = self._take_lines(request, ends)
                 finished = request.done == total
@@ -399,7 +292,7 @@ class MarketData:
             if finished:
                 return
 
-    def _settle(self, request: _Request, ends: List[_Subscription]) -> None:
+    def _settle(self, request: FetchRequest, ends: List[LineSubscription]) -> None:
         """Finish every item whose fields are in, whose deadline passed or whose stream failed."""
         if request.session != self._session:
             lost = IbNotConnected("the TWS connection was lost during the request")
@@ -426,7 +319,12 @@ class MarketData:
                     self._finish(item, False, None, ends)
 
     def _finish(
-        self, item: _Item, complete: bool, error: Optional[dict], ends: List[_Subscription], keep_warm: bool = True
+        self,
+        item: FetchItem,
+        complete: bool,
+        error: Optional[dict],
+        ends: List[LineSubscription],
+        keep_warm: bool = True,
     ) -> None:
         request, sub = item.request, item.sub
         item.result = sub.book.result(complete, error)
@@ -435,7 +333,7 @@ class MarketData:
         request.waiting.pop(item, None)
         self._drop_item(item, ends, keep_warm=keep_warm)
 
-    def _drop_item(self, item: _Item, ends: List[_Subscription], keep_warm: bool) -> None:
+    def _drop_item(self, item: FetchItem, ends: List[LineSubscription], keep_warm: bool) -> None:
         sub = item.sub
         sub.items.remove(item)
         if sub.items:
@@ -458,7 +356,7 @@ class MarketData:
             else:
                 self._end(sub, ends)
 
-    def _make_warm(self, sub: _Subscription, ends: List[_Subscription]) -> None:
+    def _make_warm(self, sub: LineSubscription, ends: List[LineSubscription]) -> None:
         sub.idle_since = self._clock()
         self._warm[sub] = None
         ends.extend(self._evict_warm(len(self._warm) - self._warm_room()))
@@ -469,23 +367,23 @@ class MarketData:
         """Warm lines allowed now: the warm budget less the pinned lines (under the lock)."""
         return max(0, self._warm_budget - len(self._pins))
 
-    def _evict_warm(self, count: int) -> List[_Subscription]:
-        ends: List[_Subscription] = []
+    def _evict_warm(self, count: int) -> List[LineSubscription]:
+        ends: List[LineSubscription] = []
         for _ in range(min(count, len(self._warm))):
             self._end(self._warm.popitem(last=False)[0], ends)
         return ends
 
-    def _end(self, sub: _Subscription, ends: List[_Subscription]) -> None:
+    def _end(self, sub: LineSubscription, ends: List[LineSubscription]) -> None:
         """Queue the cancel of a stream; its line counts as used until the cancel is sent."""
         self._forget(sub)
         sub.state = ENDING
         ends.append(sub)
 
-    def _forget(self, sub: _Subscription) -> None:
+    def _forget(self, sub: LineSubscription) -> None:
         if self._subs.get(sub.instrument) is sub:
             del self._subs[sub.instrument]
 
-    def _take_lines(self, request: _Request, ends: List[_Subscription]) -> List[_Subscription]:
+    def _take_lines(self, request: FetchRequest, ends: List[LineSubscription]) -> List[LineSubscription]:
         """Give free lines to this request's queued subscriptions, in request order, while no other
         request waiting for lines streams fewer items: lines that free up go to the poorest request
         first, so concurrent requests even out and a small one does not wait for a big one's queue.
@@ -498,7 +396,7 @@ class MarketData:
         shortfall = min(len(request.queue), room) - self.pool.free()
         if shortfall > 0:
             ends.extend(self._evict_warm(shortfall))
-        starts: List[_Subscription] = []
+        starts: List[LineSubscription] = []
         while (
             len(starts) < STARTS_PER_ROUND
             and self.pool.free() > 0
@@ -513,7 +411,7 @@ class MarketData:
         return starts
 
     @staticmethod
-    def _has_queued(request: _Request) -> bool:
+    def _has_queued(request: FetchRequest) -> bool:
         """Whether the request still needs a line; drops the queue's leading items that no longer
         do (finished, or their stream was started by another request)."""
         queue = request.queue
@@ -521,10 +419,10 @@ class MarketData:
             queue.popleft()
         return bool(queue)
 
-    def _activate(self, sub: _Subscription) -> None:
+    def _activate(self, sub: LineSubscription) -> None:
         self.pool.take()
         sub.state = ACTIVE
-        sub.line = _Line(self, sub, self._session)
+        sub.line = Line(self, sub, self._session)
         sub.streaming_since = None
         for item in sub.items:
             item.request.waiting[item] = None
@@ -535,16 +433,16 @@ class MarketData:
         with self._mutex:
             self._changed.notify_all()
 
-    def _wait_s(self, request: _Request) -> float:
+    def _wait_s(self, request: FetchRequest) -> float:
         wait = IDLE_WAIT_S
         deadlines = [item.deadline for item in request.waiting if item.deadline is not None]
         if deadlines:
             wait = min(wait, max(0.0, min(deadlines) - self._clock()) + 0.001)
         return wait
 
-    def _leave(self, request: _Request) -> None:
+    def _leave(self, request: FetchRequest) -> None:
         """A request that stops early (cancel, error) lets go of what it still waited for."""
-        ends: List[_Subscription] = []
+        ends: List[LineSubscription] = []
         with self._mutex:
             del self._requests[request]
             for item in request.items:
@@ -556,7 +454,7 @@ class MarketData:
 
     # --- sending (never under the lock) ---------------------------------------------------------
 
-    def _start_lines(self, starts: List[_Subscription]) -> None:
+    def _start_lines(self, starts: List[LineSubscription]) -> None:
         with self._mutex:
             wanted = {sub: self._type_for(sub) for sub in starts}
         sent = self._type_sent[1]
@@ -594,7 +492,7 @@ class MarketData:
             if orphan:  # it may have reached the next connection: make sure it does not stay
                 self._cancel_stream(line.req_id)
 
-    def _unstart(self, sub: _Subscription) -> None:
+    def _unstart(self, sub: LineSubscription) -> None:
         """Give back the line of a stream never asked for, and queue it again first (under the lock)."""
         self._release(sub)
         sub.state = QUEUED
@@ -610,7 +508,7 @@ class MarketData:
             pass  # not connected: TWS dropped the line with the connection
         self._conn.unregister(req_id)
 
-    def _end_lines(self, ends: List[_Subscription]) -> None:
+    def _end_lines(self, ends: List[LineSubscription]) -> None:
         if not ends:
             return
         lines = [sub.line for sub in ends]
@@ -624,7 +522,7 @@ class MarketData:
                 sub.state = ENDED
             self._changed.notify_all()
 
-    def _type_for(self, sub: _Subscription) -> int:
+    def _type_for(self, sub: LineSubscription) -> int:
         """The market data type one stream is asked with (under the lock): the configured one; in
         auto, delayed-frozen for a contract TWS said is not subscribed, and for the other contracts
         of that ticker and kind once one was (saves a refused request each)."""
@@ -653,7 +551,7 @@ class MarketData:
 
     # --- TWS callbacks (reader thread): state only, never a send ---------------------------------
 
-    def on_line_event(self, line: _Line, name: str, args: tuple) -> None:
+    def on_line_event(self, line: Line, name: str, args: tuple) -> None:
         with self._mutex:
             sub = line.sub
             if sub.line is not line or not sub.book.apply(name, args):
@@ -663,7 +561,7 @@ class MarketData:
             if any(sub.book.complete(item.rule) for item in sub.items):
                 self._changed.notify_all()
 
-    def on_line_error(self, line: _Line, ib_code: int, text: str) -> None:
+    def on_line_error(self, line: Line, ib_code: int, text: str) -> None:
         if ib_code in PARTIAL_DATA_CODES:  # the stream goes on without model greeks; still cancelled at the end
             with self._mutex:
                 if line.sub.line is line:
@@ -690,7 +588,7 @@ class MarketData:
             self._fail(line, error_for(ib_code, text).to_dict())
             self._changed.notify_all()
 
-    def _started_after(self, line: _Line) -> int:
+    def _started_after(self, line: Line) -> int:
         """Lines taken after this one (asked later, or not asked yet), under the lock."""
         return sum(
             1
@@ -752,7 +650,7 @@ class MarketData:
                 elif sub in self._warm:
                     self._forget(sub)
 
-    def _requeue(self, line: _Line, may_still_stream: bool = False) -> None:
+    def _requeue(self, line: Line, may_still_stream: bool = False) -> None:
         """The stream never started on TWS (101, or not subscribed in auto) or TWS lost it (1101):
         ask again, before the request's other queued items. A stream "lost" in a 1101 may still run
         on TWS, holding a line the pool now counts as free (its reqMktData crossed the 1101, or TWS
@@ -772,7 +670,7 @@ class MarketData:
         self._stale_ids, self._lost_ids = [], []
         return dead
 
-    def _fail(self, line: _Line, error: dict) -> None:
+    def _fail(self, line: Line, error: dict) -> None:
         """The stream is over on the TWS side (its error, or the connection): no cancel to send."""
         sub = line.sub
         if sub.line is not line:
@@ -785,7 +683,7 @@ class MarketData:
         self._forget(sub)
         self._warm.pop(sub, None)
 
-    def _release(self, sub: _Subscription) -> None:
+    def _release(self, sub: LineSubscription) -> None:
         if sub.line is not None:
             self.pool.give_back()
             sub.line = None
