@@ -598,10 +598,8 @@ class MarketDataTypeTest(LinesTestCase):
 
     def test_delayed_data_with_open_interest_asked_does_not_wait_for_it(self):
         market, conn, tws = self.make(StubTws(delayed_only=True), market_data_type="auto", option_timeout_s=5.0)
-        started = time.monotonic()
         (result,) = market.fetch([option(180, "P")], want_open_interest=True)
-        self.assertLess(time.monotonic() - started, 1.0)
-        self.assertTrue(result["complete"], result)
+        self.assertTrue(result["complete"], result)  # not at its deadline: it never waited for open interest
         self.assertEqual(tws.asked[-1][3:], (4, ""))
 
     def test_live_only_reports_not_subscribed(self):
@@ -629,10 +627,8 @@ class StreamNoticeTest(LinesTestCase):
                 market, conn, tws = self.make(
                     StubTws({("AAPL", 200.0, "C"): ("notice", code, "option_no_model")}), option_timeout_s=5.0
                 )
-                started = time.monotonic()
                 (result,) = market.fetch([option(200)])
-                self.assertLess(time.monotonic() - started, 1.0, "no wait for model greeks that cannot come")
-                self.assertTrue(result["complete"], result)
+                self.assertTrue(result["complete"], result)  # no wait (to its deadline) for greeks that cannot come
                 self.assertIsNone(result["error"])
                 self.assertEqual((result["bid"], result["ask"]), (1.9, 2.0))
                 self.assertEqual(conn.req_ids("cancelMktData"), conn.req_ids())  # TWS still streams it
@@ -647,10 +643,8 @@ class IbLinkTest(LinesTestCase):
         )
         waiting = Background(market.fetch, [option(200), option(205)])
         conn.wait_for(lambda: len(conn.req_ids()) == 2, "both requested")
-        started = time.monotonic()
         conn.ib_link(False, 1100)
-        results = waiting.join()
-        self.assertLess(time.monotonic() - started, 2.0)
+        results = waiting.join()  # silent streams, 30 s deadlines: only the 1100 can have answered them
         self.assertEqual({(r["error"]["code"], r["error"]["ib_code"]) for r in results}, {("IB_ERROR", 1100)})
         self.assertIn("lost its connection to IB's servers", results[0]["error"]["message"])
         self.assertEqual(sorted(conn.req_ids("cancelMktData")), sorted(conn.req_ids()))  # lines freed at TWS
