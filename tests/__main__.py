@@ -59,10 +59,10 @@ FULL_ONLY = frozenset(
         "test_ib_scanner_tws.DropTest",
         "test_ib_scanner_tws.WarmTest",
         "test_ib_scanner_tws.DelayedTest",
-        "test_ib_connection.ConnectAndCall",
-        "test_ib_connection.Heartbeat",
-        "test_ib_connection.DropsAndRestarts",
-        "test_ib_connection.PortsAndModes",
+        "test_ib_connection_fake_tws.ConnectAndCall",
+        "test_ib_connection_fake_tws.Heartbeat",
+        "test_ib_connection_fake_tws.DropsAndRestarts",
+        "test_ib_connection_fake_tws.PortsAndModes",
         "test_relay_link.Reconnect",
         "test_relay_link.Certificates",
     }
@@ -90,16 +90,19 @@ MODULE_SECONDS = {
     "test_chains_tws": 20,
     "test_agent_doctor": 15,
     "test_relay_link": 15,
-    "test_ib_connection": 15,
+    "test_ib_connection_fake_tws": 14,
+    "test_ib_connection": 2,
     "test_fake_tws_ibapi": 15,
     "test_relay_frames": 10,
 }
 DEFAULT_SECONDS = 3
 # The same for the fast tier (what is left of each module there); unnamed modules count 1.
 FAST_MODULE_SECONDS = {
-    "test_ib_connection": 4,
+    "test_ib_connection": 2,
+    "test_ib_connection_fake_tws": 2,
     "test_relay_link": 5,
-    "test_ib_orders": 5,
+    "test_ib_orders": 2,
+    "test_ib_orders_account": 2,
     "test_fake_tws_wire": 3,
     "test_fake_tws_cli": 3,
     "test_ib_scanner_tws": 3,

@@ -9,7 +9,7 @@ from ibapi.contract import Contract
 
 from agent.errors import CANCELLED, IB_NOT_CONNECTED, NO_SECURITY_DEFINITION, TIMEOUT, AgentError
 from agent.ib.requests import ORDERS, POSITIONS, CancelToken, Request, Requests
-from tests.test_ib_connection import connected
+from tests.connection_replay import connected
 
 WAIT_S = 10.0
 

@@ -10,7 +10,7 @@ Run under ibapi-stable==10.37.2 (protobuf 5.29.3) the stock test fails at 203 an
 answers INTERNAL naming AttributeError ('Protocol message Contract has no "primaryExchange" field'),
 audited, its id left "unknown". The option test passes there: it has no primary exchange.
 
-It uses two internals of agent.ib.connection (_TwsSession, _go_ready), as tests/test_ib_connection.py does.
+It uses two internals of agent.ib.connection (_TwsSession, _go_ready), as tests/connection_replay.py does.
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ from unittest import mock
 
 from agent.errors import IB_NOT_CONNECTED, TIMEOUT, AgentError
 from agent.orders import portfolio
-from tests.test_ib_orders import PAPER, DeskTestCase, ReplayConnection, load
+from tests.order_replay import PAPER, DeskTestCase, ReplayConnection, load
 from tests.test_orders_tws import OrdersOnFakeTws, ticks_away, wait_until
 
 PNL = portfolio.PNL_FIELDS
