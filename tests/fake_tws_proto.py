@@ -96,16 +96,9 @@ from ibapi.protobuf import (
     TickSnapshotEnd_pb2,
 )
 
+from tests.fake_account import Execution, OrderRecord
 from tests.fake_tws_formats import tick_attrib_mask
-from tests.fake_tws_wire import (
-    Encoder,
-    Execution,
-    OrderRecord,
-    ProtocolError,
-    ProtoMessage,
-    parse_request,
-    split_fields,
-)
+from tests.fake_tws_wire import Encoder, ProtocolError, ProtoMessage, parse_request, split_fields
 
 PROTOBUF = sv.MIN_SERVER_VER_PROTOBUF  # 201
 ORDERS = sv.MIN_SERVER_VER_PROTOBUF_PLACE_ORDER  # 203

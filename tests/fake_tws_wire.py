@@ -25,6 +25,7 @@ from ibapi.common import PROTOBUF_MSG_ID
 
 # Number formats and request reading live in their own modules; every name other files import
 # from here stays importable from here.
+from tests.fake_account import Execution, OrderRecord
 from tests.fake_tws_formats import (
     TWS_TIME_ZONE,
     UNSET_DOUBLE,
@@ -129,66 +130,6 @@ def parse_version_range(text: str) -> Tuple[int, int, str]:
 
 
 # ---- outgoing messages ----------------------------------------------------------------------
-
-
-@dataclass
-class OrderRecord:
-    """An order as the fake's book keeps it and the openOrder/orderStatus/completedOrder
-    encoders write it (`contract` is a fake_market.Instrument)."""
-
-    order_id: int
-    client_id: int
-    perm_id: int
-    contract: object
-    action: str
-    quantity: float
-    order_type: str
-    lmt_price: Optional[float]
-    aux_price: Optional[float]
-    tif: str
-    account: str
-    order_ref: str
-    status: str = "Submitted"
-    filled: float = 0.0
-    avg_fill_price: float = 0.0
-    last_fill_price: float = 0.0
-    parent_id: int = 0
-    completed_time: str = ""  # tws_time(): "YYYYMMDD HH:MM:SS US/Eastern"
-    completed_status: str = ""
-    trail_stop_price: Optional[float] = None  # trailing orders only
-    lmt_price_offset: Optional[float] = None
-    submitter: str = ""  # completedOrder carries the TWS user name; openOrder leaves it empty
-    what_if: Optional["WhatIf"] = None  # a what-if preview: never booked, answered with openOrder only
-
-    @property
-    def remaining(self) -> float:
-        # What is left unfilled, also once cancelled: the 203 recording of orderStatus Cancelled
-        # keeps remaining at the unfilled quantity (TWS writes the same value as text).
-        return self.quantity - self.filled
-
-
-@dataclass
-class WhatIf:
-    """The preview TWS puts in a what-if order's state: (initMargin, maintMargin, equityWithLoan)
-    before, change and after, and the commission (its min/max left unset)."""
-
-    margins_before: Tuple[float, float, float]
-    margins_change: Tuple[float, float, float]
-    margins_after: Tuple[float, float, float]
-    commission: float
-    currency: str = "USD"
-
-
-@dataclass
-class Execution:
-    exec_id: str
-    time: str  # tws_time(): "YYYYMMDD HH:MM:SS US/Eastern"
-    order: OrderRecord
-    shares: float
-    price: float
-    exchange: str = "CBOE"
-    commission: float = 0.65
-    realized_pnl: Optional[float] = None  # None: an opening trade (TWS writes Double.MAX_VALUE)
 
 
 def _price(value: Optional[float]) -> object:
