@@ -41,6 +41,7 @@ DEMO_FILES = (
     "tests/fake_tws_formats.py",
     "tests/fake_tws_requests.py",
     "tests/fake_tws_proto.py",
+    "tests/fake_tws_proto_requests.py",
     "tests/fake_market.py",
     "tests/fake_listings.py",
     "tests/fake_account.py",

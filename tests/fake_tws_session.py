@@ -1,9 +1,10 @@
 """One client connection to the fake TWS: handshake, pacing, and the request handlers.
 
 Handlers are `_on_<EClient method name>(**params)`; the params come from
-`fake_tws_proto.parse_payload` (text fields or a protobuf body, by version and message id). The
-connection, reference data and market data handlers are here; the account and order handlers are
-`fake_tws_account.AccountHandlers`'s. Shared state (lines, orders, market, stats) lives on the server.
+`fake_tws_proto_requests.parse_payload` (text fields or a protobuf body, by version and message
+id). The connection, reference data and market data handlers are here; the account and order
+handlers are `fake_tws_account.AccountHandlers`'s. Shared state (lines, orders, market, stats)
+lives on the server.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ from tests.fake_listings import Instrument
 from tests.fake_market import Quote
 from tests.fake_tws_account import AccountHandlers
 from tests.fake_tws_formats import tick_attrib_mask
-from tests.fake_tws_proto import make_encoder, parse_payload
+from tests.fake_tws_proto import make_encoder
+from tests.fake_tws_proto_requests import parse_payload
 from tests.fake_tws_wire import (
     API_PREFIX,
     MIN_SERVER_VERSION,

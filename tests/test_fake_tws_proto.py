@@ -36,7 +36,8 @@ from ibapi.server_versions import MAX_CLIENT_VER, MIN_SERVER_VER_PROTOBUF
 from tests.fake_account import Execution, OrderRecord, WhatIf
 from tests.fake_listings import Instrument
 from tests.fake_tws_formats import tick_attrib_mask
-from tests.fake_tws_proto import PROTO_REQUESTS, PROTOBUF_FROM, ProtoEncoder, parse_payload
+from tests.fake_tws_proto import PROTOBUF_FROM, ProtoEncoder
+from tests.fake_tws_proto_requests import PROTO_REQUESTS, parse_payload
 from tests.fake_tws_wire import ProtocolError, ProtoMessage
 from tests.test_fake_tws_wire import OPTION, STOCK, RecordingWrapper, _contract, _order, eclient_payload, interpret_text
 
