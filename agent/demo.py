@@ -38,6 +38,7 @@ DEMO_FILES = (
     "tests/fake_tws_session.py",
     "tests/fake_tws_account.py",
     "tests/fake_tws_wire.py",
+    "tests/fake_tws_framing.py",
     "tests/fake_tws_formats.py",
     "tests/fake_tws_requests.py",
     "tests/fake_tws_proto.py",

@@ -42,12 +42,13 @@ from ibapi.protobuf import (
     StartApiRequest_pb2,
 )
 
+from tests.fake_tws_framing import split_fields
 from tests.fake_tws_proto import PROTOBUF
-from tests.fake_tws_wire import ProtocolError, parse_request, split_fields
+from tests.fake_tws_requests import ProtocolError, parse_request
 
 
 def _contract_params(p: Contract_pb2.Contract) -> Dict:
-    """The same dict fake_tws_wire's text reader makes of a contract."""
+    """The same dict fake_tws_requests' text reader makes of a contract."""
     multiplier = p.multiplier if p.HasField("multiplier") else None
     return {
         "con_id": p.conId,

@@ -21,17 +21,11 @@ from tests.fake_listings import Instrument
 from tests.fake_market import Quote
 from tests.fake_tws_account import AccountHandlers
 from tests.fake_tws_formats import tick_attrib_mask
+from tests.fake_tws_framing import API_PREFIX, FrameReader, frame, parse_version_range
 from tests.fake_tws_proto import make_encoder
 from tests.fake_tws_proto_requests import parse_payload
-from tests.fake_tws_wire import (
-    API_PREFIX,
-    MIN_SERVER_VERSION,
-    Encoder,
-    FrameReader,
-    ProtocolError,
-    frame,
-    parse_version_range,
-)
+from tests.fake_tws_requests import ProtocolError
+from tests.fake_tws_wire import MIN_SERVER_VERSION, Encoder
 
 SOCKET_TIMEOUT_S = 5.0
 PACING_WINDOW_S = 1.0

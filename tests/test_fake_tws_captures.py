@@ -39,7 +39,8 @@ from tests.fake_account import Execution, OrderRecord
 from tests.fake_listings import Instrument
 from tests.fake_tws import FakeTWS
 from tests.fake_tws_formats import tws_time
-from tests.fake_tws_wire import Encoder, FrameReader, frame
+from tests.fake_tws_framing import FrameReader, frame
+from tests.fake_tws_wire import Encoder
 
 CAPTURES = Path(__file__).resolve().parents[1].parent / "shared" / "tws-captures" / "server_frames.jsonl"
 

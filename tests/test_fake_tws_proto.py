@@ -38,7 +38,8 @@ from tests.fake_listings import Instrument
 from tests.fake_tws_formats import tick_attrib_mask
 from tests.fake_tws_proto import PROTOBUF_FROM, ProtoEncoder
 from tests.fake_tws_proto_requests import PROTO_REQUESTS, parse_payload
-from tests.fake_tws_wire import ProtocolError, ProtoMessage
+from tests.fake_tws_requests import ProtocolError
+from tests.fake_tws_wire import ProtoMessage
 from tests.test_fake_tws_wire import OPTION, STOCK, RecordingWrapper, _contract, _order, eclient_payload, interpret_text
 
 CAPTURES = Path(__file__).resolve().parent.parent.parent / "shared" / "tws-captures" / "server_frames.jsonl"
