@@ -68,10 +68,13 @@ error code sent (`errors_sent`).
 
 Instruments, conIds and first quotes depend only on --seed and today's date. Modules: this one
 (server, shared lines/orders/stats, CLI), `fake_tws_session.py` (one connection: handshake, pacing,
-request handlers), `fake_tws_wire.py` (framing, version-gated text encoders), `fake_tws_requests.py`
-(request parsing), `fake_tws_formats.py` (how TWS writes each number),
-`fake_tws_proto.py` (the protobuf messages of versions >= 201 and their version table),
-`fake_market.py` (instruments, chains, Black-Scholes quotes, portfolios).
+connection, reference data and market data handlers), `fake_tws_account.py` (its account and order
+handlers), `fake_tws_framing.py` (framing), `fake_tws_wire.py` (version-gated text encoders),
+`fake_tws_requests.py` (text request parsing), `fake_tws_proto_requests.py` (reading a client
+message, text or protobuf), `fake_tws_formats.py` (how TWS writes each number), `fake_tws_proto.py`
+(the protobuf messages of versions >= 201 and their version table), `fake_listings.py` (what is
+listed: underlyings, chain listing rules, reference data), `fake_market.py` (instruments, chains,
+Black-Scholes quotes), `fake_account.py` (order book, fills, positions, account values).
 """
 
 from __future__ import annotations
