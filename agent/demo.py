@@ -36,11 +36,16 @@ DEMO_FILES = (
     "tests/fake_relay.py",
     "tests/fake_tws.py",
     "tests/fake_tws_session.py",
+    "tests/fake_tws_account.py",
     "tests/fake_tws_wire.py",
+    "tests/fake_tws_framing.py",
     "tests/fake_tws_formats.py",
     "tests/fake_tws_requests.py",
     "tests/fake_tws_proto.py",
+    "tests/fake_tws_proto_requests.py",
     "tests/fake_market.py",
+    "tests/fake_listings.py",
+    "tests/fake_account.py",
 )
 NO_AIOHTTP = (
     "The demo needs aiohttp (the fake MA Tracker cloud is built on it); the agent itself does "

@@ -47,6 +47,7 @@ FULL_ONLY = frozenset(
         # suites against a running fake TWS: the fast tier keeps EveryOfferedVersion (orders, prices and
         # account reads end to end at the newest version) and the chain test as their witnesses
         "test_fake_tws_ibapi",
+        "test_fake_tws_ibapi_orders",
         "test_fake_tws_ib_async",
         "test_orders_tws",
         "test_orders_e2e",
@@ -92,7 +93,8 @@ MODULE_SECONDS = {
     "test_relay_link": 15,
     "test_ib_connection_fake_tws": 14,
     "test_ib_connection": 2,
-    "test_fake_tws_ibapi": 15,
+    "test_fake_tws_ibapi": 12,
+    "test_fake_tws_ibapi_orders": 4,
     "test_relay_frames": 10,
 }
 DEFAULT_SECONDS = 3

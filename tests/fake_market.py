@@ -1,5 +1,5 @@
-"""The fake TWS's market: a few underlyings with listed option chains, Black-Scholes quotes and a
-small portfolio per account.
+"""The fake TWS's market: the instruments listed (`fake_listings.py`) built into option chains,
+resolved the way TWS resolves a contract, and priced with Black-Scholes quotes and greeks.
 
 Everything a client can see is derived from `seed` and today's date, so two fakes started with the
 same seed on the same day serve the same instruments, conIds and first quotes. Only the streaming
@@ -8,7 +8,6 @@ drift (`Market.drift`) moves afterwards.
 
 from __future__ import annotations
 
-import calendar
 import datetime as dt
 import math
 import random
@@ -16,344 +15,24 @@ import threading
 from dataclasses import dataclass, replace
 from typing import Dict, List, Optional, Sequence, Tuple
 
+from tests.fake_listings import (
+    ISINS,
+    MULTIPLIER,
+    OPTION_CON_ID_BASE,
+    OPTION_ORDER_TYPES,
+    STOCK_CATEGORY,
+    STOCK_ORDER_TYPES,
+    UNDERLYINGS,
+    Instrument,
+    UnderlyingSpec,
+    listed_expirations,
+    market_rule_ids,
+    occ_local_symbol,
+    strike_grid,
+    trading_hours,
+)
+
 RISK_FREE_RATE = 0.045
-MULTIPLIER = "100"
-
-
-@dataclass(frozen=True)
-class Instrument:
-    """One tradable contract, with the attribute names the wire encoders read."""
-
-    con_id: int
-    symbol: str
-    sec_type: str  # "STK" | "OPT"
-    expiry: str = ""  # YYYYMMDD for options
-    strike: float = 0.0
-    right: str = ""  # "C" | "P"
-    multiplier: str = ""
-    exchange: str = "SMART"
-    primary_exchange: str = ""
-    currency: str = "USD"
-    local_symbol: str = ""
-    trading_class: str = ""
-    long_name: str = ""
-    min_tick: float = 0.01
-    under_con_id: int = 0
-    valid_exchanges: str = "SMART"
-    industry: str = ""
-    category: str = ""
-    subcategory: str = ""
-    order_types: str = ""  # contractDetails.orderTypes (comma list)
-    market_rule_ids: str = ""  # one rule id per valid exchange, in the same order
-    trading_hours: str = ""  # "YYYYMMDD:HHMM-YYYYMMDD:HHMM;YYYYMMDD:CLOSED;..." (US/Eastern)
-    liquid_hours: str = ""
-    sec_ids: Tuple[Tuple[str, str], ...] = ()  # e.g. (("ISIN", "US0378331005"),)
-    under_sec_type: str = ""  # options: the underlying's type ("STK", "IND")
-
-
-@dataclass(frozen=True)
-class UnderlyingSpec:
-    """How one underlying's chain is listed (the knobs that make it liquid or thin)."""
-
-    symbol: str
-    con_id: int
-    price: float
-    vol: float
-    primary_exchange: str
-    long_name: str
-    industry: str
-    option_exchanges: Tuple[str, ...]
-    weeklies: int  # Friday expirations
-    monthlies: int  # third-Friday expirations
-    leaps: int  # January expirations in following years
-    strike_step: float  # near-the-money step
-    wide_step: float  # step further out (monthlies and leaps only)
-    near_pct: float  # near-the-money band where strike_step applies
-    weekly_pct: float  # weeklies list strikes within this band of the price
-    monthly_pct: float  # monthlies and leaps list strikes within this band
-    thin: bool = False  # merger target: wide spreads, most options without a bid
-    sec_type: str = "STK"  # "IND": an index (quotes last/close, never bid/ask)
-    weekly_class: str = ""  # index: weeklies (and PM-settled third Fridays) list under this
-    # trading class (SPXW) beside the monthly class named like the symbol
-    adjusted_multiplier: str = ""  # a stock with an adjusted class "<SYM>1" (monthlies only, strikes
-    # around the pre-adjustment price) of this deliverable beside its own
-    isin: str = ""
-    dailies: int = 0  # the next N weekdays that are not already listed expire too (SPY's
-    # daily expirations), each listing strikes within daily_pct only
-    daily_pct: float = 0.0
-    other_listings: Tuple[Tuple[int, str, str], ...] = ()  # (conId, primary exchange, long name) of
-    # further USD stocks with this symbol: ambiguous as a stock on SMART
-
-
-UNDERLYINGS: Tuple[UnderlyingSpec, ...] = (
-    UnderlyingSpec(
-        "AAPL",
-        265598,
-        190.0,
-        0.27,
-        "NASDAQ",
-        "APPLE INC",
-        "Technology",
-        ("SMART", "CBOE", "ISE", "AMEX"),
-        4,
-        6,
-        1,
-        2.5,
-        5.0,
-        0.10,
-        0.15,
-        0.40,
-    ),
-    UnderlyingSpec(
-        "MSFT",
-        272093,
-        415.0,
-        0.25,
-        "NASDAQ",
-        "MICROSOFT CORP",
-        "Technology",
-        ("SMART", "CBOE", "ISE"),
-        3,
-        5,
-        1,
-        5.0,
-        10.0,
-        0.08,
-        0.12,
-        0.35,
-    ),
-    UnderlyingSpec(
-        "SPY",
-        756733,
-        520.0,
-        0.15,
-        "ARCA",
-        "SPDR S&P 500 ETF TRUST",
-        "Funds",
-        ("SMART", "CBOE", "AMEX", "ISE"),
-        6,
-        6,
-        1,
-        1.0,
-        5.0,
-        0.05,
-        0.10,
-        0.30,
-        dailies=10,
-        daily_pct=0.03,
-    ),
-    UnderlyingSpec(
-        "MRGT",
-        900001,
-        47.6,
-        0.06,
-        "NYSE",
-        "MERGER TARGET CORP",
-        "Industrial",
-        ("SMART", "AMEX"),
-        0,
-        3,
-        0,
-        2.5,
-        2.5,
-        0.20,
-        0.20,
-        0.20,
-        thin=True,
-    ),
-    # v1.1, appended so the options above keep their conIds: an index with two trading classes,
-    # and a stock whose chain has an adjusted class beside the standard one.
-    UnderlyingSpec(
-        "SPX",
-        416904,
-        5200.0,
-        0.15,
-        "CBOE",
-        "S&P 500 Stock Index",
-        "Indices",
-        ("SMART", "CBOE"),
-        4,
-        4,
-        0,
-        25.0,
-        50.0,
-        0.04,
-        0.06,
-        0.15,
-        sec_type="IND",
-        weekly_class="SPXW",
-    ),
-    UnderlyingSpec(
-        "XYZ",
-        900002,
-        64.0,
-        0.35,
-        "NYSE",
-        "XYZ HOLDINGS INC",
-        "Consumer, Cyclical",
-        ("SMART", "CBOE", "AMEX"),
-        2,
-        3,
-        0,
-        1.0,
-        2.5,
-        0.10,
-        0.15,
-        0.30,
-        adjusted_multiplier="150",
-    ),
-    # v1.1 (issue 17), appended likewise: a stock that is ambiguous on SMART (a second TWIN trades
-    # over the counter), and the other index option underlyings, kept small.
-    UnderlyingSpec(
-        "TWIN",
-        900003,
-        38.5,
-        0.30,
-        "NYSE",
-        "TWIN RIVERS INDUSTRIES",
-        "Industrial",
-        ("SMART", "CBOE"),
-        2,
-        2,
-        0,
-        1.0,
-        2.5,
-        0.10,
-        0.10,
-        0.20,
-        other_listings=((900004, "PINK", "TWIN CAPITAL CORP"),),
-    ),
-    UnderlyingSpec(
-        "XSP",
-        241264,
-        520.0,
-        0.15,
-        "CBOE",
-        "Mini S&P 500 Index",
-        "Indices",
-        ("SMART", "CBOE"),
-        2,
-        2,
-        0,
-        1.0,
-        5.0,
-        0.03,
-        0.04,
-        0.08,
-        sec_type="IND",
-    ),
-    UnderlyingSpec(
-        "NDX",
-        416843,
-        18200.0,
-        0.18,
-        "NASDAQ",
-        "NASDAQ 100 Stock Index",
-        "Indices",
-        ("SMART", "CBOE", "ISE"),
-        2,
-        2,
-        0,
-        100.0,
-        250.0,
-        0.03,
-        0.04,
-        0.08,
-        sec_type="IND",
-        weekly_class="NDXP",
-    ),
-    UnderlyingSpec(
-        "RUT",
-        416888,
-        2050.0,
-        0.20,
-        "RUSSELL",
-        "Russell 2000 Stock Index",
-        "Indices",
-        ("SMART", "CBOE"),
-        2,
-        2,
-        0,
-        10.0,
-        25.0,
-        0.03,
-        0.05,
-        0.10,
-        sec_type="IND",
-        weekly_class="RUTW",
-    ),
-    UnderlyingSpec(
-        "VIX",
-        13455763,
-        16.0,
-        0.80,
-        "CBOE",
-        "CBOE Volatility Index",
-        "Indices",
-        ("SMART", "CBOE"),
-        1,
-        3,
-        0,
-        1.0,
-        1.0,
-        0.50,
-        0.30,
-        0.60,
-        sec_type="IND",
-        weekly_class="VIXW",
-    ),
-)
-
-ISINS = {"AAPL": "US0378331005", "MSFT": "US5949181045", "SPY": "US78462F1030"}
-
-# contractDetails.orderTypes as TWS lists them (recorded for a NASDAQ stock and a stock option).
-STOCK_ORDER_TYPES = (
-    "ACTIVETIM,AD,ADDONT,ADJUST,ALERT,ALGO,ALLOC,AON,AVGCOST,BASKET,BENCHPX,CASHQTY,COND,CONDORDER,DARKONLY,"
-    "DARKPOLL,DAY,DEACT,DEACTDIS,DEACTEOD,DIS,DUR,GAT,GTC,GTD,GTT,HID,IBKRATS,ICE,IMB,IOC,LIT,LMT,LOC,MIDPX,"
-    "MIT,MKT,MOC,MTL,NGCOMB,NODARK,NONALGO,OCA,OPG,OPGREROUT,PEGBENCH,PEGMID,POSTATS,POSTONLY,PREOPGRTH,"
-    "PRICECHK,REL,REL2MID,RELPCTOFS,RPI,RTH,SCALE,SCALEODD,SCALERST,SIZECHK,SNAPMID,SNAPMKT,SNAPREL,STP,"
-    "STPLMT,SWEEP,TRAIL,TRAILLIT,TRAILLMT,TRAILMIT,WHATIF"
-)
-OPTION_ORDER_TYPES = (
-    "ACTIVETIM,AD,ADJUST,ALERT,ALGO,ALLOC,AON,AVGCOST,BASKET,COND,CONDORDER,DAY,DEACT,DEACTDIS,DEACTEOD,DIS,"
-    "FOK,GAT,GTC,GTD,GTT,HID,ICE,IOC,LIT,LMT,MIT,MKT,MTL,NGCOMB,NONALGO,OCA,OPENCLOSE,PAON,PEGMIDVOL,"
-    "PEGMKTVOL,PEGPRMVOL,PEGSRFVOL,POSTONLY,PRICECHK,REL,RELPCTOFS,RELSTK,SCALE,SCALERST,SIZECHK,SMARTSTG,"
-    "SNAPMID,SNAPMKT,SNAPREL,STP,STPLMT,TRAIL,TRAILLIT,TRAILLMT,TRAILMIT,VOLAT,WHATIF"
-)
-STOCK_MARKET_RULE, SMART_OPTION_MARKET_RULE, OPTION_MARKET_RULE = "26", "32", "109"
-STOCK_CATEGORY = {
-    "Technology": ("Computers", "Computers"),
-    "Funds": ("Equity Fund", "Growth-Large Cap"),
-    "Industrial": ("Miscellaneous Manufactur", "Diversified Manufact Op"),
-    "Consumer, Cyclical": ("Retail", "Retail-Apparel/Shoe"),
-}
-
-
-def _trading_hours(today: dt.date, open_hhmm: str, close_hhmm: str, days: int = 6) -> str:
-    """TWS's tradingHours / liquidHours text for `days` days from today: weekends CLOSED."""
-    parts = []
-    for offset in range(days):
-        day = (today + dt.timedelta(days=offset)).strftime("%Y%m%d")
-        if (today + dt.timedelta(days=offset)).weekday() >= 5:
-            parts.append(f"{day}:CLOSED")
-        else:
-            parts.append(f"{day}:{open_hhmm}-{day}:{close_hhmm}")
-    return ";".join(parts)
-
-
-def _market_rule_ids(valid_exchanges: str, sec_type: str) -> str:
-    """One rule id per valid exchange, in order (26 for every stock venue; options: 32 on SMART,
-    109 on the exchanges)."""
-
-    def rule(exchange: str) -> str:
-        if sec_type != "OPT":
-            return STOCK_MARKET_RULE
-        return SMART_OPTION_MARKET_RULE if exchange == "SMART" else OPTION_MARKET_RULE
-
-    return ",".join(rule(e) for e in valid_exchanges.split(","))
-
-
-OPTION_CON_ID_BASE = 600_000_000
 
 
 @dataclass(frozen=True)
@@ -388,59 +67,6 @@ class Greeks:
     vega: float
     theta: float
     und_price: float
-
-
-@dataclass
-class Position:
-    account: str
-    instrument: Instrument
-    quantity: float
-    avg_cost: float  # per contract, multiplier included (as TWS reports it)
-    realized: float = 0.0  # what closing part of it made: updatePortfolio's realizedPNL
-
-
-def _third_friday(year: int, month: int) -> dt.date:
-    first_weekday, _ = calendar.monthrange(year, month)
-    first_friday = 1 + (4 - first_weekday) % 7
-    return dt.date(year, month, first_friday + 14)
-
-
-def _listed_expirations(spec: UnderlyingSpec, today: dt.date) -> List[Tuple[dt.date, str]]:
-    """(date, kind) for each listed expiration after today, kind in weekly|monthly|leaps."""
-    found: Dict[dt.date, str] = {}
-    friday = today + dt.timedelta(days=(4 - today.weekday()) % 7 or 7)
-    for i in range(spec.weeklies):
-        found[friday + dt.timedelta(weeks=i)] = "weekly"
-    year, month = today.year, today.month
-    monthly = 0
-    while monthly < spec.monthlies:
-        day = _third_friday(year, month)
-        if day > today:
-            found[day] = "monthly"
-            monthly += 1
-        year, month = (year + 1, 1) if month == 12 else (year, month + 1)
-    for extra_year in range(1, spec.leaps + 1):
-        day = _third_friday(today.year + extra_year, 1)
-        if day not in found:
-            found[day] = "leaps"
-    return sorted(found.items())
-
-
-def _strike_grid(spec: UnderlyingSpec, band_pct: float) -> List[float]:
-    """Strikes within band_pct of the listing price: every strike_step near the money, every
-    wide_step further out."""
-    spot = spec.price
-    strikes = []
-    k = math.floor(spot * (1 - band_pct) / spec.strike_step) * spec.strike_step
-    while k <= spot * (1 + band_pct):
-        if k > 0 and (abs(k / spot - 1) <= spec.near_pct or _on_step(k, spec.wide_step)):
-            strikes.append(round(k, 2))
-        k += spec.strike_step
-    return strikes
-
-
-def _on_step(value: float, step: float) -> bool:
-    return abs(value / step - round(value / step)) < 1e-9
 
 
 def _norm_cdf(x: float) -> float:
@@ -478,10 +104,6 @@ def on_tick(price: float, tick: float = 0.01) -> bool:
     return abs(price / tick - round(price / tick)) < 1e-6
 
 
-def occ_local_symbol(symbol: str, expiry: str, right: str, strike: float) -> str:
-    return f"{symbol:<6}{expiry[2:]}{right}{int(round(strike * 1000)):08d}"
-
-
 class Market:
     """Instruments, chains and quotes; thread-safe (one lock around the drifting spots)."""
 
@@ -501,8 +123,8 @@ class Market:
         self.indices: Dict[str, Instrument] = {}
         self.other_listings: Dict[str, List[Instrument]] = {}  # same-symbol stocks beside self.stocks
         self._class_symbol: Dict[str, str] = {}  # trading class -> underlying symbol
-        stock_hours = (_trading_hours(self.today, "0400", "2000"), _trading_hours(self.today, "0930", "1600"))
-        option_hours = (_trading_hours(self.today, "0930", "1600"),) * 2
+        stock_hours = (trading_hours(self.today, "0400", "2000"), trading_hours(self.today, "0930", "1600"))
+        option_hours = (trading_hours(self.today, "0930", "1600"),) * 2
         for spec in UNDERLYINGS:
             self._spot[spec.symbol] = round(spec.price * (1 + rng.uniform(-0.02, 0.02)), 2)
             index = spec.sec_type == "IND"
@@ -526,9 +148,7 @@ class Market:
                 liquid_hours=option_hours[1] if index else stock_hours[1],
                 sec_ids=(("ISIN", ISINS[spec.symbol]),) if spec.symbol in ISINS else (),
             )
-            underlying = replace(
-                underlying, market_rule_ids=_market_rule_ids(underlying.valid_exchanges, spec.sec_type)
-            )
+            underlying = replace(underlying, market_rule_ids=market_rule_ids(underlying.valid_exchanges, spec.sec_type))
             (self.indices if index else self.stocks)[spec.symbol] = underlying
             self._by_con_id[underlying.con_id] = underlying
             for con_id, primary, long_name in spec.other_listings:
@@ -552,7 +172,7 @@ class Market:
                 under_con_id=spec.con_id,
                 valid_exchanges=option_exchanges,
                 order_types=OPTION_ORDER_TYPES,
-                market_rule_ids=_market_rule_ids(option_exchanges, "OPT"),
+                market_rule_ids=market_rule_ids(option_exchanges, "OPT"),
                 trading_hours=option_hours[0],
                 liquid_hours=option_hours[1],
                 under_sec_type=spec.sec_type,
@@ -578,11 +198,11 @@ class Market:
                         self._by_con_id[next_con_id] = option
                         next_con_id += 1
 
-            listed = _listed_expirations(spec, self.today)
+            listed = listed_expirations(spec, self.today)
             for day, kind in listed:
                 expiry = day.strftime("%Y%m%d")
                 self._expirations.setdefault(spec.symbol, []).append(expiry)
-                strikes = _strike_grid(spec, spec.weekly_pct if kind == "weekly" else spec.monthly_pct)
+                strikes = strike_grid(spec, spec.weekly_pct if kind == "weekly" else spec.monthly_pct)
                 holed = kind == "weekly" or (spec.thin and expiry != self._expirations[spec.symbol][0])
                 if holed and len(strikes) > 6:
                     strikes.remove(rng.choice(strikes[2:-2]))  # a hole inside the grid
@@ -604,7 +224,7 @@ class Market:
                         list_options(
                             f"{spec.symbol}1",
                             day.strftime("%Y%m%d"),
-                            _strike_grid(before, spec.monthly_pct / 2),
+                            strike_grid(before, spec.monthly_pct / 2),
                             spec.adjusted_multiplier,
                         )
             self._options[spec.symbol] = options
@@ -624,7 +244,7 @@ class Market:
                 expiry = day.strftime("%Y%m%d")
                 if expiry in listed:
                     continue
-                strikes = _strike_grid(replace(spec, price=self._spot[spec.symbol]), spec.daily_pct)
+                strikes = strike_grid(replace(spec, price=self._spot[spec.symbol]), spec.daily_pct)
                 for _ in range(2):
                     strikes.remove(rng.choice(strikes[2:-2]))
                 template = replace(options[0], con_id=0)
@@ -858,103 +478,3 @@ class Market:
         if action == "SELL" and quote.bid > 0 and (limit is None or limit <= quote.bid):
             return quote.bid
         return None
-
-
-class Portfolio:
-    """Positions and account values per account; fills from the fake's order book change them."""
-
-    def __init__(self, market: Market, accounts: Sequence[str]):
-        self.market = market
-        self.accounts = list(accounts)
-        self._lock = threading.Lock()
-        self._positions: Dict[Tuple[str, int], Position] = {}
-        self._cash: Dict[str, float] = {}
-        for index, account in enumerate(self.accounts):
-            self._cash[account] = 100_000.0 + 25_000.0 * index
-            for instrument, quantity in self._opening_positions(index):
-                price = self._mark(instrument)
-                cost = price * 0.97 * (float(instrument.multiplier) if instrument.multiplier else 1.0)
-                self._positions[(account, instrument.con_id)] = Position(account, instrument, quantity, round(cost, 4))
-
-    def _opening_positions(self, index: int) -> List[Tuple[Instrument, float]]:
-        market = self.market
-        held = [(market.stocks["AAPL"], 100.0), (market.stocks["SPY"], 20.0 + 10 * index)]
-        if index == 0:
-            aapl_expiries = market.expirations("AAPL")
-            expiry = aapl_expiries[min(len(aapl_expiries) - 1, 5)]
-            spot = market.spot("AAPL")
-            put = min(
-                (o for o in market.find(symbol="AAPL", sec_type="OPT", expiry=expiry, right="P")),
-                key=lambda o: abs(o.strike - spot * 0.9),
-            )
-            msft_call = min(
-                market.find(symbol="MSFT", sec_type="OPT", expiry=market.expirations("MSFT")[-2], right="C"),
-                key=lambda o: abs(o.strike - market.spot("MSFT") * 1.05),
-            )
-            held += [(put, -2.0), (msft_call, 1.0)]
-        return held
-
-    def _mark(self, instrument: Instrument) -> float:
-        quote = self.market.quote(instrument)
-        if quote.bid > 0 and quote.ask > 0:
-            return round((quote.bid + quote.ask) / 2, 4)
-        return quote.close
-
-    def positions(self, account: str = "") -> List[Position]:
-        with self._lock:
-            return [replace(p) for p in self._positions.values() if not account or p.account == account]
-
-    def apply_fill(self, account: str, instrument: Instrument, signed_quantity: float, price: float) -> None:
-        multiplier = float(instrument.multiplier) if instrument.multiplier else 1.0
-        with self._lock:
-            key = (account, instrument.con_id)
-            held = self._positions.get(key)
-            self._cash[account] = self._cash.get(account, 0.0) - signed_quantity * price * multiplier
-            if held is None:
-                self._positions[key] = Position(account, instrument, signed_quantity, price * multiplier)
-                return
-            total = held.quantity + signed_quantity
-            if (held.quantity > 0) != (signed_quantity > 0):  # closing (part of) it realizes P&L, as TWS counts it
-                closed = min(abs(signed_quantity), abs(held.quantity))
-                side = 1 if held.quantity > 0 else -1
-                held.realized = round(held.realized + side * closed * (price * multiplier - held.avg_cost), 2)
-            if total == 0:
-                del self._positions[key]
-            elif (held.quantity > 0) == (signed_quantity > 0):
-                held.avg_cost = (held.avg_cost * held.quantity + price * multiplier * signed_quantity) / total
-                held.quantity = total
-            else:
-                held.quantity = total
-
-    def portfolio_rows(self, account: str) -> List[Tuple[Position, float, float, float]]:
-        """(position, market price, market value, unrealized PnL) for updatePortfolio."""
-        rows = []
-        for position in self.positions(account):
-            multiplier = float(position.instrument.multiplier) if position.instrument.multiplier else 1.0
-            price = self._mark(position.instrument)
-            value = round(price * multiplier * position.quantity, 2)
-            rows.append((position, price, value, round(value - position.avg_cost * position.quantity, 2)))
-        return rows
-
-    def account_values(self, account: str) -> Dict[str, str]:
-        """The account-summary tags (all in USD except AccountType)."""
-        gross = sum(abs(value) for _, _, value, _ in self.portfolio_rows(account))
-        net = sum(value for _, _, value, _ in self.portfolio_rows(account))
-        with self._lock:
-            cash = self._cash.get(account, 0.0)
-        net_liq = cash + net
-        maint = 0.25 * gross
-        excess = net_liq - maint
-        return {
-            "AccountType": "INDIVIDUAL",
-            "NetLiquidation": f"{net_liq:.2f}",
-            "TotalCashValue": f"{cash:.2f}",
-            "SettledCash": f"{cash:.2f}",
-            "EquityWithLoanValue": f"{net_liq:.2f}",
-            "GrossPositionValue": f"{gross:.2f}",
-            "InitMarginReq": f"{0.3 * gross:.2f}",
-            "MaintMarginReq": f"{maint:.2f}",
-            "AvailableFunds": f"{net_liq - 0.3 * gross:.2f}",
-            "ExcessLiquidity": f"{excess:.2f}",
-            "BuyingPower": f"{4 * (net_liq - 0.3 * gross):.2f}",
-        }

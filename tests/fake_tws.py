@@ -68,10 +68,13 @@ error code sent (`errors_sent`).
 
 Instruments, conIds and first quotes depend only on --seed and today's date. Modules: this one
 (server, shared lines/orders/stats, CLI), `fake_tws_session.py` (one connection: handshake, pacing,
-request handlers), `fake_tws_wire.py` (framing, version-gated text encoders), `fake_tws_requests.py`
-(request parsing), `fake_tws_formats.py` (how TWS writes each number),
-`fake_tws_proto.py` (the protobuf messages of versions >= 201 and their version table),
-`fake_market.py` (instruments, chains, Black-Scholes quotes, portfolios).
+connection, reference data and market data handlers), `fake_tws_account.py` (its account and order
+handlers), `fake_tws_framing.py` (framing), `fake_tws_wire.py` (version-gated text encoders),
+`fake_tws_requests.py` (text request parsing), `fake_tws_proto_requests.py` (reading a client
+message, text or protobuf), `fake_tws_formats.py` (how TWS writes each number), `fake_tws_proto.py`
+(the protobuf messages of versions >= 201 and their version table), `fake_listings.py` (what is
+listed: underlyings, chain listing rules, reference data), `fake_market.py` (instruments, chains,
+Black-Scholes quotes), `fake_account.py` (order book, fills, positions, account values).
 """
 
 from __future__ import annotations
@@ -91,10 +94,10 @@ import traceback
 from collections import Counter
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
-from tests.fake_market import Market, Portfolio
-from tests.fake_tws_formats import tws_time
+from tests.fake_account import OrderBook, Portfolio
+from tests.fake_market import Market
 from tests.fake_tws_session import ClientSession
-from tests.fake_tws_wire import MAX_SERVER_VERSION, MIN_SERVER_VERSION, Execution, OrderRecord
+from tests.fake_tws_wire import MAX_SERVER_VERSION, MIN_SERVER_VERSION
 
 STAT_KEYS = (
     "connections",
@@ -141,52 +144,6 @@ class Scheduler:
             self._stopped = True
             self._cond.notify()
         self._thread.join(timeout=2.0)
-
-
-class OrderBook:
-    """Orders by (client id, order id), executions, and the next valid order id."""
-
-    def __init__(self, seed: int):
-        self._orders: Dict[Tuple[int, int], OrderRecord] = {}
-        self.executions: List[Execution] = []
-        self._perm_ids = itertools.count(1_000_000 + seed % 1000 * 1000)
-        self._exec_ids = itertools.count(1)
-        self.next_order_id = 1
-
-    def get(self, client_id: int, order_id: int) -> Optional[OrderRecord]:
-        return self._orders.get((client_id, order_id))
-
-    def add(self, order: OrderRecord) -> None:
-        self._orders[(order.client_id, order.order_id)] = order
-        self.next_order_id = max(self.next_order_id, order.order_id + 1)
-
-    def new_perm_id(self) -> int:
-        return next(self._perm_ids)
-
-    def open_orders(self, client_id: Optional[int] = None) -> List[OrderRecord]:
-        return [
-            o
-            for o in self._orders.values()
-            if not o.completed_status and (client_id is None or o.client_id == client_id)
-        ]
-
-    def completed_orders(self) -> List[OrderRecord]:
-        return [o for o in self._orders.values() if o.completed_status]
-
-    def record_fill(self, order: OrderRecord, price: float) -> Execution:
-        now = tws_time()  # "YYYYMMDD HH:MM:SS US/Eastern", as TWS writes times
-        order.status, order.filled = "Filled", order.quantity
-        order.avg_fill_price = order.last_fill_price = price
-        order.completed_time = now
-        order.completed_status = "Filled"
-        execution = Execution(f"0000e0d5.{next(self._exec_ids):08x}.01.01", now, order, order.quantity, price)
-        self.executions.append(execution)
-        return execution
-
-    def record_cancel(self, order: OrderRecord) -> None:
-        order.status = "Cancelled"
-        order.completed_time = tws_time()
-        order.completed_status = "Cancelled by Trader"
 
 
 class FakeTWS:

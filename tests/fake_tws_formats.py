@@ -1,5 +1,5 @@
 """How TWS writes numbers and times, for the fake TWS's encoders (fake_tws_wire, fake_tws_proto,
-fake_tws_session): every per-field number format and every unset text, in one place.
+fake_tws_session, fake_tws_account): every per-field number format and every unset text, in one place.
 
 Read off frames recorded from real TWS (../shared/tws-captures/). TWS is a Java program; which
 writer a field goes through is per field, not per type, so each encoder names the rule for each

@@ -1,5 +1,5 @@
-"""The TWS socket protocol as the fake speaks it: framing, and writing every message the fake
-sends, laid out for the negotiated server version exactly as
+"""The TWS socket protocol as the fake speaks it: writing every message the fake sends as text,
+laid out for the negotiated server version exactly as
 `ibapi/decoder.py` (and `ibapi/orderdecoder.py`) read it. A message one field off is silently
 dropped by the client, so each encoder here mirrors the decoder's version gates one for one.
 
@@ -10,26 +10,25 @@ including the per-message version field TWS wrote before a layout was tied to th
 contractData below 164). From 201 (MIN_SERVER_VER_PROTOBUF) message ids are 4-byte ints; the text
 layouts here are what TWS still sends as text there (the decoder gates no text field above 200),
 and `fake_tws_proto.py` builds the messages each version moves to protobuf. How each number is
-written is `fake_tws_formats.py`'s; reading client requests is `fake_tws_requests.py`'s.
+written is `fake_tws_formats.py`'s; framing is `fake_tws_framing.py`'s; reading client requests is
+`fake_tws_requests.py`'s.
 """
 
 from __future__ import annotations
 
-import re
 import struct
 from dataclasses import dataclass
-from typing import Iterable, List, Optional, Sequence, Tuple
+from typing import Optional, Sequence
 
 from ibapi import server_versions as sv
 from ibapi.common import PROTOBUF_MSG_ID
 
-# Number formats and request reading live in their own modules; every name other files import
-# from here stays importable from here.
+from tests.fake_account import Execution, OrderRecord
 from tests.fake_tws_formats import (
     TWS_TIME_ZONE,
     UNSET_DOUBLE,
     UNSET_INTEGER,
-    UNSET_LONG,  # noqa: F401
+    UNSET_LONG,
     UNSET_LONG_MIN,
     greek,
     java_double,
@@ -37,13 +36,11 @@ from tests.fake_tws_formats import (
     tick_attrib_mask,
     tick_price,
 )
-from tests.fake_tws_requests import REQUESTS, FieldCursor, ProtocolError, parse_request  # noqa: F401
+from tests.fake_tws_framing import fields_payload
 
 MIN_SERVER_VERSION = sv.MIN_CLIENT_VER  # 100: the lowest version ibapi offers
 MAX_SERVER_VERSION = sv.MAX_CLIENT_VER  # the newest version the pinned ibapi offers
 LAST_TEXT_VERSION = sv.MIN_SERVER_VER_PROTOBUF - 1  # 200: the last text-only version
-API_PREFIX = b"API\0"
-_VERSION_RANGE = re.compile(r"v(\d+)(?:\.\.(\d+))?")
 # The message versions TWS wrote before these layouts were tied to the server version: the highest
 # each decoder tests (ibapi orderdecoder / decoder), so every per-message gate is open.
 OPEN_ORDER_MSG_VERSION = 34  # openOrder below MIN_SERVER_VER_ORDER_CONTAINER (145)
@@ -60,135 +57,7 @@ class ProtoMessage:
     message: object
 
 
-# ---- framing ------------------------------------------------------------------------------
-
-
-def field_text(value) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, bool):
-        return "1" if value else "0"
-    if isinstance(value, float) and value.is_integer() and abs(value) < 1e15:
-        return str(int(value))  # sizes and quantities read as ints or Decimals
-    return str(value)
-
-
-def _fields_payload(fields: Iterable) -> bytes:
-    return "".join(field_text(f) + "\0" for f in fields).encode("utf-8")
-
-
-def frame(fields: Iterable) -> bytes:
-    """One text message as sent before the handshake or below 201: 4-byte big-endian length,
-    then NUL-terminated fields."""
-    payload = _fields_payload(fields)
-    return struct.pack(">I", len(payload)) + payload
-
-
-class FrameReader:
-    """Splits a byte stream into length-prefixed payloads."""
-
-    def __init__(self):
-        self._buffer = b""
-
-    def feed(self, data: bytes) -> None:
-        self._buffer += data
-
-    def take_prefix(self, prefix: bytes) -> Optional[bool]:
-        """Consume `prefix` when the buffer starts with it: True; wrong bytes: False; too few: None."""
-        if len(self._buffer) < len(prefix):
-            return None if prefix.startswith(self._buffer) else False
-        if not self._buffer.startswith(prefix):
-            return False
-        self._buffer = self._buffer[len(prefix) :]
-        return True
-
-    def payloads(self) -> List[bytes]:
-        found = []
-        while len(self._buffer) >= 4:
-            size = struct.unpack(">I", self._buffer[:4])[0]
-            if len(self._buffer) < 4 + size:
-                break
-            found.append(self._buffer[4 : 4 + size])
-            self._buffer = self._buffer[4 + size :]
-        return found
-
-
-def split_fields(payload: bytes) -> List[str]:
-    """A message's NUL-terminated fields (the handshake's version text has no terminator)."""
-    return payload.decode("utf-8", errors="replace").split("\0")[:-1]
-
-
-def parse_version_range(text: str) -> Tuple[int, int, str]:
-    """'v100..200 +PACEAPI' -> (100, 200, '+PACEAPI')."""
-    head, _, options = text.partition(" ")
-    match = _VERSION_RANGE.fullmatch(head)
-    if not match:
-        raise ProtocolError(f"bad version range {text!r}")
-    low = int(match.group(1))
-    return low, int(match.group(2) or low), options
-
-
 # ---- outgoing messages ----------------------------------------------------------------------
-
-
-@dataclass
-class OrderRecord:
-    """An order as the fake's book keeps it and the openOrder/orderStatus/completedOrder
-    encoders write it (`contract` is a fake_market.Instrument)."""
-
-    order_id: int
-    client_id: int
-    perm_id: int
-    contract: object
-    action: str
-    quantity: float
-    order_type: str
-    lmt_price: Optional[float]
-    aux_price: Optional[float]
-    tif: str
-    account: str
-    order_ref: str
-    status: str = "Submitted"
-    filled: float = 0.0
-    avg_fill_price: float = 0.0
-    last_fill_price: float = 0.0
-    parent_id: int = 0
-    completed_time: str = ""  # tws_time(): "YYYYMMDD HH:MM:SS US/Eastern"
-    completed_status: str = ""
-    trail_stop_price: Optional[float] = None  # trailing orders only
-    lmt_price_offset: Optional[float] = None
-    submitter: str = ""  # completedOrder carries the TWS user name; openOrder leaves it empty
-    what_if: Optional["WhatIf"] = None  # a what-if preview: never booked, answered with openOrder only
-
-    @property
-    def remaining(self) -> float:
-        # What is left unfilled, also once cancelled: the 203 recording of orderStatus Cancelled
-        # keeps remaining at the unfilled quantity (TWS writes the same value as text).
-        return self.quantity - self.filled
-
-
-@dataclass
-class WhatIf:
-    """The preview TWS puts in a what-if order's state: (initMargin, maintMargin, equityWithLoan)
-    before, change and after, and the commission (its min/max left unset)."""
-
-    margins_before: Tuple[float, float, float]
-    margins_change: Tuple[float, float, float]
-    margins_after: Tuple[float, float, float]
-    commission: float
-    currency: str = "USD"
-
-
-@dataclass
-class Execution:
-    exec_id: str
-    time: str  # tws_time(): "YYYYMMDD HH:MM:SS US/Eastern"
-    order: OrderRecord
-    shares: float
-    price: float
-    exchange: str = "CBOE"
-    commission: float = 0.65
-    realized_pnl: Optional[float] = None  # None: an opening trade (TWS writes Double.MAX_VALUE)
 
 
 def _price(value: Optional[float]) -> object:
@@ -215,8 +84,8 @@ class Encoder:
                 raise ValueError(f"no protobuf at server version {self.v}")
             return struct.pack(">I", message.msg_id + PROTOBUF_MSG_ID) + message.message.SerializeToString()
         if self.v < sv.MIN_SERVER_VER_PROTOBUF or not message:
-            return _fields_payload(message)
-        return struct.pack(">I", int(message[0])) + _fields_payload(message[1:])
+            return fields_payload(message)
+        return struct.pack(">I", int(message[0])) + fields_payload(message[1:])
 
     def frame(self, message) -> bytes:
         data = self.payload(message)

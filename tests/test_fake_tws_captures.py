@@ -35,10 +35,12 @@ from typing import Callable, Dict, List, Optional
 from ibapi.decoder import Decoder
 from ibapi.wrapper import EWrapper
 
-from tests.fake_market import Instrument
+from tests.fake_account import Execution, OrderRecord
+from tests.fake_listings import Instrument
 from tests.fake_tws import FakeTWS
 from tests.fake_tws_formats import tws_time
-from tests.fake_tws_wire import Encoder, Execution, FrameReader, OrderRecord, frame
+from tests.fake_tws_framing import FrameReader, frame
+from tests.fake_tws_wire import Encoder
 
 CAPTURES = Path(__file__).resolve().parents[1].parent / "shared" / "tws-captures" / "server_frames.jsonl"
 

@@ -25,7 +25,7 @@ from ibapi.protobuf.ManagedAccounts_pb2 import ManagedAccounts
 from ibapi.protobuf.StartApiRequest_pb2 import StartApiRequest
 from ibapi.server_versions import MAX_CLIENT_VER
 
-from tests.fake_tws_wire import FrameReader, frame, split_fields
+from tests.fake_tws_framing import FrameReader, frame, split_fields
 from tests.test_fake_tws_wire import eclient_bytes
 
 ROOT = Path(__file__).resolve().parent.parent

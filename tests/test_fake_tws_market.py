@@ -6,7 +6,9 @@ import datetime as dt
 import math
 import unittest
 
-from tests.fake_market import RISK_FREE_RATE, Market, Portfolio, black_scholes, occ_local_symbol, on_tick
+from tests.fake_account import Portfolio
+from tests.fake_listings import occ_local_symbol
+from tests.fake_market import RISK_FREE_RATE, Market, black_scholes, on_tick
 
 TODAY = dt.date(2026, 3, 4)  # a Wednesday
 

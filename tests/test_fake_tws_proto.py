@@ -33,10 +33,13 @@ from ibapi.order_cancel import OrderCancel
 from ibapi.protobuf import ErrorMessage_pb2, ExecutionDetailsEnd_pb2, OpenOrder_pb2, OrderStatus_pb2
 from ibapi.server_versions import MAX_CLIENT_VER, MIN_SERVER_VER_PROTOBUF
 
-from tests.fake_market import Instrument
+from tests.fake_account import Execution, OrderRecord, WhatIf
+from tests.fake_listings import Instrument
 from tests.fake_tws_formats import tick_attrib_mask
-from tests.fake_tws_proto import PROTO_REQUESTS, PROTOBUF_FROM, ProtoEncoder, parse_payload
-from tests.fake_tws_wire import Execution, OrderRecord, ProtocolError, ProtoMessage, WhatIf
+from tests.fake_tws_proto import PROTOBUF_FROM, ProtoEncoder
+from tests.fake_tws_proto_requests import PROTO_REQUESTS, parse_payload
+from tests.fake_tws_requests import ProtocolError
+from tests.fake_tws_wire import ProtoMessage
 from tests.test_fake_tws_wire import OPTION, STOCK, RecordingWrapper, _contract, _order, eclient_payload, interpret_text
 
 CAPTURES = Path(__file__).resolve().parent.parent.parent / "shared" / "tws-captures" / "server_frames.jsonl"

@@ -25,24 +25,13 @@ from ibapi.protobuf.NextValidId_pb2 import NextValidId
 from ibapi.server_versions import MAX_CLIENT_VER
 from ibapi.wrapper import EWrapper
 
-from tests.fake_market import Instrument
+from tests.fake_account import Execution, OrderRecord, WhatIf
+from tests.fake_listings import Instrument
 from tests.fake_tws import FakeTWS
 from tests.fake_tws_formats import UNSET_DOUBLE as UNSET_DOUBLE_TEXT
-from tests.fake_tws_wire import (
-    MAX_SERVER_VERSION,
-    MIN_SERVER_VERSION,
-    Encoder,
-    Execution,
-    FrameReader,
-    OrderRecord,
-    ProtocolError,
-    ProtoMessage,
-    WhatIf,
-    frame,
-    parse_request,
-    parse_version_range,
-    split_fields,
-)
+from tests.fake_tws_framing import FrameReader, frame, parse_version_range, split_fields
+from tests.fake_tws_requests import ProtocolError, parse_request
+from tests.fake_tws_wire import MAX_SERVER_VERSION, MIN_SERVER_VERSION, Encoder, ProtoMessage
 
 VERSIONS = (100, 110, 120, 130, 140, 150, 156, 157, 176, 200)
 STOCK = Instrument(

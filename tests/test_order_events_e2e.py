@@ -155,7 +155,7 @@ class PreviewTest(EventsAndPreviews):
         preview = self.ok("preview-order", params, id="pv-1")
         self.assertEqual(set(preview), PREVIEW)
         self.assertEqual((preview["allowed"], preview["blocked_by"]), (True, None))
-        # The fake's what-if model (fake_tws_session._what_if): 0.65 a contract, initial margin 30 %
+        # The fake's what-if model (fake_tws_account._what_if): 0.65 a contract, initial margin 30 %
         # and maintenance 25 % of the notional.
         notional = params["limit_price"] * 100
         self.assertEqual((preview["commission"], preview["commission_currency"]), (0.65, "USD"))

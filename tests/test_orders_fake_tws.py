@@ -14,8 +14,8 @@ from ibapi.execution import ExecutionFilter
 from ibapi.order_cancel import OrderCancel
 from ibapi.server_versions import MAX_CLIENT_VER
 
+from tests.fake_tws_account import LOCATE_TEXT
 from tests.fake_tws_formats import tws_time
-from tests.fake_tws_session import LOCATE_TEXT
 from tests.test_fake_tws_ibapi import FakeTwsCase, contract, limit_order
 
 VERSIONS = (200, MAX_CLIENT_VER)

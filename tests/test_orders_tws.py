@@ -20,7 +20,7 @@ from agent.orders import guard as order_guard
 from agent.orders import wait as order_wait
 from tests.fake_market import on_tick
 from tests.fake_tws import FakeTWS
-from tests.fake_tws_session import LOCATE_TEXT
+from tests.fake_tws_account import LOCATE_TEXT
 from tests.tws_versions import AtTwsVersion, at_tws_versions
 
 WAIT_S = 20.0
