@@ -100,6 +100,9 @@ MODULE_SECONDS = {
 DEFAULT_SECONDS = 3
 # The same for the fast tier (what is left of each module there); unnamed modules count 1.
 FAST_MODULE_SECONDS = {
+    "test_subscriptions": 5,
+    "test_orders_portfolio": 3,
+    "test_agent_config": 3,
     "test_ib_connection": 2,
     "test_ib_connection_fake_tws": 2,
     "test_relay_link": 5,
@@ -111,7 +114,6 @@ FAST_MODULE_SECONDS = {
     "test_fake_tws_market": 3,
     "test_fake_relay": 3,
     "test_protocol_versions": 2,
-    "test_agent_config": 2,
 }
 WHOLE_SUITE_JOBS = 2  # the whole suite (no pattern) runs in 2 processes unless --jobs says otherwise
 LAST_LINE = re.compile(r"^(\d+) passed, (\d+) failed(?:, (\d+) skipped)?$", re.M)
