@@ -2,7 +2,7 @@
 
 As in ib_async's wrapper (its `_futures`, startReq / _endReq): a request is a `Request` kept in the
 connection's `Requests` under its request id (or order id), or under a name for the id-less requests
-(POSITIONS, ORDERS: TWS answers them without an id). IBConnection routes to it what TWS sends for
+(POSITIONS, ORDERS, PORTFOLIO: TWS answers them without an id). IBConnection routes to it what TWS sends for
 that key, and an error to the request of its id only; a callback that an id-less request collects
 (ID_LESS_EVENTS) also reaches that request when it carries an order's id. The connection's loss
 fails every pending request at once (Requests.fail_all, called in one place: IBConnection._go_lost).
@@ -22,7 +22,7 @@ from agent.errors import AgentError, Cancelled, IbNotConnected, RequestTimeout
 from agent.ib.codes import error_for
 
 Key = Union[int, str]  # a request or order id; a name for an id-less request
-POSITIONS, ORDERS = "positions", "orders"
+POSITIONS, ORDERS, PORTFOLIO = "positions", "orders", "portfolio"
 # The callbacks of the id-less requests, and which request collects them.
 ID_LESS_EVENTS = {
     "position": POSITIONS,
@@ -32,6 +32,8 @@ ID_LESS_EVENTS = {
     "openOrderEnd": ORDERS,
     "completedOrder": ORDERS,
     "completedOrdersEnd": ORDERS,
+    "updatePortfolio": PORTFOLIO,
+    "accountDownloadEnd": PORTFOLIO,
 }
 ANSWER, ERROR, LOST = "answer", "error", "lost"  # what ended a request
 

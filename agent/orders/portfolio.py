@@ -18,11 +18,13 @@ position in the account's currency.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from typing import Dict, Iterable, Optional, Tuple
 
 from agent import log as agent_log
-from agent.errors import AgentError, IbNotConnected, RequestTimeout
+from agent.errors import AgentError
+from agent.ib.requests import PORTFOLIO, Request
 from agent.orders.book import number
 
 log = agent_log.logger("orders")
@@ -33,63 +35,29 @@ _subscription = threading.Lock()  # TWS: one reqAccountUpdates subscription per 
 _warned: set = set()  # accounts whose failed read was logged as a warning (once each)
 
 
-class _Download:
-    """Collects one account's updatePortfolio rows up to its accountDownloadEnd (reader thread)."""
-
-    def __init__(self, account: str):
-        self.account = account
-        self.rows: Dict[int, dict] = {}
-        self.done = threading.Event()
-        self.lost = False
-
-    def on_portfolio(
-        self, contract, _position, market_price, market_value, _avg_cost, unrealized, realized, account_name
-    ) -> None:
-        if account_name == self.account:
-            self.rows[contract.conId] = {
-                "market_price": number(market_price),
-                "market_value": number(market_value),
-                "unrealized_pnl": number(unrealized),
-                "realized_pnl": number(realized),
-            }
-
-    def on_end(self, account_name: str) -> None:
-        if account_name == self.account:
-            self.done.set()
-
-    def on_disconnected(self) -> None:
-        self.lost = True
-        self.done.set()
+def _pnl(row: tuple) -> dict:
+    """PNL_FIELDS of one updatePortfolio (contract, position, price, value, avg cost, unrealized, realized, account)."""
+    _contract, _position, market_price, market_value, _avg_cost, unrealized, realized, _account = row
+    return {
+        "market_price": number(market_price),
+        "market_value": number(market_value),
+        "unrealized_pnl": number(unrealized),
+        "realized_pnl": number(realized),
+    }
 
 
 def read_account(conn, account: str, timeout: float) -> Dict[int, dict]:
-    """{con_id: PNL_FIELDS} of one account's portfolio. Raises AgentError (TIMEOUT, IB_NOT_CONNECTED)."""
-    download = _Download(account)
-    listeners = (
-        ("updatePortfolio", download.on_portfolio),
-        ("accountDownloadEnd", download.on_end),
-        ("disconnected", download.on_disconnected),
-    )
-    with _subscription:
-        for name, fn in listeners:
-            conn.add_listener(name, fn)
+    """{con_id: PNL_FIELDS} of one account's portfolio, through the request layer (the id-less
+    PORTFOLIO request). Raises AgentError (TIMEOUT, IB_NOT_CONNECTED)."""
+    download = Request("reqAccountUpdates", lambda name, args: name == "accountDownloadEnd" and args[0] == account)
+    with _subscription, conn.requests.pending(PORTFOLIO, download):
+        conn.send("reqAccountUpdates", True, account)
         try:
-            conn.send("reqAccountUpdates", True, account)
-            try:
-                if not download.done.wait(timeout):
-                    raise RequestTimeout(f"TWS sent no portfolio of {account} within {timeout:g} s")
-                if download.lost:
-                    raise IbNotConnected("the TWS connection was lost while reading the portfolio")
-            finally:
-                if not download.lost:
-                    try:
-                        conn.send("reqAccountUpdates", False, account)
-                    except AgentError:
-                        pass  # gone with the connection: TWS drops the subscription with it
+            events = download.wait(timeout)
         finally:
-            for name, fn in listeners:
-                conn.remove_listener(name, fn)
-    return dict(download.rows)
+            with contextlib.suppress(AgentError):  # gone with the connection: TWS drops it with it
+                conn.send("reqAccountUpdates", False, account)
+    return {args[0].conId: _pnl(args) for name, args in events if name == "updatePortfolio" and args[7] == account}
 
 
 def portfolio_values(conn, accounts: Iterable[str], timeout: float) -> Dict[Tuple[str, int], dict]:
