@@ -165,7 +165,10 @@ class RelayFaults(unittest.TestCase):
             self.assertTrue(response["ok"], response)
             self.assertEqual(len(response["data"]["options"]), IN_FLIGHT_CONTRACTS)
         self.assertGreaterEqual(self.relay.connections, connections + 2)
-        executed = self.agent.output.count(f"request fetch-prices: {IN_FLIGHT_CONTRACTS} contracts in")
+        line = f"request fetch-prices: {IN_FLIGHT_CONTRACTS} contracts in"
+        # The agent logs a request's line after its response went out: wait for the last one to be read.
+        self.relay.wait_until(lambda: self.agent.output.count(line) >= IN_FLIGHT, 10, "every request's log line")
+        executed = self.agent.output.count(line)
         self.assertEqual(executed, IN_FLIGHT, "a request resent after a reconnect ran twice, or one never ran")
         figures(
             "outbox across drops",
