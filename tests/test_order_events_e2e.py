@@ -204,6 +204,32 @@ class ReadOnlyPreviewTest(EventsAndPreviews):
         self.assertEqual(self.audit()[-1]["decision"], "preview")
 
 
+class PositionsPnlTest(EventsAndPreviews):
+    """v1.1 `positions` through the cloud: a filled order's position carries TWS's market price,
+    value and P&L (the fake's portfolio rows), and avg_cost stays per share."""
+
+    def test_a_filled_order_shows_in_positions_with_its_market_value_and_pnl(self):
+        params = self.marketable()
+        filled = self.ok("place-order", params, id="pnl-fill")
+        self.assertEqual(filled["status"], "Filled")
+        price = self.tws.orders.executions[-1].price
+        rows = [
+            row
+            for row in self.ok("positions")["positions"]
+            if (row["sec_type"], row["expiration"], row["strike"], row["right"])
+            == ("OPT", params["contract"]["expiration"], params["contract"]["strike"], params["contract"]["right"])
+        ]
+        self.assertEqual(len(rows), 1, rows)
+        (row,) = rows
+        self.assertEqual(row["quantity"], 1)
+        # Per share, not per contract (TWS's avgCost may include the commission: 0.65 / 100 a share).
+        self.assertAlmostEqual(row["avg_cost"], price, delta=0.01)
+        for field in ("market_price", "market_value", "unrealized_pnl", "realized_pnl"):
+            self.assertIsInstance(row[field], float, (field, row))
+        self.assertAlmostEqual(row["market_value"], row["market_price"] * row["multiplier"], places=2)
+        self.assertAlmostEqual(row["unrealized_pnl"], row["market_value"] - price * row["multiplier"], delta=1.0)
+
+
 load_tests = at_tws_versions()
 
 if __name__ == "__main__":
