@@ -216,6 +216,10 @@ class FakeRelay:
         self.key = key
         self.auto_ack = auto_ack
         self.frames: List[Any] = []  # every frame received, parsed (str if not JSON)
+        # The connection (1, 2, ...) each of `frames` came on: a cut connection's last frames can be
+        # read after the next connection's hello.
+        self.frame_connections: List[int] = []
+        self._connection_number: Dict[int, int] = {}  # id(ws) -> its number
         self.progress: Dict[str, List[dict]] = collections.defaultdict(list)
         self.responses: Dict[str, dict] = {}  # id -> last response frame
         self.response_counts: collections.Counter = collections.Counter()
@@ -326,6 +330,7 @@ class FakeRelay:
         with self._changed:
             self._ws, self._ws_request = ws, request
             self.connections += 1
+            self._connection_number[id(ws)] = self.connections
             self.agent_headers = {k: v for k, v in request.headers.items() if k.lower() != "authorization"}
             self.hello = None
             self._frames_this_connection = 0
@@ -357,6 +362,7 @@ class FakeRelay:
         kind = frame.get("type") if isinstance(frame, dict) else None
         with self._changed:
             self.frames.append(frame)
+            self.frame_connections.append(self._connection_number.get(id(ws), 0))
             self._frames_this_connection += 1
             if self._frames_this_connection == 1 and kind != "hello":
                 problems.append(f"first frame of a connection is {kind!r}, not hello")

@@ -140,12 +140,13 @@ class Streaming(SubscriptionCase):
         self.assertTrue(self.relay.drop())
         hello = self.relay.wait_hello(WAIT_S, connections=connections + 1)
         self.assertIn(sub_id, hello["subscriptions"])
-        with self.relay._changed:
-            after_hello = len(self.relay.frames)
-        self.relay.wait_until(
-            lambda: any(f.get("type") == "update" for f in self.relay.frames[after_hello:]), WAIT_S, "an update"
-        )
-        first = next(f for f in self.relay.frames[after_hello:] if f.get("type") == "update")
+
+        def updates_on_the_new_connection():
+            frames = zip(list(self.relay.frames), list(self.relay.frame_connections))
+            return [f for f, n in frames if n == connections + 1 and f.get("type") == "update"]
+
+        self.relay.wait_until(updates_on_the_new_connection, WAIT_S, "an update on the new connection")
+        first = updates_on_the_new_connection()[0]
         self.assertEqual([contract_key(o) for o in first["options"]], [contract_key(o) for o in data["options"]])
         self.assertEqual(set(first["underlyings"]), {"MSFT", "AAPL"})
         self.unsubscribe(sub_id)
