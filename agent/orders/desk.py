@@ -434,15 +434,7 @@ class OrderDesk:
             return dict(
                 {"order_id": record["order_id"], "status": self._status_now(request_id, record, order)}, **notes
             )
-        contract = order["contract"]
-        rule = order_guard.order_refusal(self.config, order, order_guard.STANDARD_MULTIPLIER[contract["sec_type"]])
-        if rule:
-            raise attempt.refuse(rule)
-        status = self.conn.status()
-        if not status.get("connected"):
-            raise IbNotConnected("TWS is not connected; the order was not sent")
-        order["account"] = order["account"] or sole_account(status)
-        rule = order_guard.account_refusal(self.config, status, order["account"])
+        rule = policy_refusal(self.config, self.conn, order)
         if rule:
             raise attempt.refuse(rule)
         # No record, an unfinished one, or a store that was lost: TWS may have this order already.
@@ -459,9 +451,7 @@ class OrderDesk:
             return found
         if record and (record["state"] == order_guard.SENDING or record.get("maybe_sent", True)):
             raise self._cannot_tell(request_id, record, attempt)
-        qualified = qualify_contract(self.conn, contract, self._timeout)
-        multiplier = _number(qualified.multiplier) or order_guard.STANDARD_MULTIPLIER[contract["sec_type"]]
-        rule = order_guard.order_refusal(self.config, order, multiplier)
+        qualified, rule = qualified_refusal(self.config, self.conn, order, self._timeout)
         if rule:
             raise attempt.refuse(rule)
         if cancel is not None and cancel.is_set():
@@ -709,6 +699,30 @@ class OrderDesk:
 
 
 # The pieces of placing an order that order_preview uses too.
+
+
+def policy_refusal(config, conn, order: dict) -> Optional[str]:
+    """The local policy's rules that need no contract details (DESIGN.md 5.3), for place-order and
+    preview-order alike: the caps at the standard multiplier, then the account and its type (an order
+    naming none takes the session's only one). The rule that refuses, or None; IbNotConnected when
+    there is no TWS to tell the account."""
+    rule = order_guard.order_refusal(config, order, order_guard.STANDARD_MULTIPLIER[order["contract"]["sec_type"]])
+    if rule:
+        return rule
+    status = conn.status()
+    if not status.get("connected"):
+        raise IbNotConnected("TWS is not connected; the order was not sent")
+    order["account"] = order["account"] or sole_account(status)
+    return order_guard.account_refusal(config, status, order["account"])
+
+
+def qualified_refusal(config, conn, order: dict, timeout: float) -> Tuple[Contract, Optional[str]]:
+    """The contract TWS knows for the order, and the caps again at its real multiplier (an adjusted
+    option's deliverable is not 100 shares): the rule that refuses, or None."""
+    spec = order["contract"]
+    contract = qualify_contract(conn, spec, timeout)
+    multiplier = _number(contract.multiplier) or order_guard.STANDARD_MULTIPLIER[spec["sec_type"]]
+    return contract, order_guard.order_refusal(config, order, multiplier)
 
 
 def sole_account(status: dict) -> Optional[str]:

@@ -27,14 +27,13 @@ from agent.errors import (
     CANCELLED,
     AgentError,
     Cancelled,
-    IbNotConnected,
     Internal,
     OrderBlocked,
 )
 from agent.ib.requests import CancelToken
 from agent.orders import guard as order_guard
 from agent.orders.book import number
-from agent.orders.desk import describe_order, limit_order, qualify_contract, sole_account
+from agent.orders.desk import describe_order, limit_order, policy_refusal, qualified_refusal
 
 log = agent_log.logger("orders")
 
@@ -110,22 +109,11 @@ def preview_order(desk, request_id: str, params: Any, cancel: Optional[CancelTok
 def _preview(desk, preview: _Preview, cancel: Optional[CancelToken]) -> dict:
     order = preview.params = order_guard.parse_order_params("place-order", preview.params)
     config, conn = desk.config, desk.conn
-    spec = order["contract"]
-    rule = order_guard.order_refusal(config, order, order_guard.STANDARD_MULTIPLIER[spec["sec_type"]])
-    if rule:
-        return _refused(preview, rule)
-    status = conn.status()
-    if not status.get("connected"):
-        raise IbNotConnected("TWS is not connected; nothing was sent")
-    order["account"] = order["account"] or sole_account(status)
-    rule = order_guard.account_refusal(config, status, order["account"])
+    rule = policy_refusal(config, conn, order)  # the same rules, in the same order, as place-order
     if rule:
         return _refused(preview, rule)
     timeout = config.request_timeout_s
-    contract = qualify_contract(conn, spec, timeout)
-    rule = order_guard.order_refusal(
-        config, order, number(contract.multiplier) or order_guard.STANDARD_MULTIPLIER[spec["sec_type"]]
-    )
+    contract, rule = qualified_refusal(config, conn, order, timeout)
     if rule:
         return _refused(preview, rule)
     if cancel is not None and cancel.is_set():
