@@ -9,6 +9,7 @@ from unittest import mock
 
 from agent.errors import IB_NOT_CONNECTED, TIMEOUT, AgentError
 from agent.orders import portfolio
+from agent.orders.wait import Sweeps
 from tests.order_replay import PAPER, DeskTestCase, ReplayConnection, load
 from tests.test_orders_tws import OrdersOnFakeTws, ticks_away, wait_until
 
@@ -25,7 +26,7 @@ class PortfolioReplayTest(DeskTestCase):
 
     def test_rows_of_the_account_unset_values_null_and_the_subscription_ended(self):
         conn = ReplayConnection(PAPER, {"reqAccountUpdates": self.positions["reqAccountUpdates"]})
-        values = portfolio.portfolio_values(conn, ["DU1234567"], timeout=1.0)
+        values = portfolio.portfolio_values(conn, Sweeps(conn, lambda: 5.0), ["DU1234567"], timeout=1.0)
         self.assertEqual(
             values,
             {
@@ -65,15 +66,17 @@ class PortfolioReplayTest(DeskTestCase):
     def test_a_read_fails_fast_when_the_connection_goes(self):
         conn = ReplayConnection(PAPER, {"reqAccountUpdates": [["$disconnect", []]]})
         with self.assertRaises(AgentError) as caught:
-            portfolio.read_account(conn, "DU1234567", timeout=30.0)
+            portfolio.read_account(conn, Sweeps(conn, lambda: 5.0), "DU1234567", timeout=30.0)
         self.assertEqual(caught.exception.code, IB_NOT_CONNECTED)
         with self.assertLogs("ib_data_agent.orders", "WARNING"):
-            self.assertEqual(portfolio.portfolio_values(conn, ["DU1234567"], timeout=30.0), {})  # not connected
+            self.assertEqual(
+                portfolio.portfolio_values(conn, Sweeps(conn, lambda: 5.0), ["DU1234567"], timeout=30.0), {}
+            )  # not connected
 
     def test_a_read_times_out(self):
         conn = ReplayConnection(PAPER, {"reqAccountUpdates": []})
         with self.assertRaises(AgentError) as caught:
-            portfolio.read_account(conn, "DU1234567", timeout=0.2)
+            portfolio.read_account(conn, Sweeps(conn, lambda: 5.0), "DU1234567", timeout=0.2)
         self.assertEqual(caught.exception.code, TIMEOUT)
 
     def test_reads_take_turns_one_account_subscription_at_a_time(self):
@@ -92,7 +95,10 @@ class PortfolioReplayTest(DeskTestCase):
                     super().send(method, *args)
 
         conn = Slow(PAPER, {"reqAccountUpdates": self.positions["reqAccountUpdates"]})
-        readers = [threading.Thread(target=portfolio.read_account, args=(conn, "DU1234567", 5.0)) for _ in range(3)]
+        sweeps = Sweeps(conn, lambda: 5.0)  # the desk's one set of sweeps
+        readers = [
+            threading.Thread(target=portfolio.read_account, args=(conn, sweeps, "DU1234567", 5.0)) for _ in range(3)
+        ]
         for reader in readers:
             reader.start()
         for reader in readers:

@@ -66,7 +66,8 @@ class Account:
                 account, contract = args[0], args[1]
                 latest[(account, contract.conId)] = position_row(*args)
         held = {key: row for key, row in latest.items() if row["quantity"]}  # 0 = closed today
-        values = portfolio_values(self.conn, [account for account, _ in held], self._timeout())  # v1.1 P&L
+        accounts = [account for account, _ in held]
+        values = portfolio_values(self.conn, self._sweeps, accounts, self._timeout())  # v1.1 market value, P&L
         return {"positions": [dict(row, **values.get(key, NO_PNL)) for key, row in held.items()]}
 
     def summary(self) -> dict:

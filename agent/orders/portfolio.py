@@ -9,7 +9,7 @@ unsubscribed at accountDownloadEnd. Chosen over reqPnLSingle because, for a one-
   P&L; pnlSingle has no price;
 - it is what TWS fills even where P&L subscriptions are not kept (and the fake serves it as TWS does).
 Its limit: TWS keeps one account-updates subscription per client, a new one replacing the last, so
-the reads are serialised here (the agent has no other user of reqAccountUpdates).
+the reads are serialised (agent.orders.wait.Sweeps) (the agent has no other user of reqAccountUpdates).
 
 IB's unset values (Double.MAX_VALUE) become None (book.number); what TWS sent is kept as sent:
 the market price per share / unit of the underlying (as avg_cost), the market value and P&L per
@@ -19,19 +19,17 @@ position in the account's currency.
 from __future__ import annotations
 
 import contextlib
-import threading
 from typing import Dict, Iterable, Optional, Tuple
 
 from agent import log as agent_log
 from agent.errors import AgentError
-from agent.ib.requests import PORTFOLIO, Request
+from agent.ib.requests import PORTFOLIO
 from agent.orders.book import number
 
 log = agent_log.logger("orders")
 
 PNL_FIELDS = ("market_price", "market_value", "unrealized_pnl", "realized_pnl")
 NO_PNL = dict.fromkeys(PNL_FIELDS)  # a position whose account's portfolio TWS did not give
-_subscription = threading.Lock()  # TWS: one reqAccountUpdates subscription per client at a time
 _warned: set = set()  # accounts whose failed read was logged as a warning (once each)
 
 
@@ -46,11 +44,11 @@ def _pnl(row: tuple) -> dict:
     }
 
 
-def read_account(conn, account: str, timeout: float) -> Dict[int, dict]:
-    """{con_id: PNL_FIELDS} of one account's portfolio, through the request layer (the id-less
-    PORTFOLIO request). Raises AgentError (TIMEOUT, IB_NOT_CONNECTED)."""
-    download = Request("reqAccountUpdates", lambda name, args: name == "accountDownloadEnd" and args[0] == account)
-    with _subscription, conn.requests.pending(PORTFOLIO, download):
+def read_account(conn, sweeps, account: str, timeout: float) -> Dict[int, dict]:
+    """{con_id: PNL_FIELDS} of one account's portfolio: the id-less PORTFOLIO sweep (one at a time:
+    TWS keeps one reqAccountUpdates subscription per client). Raises AgentError (TIMEOUT,
+    IB_NOT_CONNECTED)."""
+    with sweeps.open(PORTFOLIO, "reqAccountUpdates", "accountDownloadEnd", (account,)) as download:
         conn.send("reqAccountUpdates", True, account)
         try:
             events = download.wait(timeout)
@@ -60,13 +58,13 @@ def read_account(conn, account: str, timeout: float) -> Dict[int, dict]:
     return {args[0].conId: _pnl(args) for name, args in events if name == "updatePortfolio" and args[7] == account}
 
 
-def portfolio_values(conn, accounts: Iterable[str], timeout: float) -> Dict[Tuple[str, int], dict]:
+def portfolio_values(conn, sweeps, accounts: Iterable[str], timeout: float) -> Dict[Tuple[str, int], dict]:
     """{(account, con_id): PNL_FIELDS} for every account that TWS gave its portfolio; an account whose
     read failed is left out (its positions answer with NO_PNL) and logged, as a warning once."""
     values: Dict[Tuple[str, int], dict] = {}
     for account in dict.fromkeys(accounts):
         try:
-            rows: Optional[Dict[int, dict]] = read_account(conn, account, timeout)
+            rows: Optional[Dict[int, dict]] = read_account(conn, sweeps, account, timeout)
         except AgentError as exc:
             level = "debug" if account in _warned else "warning"
             _warned.add(account)

@@ -1,7 +1,7 @@
 """Waiting on TWS for orders (DESIGN.md 3, 4), on agent.ib.requests' one request layer: the request a
 place or cancel waits on (order_request: the order warnings and notices never end it), the id-less
-sweeps (positions, open and completed orders: one of a kind at a time), and one lock per request id
-(_KeyedLocks). agent.orders.desk's OrderDesk, its OrderBook and Account use these.
+sweeps (positions, open and completed orders, an account's portfolio: one of a kind at a time), and
+one lock per request id (_KeyedLocks). agent.orders.desk's OrderDesk, its OrderBook and Account use these.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import Callable, Dict, Iterable, Iterator
 
 from agent.errors import RequestTimeout
 from agent.ib.codes import is_read_only_error
-from agent.ib.requests import ORDERS, POSITIONS, Request
+from agent.ib.requests import ORDERS, PORTFOLIO, POSITIONS, Request
 
 # Order warnings that do not stop the order, beyond agent.ib.connection.NOTICE_CODES (which never reach
 # a handler): 10349 "Order TIF was set to DAY based on order preset".
@@ -36,18 +36,21 @@ class Sweeps:
     def __init__(self, conn, timeout: Callable[[], float]):
         self._conn = conn
         self._timeout = timeout
-        self._locks = {POSITIONS: threading.Lock(), ORDERS: threading.Lock()}
+        self._locks = {POSITIONS: threading.Lock(), ORDERS: threading.Lock(), PORTFOLIO: threading.Lock()}
 
     @contextlib.contextmanager
-    def open(self, kind: str, what: str, end: str) -> Iterator[Request]:
-        """The pending request of this kind, answered by the `end` callback. Read-Only API answers
-        the id-less order requests with an error of id -1: an orders sweep claims it."""
+    def open(self, kind: str, what: str, end: str, end_args: tuple = ()) -> Iterator[Request]:
+        """The pending request of this kind, answered by the `end` callback (whose first arguments
+        are `end_args`, when given). Read-Only API answers the id-less order requests with an error
+        of id -1: an orders sweep claims it."""
         with self._locks[kind]:
             probe = getattr(self._conn, "wait_read_only_probe", None)
             if kind == ORDERS and probe is not None:  # its openOrderEnd must not end this sweep
                 probe(self._timeout())
             request = Request(
-                what, lambda name, _args: name == end, claims=is_read_only_error if kind == ORDERS else None
+                what,
+                lambda name, args: name == end and args[: len(end_args)] == end_args,
+                claims=is_read_only_error if kind == ORDERS else None,
             )
             with self._conn.requests.pending(kind, request):
                 yield request
