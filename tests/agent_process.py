@@ -25,6 +25,7 @@ import sys
 import tempfile
 import threading
 import time
+import unittest
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -396,3 +397,35 @@ class AgentStack:
             self.relay.stop()
         if self.tws is not None:
             self.tws.stop()
+
+
+class E2ECase(unittest.TestCase):
+    """One agent process for the whole class; its output must never contain the key."""
+
+    stack_options: dict = {}
+    wait_for_tws = False  # True: tests start once the agent is connected to the fake TWS
+    stack: AgentStack
+
+    @classmethod
+    def setUpClass(cls):
+        cls.stack = AgentStack(**cls.stack_options)
+        cls.stack.start()
+        if cls.wait_for_tws:
+            cls.stack.wait_tws()
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.stack.stop()
+
+    def tearDown(self):
+        self.assertNotIn(DEFAULT_KEY, self.stack.agent.everything())
+        if hasattr(self.stack.relay, "violations"):
+            self.assertEqual(self.stack.relay.violations, [])
+
+    @property
+    def relay(self):
+        return self.stack.relay
+
+    @property
+    def http(self) -> RelayClient:
+        return RelayClient(self.stack.relay.port, self.stack.key)

@@ -19,6 +19,7 @@ from tests.agent_process import (
     ROOT,
     AgentProcess,
     AgentStack,
+    E2ECase,
     ManagedProcess,
     RelayClient,
     agent_env,
@@ -29,35 +30,6 @@ from tests.agent_process import (
 # with 4 strikes around (~78 contracts) a second run took under a second and sent one progress frame.
 LONG_CHAIN = {"ticker": "AAPL", "max_days": 60, "strikes_around": 8}
 VERY_LONG_CHAIN = {"ticker": "SPY", "max_days": 10}  # well over ten seconds
-
-
-class E2ECase(unittest.TestCase):
-    """One agent process for the whole class; its output must never contain the key."""
-
-    stack_options: dict = {}
-    stack: AgentStack
-
-    @classmethod
-    def setUpClass(cls):
-        cls.stack = AgentStack(**cls.stack_options)
-        cls.stack.start()
-
-    @classmethod
-    def tearDownClass(cls):
-        cls.stack.stop()
-
-    def tearDown(self):
-        self.assertNotIn(DEFAULT_KEY, self.stack.agent.everything())
-        if hasattr(self.stack.relay, "violations"):
-            self.assertEqual(self.stack.relay.violations, [])
-
-    @property
-    def relay(self):
-        return self.stack.relay
-
-    @property
-    def http(self) -> RelayClient:
-        return RelayClient(self.stack.relay.port, self.stack.key)
 
 
 class ServedActions(E2ECase):

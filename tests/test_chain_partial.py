@@ -8,7 +8,7 @@ from __future__ import annotations
 import unittest
 
 from agent.ib.scanner import ExpirationRelease
-from tests.agent_process import AgentStack
+from tests.agent_process import E2ECase
 
 
 def option(expiration: str, strike: float) -> dict:
@@ -57,21 +57,10 @@ class ExpirationReleaseTest(unittest.TestCase):
         self.assertEqual(self.sent, [("A", []), ("B", [option("B", 0)])])
 
 
-class StreamedChainE2ETest(unittest.TestCase):
+class StreamedChainE2ETest(E2ECase):
     """The agent as a user runs it; the fake relay records the partial frames in arrival order."""
 
-    @classmethod
-    def setUpClass(cls):
-        cls.stack = AgentStack()
-        cls.stack.start()
-        cls.stack.wait_tws()
-
-    @classmethod
-    def tearDownClass(cls):
-        cls.stack.stop()
-
-    def tearDown(self):
-        self.assertEqual(self.stack.relay.violations, [])
+    wait_for_tws = True
 
     def test_one_frame_per_expiration_nearest_first_each_complete_before_the_response(self):
         relay = self.stack.relay

@@ -16,7 +16,7 @@ from agent.log import plural
 from agent.orders.desk import describe_order
 from agent.relay import link as relay_link
 from agent.relay.actions import ACTIONS, RequestRunner
-from tests.agent_process import DEFAULT_KEY, AgentStack
+from tests.agent_process import E2ECase
 
 OPTION = {"ticker": "AAPL", "sec_type": "OPT", "expiration": "20270115", "strike": 200.0, "right": "C"}
 # A machine count: "1 accounts", "1 contracts"... anywhere in the output.
@@ -214,21 +214,10 @@ class ProgressLine(unittest.TestCase):
         )
 
 
-class ConsoleEndToEnd(unittest.TestCase):
+class ConsoleEndToEnd(E2ECase):
     """One agent process; each test reads the lines its requests added to the agent's console."""
 
-    @classmethod
-    def setUpClass(cls):
-        cls.stack = AgentStack()
-        cls.stack.start()
-        cls.stack.wait_tws()
-
-    @classmethod
-    def tearDownClass(cls):
-        cls.stack.stop()
-
-    def tearDown(self):
-        self.assertNotIn(DEFAULT_KEY, self.stack.agent.everything())
+    wait_for_tws = True
 
     def request(self, action: str, params=None, **kwargs) -> dict:
         return self.stack.relay.request(action, params or {}, **kwargs)

@@ -9,24 +9,10 @@ import unittest
 import websocket
 
 from tests.agent_process import RelayClient, ServerProcess
-from tests.fake_relay import AgentNotConnected, FakeRelay, RequestTimedOut
+from tests.fake_relay import IB_KEYS, AgentNotConnected, FakeRelay, RequestTimedOut
 
 KEY = "relay-test-key"
-IB = {
-    k: None
-    for k in (
-        "connected",
-        "host",
-        "port",
-        "client_id",
-        "accounts",
-        "account_type",
-        "server_version",
-        "market_data_type",
-        "read_only",
-        "error",
-    )
-}
+IB = dict.fromkeys(IB_KEYS)  # the IB status object's keys, as the fake relay checks them
 HELLO = {"type": "hello", "protocol": 1, "agent_version": "t", "session": "s", "actions": ["echo"], "ib": IB}
 
 
